@@ -1,0 +1,1 @@
+"""warmswarm coordinator: monitors the swarm, stores its history, saves and serves checkpoints."""

