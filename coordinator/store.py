@@ -1,0 +1,452 @@
+"""The coordinator's memory: one SQLite file (WAL) holding runs, peers, contribution, metric history, checkpoints
+and rejected-record counts, so that a coordinator restart loses no history.
+
+Why SQLite in WAL mode: the monitor is the one writer while the HTTP and gRPC layers read concurrently (from other
+threads, or other processes opening the same file); WAL lets readers proceed during a write and makes every
+committed transaction durable across a SIGKILL. Every writer method is one transaction.
+
+Read API (what ``coordinator.api`` calls): ``progress()``, ``peers()``, ``history(since)``, ``checkpoints()``,
+``rejected_counts()``, ``run_config()``. Writer API (what the monitor and the checkpoint saver call):
+``open_run``, ``observe_peer``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
+``remove_checkpoint``, ``set_banned``. All reads are for the store's run (the ``run_id`` given to ``open_run``, or
+the most recently opened run when a reader opens the file without one).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peer.errors import UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    opened REAL NOT NULL,
+    global_step INTEGER NOT NULL DEFAULT 0,
+    samples_total INTEGER NOT NULL DEFAULT 0,
+    samples_per_second REAL NOT NULL DEFAULT 0,
+    loss REAL,
+    alive_peers INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER,
+    updated REAL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    run_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    seconds_online REAL NOT NULL DEFAULT 0,
+    samples INTEGER NOT NULL DEFAULT 0,
+    last_samples_total INTEGER NOT NULL DEFAULT 0,
+    last_step INTEGER NOT NULL DEFAULT 0,
+    last_loss REAL,
+    last_samples_per_second REAL NOT NULL DEFAULT 0,
+    banned INTEGER NOT NULL DEFAULT 0,
+    ban_reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, peer_id)
+);
+CREATE TABLE IF NOT EXISTS history (
+    run_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    step INTEGER NOT NULL,
+    loss REAL,
+    samples_per_second REAL NOT NULL,
+    alive_peers INTEGER NOT NULL,
+    samples_total INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (run_id, time);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    created REAL NOT NULL,
+    files_json TEXT NOT NULL,
+    save_seconds REAL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    run_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, reason)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The run at a glance, as of the monitor's last pass (``updated`` None = never observed)."""
+
+    run_id: str
+    global_step: int
+    alive_peers: int
+    samples_per_second: float
+    loss: float | None
+    samples_total: int
+    total_steps: int | None
+    eta_seconds: float | None  # from the step rate over the recent history; None while unknown
+    last_checkpoint_step: int | None
+    updated: float | None
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """One volunteer's contribution. ``peer_id`` is the hex sha256 of the peer's public key (stable across restarts
+    of that peer when it keeps its identity); ``short_id`` its first 8 characters for display."""
+
+    peer_id: str
+    short_id: str
+    name: str
+    samples: int
+    seconds_online: float
+    first_seen: float
+    last_seen: float
+    step: int
+    loss: float | None
+    samples_per_second: float
+    alive: bool
+    banned: bool
+    ban_reason: str
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    time: float
+    step: int
+    loss: float | None
+    samples_per_second: float
+    alive_peers: int
+    samples_total: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the checkpoint dir, '/'-separated
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    name: str  # ckpt-000120
+    step: int
+    created: float
+    files: list[FileEntry] = field(default_factory=list)
+    save_seconds: float | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class PeerObservation:
+    """What the monitor read for one peer in one pass (a validated ``LocalMetrics`` plus the peer's identity)."""
+
+    peer_id: str
+    name: str
+    step: int
+    samples_total: int
+    samples_per_second: float
+    loss: float | None
+    time: float  # coordinator clock when observed
+
+
+class Store:
+    """A handle on the coordinator's SQLite file. Thread-safe (one connection behind a lock); one process should
+    write. ``alive_window`` is how long after its last record a peer still counts as alive."""
+
+    def __init__(self, path: str | Path, alive_window: float = 60.0, readonly: bool = False):
+        self.path = Path(path)
+        self.alive_window = alive_window
+        self._lock = threading.RLock()
+        if readonly:
+            if not self.path.is_file():
+                raise UserError(f"no coordinator database at {self.path}")
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                with self._db:
+                    self._db.executescript(_SCHEMA)
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+            except sqlite3.DatabaseError as e:
+                raise UserError(f"cannot open coordinator database {self.path}: {e}") from None
+        self._db.row_factory = sqlite3.Row
+        self.run_id = self._latest_run_id()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _latest_run_id(self) -> str | None:
+        try:
+            row = self._db.execute("SELECT run_id FROM runs ORDER BY opened DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # a read-only handle on a file that has no tables yet
+            return None
+        return row[0] if row else None
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            self.run_id = self._latest_run_id()
+            if self.run_id is None:
+                raise UserError(f"no run recorded in {self.path} yet")
+        return self.run_id
+
+    # ---------------------------------------------------------------- writers
+
+    def open_run(self, run_id: str, config: dict, total_steps: int | None = None, now: float | None = None) -> None:
+        """Creates the run or resumes it (keeping its history); later reads and writes are for this run."""
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO runs (run_id, config_json, created, opened, total_steps) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET config_json = excluded.config_json, opened = excluded.opened, "
+                "total_steps = excluded.total_steps",
+                (run_id, json.dumps(config, sort_keys=True), now, now, total_steps),
+            )
+        self.run_id = run_id
+
+    def observe_peer(self, obs: PeerObservation) -> None:
+        """Folds one observation into the peer's contribution.
+
+        Samples: the increase of the peer's ``samples_total`` since the last observation (a drop means the peer
+        restarted and counts from zero again, so its new total is all new). Time online: the gap since the last
+        observation, counted only while the peer stayed within the alive window (a peer that vanished for an hour
+        is not credited the hour)."""
+        run_id = self._run()
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT last_seen, last_samples_total FROM peers WHERE run_id = ? AND peer_id = ?",
+                (run_id, obs.peer_id),
+            ).fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO peers (run_id, peer_id, name, first_seen, last_seen, samples, last_samples_total, "
+                    "last_step, last_loss, last_samples_per_second) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        obs.peer_id,
+                        obs.name,
+                        obs.time,
+                        obs.time,
+                        obs.samples_total,
+                        obs.step,
+                        obs.loss,
+                        obs.samples_per_second,
+                    ),
+                )
+                return
+            gap = obs.time - row["last_seen"]
+            online = gap if 0 < gap <= self.alive_window else 0.0
+            prev_total = row["last_samples_total"]
+            new_samples = obs.samples_total - prev_total if obs.samples_total >= prev_total else obs.samples_total
+            self._db.execute(
+                "UPDATE peers SET name = ?, last_seen = MAX(last_seen, ?), seconds_online = seconds_online + ?, "
+                "samples = samples + ?, last_samples_total = ?, last_step = ?, last_loss = ?, "
+                "last_samples_per_second = ? WHERE run_id = ? AND peer_id = ?",
+                (
+                    obs.name or "",
+                    obs.time,
+                    online,
+                    new_samples,
+                    obs.samples_total,
+                    obs.step,
+                    obs.loss,
+                    obs.samples_per_second,
+                    run_id,
+                    obs.peer_id,
+                ),
+            )
+
+    def record_progress(
+        self,
+        global_step: int,
+        alive_peers: int,
+        samples_per_second: float,
+        loss: float | None,
+        now: float | None = None,
+    ) -> None:
+        """Appends a history point and updates the run's current figures. ``samples_total`` is the sum of all
+        peers' credited samples (so it survives peers leaving, and restarts of the coordinator)."""
+        run_id = self._run()
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            samples_total = self._db.execute(
+                "SELECT COALESCE(SUM(samples), 0) FROM peers WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+            step = max(
+                global_step, self._db.execute("SELECT global_step FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+            )
+            self._db.execute(
+                "UPDATE runs SET global_step = ?, samples_total = ?, samples_per_second = ?, loss = ?, "
+                "alive_peers = ?, updated = ? WHERE run_id = ?",
+                (step, samples_total, samples_per_second, loss, alive_peers, now, run_id),
+            )
+            self._db.execute(
+                "INSERT INTO history (run_id, time, step, loss, samples_per_second, alive_peers, samples_total) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now, step, loss, samples_per_second, alive_peers, samples_total),
+            )
+
+    def add_rejected(self, counts: dict[str, int]) -> None:
+        """Adds ``counts`` (reason -> number of newly rejected records) to the run's totals."""
+        run_id = self._run()
+        with self._lock, self._db:
+            for reason, n in counts.items():
+                if n <= 0:
+                    continue
+                self._db.execute(
+                    "INSERT INTO rejected (run_id, reason, count) VALUES (?, ?, ?) "
+                    "ON CONFLICT (run_id, reason) DO UPDATE SET count = count + excluded.count",
+                    (run_id, reason, int(n)),
+                )
+
+    def record_checkpoint(self, row: CheckpointRow) -> None:
+        run_id = self._run()
+        files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in row.files]
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, step, created, files_json, save_seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, row.name, row.step, row.created, json.dumps(files), row.save_seconds),
+            )
+
+    def remove_checkpoint(self, name: str) -> None:
+        run_id = self._run()
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name))
+
+    def set_banned(self, peer_id: str, banned: bool = True, reason: str = "") -> None:
+        run_id = self._run()
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE peers SET banned = ?, ban_reason = ? WHERE run_id = ? AND peer_id = ?",
+                (int(banned), reason if banned else "", run_id, peer_id),
+            )
+
+    # ---------------------------------------------------------------- readers
+
+    def run_config(self) -> dict:
+        run_id = self._run()
+        with self._lock:
+            row = self._db.execute("SELECT config_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0])
+
+    def progress(self, now: float | None = None) -> Progress:
+        run_id = self._run()
+        now = time.time() if now is None else now
+        with self._lock:
+            run = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            last_ckpt = self._db.execute("SELECT MAX(step) FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()[0]
+            # Step rate over the last ~10 minutes of history, for the ETA.
+            window = self._db.execute(
+                "SELECT MIN(time), MIN(step), MAX(time), MAX(step) FROM history WHERE run_id = ? AND time >= ?",
+                (run_id, now - 600.0),
+            ).fetchone()
+        eta = None
+        total = run["total_steps"]
+        if total is not None and window[0] is not None and window[2] > window[0] and window[3] > window[1]:
+            rate = (window[3] - window[1]) / (window[2] - window[0])
+            eta = max(0.0, (total - run["global_step"]) / rate)
+        return Progress(
+            run_id=run_id,
+            global_step=run["global_step"],
+            alive_peers=run["alive_peers"],
+            samples_per_second=run["samples_per_second"],
+            loss=run["loss"],
+            samples_total=run["samples_total"],
+            total_steps=total,
+            eta_seconds=eta,
+            last_checkpoint_step=last_ckpt,
+            updated=run["updated"],
+        )
+
+    def peers(self, now: float | None = None) -> list[PeerRow]:
+        """All peers ever seen in this run, most samples first (the leaderboard order)."""
+        run_id = self._run()
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM peers WHERE run_id = ? ORDER BY samples DESC, first_seen ASC", (run_id,)
+            ).fetchall()
+        return [
+            PeerRow(
+                peer_id=r["peer_id"],
+                short_id=r["peer_id"][:8],
+                name=r["name"] or r["peer_id"][:8],
+                samples=r["samples"],
+                seconds_online=r["seconds_online"],
+                first_seen=r["first_seen"],
+                last_seen=r["last_seen"],
+                step=r["last_step"],
+                loss=r["last_loss"],
+                samples_per_second=r["last_samples_per_second"],
+                alive=now - r["last_seen"] <= self.alive_window,
+                banned=bool(r["banned"]),
+                ban_reason=r["ban_reason"],
+            )
+            for r in rows
+        ]
+
+    def history(self, since: float | None = None, limit: int = 5000) -> list[HistoryPoint]:
+        """History points after ``since`` (unix time), oldest first; at most the newest ``limit`` of them."""
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM (SELECT time, step, loss, samples_per_second, alive_peers, samples_total FROM history "
+                "WHERE run_id = ? AND time > ? ORDER BY time DESC LIMIT ?) ORDER BY time ASC",
+                (run_id, -1.0 if since is None else since, limit),
+            ).fetchall()
+        return [HistoryPoint(*r) for r in rows]
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        """Verified checkpoints on disk, oldest first (newest last, as the HTTP API lists them)."""
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, step, created, files_json, save_seconds FROM checkpoints WHERE run_id = ? "
+                "ORDER BY step ASC, created ASC",
+                (run_id,),
+            ).fetchall()
+        return [
+            CheckpointRow(
+                name=r["name"],
+                step=r["step"],
+                created=r["created"],
+                files=[FileEntry(**f) for f in json.loads(r["files_json"])],
+                save_seconds=r["save_seconds"],
+            )
+            for r in rows
+        ]
+
+    def rejected_counts(self) -> dict[str, int]:
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute("SELECT reason, count FROM rejected WHERE run_id = ?", (run_id,)).fetchall()
+        return {r["reason"]: r["count"] for r in rows}

@@ -1,0 +1,75 @@
+"""The store keeps a run's history, contribution and checkpoints across reopen, and credits contribution honestly."""
+
+import pytest
+
+from coordinator.store import CheckpointRow, FileEntry, PeerObservation, Store
+from peer.errors import UserError
+
+
+def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0):
+    return PeerObservation(
+        peer_id=peer_id, name=name, step=step, samples_total=samples_total, samples_per_second=sps, loss=loss, time=t
+    )
+
+
+def test_contribution_credits_increments_restarts_and_only_alive_time(tmp_path):
+    with Store(tmp_path / "c.db", alive_window=60) as store:
+        store.open_run("r", {"run_id": "r"}, total_steps=100, now=0.0)
+        store.observe_peer(_obs("aa" * 32, 100.0, 50, name="alice"))
+        store.observe_peer(_obs("aa" * 32, 130.0, 80, name="alice"))  # +30 samples, +30 s online
+        store.observe_peer(_obs("aa" * 32, 1000.0, 20, name="alice"))  # restarted after a long gap: +20, +0 s
+        store.observe_peer(_obs("bb" * 32, 130.0, 500))  # first sight: nothing credited yet
+        store.observe_peer(_obs("bb" * 32, 140.0, 700))
+        (b, a) = store.peers(now=1010.0)
+        assert (a.name, a.samples, a.seconds_online, a.alive) == ("alice", 50, 30.0, True)
+        assert (b.name, b.samples, b.seconds_online, b.alive) == ("bb" * 4, 200, 10.0, False)
+        assert b.short_id == "bb" * 4
+
+
+def test_progress_history_eta_and_rejections_survive_reopen(tmp_path):
+    path = tmp_path / "c.db"
+    with Store(path) as store:
+        store.open_run("r", {"run_id": "r", "x": 1}, total_steps=110, now=0.0)
+        store.observe_peer(_obs("aa" * 32, 1.0, 0))
+        store.observe_peer(_obs("aa" * 32, 2.0, 64))
+        store.record_progress(global_step=10, alive_peers=1, samples_per_second=32.0, loss=3.0, now=100.0)
+        store.record_progress(global_step=5, alive_peers=1, samples_per_second=30.0, loss=2.5, now=110.0)
+        store.record_progress(global_step=20, alive_peers=2, samples_per_second=40.0, loss=2.0, now=120.0)
+        store.add_rejected({"malformed": 2, "bad_signature": 1})
+        store.add_rejected({"malformed": 1, "bad_signature": 0})
+        files = [FileEntry("config.json", 10, "ab" * 32)]
+        store.record_checkpoint(CheckpointRow("ckpt-000020", 20, 121.0, files, 0.5))
+        store.record_checkpoint(CheckpointRow("ckpt-000000", 0, 50.0, files, 0.4))
+    with Store(path, readonly=True) as reader:
+        p = reader.progress(now=120.0)
+        # the global step never goes backwards, even if a lagging peer reports an older one
+        assert (p.run_id, p.global_step, p.alive_peers, p.loss, p.samples_total) == ("r", 20, 2, 2.0, 64)
+        assert p.eta_seconds == pytest.approx((110 - 20) / (10 / 20))
+        assert p.last_checkpoint_step == 20
+        assert [h.step for h in reader.history()] == [10, 10, 20]
+        assert [h.time for h in reader.history(since=105.0)] == [110.0, 120.0]
+        assert reader.rejected_counts() == {"malformed": 3, "bad_signature": 1}
+        assert [c.name for c in reader.checkpoints()] == ["ckpt-000000", "ckpt-000020"]
+        assert reader.checkpoints()[1].size_bytes == 10
+        assert reader.run_config() == {"run_id": "r", "x": 1}
+    with Store(path) as store:  # reopening the same run keeps everything and goes on appending
+        store.open_run("r", {"run_id": "r", "x": 1}, total_steps=110)
+        store.remove_checkpoint("ckpt-000000")
+        assert [c.name for c in store.checkpoints()] == ["ckpt-000020"]
+        assert len(store.history()) == 3
+
+
+def test_ban_and_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="no coordinator database"):
+        Store(tmp_path / "missing.db", readonly=True)
+    with Store(tmp_path / "c.db") as store:
+        with pytest.raises(UserError, match="no run recorded"):
+            store.progress()
+        store.open_run("r", {})
+        store.observe_peer(_obs("cc" * 32, 1.0, 0))
+        store.set_banned("cc" * 32, reason="non-finite contributions")
+        (peer,) = store.peers()
+        assert peer.banned and peer.ban_reason == "non-finite contributions"
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(UserError, match="cannot open coordinator database"):
+        Store(tmp_path / "junk.db")
