@@ -1,0 +1,289 @@
+"""Checkpoints on disk: atomic saves with a sha256 manifest, keep-last-N, and recovery after a crash.
+
+The guarantee: a directory named ``ckpt-<step:06d>`` exists only if its every file was written, fsynced and listed
+(size + sha256) in its ``manifest.json``. That holds across SIGKILL and power loss because a save goes
+
+    ckpt-<step>.tmp/  ->  write files  ->  fsync each file  ->  manifest.json (written last, fsynced)
+                      ->  fsync the tmp dir  ->  rename to ckpt-<step>/  ->  fsync the parent dir
+
+and deletion renames to ``*.tmp`` first. So after a crash there is at most a ``*.tmp`` left over, which
+``recover()`` removes on start. Files damaged later (disk errors, a careless hand) are caught by ``recover()``
+re-hashing every manifest: a corrupt checkpoint is renamed ``*.corrupt`` (kept for inspection, never served).
+
+Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_pretrained`` loads its root) plus
+``training_state.json`` {"step", "samples", "run_id"} and, when available, ``optimizer.safetensors``.
+One process writes (the coordinator); readers list and verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.store import CheckpointRow, FileEntry, Store
+from peer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRAINING_STATE = "training_state.json"
+TMP_SUFFIX = ".tmp"
+CORRUPT_SUFFIX = ".corrupt"
+_NAME_RE = re.compile(r"^ckpt-(\d{6,})$")
+_HASH_CHUNK = 1 << 20
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint whose files do not match its manifest (or that has no valid manifest)."""
+
+
+def checkpoint_name(step: int) -> str:
+    if step < 0:
+        raise ValueError(f"a checkpoint step must be >= 0, got {step}")
+    return f"ckpt-{step:06d}"
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a checkpoint dir name, or None for anything that is not ``ckpt-<digits>``."""
+    match = _NAME_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_and_fsync(path: Path) -> tuple[int, str]:
+    """Reads the file once: its size and sha256, then makes it durable."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    return size, digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_durably(path: Path, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(ckpt_dir: Path) -> tuple[int, float, list[FileEntry]]:
+    """(step, created, files) from ``manifest.json``; raises CorruptCheckpoint if missing or ill-formed."""
+    path = ckpt_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+        files = [FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
+        step = int(data["step"])
+        created = float(data.get("created", path.stat().st_mtime))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: no {MANIFEST}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: unreadable {MANIFEST} ({e})") from None
+    for f in files:
+        parts = Path(f.path).parts
+        if Path(f.path).is_absolute() or ".." in parts or not parts or f.path == MANIFEST:
+            raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest lists an unsafe path {f.path!r}")
+    return step, created, files
+
+
+def verify_checkpoint(ckpt_dir: Path) -> CheckpointRow:
+    """Re-hashes every file listed in the manifest; returns the checkpoint or raises CorruptCheckpoint naming the
+    first file that differs."""
+    step, created, files = read_manifest(ckpt_dir)
+    expected = parse_step(ckpt_dir.name)
+    if expected is not None and expected != step:
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest says step {step}")
+    for f in files:
+        path = ckpt_dir / f.path
+        if not path.is_file():
+            raise CorruptCheckpoint(f"{ckpt_dir.name}: missing file {f.path}")
+        size = path.stat().st_size
+        if size != f.size:
+            raise CorruptCheckpoint(f"{ckpt_dir.name}: {f.path} has {size} bytes, manifest says {f.size}")
+        if _sha256(path) != f.sha256:
+            raise CorruptCheckpoint(f"{ckpt_dir.name}: {f.path} does not match its sha256")
+    return CheckpointRow(name=ckpt_dir.name, step=step, created=created, files=files)
+
+
+@dataclass
+class RecoveryReport:
+    """What ``CheckpointDir.recover`` found: leftovers removed, checkpoints verified, corrupt ones set aside."""
+
+    removed_tmp: list[str] = field(default_factory=list)
+    verified: list[CheckpointRow] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # one message per corrupt checkpoint
+
+
+class CheckpointDir:
+    """``<data_dir>/checkpoints``: the one writer of checkpoints. ``keep_last`` >= 1 checkpoints are kept."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3):
+        if keep_last < 1:
+            raise UserError(f"keep_last must be at least 1, got {keep_last}")
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def _dirs(self) -> list[Path]:
+        """Final checkpoint dirs, oldest step first."""
+        found = [(parse_step(p.name), p) for p in self.root.iterdir() if p.is_dir()]
+        return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
+
+    def list(self) -> list[CheckpointRow]:
+        """Checkpoints with a well-formed manifest, oldest first (cheap: does not re-hash; ``recover`` does)."""
+        rows = []
+        for p in self._dirs():
+            try:
+                step, created, files = read_manifest(p)
+            except CorruptCheckpoint as e:
+                logger.warning("skipping %s", e)
+                continue
+            rows.append(CheckpointRow(name=p.name, step=step, created=created, files=files))
+        return rows
+
+    def latest(self) -> CheckpointRow | None:
+        rows = self.list()
+        return rows[-1] if rows else None
+
+    def recover(self) -> RecoveryReport:
+        """Start-up pass: removes ``*.tmp`` leftovers of interrupted saves/deletes and re-verifies every checkpoint,
+        renaming corrupt ones to ``*.corrupt`` so they are never listed or served."""
+        report = RecoveryReport()
+        for p in sorted(self.root.iterdir()):
+            if p.name.endswith(TMP_SUFFIX):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                report.removed_tmp.append(p.name)
+        for p in self._dirs():
+            try:
+                report.verified.append(verify_checkpoint(p))
+            except CorruptCheckpoint as e:
+                report.corrupt.append(str(e))
+                logger.error("corrupt checkpoint: %s (moved aside)", e)
+                self._set_aside(p)
+        _fsync_path(self.root, directory=True)
+        return report
+
+    def _set_aside(self, p: Path) -> None:
+        target = p.with_name(p.name + CORRUPT_SUFFIX)
+        n = 1
+        while target.exists():
+            target = p.with_name(f"{p.name}{CORRUPT_SUFFIX}.{n}")
+            n += 1
+        p.rename(target)
+
+    def save(
+        self, step: int, write_files: Callable[[Path], None], training_state: dict, store: Store | None = None
+    ) -> CheckpointRow:
+        """Saves checkpoint ``step`` atomically. ``write_files(dir)`` writes the model files into ``dir`` (an empty
+        directory); ``training_state`` is written as ``training_state.json``. If the checkpoint exists already it
+        is returned unchanged (saves are idempotent per step). Records the checkpoint in ``store`` if given and
+        then applies keep-last-N."""
+        name = checkpoint_name(step)
+        final = self.root / name
+        if final.is_dir():
+            row = verify_checkpoint(final)
+            if store is not None:
+                store.record_checkpoint(row)
+            return row
+        started = time.perf_counter()
+        tmp = self.root / (name + TMP_SUFFIX)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_files(tmp)
+        _write_json_durably(tmp / TRAINING_STATE, {**training_state, "step": step})
+        files: list[FileEntry] = []
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp).as_posix()
+            if rel == MANIFEST:
+                raise UserError(f"write_files must not write {MANIFEST}")
+            size, sha = _hash_and_fsync(path)
+            files.append(FileEntry(rel, size, sha))
+        for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            _fsync_path(d, directory=True)
+        created = time.time()
+        manifest = {"step": step, "created": created, "files": [f.__dict__ for f in files]}
+        _write_json_durably(tmp / MANIFEST, manifest)
+        _fsync_path(tmp, directory=True)
+        os.rename(tmp, final)
+        _fsync_path(self.root, directory=True)
+        row = CheckpointRow(
+            name=name, step=step, created=created, files=files, save_seconds=time.perf_counter() - started
+        )
+        logger.info("saved checkpoint %s (%.1f MB) in %.2f s", name, row.size_bytes / 1e6, row.save_seconds)
+        if store is not None:
+            store.record_checkpoint(row)
+        self.prune(store)
+        return row
+
+    def prune(self, store: Store | None = None) -> list[str]:
+        """Deletes all but the newest ``keep_last`` checkpoints, never the newest one that verifies: if the newest
+        checkpoints are damaged, the newest good one is kept as well (and the damaged ones are left for
+        ``recover`` to report). Deletion renames to ``*.tmp`` first, so a crash mid-delete leaves nothing visible."""
+        dirs = self._dirs()
+        keep = {p.name for p in dirs[-self.keep_last :]}
+        for p in reversed(dirs):
+            try:
+                verify_checkpoint(p)
+            except CorruptCheckpoint as e:
+                logger.warning("not counting %s as the newest good checkpoint: %s", p.name, e)
+                continue
+            keep.add(p.name)
+            break
+        removed = []
+        for p in dirs:
+            if p.name in keep:
+                continue
+            doomed = p.with_name(p.name + TMP_SUFFIX)
+            os.rename(p, doomed)
+            _fsync_path(self.root, directory=True)
+            shutil.rmtree(doomed)
+            removed.append(p.name)
+            if store is not None:
+                store.remove_checkpoint(p.name)
+        if removed:
+            logger.info("removed old checkpoints %s (keep_last=%d)", ", ".join(removed), self.keep_last)
+        return removed
+
+
+def sync_store(store: Store, rows: list[CheckpointRow]) -> None:
+    """Makes the store's checkpoint table equal to ``rows`` (the verified checkpoints after ``recover``)."""
+    names = {r.name for r in rows}
+    for old in store.checkpoints():
+        if old.name not in names:
+            store.remove_checkpoint(old.name)
+    known = {c.name: c for c in store.checkpoints()}
+    for r in rows:
+        prev = known.get(r.name)
+        save_seconds = prev.save_seconds if prev is not None else None
+        store.record_checkpoint(
+            CheckpointRow(name=r.name, step=r.step, created=r.created, files=r.files, save_seconds=save_seconds)
+        )

