@@ -1,0 +1,166 @@
+"""The coordinator's one HTTP server: dashboard page, JSON API, ``/metrics`` and checkpoint files.
+
+Built from objects the service constructs (store, checkpoints dir, run info, metrics) — no globals — so tests and
+the service run as many apps side by side as they like. Checkpoint files are served with ``Range`` and a strong
+``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut transfer and
+``If-Range`` guards against resuming onto a different file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
+
+from coordinator.api.checkpoint_files import CheckpointFiles, CheckpointNotFound, UnsafePath
+from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
+from coordinator.store import Store
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+FILE_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a joining peer needs (``GET /api/v1/run``): the run config and where the swarm is."""
+
+    run_id: str
+    config: dict
+    initial_peers: list[str] = field(default_factory=list)
+    join_command: str = ""
+
+
+class _CountingFileResponse(FileResponse):
+    """A FileResponse that reports the body bytes it actually sent (ranges included) to the metrics."""
+
+    chunk_size = FILE_CHUNK_BYTES
+
+    def __init__(self, *args, metrics: CoordinatorMetrics | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, counting_send)
+        finally:
+            if self._metrics is not None:
+                self._metrics.add_download_bytes("http", sent)
+
+
+def create_http_app(
+    store: Store, checkpoints_dir: str | Path, run_info: RunInfo, metrics: CoordinatorMetrics | None = None
+) -> FastAPI:
+    """The FastAPI app of one coordinator. ``metrics`` None builds one on ``store``."""
+    files = CheckpointFiles(checkpoints_dir)
+    metrics = metrics if metrics is not None else CoordinatorMetrics(store)
+    app = FastAPI(title="warmswarm coordinator", docs_url="/api/docs", redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "dashboard.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/v1/run")
+    def run() -> dict:
+        return dataclasses.asdict(run_info)
+
+    @app.get("/api/v1/progress")
+    def progress() -> dict:
+        return {**dataclasses.asdict(store.progress()), "now": time.time()}
+
+    @app.get("/api/v1/peers")
+    def peers() -> dict:
+        return {"peers": [dataclasses.asdict(p) for p in store.peers()]}
+
+    @app.get("/api/v1/history")
+    def history(since: float | None = None, limit: int = 5000) -> dict:
+        return {"history": [dataclasses.asdict(h) for h in store.history(since=since, limit=max(1, min(limit, 50000)))]}
+
+    @app.get("/api/v1/checkpoints")
+    def checkpoints() -> dict:
+        return {"checkpoints": [m.to_dict() for m in files.list()]}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/checkpoints/{name}/{path:path}")
+    def checkpoint_file(name: str, path: str) -> FileResponse:
+        try:
+            full, entry = files.resolve(name, path)
+        except UnsafePath as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        except CheckpointNotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        headers = {"Cache-Control": "no-cache"}
+        if entry is not None:
+            headers["ETag"] = f'"{entry.sha256}"'
+            headers["Digest"] = f"sha-256={entry.sha256}"
+        return _CountingFileResponse(
+            full, filename=Path(path).name, media_type="application/octet-stream", headers=headers, metrics=metrics
+        )
+
+    @app.exception_handler(CheckpointNotFound)
+    async def not_found(request: Request, exc: CheckpointNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    return app
+
+
+@dataclass
+class HttpServer:
+    """A uvicorn server running in a background thread; ``port`` is the bound one (port 0 picks a free one)."""
+
+    port: int
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+
+def start_http_server(app: FastAPI, host: str = "0.0.0.0", port: int = 8080) -> HttpServer:
+    """Binds ``host:port`` now (so a busy port fails here, with a clear error) and serves in a daemon thread."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot bind the HTTP server to {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])), name=f"http-{bound}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        raise RuntimeError(f"the HTTP server on {host}:{bound} did not start")
+    logger.info("HTTP server on %s:%d", host, bound)
+    return HttpServer(port=bound, _server=server, _thread=thread)

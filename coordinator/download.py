@@ -1,0 +1,247 @@
+"""Downloads a checkpoint from a coordinator over HTTP or gRPC, resuming cut transfers and verifying every file.
+
+Each file is fetched into ``<name>.part`` from the offset it already holds (HTTP ``Range`` + ``If-Range``, gRPC
+``Download(offset)``), hashed as it is written (the held prefix is hashed first), and renamed into place only when
+its size and sha256 match the manifest. A cut transfer is retried from where it stopped; if it still fails the
+``.part`` file stays, and the same command later resumes it. A file that does not match is deleted and reported:
+that is a corrupt copy on the server, not something a retry fixes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlparse
+
+import grpc
+import httpx
+from tqdm import tqdm
+
+from coordinator.api.checkpoint_files import MANIFEST, CheckpointManifest, FileDigest, check_relative_path
+from peer.errors import UserError
+from protos.warmswarm.v1 import coordinator_pb2 as pb
+from protos.warmswarm.v1 import coordinator_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+HASH_BLOCK = 1 << 20
+PART_SUFFIX = ".part"
+
+
+class DownloadError(UserError):
+    """A download that could not finish; its message says whether running it again helps."""
+
+
+class _TransferCut(Exception):
+    """The connection broke mid-file; the bytes so far are kept and the transfer can resume."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    name: str
+    step: int
+    out_dir: Path
+    files: int
+    bytes_fetched: int  # transferred in this call
+    bytes_reused: int  # already on disk (complete files, or .part prefixes resumed from)
+
+
+class _Source:
+    """One coordinator endpoint: reads manifests and byte ranges of checkpoint files."""
+
+    def manifest(self, name: str) -> CheckpointManifest:
+        raise NotImplementedError
+
+    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
+        """Yields the file's bytes from ``offset``; raises _TransferCut when the connection breaks."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _HttpSource(_Source):
+    def __init__(self, base_url: str, timeout: float):
+        self.base = base_url.rstrip("/")
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout, read=timeout), follow_redirects=True)
+
+    def manifest(self, name: str) -> CheckpointManifest:
+        try:
+            r = self.client.get(f"{self.base}/api/v1/checkpoints")
+            r.raise_for_status()
+            listed = r.json()["checkpoints"]
+        except httpx.HTTPError as e:
+            raise DownloadError(f"cannot list checkpoints at {self.base}: {e}") from None
+        if not listed:
+            raise DownloadError(f"the coordinator at {self.base} has no checkpoint yet")
+        chosen = listed[-1] if name == "latest" else next((c for c in listed if c["name"] == name), None)
+        if chosen is None:
+            raise DownloadError(f"no checkpoint {name!r} at {self.base} (have: {', '.join(c['name'] for c in listed)})")
+        files = tuple(FileDigest(f["path"], int(f["size"]), f["sha256"]) for f in chosen["files"])
+        return CheckpointManifest(chosen["name"], int(chosen["step"]), float(chosen["created"]), files)
+
+    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
+        url = f"{self.base}/checkpoints/{quote(name)}/{quote(entry.path)}"
+        headers = {"Range": f"bytes={offset}-", "If-Range": f'"{entry.sha256}"'} if offset else {}
+        try:
+            with self.client.stream("GET", url, headers=headers) as r:
+                if r.status_code == 200 and offset:
+                    raise DownloadError(f"{url} does not support resuming (HTTP 200 to a Range request)")
+                if r.status_code not in (200, 206):
+                    r.read()
+                    raise DownloadError(f"GET {url}: HTTP {r.status_code} {r.text[:200]}")
+                yield from r.iter_bytes(HASH_BLOCK)
+        except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+            raise _TransferCut(str(e) or type(e).__name__) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _GrpcSource(_Source):
+    _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                  grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL)  # fmt: skip
+
+    def __init__(self, target: str, timeout: float):
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+
+    def manifest(self, name: str) -> CheckpointManifest:
+        try:
+            m = self.stub.GetManifest(pb.GetManifestRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise DownloadError(f"cannot get manifest {name!r} from grpc://{self.target}: {e.details()}") from None
+        files = tuple(FileDigest(f.path, f.digest.size_bytes, f.digest.sha256) for f in m.files)
+        return CheckpointManifest(m.name, m.step, m.created, files)
+
+    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
+        request = pb.DownloadRequest(checkpoint=name, path=entry.path, offset=offset)
+        expected = offset
+        try:
+            for chunk in self.stub.Download(request, wait_for_ready=False):
+                if chunk.offset != expected:
+                    raise DownloadError(f"{entry.path}: server sent offset {chunk.offset}, expected {expected}")
+                expected += len(chunk.data)
+                yield chunk.data
+        except grpc.RpcError as e:
+            if e.code() in self._RETRYABLE:
+                raise _TransferCut(f"{e.code().name}: {e.details()}") from None
+            raise DownloadError(f"{entry.path} from grpc://{self.target}: {e.code().name}: {e.details()}") from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _open_source(source: str, timeout: float) -> _Source:
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return _HttpSource(source, timeout)
+    if parsed.scheme == "grpc" and parsed.netloc:
+        return _GrpcSource(parsed.netloc, timeout)
+    raise DownloadError(f"--from must be http(s)://HOST:PORT or grpc://HOST:PORT, got {source!r}")
+
+
+def _sha256_of_prefix(path: Path) -> hashlib._Hash:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h
+
+
+def _fetch_file(
+    src: _Source, name: str, entry: FileDigest, dest: Path, retries: int, on_bytes: Callable[[int], None]
+) -> tuple[int, int]:
+    """Brings ``dest`` to the manifest's content; returns (bytes fetched now, bytes reused from disk)."""
+    if dest.is_file() and dest.stat().st_size == entry.size and _sha256_of_prefix(dest).hexdigest() == entry.sha256:
+        on_bytes(entry.size)
+        return 0, entry.size
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if part.exists() and part.stat().st_size > entry.size:
+        part.unlink()  # longer than the file: not a prefix of it
+    reused = part.stat().st_size if part.exists() else 0
+    digest = _sha256_of_prefix(part) if reused else hashlib.sha256()
+    on_bytes(reused)
+    fetched = 0
+    attempt = 0
+    with open(part, "ab") as out:
+        while out.tell() < entry.size:
+            try:
+                for data in src.read(name, entry, out.tell()):
+                    if out.tell() + len(data) > entry.size:
+                        raise DownloadError(f"{entry.path}: the server sent more than the manifest's {entry.size} B")
+                    out.write(data)
+                    digest.update(data)
+                    fetched += len(data)
+                    on_bytes(len(data))
+                if out.tell() < entry.size:
+                    raise _TransferCut(f"stream ended at {out.tell()} of {entry.size} bytes")
+            except _TransferCut as e:
+                out.flush()
+                attempt += 1
+                if attempt > retries:
+                    raise DownloadError(
+                        f"download of {entry.path} cut at {out.tell()} of {entry.size} bytes ({e}); "
+                        "run the same command again to resume"
+                    ) from None
+                logger.warning("%s: %s; resuming from byte %d (retry %d/%d)", entry.path, e, out.tell(), attempt,
+                               retries)  # fmt: skip
+                time.sleep(min(2.0**attempt * 0.25, 5.0))
+        out.flush()
+    if digest.hexdigest() != entry.sha256:
+        part.unlink()
+        raise DownloadError(
+            f"{entry.path} of {name} failed verification: sha256 {digest.hexdigest()[:16]}… != manifest "
+            f"{entry.sha256[:16]}… (the coordinator's copy is corrupt; the partial file was removed)"
+        )
+    part.replace(dest)
+    return fetched, reused
+
+
+def download(
+    source: str,
+    out_dir: str | Path,
+    checkpoint: str = "latest",
+    retries: int = 3,
+    timeout: float = 60.0,
+    progress: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+) -> DownloadResult:
+    """Downloads one checkpoint (``latest`` by default) from ``http(s)://HOST:PORT`` or ``grpc://HOST:PORT`` into
+    ``out_dir``: every file of its manifest, verified, then ``manifest.json`` itself, so ``out_dir`` is a
+    checkpoint directory that ``peer.modeling.load_models`` and ``from_pretrained`` read.
+    ``on_bytes(n)`` is told of every n bytes that reach the disk (after the progress bar)."""
+    out = Path(out_dir)
+    src = _open_source(source, timeout)
+    try:
+        manifest = src.manifest(checkpoint)
+        for entry in manifest.files:
+            check_relative_path(entry.path)  # a hostile manifest must not write outside out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        total_fetched = total_reused = 0
+        with tqdm(total=manifest.size_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
+                  desc=f"{manifest.name} via {urlparse(source).scheme}") as bar:  # fmt: skip
+
+            def tick(n: int) -> None:
+                bar.update(n)
+                if on_bytes is not None:
+                    on_bytes(n)
+
+            for entry in manifest.files:
+                bar.set_postfix_str(entry.path, refresh=False)
+                fetched, reused = _fetch_file(src, manifest.name, entry, out / entry.path, retries, tick)
+                total_fetched += fetched
+                total_reused += reused
+        record = {"files": [f.to_dict() for f in manifest.files], "step": manifest.step}
+        (out / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        src.close()
+    return DownloadResult(manifest.name, manifest.step, out, len(manifest.files), total_fetched, total_reused)

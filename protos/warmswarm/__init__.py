@@ -1,0 +1,1 @@
+"""The ``warmswarm.v1`` proto package."""

@@ -1,0 +1,100 @@
+"""The HTTP server: JSON API, /metrics text, and checkpoint files with Range/ETag (checked with httpx and curl)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+
+import httpx
+import pytest
+
+
+def test_json_api_reports_the_store_and_the_visible_checkpoints(coordinator):
+    with httpx.Client(base_url=coordinator.url, timeout=10) as c:
+        run = c.get("/api/v1/run").json()
+        assert run["run_id"] == "api-test-run" and run["initial_peers"] and run["join_command"]
+        progress = c.get("/api/v1/progress").json()
+        assert progress["global_step"] == coordinator.store.progress().global_step == 445
+        assert progress["alive_peers"] == 4 and progress["samples_per_second"] == pytest.approx(400.0)
+        peers = c.get("/api/v1/peers").json()["peers"]
+        assert [p["name"] for p in peers][:2] == ["dave-h100", "carol-laptop"]  # most samples first
+        history = c.get("/api/v1/history").json()["history"]
+        assert len(history) == 90 and history[0]["time"] < history[-1]["time"]
+        assert len(c.get("/api/v1/history", params={"since": history[-10]["time"]}).json()["history"]) == 9
+        ckpts = c.get("/api/v1/checkpoints").json()["checkpoints"]
+        assert [k["name"] for k in ckpts] == ["ckpt-000060", "ckpt-000120"]  # .tmp and manifest-less are hidden
+        assert {f["path"] for f in ckpts[-1]["files"]} >= {"model.safetensors", "generator/config.json"}
+        page = c.get("/")
+        assert page.status_code == 200 and "warmswarm" in page.text
+
+
+def test_metrics_endpoint_exports_the_contract_names(coordinator):
+    text = httpx.get(f"{coordinator.url}/metrics", timeout=10).text
+    expected = [
+        "warmswarm_alive_peers 4.0",
+        "warmswarm_global_step 445.0",
+        "warmswarm_samples_per_second 400.0",
+        "warmswarm_checkpoints_total 2.0",
+        "warmswarm_checkpoint_save_seconds_count 2.0",
+        "warmswarm_last_checkpoint_step 120.0",
+        'warmswarm_rejected_records_total{reason="bad_signature"} 3.0',
+        'warmswarm_download_bytes_total{protocol="http"}',
+        "warmswarm_samples_total",
+        "warmswarm_loss",
+    ]
+    for line in expected:
+        assert line in text, line
+    label_names = set(re.findall(r"[{,](\w+)=", text))
+    assert label_names <= {"reason", "protocol", "le"}, label_names  # no per-peer labels
+
+
+def test_range_requests_resume_and_etag_is_the_manifest_sha256(coordinator):
+    data = (coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors").read_bytes()
+    url = f"{coordinator.url}/checkpoints/ckpt-000120/model.safetensors"
+    with httpx.Client(timeout=10) as c:
+        full = c.get(url)
+        assert full.status_code == 200 and full.content == data
+        assert full.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        part = c.get(url, headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == data[1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+        tail = c.get(url, headers={"Range": f"bytes={len(data) - 10}-", "If-Range": full.headers["etag"]})
+        assert tail.status_code == 206 and tail.content == data[-10:]
+        stale = c.get(url, headers={"Range": "bytes=10-", "If-Range": '"0000"'})
+        assert stale.status_code == 200 and len(stale.content) == len(data)  # a changed file restarts from 0
+        bad = c.get(url, headers={"Range": f"bytes={len(data) + 5}-"})
+        assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(data)}"
+        before = coordinator.metrics.download_bytes_total.labels("http")._value.get()
+        c.get(url, headers={"Range": "bytes=0-99"})
+        assert coordinator.metrics.download_bytes_total.labels("http")._value.get() - before == 100
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/checkpoints/ckpt-000120/../../coordinator.db", 400),
+        ("/checkpoints/ckpt-000120/%2e%2e/%2e%2e/coordinator.db", 400),
+        ("/checkpoints/ckpt-000120/generator/../config.json", 400),
+        ("/checkpoints/..%2Fdata/config.json", 404),
+        ("/checkpoints/ckpt-000180.tmp/config.json", 404),
+        ("/checkpoints/ckpt-000240/config.json", 404),
+        ("/checkpoints/ckpt-000120/not-in-manifest.bin", 404),
+    ],
+)
+def test_paths_outside_a_checkpoint_are_rejected(coordinator, path, status):
+    # curl --path-as-is sends the path verbatim (httpx and browsers would normalise the dots away).
+    cmd = ["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", coordinator.url + path]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.stdout == str(status)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_continue_at_resumes_a_cut_download(coordinator, tmp_path):
+    data = (coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors").read_bytes()
+    dest = tmp_path / "model.safetensors"
+    dest.write_bytes(data[: len(data) // 2])  # what a cut transfer left behind
+    url = f"{coordinator.url}/checkpoints/ckpt-000120/model.safetensors"
+    subprocess.run(["curl", "-sSf", "-C", "-", "-o", str(dest), url], check=True, timeout=60)
+    assert dest.read_bytes() == data
