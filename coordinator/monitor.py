@@ -1,0 +1,205 @@
+"""The monitor: reads the peers' signed ``LocalMetrics`` records from the DHT, turns them into the run's progress and
+each volunteer's contribution, and writes both to the store.
+
+Trust comes from the DHT itself: the coordinator's node validates every record it stores or receives with
+``SchemaValidator`` (shape and bounds, ``peer.records``) and ``RSASignatureValidator`` (only the holder of the key
+in the subkey may write it). Each validator is wrapped in a ``RejectionCounter`` that counts, by reason, the records
+of this run it refuses; the counts live in the DHT's process and the monitor collects them every pass.
+
+Global step = the highest step among alive peers (hivemind's ``examples/albert`` monitor does the same); samples/s =
+their sum; loss = the mean over alive peers. A peer is alive while its record keeps changing: a record that sits
+unchanged in the DHT until it expires belongs to a peer that is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.schema import SchemaValidator
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils.crypto import RSAPrivateKey
+
+from coordinator.store import PeerObservation, Store
+from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+
+logger = logging.getLogger(__name__)
+
+REASON_MALFORMED = "malformed"  # fails the LocalMetrics schema (types, bounds) or is not keyed by a public key
+REASON_BAD_SIGNATURE = "bad_signature"  # written under a public key by someone who does not hold it (forged)
+
+
+class RejectionCounter(RecordValidatorBase):
+    """A validator that delegates to ``inner`` and counts the records of ``watched_keys`` it rejects, under
+    ``reason``. Priority and merging are the inner validator's, so hivemind orders and merges it the same way."""
+
+    def __init__(self, inner: RecordValidatorBase, reason: str, watched_keys: Iterable[bytes]):
+        self.inner = inner
+        self.reason = reason
+        self.watched_keys = frozenset(watched_keys)
+        self.rejected = 0
+
+    def validate(self, record: DHTRecord) -> bool:
+        ok = self.inner.validate(record)
+        if not ok and record.key in self.watched_keys:
+            self.rejected += 1
+            logger.debug("rejected a %s record (%s)", self.reason, record.subkey[:48])
+        return ok
+
+    def sign_value(self, record: DHTRecord) -> bytes:
+        return self.inner.sign_value(record)
+
+    def strip_value(self, record: DHTRecord) -> bytes:
+        return self.inner.strip_value(record)
+
+    @property
+    def priority(self) -> int:
+        return self.inner.priority
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return self.inner.merge_with(other)
+
+
+def make_validators(run_id: str, private_key: RSAPrivateKey) -> tuple[RSASignatureValidator, list[RejectionCounter]]:
+    """The coordinator's record validators for ``run_id``: the signature validator (signing with the coordinator's
+    persistent key) and both validators wrapped to count rejections of this run's keys."""
+    signature = RSASignatureValidator(private_key)
+    watched = [DHTID.generate(source=key).to_bytes() for key in (metrics_key(run_id), config_key(run_id))]
+    schema = SchemaValidator(MetricsSchema, allow_extra_keys=True, prefix=run_id)
+    return signature, [
+        RejectionCounter(schema, REASON_MALFORMED, watched),
+        RejectionCounter(signature, REASON_BAD_SIGNATURE, watched),
+    ]
+
+
+async def _rejection_totals(dht: hivemind.DHT, node) -> dict[str, int]:
+    """Runs inside the DHT process (``DHT.run_coroutine``): the cumulative counts of its RejectionCounters."""
+    validator = node.protocol.record_validator
+    totals: Counter[str] = Counter()
+    for v in getattr(validator, "_validators", [validator]):
+        if isinstance(v, RejectionCounter):
+            totals[v.reason] += v.rejected
+    return dict(totals)
+
+
+def peer_id_of(public_key: bytes) -> str:
+    """A stable, printable id for a peer: sha256 of the public-key subkey its records are stored under."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+@dataclass(frozen=True)
+class SwarmSnapshot:
+    """One monitor pass: the aggregates written to the store and what was new in it."""
+
+    time: float
+    global_step: int
+    alive_peers: int
+    samples_per_second: float
+    loss: float | None
+    observed: list[PeerObservation] = field(default_factory=list)  # peers whose record changed in this pass
+    new_rejections: dict[str, int] = field(default_factory=dict)
+
+
+def aggregate(records: Iterable[LocalMetrics]) -> tuple[int, float, float | None]:
+    """(global step, samples/s, loss) over the alive peers' records; loss is the mean of the finite losses."""
+    records = list(records)
+    step = max((r.step for r in records), default=0)
+    sps = float(sum(r.samples_per_second for r in records))
+    losses = [r.loss for r in records if math.isfinite(r.loss)]
+    return step, sps, (sum(losses) / len(losses) if losses else None)
+
+
+class Monitor:
+    """Polls ``<run_id>_metrics`` every ``interval`` seconds and writes the run's progress to ``store``.
+
+    Not thread-safe itself: one thread calls ``poll`` (``run`` does so until ``stop`` is set)."""
+
+    def __init__(self, dht: hivemind.DHT, store: Store, run_id: str, alive_window: float = 60.0, interval: float = 5.0):
+        self.dht = dht
+        self.store = store
+        self.run_id = run_id
+        self.alive_window = alive_window
+        self.interval = interval
+        self._last_record: dict[str, tuple[float, int, int]] = {}  # peer -> (record time, step, samples_total)
+        self._last_change: dict[str, float] = {}  # peer -> coordinator time its record last changed
+        self._records: dict[str, LocalMetrics] = {}
+        self._rejections_seen: dict[str, int] = {}
+
+    def _fetch(self) -> dict[bytes, object]:
+        found = self.dht.get(metrics_key(self.run_id), latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        return {subkey: item.value for subkey, item in found.value.items()}
+
+    def _collect_rejections(self) -> dict[str, int]:
+        totals = self.dht.run_coroutine(_rejection_totals)
+        new = {reason: n - self._rejections_seen.get(reason, 0) for reason, n in totals.items()}
+        self._rejections_seen = dict(totals)
+        return {reason: n for reason, n in new.items() if n > 0}
+
+    def poll(self, now: float | None = None) -> SwarmSnapshot:
+        now = time.time() if now is None else now
+        new_rejections = self._collect_rejections()
+        locally_rejected: Counter[str] = Counter()
+        observed: list[PeerObservation] = []
+        for subkey, raw in self._fetch().items():
+            try:
+                record = LocalMetrics.parse_obj(raw)
+            except Exception:  # the DHT validates records, but a node without validators can still answer a get
+                locally_rejected[REASON_MALFORMED] += 1
+                continue
+            pid = peer_id_of(subkey)
+            fingerprint = (record.time, record.step, record.samples_total)
+            if self._last_record.get(pid) == fingerprint:
+                continue  # unchanged since the last pass
+            self._last_record[pid] = fingerprint
+            if pid not in self._last_change and abs(now - record.time) > self.alive_window:
+                continue  # first sight of a record the peer stopped refreshing long ago (e.g. before our restart)
+            self._last_change[pid] = now
+            self._records[pid] = record
+            loss = record.loss if math.isfinite(record.loss) else None
+            obs = PeerObservation(
+                peer_id=pid,
+                name=record.peer_name,
+                step=record.step,
+                samples_total=record.samples_total,
+                samples_per_second=record.samples_per_second,
+                loss=loss,
+                time=now,
+            )
+            self.store.observe_peer(obs)
+            observed.append(obs)
+        for reason, n in locally_rejected.items():
+            new_rejections[reason] = new_rejections.get(reason, 0) + n
+        if new_rejections:
+            self.store.add_rejected(new_rejections)
+            logger.warning("rejected records: %s", ", ".join(f"{r}={n}" for r, n in sorted(new_rejections.items())))
+        banned = {p.peer_id for p in self.store.peers(now=now) if p.banned}
+        alive = {
+            pid: rec
+            for pid, rec in self._records.items()
+            if now - self._last_change[pid] <= self.alive_window and pid not in banned
+        }
+        step, sps, loss = aggregate(alive.values())
+        self.store.record_progress(global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now)
+        return SwarmSnapshot(now, step, len(alive), sps, loss, observed, new_rejections)
+
+    def run(self, stop: threading.Event, on_poll: Callable[[SwarmSnapshot], None] | None = None) -> None:
+        """Polls until ``stop`` is set; a failed pass is logged and retried at the next interval."""
+        while not stop.is_set():
+            try:
+                snapshot = self.poll()
+                if on_poll is not None:
+                    on_poll(snapshot)
+            except Exception:
+                logger.exception("monitor pass failed; retrying in %.0f s", self.interval)
+            stop.wait(self.interval)

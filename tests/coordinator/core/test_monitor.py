@@ -1,0 +1,118 @@
+"""The monitor against real hivemind DHT nodes on loopback: honest signed records aggregate, forged and malformed
+ones are rejected by the coordinator's node and counted by reason."""
+
+import time
+
+import hivemind
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.schema import SchemaValidator
+from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
+
+from coordinator.monitor import REASON_BAD_SIGNATURE, REASON_MALFORMED, Monitor, aggregate, make_validators, peer_id_of
+from coordinator.store import Store
+from peer.records import LocalMetrics, MetricsSchema, metrics_key
+
+RUN = "monitor-test"
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def _metrics(step, sps, samples_total, loss, name):
+    return LocalMetrics(
+        step=step,
+        samples_per_second=sps,
+        samples_accumulated=0,
+        samples_total=samples_total,
+        loss=loss,
+        mini_steps=1,
+        time=get_dht_time(),
+        peer_name=name,
+    ).dict()
+
+
+def test_aggregate_uses_max_step_sum_rate_and_finite_mean_loss():
+    a = LocalMetrics(
+        step=3, samples_per_second=1.5, samples_accumulated=0, samples_total=0, loss=2.0, mini_steps=0, time=0.0
+    )
+    b = a.copy(update=dict(step=5, loss=float("nan")))
+    c = a.copy(update=dict(step=4, loss=4.0))
+    assert aggregate([a, b, c]) == (5, 4.5, 3.0)
+    assert aggregate([]) == (0, 0.0, None)
+
+
+@pytest.mark.timeout(180)
+def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(tmp_path):
+    dhts: list[hivemind.DHT] = []
+    store = Store(tmp_path / "c.db", alive_window=60)
+    store.open_run(RUN, {"run_id": RUN})
+    try:
+        _, validators = make_validators(RUN, RSAPrivateKey())
+        coordinator = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
+        dhts.append(coordinator)
+        initial = [str(a) for a in coordinator.get_visible_maddrs()]
+
+        def honest_peer():
+            sig = RSASignatureValidator(RSAPrivateKey())
+            dht = hivemind.DHT(
+                initial_peers=initial,
+                host_maddrs=LOOPBACK,
+                record_validators=[SchemaValidator(MetricsSchema, prefix=RUN), sig],
+                start=True,
+            )
+            dhts.append(dht)
+            return dht, sig.local_public_key
+
+        alice, alice_key = honest_peer()
+        bob, bob_key = honest_peer()
+        expiration = get_dht_time() + 120
+        assert alice.store(metrics_key(RUN), _metrics(10, 20.0, 640, 3.0, "alice"), expiration, subkey=alice_key)
+        assert bob.store(metrics_key(RUN), _metrics(12, 30.0, 1000, 5.0, "bob"), expiration, subkey=bob_key)
+
+        monitor = Monitor(coordinator, store, RUN, alive_window=60, interval=1)
+        snap = monitor.poll()
+        assert (snap.global_step, snap.alive_peers, snap.samples_per_second, snap.loss) == (12, 2, 50.0, 4.0)
+
+        # an attacker with no validators writes under bob's key (unsigned: forged) ...
+        mallory = hivemind.DHT(initial_peers=initial, host_maddrs=LOOPBACK, start=True)
+        dhts.append(mallory)
+        forged = _metrics(10_000, 1e6, 10**9, 0.0, "bob")
+        mallory.store(metrics_key(RUN), forged, expiration, subkey=bob_key)
+        # ... and a properly signed record of its own that breaks the schema (malformed)
+        eve_sig = RSASignatureValidator(RSAPrivateKey())
+        eve = hivemind.DHT(initial_peers=initial, host_maddrs=LOOPBACK, record_validators=[eve_sig], start=True)
+        dhts.append(eve)
+        eve.store(metrics_key(RUN), {"step": "lots", "loss": 0.0}, expiration, subkey=eve_sig.local_public_key)
+
+        # honest progress: both peers trained more (a replacement must expire later than what it replaces)
+        expiration = get_dht_time() + 180
+        assert alice.store(metrics_key(RUN), _metrics(14, 20.0, 1280, 2.0, "alice"), expiration, subkey=alice_key)
+        assert bob.store(metrics_key(RUN), _metrics(14, 30.0, 1960, 4.0, "bob"), expiration, subkey=bob_key)
+
+        deadline = time.time() + 30
+        counts = {}
+        while time.time() < deadline:
+            snap = monitor.poll()
+            counts = store.rejected_counts()
+            if counts.get(REASON_BAD_SIGNATURE) and counts.get(REASON_MALFORMED) and snap.global_step == 14:
+                break
+            time.sleep(0.5)
+        assert counts.get(REASON_BAD_SIGNATURE, 0) >= 1, counts
+        assert counts.get(REASON_MALFORMED, 0) >= 1, counts
+        assert (snap.global_step, snap.alive_peers, snap.samples_per_second, snap.loss) == (14, 2, 50.0, 3.0)
+
+        peers = {p.name: p for p in store.peers()}
+        assert set(peers) == {"alice", "bob"}  # neither the forger's nor the malformed record made a peer
+        assert peers["alice"].samples == 640 and peers["bob"].samples == 960
+        assert peers["bob"].peer_id == peer_id_of(bob_key)
+        assert store.progress().global_step == 14
+    finally:
+        for dht in reversed(dhts):
+            dht.shutdown()
+        store.close()
+    # the store survives reopen with everything the monitor wrote
+    with Store(tmp_path / "c.db", readonly=True) as reader:
+        assert reader.progress().global_step == 14
+        assert {p.name for p in reader.peers()} == {"alice", "bob"}
+        assert reader.rejected_counts() == counts
+        assert len(reader.history()) >= 2
