@@ -186,6 +186,8 @@ def _fetch_file(
                     raise _TransferCut(f"stream ended at {out.tell()} of {entry.size} bytes")
             except _TransferCut as e:
                 out.flush()
+                if out.tell() == entry.size:
+                    break  # every byte arrived before the cut (only the end-of-stream was lost); verified below
                 attempt += 1
                 if attempt > retries:
                     raise DownloadError(
