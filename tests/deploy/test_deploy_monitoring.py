@@ -1,0 +1,234 @@
+"""Prometheus config, alert rules and the Grafana dashboard agree with what the coordinator really exports.
+
+The last test is the whole path: a real Prometheus scrapes a real ``CoordinatorMetrics`` over HTTP and answers every
+dashboard query with data — a typo in a metric, a label or the PromQL itself shows up as an empty or failed query.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from deploy_checks import (
+    CONTRACT_METRICS,
+    DEPLOY,
+    coordinator_metrics,
+    dashboard_targets,
+    exported_metrics,
+    find_tool,
+    grafana_to_promql,
+    promql_names,
+)
+
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "warmswarm.json"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+# Series that Prometheus itself adds to every scrape target; alert rules may use them.
+PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    with coordinator_metrics(tmp_path_factory.mktemp("metrics")) as metrics:
+        return exported_metrics(metrics)
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _dashboard_queries(dashboard: dict) -> list[tuple[str, str, str]]:
+    """``(panel title, PromQL, legend)`` of every target."""
+    return [
+        (title, grafana_to_promql(t["expr"]), t.get("legendFormat", "")) for title, t in dashboard_targets(dashboard)
+    ]
+
+
+def _check_names(where: str, expr: str, exported, extra_series: frozenset[str] = frozenset()) -> set[str]:
+    """Asserts every metric and label in ``expr`` exists; returns the families it uses."""
+    by_series = {s: m for m in exported.values() for s in m.series}
+    names = promql_names(expr)
+    unknown = names.metrics - by_series.keys() - extra_series
+    assert not unknown, f"{where}: {expr!r} names {sorted(unknown)}, not exported by coordinator.metrics"
+    used = {by_series[s] for s in names.metrics if s in by_series}
+    allowed = {label for m in used for label in m.labels} | {"job", "instance"}
+    allowed |= {"le"} if any(m.type == "histogram" for m in used) else set()
+    assert names.labels <= allowed, f"{where}: {expr!r} uses labels {sorted(names.labels - allowed)} it does not have"
+    return {m.family for m in used}
+
+
+def test_every_dashboard_query_names_only_exported_metrics_and_labels(dashboard, exported):
+    queries = _dashboard_queries(dashboard)
+    assert len(queries) >= 10
+    used: set[str] = set()
+    for title, expr, legend in queries:
+        used |= _check_names(f"panel {title!r}", expr, exported)
+        legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        assert legend_labels <= promql_names(expr).labels, f"panel {title!r}: legend {legend!r} shows absent labels"
+    missing = set(CONTRACT_METRICS) - used
+    assert not missing, f"the dashboard shows no panel for {sorted(missing)}"
+
+
+def test_the_contract_metrics_are_exported(exported):
+    assert set(CONTRACT_METRICS) <= exported.keys(), sorted(set(CONTRACT_METRICS) - exported.keys())
+    assert exported["warmswarm_rejected_records"].labels == {"reason"}
+    assert exported["warmswarm_download_bytes"].labels == {"protocol"}
+
+
+def test_dashboard_uses_the_provisioned_datasource_and_provider_path(dashboard):
+    provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uids = {d["uid"] for d in provisioned["datasources"] if d["type"] == "prometheus"}
+    used = {t["datasource"]["uid"] for _, t in dashboard_targets(dashboard)}
+    used |= {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
+    assert used and used <= uids, f"dashboard refers to datasources {used - uids}; provisioned: {uids}"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/warmswarm.yml").read_text())
+    paths = {p["options"]["path"] for p in provider["providers"]}
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    volumes = compose["services"]["grafana"]["volumes"]
+    mounts = {v.split(":")[1] for v in volumes if v.startswith("./grafana/dashboards")}
+    assert paths == mounts, "Grafana's dashboard provider must read the folder compose mounts the JSON into"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_alert_rules_name_only_exported_metrics(exported):
+    rules = [r for group in yaml.safe_load(ALERTS.read_text())["groups"] for r in group["rules"]]
+    assert rules
+    for rule in rules:
+        _check_names(f"alert {rule['alert']}", rule["expr"], exported, frozenset(PROMETHEUS_SERIES))
+
+
+def _promtool() -> str:
+    tool = find_tool("promtool")
+    if tool is None:
+        pytest.skip("promtool not installed (Debian package prometheus; scripts/system-deps.sh installs it)")
+    return tool
+
+
+def test_promtool_accepts_the_prometheus_config_and_its_rules():
+    result = subprocess.run(
+        [_promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr, "alerts.yml must be loaded by the config"
+
+
+def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
+    queries = _dashboard_queries(dashboard)
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:q{i}", "expr": q} for i, (_, q, _) in enumerate(queries)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    render = staticmethod(lambda: b"")
+
+    def do_GET(self):
+        body = self.render() if self.path == "/metrics" else b""
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _query(base: str, expr: str) -> dict:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.mark.timeout(120)
+def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(dashboard, tmp_path):
+    prometheus = find_tool("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed (Debian package prometheus; scripts/system-deps.sh installs it)")
+    with coordinator_metrics(tmp_path) as metrics:
+        handler = type("Handler", (_MetricsHandler,), {"render": staticmethod(metrics.render)})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "warmswarm-coordinator",
+                            "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            # rate() needs two samples inside its window.
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, f"prometheus exited: {proc.stderr.read().decode()[-2000:]}"
+                try:
+                    ready = _query(base, "count_over_time(warmswarm_alive_peers[1m]) >= 2")["data"]["result"]
+                except OSError:
+                    ready = []
+                if ready:
+                    break
+                assert time.monotonic() < deadline, "prometheus did not scrape the coordinator's metrics in 90 s"
+                time.sleep(0.5)
+            empty = []
+            for title, expr, _ in _dashboard_queries(dashboard):
+                answer = _query(base, expr)
+                assert answer["status"] == "success", f"panel {title!r}: {expr!r}: {answer}"
+                if not answer["data"]["result"]:
+                    empty.append(f"{title}: {expr}")
+            assert not empty, "queries without data:\n" + "\n".join(empty)
+            up = _query(base, 'up{job="warmswarm-coordinator"}')["data"]["result"]
+            assert up and up[0]["value"][1] == "1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            server.shutdown()
+            server.server_close()
