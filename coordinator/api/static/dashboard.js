@@ -26,7 +26,7 @@ function fmtAxis(v) {
   const a = Math.abs(v);
   if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
   if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-  return a >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(2);
+  return Number.isInteger(v) ? String(v) : a >= 10 ? v.toFixed(0) : String(Number(v.toFixed(2)));
 }
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -50,21 +50,26 @@ function drawChart(canvas, xs, ys, opts = {}) {
   if (pts.length === 0) { ctx.fillText("no data yet", w / 2 - 30, h / 2); return; }
   let x0 = pts[0][0], x1 = pts[pts.length - 1][0];
   if (x1 === x0) { x0 -= 1; x1 += 1; }
-  let y0 = opts.zero ? 0 : Math.min(...pts.map((p) => p[1])), y1 = Math.max(...pts.map((p) => p[1]));
-  if (y1 === y0) { y1 += 1; y0 = opts.zero ? 0 : y0 - 1; }
-  const span = y1 - y0; y1 += span * 0.05; if (!opts.zero) y0 -= span * 0.05;
+  let lo = opts.zero ? 0 : Math.min(...pts.map((p) => p[1])), hi = Math.max(...pts.map((p) => p[1]));
+  if (hi === lo) { hi += 1; lo = opts.zero ? 0 : lo - 1; }
+  // Round tick steps (1, 2 or 5 × 10^k; whole numbers for counts) so the axis reads at a glance.
+  const raw = (hi - lo) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
+  if (opts.integer) step = Math.max(1, Math.round(step));
+  const y0 = Math.floor(lo / step) * step, y1 = Math.ceil(hi / step) * step;
   const X = (x) => pad.l + ((x - x0) / (x1 - x0)) * (w - pad.l - pad.r);
   const Y = (y) => h - pad.b - ((y - y0) / (y1 - y0)) * (h - pad.t - pad.b);
   ctx.strokeStyle = "#e9ecef"; ctx.lineWidth = 1;
-  for (let i = 0; i <= 4; i++) {
-    const v = y0 + ((y1 - y0) * i) / 4, y = Math.round(Y(v)) + 0.5;
+  for (let v = y0; v <= y1 + step / 2; v += step) {
+    const y = Math.round(Y(v)) + 0.5;
     ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(w - pad.r, y); ctx.stroke();
     ctx.fillText(fmtAxis(v), 4, y + 4);
   }
-  for (const x of [x0, (x0 + x1) / 2, x1]) {
+  [x0, (x0 + x1) / 2, x1].forEach((x, i) => {
     const label = new Date(x * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    ctx.fillText(label, Math.min(Math.max(X(x) - 14, pad.l), w - pad.r - 30), h - 6);
-  }
+    const tw = ctx.measureText(label).width;
+    ctx.fillText(label, [X(x), X(x) - tw / 2, X(x) - tw][i], h - 6);
+  });
   ctx.strokeStyle = canvas.dataset.color || "#1971c2"; ctx.lineWidth = 2; ctx.lineJoin = "round";
   ctx.beginPath();
   pts.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
@@ -91,7 +96,7 @@ function renderHistory(history) {
   const t = history.map((h) => h.time);
   drawChart($("loss-chart"), t, history.map((h) => h.loss));
   drawChart($("sps-chart"), t, history.map((h) => h.samples_per_second), { zero: true, fill: true });
-  drawChart($("peers-chart"), t, history.map((h) => h.alive_peers), { zero: true, fill: true });
+  drawChart($("peers-chart"), t, history.map((h) => h.alive_peers), { zero: true, fill: true, integer: true });
 }
 
 function renderPeers(peers) {
