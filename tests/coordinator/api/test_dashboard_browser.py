@@ -24,10 +24,11 @@ COUNT_PIXELS = """(id) => {
   const c = document.getElementById(id);
   const [r, g, b] = c.dataset.color.match(/[0-9a-f]{2}/gi).map((h) => parseInt(h, 16));
   const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const near = (i) => Math.abs(px[i] - r) < 8 && Math.abs(px[i + 1] - g) < 8 && Math.abs(px[i + 2] - b) < 8;
   let line = 0, painted = 0;
   for (let i = 0; i < px.length; i += 4) {
     if (px[i + 3] > 0) painted++;
-    if (px[i + 3] > 200 && Math.abs(px[i] - r) < 8 && Math.abs(px[i + 1] - g) < 8 && Math.abs(px[i + 2] - b) < 8) line++;
+    if (px[i + 3] > 200 && near(i)) line++;
   }
   return {line, painted, total: px.length / 4};
 }"""
