@@ -57,6 +57,8 @@ class ObjectiveSpec:
     disc_weight: float = 50.0
     max_ngram: int = 3  # ALBERT n-gram masking
     sop_prob: float = 0.5  # ALBERT: probability that a pair is swapped
+    seed: int = 0  # masking / sampling RNG of the objective (part of a trainer checkpoint)
+    static_masking: bool = True  # a fixed number of predicted positions per sequence (static shapes for compile)
 
 
 @dataclass
