@@ -1,0 +1,179 @@
+"""``python -m coordinator start | status | download``: the organiser's and the researcher's entry point.
+
+Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from peer.errors import UserError
+
+
+def _start(args: argparse.Namespace) -> int:
+    from coordinator.service import CoordinatorSpec, start_coordinator
+    from peer.config import load_config
+
+    cfg = load_config(args.config, args.override)
+    if args.checkpoint_every < 1 or args.keep_last < 1:
+        raise UserError("--checkpoint_every and --keep_last must be at least 1")
+    spec = CoordinatorSpec(
+        data_dir=Path(args.data_dir),
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        dht_port=args.dht_port,
+        identity_path=Path(args.identity_path) if args.identity_path else None,
+        public_host=args.public_host,
+        checkpoint_every=args.checkpoint_every,
+        keep_last=args.keep_last,
+        alive_window=args.alive_window,
+        monitor_interval=args.monitor_interval,
+        state_timeout=args.state_timeout,
+        init_from=Path(args.init_from) if args.init_from else None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    coordinator = start_coordinator(cfg, spec)
+    try:
+        progress = coordinator.store.progress()
+        latest = coordinator.ckpts.latest()
+        print(f"coordinator for run {cfg.run_id!r} is up")
+        print(f"  dashboard   http://{coordinator.public_host}:{coordinator.http_port}/")
+        print(f"  gRPC        port {coordinator.grpc_port}")
+        print(f"  DHT         {', '.join(coordinator.initial_peers)}")
+        print(f"  history     global step {progress.global_step}, latest checkpoint {latest.name if latest else '-'}")
+        print("volunteers join with:")
+        print(f"  {coordinator.join_command}")
+        sys.stdout.flush()
+        coordinator.wait(stop)
+    finally:
+        print("stopping...", file=sys.stderr)
+        coordinator.stop()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    base = args.url.rstrip("/")
+    try:
+        with httpx.Client(timeout=args.timeout) as client:
+            progress = client.get(f"{base}/api/v1/progress").raise_for_status().json()
+            peers = client.get(f"{base}/api/v1/peers").raise_for_status().json()["peers"]
+            checkpoints = client.get(f"{base}/api/v1/checkpoints").raise_for_status().json()["checkpoints"]
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read the coordinator's status at {base}: {e}") from None
+    console = Console()
+    eta = progress.get("eta_seconds")
+    loss = progress.get("loss")
+    console.print(
+        f"run [bold]{progress['run_id']}[/]: step {progress['global_step']}"
+        + (f"/{progress['total_steps']}" if progress.get("total_steps") else "")
+        + f", {progress['alive_peers']} alive peers, {progress['samples_per_second']:.1f} samples/s, "
+        + f"loss {loss:.4f}" * (loss is not None)
+        + ("loss -" if loss is None else "")
+        + (f", ETA {eta / 3600:.1f} h" if eta is not None else "")
+    )
+    table = Table("volunteer", "id", "samples", "online", "step", "alive")
+    for p in peers:
+        table.add_row(
+            p["name"],
+            p["short_id"],
+            str(p["samples"]),
+            f"{p['seconds_online'] / 3600:.2f} h",
+            str(p["step"]),
+            "banned" if p["banned"] else ("yes" if p["alive"] else "no"),
+        )
+    console.print(table)
+    latest = checkpoints[-1] if checkpoints else None
+    console.print(
+        f"{len(checkpoints)} checkpoints" + (f", latest {latest['name']} (step {latest['step']})" if latest else "")
+    )
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from coordinator.download import download
+
+    started = time.perf_counter()
+    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout)
+    seconds = time.perf_counter() - started
+    print(
+        f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "
+        f"{result.bytes_fetched / 1e6:.1f} MB fetched, {result.bytes_reused / 1e6:.1f} MB reused, "
+        f"sha256 verified, {seconds:.1f} s"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m coordinator", description="warmswarm coordinator")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    start = sub.add_parser("start", help="run the coordinator of a run (DHT, monitor, checkpoints, HTTP, gRPC)")
+    start.add_argument("-c", "--config", required=True, help="run config YAML")
+    start.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    start.add_argument("--data_dir", required=True, help="where the database, checkpoints and keys live")
+    start.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP, gRPC, DHT)")
+    start.add_argument("--public_host", default=None, help="address volunteers reach this machine at")
+    start.add_argument("--http_port", type=int, default=8080)
+    start.add_argument("--grpc_port", type=int, default=50051)
+    start.add_argument("--dht_port", type=int, default=31337)
+    start.add_argument("--identity_path", default=None, help="DHT identity file (default: DATA_DIR/dht_identity.key)")
+    start.add_argument("--checkpoint_every", type=int, default=100, help="global steps between checkpoints")
+    start.add_argument("--keep_last", type=int, default=3, help="checkpoints to keep")
+    start.add_argument("--alive_window", type=float, default=60.0, help="seconds a silent peer still counts alive")
+    start.add_argument("--monitor_interval", type=float, default=5.0, help="seconds between monitor passes")
+    start.add_argument("--state_timeout", type=float, default=300.0, help="seconds to wait for the swarm's state")
+    start.add_argument("--init_from", default=None, help="use this model dir as checkpoint 0 instead of growing")
+    start.set_defaults(func=_start)
+
+    status = sub.add_parser("status", help="print a running coordinator's progress, peers and checkpoints")
+    status.add_argument("--url", required=True, help="http://HOST:PORT of the coordinator")
+    status.add_argument("--timeout", type=float, default=10.0)
+    status.set_defaults(func=_status)
+
+    download = sub.add_parser("download", help="download a checkpoint (resumable, sha256-verified)")
+    download.add_argument("--from", dest="source", required=True, help="http://HOST:PORT or grpc://HOST:PORT")
+    download.add_argument("--out", required=True, help="directory to write the checkpoint into")
+    download.add_argument("--checkpoint", default="latest", help="checkpoint name (default: the newest)")
+    download.add_argument("--retries", type=int, default=3)
+    download.add_argument("--timeout", type=float, default=60.0)
+    download.set_defaults(func=_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

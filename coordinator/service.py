@@ -1,0 +1,332 @@
+"""``python -m coordinator start``: wires store, checkpoints, DHT, monitor, checkpoint saver and the HTTP/gRPC servers.
+
+Start order (each step needs the ones before it), stopped in reverse on SIGINT/SIGTERM:
+  1. store (SQLite, the run's history survives restarts) and checkpoint recovery (drop ``*.tmp``, re-verify);
+  2. checkpoint 0 from the growth recipe if the run has no checkpoint yet (or from ``--init_from``);
+  3. the DHT node: persistent identity (stable peer id, so the join line survives a restart) and fixed port;
+     the run config published under ``<run_id>_config``, signed with the coordinator's persistent RSA key;
+  4. the monitor thread (DHT metrics -> store) and the saver thread (every ``checkpoint_every`` global steps: pull
+     the averaged state from the peers and save a checkpoint);
+  5. the HTTP and gRPC servers, then the line a volunteer copies to join.
+
+Coordinator settings that belong to one deployment rather than to the run (where data lives, cadence of
+checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-line flags; the run itself is the
+``RunConfig`` every peer receives.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hivemind
+from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
+
+from coordinator.checkpoints import CheckpointDir, sync_store
+from coordinator.monitor import Monitor, make_validators
+from coordinator.store import Store
+from peer.config import RunConfig, SwarmSpec, config_to_dict
+from peer.errors import UserError
+from peer.records import config_key
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "coordinator.db"
+CHECKPOINTS_SUBDIR = "checkpoints"
+SIGNING_KEY_NAME = "coordinator_signing_key.der"
+IDENTITY_NAME = "dht_identity.key"
+CONFIG_RECORD_TTL = 3600.0
+CARRIED_FILES = ("growth.json",)  # provenance files copied from the previous checkpoint into each new one
+
+
+@dataclass
+class CoordinatorSpec:
+    """One coordinator deployment: where it keeps its data, what it listens on, how often it checkpoints."""
+
+    data_dir: Path
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    dht_port: int = 31337
+    identity_path: Path | None = None  # default: <data_dir>/dht_identity.key
+    public_host: str | None = None  # the address volunteers use to reach this machine (default: guessed)
+    checkpoint_every: int = 100  # global steps between checkpoints
+    keep_last: int = 3
+    alive_window: float = 60.0
+    monitor_interval: float = 5.0
+    state_timeout: float = 300.0  # how long one pull of the averaged state from the peers may take
+    init_from: Path | None = None  # an existing model dir to use as checkpoint 0 instead of growing one
+    extra_join_args: list[str] = field(default_factory=list)
+
+
+def load_or_create_signing_key(path: Path) -> RSAPrivateKey:
+    """The coordinator's RSA key for signed DHT records, kept across restarts so peers see the same signer."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = RSAPrivateKey()
+    if path.is_file():
+        try:
+            key._private_key = serialization.load_der_private_key(path.read_bytes(), password=None)
+        except ValueError as e:
+            raise UserError(f"signing key {path} is unreadable ({e}); move it away to create a new one") from None
+        return key
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(key.to_bytes())
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return key
+
+
+def guess_public_host() -> str:
+    """The address other machines most likely reach this one at (the source address of the default route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, only a route is chosen
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def grow_initial_state(cfg: RunConfig, out_dir: Path) -> None:
+    """Writes checkpoint 0's model files with the growth recipe (``peer.growth``)."""
+    try:
+        from peer.growth import grow_run_initial_state
+    except ImportError:
+        raise UserError(
+            "this checkout's peer.growth has no grow_run_initial_state; pass --init_from MODEL_DIR instead"
+        ) from None
+    grow_run_initial_state(cfg, out_dir)
+
+
+def copy_model_dir(src: Path) -> Callable[[Path], None]:
+    """A checkpoint writer that copies an existing model dir (its own manifest/training state excluded)."""
+    if not (src / "config.json").is_file():
+        raise UserError(f"--init_from {src} is not a model dir (no config.json)")
+
+    def write(out: Path) -> None:
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if path.is_dir() or rel.as_posix() in ("manifest.json", "training_state.json"):
+                continue
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / rel)
+
+    return write
+
+
+class CheckpointSaver:
+    """Every ``checkpoint_every`` global steps, pulls the swarm's averaged parameters (D's
+    ``load_state_from_swarm``) into a model loaded from the latest checkpoint and saves them as a new checkpoint.
+
+    The latest checkpoint is the template because it holds exactly the run's architecture and tokenizer; pulling
+    into it also means a failed pull leaves nothing half-updated on disk."""
+
+    def __init__(self, cfg: RunConfig, spec: CoordinatorSpec, dht: hivemind.DHT, store: Store, ckpts: CheckpointDir):
+        self.cfg, self.spec, self.dht, self.store, self.ckpts = cfg, spec, dht, store, ckpts
+
+    def due(self) -> bool:
+        latest = self.ckpts.latest()
+        last = latest.step if latest is not None else 0
+        return self.store.progress().global_step >= last + self.spec.checkpoint_every
+
+    def save_from_swarm(self) -> int | None:
+        """One pull-and-save; returns the saved step, or None if no peer answered or the state is not newer."""
+        from transformers import AutoTokenizer
+
+        from peer.modeling import load_models, save_models
+        from peer.swarm.state import load_state_from_swarm
+
+        latest = self.ckpts.latest()
+        if latest is None:
+            raise UserError("no checkpoint to use as the template for the swarm's state")
+        template = self.ckpts.path(latest.name)
+        models = load_models(template)
+        step = load_state_from_swarm(self.dht, self.cfg, models, timeout=self.spec.state_timeout)
+        if step is None:
+            logger.warning("no peer sent its state within %.0f s; will retry", self.spec.state_timeout)
+            return None
+        if step <= latest.step:
+            logger.info("swarm state is at step %d, not newer than checkpoint %s", step, latest.name)
+            return None
+        tokenizer = AutoTokenizer.from_pretrained(template)
+
+        def write(out: Path) -> None:
+            save_models(models, out, tokenizer)
+            for name in CARRIED_FILES:
+                if (template / name).is_file():
+                    shutil.copyfile(template / name, out / name)
+
+        samples = self.store.progress().samples_total
+        self.ckpts.save(step, write, {"samples": samples, "run_id": self.cfg.run_id}, store=self.store)
+        return step
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        while not stop.wait(interval):
+            try:
+                if self.due():
+                    self.save_from_swarm()
+            except Exception:
+                logger.exception("checkpoint from the swarm failed; will retry")
+
+
+@dataclass
+class RunningCoordinator:
+    """Handles to everything ``start_coordinator`` started; ``stop()`` ends them in reverse order."""
+
+    cfg: RunConfig
+    spec: CoordinatorSpec
+    store: Store
+    ckpts: CheckpointDir
+    dht: hivemind.DHT
+    http_port: int
+    grpc_port: int
+    public_host: str
+    initial_peers: list[str]
+    join_command: str
+    signing_public_key: bytes
+    _stop: threading.Event
+    _threads: list[threading.Thread]
+    _stoppers: list[Callable[[], None]]
+
+    def wait(self, stop: threading.Event) -> None:
+        """Blocks until ``stop`` is set, refreshing the published config record before it expires."""
+        while not stop.wait(CONFIG_RECORD_TTL / 4):
+            publish_config(self.dht, self.cfg, self.signing_public_key)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=max(30.0, self.spec.state_timeout))
+        for stopper in reversed(self._stoppers):
+            try:
+                stopper()
+            except Exception:
+                logger.exception("error while stopping")
+
+
+def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
+    """Stores the run config under ``<run_id>_config`` with the coordinator's public key as subkey: the DHT's
+    ``RSASignatureValidator`` signs it, so only this coordinator can write or replace it."""
+    return bool(
+        dht.store(config_key(cfg.run_id), config_to_dict(cfg), get_dht_time() + CONFIG_RECORD_TTL, subkey=subkey)
+    )
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _dht_maddrs(host: str, port: int) -> list[str]:
+    return [f"/ip6/{host}/tcp/{port}"] if ":" in host else [f"/ip4/{host}/tcp/{port}"]
+
+
+def start_coordinator(
+    cfg: RunConfig, spec: CoordinatorSpec, initial_state: Callable[[RunConfig, Path], None] = grow_initial_state
+) -> RunningCoordinator:
+    """Starts everything (see the module docstring) and returns once the servers accept connections."""
+    from coordinator.api.grpc_server import start_grpc_server
+    from coordinator.api.http import RunInfo, create_http_app, start_http_server
+    from coordinator.metrics import CoordinatorMetrics
+    from peer.swarm.dht import lock_identity, start_dht
+
+    stoppers: list[Callable[[], None]] = []
+    stop = threading.Event()
+    try:
+        data = Path(spec.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        store = Store(data / DB_NAME, alive_window=spec.alive_window)
+        stoppers.append(store.close)
+        store.open_run(cfg.run_id, config_to_dict(cfg), total_steps=cfg.train.total_steps)
+
+        ckpts = CheckpointDir(data / CHECKPOINTS_SUBDIR, keep_last=spec.keep_last)
+        report = ckpts.recover()
+        for name in report.removed_tmp:
+            logger.warning("removed an interrupted checkpoint write: %s", name)
+        for message in report.corrupt:
+            logger.error("corrupt checkpoint set aside: %s", message)
+        sync_store(store, report.verified)
+        if not report.verified:
+            writer = copy_model_dir(spec.init_from) if spec.init_from else (lambda d: initial_state(cfg, d))
+            logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
+            ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
+
+        identity = spec.identity_path or data / IDENTITY_NAME
+        lock = lock_identity(str(identity))
+        stoppers.append(lock.release)
+        signature, validators = make_validators(cfg.run_id, load_or_create_signing_key(data / SIGNING_KEY_NAME))
+        swarm = SwarmSpec(
+            initial_peers=list(cfg.swarm.initial_peers),
+            host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
+            announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else [],
+            identity_path=str(identity),
+            use_relay=cfg.swarm.use_relay,
+        )
+        dht = start_dht(swarm, validators)
+        stoppers.append(dht.shutdown)
+        if not publish_config(dht, cfg, signature.local_public_key):
+            logger.warning("the DHT did not accept the run config record")
+        public_host = spec.public_host or (spec.host if spec.host not in ("0.0.0.0", "::") else guess_public_host())
+        initial_peers = [
+            str(a).replace("/ip4/0.0.0.0/", f"/ip4/{public_host}/")
+            for a in dht.get_visible_maddrs()
+            if "/p2p-circuit" not in str(a)
+        ]
+
+        monitor = Monitor(dht, store, cfg.run_id, alive_window=spec.alive_window, interval=spec.monitor_interval)
+        saver = CheckpointSaver(cfg, spec, dht, store, ckpts)
+        threads = [
+            threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
+            threading.Thread(target=saver.run, args=(stop, spec.monitor_interval), name="saver", daemon=True),
+        ]
+
+        metrics = CoordinatorMetrics(store)
+        http_port = spec.http_port or _free_port(spec.host)  # the join line needs the port before the app exists
+        join = " ".join(
+            ["python -m peer join --coordinator", f"http://{public_host}:{http_port}", *spec.extra_join_args]
+        )
+        run_info = RunInfo(cfg.run_id, config_to_dict(cfg), initial_peers, join)
+        http = start_http_server(create_http_app(store, ckpts.root, run_info, metrics), host=spec.host, port=http_port)
+        stoppers.append(http.stop)
+        grpc = start_grpc_server(store, ckpts.root, host=spec.host, port=spec.grpc_port, metrics=metrics)
+        stoppers.append(grpc.stop)
+        for thread in threads:
+            thread.start()
+    except OSError as e:
+        _run_all(stoppers)
+        raise UserError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    except BaseException:
+        _run_all(stoppers)
+        raise
+    running = RunningCoordinator(
+        cfg=cfg,
+        spec=spec,
+        store=store,
+        ckpts=ckpts,
+        dht=dht,
+        http_port=http.port,
+        grpc_port=grpc.port,
+        public_host=public_host,
+        initial_peers=initial_peers,
+        join_command=join,
+        signing_public_key=signature.local_public_key,
+        _stop=stop,
+        _threads=threads,
+        _stoppers=stoppers,
+    )
+    return running
+
+
+def _run_all(stoppers: list[Callable[[], None]]) -> None:
+    for stopper in reversed(stoppers):
+        try:
+            stopper()
+        except Exception:
+            logger.exception("error while cleaning up")

