@@ -10,16 +10,18 @@ that is a corrupt copy on the server, not something a retry fixes.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
 import grpc
-import httpx
 from tqdm import tqdm
 
 from coordinator.api.checkpoint_files import MANIFEST, CheckpointManifest, FileDigest, check_relative_path
@@ -66,16 +68,29 @@ class _Source:
 
 
 class _HttpSource(_Source):
+    """Plain ``urllib``: on loopback it streams a file ~10x faster than httpx (it reads straight into large
+    buffers), and the download is then bound by hashing and the disk rather than by HTTP parsing."""
+
     def __init__(self, base_url: str, timeout: float):
         self.base = base_url.rstrip("/")
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout, read=timeout), follow_redirects=True)
+        self.timeout = timeout
+
+    def _open(self, url: str, headers: dict[str, str] | None = None):
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:200].decode(errors="replace")
+            raise DownloadError(f"GET {url}: HTTP {e.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise _TransferCut(f"cannot reach {self.base}: {getattr(e, 'reason', e)}") from None
 
     def manifest(self, name: str) -> CheckpointManifest:
         try:
-            r = self.client.get(f"{self.base}/api/v1/checkpoints")
-            r.raise_for_status()
-            listed = r.json()["checkpoints"]
-        except httpx.HTTPError as e:
+            with self._open(f"{self.base}/api/v1/checkpoints") as r:
+                listed = json.loads(r.read())["checkpoints"]
+        except _TransferCut as e:
+            raise DownloadError(str(e)) from None
+        except (ValueError, KeyError, OSError, http.client.HTTPException) as e:
             raise DownloadError(f"cannot list checkpoints at {self.base}: {e}") from None
         if not listed:
             raise DownloadError(f"the coordinator at {self.base} has no checkpoint yet")
@@ -88,19 +103,14 @@ class _HttpSource(_Source):
     def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
         url = f"{self.base}/checkpoints/{quote(name)}/{quote(entry.path)}"
         headers = {"Range": f"bytes={offset}-", "If-Range": f'"{entry.sha256}"'} if offset else {}
-        try:
-            with self.client.stream("GET", url, headers=headers) as r:
-                if r.status_code == 200 and offset:
-                    raise DownloadError(f"{url} does not support resuming (HTTP 200 to a Range request)")
-                if r.status_code not in (200, 206):
-                    r.read()
-                    raise DownloadError(f"GET {url}: HTTP {r.status_code} {r.text[:200]}")
-                yield from r.iter_bytes(HASH_BLOCK)
-        except (httpx.TransportError, httpx.RemoteProtocolError) as e:
-            raise _TransferCut(str(e) or type(e).__name__) from None
-
-    def close(self) -> None:
-        self.client.close()
+        with self._open(url, headers) as r:
+            if r.status == 200 and offset:
+                raise DownloadError(f"{url} does not support resuming (HTTP 200 to a Range request)")
+            try:
+                while data := r.read(HASH_BLOCK):
+                    yield data
+            except (http.client.HTTPException, OSError) as e:
+                raise _TransferCut(f"{type(e).__name__}: {e}") from None
 
 
 class _GrpcSource(_Source):
