@@ -7,11 +7,13 @@ that ``peer.modeling`` defines, so the result saves and loads like any other mod
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers.initialization import no_init_weights
 
 from peer.config import GrowthSpec, ModelSpec
 from peer.errors import UserError
@@ -101,6 +103,19 @@ def _with_prefix(state: dict, heads: tuple[str, ...]) -> dict:
     return {(k if k.startswith(heads) else f"electra.{k}"): v for k, v in state.items()}
 
 
+@contextmanager
+def _empty_modules(dtype: torch.dtype):
+    """Builds HF modules directly in ``dtype`` without their random init (every weight is overwritten by growth);
+    that init and a later dtype cast dominate the cost of growing otherwise."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def _load(module: nn.Module, state: dict, dtype: torch.dtype) -> nn.Module:
     module.to(dtype)
     missing, unexpected = module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
@@ -152,10 +167,15 @@ def grow(
     for cfg in (disc_cfg, gen_cfg):
         cfg.hidden_act = source.config.get("hidden_act", "gelu")
         cfg.layer_norm_eps = source.config.get("layer_norm_eps", 1e-12)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(growth.seed)
+    with _empty_modules(dtype):
         discriminator = _load(ElectraForPreTraining(disc_cfg), _with_prefix(disc.grown.state, (DISC_HEAD,)), dtype)
-        generator = ElectraForMaskedLM(gen_cfg)
+        source_disc = ElectraForPreTraining(source_electra_config(source, src))
+        if growth.generator_init == "narrow":
+            generator = ElectraForMaskedLM(gen_cfg)
+    if growth.generator_init == "fresh":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(growth.seed)
+            generator = ElectraForMaskedLM(gen_cfg).to(dtype).eval()
     if growth.generator_init == "narrow":
         g_hidden, g_heads, g_ffn = generator_sizes(spec)
         gen_state = narrow_generator_state(
@@ -169,13 +189,10 @@ def grow(
         )
         shared = {k: v for k, v in disc.grown.state.items() if k.startswith("embeddings.")}
         _load(generator, _with_prefix({**gen_state.state, **shared}, (GEN_HEAD, "generator_lm_head")), dtype)
-    elif growth.generator_init == "fresh":
-        generator.to(dtype).eval()
-    else:
+    elif growth.generator_init != "fresh":
         raise UserError(f"unknown generator init {growth.generator_init!r} (known: narrow, fresh)")
     tie_generator_embeddings(generator, discriminator)
 
-    source_disc = ElectraForPreTraining(source_electra_config(source, src))
     _load(source_disc, _with_prefix({**backbone_only(source.state), **disc.source_head}, (DISC_HEAD,)), dtype)
     record = {
         "source": str(source.path),
