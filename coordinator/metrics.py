@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from coordinator.store import Store
+from peer.errors import UserError
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Checkpoint saves range from a second (demo model) to minutes (a large model on a slow disk).
@@ -33,7 +34,10 @@ class _StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterable[Metric]:
-        p = self.store.progress()
+        try:
+            p = self.store.progress()
+        except UserError:  # no run opened yet (a scrape during start-up): export the process metrics only
+            return
         yield GaugeMetricFamily("warmswarm_alive_peers", "Peers whose metrics record is fresh", value=p.alive_peers)
         yield GaugeMetricFamily("warmswarm_global_step", "Global optimizer step of the swarm", value=p.global_step)
         yield CounterMetricFamily("warmswarm_samples", "Samples the swarm has trained on", value=p.samples_total)

@@ -101,3 +101,39 @@ def test_bad_sources_fail_with_one_line(tmp_path, source, message):
 def test_unknown_checkpoint_names_what_exists(coordinator, tmp_path):
     with pytest.raises(DownloadError, match="ckpt-000060, ckpt-000120"):
         download(coordinator.url, tmp_path / "out", checkpoint="ckpt-999999", progress=False)
+
+
+def test_a_downloaded_model_checkpoint_loads_with_transformers(coordinator, tmp_path):
+    """End to end with a real (tiny) HF model dir: served, downloaded over gRPC, verified, loaded by transformers."""
+    import torch
+    from transformers import AutoModel
+
+    from peer.config import ModelSpec
+    from peer.modeling import build_models, save_models
+
+    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64)
+    models = build_models(spec, vocab_size=100, seed=0)
+    staging = tmp_path / "staging"
+    save_models(models, staging)
+    files = {str(f.relative_to(staging)): f.read_bytes() for f in sorted(staging.rglob("*")) if f.is_file()}
+    write_checkpoint(coordinator.checkpoints_dir, 500, files)
+    out = tmp_path / "out"
+    result = download(f"grpc://{coordinator.grpc_target}", out, progress=False)
+    assert result.name == "ckpt-000500"
+    loaded = AutoModel.from_pretrained(out)
+    want = {k.removeprefix("electra."): v for k, v in models.discriminator.state_dict().items()}
+    got = loaded.state_dict()
+    assert len(got) > 10 and all(torch.equal(v, want[k]) for k, v in got.items())  # the encoder, bit for bit
+
+
+def test_cli_download_reports_a_corrupt_checkpoint_in_one_line(coordinator, tmp_path):
+    import subprocess
+    import sys
+
+    target = coordinator.checkpoints_dir / "ckpt-000120" / "config.json"
+    target.write_bytes(target.read_bytes().replace(b"64", b"65"))
+    cmd = [sys.executable, "-m", "coordinator", "download", "--from", coordinator.url, "--out", str(tmp_path / "o")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config.json of ckpt-000120 failed verification"), out.stderr
