@@ -4,7 +4,11 @@ and every compose command line parsed by the real CLI parsers, with ports and ad
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -183,3 +187,51 @@ def test_compose_prometheus_and_grafana_point_at_the_right_services(compose, par
     assert url.hostname == "prometheus" and url.port in prom_ports
     grafana_mounts = _mount_targets(services["grafana"])
     assert grafana_mounts.get("/etc/grafana/provisioning") == "./grafana/provisioning"
+
+
+def _stage_build_context(steps, patterns: list[str], into: Path) -> Path:
+    """Reproduces, on disk, what the build stage's COPYs put into its WORKDIR (dockerignored paths left out)."""
+    workdir = into
+    for step in (s for s in steps if s.stage == 0):
+        if step.keyword == "WORKDIR":
+            workdir = into / step.value.lstrip("/")
+        if step.keyword != "COPY":
+            continue
+        *sources, dest = [w for w in shlex.split(step.value) if not w.startswith("--")]
+        target = workdir / dest
+        for src in sources:
+            origin = ROOT / src
+            for path in [origin] if origin.is_file() else sorted(p for p in origin.rglob("*") if p.is_file()):
+                relative = path.relative_to(ROOT).as_posix()
+                if ignored_by(patterns, relative):
+                    continue
+                out = target / path.name if origin.is_file() else target / path.relative_to(origin)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, out)
+    return workdir
+
+
+@pytest.mark.timeout(180)
+def test_the_build_stage_installs_a_complete_package_from_what_it_copies(steps, tmp_path):
+    """The image's `pip install .` sees only the COPYed files: the wheel they make must hold every module and
+    data file of the three packages (a forgotten COPY or package-data pattern would only show in a real build)."""
+    patterns = dockerignore_patterns(DEPLOY / "Dockerfile.dockerignore")
+    source = _stage_build_context(steps, patterns, tmp_path / "ctx")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("warmswarm-*.whl")
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {
+        p.relative_to(ROOT).as_posix()
+        for package in ("peer", "coordinator", "protos")
+        for p in (ROOT / package).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".html", ".js", ".css", ".proto")
+    }
+    missing = sorted(wanted - packaged)
+    assert not missing, f"the image would lack {missing[:10]}"

@@ -1,6 +1,6 @@
 """Prometheus config, alert rules and the Grafana dashboard agree with what the coordinator really exports.
 
-The last test is the whole path: a real Prometheus scrapes a real ``CoordinatorMetrics`` over HTTP and answers every
+The last test is the whole path: a real Prometheus scrapes the coordinator's real HTTP ``/metrics`` and answers every
 dashboard query with data — a typo in a metric, a label or the PromQL itself shows up as an empty or failed query.
 """
 
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -139,21 +138,6 @@ def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-class _MetricsHandler(BaseHTTPRequestHandler):
-    render = staticmethod(lambda: b"")
-
-    def do_GET(self):
-        body = self.render() if self.path == "/metrics" else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,24 +155,21 @@ def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(
     prometheus = find_tool("prometheus")
     if prometheus is None:
         pytest.skip("prometheus not installed (Debian package prometheus; scripts/system-deps.sh installs it)")
+    from coordinator.api.http import RunInfo, create_http_app, start_http_server
+
     with coordinator_metrics(tmp_path) as metrics:
-        handler = type("Handler", (_MetricsHandler,), {"render": staticmethod(metrics.render)})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        (tmp_path / "checkpoints").mkdir()
+        app = create_http_app(metrics.store, tmp_path / "checkpoints", RunInfo("deploy-check", {}), metrics)
+        server = start_http_server(app, host="127.0.0.1", port=0)
         config = tmp_path / "prometheus.yml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "warmswarm-coordinator",
-                            "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"]}],
-                        }
-                    ],
-                }
-            )
-        )
+        # deploy's own config and alert rules, with only the target and the pace changed.
+        deployed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        deployed["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        for job in deployed["scrape_configs"]:
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+        for rule_file in deployed.get("rule_files", []):
+            shutil.copy(PROMETHEUS_CONFIG.parent / rule_file, tmp_path / rule_file)
+        config.write_text(yaml.safe_dump(deployed))
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
@@ -223,6 +204,17 @@ def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(
             assert not empty, "queries without data:\n" + "\n".join(empty)
             up = _query(base, 'up{job="warmswarm-coordinator"}')["data"]["result"]
             assert up and up[0]["value"][1] == "1"
+            deadline = time.monotonic() + 30
+            while True:  # every alert rule evaluated at least once, without an error
+                with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
+                    rules = [r for g in json.load(response)["data"]["groups"] for r in g["rules"]]
+                evaluated = [r for r in rules if not r.get("lastEvaluation", "0001").startswith("0001")]
+                if len(evaluated) == len(rules) > 0:
+                    break
+                assert time.monotonic() < deadline, f"alert rules not evaluated: {rules}"
+                time.sleep(0.5)
+            broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
+            assert not broken, broken
         finally:
             proc.terminate()
             try:
@@ -230,5 +222,4 @@ def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            server.shutdown()
-            server.server_close()
+            server.stop()
