@@ -13,6 +13,8 @@ import hashlib
 import http.client
 import json
 import logging
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -166,6 +168,51 @@ def _sha256_of_prefix(path: Path) -> hashlib._Hash:
     return h
 
 
+class _Sink:
+    """Appends chunks to the ``.part`` file and hashes them on a worker thread, so receiving the next chunk overlaps
+    with writing and hashing this one (all three release the GIL). ``drain()`` waits until the file holds every
+    chunk handed over so far and re-raises a write error."""
+
+    def __init__(self, out, digest):
+        self.out = out
+        self.digest = digest
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="download-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            try:
+                if self.error is None:
+                    self.out.write(data)
+                    self.digest.update(data)
+            except BaseException as e:  # kept for drain(): the receiving thread reports it
+                self.error = e
+            finally:
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise DownloadError(f"cannot write {self.out.name}: {self.error}") from self.error
+
+    def put(self, data: bytes) -> None:
+        self._raise_if_failed()
+        self.queue.put(data)
+
+    def drain(self) -> int:
+        """Waits for the pending chunks; returns the file's length."""
+        self.queue.join()
+        self._raise_if_failed()
+        self.out.flush()
+        return self.out.tell()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
 def _fetch_file(
     src: _Source, name: str, entry: FileDigest, dest: Path, retries: int, on_bytes: Callable[[int], None]
 ) -> tuple[int, int]:
@@ -183,31 +230,36 @@ def _fetch_file(
     fetched = 0
     attempt = 0
     with open(part, "ab") as out:
-        while out.tell() < entry.size:
-            try:
-                for data in src.read(name, entry, out.tell()):
-                    if out.tell() + len(data) > entry.size:
-                        raise DownloadError(f"{entry.path}: the server sent more than the manifest's {entry.size} B")
-                    out.write(data)
-                    digest.update(data)
-                    fetched += len(data)
-                    on_bytes(len(data))
-                if out.tell() < entry.size:
-                    raise _TransferCut(f"stream ended at {out.tell()} of {entry.size} bytes")
-            except _TransferCut as e:
-                out.flush()
-                if out.tell() == entry.size:
-                    break  # every byte arrived before the cut (only the end-of-stream was lost); verified below
-                attempt += 1
-                if attempt > retries:
-                    raise DownloadError(
-                        f"download of {entry.path} cut at {out.tell()} of {entry.size} bytes ({e}); "
-                        "run the same command again to resume"
-                    ) from None
-                logger.warning("%s: %s; resuming from byte %d (retry %d/%d)", entry.path, e, out.tell(), attempt,
-                               retries)  # fmt: skip
-                time.sleep(min(2.0**attempt * 0.25, 5.0))
-        out.flush()
+        sink = _Sink(out, digest)
+        try:
+            held = out.tell()
+            while held < entry.size:
+                try:
+                    for data in src.read(name, entry, held):
+                        if held + len(data) > entry.size:
+                            raise DownloadError(f"{entry.path}: server sent more than the manifest's {entry.size} B")
+                        sink.put(data)
+                        held += len(data)
+                        fetched += len(data)
+                        on_bytes(len(data))
+                    if held < entry.size:
+                        raise _TransferCut(f"stream ended at {held} of {entry.size} bytes")
+                except _TransferCut as e:
+                    held = sink.drain()
+                    if held == entry.size:
+                        break  # every byte arrived before the cut (only the end-of-stream was lost); verified below
+                    attempt += 1
+                    if attempt > retries:
+                        raise DownloadError(
+                            f"download of {entry.path} cut at {held} of {entry.size} bytes ({e}); "
+                            "run the same command again to resume"
+                        ) from None
+                    logger.warning("%s: %s; resuming from byte %d (retry %d/%d)", entry.path, e, held, attempt,
+                                   retries)  # fmt: skip
+                    time.sleep(min(2.0**attempt * 0.25, 5.0))
+            sink.drain()
+        finally:
+            sink.close()
     if digest.hexdigest() != entry.sha256:
         part.unlink()
         raise DownloadError(
