@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import inspect
 import io
 import json
 import re
@@ -54,35 +53,10 @@ def find_tool(name: str) -> str | None:
 # ----------------------------------------------------------------------------------------------------------- CLIs
 
 
-class _ParserCaught(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-
 def cli_parser(module_name: str) -> argparse.ArgumentParser:
-    """The top-level parser of ``python -m <module_name>``, taken from the module itself.
-
-    ``build_parser()`` when the module has one; otherwise ``main`` is run until it asks its parser to parse, and that
-    parser is taken (nothing of ``main`` past argument parsing runs).
-    """
+    """The top-level parser of ``python -m <module_name>``: its ``__main__.build_parser()`` (both CLIs have one)."""
     module = importlib.import_module(f"{module_name}.__main__")
-    if callable(getattr(module, "build_parser", None)):
-        return module.build_parser()
-
-    def catch(self, *args, **kwargs):
-        raise _ParserCaught(self)
-
-    saved = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
-    argparse.ArgumentParser.parse_args = catch
-    argparse.ArgumentParser.parse_known_args = catch
-    try:
-        main = module.main
-        main(["--help"]) if inspect.signature(main).parameters else main()
-    except _ParserCaught as caught:
-        return caught.parser
-    finally:
-        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = saved
-    raise AssertionError(f"python -m {module_name}: main() returned without parsing arguments")
+    return module.build_parser()
 
 
 class CommandError(AssertionError):
