@@ -103,6 +103,7 @@ def test_compose_builds_this_dockerfile_from_the_repository_root(compose):
         context = (DEPLOY / build["context"]).resolve()
         assert context == ROOT and (context / build["dockerfile"]).resolve() == DOCKERFILE
         assert "TORCH_VARIANT" in build["args"]
+        assert not compose["services"][name].get("init"), "the image's tini is PID 1 already; a second init only warns"
 
 
 def test_compose_commands_parse_with_the_real_clis(compose, parsers):
