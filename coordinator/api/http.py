@@ -9,6 +9,7 @@ the service run as many apps side by side as they like. Checkpoint files are ser
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 import socket
@@ -116,7 +117,8 @@ def create_http_app(
         headers = {"Cache-Control": "no-cache"}
         if entry is not None:
             headers["ETag"] = f'"{entry.sha256}"'
-            headers["Digest"] = f"sha-256={entry.sha256}"
+            # RFC 9530: the digest of the whole file, also on 206 responses, so a client can check what it assembled.
+            headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(entry.sha256)).decode()}:"
         return _CountingFileResponse(
             full, filename=Path(path).name, media_type="application/octet-stream", headers=headers, metrics=metrics
         )

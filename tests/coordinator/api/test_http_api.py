@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import shutil
@@ -57,6 +58,7 @@ def test_range_requests_resume_and_etag_is_the_manifest_sha256(coordinator):
         full = c.get(url)
         assert full.status_code == 200 and full.content == data
         assert full.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+        assert full.headers["repr-digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
         part = c.get(url, headers={"Range": "bytes=1000-1999"})
         assert part.status_code == 206 and part.content == data[1000:2000]
         assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
