@@ -6,9 +6,9 @@ this repository, only read where pip put them):
     (206 pages, 107 articles after dropping redirects; Wikipedia text is CC BY-SA 3.0 / GFDL);
   * ``lee_background.cor`` — 300 news excerpts of the Lee, Pincombe & Welsh (2005) document-similarity corpus, one
     document a line. (``lee.cor``, the 50 rated documents, is left out so probes built on its ratings stay unseen.)
-Wiki markup is stripped by gensim's own ``filter_wiki`` plus the clean-up below; every article and every news item is
-one document. The result is materialised once as an Arrow ``datasets.Dataset`` in the HF datasets cache, so later
-loads are memory-mapped and fast.
+Wiki markup is stripped by gensim's own ``filter_wiki`` plus the clean-up below; every top-level article section and
+every news item is one document. The result is materialised once as an Arrow ``datasets.Dataset`` in the HF
+datasets cache, so later loads are memory-mapped and fast.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz
 NEWS_FILE = "lee_background.cor"
 DESCRIPTION = "gensim wheel test data: shortened English Wikipedia dump (CC BY-SA 3.0) + Lee background news corpus"
 
+# Part of the cache key: bump whenever the cleaning or document boundaries change (``datasets`` fingerprints a
+# module-level generator by reference, not by its code, so an edit alone would keep serving the old cache).
+CORPUS_VERSION = 2
 # A paragraph shorter than this many words is a heading, caption, list or table remnant rather than prose.
 MIN_PARAGRAPH_WORDS = 8
 
 _HEADING = re.compile(r"^\s*=+.*=+\s*$")
+_SECTION = re.compile(r"^==([^=].*?)==\s*$", re.MULTILINE)
 _EMPHASIS = re.compile(r"'{2,}")
 _LEFTOVER_MARKUP = re.compile(r"^\s*[|!{}*#:;]")
 _SPACES = re.compile(r"[ \t]+")
@@ -71,17 +75,30 @@ def clean_wiki_text(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-def iter_wiki_articles(dump: Path) -> Iterator[dict]:
-    """One dict per main-namespace article of a MediaWiki XML dump (redirects and near-empty pages skipped)."""
+def split_sections(text: str) -> list[tuple[str, str]]:
+    """(heading, body) for the lead and each top-level ``== Section ==`` of an article (sub-sections stay inside).
+
+    Why sections and not whole articles: the dump has only ~100 articles of ~6k tokens each, so a per-document
+    held-out split of a few percent would be a coin flip over two or three articles; sections are coherent units
+    of prose (SOP pairs stay within one) and give the hash split ~1,000 documents to work with."""
+    parts = _SECTION.split(text)
+    sections = [("", parts[0])]
+    sections += [(parts[i].strip(), parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+    return sections
+
+
+def iter_wiki_sections(dump: Path) -> Iterator[dict]:
+    """One dict per prose section of each main-namespace article of a MediaWiki XML dump (redirects skipped)."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     with bz2.open(dump) as f:
         for title, markup, _page_id in extract_pages(f, filter_namespaces=("0",)):
             if markup.lstrip().lower().startswith("#redirect"):
                 continue
-            text = clean_wiki_text(filter_wiki(markup))
-            if text:
-                yield {"text": text, "title": title, "origin": "wikipedia"}
+            for heading, body in split_sections(filter_wiki(markup)):
+                text = clean_wiki_text(body)
+                if text:
+                    yield {"text": text, "title": f"{title}#{heading}" if heading else title, "origin": "wikipedia"}
 
 
 def iter_news(path: Path) -> Iterator[dict]:
@@ -91,20 +108,25 @@ def iter_news(path: Path) -> Iterator[dict]:
                 yield {"text": line.strip(), "title": f"lee_background-{i:03d}", "origin": "lee_news"}
 
 
-def _generate(data_dir: str) -> Iterator[dict]:
+def _generate(data_dir: str, version: int, files: str) -> Iterator[dict]:
+    """``version`` and ``files`` (names, sizes, mtimes) are unused here: they key the ``datasets`` cache."""
     root = Path(data_dir)
-    yield from iter_wiki_articles(root / WIKI_DUMP)
+    yield from iter_wiki_sections(root / WIKI_DUMP)
     yield from iter_news(root / NEWS_FILE)
 
 
 def load_embedded() -> datasets.Dataset:
     """The embedded corpus as a ``datasets.Dataset`` with columns text, title, origin (one row = one document).
 
-    Built on first use (a few seconds) and cached by ``datasets`` under a fingerprint of the generator and the data
-    dir, so a reinstall or upgrade of gensim rebuilds it."""
+    Built on first use (a few seconds) and cached by ``datasets`` under a key of ``CORPUS_VERSION`` and the source
+    files' sizes and mtimes, so a changed cleaning or a reinstalled gensim rebuilds it."""
     data_dir = test_data_dir()
     features = datasets.Features(
         {"text": datasets.Value("string"), "title": datasets.Value("string"), "origin": datasets.Value("string")}
     )
+    files = ";".join(
+        f"{n}:{(data_dir / n).stat().st_size}:{(data_dir / n).stat().st_mtime_ns}" for n in (WIKI_DUMP, NEWS_FILE)
+    )
+    kwargs = {"data_dir": str(data_dir), "version": CORPUS_VERSION, "files": files}
     logger.info("loading the embedded corpus (%s) from %s", DESCRIPTION, data_dir)
-    return datasets.Dataset.from_generator(_generate, features=features, gen_kwargs={"data_dir": str(data_dir)})
+    return datasets.Dataset.from_generator(_generate, features=features, gen_kwargs=kwargs)

@@ -110,3 +110,19 @@ def test_seq_len_and_argument_checks(tmp_path, tokenizer):
         build_train_batches(spec, tokenizer, 4, "gpt", 0)
     with pytest.raises(UserError, match="heldout_fraction"):
         build_heldout_batches(DataSpec(source=spec.source, heldout_fraction=0.0), tokenizer, 4, "electra", 1)
+
+
+def test_wiki_sections_become_clean_documents():
+    from peer.data.embedded import clean_wiki_text, split_sections
+
+    text = (
+        "'''Achilles''' (; , Akhilleus, ) was a hero of the Trojan War in Greek myth.\n\n"
+        "==Birth==\n\n===Early years===\nHe was the son of Peleus and of the nymph Thetis, as the poems tell.\n\n"
+        "| table row left over from the markup\n\n==Death==\nshort\n\nHe was killed near the end of the war by Paris."
+    )
+    sections = split_sections(text)
+    assert [h for h, _ in sections] == ["", "Birth", "Death"]
+    lead, birth, death = (clean_wiki_text(body) for _, body in sections)
+    assert lead == "Achilles (Akhilleus) was a hero of the Trojan War in Greek myth."
+    assert birth == "He was the son of Peleus and of the nymph Thetis, as the poems tell."
+    assert death == "He was killed near the end of the war by Paris."
