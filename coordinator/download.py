@@ -290,6 +290,8 @@ def download(
         for entry in manifest.files:
             check_relative_path(entry.path)  # a hostile manifest must not write outside out_dir
         out.mkdir(parents=True, exist_ok=True)
+        # manifest.json is written last and marks a complete checkpoint: drop an older one before touching files.
+        (out / MANIFEST).unlink(missing_ok=True)
         total_fetched = total_reused = 0
         with tqdm(total=manifest.size_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
                   desc=f"{manifest.name} via {urlparse(source).scheme}") as bar:  # fmt: skip

@@ -75,7 +75,8 @@ def create_http_app(
     """The FastAPI app of one coordinator. ``metrics`` None builds one on ``store``."""
     files = CheckpointFiles(checkpoints_dir)
     metrics = metrics if metrics is not None else CoordinatorMetrics(store)
-    app = FastAPI(title="warmswarm coordinator", docs_url="/api/docs", redoc_url=None)
+    # No Swagger UI: it loads its JS from a CDN, and the coordinator must work offline (/openapi.json stays).
+    app = FastAPI(title="warmswarm coordinator", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

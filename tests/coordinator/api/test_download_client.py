@@ -137,3 +137,14 @@ def test_cli_download_reports_a_corrupt_checkpoint_in_one_line(coordinator, tmp_
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: config.json of ckpt-000120 failed verification"), out.stderr
+
+
+def test_a_failed_download_never_leaves_a_stale_manifest(coordinator, tmp_path):
+    out = tmp_path / "out"
+    download(coordinator.url, out, checkpoint="ckpt-000060", progress=False)
+    assert (out / "manifest.json").exists()
+    target = coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors"
+    target.write_bytes(b"\0" * target.stat().st_size)
+    with pytest.raises(DownloadError, match="failed verification"):
+        download(coordinator.url, out, progress=False)  # the newer checkpoint, into the same dir
+    assert not (out / "manifest.json").exists()  # the dir no longer claims to hold a complete checkpoint
