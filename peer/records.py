@@ -26,6 +26,8 @@ class LocalMetrics(pydantic.BaseModel):
     mini_steps: pydantic.conint(ge=0, strict=True)
     time: pydantic.StrictFloat  # unix time the record was made (peer clock)
     peer_name: pydantic.constr(max_length=64) = ""  # volunteer's chosen display name (may be empty)
+    # peer.swarm.metrics.swarm_fingerprint of the peer's config: lets a joiner detect a model/objective mismatch
+    fingerprint: pydantic.constr(max_length=64) = ""
 
 
 class MetricsSchema(pydantic.BaseModel):

@@ -1,0 +1,149 @@
+"""``python -m peer join``: train with the swarm, from a run config file or a coordinator URL."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from peer.config import RunConfig, load_config
+from peer.errors import UserError
+from peer.swarm.loop import LoopOptions
+from peer.swarm.session import JoinOptions, fetch_run, join_swarm
+from peer.swarm.shutdown import StopSignal
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "join",
+        help="join a training swarm and contribute compute",
+        description="Join a warmswarm run: download its state, train, average with the other peers. "
+        "Ctrl-C (or SIGTERM) leaves the swarm cleanly.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coordinator", metavar="URL", help="coordinator HTTP URL: fetch the run config and peers")
+    source.add_argument("-c", "--config", metavar="YAML", help="run config file (then give --initial_peers)")
+    p.add_argument(
+        "--initial_peers",
+        nargs="*",
+        default=None,
+        metavar="MULTIADDR",
+        help="multiaddrs of peers already in the swarm (as printed by the coordinator)",
+    )
+    p.add_argument(
+        "--host_maddrs",
+        nargs="*",
+        default=None,
+        metavar="MULTIADDR",
+        help="addresses to listen on, e.g. /ip4/0.0.0.0/tcp/31337 (default: any interface, random port)",
+    )
+    p.add_argument(
+        "--announce_maddrs",
+        nargs="*",
+        default=None,
+        metavar="MULTIADDR",
+        help="public addresses other peers should dial (behind port forwarding)",
+    )
+    p.add_argument(
+        "--identity_path",
+        default=None,
+        metavar="FILE",
+        help="private key file for a persistent peer id (created if missing; one running peer per file)",
+    )
+    p.add_argument(
+        "--client_mode",
+        action="store_true",
+        default=None,
+        help="do not accept incoming connections (peers behind NAT/firewall)",
+    )
+    p.add_argument("--peer_name", default="", help="display name on the coordinator's dashboard")
+    p.add_argument(
+        "--init_dir",
+        default=None,
+        metavar="DIR",
+        help="start from this model dir (e.g. a grown step-0 or a downloaded checkpoint)",
+    )
+    p.add_argument(
+        "--work_dir",
+        default="swarm_work",
+        metavar="DIR",
+        help="where downloaded checkpoints and the grown step-0 state are kept",
+    )
+    p.add_argument("--max_steps", type=int, default=None, help="leave once the swarm reaches this global step")
+    p.add_argument("--max_seconds", type=float, default=None, help="leave after this many seconds of training")
+    p.add_argument(
+        "--join_timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the run to be visible through --initial_peers before giving up",
+    )
+    p.add_argument(
+        "--startup_timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the p2p daemon to start and reach the initial peers",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set swarm.averaging=diloco (repeatable)",
+    )
+    p.add_argument("--no_status", action="store_true", help="no live status line (logs only)")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
+    """The run config with the command-line flags applied; True if it came from a coordinator."""
+    if args.coordinator:
+        run = fetch_run(args.coordinator)
+        cfg = run.config
+        cfg.run_id = run.run_id
+        if not args.initial_peers:
+            cfg.swarm.initial_peers = run.initial_peers
+        cfg.swarm.coordinator_url = args.coordinator
+        if args.overrides:
+            raise UserError("--set is only for -c configs: a coordinator's run config is fixed for all peers")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    for name in ("initial_peers", "host_maddrs", "announce_maddrs", "identity_path", "client_mode"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg.swarm, name, value)
+    return cfg, bool(args.coordinator)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, from_coordinator = resolve_config(args)
+    stop = StopSignal().install()
+    try:
+        result = join_swarm(
+            cfg,
+            JoinOptions(
+                coordinator_url=cfg.swarm.coordinator_url,
+                config_from_coordinator=from_coordinator,
+                init_dir=args.init_dir,
+                work_dir=args.work_dir,
+                join_timeout=args.join_timeout,
+                startup_timeout=args.startup_timeout,
+                loop=LoopOptions(
+                    max_global_steps=args.max_steps,
+                    max_seconds=args.max_seconds,
+                    peer_name=args.peer_name,
+                    show_status=not args.no_status,
+                ),
+            ),
+            stop,
+        )
+    finally:
+        stop.restore()
+    util = result.compute_seconds / max(result.wall_seconds, 1e-9)
+    print(
+        f"left the swarm at global step {result.global_step}: {result.local_steps} local steps, "
+        f"{result.samples} samples, last loss {result.last_loss:.4f}, compute utilisation {util:.0%}, "
+        f"{result.skipped_batches} batches skipped, {result.restored} restores"
+    )
+    return 0

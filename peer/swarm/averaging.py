@@ -1,0 +1,177 @@
+"""The hivemind.Optimizer of a peer, in one of the two averaging modes of ``SwarmSpec.averaging``.
+
+"sync": hivemind's default. Peers accumulate gradients until the swarm together reaches ``target_batch_size``
+samples, all-reduce them (``compression`` applied to what is sent) and all take the same optimizer step, so N peers
+of any speed follow the trajectory of one big-batch job. ``delay_optimizer_step`` overlaps the step with compute.
+
+"diloco": DiLoCo over hivemind. Each peer takes local inner-optimizer steps on every batch (hivemind's
+``use_local_updates``); an outer round starts when the swarm has processed ``inner_steps * target_batch_size``
+samples. In the round hivemind's state averager all-reduces the parameters (compressed), and we then apply the outer
+SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead of a separate averager: averaging is
+linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
+we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
+``extra_tensors`` of the state averager, so late joiners download them with the parameters. (The one difference from
+sending pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import hivemind
+import torch
+from hivemind.compression import (
+    BlockwiseQuantization,
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    ScaledFloat16Compression,
+    Uniform8BitQuantization,
+)
+
+from peer.config import SwarmSpec
+
+logger = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Sequence], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], object]
+
+
+def make_compression(name: str) -> CompressionBase:
+    """Maps ``SwarmSpec.compression`` to hivemind's codec of what peers send each other."""
+    codecs = {
+        "none": NoCompression,
+        "fp16": Float16Compression,
+        "scaled_fp16": ScaledFloat16Compression,
+        "uniform8bit": Uniform8BitQuantization,
+        "blockwise8bit": BlockwiseQuantization,
+    }
+    return codecs[name]()
+
+
+@dataclass
+class OuterNesterov:
+    """DiLoCo's outer optimizer: SGD with Nesterov momentum on the averaged pseudo-gradient ``anchor - params``.
+
+    ``anchor`` holds the parameters at the start of the round; ``momentum`` is shared through the state averager."""
+
+    params: list[torch.Tensor]
+    lr: float
+    momentum_factor: float
+    anchor: list[torch.Tensor] = field(init=False)
+    momentum: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.anchor = [p.detach().clone() for p in self.params]
+        self.momentum = [torch.zeros_like(p, device="cpu") for p in self.params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for param, anchor, buf in zip(self.params, self.anchor, self.momentum, strict=True):
+            delta = anchor - param.detach()
+            buf.mul_(self.momentum_factor).add_(delta.to(buf.device))
+            update = delta + self.momentum_factor * buf.to(delta.device)
+            param.copy_(anchor - self.lr * update)
+            anchor.copy_(param)
+
+    @torch.no_grad()
+    def reset_anchor(self) -> None:
+        """After a state download the downloaded parameters are the new round's start."""
+        for param, anchor in zip(self.params, self.anchor, strict=True):
+            anchor.copy_(param)
+
+
+@dataclass
+class SwarmOptimizer:
+    """hivemind.Optimizer plus, in "diloco" mode, the outer step applied when the global epoch advances."""
+
+    opt: hivemind.Optimizer
+    outer: OuterNesterov | None
+
+    @property
+    def global_step(self) -> int:
+        return self.opt.local_epoch
+
+    def step(self, batch_size: int) -> bool:
+        """Reports ``batch_size`` samples and steps; returns True when a global step (epoch) was taken."""
+        before = self.opt.local_epoch
+        self.opt.step(batch_size=batch_size)
+        advanced = self.opt.local_epoch > before
+        if advanced and self.outer is not None:
+            self.outer.step()
+        return advanced
+
+    def start_at(self, step: int) -> None:
+        """Resume at global ``step`` (state taken from a coordinator checkpoint): epoch and lr schedule follow."""
+        self.opt.state_averager.local_epoch = step
+        scheduler = self.opt.state_averager.scheduler
+        while scheduler is not None and scheduler.last_epoch < step:
+            scheduler.step()
+        self.opt.tracker.report_local_progress(step, 0)
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def load_state_from_peers(self) -> None:
+        self.opt.load_state_from_peers()
+        if self.outer is not None:
+            self.outer.reset_anchor()
+
+    def peers_in_last_round(self) -> int:
+        return self.opt.tracker.global_progress.num_peers
+
+    def shutdown(self) -> None:
+        self.opt.shutdown()
+
+
+def build_swarm_optimizer(
+    dht: hivemind.DHT,
+    run_id: str,
+    spec: SwarmSpec,
+    params: Sequence[torch.nn.Parameter] | Sequence[dict],
+    optimizer_factory: OptimizerFactory,
+    scheduler_factory: SchedulerFactory | None,
+    batch_size: int,
+    verbose: bool = False,
+) -> SwarmOptimizer:
+    """The peer's optimizer for ``spec.averaging``; ``batch_size`` = samples per local step (all DDP ranks).
+
+    ``params`` may be param groups (e.g. decay / no-decay): hivemind hands the optimizer factory its offloaded
+    copies as groups, so the grouping must be decided here, not inside the factory."""
+    params = list(params)
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    compression = make_compression(spec.compression)
+    common = dict(
+        dht=dht,
+        run_id=run_id,
+        params=params,
+        optimizer=optimizer_factory,
+        scheduler=scheduler_factory,
+        batch_size_per_step=batch_size,
+        matchmaking_time=spec.matchmaking_time,
+        averaging_timeout=spec.averaging_timeout,
+        load_state_timeout=spec.load_state_timeout,
+        client_mode=spec.client_mode,
+        state_averaging_compression=compression,
+        verbose=verbose,
+    )
+    if spec.averaging == "sync":
+        opt = hivemind.Optimizer(
+            target_batch_size=spec.target_batch_size,
+            grad_compression=compression,
+            delay_optimizer_step=spec.delay_optimizer_step,
+            offload_optimizer=True,
+            **common,
+        )
+        return SwarmOptimizer(opt, None)
+    outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
+    opt = hivemind.Optimizer(
+        target_batch_size=spec.target_batch_size * spec.inner_steps,
+        use_local_updates=True,
+        delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
+        extra_tensors=outer.momentum,
+        **common,
+    )
+    return SwarmOptimizer(opt, outer)

@@ -1,0 +1,199 @@
+"""One volunteer's session: get the run config, join the DHT, get the starting state, train, leave cleanly.
+
+The order of the starting state is the issue's: the swarm's current state from peers (hivemind's state download);
+if no peer holds state, the coordinator's latest checkpoint over HTTP; else the run's step-0 grown state, which
+every peer can rebuild bit for bit because growth is deterministic and seeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hivemind
+import httpx
+import torch
+
+from peer.config import RunConfig, config_from_dict
+from peer.errors import UserError
+from peer.modeling import PretrainingModels, build_models, load_models
+from peer.records import config_key, metrics_key
+from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
+from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
+from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
+from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
+from peer.swarm.shutdown import StopSignal
+from peer.swarm.state import STATE_AVERAGER_SUFFIX, download_latest_checkpoint, read_checkpoint_step, waiting_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CoordinatorRun:
+    run_id: str
+    config: RunConfig
+    initial_peers: list[str]
+
+
+def fetch_run(url: str, timeout: float = 30.0) -> CoordinatorRun:
+    """``GET /api/v1/run`` of a coordinator: the run config and the swarm's initial peers."""
+    base = url.rstrip("/")
+    try:
+        response = httpx.get(f"{base}/api/v1/run", timeout=timeout)
+        response.raise_for_status()
+        body = response.json()
+    except httpx.HTTPError as e:
+        raise UserError(f"cannot reach the coordinator at {base}: {e}") from None
+    except ValueError:
+        raise UserError(f"the coordinator at {base} did not answer with JSON; is this the right URL?") from None
+    cfg = config_from_dict(body["config"])
+    return CoordinatorRun(run_id=body["run_id"], config=cfg, initial_peers=list(body.get("initial_peers", [])))
+
+
+def check_run_is_live(dht: hivemind.DHT, cfg: RunConfig, timeout: float) -> None:
+    """With initial peers given, the run must be visible in the DHT within ``timeout``: a record of its config,
+    metrics or hivemind progress. Catches a wrong run_id (or a swarm of another run) instead of training alone."""
+    keys = [config_key(cfg.run_id), metrics_key(cfg.run_id), f"{cfg.run_id}_progress"]
+    deadline = time.monotonic() + timeout
+    while True:
+        if any(dht.get(key, latest=True) is not None for key in keys):
+            return
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"no peer of run {cfg.run_id!r} found through the initial peers within {timeout:.0f}s: "
+                "check the run_id (or join with --coordinator URL to get the right config)"
+            )
+        time.sleep(1.0)
+
+
+def check_fingerprint(dht: hivemind.DHT, cfg: RunConfig) -> None:
+    """Refuses to join when live peers publish a different model/objective/averaging fingerprint."""
+    mine = swarm_fingerprint(cfg)
+    theirs = {m.fingerprint for m in fetch_metrics(dht, cfg.run_id).values() if m.fingerprint}
+    if theirs and mine not in theirs:
+        raise UserError(
+            f"this config's model/objective/averaging settings do not match the swarm's (fingerprint {mine} vs "
+            f"{', '.join(sorted(theirs))}); join with --coordinator URL to use the run's config"
+        )
+
+
+def peers_hold_state(dht: hivemind.DHT, run_id: str) -> bool:
+    found = dht.get(f"{run_id}{STATE_AVERAGER_SUFFIX}.all_averagers", latest=True)
+    return found is not None and isinstance(found.value, dict) and len(found.value) > 0
+
+
+def starting_models(
+    cfg: RunConfig, dht: hivemind.DHT, coordinator_url: str | None, init_dir: str | None, work_dir: Path, tokenizer
+) -> tuple[PretrainingModels, int]:
+    """Models to start from and their step (before any download from peers, which overrides them)."""
+    if init_dir:
+        return load_models(init_dir), read_checkpoint_step(Path(init_dir))
+    if peers_hold_state(dht, cfg.run_id):
+        # shapes only: the state download that follows replaces every parameter
+        return build_models(cfg.model, len(tokenizer), tokenizer.pad_token_id or 0, seed=cfg.growth.seed), 0
+    if coordinator_url:
+        found = download_latest_checkpoint(coordinator_url, work_dir / "checkpoints")
+        if found is not None:
+            path, step = found
+            logger.info("starting from the coordinator's checkpoint %s (step %d)", path.name, step)
+            return load_models(path), step
+    from peer.growth.artifact import grow_run_initial_state
+
+    step0 = work_dir / f"{cfg.run_id}-step0"
+    if not (step0 / "config.json").is_file():
+        logger.info("no peer and no checkpoint: growing the run's step-0 state into %s", step0)
+        grow_run_initial_state(cfg, step0)
+    return load_models(step0), 0
+
+
+@dataclass
+class JoinOptions:
+    coordinator_url: str | None = None
+    config_from_coordinator: bool = False
+    init_dir: str | None = None
+    work_dir: str = "swarm_work"
+    join_timeout: float = 60.0
+    startup_timeout: float = 60.0
+    loop: LoopOptions | None = None
+
+
+def load_tokenizer(cfg: RunConfig, init_dir: str | None):
+    from transformers import AutoTokenizer
+
+    from peer.growth import resolve_source
+
+    source = Path(init_dir) if init_dir else resolve_source(cfg.growth.source)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer from {source}: {str(e).splitlines()[0]}") from None
+
+
+def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopResult:
+    """Runs one peer until stopped (or a loop limit) and leaves the swarm; raises UserError on bad input."""
+    from peer.data import build_train_batches, seed_from_bytes
+    from peer.objectives import build_objective
+    from peer.trainer import autocast_dtype, make_optimizer, make_scheduler, param_groups, resolve_device
+
+    lock = lock_identity(cfg.swarm.identity_path) if cfg.swarm.identity_path else None
+    dht: hivemind.DHT | None = None
+    opt: SwarmOptimizer | None = None
+    try:
+        signing: RecordSigning = make_validators(cfg.run_id)
+        dht = start_dht(cfg.swarm, signing.validators, startup_timeout=options.startup_timeout)
+        logger.info("visible at %s", " ".join(visible_maddrs(dht)))
+        if cfg.swarm.initial_peers and not options.config_from_coordinator:
+            check_run_is_live(dht, cfg, options.join_timeout)
+        check_fingerprint(dht, cfg)
+        tokenizer = load_tokenizer(cfg, options.init_dir)
+        work_dir = Path(options.work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        models, start_step = starting_models(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
+        device = resolve_device(cfg.train)
+        models.to(device).train()
+        seed = seed_from_bytes(signing.public_key)
+        objective = build_objective(cfg, models, tokenizer.mask_token_id, seed=seed)
+        batches = build_train_batches(
+            cfg.data,
+            tokenizer,
+            cfg.train.batch_size,
+            cfg.objective.name,
+            shuffle_seed=seed,
+            sop_prob=cfg.objective.sop_prob,
+        )
+        params = models.parameters()
+        opt = build_swarm_optimizer(
+            dht,
+            cfg.run_id,
+            cfg.swarm,
+            param_groups(params, cfg.train.weight_decay),
+            lambda p: make_optimizer(p, cfg.train),
+            lambda o: make_scheduler(o, cfg.train),
+            batch_size=cfg.train.batch_size,
+        )
+        if start_step:
+            opt.start_at(start_step)
+        with waiting_bar("state from peers", cfg.swarm.load_state_timeout):
+            opt.load_state_from_peers()  # returns at once when no peer holds state
+        logger.info("starting at global step %d", opt.global_step)
+        dtype = autocast_dtype(cfg.train, device)
+
+        def loss_fn(batch: dict) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                return objective(batch).loss
+
+        loop_options = options.loop or LoopOptions()
+        loop_options.fingerprint = swarm_fingerprint(cfg)
+        loop_options.metrics_expiration = cfg.swarm.metrics_expiration
+        parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches, batch_size=cfg.train.batch_size)
+        return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
+    finally:
+        if opt is not None:
+            opt.shutdown()
+        if dht is not None:
+            dht.shutdown()
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,44 @@
+"""SIGINT / SIGTERM handling: the first signal asks the loop to stop after the current step so the peer can leave
+the DHT and stop its p2pd child cleanly (exit 0); a second one stops waiting and raises KeyboardInterrupt."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+
+class StopSignal:
+    """Set by SIGINT/SIGTERM (or by code, e.g. tests and max-step limits); polled by the training loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._event.is_set():
+            raise KeyboardInterrupt
+        logger.info("%s received: finishing the current step, then leaving the swarm", signal.Signals(signum).name)
+        self._event.set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)

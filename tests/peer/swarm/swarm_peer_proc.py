@@ -1,0 +1,113 @@
+"""A real swarm peer in its own process for the multi-process tests: real DHT + p2pd, real hivemind.Optimizer,
+the real ``train_loop``, on a tiny linear-regression model so that a round takes seconds on 2 shared cores.
+
+Usage: python swarm_peer_proc.py OUT_DIR MODE [INITIAL_PEER ...]; env: STEPS, TARGET, COMPRESSION, PEER_SEED,
+LOAD_STATE (1 = download state from peers first), MIN_PEERS (wait for them), STEP_SLEEP (extra "compute" per batch).
+Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps) at the end.
+"""
+
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from peer.config import SwarmSpec
+from peer.records import LocalMetrics
+from peer.swarm.averaging import build_swarm_optimizer
+from peer.swarm.dht import start_dht, visible_maddrs
+from peer.swarm.loop import LoopOptions, LoopParts, train_loop
+from peer.swarm.metrics import fetch_metrics, make_validators, publish_metrics
+from peer.swarm.shutdown import StopSignal
+
+RUN_ID = "swarmtest"
+
+
+def main() -> int:
+    out, mode, initial = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    steps = int(os.environ.get("STEPS", "3"))
+    spec = SwarmSpec(
+        initial_peers=initial,
+        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+        target_batch_size=int(os.environ.get("TARGET", "64")),
+        averaging=mode,
+        inner_steps=1,
+        outer_lr=float(os.environ.get("OUTER_LR", "0.7")),
+        compression=os.environ.get("COMPRESSION", "none"),
+        matchmaking_time=2.0,
+        averaging_timeout=15.0,
+        load_state_timeout=30.0,
+    )
+    stop = StopSignal().install()
+    signing = make_validators(RUN_ID)
+    dht = start_dht(spec, signing.validators)
+    (out / "maddrs.json").write_text(json.dumps(visible_maddrs(dht)))
+    torch.manual_seed(0)  # same initial model on every peer, as after a download of step 0
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    params = list(model.parameters())
+    opt = build_swarm_optimizer(
+        dht,
+        RUN_ID,
+        spec,
+        params,
+        lambda p: torch.optim.SGD(p, lr=0.05),
+        None,
+        batch_size=8,
+        verbose=os.environ.get("VERBOSE") == "1",
+    )
+    if os.environ.get("LOAD_STATE") == "1":
+        opt.load_state_from_peers()
+        (out / "loaded.json").write_text(json.dumps({"step": opt.global_step}))
+    min_peers, deadline = int(os.environ.get("MIN_PEERS", "1")), time.monotonic() + 60
+    hello = LocalMetrics(
+        step=0, samples_per_second=0.0, samples_accumulated=0, samples_total=0, loss=0.0, mini_steps=0, time=time.time()
+    )
+    while time.monotonic() < deadline:  # start together, so every peer contributes to every round
+        publish_metrics(dht, RUN_ID, signing, hello, expiration=60)
+        if len(fetch_metrics(dht, RUN_ID)) >= min_peers:
+            break
+        time.sleep(0.5)
+    gen = torch.Generator().manual_seed(int(os.environ.get("PEER_SEED", "1")))
+    w_true = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
+    sleep = float(os.environ.get("STEP_SLEEP", "0.05"))
+
+    def batches():
+        for _ in itertools.count():
+            x = torch.randn(8, 16, generator=gen)
+            yield {"x": x, "y": x @ w_true}
+
+    def loss_fn(batch):
+        time.sleep(sleep)
+        return torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
+
+    parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches(), batch_size=8)
+    try:
+        result = train_loop(
+            dht,
+            RUN_ID,
+            signing,
+            opt,
+            parts,
+            stop,
+            LoopOptions(max_global_steps=steps, metrics_every=1.0, show_status=False),
+        )
+        torch.save(
+            {"params": [p.detach().clone() for p in params], "step": result.global_step, "samples": result.samples},
+            out / "result.pt",
+        )
+        # stay in the swarm a little so slower peers can finish their last round with us
+        stop.wait(float(os.environ.get("LINGER", "5")))
+    finally:
+        opt.shutdown()
+        dht.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
