@@ -91,6 +91,9 @@ class TrainSpec:
     out_dir: str = "runs/default"
     log_every: int = 10
     device: str = "auto"
+    # Initial weights for ``peer train``: "grow" (grow growth.source into <out_dir>/initial, reused if there),
+    # "random" (the random-init baseline), or the path of a model dir (e.g. one written by ``peer grow``).
+    init: str = "grow"
 
 
 @dataclass
@@ -105,6 +108,7 @@ class SwarmSpec:
     target_batch_size: int = 4096
     averaging: Literal["sync", "diloco"] = "sync"
     inner_steps: int = 100  # DiLoCo: local steps between outer averaging rounds
+    delay_optimizer_step: bool = False  # "sync": overlap the global optimizer step with the next batches' compute
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "fp16"
