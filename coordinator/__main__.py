@@ -17,10 +17,11 @@ from peer.errors import UserError
 
 
 def _start(args: argparse.Namespace) -> int:
-    from coordinator.service import CoordinatorSpec, start_coordinator
     from peer.config import load_config
 
-    cfg = load_config(args.config, args.override)
+    cfg = load_config(args.config, args.override)  # before the heavy imports: a bad config fails in a blink
+    from coordinator.service import CoordinatorSpec, start_coordinator
+
     if args.checkpoint_every < 1 or args.keep_last < 1:
         raise UserError("--checkpoint_every and --keep_last must be at least 1")
     spec = CoordinatorSpec(

@@ -16,22 +16,24 @@ checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-lin
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hivemind
+from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.monitor import Monitor, make_validators
 from coordinator.store import Store
-from peer.config import RunConfig, SwarmSpec, config_to_dict
+from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.records import config_key
 
@@ -94,14 +96,17 @@ def guess_public_host() -> str:
 
 
 def grow_initial_state(cfg: RunConfig, out_dir: Path) -> None:
-    """Writes checkpoint 0's model files with the growth recipe (``peer.growth``)."""
-    try:
-        from peer.growth import grow_run_initial_state
-    except ImportError:
-        raise UserError(
-            "this checkout's peer.growth has no grow_run_initial_state; pass --init_from MODEL_DIR instead"
-        ) from None
-    grow_run_initial_state(cfg, out_dir)
+    """Writes checkpoint 0's model files with the growth recipe (``peer.growth``) into ``out_dir``.
+
+    The growth writes into a fresh subdirectory first (it keeps its own temp dir beside its target, which must stay
+    inside our ``*.tmp`` checkpoint dir so that a crash leaves nothing in the checkpoints root) and is moved up."""
+    from peer.growth.artifact import grow_run_initial_state
+
+    grown = out_dir / "grown"
+    grow_run_initial_state(cfg, grown)
+    for item in sorted(grown.iterdir()):
+        item.rename(out_dir / item.name)
+    grown.rmdir()
 
 
 def copy_model_dir(src: Path) -> Callable[[Path], None]:
@@ -218,6 +223,43 @@ def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
     )
 
 
+def lock_data_dir(data: Path) -> Callable[[], None]:
+    """Takes the data dir's exclusive lock (one coordinator, one writer per data dir); returns its release."""
+    handle = open(data / ".lock", "ab")  # noqa: SIM115 - held for the coordinator's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"data dir {data} is in use by another running coordinator") from None
+
+    def release() -> None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+    return release
+
+
+def start_coordinator_dht(
+    cfg: RunConfig, spec: CoordinatorSpec, validators: Sequence[RecordValidatorBase]
+) -> hivemind.DHT:
+    """The coordinator's DHT node on a fixed port with a persistent identity (the peer id in the join line stays
+    the same across restarts); joins ``cfg.swarm.initial_peers`` if the run already has a swarm."""
+    identity = spec.identity_path or Path(spec.data_dir) / IDENTITY_NAME
+    try:
+        return hivemind.DHT(
+            initial_peers=list(cfg.swarm.initial_peers) or None,
+            host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
+            announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
+            identity_path=str(identity),
+            use_relay=cfg.swarm.use_relay,
+            record_validators=list(validators),
+            start=True,
+        )
+    except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
+        text = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UserError(f"could not start the DHT on {spec.host}:{spec.dht_port}: {text}") from None
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -235,13 +277,13 @@ def start_coordinator(
     from coordinator.api.grpc_server import start_grpc_server
     from coordinator.api.http import RunInfo, create_http_app, start_http_server
     from coordinator.metrics import CoordinatorMetrics
-    from peer.swarm.dht import lock_identity, start_dht
 
     stoppers: list[Callable[[], None]] = []
     stop = threading.Event()
     try:
         data = Path(spec.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        stoppers.append(lock_data_dir(data))
         store = Store(data / DB_NAME, alive_window=spec.alive_window)
         stoppers.append(store.close)
         store.open_run(cfg.run_id, config_to_dict(cfg), total_steps=cfg.train.total_steps)
@@ -258,18 +300,8 @@ def start_coordinator(
             logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
             ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
 
-        identity = spec.identity_path or data / IDENTITY_NAME
-        lock = lock_identity(str(identity))
-        stoppers.append(lock.release)
         signature, validators = make_validators(cfg.run_id, load_or_create_signing_key(data / SIGNING_KEY_NAME))
-        swarm = SwarmSpec(
-            initial_peers=list(cfg.swarm.initial_peers),
-            host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
-            announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else [],
-            identity_path=str(identity),
-            use_relay=cfg.swarm.use_relay,
-        )
-        dht = start_dht(swarm, validators)
+        dht = start_coordinator_dht(cfg, spec, validators)
         stoppers.append(dht.shutdown)
         if not publish_config(dht, cfg, signature.local_public_key):
             logger.warning("the DHT did not accept the run config record")

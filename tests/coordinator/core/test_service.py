@@ -132,6 +132,9 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         assert (progress["global_step"], progress["alive_peers"], progress["loss"]) == (42, 1, 6.5)
         assert [p["name"] for p in coord.get("/api/v1/peers")["peers"]] == ["tester"]
 
+        second = _cli("start", "-c", str(config), "--data_dir", str(data), "--http_port", "0", "--grpc_port", "0")
+        assert second.returncode == 2 and "is in use by another running coordinator" in second.stderr
+
         status = _cli("status", "--url", coord.url)
         assert status.returncode == 0, status.stderr
         assert "step 42/1000" in status.stdout and "tester" in status.stdout and "ckpt-000000" in status.stdout
