@@ -23,5 +23,6 @@ def test_generated_stubs_target_the_installed_grpcio_and_the_contract_package():
     assert f"GRPC_GENERATED_VERSION = '{grpc.__version__}'" in text
     service = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
     assert service.full_name == "warmswarm.v1.Coordinator"
-    assert {m.name for m in service.methods} == {"GetProgress", "ListPeers", "ListCheckpoints", "GetManifest", "Download"}
+    methods = {m.name for m in service.methods}
+    assert methods == {"GetProgress", "ListPeers", "ListCheckpoints", "GetManifest", "Download"}
     assert service.methods_by_name["Download"].server_streaming
