@@ -1,0 +1,53 @@
+"""``python -m peer train`` end to end on the embedded corpus and tokenizer, with a tiny random-init model."""
+
+import json
+
+import yaml
+
+from peer.__main__ import main
+
+
+def write_config(tmp_path, **train):
+    cfg = {
+        "run_id": "cli-test",
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
+        "data": {"seq_len": 32},
+        "train": {
+            "batch_size": 2,
+            "total_steps": 3,
+            "warmup_steps": 1,
+            "eval_every": 3,
+            "eval_batches": 1,
+            "checkpoint_every": 2,
+            "out_dir": str(tmp_path / "run"),
+            "init": "random",
+            **train,
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_cli_runs_checkpoints_and_resumes(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["train", "-c", str(path), "--max_steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "done: step 2, 4 samples" in out
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt-000002"
+    assert json.loads((ckpt / "training_state.json").read_text()) == {"step": 2, "samples": 4, "run_id": "cli-test"}
+    assert (ckpt / "tokenizer_config.json").is_file() and (ckpt / "generator" / "model.safetensors").is_file()
+    assert main(["train", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "done: step 3, 6 samples" in out and "resumed from" in out and "held-out:" in out and "disc_auc=" in out
+
+
+def test_train_cli_bad_input_is_one_line(tmp_path, capsys):
+    path = write_config(tmp_path)
+    assert main(["train", "-c", str(path), "--set", "data.seq_len=512"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "position" in err and "\n" not in err
+    assert main(["train", "-c", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "-c", str(path), "--set", "train.init=/nonexistent/model"]) == 2
+    assert "no model dir" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
