@@ -148,3 +148,27 @@ def test_a_failed_download_never_leaves_a_stale_manifest(coordinator, tmp_path):
     with pytest.raises(DownloadError, match="failed verification"):
         download(coordinator.url, out, progress=False)  # the newer checkpoint, into the same dir
     assert not (out / "manifest.json").exists()  # the dir no longer claims to hold a complete checkpoint
+
+
+def test_grpc_download_rides_out_a_coordinator_restart(coordinator, tmp_path):
+    """Within one call: the server restarts on the same port mid-file and the client resumes by itself."""
+    src = write_checkpoint(coordinator.checkpoints_dir, 300, checkpoint_payload(300, big_bytes=24 << 20))
+    port = coordinator.grpc.port
+    restarted = []
+    received = 0
+
+    def restart_once(n: int) -> None:
+        nonlocal received
+        received += n
+        if received >= 8 << 20 and not restarted:
+            coordinator.grpc.stop(0)
+            restarted.append(start_grpc_server(coordinator.store, coordinator.checkpoints_dir, "127.0.0.1", port))
+
+    try:
+        result = download(f"grpc://127.0.0.1:{port}", tmp_path / "out", retries=5, progress=False,
+                          on_bytes=restart_once)  # fmt: skip
+    finally:
+        for server in restarted:
+            server.stop(0)
+    assert restarted and result.bytes_fetched == sum((src / rel).stat().st_size for rel in FILES)  # nothing twice
+    assert_same_checkpoint(tmp_path / "out", src)
