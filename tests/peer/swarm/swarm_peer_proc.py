@@ -40,8 +40,8 @@ def main() -> int:
         inner_steps=1,
         outer_lr=float(os.environ.get("OUTER_LR", "0.7")),
         compression=os.environ.get("COMPRESSION", "none"),
-        matchmaking_time=2.0,
-        averaging_timeout=15.0,
+        matchmaking_time=float(os.environ.get("MATCHMAKING", "4")),
+        averaging_timeout=30.0,
         load_state_timeout=30.0,
     )
     stop = StopSignal().install()
