@@ -33,18 +33,24 @@ class Block:
 
 
 def _block(ids: np.ndarray, word_start: np.ndarray, types: np.ndarray, special: SpecialTokens, seq_len: int) -> Block:
+    """Pads one sequence to ``seq_len`` and derives its masks (the hot path: plain array ops, no ``np.pad``)."""
     n = len(ids)
-    pad = seq_len - n
-    input_ids = np.concatenate([ids, np.full(pad, special.pad, dtype=np.int64)]) if pad else ids
-    special_mask = np.isin(input_ids, (special.cls, special.sep, special.pad)).astype(np.int64)
+    input_ids = np.full(seq_len, special.pad, dtype=np.int64)
+    input_ids[:n] = ids
+    special_mask = (input_ids == special.cls) | (input_ids == special.sep) | (input_ids == special.pad)
     attention = np.zeros(seq_len, dtype=np.int64)
     attention[:n] = 1
+    token_types = np.zeros(seq_len, dtype=np.int64)
+    token_types[:n] = types
+    starts = np.zeros(seq_len, dtype=np.int64)
+    starts[:n] = word_start
+    starts[special_mask] = 0
     return Block(
         input_ids=input_ids,
         attention_mask=attention,
-        token_type_ids=np.pad(types.astype(np.int64), (0, pad)),
-        special_tokens_mask=special_mask,
-        word_start=np.pad(word_start.astype(np.int64), (0, pad)) * (1 - special_mask),
+        token_type_ids=token_types,
+        special_tokens_mask=special_mask.astype(np.int64),
+        word_start=starts,
     )
 
 

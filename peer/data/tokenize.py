@@ -43,12 +43,12 @@ class TokenizedDoc:
 
 
 def word_starts(word_ids: list[int | None]) -> np.ndarray:
-    out = np.zeros(len(word_ids), dtype=np.int8)
-    previous = None
-    for i, w in enumerate(word_ids):
-        if w is not None and w != previous:
-            out[i] = 1
-        previous = w
+    """1 where a piece starts a new word: its word id is set and differs from the previous piece's."""
+    ids = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
+    out = np.zeros(len(ids), dtype=np.int8)
+    if len(ids):
+        out[0] = ids[0] >= 0
+        out[1:] = (ids[1:] >= 0) & (ids[1:] != ids[:-1])
     return out
 
 
