@@ -88,7 +88,9 @@ def build_train_batches(
     sop_prob: float = 0.5,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless iterator of full training batches (held-out documents excluded), epoch after epoch, each epoch in a new
-    order derived from ``(spec.seed, shuffle_seed, epoch)``. Errors in the source surface on the first ``next``."""
+    order derived from ``(spec.seed, shuffle_seed, epoch)``. A missing or unreadable source fails here; an empty one,
+    or one without the text column, at the first ``next``. ``sop_prob`` is ``ObjectiveSpec.sop_prob`` (ALBERT only).
+    Wrap in ``peer.data.prefetch`` to tokenize in the background while the model steps."""
     _check_args(spec, batch_size, objective_name)
     SpecialTokens.of(tokenizer)
     open_source(spec)  # fail now, on bad input, rather than inside the caller's training loop
