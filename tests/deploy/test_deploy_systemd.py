@@ -53,6 +53,10 @@ def test_peer_unit_command_parses_with_its_default_environment(parsers):
     assert args.command == "join"
     assert urlparse(args.coordinator).scheme == "http" and urlparse(args.coordinator).port == 8080
     assert Path(args.identity_path).parent == Path("/var/lib") / unit["Service"]["StateDirectory"][0]
+    env = unit_environment(unit) | {"WARMSWARM_PEER_ARGS": "--client_mode --peer_name lab-gpu-1"}
+    (exec_start,) = unit["Service"]["ExecStart"]
+    extra = parse_command(parsers, after_python_m(expand_exec(exec_start, env)))
+    assert extra.client_mode is True and extra.peer_name == "lab-gpu-1"
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path):
