@@ -155,7 +155,9 @@ def start_http_server(app: FastAPI, host: str = "0.0.0.0", port: int = 8080) -> 
         raise OSError(f"cannot bind the HTTP server to {host}:{port}: {e.strerror}") from None
     sock.listen(128)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    )
     thread = threading.Thread(
         target=lambda: asyncio.run(server.serve(sockets=[sock])), name=f"http-{bound}", daemon=True
     )
