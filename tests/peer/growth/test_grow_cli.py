@@ -1,0 +1,67 @@
+"""``python -m peer grow``: a loadable model dir + growth.json on success; one line, exit 2, nothing written on bad
+input."""
+
+import json
+
+import pytest
+import torch
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+from peer.__main__ import main
+from peer.growth.artifact import sha256_file
+from peer.modeling import load_models
+
+
+def test_grow_writes_loadable_dir_and_record(tmp_path, capsys):
+    out = tmp_path / "grown"
+    rc = main(["grow", "--target", "hidden=768,layers=8,ffn=3072", "--objective", "electra", "--out", str(out),
+               "--seed", "3", "--noise", "0.01"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((out / "growth.json").read_text())
+    assert record["seed"] == 3 and record["layer_map"] == [0, 1, 2, 3, 4, 5, 4, 5]
+    assert record["width_preservation_fp64"]["hidden_rel_l2"] < 1e-10
+    assert (
+        0 < record["preservation_fp32"]["hidden_rel_l2"] < 10
+    )  # stacking changes the function; the change is recorded
+    for name, digest in record["sha256"].items():
+        assert sha256_file(out / name) == digest
+    # Plain transformers loads it, and our loader gives the same weights with the generator tied.
+    plain = ElectraForPreTraining.from_pretrained(out)
+    ElectraForMaskedLM.from_pretrained(out / "generator")
+    models = load_models(out)
+    for (name, a), b in zip(plain.state_dict().items(), models.discriminator.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    emb = models.discriminator.electra.embeddings.word_embeddings.weight
+    assert models.generator.electra.embeddings.word_embeddings.weight is emb
+    assert models.generator.generator_lm_head.weight is emb
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "hidden=192,layers=6,ffn=3072"], "narrower"),
+        (["--target", "hidden=768,layers=4,ffn=3072"], "fewer"),
+        (["--target", "hidden=512,layers=6,ffn=2048"], "integer multiple"),
+        (["--target", "hidden=768,layers=6,ffn=3072,heads=10"], "not divisible"),
+        (["--target", "hidden=768,layers=6,ffn=3072", "--objective", "albert"], "not supported"),
+        (["--target", "hidden=768,bogus=3"], "bad --target"),
+        (["--source", "/nonexistent/model", "--target", "hidden=768,layers=6,ffn=3072"], "does not exist"),
+    ],
+)
+def test_bad_input_one_line_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "grown"
+    assert main(["grow", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_source_nothing_written(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+    (src / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert main(["grow", "--source", str(src), "--target", "hidden=768,layers=6,ffn=3072", "--out",
+                 str(tmp_path / "grown")]) == 2  # fmt: skip
+    assert "corrupt" in capsys.readouterr().err and not (tmp_path / "grown").exists()
