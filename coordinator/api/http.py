@@ -107,7 +107,7 @@ def create_http_app(
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/checkpoints/{name}/{path:path}")
+    @app.api_route("/checkpoints/{name}/{path:path}", methods=["GET", "HEAD"])
     def checkpoint_file(name: str, path: str) -> FileResponse:
         try:
             full, entry = files.resolve(name, path)

@@ -59,6 +59,9 @@ def test_range_requests_resume_and_etag_is_the_manifest_sha256(coordinator):
         assert full.status_code == 200 and full.content == data
         assert full.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
         assert full.headers["repr-digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
+        head = c.head(url)
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(data) and not head.content
+        assert head.headers["etag"] == full.headers["etag"] and head.headers["accept-ranges"] == "bytes"
         part = c.get(url, headers={"Range": "bytes=1000-1999"})
         assert part.status_code == 206 and part.content == data[1000:2000]
         assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
