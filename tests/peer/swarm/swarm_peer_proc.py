@@ -2,7 +2,8 @@
 the real ``train_loop``, on a tiny linear-regression model so that a round takes seconds on 2 shared cores.
 
 Usage: python swarm_peer_proc.py OUT_DIR MODE [INITIAL_PEER ...]; env: STEPS, TARGET, COMPRESSION, PEER_SEED,
-LOAD_STATE (1 = download state from peers first), MIN_PEERS (wait for them), STEP_SLEEP (extra "compute" per batch).
+LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait for them), STEP_SLEEP (extra
+"compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps) at the end.
 """
 
@@ -64,6 +65,8 @@ def main() -> int:
     if os.environ.get("LOAD_STATE") == "1":
         opt.load_state_from_peers()
         (out / "loaded.json").write_text(json.dumps({"step": opt.global_step}))
+    if os.environ.get("EXTRA_STEPS"):
+        steps = opt.global_step + int(os.environ["EXTRA_STEPS"])  # take part in this many more rounds
     min_peers, deadline = int(os.environ.get("MIN_PEERS", "1")), time.monotonic() + 60
     hello = LocalMetrics(
         step=0, samples_per_second=0.0, samples_accumulated=0, samples_total=0, loss=0.0, mini_steps=0, time=time.time()

