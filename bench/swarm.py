@@ -1,0 +1,348 @@
+"""Swarm benchmark on an emulated network: N peers in their own network namespaces on one bridge, each link shaped
+with ``tc tbf`` (default 100 mbit), running the real ``peer.swarm`` stack (DHT, hivemind.Optimizer, train_loop).
+
+Prints, per number of peers and averaging mode: compute utilisation (forward/backward time / wall time), bytes sent
+per sample (veth tx counters), aggregate samples/s vs one peer; and the state-download MB/s vs the link rate.
+
+Needs root (ip netns, tc). Creates only namespaces named ``wsb-*`` and removes them on exit, also on Ctrl-C.
+
+    sudo .venv/bin/python bench/swarm.py --peers 1 2 4 --seconds 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HUB = "wsb-hub"
+SUBNET = "10.77.0"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def netns(i: int) -> str:
+    return f"wsb-p{i}"
+
+
+def build_network(n: int, rate: str) -> None:
+    """Hub namespace with a bridge; peer i gets veth eth0 = SUBNET.(i+1), shaped both ways by tbf."""
+    sh("ip", "netns", "add", HUB)
+    sh("ip", "netns", "exec", HUB, "ip", "link", "add", "br0", "type", "bridge")
+    sh("ip", "netns", "exec", HUB, "ip", "link", "set", "br0", "up")
+    for i in range(n):
+        ns = netns(i)
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", f"wsb{i}a", "type", "veth", "peer", "name", f"wsb{i}b")
+        sh("ip", "link", "set", f"wsb{i}a", "netns", ns)
+        sh("ip", "link", "set", f"wsb{i}b", "netns", HUB)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", f"wsb{i}a", "name", "eth0")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{SUBNET}.{i + 1}/24", "dev", "eth0")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", HUB, "ip", "link", "set", f"wsb{i}b", "master", "br0")
+        sh("ip", "netns", "exec", HUB, "ip", "link", "set", f"wsb{i}b", "up")
+        for where, dev in ((ns, "eth0"), (HUB, f"wsb{i}b")):
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                where,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "256kb",
+                "latency",
+                "50ms",
+            )
+
+
+def teardown(n: int) -> None:
+    for name in [netns(i) for i in range(n)] + [HUB]:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def start_worker(i: int, args: list[str], out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    log = open(out / f"peer{i}.log", "w")  # noqa: SIM115 - lives as long as the worker
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns(i),
+            sys.executable,
+            __file__,
+            "--worker",
+            "--index",
+            str(i),
+            "--out",
+            str(out),
+            *args,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+
+
+def wait_file(path: Path, procs: list[subprocess.Popen], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError(f"no {path.name}; see the peer logs in {path.parent}")
+        time.sleep(0.3)
+    return json.loads(path.read_text())
+
+
+def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path) -> list[dict]:
+    out.mkdir(parents=True)
+    common = [
+        "--mode",
+        mode,
+        "--peers",
+        str(n),
+        "--seconds",
+        str(opts.seconds),
+        "--hidden",
+        str(opts.hidden),
+        "--inner_steps",
+        str(opts.inner_steps),
+        "--batch",
+        str(opts.batch),
+    ]
+    procs = [start_worker(0, common, out)]
+    boot = wait_file(out / "maddrs0.json", procs, 120)["maddrs"]
+    procs += [start_worker(i, [*common, "--initial", *boot], out) for i in range(1, n)]
+    try:
+        return [wait_file(out / f"result{i}.json", procs, opts.seconds + 240) for i in range(n)]
+    finally:
+        for p in procs:
+            p.wait(60)
+
+
+def state_download(opts: argparse.Namespace, out: Path) -> dict:
+    out.mkdir(parents=True)
+    common = ["--mode", "sync", "--peers", "2", "--hidden", str(opts.state_hidden), "--role"]
+    procs = [start_worker(0, [*common, "donor"], out)]
+    boot = wait_file(out / "maddrs0.json", procs, 120)["maddrs"]
+    procs.append(start_worker(1, [*common, "joiner", "--initial", *boot], out))
+    try:
+        return wait_file(out / "result1.json", procs, 300)
+    finally:
+        (out / "done").write_text("1")
+        for p in procs:
+            p.wait(60)
+
+
+def orchestrate(opts: argparse.Namespace) -> None:
+    if os.geteuid() != 0:
+        sys.exit("error: bench/swarm.py needs root (network namespaces and tc)")
+    n_max = max(max(opts.peers), 2)
+    teardown(n_max)
+    root = Path(tempfile.mkdtemp(prefix="wsb-"))
+    rows = []
+    try:
+        build_network(n_max, opts.rate)
+        for mode in opts.modes:
+            for n in opts.peers:
+                results = run_phase(n, mode, opts, root / f"{mode}-{n}")
+                samples = sum(r["samples"] for r in results)
+                rows.append(
+                    dict(
+                        mode=mode,
+                        peers=n,
+                        util=sum(r["compute_seconds"] for r in results) / sum(r["wall_seconds"] for r in results),
+                        bytes_per_sample=sum(r["tx_bytes"] for r in results) / max(samples, 1),
+                        samples_per_s=sum(r["samples"] / r["wall_seconds"] for r in results),
+                        global_steps=min(r["global_step"] for r in results),
+                    )
+                )
+                print(json.dumps(rows[-1]), flush=True)
+        dl = state_download(opts, root / "state")
+    finally:
+        teardown(n_max)
+    rate_mb = parse_rate_mb(opts.rate)
+    print(
+        f"\n{'mode':8} {'peers':>5} {'util':>6} {'bytes/sample':>13} {'samples/s':>10} {'vs 1 peer':>9} "
+        f"{'global steps':>12}"
+    )
+    for row in rows:
+        one = next((r for r in rows if r["mode"] == row["mode"] and r["peers"] == 1), None)
+        speedup = row["samples_per_s"] / one["samples_per_s"] if one else float("nan")
+        print(
+            f"{row['mode']:8} {row['peers']:5d} {row['util']:6.1%} {row['bytes_per_sample']:13.0f} "
+            f"{row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
+        )
+    for n in opts.peers:
+        s = next((r for r in rows if r["mode"] == "sync" and r["peers"] == n), None)
+        d = next((r for r in rows if r["mode"] == "diloco" and r["peers"] == n), None)
+        if s and d and n > 1 and d["bytes_per_sample"] > 0:
+            print(
+                f"{n} peers: all-reduce every step sends {s['bytes_per_sample'] / d['bytes_per_sample']:.0f}x "
+                "more bytes per sample than diloco"
+            )
+    print(
+        f"state download: {dl['mb']:.1f} MB in {dl['seconds']:.2f}s = {dl['mb'] / dl['seconds']:.2f} MB/s, "
+        f"{dl['mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
+    )
+    print(f"(peer logs: {root})")
+
+
+def parse_rate_mb(rate: str) -> float:
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+    for suffix, scale in units.items():
+        if rate.endswith(suffix):
+            return float(rate[: -len(suffix)]) * scale / 8 / 1e6
+    raise SystemExit(f"error: rate must end in kbit, mbit or gbit: {rate}")
+
+
+def tx_bytes() -> int:
+    return int(Path("/sys/class/net/eth0/statistics/tx_bytes").read_text())
+
+
+def rx_bytes() -> int:
+    return int(Path("/sys/class/net/eth0/statistics/rx_bytes").read_text())
+
+
+def worker(opts: argparse.Namespace) -> None:
+    """One peer inside its namespace: the real swarm stack on an MLP (compute without data loading)."""
+    import torch
+
+    from peer.config import SwarmSpec
+    from peer.records import LocalMetrics
+    from peer.swarm.averaging import build_swarm_optimizer
+    from peer.swarm.dht import start_dht, visible_maddrs
+    from peer.swarm.loop import LoopOptions, LoopParts, train_loop
+    from peer.swarm.metrics import fetch_metrics, make_validators, publish_metrics
+    from peer.swarm.shutdown import StopSignal
+
+    torch.set_num_threads(1)
+    out, i, n = Path(opts.out), opts.index, opts.peers[0]
+    run_id = f"bench-{opts.mode}-{n}-{opts.role}"
+    b = opts.batch
+    spec = SwarmSpec(
+        initial_peers=opts.initial,
+        host_maddrs=[f"/ip4/{SUBNET}.{i + 1}/tcp/0"],
+        target_batch_size=b * n,
+        averaging=opts.mode,
+        inner_steps=opts.inner_steps,
+        compression="fp16" if opts.mode == "diloco" else "none",
+        matchmaking_time=3.0,
+        averaging_timeout=60.0,
+        load_state_timeout=300.0,
+    )
+    signing = make_validators(run_id)
+    dht = start_dht(spec, signing.validators)
+    (out / f"maddrs{i}.json").write_text(json.dumps({"maddrs": visible_maddrs(dht)}))
+    torch.manual_seed(0)
+    h = opts.hidden
+    model = torch.nn.Sequential(torch.nn.Linear(h, 4 * h), torch.nn.GELU(), torch.nn.Linear(4 * h, h))
+    params = list(model.parameters())
+    opt = build_swarm_optimizer(dht, run_id, spec, params, lambda p: torch.optim.SGD(p, lr=1e-3), None, batch_size=b)
+    try:
+        if opts.role == "donor":
+            while not (out / "done").exists():
+                time.sleep(0.5)
+            return
+        if opts.role == "joiner":
+            mb = sum(p.numel() * 4 for p in params) / 1e6
+            rx0, t0 = rx_bytes(), time.perf_counter()
+            opt.load_state_from_peers()
+            seconds = time.perf_counter() - t0
+            (out / f"result{i}.json").write_text(
+                json.dumps(dict(mb=mb, seconds=seconds, rx_mb=(rx_bytes() - rx0) / 1e6))
+            )
+            return
+        hello = LocalMetrics(
+            step=0,
+            samples_per_second=0.0,
+            samples_accumulated=0,
+            samples_total=0,
+            loss=0.0,
+            mini_steps=0,
+            time=time.time(),
+        )
+        deadline = time.monotonic() + 120
+        while len(fetch_metrics(dht, run_id)) < n and time.monotonic() < deadline:
+            publish_metrics(dht, run_id, signing, hello, expiration=60)
+            time.sleep(0.5)
+        gen = torch.Generator().manual_seed(i)
+
+        def batches():
+            while True:
+                x = torch.randn(b, h, generator=gen)
+                yield {"x": x}
+
+        def loss_fn(batch):
+            return (model(batch["x"]) - batch["x"]).pow(2).mean()
+
+        tx0 = tx_bytes()
+        result = train_loop(
+            dht,
+            run_id,
+            signing,
+            opt,
+            LoopParts(params, loss_fn, batches(), b),
+            StopSignal(),
+            LoopOptions(max_seconds=opts.seconds, show_status=False, metrics_every=5.0),
+        )
+        tx = tx_bytes() - tx0
+        (out / f"result{i}.json").write_text(
+            json.dumps(
+                dict(
+                    samples=result.samples,
+                    compute_seconds=result.compute_seconds,
+                    wall_seconds=result.wall_seconds,
+                    tx_bytes=tx,
+                    global_step=result.global_step,
+                )
+            )
+        )
+        time.sleep(10)  # let the others finish their last round with us
+    finally:
+        opt.shutdown()
+        dht.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--modes", nargs="+", default=["sync", "diloco"], choices=["sync", "diloco"])
+    p.add_argument("--rate", default="100mbit", help="tbf rate of every peer's link")
+    p.add_argument("--seconds", type=float, default=40.0, help="training seconds per configuration")
+    p.add_argument("--hidden", type=int, default=256, help="MLP width (params = 8 h^2)")
+    p.add_argument("--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024)")
+    p.add_argument("--inner_steps", type=int, default=250, help="diloco: local steps per outer round")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="sync", help=argparse.SUPPRESS)
+    p.add_argument("--initial", nargs="*", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--role", default="train", help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts.worker:
+        worker(opts)
+    else:
+        orchestrate(opts)
+
+
+if __name__ == "__main__":
+    main()
