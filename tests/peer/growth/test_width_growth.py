@@ -87,7 +87,7 @@ def test_fpi_is_approximate_and_measured(source, batch):
     assert result.record["width_method"].startswith("fpi") and "approximate" in result.record["width_method"]
 
 
-def test_same_seed_same_bits_and_noise_keeps_function(source, batch):
+def test_same_seed_same_bits_other_seed_other_noise(source, batch):
     from peer.growth import grow_discriminator_state
     from peer.growth.grow import target_dims
     from peer.growth.layout import dims_from_hf_config
