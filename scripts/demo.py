@@ -1,0 +1,192 @@
+"""The embedded default run on one machine: a coordinator and two volunteer peers, all offline.
+
+Why a supervisor script rather than three terminals: a newcomer should see the whole system work with one command
+and stop it with one Ctrl-C, with no daemon left behind. Each child runs in its own process group so that a signal
+reaches its p2pd daemons too; the supervisor forwards SIGINT, waits, then escalates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLORS = {"coordinator": "\033[36m", "peer-1": "\033[32m", "peer-2": "\033[33m"}
+RESET = "\033[0m"
+
+
+def _pump(name: str, proc: subprocess.Popen, color: bool) -> None:
+    prefix = f"{COLORS.get(name, '')}[{name}]{RESET} " if color else f"[{name}] "
+    for raw in iter(proc.stdout.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        # tqdm redraws with \r; show the latest state of the line.
+        line = line.split("\r")[-1]
+        if line:
+            sys.stdout.write(prefix + line + "\n")
+            sys.stdout.flush()
+
+
+def _start(name: str, args: list[str], env: dict, color: bool) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    threading.Thread(target=_pump, args=(name, proc, color), daemon=True).start()
+    return proc
+
+
+def _check_free(port: int, what: str) -> None:
+    """Fails fast when a port is taken: otherwise the peers may join another coordinator already listening there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            hint = f"pick another with --{what}_port"
+            raise SystemExit(f"error: {what} port {port} is in use (another coordinator?); {hint}") from None
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the coordinator exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.load(response)
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"error: the coordinator did not answer at {url} within {timeout:.0f} s")
+
+
+def _stop(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
+    """SIGINT to every group (peers first, so they leave the DHT before the coordinator goes), then SIGKILL."""
+    for name in sorted(procs, key=lambda n: n == "coordinator"):
+        proc = procs[name]
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs.values():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: p2pd children included
+        except ProcessLookupError:
+            pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the embedded demo: a coordinator and 2 local peers.")
+    parser.add_argument("-c", "--config", default=str(ROOT / "configs" / "demo.yaml"), help="run config (YAML)")
+    parser.add_argument("--data_dir", default=str(ROOT / "runs" / "demo"), help="coordinator state and checkpoints")
+    parser.add_argument("--http_port", type=int, default=8080, help="dashboard / API port")
+    parser.add_argument("--grpc_port", type=int, default=50051, help="gRPC port")
+    parser.add_argument("--dht_port", type=int, default=31337, help="coordinator DHT port")
+    parser.add_argument("--checkpoint_every", type=int, default=5, help="global steps between checkpoints")
+    parser.add_argument("--peers", type=int, default=2, help="number of local volunteer peers")
+    parser.add_argument("--duration", type=float, default=0, help="stop by itself after this many seconds (0 = never)")
+    args = parser.parse_args()
+
+    for port, what in ((args.http_port, "http"), (args.grpc_port, "grpc"), (args.dht_port, "dht")):
+        _check_free(port, what)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_NUM_THREADS", "1")  # 2 peers + coordinator share a small machine
+    env["PYTHONUNBUFFERED"] = "1"
+    color = sys.stdout.isatty()
+    url = f"http://127.0.0.1:{args.http_port}"
+    procs: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        procs["coordinator"] = _start(
+            "coordinator",
+            [
+                "-m",
+                "coordinator",
+                "start",
+                "-c",
+                args.config,
+                "--data_dir",
+                args.data_dir,
+                "--host",
+                "127.0.0.1",
+                "--http_port",
+                str(args.http_port),
+                "--grpc_port",
+                str(args.grpc_port),
+                "--dht_port",
+                str(args.dht_port),
+                "--checkpoint_every",
+                str(args.checkpoint_every),
+            ],
+            env,
+            color,
+        )
+        _wait_http(f"{url}/api/v1/run", procs["coordinator"], timeout=300)
+        for i in range(1, args.peers + 1):
+            procs[f"peer-{i}"] = _start(
+                f"peer-{i}",
+                [
+                    "-m",
+                    "peer",
+                    "join",
+                    "--coordinator",
+                    url,
+                    "--identity_path",
+                    str(Path(args.data_dir) / f"peer{i}.id"),
+                    "--host_maddrs",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--peer_name",
+                    f"demo-peer-{i}",
+                ],
+                env,
+                color,
+            )
+        print(f"\n  dashboard: {url}/    metrics: {url}/metrics    Ctrl-C stops everything\n", flush=True)
+        while not stopping.is_set():
+            if args.duration and time.monotonic() - started > args.duration:
+                break
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"error: {dead[0]} exited with code {procs[dead[0]].returncode}; stopping the demo", flush=True)
+                return 1
+            time.sleep(0.5)
+    finally:
+        print("stopping: peers first, then the coordinator ...", flush=True)
+        _stop(procs)
+    checkpoints = sorted(p.name for p in (Path(args.data_dir) / "checkpoints").glob("ckpt-*") if p.is_dir())
+    print(
+        f"demo stopped after {time.monotonic() - started:.0f} s; state kept in {args.data_dir}; "
+        f"checkpoints: {', '.join(checkpoints) or 'none'}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
