@@ -5,8 +5,9 @@ Start order (each step needs the ones before it), stopped in reverse on SIGINT/S
   2. checkpoint 0 from the growth recipe if the run has no checkpoint yet (or from ``--init_from``);
   3. the DHT node: persistent identity (stable peer id, so the join line survives a restart) and fixed port;
      the run config published under ``<run_id>_config``, signed with the coordinator's persistent RSA key;
-  4. the monitor thread (DHT metrics -> store) and the saver thread (every ``checkpoint_every`` global steps: pull
-     the averaged state from the peers and save a checkpoint);
+  4. the monitor thread (DHT metrics -> store); the saver runs in the caller's (main) thread inside ``wait``: every
+     ``checkpoint_every`` global steps it pulls the averaged state from the peers and saves a checkpoint (hivemind
+     averagers must be started from the main thread: they install signal handlers);
   5. the HTTP and gRPC servers, then the line a volunteer copies to join.
 
 Coordinator settings that belong to one deployment rather than to the run (where data lives, cadence of
@@ -18,10 +19,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import multiprocessing
 import shutil
+import signal
 import socket
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,13 +176,17 @@ class CheckpointSaver:
         self.ckpts.save(step, write, {"samples": samples, "run_id": self.cfg.run_id}, store=self.store)
         return step
 
-    def run(self, stop: threading.Event, interval: float) -> None:
-        while not stop.wait(interval):
-            try:
-                if self.due():
-                    self.save_from_swarm()
-            except Exception:
-                logger.exception("checkpoint from the swarm failed; will retry")
+
+@contextmanager
+def _sigint_handler_kept() -> Iterator[None]:
+    """hivemind's averager sets SIGINT to "ignore" in the process that starts it; put our handler back after."""
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 @dataclass
@@ -195,24 +204,37 @@ class RunningCoordinator:
     initial_peers: list[str]
     join_command: str
     signing_public_key: bytes
+    saver: CheckpointSaver
     _stop: threading.Event
     _threads: list[threading.Thread]
     _stoppers: list[Callable[[], None]]
 
     def wait(self, stop: threading.Event) -> None:
-        """Blocks until ``stop`` is set, refreshing the published config record before it expires."""
-        while not stop.wait(CONFIG_RECORD_TTL / 4):
-            publish_config(self.dht, self.cfg, self.signing_public_key)
+        """Runs the checkpoint saver and refreshes the published config record until ``stop`` is set. Call it from
+        the main thread (see the module docstring); a state pull in progress finishes before it returns."""
+        next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
+        while not stop.wait(self.spec.monitor_interval):
+            if time.monotonic() >= next_publish:
+                publish_config(self.dht, self.cfg, self.signing_public_key)
+                next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
+            try:
+                if self.saver.due():
+                    with _sigint_handler_kept():
+                        self.saver.save_from_swarm()
+            except Exception:
+                logger.exception("checkpoint from the swarm failed; will retry")
 
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=max(30.0, self.spec.state_timeout))
-        for stopper in reversed(self._stoppers):
-            try:
-                stopper()
-            except Exception:
-                logger.exception("error while stopping")
+            thread.join(timeout=30.0)
+        _run_all(self._stoppers)
+        # hivemind children (a state averager, a DHT that missed its grace period) must not keep us alive: the
+        # interpreter would wait for them at exit while holding the data dir lock.
+        for child in multiprocessing.active_children():
+            logger.warning("terminating leftover child process %s (pid %s)", child.name, child.pid)
+            child.terminate()
+            child.join(5.0)
 
 
 def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
@@ -316,7 +338,6 @@ def start_coordinator(
         saver = CheckpointSaver(cfg, spec, dht, store, ckpts)
         threads = [
             threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
-            threading.Thread(target=saver.run, args=(stop, spec.monitor_interval), name="saver", daemon=True),
         ]
 
         metrics = CoordinatorMetrics(store)
@@ -349,6 +370,7 @@ def start_coordinator(
         initial_peers=initial_peers,
         join_command=join,
         signing_public_key=signature.local_public_key,
+        saver=saver,
         _stop=stop,
         _threads=threads,
         _stoppers=stoppers,

@@ -11,6 +11,7 @@ from coordinator.store import Store
 from peer.config import ModelSpec, RunConfig, TrainSpec
 from peer.modeling import build_models, load_models, save_models
 from peer.trainer import make_optimizer
+from peer.trainer.optim import param_groups
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -44,7 +45,7 @@ def test_saver_checkpoints_the_swarm_state_at_its_step(tmp_path):
         opt = hivemind.Optimizer(
             dht=peer_dht,
             run_id=cfg.run_id,
-            params=params,
+            params=param_groups(params, cfg.train.weight_decay),  # as peer.swarm.session builds it
             optimizer=lambda p: make_optimizer(p, cfg.train),
             target_batch_size=4,
             batch_size_per_step=4,
