@@ -36,8 +36,8 @@ def setup(arch: str, out_dir, optimizer: str = "adamw"):
     )
     cfg.objective.name = arch
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.optimizer = 4, 2, optimizer
-    cfg.train.lr, cfg.train.warmup_steps, cfg.train.total_steps = 1e-3, 2, 6
-    cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.out_dir = 3, 100, str(out_dir)
+    cfg.train.lr, cfg.train.warmup_steps, cfg.train.total_steps = 1e-3, 1, 4
+    cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.out_dir = 2, 100, str(out_dir)
     torch.manual_seed(1234)  # dropout draws from the global RNG
     models = build_models(cfg.model, VOCAB, seed=0)
     return cfg, models, build_objective(cfg, models)
@@ -51,16 +51,16 @@ def test_resumed_run_is_bitwise_identical_to_a_straight_run(tmp_path):
     for arch, opt in (("electra", "adamw"), ("albert", "lamb")):
         cfg, straight_models, objective = setup(arch, tmp_path / f"{arch}-straight", opt)
         straight = train(cfg, straight_models, objective, batches(7))
-        assert straight.state.step == 6 and straight.state.batches_consumed == 12
+        assert straight.state.step == 4 and straight.state.batches_consumed == 8
 
         cfg, models, objective = setup(arch, tmp_path / f"{arch}-resumed", opt)
-        first = train(cfg, models, objective, batches(7), max_steps=4)
-        assert first.state.step == 4 and len(checkpoint_dirs(cfg.train.out_dir)) == 1
+        first = train(cfg, models, objective, batches(7), max_steps=2)
+        assert first.state.step == 2 and len(checkpoint_dirs(cfg.train.out_dir)) == 1
         torch.manual_seed(999)  # a fresh process: different global RNG and fresh models until restored
         cfg, models2, objective2 = setup(arch, tmp_path / f"{arch}-resumed", opt)
         torch.manual_seed(999)
         second = train(cfg, models2, objective2, batches(7))
-        assert second.resumed_from.endswith("ckpt-000004") and second.state.step == 6
+        assert second.resumed_from.endswith("ckpt-000002") and second.state.step == 4
         a, b = params(straight_models), params(models2)
         assert a.keys() == b.keys()
         for name in a:
@@ -70,15 +70,15 @@ def test_resumed_run_is_bitwise_identical_to_a_straight_run(tmp_path):
 
 def test_training_lowers_loss_and_checkpoints_load_in_plain_hf(tmp_path):
     cfg, models, objective = setup("electra", tmp_path)
-    cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr, cfg.train.grad_accum = 30, 3, 3e-3, 1
-    cfg.train.checkpoint_every = 15
+    cfg.train.total_steps, cfg.train.warmup_steps, cfg.train.lr, cfg.train.grad_accum = 12, 2, 5e-3, 1
+    cfg.train.eval_every, cfg.train.checkpoint_every = 3, 6
     fixed = next(batches(3))
     before = objective.evaluate([fixed])
     reports = []
     result = train(cfg, models, objective, itertools.repeat(fixed), [fixed], on_step=reports.append)
-    assert [r.step for r in reports] == list(range(1, 31)) and reports[2].eval_metrics is not None
+    assert [r.step for r in reports] == list(range(1, 13)) and reports[2].eval_metrics is not None
     assert result.eval_metrics["loss"] < before["loss"] - 1.0
-    assert [p.rsplit("/", 1)[-1] for p in result.checkpoints] == ["ckpt-000015", "ckpt-000030"]
+    assert [p.rsplit("/", 1)[-1] for p in result.checkpoints] == ["ckpt-000006", "ckpt-000012"]
     loaded = load_models(result.checkpoints[-1])
     for (n, p), (_, q) in zip(models.named_parameters(), loaded.named_parameters(), strict=True):
         assert torch.equal(p, q), n
