@@ -1,10 +1,13 @@
 """Optimizers for pretraining: AdamW (fused on CUDA) and LAMB, both with weight decay kept off LayerNorm and biases.
 
-``make_optimizer(params, spec)`` takes the same ``params`` that ``hivemind.Optimizer`` hands an optimizer factory (a
-list of tensors or of param-group dicts), so it works as ``optimizer=partial(make_optimizer, spec=spec)`` there. The
-no-decay rule is by shape, not by name: every 1-D parameter (LayerNorm weights and biases, all biases) gets no
+The no-decay rule is by shape, not by name: every 1-D parameter (LayerNorm weights and biases, all biases) gets no
 weight decay, which is exactly google-research's name-based exclusion for BERT/ELECTRA/ALBERT and survives
 hivemind's copying of parameters (copies have no names).
+
+With ``hivemind.Optimizer``: pass ``params=param_groups(models.parameters(), spec.weight_decay)`` and
+``optimizer=partial(make_optimizer, spec=spec)``, ``scheduler=partial(make_scheduler, spec=spec)``. hivemind hands
+the factory its groups (possibly with offloaded copies) and asserts that the optimizer keeps their number and
+parameter order, so ``make_optimizer`` passes param-group dicts through unchanged and only splits a flat list.
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ def make_optimizer(params: Iterable, spec: TrainSpec) -> torch.optim.Optimizer:
         raise UserError("no trainable parameters")
     if spec.optimizer == "adamw":
         on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-        for g in groups:
-            g.pop("layer_adaptation", None)
         return torch.optim.AdamW(
             groups, lr=spec.lr, betas=BETAS, eps=spec.adam_eps, weight_decay=spec.weight_decay, fused=on_cuda or None
         )

@@ -21,6 +21,15 @@ def test_no_weight_decay_on_vectors():
     assert torch.allclose(lin.weight, w0 * (1 - 0.5 * 0.1)) and torch.equal(lin.bias, b0)
 
 
+def test_param_group_dicts_pass_through_in_order_as_hivemind_requires():
+    lin = torch.nn.Linear(4, 3)
+    groups = param_groups([lin.weight, lin.bias], 0.01)
+    for name in ("adamw", "lamb"):
+        opt = make_optimizer([dict(g) for g in groups], TrainSpec(optimizer=name, weight_decay=0.01))
+        assert [g["params"] for g in opt.param_groups] == [[lin.weight], [lin.bias]]
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+
+
 def test_lamb_step_by_hand():
     p = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # ||p|| = 5
     p.grad = torch.tensor([[1.0, -2.0]])
