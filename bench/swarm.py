@@ -199,7 +199,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
                 "more bytes per sample than diloco"
             )
     print(
-        f"state download: {dl['mb']:.1f} MB in {dl['seconds']:.2f}s = {dl['mb'] / dl['seconds']:.2f} MB/s, "
+        f"state download: {dl['mb']:.1f} MB of parameters ({dl['rx_mb']:.1f} MB received) in {dl['seconds']:.2f}s"
+        f" = {dl['mb'] / dl['seconds']:.2f} MB/s of parameters, {dl['rx_mb'] / dl['seconds']:.2f} MB/s on the wire, "
         f"{dl['mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
     )
     print(f"(peer logs: {root})")
@@ -211,6 +212,11 @@ def parse_rate_mb(rate: str) -> float:
         if rate.endswith(suffix):
             return float(rate[: -len(suffix)]) * scale / 8 / 1e6
     raise SystemExit(f"error: rate must end in kbit, mbit or gbit: {rate}")
+
+
+def state_sources(dht, run_id: str) -> int:
+    found = dht.get(f"{run_id}_state_averager.all_averagers", latest=True)
+    return len(found.value) if found is not None and isinstance(found.value, dict) else 0
 
 
 def tx_bytes() -> int:
@@ -235,7 +241,7 @@ def worker(opts: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     out, i, n = Path(opts.out), opts.index, opts.peers[0]
-    run_id = f"bench-{opts.mode}-{n}-{opts.role}"
+    run_id = f"bench-{opts.mode}-{n}-{'state' if opts.role != 'train' else 'train'}"
     b = opts.batch
     spec = SwarmSpec(
         initial_peers=opts.initial,
@@ -263,6 +269,11 @@ def worker(opts: argparse.Namespace) -> None:
             return
         if opts.role == "joiner":
             mb = sum(p.numel() * 4 for p in params) / 1e6
+            deadline = time.monotonic() + 120
+            while state_sources(dht, run_id) < 2:  # the donor (and we) announced as state sources
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the donor never announced its state")
+                time.sleep(0.5)
             rx0, t0 = rx_bytes(), time.perf_counter()
             opt.load_state_from_peers()
             seconds = time.perf_counter() - t0
