@@ -18,6 +18,7 @@ checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-lin
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import multiprocessing
 import shutil
@@ -49,6 +50,9 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 SIGNING_KEY_NAME = "coordinator_signing_key.der"
 IDENTITY_NAME = "dht_identity.key"
 CONFIG_RECORD_TTL = 3600.0
+KNOWN_PEERS_NAME = "known_peers.json"
+KNOWN_PEERS_EVERY = 10.0  # seconds between refreshes of known_peers.json
+KNOWN_PEERS_MAX = 64
 CARRIED_FILES = ("growth.json",)  # provenance files copied from the previous checkpoint into each new one
 
 
@@ -213,7 +217,14 @@ class RunningCoordinator:
         """Runs the checkpoint saver and refreshes the published config record until ``stop`` is set. Call it from
         the main thread (see the module docstring); a state pull in progress finishes before it returns."""
         next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
+        next_known = time.monotonic()
         while not stop.wait(self.spec.monitor_interval):
+            if time.monotonic() >= next_known:
+                try:
+                    save_known_peers(self.dht, Path(self.spec.data_dir))
+                except Exception:
+                    logger.exception("could not record the connected peers")
+                next_known = time.monotonic() + KNOWN_PEERS_EVERY
             if time.monotonic() >= next_publish:
                 publish_config(self.dht, self.cfg, self.signing_public_key)
                 next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
@@ -228,6 +239,10 @@ class RunningCoordinator:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30.0)
+        try:
+            save_known_peers(self.dht, Path(self.spec.data_dir))
+        except Exception:
+            logger.exception("could not record the connected peers")
         _run_all(self._stoppers)
         # hivemind children (a state averager, a DHT that missed its grace period) must not keep us alive: the
         # interpreter would wait for them at exit while holding the data dir lock.
@@ -265,21 +280,56 @@ def start_coordinator_dht(
     cfg: RunConfig, spec: CoordinatorSpec, validators: Sequence[RecordValidatorBase]
 ) -> hivemind.DHT:
     """The coordinator's DHT node on a fixed port with a persistent identity (the peer id in the join line stays
-    the same across restarts); joins ``cfg.swarm.initial_peers`` if the run already has a swarm."""
+    the same across restarts). It bootstraps from ``cfg.swarm.initial_peers`` and from the peers it was connected to
+    before a restart (``known_peers.json``): peers that joined through the coordinator know no one else to dial, so
+    after a restart the coordinator must dial them, or it would sit alone beside a running swarm."""
     identity = spec.identity_path or Path(spec.data_dir) / IDENTITY_NAME
+    known = read_known_peers(Path(spec.data_dir))
+    attempts = [list(cfg.swarm.initial_peers) + known] + ([list(cfg.swarm.initial_peers)] if known else [])
+    for i, initial_peers in enumerate(attempts):
+        try:
+            return hivemind.DHT(
+                initial_peers=initial_peers or None,
+                host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
+                announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
+                identity_path=str(identity),
+                use_relay=cfg.swarm.use_relay,
+                record_validators=list(validators),
+                start=True,
+            )
+        except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
+            text = " ".join(str(e).split())[:300] or type(e).__name__
+            if i + 1 < len(attempts):
+                logger.warning(
+                    "none of the %d previously known peers answered (%s); starting without them", len(known), text
+                )
+                continue
+            raise UserError(f"could not start the DHT on {spec.host}:{spec.dht_port}: {text}") from None
+    raise AssertionError("unreachable")
+
+
+async def _connected_peer_maddrs(dht: hivemind.DHT, node) -> list[str]:
+    """Runs inside the DHT process: full multiaddrs (with /p2p/<id>) of the peers the node is connected to."""
+    infos = await node.p2p.list_peers()
+    return [f"{addr}/p2p/{info.peer_id}" for info in infos for addr in info.addrs if "/p2p-circuit" not in str(addr)]
+
+
+def save_known_peers(dht: hivemind.DHT, data_dir: Path) -> int:
+    """Remembers the currently connected peers for the next start; returns how many addresses were saved."""
+    maddrs = sorted(set(dht.run_coroutine(_connected_peer_maddrs)))
+    if maddrs:
+        tmp = data_dir / (KNOWN_PEERS_NAME + ".tmp")
+        tmp.write_text(json.dumps(maddrs, indent=1))
+        tmp.replace(data_dir / KNOWN_PEERS_NAME)
+    return len(maddrs)
+
+
+def read_known_peers(data_dir: Path) -> list[str]:
     try:
-        return hivemind.DHT(
-            initial_peers=list(cfg.swarm.initial_peers) or None,
-            host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
-            announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
-            identity_path=str(identity),
-            use_relay=cfg.swarm.use_relay,
-            record_validators=list(validators),
-            start=True,
-        )
-    except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
-        text = " ".join(str(e).split())[:300] or type(e).__name__
-        raise UserError(f"could not start the DHT on {spec.host}:{spec.dht_port}: {text}") from None
+        maddrs = json.loads((data_dir / KNOWN_PEERS_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    return [m for m in maddrs if isinstance(m, str)][:KNOWN_PEERS_MAX] if isinstance(maddrs, list) else []
 
 
 def _free_port(host: str) -> int:

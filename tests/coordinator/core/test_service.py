@@ -151,16 +151,26 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         history_points = len(coord.get("/api/v1/history")["history"])
         assert history_points >= 1
         assert coord.terminate() == 0
-    finally:
+    except BaseException:
         if peer is not None:
             peer.shutdown()
+        raise
+    finally:
         coord.kill()
 
-    # restart on the same data dir: same history, same checkpoint, same DHT identity (same join addresses)
+    # restart on the same data dir: same history, same checkpoint, same DHT identity (same join addresses), and it
+    # dials the peer it knew, so the running peer's next record reaches it although the peer knows no one else
     coord2 = Coordinator(data, config, tiny_model_dir)
     try:
         progress = coord2.get("/api/v1/progress")
         assert progress["global_step"] == 42
+        deadline = time.time() + 30
+        while coord2.get("/api/v1/progress")["global_step"] < 50 and time.time() < deadline:
+            # like a real peer, republish every few seconds (a store can precede the coordinator's reconnection)
+            record = record.copy(update=dict(step=50, samples_total=64, time=get_dht_time()))
+            peer.store(metrics_key(RUN), record.dict(), get_dht_time() + 60, subkey=sig.local_public_key)
+            time.sleep(1.0)
+        assert coord2.get("/api/v1/progress")["global_step"] == 50
         assert len(coord2.get("/api/v1/history")["history"]) > history_points
         assert [p["name"] for p in coord2.get("/api/v1/peers")["peers"]] == ["tester"]
         assert [c["name"] for c in coord2.get("/api/v1/checkpoints")["checkpoints"]] == ["ckpt-000000"]
@@ -169,6 +179,7 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         )
         assert coord2.terminate() == 0
     finally:
+        peer.shutdown()
         coord2.kill()
 
 
