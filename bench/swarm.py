@@ -201,7 +201,7 @@ def orchestrate(opts: argparse.Namespace) -> None:
     print(
         f"state download: {dl['mb']:.1f} MB of parameters ({dl['rx_mb']:.1f} MB received) in {dl['seconds']:.2f}s"
         f" = {dl['mb'] / dl['seconds']:.2f} MB/s of parameters, {dl['rx_mb'] / dl['seconds']:.2f} MB/s on the wire, "
-        f"{dl['mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
+        f"wire = {dl['rx_mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
     )
     print(f"(peer logs: {root})")
 
