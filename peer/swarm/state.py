@@ -67,7 +67,7 @@ _StateDownloadClient.__name__ = "TrainingStateAverager"
 def parameter_order(params: Sequence[torch.Tensor], optimizer_factory: Callable) -> list[int]:
     """Indices of ``params`` in the order the optimizer's param groups list them, which is the order the state
     averager sends them in (an optimizer may regroup parameters, e.g. decay / no-decay)."""
-    opt = optimizer_factory((dict(params=tuple(params)),))  # as hivemind's TrainingStateAverager calls it
+    opt = optimizer_factory(list(params))
     index = {id(p): i for i, p in enumerate(params)}
     return [index[id(p)] for group in opt.param_groups for p in group["params"]]
 
