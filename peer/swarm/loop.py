@@ -103,6 +103,7 @@ def train_loop(
     bar = tqdm(desc="swarm", unit="batch", disable=not options.show_status, dynamic_ncols=True)
     try:
         while not stop.is_set():
+            stop.reassert()  # hivemind may have set SIGINT to ignored when it started an averager
             if options.max_global_steps is not None and opt.global_step >= options.max_global_steps:
                 break
             if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:

@@ -174,6 +174,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             lambda o: make_scheduler(o, cfg.train),
             batch_size=cfg.train.batch_size,
         )
+        stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         if start_step:
             opt.start_at(start_step)
         with waiting_bar("state from peers", cfg.swarm.load_state_timeout):

@@ -23,6 +23,16 @@ class StopSignal:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def reassert(self) -> None:
+        """Puts our handlers back if something replaced them. hivemind's averagers set SIGINT to *ignored* in the
+        process that starts them (``DecentralizedAverager.run_in_background``) and never restore it, which would make
+        Ctrl-C do nothing; the loop calls this every step. Only the main thread may set handlers."""
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._previous:
+            if signal.getsignal(signum) != self._handle:
+                signal.signal(signum, self._handle)
+
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
