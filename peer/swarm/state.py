@@ -6,10 +6,10 @@ state-averager protocol (the same one late-joining peers use) without joining an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -126,48 +126,40 @@ def load_state_from_swarm(
 
 
 def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: float = 60.0) -> tuple[Path, int] | None:
-    """Downloads the coordinator's newest checkpoint into ``out_dir/<name>`` (sha256-verified, via a temp dir);
-    returns (dir, step), or None if the coordinator has no checkpoint yet."""
+    """Downloads the coordinator's newest checkpoint into ``out_dir/<name>``; returns (dir, step), or None if the
+    coordinator has no checkpoint yet.
+
+    The transfer itself is the coordinator's own client (resumable, sha256- and size-verified). It lands in a private
+    temp dir that is renamed into place, so peers sharing ``out_dir`` never see or clobber each other's half files.
+    """
+    from coordinator.download import download
+
     base = coordinator_url.rstrip("/")
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True) as client:
             listing = client.get(f"{base}/api/v1/checkpoints")
             listing.raise_for_status()
             checkpoints = listing.json().get("checkpoints", [])
-            if not checkpoints:
-                return None
-            latest = checkpoints[-1]
-            target = out_dir / latest["name"]
-            if (target / "manifest.json").is_file():
-                return target, int(latest["step"])
-            tmp = out_dir / (latest["name"] + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            total = sum(int(f["size"]) for f in latest["files"])
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"checkpoint {latest['name']}") as bar:
-                for entry in latest["files"]:
-                    _download_file(client, f"{base}/checkpoints/{latest['name']}/{entry['path']}", tmp, entry, bar)
-            (tmp / "manifest.json").write_text(json.dumps({"files": latest["files"], "step": latest["step"]}))
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-            return target, int(latest["step"])
     except httpx.HTTPError as e:
-        raise UserError(f"cannot download a checkpoint from the coordinator at {base}: {e}") from None
-
-
-def _download_file(client: httpx.Client, url: str, root: Path, entry: dict, bar: tqdm) -> None:
-    path = root / entry["path"]
-    if ".." in Path(entry["path"]).parts or Path(entry["path"]).is_absolute():
-        raise UserError(f"coordinator sent an unsafe checkpoint path: {entry['path']}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with client.stream("GET", url) as response, open(path, "wb") as f:
-        response.raise_for_status()
-        for chunk in response.iter_bytes(1 << 20):
-            f.write(chunk)
-            digest.update(chunk)
-            bar.update(len(chunk))
-    if digest.hexdigest() != entry["sha256"]:
-        raise UserError(f"checkpoint file {entry['path']} failed its sha256 check; try again")
+        raise UserError(f"cannot list the coordinator's checkpoints at {base}: {e}") from None
+    if not checkpoints:
+        return None
+    latest = checkpoints[-1]
+    target = out_dir / latest["name"]
+    if (target / "manifest.json").is_file():
+        return target, int(latest["step"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{latest['name']}.", suffix=".tmp", dir=out_dir))
+    try:
+        result = download(base, tmp, checkpoint=latest["name"], timeout=timeout)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process sharing out_dir finished first: use its copy if complete
+            if not (target / "manifest.json").is_file():
+                raise
+        return target, int(result.step)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_checkpoint_step(checkpoint_dir: Path) -> int:
