@@ -25,14 +25,28 @@ RESET = "\033[0m"
 
 
 def _pump(name: str, proc: subprocess.Popen, color: bool) -> None:
+    """Prefixes a child's output. Progress bars redraw with \\r and no newline, so their latest state is shown
+    at most every few seconds instead of being lost until the next newline."""
     prefix = f"{COLORS.get(name, '')}[{name}]{RESET} " if color else f"[{name}] "
-    for raw in iter(proc.stdout.readline, b""):
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        # tqdm redraws with \r; show the latest state of the line.
-        line = line.split("\r")[-1]
-        if line:
-            sys.stdout.write(prefix + line + "\n")
-            sys.stdout.flush()
+    fd = proc.stdout.fileno()
+    pending, last_bar = b"", 0.0
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.replace(b"\r\n", b"\n").split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace").split("\r")[-1].rstrip()
+            if line:
+                sys.stdout.write(prefix + line + "\n")
+        if b"\r" in pending and time.monotonic() - last_bar > 5:
+            line = pending.decode(errors="replace").rstrip("\r").split("\r")[-1].rstrip()
+            if line:
+                sys.stdout.write(prefix + line + "\n")
+                last_bar = time.monotonic()
+            pending = pending[pending.rfind(b"\r") + 1 :] if not pending.endswith(b"\r") else b""
+        sys.stdout.flush()
 
 
 def _start(name: str, args: list[str], env: dict, color: bool) -> subprocess.Popen:
@@ -73,12 +87,14 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> dict:
 
 
 def _stop(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
-    """SIGINT to every group (peers first, so they leave the DHT before the coordinator goes), then SIGKILL."""
+    """SIGINT to every child (peers first, so they leave the DHT before the coordinator goes), then SIGKILL to each
+    child's whole process group. Only the Python process gets SIGINT: it stops its own p2pd daemon on the way out,
+    which it cannot do if the daemon was killed under it."""
     for name in sorted(procs, key=lambda n: n == "coordinator"):
         proc = procs[name]
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.kill(proc.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
@@ -161,6 +177,8 @@ def main() -> int:
                     str(Path(args.data_dir) / f"peer{i}.id"),
                     "--host_maddrs",
                     "/ip4/127.0.0.1/tcp/0",
+                    "--work_dir",
+                    str(Path(args.data_dir) / f"peer{i}"),
                     "--peer_name",
                     f"demo-peer-{i}",
                 ],
