@@ -66,9 +66,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--work_dir",
-        default="swarm_work",
+        default=None,
         metavar="DIR",
-        help="where downloaded checkpoints and the grown step-0 state are kept",
+        help="where downloaded checkpoints and the grown step-0 state are kept "
+        "(default: ~/.cache/warmswarm/RUN_ID)",
     )
     p.add_argument("--max_steps", type=int, default=None, help="leave once the swarm reaches this global step")
     p.add_argument("--max_seconds", type=float, default=None, help="leave after this many seconds of training")

@@ -114,7 +114,7 @@ class JoinOptions:
     coordinator_url: str | None = None
     config_from_coordinator: bool = False
     init_dir: str | None = None
-    work_dir: str = "swarm_work"
+    work_dir: str | None = None  # None: ~/.cache/warmswarm/<run_id>, outside whatever directory the user is in
     join_timeout: float = 60.0
     startup_timeout: float = 60.0
     loop: LoopOptions | None = None
@@ -149,7 +149,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             check_run_is_live(dht, cfg, options.join_timeout)
         check_fingerprint(dht, cfg)
         tokenizer = load_tokenizer(cfg, options.init_dir)
-        work_dir = Path(options.work_dir)
+        work_dir = Path(options.work_dir) if options.work_dir else Path.home() / ".cache" / "warmswarm" / cfg.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
         models, start_step = starting_models(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
         device = resolve_device(cfg.train)
