@@ -4,6 +4,7 @@ the DHT and stop its p2pd child cleanly (exit 0); a second one stops waiting and
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -17,8 +18,10 @@ class StopSignal:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def install(self) -> StopSignal:
+        self._pid = os.getpid()
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -39,6 +42,14 @@ class StopSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A child forked after install (hivemind's DHT and averager processes) inherits this handler. Its parent
+            # manages its life: Ctrl-C (sent to the whole terminal group) is the parent's to handle, and SIGTERM
+            # (the parent's "terminate the hard way") must terminate, not ask a loop that is not there to stop.
+            if signum != signal.SIGINT:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
         if self._event.is_set():
             raise KeyboardInterrupt
         logger.info("%s received: finishing the current step, then leaving the swarm", signal.Signals(signum).name)
