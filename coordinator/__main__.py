@@ -6,13 +6,13 @@ Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from peer.entry import run_cli
 from peer.errors import UserError
 
 
@@ -156,24 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":
