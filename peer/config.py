@@ -116,7 +116,12 @@ class SwarmSpec:
     averaging_timeout: float = 60.0
     load_state_timeout: float = 600.0
     metrics_expiration: float = 600.0
-    auth_token: str | None = None
+    # Private runs (issue 6): the volunteer's "NAME:SECRET" from the organiser's allowlist (also env
+    # WARMSWARM_AUTH_KEY), and the coordinator's token-signing key (OpenSSH text; normally read from the
+    # coordinator's /api/v1/run, set here to pin it). Both None: an open run, no tokens.
+    auth_key: str | None = None
+    authority_public_key: str | None = None
+    peer_name: str = ""  # display name on the dashboard (private runs default to the allowlisted name)
     coordinator_url: str | None = None
 
 
