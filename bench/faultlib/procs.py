@@ -1,0 +1,362 @@
+"""Real coordinator and peer processes for fault injection: start them, kill them, read them, and always reap them.
+
+Why a module of its own: every scenario (and the soak, and the fast tests) needs the same three things — a tiny run
+that starts in seconds on a loaded 2-core machine, children that can be SIGKILLed one at a time, and a guarantee that
+nothing (a peer, its p2pd, a hivemind fork) outlives the scenario even when it crashes or is interrupted. Each child
+runs in its own session, so its process group holds its p2pd and hivemind children; ``ProcessSet.close`` sends
+SIGTERM to each Python process and then SIGKILL to every group.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """Sizes of a run small enough that a peer step is milliseconds: the faults, not the compute, are under test."""
+
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_size: int = 64
+    seq_len: int = 32
+    batch_size: int = 4
+    target_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """A run config file and its step-0 model dir (``--init_from`` for the coordinator)."""
+
+    run_id: str
+    config: Path
+    init_dir: Path
+
+
+def prepare_run(root: Path, run_id: str, model: TinyModel = TinyModel(), swarm: dict | None = None) -> RunFiles:
+    """Writes ``root/run.yaml`` and a random-init step-0 model in ``root/init`` (seed 0: every call is identical)."""
+    from transformers import AutoTokenizer
+
+    from peer.config import ModelSpec, config_to_dict, load_config
+    from peer.growth import resolve_source
+    from peer.modeling import build_models, save_models
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"run_id={run_id}"])
+    cfg.model = ModelSpec(
+        hidden_size=model.hidden_size,
+        num_layers=model.num_layers,
+        num_heads=model.num_heads,
+        ffn_size=model.ffn_size,
+        max_position_embeddings=max(64, model.seq_len),
+    )
+    cfg.data.seq_len = model.seq_len
+    cfg.train.batch_size = model.batch_size
+    cfg.train.warmup_steps = 2
+    cfg.train.eval_every = 10**9  # evaluation only costs CPU here
+    cfg.swarm.target_batch_size = model.target_batch_size
+    cfg.swarm.matchmaking_time = 2.0
+    cfg.swarm.averaging_timeout = 20.0
+    for key, value in (swarm or {}).items():
+        setattr(cfg.swarm, key, value)
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    init = root / "init"
+    if not (init / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.growth.source))
+        save_models(build_models(cfg.model, tokenizer.vocab_size, seed=0), init, tokenizer)
+    return RunFiles(run_id=run_id, config=config, init_dir=init)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the harness dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so a killed bench run does not leave a swarm training in the background. SIGTERM lets the peer stop its p2pd."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_env() -> dict[str, str]:
+    """Offline, one thread per process (several children share 2 cores), unbuffered logs."""
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+
+
+@dataclass
+class Child:
+    """One started process (leader of its own session) and its log file."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.text()[-chars:]
+
+    def wait_for_line(self, needle: str | re.Pattern, timeout: float) -> re.Match | bool:
+        """Waits until the log contains ``needle``; raises if the child exits or the time runs out first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if isinstance(needle, re.Pattern):
+                found = needle.search(text)
+                if found:
+                    return found
+            elif needle in text:
+                return True
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no {needle!r} within {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.3)
+
+    def kill_group(self, signum: int = signal.SIGKILL) -> None:
+        """Signals the whole session (the Python process, its p2pd and hivemind forks) and reaps the leader."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+        if signum == signal.SIGKILL:
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s (pid %d) did not die after SIGKILL", self.name, self.pid)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process in session ``sid`` (its leader, p2pd, hivemind forks), read from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session ...
+                out.append(int(entry.name))
+    return out
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process; 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass
+class ProcessSet:
+    """Children of one scenario. A context manager: leaving it (normally, by an exception or by KeyboardInterrupt)
+    stops and reaps every child and its whole session, so no p2pd is left behind."""
+
+    work: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        log = self.work / f"{name}.log"
+        if log.exists():  # a restarted child keeps its earlier log for the post-mortem
+            log.rename(self.work / f"{name}.{int(time.time() * 1000)}.log")
+        with open(log, "w") as f:
+            proc = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=ROOT,
+                env=child_env(),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def close(self, grace: float = 20.0) -> None:
+        """SIGTERM to every live Python leader (so it stops its own p2pd), then SIGKILL to every session."""
+        for child in self.children:
+            if child.alive():
+                try:
+                    child.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for child in self.children:
+            child.kill_group(signal.SIGKILL)
+            for pid in session_pids(child.pid):  # members that left the group but not the session
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def leftovers(self) -> list[int]:
+        return [pid for child in self.children for pid in session_pids(child.pid)]
+
+    def __enter__(self) -> ProcessSet:
+        self.work.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Coordinator:
+    """Arguments and handle of one ``python -m coordinator start``; ``start`` may be called again after a kill
+    (same data dir, same ports, same identity: a restart)."""
+
+    procs: ProcessSet
+    run: RunFiles
+    data_dir: Path
+    checkpoint_every: int = 5
+    keep_last: int = 3
+    monitor_interval: float = 1.0
+    state_timeout: float = 60.0
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    dht_port: int = field(default_factory=free_port)
+    child: Child | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 240.0) -> Child:
+        self.child = self.procs.start(
+            "coordinator",
+            ["-m", "coordinator", "start", "-c", str(self.run.config), "--data_dir", str(self.data_dir),
+             "--host", "127.0.0.1", "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
+             "--dht_port", str(self.dht_port), "--init_from", str(self.run.init_dir),
+             "--checkpoint_every", str(self.checkpoint_every), "--keep_last", str(self.keep_last),
+             "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout)],
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get("/api/v1/run")
+                return self.child
+            except OSError:
+                if not self.child.alive():
+                    raise RuntimeError(f"coordinator exited:\n{self.child.tail()}") from None
+                if time.monotonic() > deadline:
+                    tail = self.child.tail()
+                    raise TimeoutError(f"coordinator did not answer within {timeout:.0f} s:\n{tail}") from None
+                time.sleep(0.5)
+
+    def get(self, path: str, timeout: float = 10.0) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.load(response)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def counter(self, name: str, **labels: str) -> float:
+        """One sample of the coordinator's Prometheus exposition (0 when the series does not exist yet)."""
+        return read_sample(self.metrics_text(), name, labels)
+
+    def progress(self) -> dict:
+        return self.get("/api/v1/progress")
+
+    def wait_for(self, what: str, predicate, timeout: float, every: float = 1.0) -> dict:
+        """Polls ``/api/v1/progress`` until ``predicate(progress)``; raises with the log tail on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                progress = self.progress()
+                if predicate(progress):
+                    return progress
+            except (OSError, ValueError):
+                progress = {}
+            if time.monotonic() > deadline:
+                tail = self.child.tail() if self.child else ""
+                raise TimeoutError(f"coordinator: {what} not reached in {timeout:.0f} s (last {progress}):\n{tail}")
+            time.sleep(every)
+
+
+def read_sample(exposition: str, name: str, labels: dict[str, str]) -> float:
+    """The value of ``name{labels}`` in a Prometheus text exposition; labels must match exactly."""
+    want = {k: str(v) for k, v in labels.items()}
+    for line in exposition.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if got == want:
+            return float(match.group(3))
+    return 0.0
+
+
+def start_peer(procs: ProcessSet, name: str, coordinator: Coordinator, *extra: str) -> Child:
+    """``python -m peer join --coordinator URL`` with its own work dir and identity (a fresh identity per name)."""
+    work = procs.work / name
+    return procs.start(
+        name,
+        ["-m", "peer", "join", "--coordinator", coordinator.url, "--no_status", "--peer_name", name,
+         "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),
+         "--host_maddrs", "/ip4/127.0.0.1/tcp/0", *extra],
+    )  # fmt: skip
+
+
+TRAINING = re.compile(r"starting at global step (\d+)")

@@ -1,0 +1,221 @@
+"""The soak: a coordinator and N peers for an hour, and does any of them leak memory?
+
+A month-long run dies of slow leaks, not of crashes: a DHT cache that never expires, a metric history kept in RAM,
+a p2pd that accumulates streams. So every ~30 s this samples the RSS of every process of every child session (the
+peer's Python process, its p2pd, hivemind's forks; the same for the coordinator) and compares the mean of the first
+``window`` seconds with the mean of the last ``window`` seconds. Startup (imports, the first download, the first
+averaging round) is excluded: the clock starts when the coordinator sees every peer alive.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.faultlib.procs import (
+    Child,
+    Coordinator,
+    ProcessSet,
+    TinyModel,
+    prepare_run,
+    process_name,
+    rss_bytes,
+    session_pids,
+    start_peer,
+)
+
+logger = logging.getLogger(__name__)
+
+GROWTH_TARGET = 0.05
+
+
+@dataclass
+class Series:
+    """RSS over time of one process, named ``<child>:<role>`` (role: main, p2pd, or fork-<pid>)."""
+
+    name: str
+    times: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+
+    def mean_between(self, start: float, end: float) -> float | None:
+        values = [r for t, r in zip(self.times, self.rss, strict=True) if start <= t <= end]
+        return sum(values) / len(values) if values else None
+
+
+@dataclass
+class Growth:
+    name: str
+    first_mib: float
+    last_mib: float
+    growth: float  # (last - first) / first
+
+    @property
+    def passed(self) -> bool:
+        return self.growth < GROWTH_TARGET
+
+
+@dataclass
+class SoakResult:
+    peers: int
+    duration_s: float
+    window_s: float
+    interval_s: float
+    samples: int
+    global_step_start: int
+    global_step_end: int
+    checkpoints: list[str]
+    deaths: list[str]
+    growth: list[Growth]
+
+    @property
+    def worst(self) -> Growth | None:
+        return max(self.growth, key=lambda g: g.growth, default=None)
+
+    @property
+    def passed(self) -> bool:
+        return not self.deaths and bool(self.growth) and all(g.passed for g in self.growth)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["passed"] = self.passed
+        return out
+
+
+def role_of(child: Child, pid: int) -> str:
+    if pid == child.pid:
+        return f"{child.name}:main"
+    if process_name(pid) == "p2pd":
+        return f"{child.name}:p2pd"
+    return f"{child.name}:fork-{pid}"
+
+
+def sample(children: list[Child], series: dict[str, Series], now: float, writer) -> None:
+    """One RSS reading of every process, plus ``<child>:all`` (the sum over its session: a leak that moves
+    between forks still shows there; shared copy-on-write pages are counted once per process)."""
+    for child in children:
+        total = 0
+        for pid in session_pids(child.pid):
+            rss = rss_bytes(pid)
+            if not rss:
+                continue
+            name = role_of(child, pid)
+            if name.endswith(":p2pd") and name in series and series[name].times and series[name].times[-1] == now:
+                name = f"{name}-{pid}"  # a second daemon in one session (not expected; kept apart, not summed)
+            entry = series.setdefault(name, Series(name))
+            entry.times.append(now)
+            entry.rss.append(rss)
+            writer.writerow([f"{now:.1f}", name, pid, rss])
+            total += rss
+        if total:
+            entry = series.setdefault(f"{child.name}:all", Series(f"{child.name}:all"))
+            entry.times.append(now)
+            entry.rss.append(total)
+
+
+def growth_of(series: dict[str, Series], start: float, end: float, window: float) -> list[Growth]:
+    """First-window vs last-window mean RSS for every process that lived through the whole soak."""
+    out = []
+    for s in series.values():
+        if not s.times or s.times[0] > start + window or s.times[-1] < end - window:
+            continue
+        first, last = s.mean_between(start, start + window), s.mean_between(end - window, end)
+        if first and last:
+            out.append(Growth(s.name, first / 2**20, last / 2**20, (last - first) / first))
+    return sorted(out, key=lambda g: g.name)
+
+
+def plot(series: dict[str, Series], start: float, path: Path) -> None:
+    """Left: each child's whole session (sum); right: every process on its own (main, p2pd, hivemind forks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (total_ax, each_ax) = plt.subplots(1, 2, figsize=(14, 6))
+    colors = plt.get_cmap("tab20").colors
+    drawn = [s for s in sorted(series.values(), key=lambda s: s.name) if len(s.times) >= 2]
+    for i, s in enumerate(drawn):
+        ax = total_ax if s.name.endswith(":all") else each_ax
+        style = "--" if ":p2pd" in s.name else (":" if ":fork" in s.name else "-")
+        minutes = [(t - start) / 60 for t in s.times]
+        ax.plot(minutes, [r / 2**20 for r in s.rss], style, color=colors[i % 20], label=s.name, linewidth=1)
+    total_ax.set_title("each child's session (sum of its processes)")
+    each_ax.set_title("each process (solid: main, dashed: p2pd, dotted: hivemind forks)")
+    for ax in (total_ax, each_ax):
+        ax.set_xlabel("minutes since every peer was alive")
+        ax.set_ylabel("RSS (MiB)")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_soak(
+    work: Path,
+    peers: int = 4,
+    duration: float = 3600.0,
+    interval: float = 30.0,
+    window: float = 600.0,
+    png: Path | None = None,
+) -> SoakResult:
+    """Starts the swarm in ``work``, samples for ``duration`` seconds, stops everything, returns the figures.
+    ``window`` shrinks to a third of the duration for short (smoke) runs."""
+    window = min(window, duration / 3)
+    run = prepare_run(work / "run", "soak", TinyModel())
+    with ProcessSet(work / "procs") as procs, open(work / "rss.csv", "w", newline="") as csv_file:
+        writer = csv.writer(csv_file)
+        writer.writerow(["time", "process", "pid", "rss_bytes"])
+        coordinator = Coordinator(procs, run, work / "data", checkpoint_every=20, keep_last=3)
+        coordinator.start()
+        members = [start_peer(procs, f"peer{i}", coordinator) for i in range(peers)]
+        coordinator.wait_for(f"{peers} peers alive", lambda p: p.get("alive_peers", 0) >= peers, timeout=600)
+        step_start = coordinator.progress().get("global_step", 0)
+        children = [coordinator.child, *members]
+        series: dict[str, Series] = {}
+        deaths: list[str] = []
+        start = time.time()
+        logger.info("all %d peers alive at global step %d; sampling RSS every %.0f s", peers, step_start, interval)
+        next_report = start + 300
+        while True:
+            now = time.time()
+            sample(children, series, now, writer)
+            csv_file.flush()
+            for child in children:
+                if not child.alive() and child.name not in deaths:
+                    deaths.append(child.name)
+                    logger.error("%s died with code %s:\n%s", child.name, child.proc.returncode, child.tail(1500))
+            if now >= next_report:
+                step = coordinator.progress().get("global_step", -1) if coordinator.child.alive() else -1
+                total = sum(s.rss[-1] for s in series.values() if s.name.endswith(":all") and s.times[-1] == now)
+                total /= 2**20
+                logger.info("soak %4.0f/%0.f s: global step %d, %.0f MiB in all", now - start, duration, step, total)
+                next_report = now + 300
+            if now - start >= duration:
+                break
+            time.sleep(max(0.0, min(interval, start + duration - time.time())))
+        end = time.time()
+        step_end = coordinator.progress().get("global_step", 0)
+        checkpoints = [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]
+    if png is not None:
+        plot(series, start, png)
+    return SoakResult(
+        peers=peers,
+        duration_s=end - start,
+        window_s=window,
+        interval_s=interval,
+        samples=max((len(s.times) for s in series.values()), default=0),
+        global_step_start=step_start,
+        global_step_end=step_end,
+        checkpoints=checkpoints,
+        deaths=deaths,
+        growth=growth_of(series, start, end, window),
+    )
+
+
+def write_json(result: SoakResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,0 +1,129 @@
+"""Fault injection with real processes: what survives a killed peer, a killed coordinator, an empty swarm, bad
+records and attacker peers — and does a swarm leak memory over an hour?
+
+    .venv/bin/python bench/faults.py                      # every scenario once; one table; bench/results/faults.json
+    .venv/bin/python bench/faults.py peer_kill            # one scenario (see --help for the names)
+    nice -n 10 .venv/bin/python bench/faults.py soak --peers 4 --duration 3600
+
+Every scenario starts a real ``python -m coordinator start`` and real ``python -m peer join`` processes on loopback
+with a tiny model, and stops and reaps all of them (p2pd included) on exit, Ctrl-C, SIGTERM or a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.faultlib.scenarios import SCENARIOS, Row, run_scenario  # noqa: E402
+from bench.faultlib.soak import GROWTH_TARGET, run_soak, write_json  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+logger = logging.getLogger("faults")
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """SIGTERM takes the same path as Ctrl-C, so the process sets' context managers reap every child."""
+    raise KeyboardInterrupt
+
+
+def print_table(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="fault injection")
+    for column in ("scenario", "measured", "figure", "target", "result"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        verdict = "[green]pass[/]" if row.passed else ("[yellow]n/a[/]" if row.passed is None else "[red]FAIL[/]")
+        table.add_row(row.scenario, row.measured, row.figure, row.target, verdict)
+    Console(width=160).print(table)
+
+
+def soak_main(args: argparse.Namespace) -> int:
+    work = Path(args.work or tempfile.mkdtemp(prefix="ws-soak-"))
+    png = Path(args.png) if args.png else RESULTS / "soak_rss.png"
+    logger.info("soak: %d peers for %.0f s, logs and rss.csv in %s", args.peers, args.duration, work)
+    result = run_soak(work, args.peers, args.duration, args.interval, args.window, png=png)
+    out = Path(args.out) if args.out else RESULTS / "soak.json"
+    write_json(result, out)
+    print(
+        f"soak: {result.peers} peers, {result.duration_s:.0f} s, {result.samples} samples every "
+        f"{result.interval_s:.0f} s, global step {result.global_step_start} -> {result.global_step_end}, "
+        f"checkpoints {result.checkpoints}, deaths {result.deaths or 'none'}"
+    )
+    print(f"RSS growth, mean of the first {result.window_s:.0f} s -> mean of the last {result.window_s:.0f} s:")
+    print("| process | first (MiB) | last (MiB) | growth |\n|---|---:|---:|---:|")
+    for g in result.growth:
+        print(f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % |")
+    worst = result.worst
+    verdict = "pass" if result.passed else "FAIL"
+    if worst is not None:
+        print(f"worst: {worst.name} {100 * worst.growth:+.2f} % (target < {100 * GROWTH_TARGET:.0f} %): {verdict}")
+    print(f"wrote {out} and {png}; samples in {work / 'rss.csv'}")
+    return 0 if result.passed else 1
+
+
+def scenarios_main(args: argparse.Namespace) -> int:
+    names = [args.scenario] if args.scenario != "all" else list(SCENARIOS)
+    work = Path(args.work or tempfile.mkdtemp(prefix="ws-faults-"))
+    rows: list[Row] = []
+    started = time.monotonic()
+    for name in names:
+        logger.info("scenario %s (work dir %s)", name, work / name)
+        rows.extend(run_scenario(name, work / name))
+    print_table(rows)
+    out = Path(args.out) if args.out else RESULTS / "faults.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.is_file() and args.scenario != "all" else {}
+    merged = {row["scenario"] + " | " + row["measured"]: row for row in previous.get("rows", [])}
+    merged.update({row.scenario + " | " + row.measured: row.to_dict() for row in rows})
+    out.write_text(json.dumps({"rows": list(merged.values()), "seconds": time.monotonic() - started}, indent=2))
+    print(f"wrote {out}; logs in {work}")
+    return 0 if all(row.passed is not False for row in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    soak = sub.add_parser("soak", help="N peers + coordinator for a long time; RSS growth of every process")
+    soak.add_argument("--peers", type=int, default=4)
+    soak.add_argument("--duration", type=float, default=3600.0, help="seconds of sampling after all peers are alive")
+    soak.add_argument("--interval", type=float, default=30.0, help="seconds between RSS samples")
+    soak.add_argument("--window", type=float, default=600.0, help="first/last window compared (seconds)")
+    soak.add_argument("--work", default=None, help="work dir (default: a new temp dir)")
+    soak.add_argument("--out", default=None, help="JSON result (default: bench/results/soak.json)")
+    soak.add_argument("--png", default=None, help="RSS plot (default: bench/results/soak_rss.png)")
+    soak.set_defaults(func=soak_main)
+    for name in ["all", *SCENARIOS]:
+        p = sub.add_parser(name, help=SCENARIOS[name].help if name in SCENARIOS else "every scenario (the default)")
+        p.add_argument("--work", default=None, help="work dir (default: a new temp dir)")
+        p.add_argument("--out", default=None, help="JSON rows (default: bench/results/faults.json)")
+        p.set_defaults(func=scenarios_main, scenario=name)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["all", *(argv or sys.argv[1:])])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: every child process was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
