@@ -123,6 +123,13 @@ class SwarmSpec:
     authority_public_key: str | None = None
     peer_name: str = ""  # display name on the dashboard (private runs default to the allowlisted name)
     coordinator_url: str | None = None
+    # Robust averaging (issue 6, peer.swarm.robust): CenteredClip per averaged part, non-finite results kept local.
+    # None: on in an open run (no allowlist), off in a private one unless set. clip_factor: clipping radius in
+    # median distances to the centre; ban_after: rounds in a row a peer's contribution is clipped or non-finite
+    # (as this peer sees it) before this peer stops averaging with it and reports it to the coordinator.
+    robust_averaging: bool | None = None
+    clip_factor: float = 2.0
+    ban_after: int = 3
 
 
 @dataclass

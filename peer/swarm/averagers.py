@@ -1,0 +1,255 @@
+"""hivemind averagers that ask a ``PeerGate`` before averaging with anyone and reduce their parts robustly.
+
+Plugged in without touching hivemind: the gradient averager through ``hivemind.Optimizer(grad_averager_factory=)``,
+the state averager (parameters: diloco's averaging, sync mode's periodic state averaging) through an Optimizer
+subclass overriding ``_make_state_averager``. Both averagers run in their own forked process, so everything here
+(the gate, the reducer, the outcome sink) runs there; outcomes reach the training process through ``OutcomeChannel``.
+
+What changes against hivemind's averager, per round:
+- the gate is asked on every incoming ``rpc_join_group`` / ``rpc_aggregate_part`` / ``rpc_download_state``; a
+  refused peer gets hivemind's refusal (a rejection code, an empty state stream), and if it is already in our group
+  it is dropped from our reducer at once (hivemind's own ``_ban_sender`` path) and our parts it should reduce are
+  kept local (hivemind's ``register_failed_reducer`` path) instead of being sent to it;
+- with robust averaging on, our parts are reduced by ``CenteredClipReducer`` and the averaged result we get back is
+  checked: a non-finite result for a tensor leaves our local tensor (gradient / parameters) as it was this round.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import hivemind
+import torch
+from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.group_info import GroupInfo
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.p2p import P2PContext, PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import as_aiter, azip
+from hivemind.utils.timed_storage import get_dht_time
+
+from peer.swarm.gate import OpenGate, PeerGate
+from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome
+
+logger = logging.getLogger(__name__)
+
+GRADIENTS = "gradients"
+STATE = "state"
+
+
+@dataclass(frozen=True)
+class RoundOutcomes:
+    """One all-reduce round as this peer's reducer saw it: each sender's worst outcome, by libp2p peer id."""
+
+    kind: str  # GRADIENTS or STATE: streaks are counted per kind (an attacker may corrupt only one of them)
+    outcomes: dict[str, str]
+
+
+class OutcomeChannel:
+    """Carries ``RoundOutcomes`` from the averagers' forked processes to the training process.
+
+    Created before the averagers fork; ``put`` never blocks the averager's event loop (a full or broken queue
+    drops the report with a log line: losing one round's evidence is better than stalling an all-reduce)."""
+
+    def __init__(self) -> None:
+        self._queue: mp.Queue = mp.Queue()
+        self._queue.cancel_join_thread()  # an averager process must be able to exit with reports unsent
+
+    def put(self, report: RoundOutcomes) -> None:
+        try:
+            self._queue.put_nowait(report)
+        except (queue.Full, ValueError, OSError) as e:
+            logger.warning("dropping a round's outcomes: %s", e)
+
+    def drain(self) -> list[RoundOutcomes]:
+        reports = []
+        while True:
+            try:
+                reports.append(self._queue.get_nowait())
+            except (queue.Empty, EOFError, OSError):
+                return reports
+
+    def close(self) -> None:
+        self._queue.close()
+
+
+@dataclass
+class AveragerGuard:
+    """What both averagers of a peer share: the gate, the robust switch and settings, where outcomes go."""
+
+    gate: PeerGate = field(default_factory=OpenGate)
+    robust: bool = True
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    channel: OutcomeChannel | None = None
+
+
+class GatedAllReduceRunner(AllReduceRunner):
+    """hivemind's butterfly all-reduce with the gate consulted for every groupmate and, when ``clip`` is given,
+    ``CenteredClipReducer`` in place of the running mean."""
+
+    def __init__(
+        self,
+        *,
+        gate: PeerGate,
+        clip: ClipSettings | None,
+        on_outcomes: Callable[[dict[str, str]], None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.gate = gate
+        if clip is not None:
+            plain = self.tensor_part_reducer
+            plain.finished.set()  # retire hivemind's reducer before it saw any part (its finalize would warn)
+            self.tensor_part_reducer = CenteredClipReducer(
+                plain.part_shapes, plain.num_senders, clip, on_round_outcomes=self._report_outcomes
+            )
+        self._on_outcomes = on_outcomes
+        for peer_id in self.sender_peer_ids:
+            if peer_id != self.peer_id and not gate.admits(peer_id):
+                logger.warning("not averaging with %s: %s", peer_id, gate.why_not(peer_id))
+                self.banned_senders.add(peer_id)
+                self.tensor_part_reducer.on_sender_failed(self.sender_peer_ids.index(peer_id))
+
+    def _report_outcomes(self, by_sender: dict[int, Outcome]) -> None:
+        if self._on_outcomes is not None and by_sender:
+            self._on_outcomes({str(self.sender_peer_ids[i]): outcome.value for i, outcome in by_sender.items()})
+
+    async def _communicate_with_peer(self, peer_id: PeerID):
+        if peer_id != self.peer_id and not self.gate.admits(peer_id):
+            # a refused peer never sees our parts nor reduces them: we keep our local values for its share
+            self.tensor_part_container.register_failed_reducer(self.ordered_peer_ids.index(peer_id))
+            return
+        await super()._communicate_with_peer(peer_id)
+
+    async def rpc_aggregate_part(self, stream, context: P2PContext):
+        if not self.gate.admits(context.remote_id):
+            logger.warning("refusing parts from %s: %s", context.remote_id, self.gate.why_not(context.remote_id))
+            if context.remote_id in self.sender_peer_ids:
+                await self._ban_sender(context.remote_id)
+            yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for message in super().rpc_aggregate_part(stream, context):
+            yield message
+
+
+class GuardedAveragerMixin:
+    """The gate and robust reduction for any ``DecentralizedAverager`` subclass (listed first in the bases).
+
+    ``_guard`` must be set before hivemind's ``__init__`` starts the averager process, hence the keyword-only
+    constructor argument consumed here."""
+
+    outcome_kind: str = STATE
+
+    def __init__(self, *args, guard: AveragerGuard | None = None, **kwargs):
+        self._guard = guard or AveragerGuard()
+        super().__init__(*args, **kwargs)
+
+    def _emit_outcomes(self, outcomes: dict[str, str]) -> None:
+        if self._guard.channel is not None:
+            self._guard.channel.put(RoundOutcomes(self.outcome_kind, outcomes))
+
+    async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context: P2PContext):
+        if not self._guard.gate.admits(context.remote_id):
+            logger.warning(
+                "refusing %s into our group: %s", context.remote_id, self._guard.gate.why_not(context.remote_id)
+            )
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+    async def rpc_download_state(self, request: averaging_pb2.DownloadRequest, context: P2PContext):
+        if not self._guard.gate.admits(context.remote_id):
+            logger.warning(
+                "refusing a state download by %s: %s", context.remote_id, self._guard.gate.why_not(context.remote_id)
+            )
+            return  # hivemind's deny: an empty stream sends the peer to the next averager
+        async for message in super().rpc_download_state(request, context):
+            yield message
+
+    async def _run_allreduce_inplace_(
+        self, tensors: Sequence[torch.Tensor], group_info: GroupInfo, group_id: bytes | None = None, **kwargs
+    ):
+        """hivemind's in-place all-reduce with our runner, and (robust) a non-finite result left unapplied."""
+        group_id = group_info.group_id if group_id is None else group_id
+        robust = self._guard.robust
+        runner = GatedAllReduceRunner(
+            gate=self._guard.gate,
+            clip=self._guard.clip if robust else None,
+            on_outcomes=self._emit_outcomes,
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            **kwargs,
+        )
+        assert group_id in self._running_groups, f"Group id {group_id} was not registered in _register_allreduce_group"
+        self._running_groups[group_id].set_result(runner)
+
+        if runner.modes[group_info.peer_ids.index(self.peer_id)] == AveragingMode.AUX:
+            async for _ in runner:
+                raise ValueError("aux peers should not receive averaged tensors")
+            return
+        kept_local = 0
+        async for tensor, update in azip(as_aiter(*tensors), runner):
+            if robust and not bool(torch.isfinite(update).all()):
+                kept_local += 1  # this tensor keeps its local value for the round
+                continue
+            tensor.add_(update, alpha=self._averaging_alpha)
+            self.last_updated = get_dht_time()
+            self._state_updated.set()
+        if kept_local:
+            logger.warning("averaged result not finite for %d of %d tensors: kept them local", kept_local, len(tensors))
+
+
+class GuardedGradientAverager(GuardedAveragerMixin, GradientAverager):
+    outcome_kind = GRADIENTS
+
+
+class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager):
+    outcome_kind = STATE
+
+
+@dataclass(frozen=True)
+class AveragerKinds:
+    """The averager classes a peer uses; the fault-injection bench substitutes attacker subclasses here."""
+
+    gradient: type[GuardedGradientAverager] = GuardedGradientAverager
+    state: type[GuardedStateAverager] = GuardedStateAverager
+
+
+class GuardedOptimizer(hivemind.Optimizer):
+    """``hivemind.Optimizer`` whose gradient and state averagers are guarded (gate + robust reduction)."""
+
+    def __init__(self, *, guard: AveragerGuard, kinds: AveragerKinds = AveragerKinds(), **kwargs):
+        self._guard, self._kinds = guard, kinds
+        if not kwargs.get("use_local_updates", False):
+            kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
+        super().__init__(**kwargs)
+
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        # the same arguments as hivemind.Optimizer._make_state_averager, plus the guard
+        return self._kinds.state(
+            guard=self._guard,
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )

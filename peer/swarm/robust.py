@@ -1,0 +1,231 @@
+"""Robust aggregation of one averaged part: CenteredClip (Karimireddy et al. 2021; BTARD, Gorbunov et al. 2022).
+
+hivemind's butterfly all-reduce splits every tensor into parts and makes each peer the *reducer* of some parts: the
+reducer receives every sender's copy of its parts, averages them and sends each sender back ``average - its copy``.
+A reducer therefore holds exactly what CenteredClip needs, so (as in BTARD) we replace the mean per part:
+
+1. contributions with a non-finite value (or a non-finite / negative weight) are dropped;
+2. each sender's claimed weight (samples accumulated) is capped at ``max_weight_ratio`` times the median weight of
+   the *other* senders, so a liar claiming 10⁶ samples cannot outvote everyone;
+3. starting from the coordinate-wise median v₀ (robust while honest senders are a majority), iterate
+   ``v ← v + Σ wᵢ·min(1, τ/‖xᵢ − v‖)·(xᵢ − v) / Σ wᵢ`` a few times.
+
+Choice of τ: ``τ = clip_factor × median_i ‖xᵢ − v₀‖``, each distance scaled by ``sqrt(wᵢ / median w)`` (a mean
+over fewer samples is noisier by ``1/sqrt(w)``; unscaled, a slow honest peer would be clipped every round). The
+median distance is a robust estimate of how far honest contributions normally lie from the centre (an attacker's
+huge distance does not move it while honest peers are a majority), so every honest contribution within
+``clip_factor`` typical spreads passes unclipped; when nothing is clipped the first iteration lands exactly on the
+weighted mean, which is then a fixed point: without outliers the result *is* hivemind's mean. An outlier moves the
+result by at most ``wᵢ·τ / Σ w`` whatever its norm (×1000 or more): with 1 attacker among 4 equal peers that is
+τ/4 = clip_factor/2 typical spreads, hence the default 2 (in high dimension honest distances concentrate tightly
+around their median, so 2× is a wide margin) and the bans that then give repeat offenders weight 0. τ is fixed
+during the iterations (as in BTARD's analysis) and never below ``rel_floor × ‖v₀‖``: when honest copies are almost
+identical (parameters after a synchronous step) the median distance is ~0, and plain fp16 rounding (relative error
+~5e-4, the default codec) would count as "clipped"; a difference below the codec's own error is not evidence.
+
+With one or two senders there is no majority to define "outlier", so the result is the plain weighted mean of the
+finite contributions (non-finite ones are still dropped).
+
+Per sender the reducer records an outcome (accepted / clipped / non_finite) for the rejection ledger
+(``peer.swarm.bans``); zero-weight senders (hivemind's "tag along") are ``excluded``: not evidence either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    """What the reducer did with one sender's contribution; ordered from harmless to worst."""
+
+    ACCEPTED = "accepted"
+    EXCLUDED = "excluded"  # zero weight: took no part, not evidence either way
+    CLIPPED = "clipped"
+    NON_FINITE = "non_finite"
+
+
+SEVERITY = {Outcome.ACCEPTED: 0, Outcome.EXCLUDED: 0, Outcome.CLIPPED: 1, Outcome.NON_FINITE: 2}
+
+
+def worst(a: Outcome, b: Outcome) -> Outcome:
+    """The more incriminating of two outcomes (a sender's round outcome is its worst part's)."""
+    if a is Outcome.ACCEPTED and b is Outcome.EXCLUDED:
+        return b
+    return b if SEVERITY[b] > SEVERITY[a] else a
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Knobs of CenteredClip (``SwarmSpec.clip_factor`` etc.); the defaults are what the tests and the bench use."""
+
+    clip_factor: float = 2.0  # τ = clip_factor × median (noise-scaled) distance to the initial centre
+    iterations: int = 5
+    max_weight_ratio: float = 8.0  # a sender's weight ≤ this × the median weight of the others
+    rel_floor: float = 1e-3  # τ ≥ rel_floor × ‖centre‖ (below the fp16 codec's own error)
+
+
+@dataclass
+class ClipResult:
+    value: torch.Tensor  # the aggregate (NaN-filled when no finite contribution arrived)
+    outcomes: list[Outcome]  # one per input row
+    tau: float = 0.0
+    used_weights: list[float] = field(default_factory=list)
+
+
+def cap_weights(weights: Sequence[float], max_ratio: float) -> list[float]:
+    """Caps each weight at ``max_ratio`` × the median of the *other* positive weights (unchanged when alone)."""
+    capped = []
+    for i, w in enumerate(weights):
+        others = [o for j, o in enumerate(weights) if j != i and o > 0]
+        if w > 0 and others:
+            w = min(w, max_ratio * float(torch.tensor(others, dtype=torch.float64).median()))
+        capped.append(w)
+    return capped
+
+
+@torch.no_grad()
+def centered_clip(
+    contributions: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    settings: ClipSettings = ClipSettings(),
+) -> ClipResult:
+    """CenteredClip over same-shaped ``contributions`` with sample ``weights``; pure (inputs are not modified).
+
+    Rows with weight 0 take no part (hivemind's "tag along with zero weight") and are ``EXCLUDED``."""
+    if not contributions:
+        raise ValueError("centered_clip needs at least one contribution")
+    shape = contributions[0].shape
+    outcomes = [Outcome.ACCEPTED] * len(contributions)
+    usable: list[int] = []
+    for i, (x, w) in enumerate(zip(contributions, weights, strict=True)):
+        if x.shape != shape:
+            raise ValueError(f"contribution {i} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+        if not math.isfinite(w) or w < 0 or not bool(torch.isfinite(x).all()):
+            outcomes[i] = Outcome.NON_FINITE
+        elif w == 0:
+            outcomes[i] = Outcome.EXCLUDED
+        else:
+            usable.append(i)
+    if not usable:
+        return ClipResult(torch.full(shape, float("nan")), outcomes)
+
+    w = torch.tensor(cap_weights([float(weights[i]) for i in usable], settings.max_weight_ratio), dtype=torch.float64)
+    x = torch.stack([contributions[i].reshape(-1).to(torch.float64) for i in usable])
+    w_norm = w / w.sum()
+    if len(usable) <= 2:
+        mean = (w_norm[:, None] * x).sum(0)
+        return ClipResult(mean.to(contributions[0].dtype).reshape(shape), outcomes, used_weights=w.tolist())
+
+    # distances in "noise units": a mean over w samples deviates ~1/sqrt(w) from the truth, so a sender's distance
+    # is scaled by sqrt(w_i / median w) before it is compared with tau (equal weights: plain CenteredClip)
+    scale = (w / w.median()).sqrt()
+    v = x.median(dim=0).values
+    tau = settings.clip_factor * float(((x - v).norm(dim=1) * scale).median())
+    tau = max(tau, settings.rel_floor * float(v.norm()))
+    for _ in range(settings.iterations):
+        diff = x - v
+        scaled = diff.norm(dim=1) * scale
+        coeffs = torch.where(scaled > tau, tau / scaled.clamp_min(1e-300), torch.ones_like(scaled))
+        step = ((w_norm * coeffs)[:, None] * diff).sum(0)
+        v = v + step
+        if float(step.norm()) <= 1e-12 * max(1.0, float(v.norm())):
+            break
+    scaled = (x - v).norm(dim=1) * scale
+    for row, i in enumerate(usable):
+        if scaled[row] > tau * (1 + 1e-9):
+            outcomes[i] = Outcome.CLIPPED
+    return ClipResult(v.to(contributions[0].dtype).reshape(shape), outcomes, tau=tau, used_weights=w.tolist())
+
+
+OutcomeSink = Callable[[dict[int, Outcome]], None]
+
+
+class CenteredClipReducer(TensorPartReducer):
+    """A drop-in ``TensorPartReducer`` that keeps every sender's copy of the current part and reduces it with
+    ``centered_clip`` instead of a running sum.
+
+    Same protocol as hivemind's: parts are reduced in order, a sender that fails (``on_sender_failed``) stops
+    counting from the part it did not send (the runner bans senders the gate refuses that way), ``finalize`` cancels
+    waiters. When every part is reduced (or the reducer is finalized), ``on_round_outcomes``
+    receives each sender's worst outcome over the parts it sent, keyed by sender index."""
+
+    def __init__(
+        self,
+        part_shapes: Sequence[torch.Size],
+        num_senders: int,
+        settings: ClipSettings = ClipSettings(),
+        on_round_outcomes: OutcomeSink | None = None,
+    ):
+        self.settings = settings
+        self.on_round_outcomes = on_round_outcomes
+        self.contributions: dict[int, tuple[torch.Tensor, float]] = {}
+        self.round_outcomes: dict[int, Outcome] = {}
+        self._reported = False
+        super().__init__(part_shapes, num_senders)
+
+    def reset_accumulators(self) -> None:
+        self.contributions = {}
+        super().reset_accumulators()
+
+    async def accumulate_part(
+        self, sender_index: int, part_index: int, tensor_part: torch.Tensor, weight: float = 1.0
+    ) -> torch.Tensor:
+        """Store this sender's copy of the part, wait for all others, return the robust aggregate."""
+        assert 0 <= sender_index < self.num_senders, "invalid sender index"
+        assert 0 <= part_index < self.num_parts, "invalid part index"
+        self.num_parts_received[sender_index] += 1
+
+        while part_index > self.current_part_index:
+            await asyncio.wait(
+                {self.current_part_future, asyncio.create_task(self.finished.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self.finished.is_set():
+                raise AllreduceException(f"attempted to aggregate part in a finalized {self.__class__.__name__}")
+        if self.sender_failed_after[sender_index] != float("inf"):
+            raise BannedException(f"sender {sender_index} was banned in background")
+        assert part_index == self.current_part_index
+
+        current_part_future = self.current_part_future
+        if part_index < self.sender_failed_after[sender_index]:
+            self.contributions[sender_index] = (tensor_part, float(weight))
+            self.current_part_accumulated_from += 1
+            self.check_current_part_finished()
+        return await current_part_future
+
+    def check_current_part_finished(self) -> None:
+        assert self.current_part_accumulated_from <= self.num_current_senders
+        if self.current_part_accumulated_from != self.num_current_senders:
+            return
+        senders = sorted(self.contributions)
+        if senders:
+            result = centered_clip(
+                [self.contributions[s][0] for s in senders], [self.contributions[s][1] for s in senders], self.settings
+            )
+            for sender, outcome in zip(senders, result.outcomes, strict=True):
+                self.round_outcomes[sender] = worst(self.round_outcomes.get(sender, Outcome.ACCEPTED), outcome)
+            value = result.value
+        else:
+            value = torch.full(self.part_shapes[self.current_part_index], float("nan"))
+        self.current_part_future.set_result(value)
+        self.reset_accumulators()
+
+    def finalize(self) -> None:
+        was_finished = self.finished.is_set()
+        super().finalize()
+        if not was_finished and not self._reported and self.on_round_outcomes is not None:
+            self._reported = True
+            try:
+                self.on_round_outcomes(dict(self.round_outcomes))
+            except Exception:  # the ledger must never break an all-reduce round
+                logger.exception("could not record the round's outcomes")
