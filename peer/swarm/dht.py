@@ -15,6 +15,7 @@ from typing import IO
 
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
+from hivemind.utils.auth import AuthorizerBase
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
@@ -55,8 +56,12 @@ def start_dht(
     spec: SwarmSpec,
     validators: Sequence[RecordValidatorBase] = (),
     startup_timeout: float = 60.0,
+    authorizer: AuthorizerBase | None = None,
 ) -> hivemind.DHT:
     """Starts and returns a running DHT joined to ``spec.initial_peers`` (a new swarm if there are none).
+
+    ``authorizer`` (a private run's ``peer.swarm.auth.CoordinatorTokenAuthorizer``) signs every DHT request and
+    response with this peer's token and refuses messages without a valid one; None for an open run.
 
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.
     """
@@ -69,6 +74,7 @@ def start_dht(
         use_auto_relay=spec.use_auto_relay,
         record_validators=list(validators),
         startup_timeout=startup_timeout,
+        authorizer=authorizer,
         start=True,
     )
     if spec.identity_path:

@@ -1,0 +1,592 @@
+"""Private runs: coordinator-signed, expiring access tokens, checked on every DHT call and before every averaging.
+
+The coordinator is the authority (``coordinator.auth``). A volunteer proves it is on the allowlist once, over HTTP,
+and gets an ``AccessToken`` (hivemind's protobuf) naming it, bound to its RSA public key and expiring. From then on:
+
+- **DHT**: ``CoordinatorTokenAuthorizer`` is hivemind's ``TokenAuthorizerBase``; every DHT request and response
+  carries the sender's token and is signed with the key the token names, so a node without a valid token can neither
+  read nor write records through us (hivemind's ``AuthRPCWrapper`` drops what ``validate_request`` refuses).
+- **Averaging**: hivemind's averagers take no authorizer, so each peer publishes a *member record* under
+  ``<run_id>_members`` (subkey = its RSA public key, signed; value = {libp2p peer id, token}) and
+  ``MembershipGate`` admits a libp2p peer id into averaging only while a valid record names it.
+
+A token is valid when the authority's signature covers (run_id, username, public key, expiration) and it has not
+expired; the run_id inside the signed bytes keeps a token of one run from opening another run with the same
+coordinator key. What is refused is counted by reason (``REASONS``), so peers log it and the coordinator's
+``warmswarm_rejected_records_total{reason}`` shows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import hivemind
+import httpx
+import pydantic.v1 as pydantic
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
+from hivemind.p2p import PeerID
+from hivemind.proto.auth_pb2 import AccessToken
+from hivemind.utils import MSGPackSerializer, get_dht_time
+from hivemind.utils.auth import AuthorizedRequestBase, AuthorizedResponseBase, TokenAuthorizerBase
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+
+from peer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+AUTH_KEY_ENV = "WARMSWARM_AUTH_KEY"
+TOKEN_PATH = "/api/v1/auth/token"
+TOKEN_DOMAIN = b"warmswarm-access-token-v1"
+MAX_TOKEN_BYTES = 4096  # a real token is ~800 bytes (2048-bit key + signature); anything far larger is junk
+
+# Why a token or a signed request was refused (the label of warmswarm_rejected_records_total).
+MISSING_TOKEN = "missing_token"  # a request without any token: a node of an open run, or not configured
+BAD_TOKEN = "bad_token"  # not signed by this run's authority (forged, tampered, another run), or unparsable
+EXPIRED_TOKEN = "expired_token"
+WRONG_KEY = "wrong_key"  # a valid token presented by someone who does not hold the key it is bound to
+REPLAYED = "replayed_request"  # a correctly signed request replayed, or from a clock more than a minute off
+REASONS = (MISSING_TOKEN, BAD_TOKEN, EXPIRED_TOKEN, WRONG_KEY, REPLAYED)
+
+
+def members_key(run_id: str) -> str:
+    return f"{run_id}_members"
+
+
+def owner_subkey(public_key: bytes) -> bytes:
+    """The DHT subkey form of an RSA public key (``[owner:<ssh-rsa ...>]``), as ``RSASignatureValidator`` signs it."""
+    return RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", public_key)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokens: signing (the authority) and checking (everyone)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _signed_bytes(run_id: str, username: str, public_key: bytes, expiration_time: str) -> bytes:
+    """The exact bytes the authority signs: msgpack of a list, so no field can bleed into the next."""
+    return MSGPackSerializer.dumps([TOKEN_DOMAIN, run_id, username, public_key, expiration_time])
+
+
+def format_expiration(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def parse_expiration(text: str) -> float:
+    """Unix time of an ``expiration_time`` field; ValueError if it is not an ISO-8601 time with a zone."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"expiration time {text!r} has no time zone")
+    return moment.timestamp()
+
+
+def sign_token(
+    authority_key: RSAPrivateKey, run_id: str, username: str, public_key: bytes, expires_at: float
+) -> AccessToken:
+    """A token for ``username`` holding ``public_key`` (OpenSSH bytes), valid in ``run_id`` until ``expires_at``."""
+    expiration_time = format_expiration(expires_at)
+    signature = authority_key.sign(_signed_bytes(run_id, username, public_key, expiration_time))
+    return AccessToken(username=username, public_key=public_key, expiration_time=expiration_time, signature=signature)
+
+
+def token_problem(token: AccessToken, authority: RSAPublicKey, run_id: str, now: float | None = None) -> str | None:
+    """None when ``token`` is valid in ``run_id`` at ``now``; else the reason (one of ``REASONS``).
+
+    The signature is checked before the expiry, so a token whose expiry was pushed back counts as tampered."""
+    if not token.signature and not token.public_key:
+        return MISSING_TOKEN
+    try:
+        expires_at = parse_expiration(token.expiration_time)
+        RSAPublicKey.from_bytes(token.public_key)
+    except Exception:  # ValueError, or cryptography's UnsupportedAlgorithm for a key of another kind
+        return BAD_TOKEN
+    signed = _signed_bytes(run_id, token.username, token.public_key, token.expiration_time)
+    if not authority.verify(signed, token.signature):
+        return BAD_TOKEN
+    if expires_at <= (get_dht_time() if now is None else now):
+        return EXPIRED_TOKEN
+    return None
+
+
+def token_expires_at(token: AccessToken) -> float:
+    return parse_expiration(token.expiration_time)
+
+
+def token_to_text(token: AccessToken) -> str:
+    return base64.b64encode(token.SerializeToString()).decode()
+
+
+def token_from_bytes(raw: bytes) -> AccessToken:
+    """Parses a serialized token; ValueError when it is not one (or absurdly large)."""
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise ValueError(f"token of {len(raw)} bytes is larger than {MAX_TOKEN_BYTES}")
+    token = AccessToken()
+    try:
+        token.ParseFromString(raw)
+    except Exception as e:  # protobuf's DecodeError
+        raise ValueError(f"not a serialized AccessToken: {e}") from None
+    return token
+
+
+def public_key_from_text(text: str) -> RSAPublicKey:
+    """The authority key as ``/api/v1/run`` and the config carry it: OpenSSH text (``ssh-rsa AAAA...``) or base64 of
+    it. ValueError when it is neither."""
+    raw = text.strip().encode()
+    if not raw.startswith(b"ssh-rsa "):
+        try:
+            raw = base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise ValueError("authority_public_key is neither OpenSSH text nor base64") from None
+    return RSAPublicKey.from_bytes(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Credentials and the token request (join time, synchronous; refresh inside the DHT process, asynchronous)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A volunteer's allowlist entry as they hold it: the name and the secret (``--auth_key NAME:SECRET``)."""
+
+    name: str
+    secret: str
+
+    @classmethod
+    def parse(cls, auth_key: str) -> Credentials:
+        name, sep, secret = auth_key.strip().partition(":")
+        if not sep or not name or not secret:
+            raise UserError(
+                "--auth_key must look like NAME:SECRET, as printed by `python -m coordinator allowlist add`"
+            )
+        return cls(name, secret)
+
+    def __repr__(self) -> str:  # never print the secret into a log or a traceback
+        return f"Credentials(name={self.name!r}, secret=<hidden>)"
+
+
+class TokenRefused(UserError):
+    """The coordinator answered and said no (not allowlisted, wrong key, banned): retrying will not help."""
+
+
+def _token_body(credentials: Credentials, public_key: RSAPublicKey) -> dict:
+    return {
+        "name": credentials.name,
+        "key": credentials.secret,
+        "public_key": base64.b64encode(public_key.to_bytes()).decode(),
+    }
+
+
+def _token_from_response(response: httpx.Response, base: str) -> AccessToken:
+    """The token in a ``POST /api/v1/auth/token`` answer; TokenRefused with the coordinator's one line if refused."""
+    if response.status_code != 200:
+        try:
+            detail = str(response.json().get("detail", ""))
+        except ValueError:
+            detail = ""
+        message = detail or f"the coordinator at {base} refused an access token (HTTP {response.status_code})"
+        raise (TokenRefused if response.status_code == 403 else UserError)(message)
+    try:
+        return token_from_bytes(base64.b64decode(response.json()["token"], validate=True))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"the coordinator at {base} sent an unreadable access token ({e})") from None
+
+
+def request_token(
+    coordinator_url: str, credentials: Credentials, public_key: RSAPublicKey, timeout: float = 30.0
+) -> AccessToken:
+    """Asks the coordinator for a token bound to ``public_key``; UserError (one line) when refused or unreachable."""
+    base = coordinator_url.rstrip("/")
+    try:
+        response = httpx.post(f"{base}{TOKEN_PATH}", json=_token_body(credentials, public_key), timeout=timeout)
+    except httpx.HTTPError as e:
+        raise UserError(f"cannot reach the coordinator at {base} for an access token: {e}") from None
+    return _token_from_response(response, base)
+
+
+async def request_token_async(
+    coordinator_url: str, credentials: Credentials, public_key: RSAPublicKey, timeout: float = 30.0
+) -> AccessToken:
+    base = coordinator_url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.post(f"{base}{TOKEN_PATH}", json=_token_body(credentials, public_key))
+    except httpx.HTTPError as e:
+        raise UserError(f"cannot reach the coordinator at {base} for an access token: {e}") from None
+    return _token_from_response(response, base)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hivemind authorizers (DHT)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RunTokenAuthorizer(TokenAuthorizerBase):
+    """hivemind's token protocol with this run's token rules; counts every refusal by reason in ``rejected``.
+
+    Lives in the DHT's own process (hivemind forks it with the node); ``dht_auth_rejections`` reads the counts out.
+    Subclasses say where a fresh token comes from (``get_token``). A token is refreshed once less than a quarter of
+    its lifetime (as first seen) is left, so peers renew well before the authority's expiry."""
+
+    def __init__(
+        self,
+        run_id: str,
+        authority: RSAPublicKey,
+        local_private_key: RSAPrivateKey,
+        token: AccessToken | None = None,
+    ):
+        super().__init__(local_private_key)
+        self.run_id = run_id
+        self.authority = authority
+        self.rejected: Counter[str] = Counter()
+        self._lifetime: float | None = None
+        self._last_warning: dict[str, float] = {}
+        if token is not None:
+            self._accept_own(token)
+            self._local_access_token = token
+
+    def _accept_own(self, token: AccessToken) -> AccessToken:
+        """Checks a token this node is about to use: signed by the authority, unexpired, bound to our own key."""
+        problem = token_problem(token, self.authority, self.run_id)
+        if problem is None and token.public_key != self.local_public_key.to_bytes():
+            problem = WRONG_KEY
+        if problem is not None:
+            raise UserError(f"the access token for run {self.run_id!r} is not usable here ({problem})")
+        self._lifetime = token_expires_at(token) - get_dht_time()
+        return token
+
+    def is_token_valid(self, access_token: AccessToken) -> bool:
+        problem = token_problem(access_token, self.authority, self.run_id)
+        if problem is not None:
+            self._reject(problem)
+        return problem is None
+
+    def does_token_need_refreshing(self, access_token: AccessToken) -> bool:
+        left = token_expires_at(access_token) - get_dht_time()
+        return left < (self._lifetime or 0.0) / 4
+
+    async def validate_request(self, request: AuthorizedRequestBase) -> bool:
+        signature = bytes(request.auth.signature)  # the base class clears it while checking
+        ok = await super().validate_request(request)
+        if not ok:
+            self._classify_signed_failure(request, request.auth.client_access_token, signature)
+        return ok
+
+    async def validate_response(self, response: AuthorizedResponseBase, request: AuthorizedRequestBase) -> bool:
+        signature = bytes(response.auth.signature)
+        ok = await super().validate_response(response, request)
+        if not ok:
+            self._classify_signed_failure(response, response.auth.service_access_token, signature)
+        return ok
+
+    def _classify_signed_failure(self, message, token: AccessToken, signature: bytes) -> None:
+        """After the base class refused a message: if its token was fine (else it is counted already), tell a
+        message not signed by the token's key from a replay (nonce seen, or clocks a minute apart)."""
+        if token_problem(token, self.authority, self.run_id) is not None:
+            return
+        message.auth.signature = b""
+        signed_by_holder = RSAPublicKey.from_bytes(token.public_key).verify(message.SerializeToString(), signature)
+        message.auth.signature = signature
+        self._reject(REPLAYED if signed_by_holder else WRONG_KEY)
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self._last_warning.get(reason, -1e9) >= 60.0:  # at most one line a minute per reason
+            self._last_warning[reason] = now
+            logger.warning(
+                "refused a DHT message of run %s: %s (%d so far)", self.run_id, reason, self.rejected[reason]
+            )
+
+    def rejected_counts(self) -> dict[str, int]:
+        return dict(self.rejected)
+
+
+class CoordinatorTokenAuthorizer(RunTokenAuthorizer):
+    """A volunteer's DHT authorizer: fresh tokens come from the coordinator's ``POST /api/v1/auth/token``.
+
+    Start it with the token got at join time (``request_token``), so the DHT needs no HTTP call to come up; later
+    refreshes run inside the DHT's event loop with a bounded timeout. If the organiser removes or bans the volunteer,
+    the refresh fails, the token runs out, and every other node stops answering this one."""
+
+    def __init__(
+        self,
+        run_id: str,
+        authority: RSAPublicKey,
+        local_private_key: RSAPrivateKey,
+        coordinator_url: str,
+        credentials: Credentials,
+        token: AccessToken | None = None,
+        timeout: float = 20.0,
+    ):
+        super().__init__(run_id, authority, local_private_key, token)
+        self.coordinator_url = coordinator_url
+        self.credentials = credentials
+        self.timeout = timeout
+
+    async def get_token(self) -> AccessToken:
+        token = await request_token_async(self.coordinator_url, self.credentials, self.local_public_key, self.timeout)
+        return self._accept_own(token)
+
+
+async def _authorizer_rejections(dht: hivemind.DHT, node) -> dict[str, int]:
+    """Runs inside the DHT process (``DHT.run_coroutine``): the authorizer's cumulative refusal counts."""
+    authorizer = getattr(node.protocol, "authorizer", None)
+    return authorizer.rejected_counts() if isinstance(authorizer, RunTokenAuthorizer) else {}
+
+
+def dht_auth_rejections(dht: hivemind.DHT) -> dict[str, int]:
+    """Cumulative counts, by reason, of the messages the DHT node's authorizer refused (empty for an open run)."""
+    return dht.run_coroutine(_authorizer_rejections)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Member records and the averaging gate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MemberRecord(pydantic.BaseModel):
+    """Value of one ``<run_id>_members`` entry: which libp2p peer the signer runs, and the token that admits it."""
+
+    peer_id: pydantic.constr(min_length=1, max_length=128, strict=True)
+    token: pydantic.conbytes(min_length=1, max_length=MAX_TOKEN_BYTES, strict=True)
+
+
+class MembersSchema(pydantic.BaseModel):
+    members: dict[BytesWithPublicKey, MemberRecord]
+
+
+def member_validators(run_id: str) -> list[SchemaValidator]:
+    """The schema of ``<run_id>_members`` records, to run beside the signature validator on every node."""
+    return [SchemaValidator(MembersSchema, prefix=run_id)]
+
+
+def publish_member_record(
+    dht: hivemind.DHT, run_id: str, signer_public_key: bytes, token: AccessToken, ttl: float | None = None
+) -> bool:
+    """Stores this node's member record (subkey = ``signer_public_key``, the ``[owner:...]`` form the signature
+    validator signs with); it expires with the token, or after ``ttl`` seconds if sooner. Returns whether the DHT
+    accepted it."""
+    if owner_subkey(token.public_key) != signer_public_key:
+        raise ValueError("the token is bound to another key than the one that signs the member record")
+    expires_at = token_expires_at(token)
+    if ttl is not None:
+        expires_at = min(expires_at, get_dht_time() + ttl)
+    value = {"peer_id": dht.peer_id.to_base58(), "token": token.SerializeToString()}
+    return bool(dht.store(members_key(run_id), value, expires_at, subkey=signer_public_key))
+
+
+def read_members(entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None) -> dict[PeerID, float]:
+    """Admitted libp2p peer ids -> when their admission ends, from ``<run_id>_members`` (subkey -> value).
+
+    An entry counts only if its token is valid and bound to the key that signed the record (the subkey, whose
+    signature the DHT's ``RSASignatureValidator`` already checked); anything else is skipped."""
+    now = get_dht_time() if now is None else now
+    admitted: dict[PeerID, float] = {}
+    for subkey, value in entries.items():
+        try:
+            record = MemberRecord.parse_obj(value)
+            token = token_from_bytes(record.token)
+            peer_id = PeerID.from_base58(record.peer_id)
+        except Exception:
+            continue
+        if token_problem(token, authority, run_id, now) is not None or owner_subkey(token.public_key) != subkey:
+            continue
+        admitted[peer_id] = max(admitted.get(peer_id, 0.0), token_expires_at(token))
+    return admitted
+
+
+class MembershipGate:
+    """A ``peer.swarm.gate.PeerGate``: admits a libp2p peer id into averaging only while ``<run_id>_members``
+    holds a valid member record naming it.
+
+    It never waits on the DHT: averagers ask it inside their event loop on every request. A background thread keeps a
+    table of admitted peers (a full read of the key every ``refresh_every`` seconds, and at most every
+    ``miss_refresh_after`` seconds when asked about an unknown peer); a peer not in the table yet is refused now and
+    admitted on its retry, which hivemind's matchmaking and state download do by themselves. hivemind runs averagers
+    in forked processes, where the parent's threads do not exist: each process starts its own thread on first use."""
+
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        run_id: str,
+        authority: RSAPublicKey,
+        refresh_every: float = 15.0,
+        miss_refresh_after: float = 1.0,
+    ):
+        self.dht, self.run_id, self.authority = dht, run_id, authority
+        self.refresh_every, self.miss_refresh_after = refresh_every, miss_refresh_after
+        self._members: dict[PeerID, float] = {}
+        self._pid: int | None = None
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+
+    def admits(self, peer_id: PeerID) -> bool:
+        self._ensure_refresher()
+        if self.is_member(peer_id):
+            return True
+        self._wake.set()
+        return False
+
+    def is_member(self, peer_id: PeerID) -> bool:
+        """Whether the table (as last read) admits ``peer_id`` now; no side effects."""
+        return self._members.get(peer_id, 0.0) > get_dht_time()
+
+    def why_not(self, peer_id: PeerID) -> str:
+        if self.admits(peer_id):
+            return ""
+        return (
+            f"peer {peer_id} has no valid member record in {members_key(self.run_id)} "
+            "(not allowlisted, token expired, or its record is not visible here yet)"
+        )
+
+    def refresh(self) -> int:
+        """Re-reads the member records now (blocking: call it from a thread, never from an event loop); returns how
+        many peers are admitted."""
+        found = self.dht.get(members_key(self.run_id), latest=True)
+        entries = {}
+        if found is not None and isinstance(found.value, dict):
+            entries = {subkey: item.value for subkey, item in found.value.items()}
+        self._members = read_members(entries, self.run_id, self.authority)
+        return len(self._members)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+
+    def _ensure_refresher(self) -> None:
+        if self._pid == os.getpid():
+            return
+        # first use in this process (or a forked child): fresh primitives, the parent's may be in any state
+        self._pid = os.getpid()
+        self._wake, self._closed = threading.Event(), threading.Event()
+        threading.Thread(target=self._refresh_forever, name="membership-gate", daemon=True).start()
+
+    def _refresh_forever(self) -> None:
+        wake, closed = self._wake, self._closed
+        while not closed.is_set():
+            try:
+                self.refresh()
+            except Exception as e:  # a DHT hiccup must not end the thread; the table stays as it was
+                logger.debug("member records could not be read: %s", e)
+            closed.wait(self.miss_refresh_after)  # rate limit for refreshes triggered by unknown peers
+            wake.wait(self.refresh_every)
+            wake.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A peer's side: get the token at join, keep the member record fresh
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PeerAuth:
+    """What a private run's peer holds: its credentials, the authority's key and its current token."""
+
+    run_id: str
+    coordinator_url: str
+    credentials: Credentials
+    authority: RSAPublicKey
+    private_key: RSAPrivateKey
+    token: AccessToken
+
+    def authorizer(self) -> CoordinatorTokenAuthorizer:
+        return CoordinatorTokenAuthorizer(
+            self.run_id, self.authority, self.private_key, self.coordinator_url, self.credentials, self.token
+        )
+
+    def gate(self, dht: hivemind.DHT) -> MembershipGate:
+        return MembershipGate(dht, self.run_id, self.authority)
+
+
+def authenticate(
+    run_id: str,
+    coordinator_url: str | None,
+    auth_key: str | None,
+    authority_public_key: str | None,
+    private_key: RSAPrivateKey,
+    timeout: float = 30.0,
+) -> PeerAuth | None:
+    """Gets this peer's first token (before its DHT starts, so a refused volunteer fails at once with one line);
+    None for an open run (no authority key). UserError when the run is private and the token is refused."""
+    if not authority_public_key:
+        return None
+    try:
+        authority = public_key_from_text(authority_public_key)
+    except ValueError as e:
+        raise UserError(f"bad authority_public_key for run {run_id!r}: {e}") from None
+    if not auth_key:
+        raise UserError(
+            f"run {run_id!r} is private: join with --auth_key NAME:SECRET (or env {AUTH_KEY_ENV}) from its organiser"
+        )
+    if not coordinator_url:
+        raise UserError(f"run {run_id!r} is private: join with --coordinator URL to get an access token")
+    credentials = Credentials.parse(auth_key)
+    token = request_token(coordinator_url, credentials, private_key.get_public_key(), timeout)
+    problem = token_problem(token, authority, run_id)
+    if problem is not None:
+        raise UserError(f"the coordinator's access token does not verify with the run's authority key ({problem})")
+    return PeerAuth(run_id, coordinator_url, credentials, authority, private_key, token)
+
+
+class MemberRecordKeeper:
+    """Keeps a peer's member record in the DHT: republished every ``every`` seconds (records are lost when the nodes
+    holding them leave), with a fresh token once a quarter of the current one's lifetime is left.
+
+    If the coordinator refuses to renew (the volunteer was removed or banned), ``on_revoked`` is called once with the
+    reason, so the peer can leave instead of training unheard until its token runs out."""
+
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        auth: PeerAuth,
+        signer_public_key: bytes,
+        every: float = 60.0,
+        on_revoked: Callable[[str], None] | None = None,
+    ):
+        self.dht, self.auth, self.signer_public_key = dht, auth, signer_public_key
+        self.every = every
+        self.on_revoked = on_revoked
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lifetime = token_expires_at(auth.token) - get_dht_time()
+
+    def publish(self) -> bool:
+        return publish_member_record(self.dht, self.auth.run_id, self.signer_public_key, self.auth.token)
+
+    def start(self) -> MemberRecordKeeper:
+        self._thread = threading.Thread(target=self._run, name="member-record", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        interval = max(1.0, min(self.every, self._lifetime / 4))
+        while not self._stop.wait(interval):
+            try:
+                if token_expires_at(self.auth.token) - get_dht_time() < self._lifetime / 4:
+                    self.auth.token = request_token(
+                        self.auth.coordinator_url, self.auth.credentials, self.auth.private_key.get_public_key()
+                    )
+                self.publish()
+            except TokenRefused as e:
+                logger.error("the coordinator refused to renew this peer's access token: %s", e)
+                if self.on_revoked is not None:
+                    self.on_revoked(str(e))
+                return
+            except UserError as e:  # coordinator unreachable for now: the current token is still good for a while
+                logger.warning("access token not renewed yet: %s", e)
+            except Exception:
+                logger.exception("could not refresh the member record; will retry")
