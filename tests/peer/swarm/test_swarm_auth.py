@@ -105,7 +105,6 @@ def test_credentials_parse_and_never_show_the_secret():
 
 
 def test_read_members_admits_only_valid_tokens_bound_to_the_record_signer():
-    now = get_dht_time()
     good, bound_elsewhere, expired = RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey()
     peer_id = PeerID.from_base58("QmTQB1ZGeQBRG9AVYsP5FR5pUA7PDaFkmEuQwUVMhR8Xq5")
     pid = peer_id.to_base58()
@@ -116,6 +115,7 @@ def test_read_members_admits_only_valid_tokens_bound_to_the_record_signer():
         owner_subkey(key_bytes(expired)): {"peer_id": pid, "token": token_for(expired, ttl=-1).SerializeToString()},
         b"[owner:junk]": {"peer_id": "not-a-peer-id", "token": b"\x00garbage"},
     }
+    now = get_dht_time()
     admitted = read_members(entries, RUN, AUTHORITY.get_public_key(), now)
     assert list(admitted) == [peer_id]
     del entries[owner_subkey(key_bytes(good))]
