@@ -13,6 +13,8 @@ from hivemind.dht.schema import BytesWithPublicKey
 # Sanity bounds: a record outside them is malformed, not merely surprising.
 MAX_SAMPLES_PER_SECOND = 1e7
 MAX_STEP = 10**12
+MAX_PEER_ID_CHARS = 128  # a base58 libp2p id is ~46-53 characters
+MAX_REPORTED_PEERS = 256  # a report naming more peers than a swarm plausibly has is malformed
 
 
 class LocalMetrics(pydantic.BaseModel):
@@ -28,6 +30,8 @@ class LocalMetrics(pydantic.BaseModel):
     peer_name: pydantic.constr(max_length=64) = ""  # volunteer's chosen display name (may be empty)
     # peer.swarm.metrics.swarm_fingerprint of the peer's config: lets a joiner detect a model/objective mismatch
     fingerprint: pydantic.constr(max_length=64) = ""
+    # the peer's libp2p id (base58): how the coordinator maps a ban (by peer id) to a volunteer's record
+    peer_id: pydantic.constr(max_length=MAX_PEER_ID_CHARS) = ""
 
 
 class MetricsSchema(pydantic.BaseModel):
@@ -40,3 +44,49 @@ def metrics_key(run_id: str) -> str:
 
 def config_key(run_id: str) -> str:
     return f"{run_id}_config"
+
+
+class BanReport(pydantic.BaseModel):
+    """One peer's evidence against others (``<run_id>_reports``, subkey = the reporter's public key, signed):
+    how many averaging rounds each peer's contribution was clipped or non-finite at this reporter's reducer, and the
+    peers this reporter has banned locally (``ban_after`` such rounds in a row) with the reason."""
+
+    peer_id: pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS)  # the reporter's own libp2p id
+    rejected: dict[pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS), pydantic.conint(ge=0, strict=True)]
+    banned: pydantic.conlist(pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS), max_items=MAX_REPORTED_PEERS)
+    reason: pydantic.constr(max_length=200) = ""
+    time: pydantic.StrictFloat
+
+    @pydantic.validator("rejected")
+    def _bounded(cls, value: dict) -> dict:
+        if len(value) > MAX_REPORTED_PEERS:
+            raise ValueError(f"a report may name at most {MAX_REPORTED_PEERS} peers")
+        return value
+
+
+class BanEntry(pydantic.BaseModel):
+    peer_id: pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS)
+    reason: pydantic.constr(max_length=200) = ""
+
+
+class BanList(pydantic.BaseModel):
+    """The coordinator's verdict (``<run_id>_bans``, subkey = the coordinator's public key, signed): peers no one
+    should average with for the rest of the run."""
+
+    bans: pydantic.conlist(BanEntry, max_items=4 * MAX_REPORTED_PEERS)
+    time: pydantic.StrictFloat
+
+
+class BansSchema(pydantic.BaseModel):
+    """Schema of both ban records (a second ``SchemaValidator`` next to ``MetricsSchema``'s)."""
+
+    reports: dict[BytesWithPublicKey, BanReport] | None = None
+    bans: dict[BytesWithPublicKey, BanList] | None = None
+
+
+def reports_key(run_id: str) -> str:
+    return f"{run_id}_reports"
+
+
+def bans_key(run_id: str) -> str:
+    return f"{run_id}_bans"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -127,7 +127,9 @@ class GatedAllReduceRunner(AllReduceRunner):
             return
         await super()._communicate_with_peer(peer_id)
 
-    async def rpc_aggregate_part(self, stream, context: P2PContext):
+    async def rpc_aggregate_part(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:
         if not self.gate.admits(context.remote_id):
             logger.warning("refusing parts from %s: %s", context.remote_id, self.gate.why_not(context.remote_id))
             if context.remote_id in self.sender_peer_ids:
@@ -154,7 +156,9 @@ class GuardedAveragerMixin:
         if self._guard.channel is not None:
             self._guard.channel.put(RoundOutcomes(self.outcome_kind, outcomes))
 
-    async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context: P2PContext):
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
         if not self._guard.gate.admits(context.remote_id):
             logger.warning(
                 "refusing %s into our group: %s", context.remote_id, self._guard.gate.why_not(context.remote_id)
@@ -164,7 +168,9 @@ class GuardedAveragerMixin:
         async for response in super().rpc_join_group(request, context):
             yield response
 
-    async def rpc_download_state(self, request: averaging_pb2.DownloadRequest, context: P2PContext):
+    async def rpc_download_state(
+        self, request: averaging_pb2.DownloadRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.DownloadData]:
         if not self._guard.gate.admits(context.remote_id):
             logger.warning(
                 "refusing a state download by %s: %s", context.remote_id, self._guard.gate.why_not(context.remote_id)

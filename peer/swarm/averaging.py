@@ -32,6 +32,10 @@ from hivemind.compression import (
 )
 
 from peer.config import SwarmSpec
+from peer.swarm.averagers import AveragerGuard, AveragerKinds, GuardedOptimizer, OutcomeChannel, RoundOutcomes
+from peer.swarm.bans import BanBook
+from peer.swarm.gate import OpenGate, PeerGate
+from peer.swarm.robust import ClipSettings
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ class SwarmOptimizer:
 
     opt: hivemind.Optimizer
     outer: OuterNesterov | None
+    outcomes: OutcomeChannel | None = None  # per-round reducer outcomes from the averager processes (bans)
+    bans: BanBook | None = None  # set by the session: turns those outcomes into local bans and signed reports
 
     @property
     def global_step(self) -> int:
@@ -99,6 +105,8 @@ class SwarmOptimizer:
         before = self.opt.local_epoch
         self.opt.step(batch_size=batch_size)
         advanced = self.opt.local_epoch > before
+        if self.bans is not None:
+            self.bans.absorb(self.round_outcomes())
         if advanced and self.outer is not None:
             self.outer.step()
         return advanced
@@ -122,8 +130,20 @@ class SwarmOptimizer:
     def peers_in_last_round(self) -> int:
         return self.opt.tracker.global_progress.num_peers
 
+    def round_outcomes(self) -> list[RoundOutcomes]:
+        """Outcomes of the all-reduce rounds finished since the last call (empty with robust averaging off)."""
+        return self.outcomes.drain() if self.outcomes is not None else []
+
     def shutdown(self) -> None:
         self.opt.shutdown()
+        if self.outcomes is not None:
+            self.outcomes.close()
+
+
+def robust_enabled(spec: SwarmSpec, open_run: bool) -> bool:
+    """``SwarmSpec.robust_averaging``, where None means on for an open run (anyone may join) and off for a private
+    run (every peer holds an allowlisted token), unless set."""
+    return open_run if spec.robust_averaging is None else spec.robust_averaging
 
 
 def build_swarm_optimizer(
@@ -135,15 +155,28 @@ def build_swarm_optimizer(
     scheduler_factory: SchedulerFactory | None,
     batch_size: int,
     verbose: bool = False,
+    gate: PeerGate | None = None,
+    open_run: bool = True,
+    kinds: AveragerKinds | None = None,
 ) -> SwarmOptimizer:
     """The peer's optimizer for ``spec.averaging``; ``batch_size`` = samples per local step (all DDP ranks).
 
     ``params`` may be param groups (e.g. decay / no-decay): hivemind hands the optimizer factory its offloaded
-    copies as groups, so the grouping must be decided here, not inside the factory."""
+    copies as groups, so the grouping must be decided here, not inside the factory.
+
+    ``gate`` decides who may average with this peer (None: everyone); ``open_run`` resolves the robust switch (see
+    ``robust_enabled``); ``kinds`` substitutes averager classes (the fault-injection bench's attackers)."""
     params = list(params)
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     compression = make_compression(spec.compression)
+    robust = robust_enabled(spec, open_run)
+    outcomes = OutcomeChannel() if robust else None
+    guard = AveragerGuard(
+        gate=gate or OpenGate(), robust=robust, clip=ClipSettings(clip_factor=spec.clip_factor), channel=outcomes
+    )
     common = dict(
+        guard=guard,
+        kinds=kinds or AveragerKinds(),
         dht=dht,
         run_id=run_id,
         params=params,
@@ -158,20 +191,20 @@ def build_swarm_optimizer(
         verbose=verbose,
     )
     if spec.averaging == "sync":
-        opt = hivemind.Optimizer(
+        opt = GuardedOptimizer(
             target_batch_size=spec.target_batch_size,
             grad_compression=compression,
             delay_optimizer_step=spec.delay_optimizer_step,
             offload_optimizer=True,
             **common,
         )
-        return SwarmOptimizer(opt, None)
+        return SwarmOptimizer(opt, None, outcomes)
     outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
-    opt = hivemind.Optimizer(
+    opt = GuardedOptimizer(
         target_batch_size=spec.target_batch_size * spec.inner_steps,
         use_local_updates=True,
         delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
         extra_tensors=outer.momentum,
         **common,
     )
-    return SwarmOptimizer(opt, outer)
+    return SwarmOptimizer(opt, outer, outcomes)

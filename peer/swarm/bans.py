@@ -1,0 +1,237 @@
+"""Bans: this peer's rejection ledger, its reports to the coordinator, and the gate that refuses banned peers.
+
+Evidence flows one way, like everything else: each peer's reducers record per round which senders' contributions
+were clipped or non-finite (``peer.swarm.robust``); the ``RejectionLedger`` in the training process turns
+``ban_after`` such rounds in a row into a local ban; ``BanBook`` publishes the ledger under ``<run_id>_reports``
+(signed, subkey = this peer's public key); the coordinator bans a peer a majority of reporters agree on and publishes
+``<run_id>_bans`` signed with its own key. ``BanGate`` — asked by the averagers in their own processes — refuses a
+peer found in either the coordinator's list or this peer's own published report.
+
+Why the gate reads this peer's local bans back from the DHT instead of shared memory: the ledger lives in the
+training process and the averagers in forked processes; the signed report is already the one copy every process can
+read, at the cost of one refresh period (seconds) during which the reducer keeps clipping the peer anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import hivemind
+import httpx
+from hivemind.dht.schema import SchemaValidator
+from hivemind.p2p import PeerID
+from hivemind.utils import get_dht_time
+
+from peer.records import BanList, BanReport, BansSchema, bans_key, reports_key
+from peer.swarm.averagers import RoundOutcomes
+from peer.swarm.robust import Outcome
+
+logger = logging.getLogger(__name__)
+
+INCRIMINATING = {Outcome.CLIPPED.value, Outcome.NON_FINITE.value}
+REPORT_EXPIRATION = 600.0  # seconds; refreshed every REPORT_REFRESH while the peer lives
+REPORT_REFRESH = 120.0
+
+
+def ban_validators(run_id: str) -> list[SchemaValidator]:
+    """The schema of ``<run_id>_reports`` and ``<run_id>_bans``, for every DHT node of the run (peers and the
+    coordinator) next to the metrics schema; signatures are checked by the same ``RSASignatureValidator``."""
+    return [SchemaValidator(BansSchema, allow_extra_keys=True, prefix=run_id)]
+
+
+@dataclass
+class RejectionLedger:
+    """Per peer id, rounds in a row whose contribution this peer's reducer clipped or found non-finite, counted
+    separately for gradient and state rounds (an attacker corrupting only one kind would otherwise reset its streak
+    in every round of the other kind). A round where the peer was accepted resets that kind's streak; ``ban_after``
+    in a row bans it here for the rest of the run."""
+
+    ban_after: int
+    streaks: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # rounds clipped / non-finite, all time
+    banned: dict[str, str] = field(default_factory=dict)  # peer id -> reason
+
+    def __post_init__(self) -> None:
+        if self.ban_after < 1:
+            raise ValueError("ban_after must be at least 1")
+
+    def record(self, round_: RoundOutcomes, self_id: str = "") -> list[str]:
+        """Adds one round's outcomes; returns the peers banned by it."""
+        newly = []
+        for peer, outcome in round_.outcomes.items():
+            if peer == self_id or peer in self.banned:
+                continue
+            key = (peer, round_.kind)
+            if outcome in INCRIMINATING:
+                self.rejected[peer] = self.rejected.get(peer, 0) + 1
+                self.streaks[key] = self.streaks.get(key, 0) + 1
+                if self.streaks[key] >= self.ban_after:
+                    self.banned[peer] = f"{outcome} {round_.kind} in {self.streaks[key]} rounds in a row"
+                    newly.append(peer)
+            elif outcome == Outcome.ACCEPTED.value:
+                self.streaks[key] = 0
+        return newly
+
+    def report(self, reporter: str) -> BanReport:
+        return BanReport(
+            peer_id=reporter,
+            rejected=dict(self.rejected),
+            banned=sorted(self.banned),
+            reason="; ".join(f"{p}: {r}" for p, r in sorted(self.banned.items()))[:200],
+            time=time.time(),
+        )
+
+
+@dataclass
+class BanBook:
+    """The training process's side: feeds round outcomes to the ledger and keeps the signed report in the DHT
+    fresh (on every change, and every ``REPORT_REFRESH`` seconds so it does not expire while the peer lives).
+    Stores are fire-and-forget: the training loop never waits for the DHT here."""
+
+    dht: hivemind.DHT
+    run_id: str
+    public_key: bytes  # subkey of this peer's signed records
+    ledger: RejectionLedger
+    last_published: float = 0.0
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.dht.peer_id)
+
+    def absorb(self, rounds: Iterable[RoundOutcomes]) -> list[str]:
+        newly = []
+        seen = False
+        for round_ in rounds:
+            seen = True
+            newly += self.ledger.record(round_, self_id=self.peer_id)
+        for peer in newly:
+            logger.warning("banning %s locally: %s", peer, self.ledger.banned[peer])
+        if newly or (seen and self.ledger.rejected and time.monotonic() - self.last_published > REPORT_REFRESH):
+            self.publish()
+        return newly
+
+    def publish(self) -> None:
+        self.last_published = time.monotonic()
+        self.dht.store(
+            reports_key(self.run_id),
+            subkey=self.public_key,
+            value=self.ledger.report(self.peer_id).dict(),
+            expiration_time=get_dht_time() + REPORT_EXPIRATION,
+            return_future=True,
+        )
+
+
+def fetch_reports(dht: hivemind.DHT, run_id: str) -> dict[bytes, BanReport]:
+    """Every live, valid report of the run, by the reporter's public key (subkey)."""
+    found = dht.get(reports_key(run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    reports = {}
+    for subkey, item in found.value.items():
+        try:
+            reports[subkey] = BanReport.parse_obj(item.value)
+        except Exception as e:  # written by a node without our validators
+            logger.debug("skipping unparsable report: %s", e)
+    return reports
+
+
+def fetch_ban_list(dht: hivemind.DHT, run_id: str, authority: bytes) -> BanList | None:
+    """The coordinator's ban list: only the record under the coordinator's own (signed) subkey counts."""
+    found = dht.get(bans_key(run_id), latest=True)
+    if found is None or not isinstance(found.value, dict) or authority not in found.value:
+        return None
+    try:
+        return BanList.parse_obj(found.value[authority].value)
+    except Exception as e:
+        logger.debug("unparsable ban list: %s", e)
+        return None
+
+
+def publish_ban_list(dht: hivemind.DHT, run_id: str, subkey: bytes, bans: BanList, expiration: float) -> bool:
+    return dht.store(bans_key(run_id), subkey=subkey, value=bans.dict(), expiration_time=get_dht_time() + expiration)
+
+
+class BanGate:
+    """Admits a peer unless the coordinator's signed ban list or this peer's own report bans it.
+
+    ``admits`` never blocks: it answers from a cache that a daemon thread of the *calling process* refreshes every
+    ``refresh_every`` seconds (the averagers fork after this object is made, and threads do not survive a fork, so
+    each process starts its own refresher on first use). ``authority`` is the coordinator's DHT subkey; None (no
+    coordinator known) leaves only the local bans."""
+
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        run_id: str,
+        own_subkey: bytes,
+        authority: bytes | None,
+        refresh_every: float = 5.0,
+    ):
+        self.dht, self.run_id = dht, run_id
+        self.own_subkey, self.authority = own_subkey, authority
+        self.refresh_every = refresh_every
+        self._banned: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._refresher_pid: int | None = None
+
+    def admits(self, peer_id: PeerID) -> bool:
+        self._ensure_refresher()
+        return str(peer_id) not in self._banned
+
+    def why_not(self, peer_id: PeerID) -> str:
+        reason = self._banned.get(str(peer_id))
+        return "" if reason is None else f"banned ({reason})"
+
+    def banned(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._banned)
+
+    def refresh(self) -> None:
+        """One synchronous read of both records (the refresher calls this; tests may too)."""
+        banned: dict[str, str] = {}
+        own = fetch_reports(self.dht, self.run_id).get(self.own_subkey)
+        if own is not None:
+            for peer in own.banned:
+                banned[peer] = "by this peer's rejection ledger"
+        if self.authority is not None:
+            ban_list = fetch_ban_list(self.dht, self.run_id, self.authority)
+            for entry in ban_list.bans if ban_list is not None else ():
+                banned[entry.peer_id] = f"by the coordinator: {entry.reason}" if entry.reason else "by the coordinator"
+        with self._lock:
+            self._banned = banned
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher_pid == os.getpid():
+            return
+        self._refresher_pid = os.getpid()
+        threading.Thread(target=self._refresh_forever, name="ban-gate-refresh", daemon=True).start()
+
+    def _refresh_forever(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception as e:  # a DHT hiccup: keep the last known bans
+                logger.debug("ban list refresh failed: %s", e)
+            time.sleep(self.refresh_every)
+
+
+def fetch_ban_authority(coordinator_url: str | None, timeout: float = 30.0) -> bytes | None:
+    """The coordinator's DHT subkey that signs ``<run_id>_bans``, from its ``GET /api/v1/run`` (``bans.authority``,
+    base64). None without a coordinator or from one that does not publish bans: only local bans apply then."""
+    if not coordinator_url:
+        return None
+    try:
+        response = httpx.get(f"{coordinator_url.rstrip('/')}/api/v1/run", timeout=timeout)
+        response.raise_for_status()
+        authority = (response.json().get("bans") or {}).get("authority")
+        return base64.b64decode(authority) if authority else None
+    except (httpx.HTTPError, ValueError, TypeError, binascii.Error) as e:
+        logger.warning("could not read the coordinator's ban authority (only local bans apply): %s", e)
+        return None
