@@ -31,6 +31,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.store import PeerObservation, Store
 from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+from peer.swarm.record_limits import REASON_OVERSIZED, RecordSizeLimit
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def make_validators(run_id: str, private_key: RSAPrivateKey) -> tuple[RSASignatu
     watched = [DHTID.generate(source=key).to_bytes() for key in (metrics_key(run_id), config_key(run_id))]
     schema = SchemaValidator(MetricsSchema, allow_extra_keys=True, prefix=run_id)
     return signature, [
+        RejectionCounter(RecordSizeLimit(), REASON_OVERSIZED, watched),
         RejectionCounter(schema, REASON_MALFORMED, watched),
         RejectionCounter(signature, REASON_BAD_SIGNATURE, watched),
     ]

@@ -20,6 +20,7 @@ from hivemind.utils import get_dht_time
 
 from peer.config import RunConfig
 from peer.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.swarm.record_limits import RecordSizeLimit
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,11 @@ class RecordSigning:
 
 
 def make_validators(run_id: str) -> RecordSigning:
-    """Schema + signature validators for ``run_id``'s records; the RSA key is this process's (hivemind default)."""
+    """Size + schema + signature validators for ``run_id``'s records; the RSA key is this process's (hivemind
+    default). The size limit (``peer.swarm.record_limits``) runs first and drops oversized records from anyone."""
     signature = RSASignatureValidator()
     schema = SchemaValidator(MetricsSchema, prefix=run_id)
-    return RecordSigning(signature, [schema, signature])
+    return RecordSigning(signature, [RecordSizeLimit(), schema, signature])
 
 
 def swarm_fingerprint(cfg: RunConfig) -> str:
