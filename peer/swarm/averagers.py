@@ -152,6 +152,14 @@ class GuardedAveragerMixin:
         self._guard = guard or AveragerGuard()
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def _get_handle_name(cls, namespace: str | None, method_name: str) -> str:
+        """RPC names stay hivemind's (``<prefix>::TrainingStateAverager.rpc_download_state``): hivemind names
+        handlers after the class, so without this a subclass could not be called by the coordinator's state
+        download (``peer.swarm.state``), by an unguarded peer, or by an attacker subclass under another name."""
+        wire = next(c for c in cls.__mro__ if c.__module__.startswith("hivemind."))
+        return wire._get_handle_name(namespace, method_name)
+
     def _emit_outcomes(self, outcomes: dict[str, str]) -> None:
         if self._guard.channel is not None:
             self._guard.channel.put(RoundOutcomes(self.outcome_kind, outcomes))
