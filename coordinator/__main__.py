@@ -1,4 +1,4 @@
-"""``python -m coordinator start | status | download``: the organiser's and the researcher's entry point.
+"""``python -m coordinator start | status | download | allowlist``: the organiser's and the researcher's entry point.
 
 Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
 """
@@ -38,11 +38,14 @@ def _start(args: argparse.Namespace) -> int:
         monitor_interval=args.monitor_interval,
         state_timeout=args.state_timeout,
         init_from=Path(args.init_from) if args.init_from else None,
+        allowlist=Path(args.allowlist) if args.allowlist else None,
+        token_ttl=args.token_ttl,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     coordinator = start_coordinator(cfg, spec)
+    signal.signal(signal.SIGHUP, lambda *_: coordinator.reload_allowlist())
     try:
         progress = coordinator.store.progress()
         latest = coordinator.ckpts.latest()
@@ -51,6 +54,9 @@ def _start(args: argparse.Namespace) -> int:
         print(f"  gRPC        port {coordinator.grpc_port}")
         print(f"  DHT         {', '.join(coordinator.initial_peers)}")
         print(f"  history     global step {progress.global_step}, latest checkpoint {latest.name if latest else '-'}")
+        if coordinator.private is not None:
+            names = coordinator.private.authority.allowlist.names()
+            print(f"  private     {len(names)} volunteers in {spec.allowlist}; tokens valid {spec.token_ttl:.0f} s")
         print("volunteers join with:")
         print(f"  {coordinator.join_command}")
         sys.stdout.flush()
@@ -117,6 +123,24 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allowlist(args: argparse.Namespace) -> int:
+    from coordinator.auth import add_volunteer, list_volunteers, remove_volunteer
+
+    if args.action == "add":
+        secret = add_volunteer(args.file, args.name)
+        print(f"added {args.name} to {args.file}. Their key is shown only this once; send them this line privately:")
+        print(f"  python -m peer join --coordinator {args.url or 'URL'} --auth_key {args.name}:{secret}")
+    elif args.action == "remove":
+        remove_volunteer(args.file, args.name)
+        print(f"removed {args.name} from {args.file}: no new tokens; a token already issued lasts until it expires")
+    else:
+        entries = list_volunteers(args.file)
+        for entry in entries:
+            print(f"{entry.name}\t{entry.added or '-'}")
+        print(f"{len(entries)} volunteers in {args.file}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m coordinator", description="warmswarm coordinator")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -138,7 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--monitor_interval", type=float, default=5.0, help="seconds between monitor passes")
     start.add_argument("--state_timeout", type=float, default=300.0, help="seconds to wait for the swarm's state")
     start.add_argument("--init_from", default=None, help="use this model dir as checkpoint 0 instead of growing")
+    start.add_argument(
+        "--allowlist",
+        default=None,
+        metavar="FILE",
+        help="make the run private: only volunteers in FILE get access tokens (see `allowlist add`); "
+        "re-read when it changes or on SIGHUP",
+    )
+    start.add_argument("--token_ttl", type=float, default=3600.0, help="seconds an access token stays valid")
     start.set_defaults(func=_start)
+
+    allow = sub.add_parser("allowlist", help="add, remove or list the volunteers of a private run")
+    allow_sub = allow.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (
+        ("add", "add a volunteer with a new secret key (printed once)"),
+        ("remove", "remove a volunteer"),
+        ("list", "list the volunteers"),
+    ):
+        a = allow_sub.add_parser(action, help=text)
+        if action != "list":
+            a.add_argument("name", help="volunteer name (letters, digits, _.@-)")
+        a.add_argument("--file", default="allowlist.tsv", help="the allowlist file (default: ./allowlist.tsv)")
+        if action == "add":
+            a.add_argument("--url", default=None, help="coordinator URL to put in the printed join line")
+    allow.set_defaults(func=_allowlist)
 
     status = sub.add_parser("status", help="print a running coordinator's progress, peers and checkpoints")
     status.add_argument("--url", required=True, help="http://HOST:PORT of the coordinator")

@@ -17,6 +17,7 @@ checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-lin
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -34,8 +35,10 @@ from pathlib import Path
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils import get_dht_time
+from hivemind.utils.auth import AuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
+from coordinator.auth import PrivateRun
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.monitor import Monitor, make_validators
 from coordinator.store import Store
@@ -73,6 +76,8 @@ class CoordinatorSpec:
     monitor_interval: float = 5.0
     state_timeout: float = 300.0  # how long one pull of the averaged state from the peers may take
     init_from: Path | None = None  # an existing model dir to use as checkpoint 0 instead of growing one
+    allowlist: Path | None = None  # a private run: only volunteers in this file get access tokens (None: open run)
+    token_ttl: float = 3600.0  # seconds an access token stays valid (peers renew at a quarter left)
     extra_join_args: list[str] = field(default_factory=list)
 
 
@@ -212,6 +217,12 @@ class RunningCoordinator:
     _stop: threading.Event
     _threads: list[threading.Thread]
     _stoppers: list[Callable[[], None]]
+    private: PrivateRun | None = None  # the allowlist and token authority of a private run
+
+    def reload_allowlist(self) -> None:
+        """Re-reads the allowlist now (SIGHUP); it is also re-read on its own whenever the file changes."""
+        if self.private is not None:
+            self.private.authority.allowlist.reload()
 
     def wait(self, stop: threading.Event) -> None:
         """Runs the checkpoint saver and refreshes the published config record until ``stop`` is set. Call it from
@@ -225,6 +236,11 @@ class RunningCoordinator:
                 except Exception:
                     logger.exception("could not record the connected peers")
                 next_known = time.monotonic() + KNOWN_PEERS_EVERY
+            if self.private is not None:
+                try:
+                    self.private.tick()  # renew our member record; count the DHT's token refusals
+                except Exception:
+                    logger.exception("could not refresh the coordinator's membership or token counts")
             if time.monotonic() >= next_publish:
                 publish_config(self.dht, self.cfg, self.signing_public_key)
                 next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
@@ -277,7 +293,10 @@ def lock_data_dir(data: Path) -> Callable[[], None]:
 
 
 def start_coordinator_dht(
-    cfg: RunConfig, spec: CoordinatorSpec, validators: Sequence[RecordValidatorBase]
+    cfg: RunConfig,
+    spec: CoordinatorSpec,
+    validators: Sequence[RecordValidatorBase],
+    authorizer: AuthorizerBase | None = None,
 ) -> hivemind.DHT:
     """The coordinator's DHT node on a fixed port with a persistent identity (the peer id in the join line stays
     the same across restarts). It bootstraps from ``cfg.swarm.initial_peers`` and from the peers it was connected to
@@ -295,6 +314,7 @@ def start_coordinator_dht(
                 identity_path=str(identity),
                 use_relay=cfg.swarm.use_relay,
                 record_validators=list(validators),
+                authorizer=authorizer,  # a private run: tokens on every DHT message, ours signed by ourselves
                 start=True,
             )
         except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
@@ -372,9 +392,18 @@ def start_coordinator(
             logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
             ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
 
-        signature, validators = make_validators(cfg.run_id, load_or_create_signing_key(data / SIGNING_KEY_NAME))
-        dht = start_coordinator_dht(cfg, spec, validators)
+        signing_key = load_or_create_signing_key(data / SIGNING_KEY_NAME)
+        signature, validators = make_validators(cfg.run_id, signing_key)
+        private = PrivateRun.open(cfg.run_id, spec.allowlist, data, store, spec.token_ttl) if spec.allowlist else None
+        dht = start_coordinator_dht(
+            cfg,
+            spec,
+            [*validators, *private.validators()] if private else validators,
+            private.authorizer(signing_key) if private else None,
+        )
         stoppers.append(dht.shutdown)
+        if private is not None:
+            private.attach(dht, signing_key)  # our member record, so that donors let our state pulls in
         if not publish_config(dht, cfg, signature.local_public_key):
             logger.warning("the DHT did not accept the run config record")
         public_host = spec.public_host or (spec.host if spec.host not in ("0.0.0.0", "::") else guess_public_host())
@@ -394,9 +423,13 @@ def start_coordinator(
         http_port = spec.http_port or _free_port(spec.host)  # the join line needs the port before the app exists
         join = " ".join(
             ["python -m peer join --coordinator", f"http://{public_host}:{http_port}", *spec.extra_join_args]
+            + (["--auth_key", "NAME:KEY"] if private else [])  # the key `coordinator allowlist add` printed
         )
         run_info = RunInfo(cfg.run_id, config_to_dict(cfg), initial_peers, join)
-        http = start_http_server(create_http_app(store, ckpts.root, run_info, metrics), host=spec.host, port=http_port)
+        if private is not None:
+            run_info = dataclasses.replace(run_info, auth=private.run_info_auth())
+        app = create_http_app(store, ckpts.root, run_info, metrics, authority=private.authority if private else None)
+        http = start_http_server(app, host=spec.host, port=http_port)
         stoppers.append(http.stop)
         grpc = start_grpc_server(store, ckpts.root, host=spec.host, port=spec.grpc_port, metrics=metrics)
         stoppers.append(grpc.stop)
@@ -420,6 +453,7 @@ def start_coordinator(
         initial_peers=initial_peers,
         join_command=join,
         signing_public_key=signature.local_public_key,
+        private=private,
         saver=saver,
         _stop=stop,
         _threads=threads,

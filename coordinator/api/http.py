@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from coordinator.api.checkpoint_files import CheckpointFiles, CheckpointNotFound, UnsafePath
+from coordinator.auth import TokenAuthority
 from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
 from coordinator.store import Store
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 FILE_CHUNK_BYTES = 1 << 20
+MAX_AUTH_BODY = 16 << 10  # a token request is ~600 bytes; anything much larger is refused unread
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class RunInfo:
     config: dict
     initial_peers: list[str] = field(default_factory=list)
     join_command: str = ""
+    # a private run: {"required": True, "authority_public_key": "<ssh-rsa ...>"}, the key peers check tokens with
+    auth: dict = field(default_factory=lambda: {"required": False, "authority_public_key": None})
 
 
 class _CountingFileResponse(FileResponse):
@@ -70,9 +74,14 @@ class _CountingFileResponse(FileResponse):
 
 
 def create_http_app(
-    store: Store, checkpoints_dir: str | Path, run_info: RunInfo, metrics: CoordinatorMetrics | None = None
+    store: Store,
+    checkpoints_dir: str | Path,
+    run_info: RunInfo,
+    metrics: CoordinatorMetrics | None = None,
+    authority: TokenAuthority | None = None,
 ) -> FastAPI:
-    """The FastAPI app of one coordinator. ``metrics`` None builds one on ``store``."""
+    """The FastAPI app of one coordinator. ``metrics`` None builds one on ``store``; ``authority`` (a private run)
+    serves ``POST /api/v1/auth/token``."""
     files = CheckpointFiles(checkpoints_dir)
     metrics = metrics if metrics is not None else CoordinatorMetrics(store)
     # No Swagger UI: it loads its JS from a CDN, and the coordinator must work offline (/openapi.json stays).
@@ -102,6 +111,18 @@ def create_http_app(
     @app.get("/api/v1/checkpoints")
     def checkpoints() -> dict:
         return {"checkpoints": [m.to_dict() for m in files.list()]}
+
+    @app.post("/api/v1/auth/token")
+    async def auth_token(request: Request) -> JSONResponse:
+        """{name, key, public_key (base64 of the OpenSSH key)} -> {token (base64), expiration_time,
+        authority_public_key}; 403 with a one-line ``detail`` when refused. Refusals are counted by reason."""
+        from coordinator.auth import token_response
+
+        body = await request.body() if int(request.headers.get("content-length") or 0) <= MAX_AUTH_BODY else None
+        status, payload, refused = token_response(authority, run_info.run_id, body)
+        if refused:
+            store.add_rejected({refused: 1})
+        return JSONResponse(payload, status_code=status)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

@@ -337,6 +337,26 @@ class CoordinatorTokenAuthorizer(RunTokenAuthorizer):
         return self._accept_own(token)
 
 
+class LocalTokenAuthorizer(RunTokenAuthorizer):
+    """An authorizer whose tokens come from a local function of its public key: the authority's own node (the
+    coordinator signs its tokens itself, no HTTP round trip). It runs in the DHT's forked process, so ``issue`` must
+    need nothing but memory (a key), no store or socket."""
+
+    def __init__(
+        self,
+        run_id: str,
+        authority: RSAPublicKey,
+        local_private_key: RSAPrivateKey,
+        issue: Callable[[bytes], AccessToken],
+    ):
+        super().__init__(run_id, authority, local_private_key)
+        self._issue = issue
+        self._local_access_token = self._accept_own(issue(self.local_public_key.to_bytes()))
+
+    async def get_token(self) -> AccessToken:
+        return self._accept_own(self._issue(self.local_public_key.to_bytes()))
+
+
 async def _authorizer_rejections(dht: hivemind.DHT, node) -> dict[str, int]:
     """Runs inside the DHT process (``DHT.run_coroutine``): the authorizer's cumulative refusal counts."""
     authorizer = getattr(node.protocol, "authorizer", None)
