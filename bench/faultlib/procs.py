@@ -207,7 +207,7 @@ class ProcessSet:
     work: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str]) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         log = self.work / f"{name}.log"
         if log.exists():  # a restarted child keeps its earlier log for the post-mortem
             log.rename(self.work / f"{name}.{int(time.time() * 1000)}.log")
@@ -215,7 +215,7 @@ class ProcessSet:
             proc = subprocess.Popen(
                 [sys.executable, *argv],
                 cwd=ROOT,
-                env=child_env(),
+                env=child_env() | (env or {}),
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -348,15 +348,58 @@ def read_sample(exposition: str, name: str, labels: dict[str, str]) -> float:
     return 0.0
 
 
-def start_peer(procs: ProcessSet, name: str, coordinator: Coordinator, *extra: str) -> Child:
-    """``python -m peer join --coordinator URL`` with its own work dir and identity (a fresh identity per name)."""
+def start_peer(
+    procs: ProcessSet, name: str, coordinator: Coordinator, *extra: str, debug_averaging: bool = False
+) -> Child:
+    """``python -m peer join --coordinator URL`` with its own work dir and identity (a fresh identity per name).
+    ``debug_averaging`` turns on hivemind's DEBUG log, whose optimizer lines ("Beginning optimizer step #N",
+    "Transitioning to epoch N") tell a scenario when a peer is inside an averaging round."""
     work = procs.work / name
+    env = {"HIVEMIND_LOGLEVEL": "DEBUG", "GOLOG_LOG_LEVEL": "info"} if debug_averaging else None  # not p2pd
     return procs.start(
         name,
         ["-m", "peer", "join", "--coordinator", coordinator.url, "--no_status", "--peer_name", name,
          "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),
          "--host_maddrs", "/ip4/127.0.0.1/tcp/0", *extra],
+        env=env,
     )  # fmt: skip
 
 
 TRAINING = re.compile(r"starting at global step (\d+)")
+PEER_ID = re.compile(r"DHT started, peer id (\w+)")
+
+
+class LogFollower:
+    """Reads a child's log incrementally (peers log at DEBUG in some scenarios: re-reading whole files would cost
+    more CPU than the peers)."""
+
+    def __init__(self, path: Path, from_end: bool = True):
+        self.path = path
+        self.offset = path.stat().st_size if from_end and path.exists() else 0
+        self.pending = ""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, errors="replace") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+                self.offset = f.tell()
+        except OSError:
+            return []
+        text = self.pending + chunk
+        *lines, self.pending = text.split("\n")
+        return lines
+
+
+HIVEMIND_TIME = re.compile(r"^(\w{3} +\d{1,2} \d\d:\d\d:\d\d\.\d{3}) \[\w+\] ")
+
+
+def hivemind_timestamp(line: str, year: int | None = None) -> float | None:
+    """The Unix time of a hivemind log line (``Nov 23 15:07:55.346 [INFO] ...``, local time, no year)."""
+    import datetime
+
+    match = HIVEMIND_TIME.match(line)
+    if not match:
+        return None
+    year = year or datetime.datetime.now().year
+    return datetime.datetime.strptime(f"{year} {match.group(1)}", "%Y %b %d %H:%M:%S.%f").timestamp()

@@ -1,0 +1,78 @@
+"""Ask one named peer for the training state it serves, to compare peers with each other after a fault.
+
+hivemind's ``load_state_from_peers`` takes the state from whichever peer ranks first; a fault test needs the state
+of *each* survivor, so this opens the same ``rpc_download_state`` stream to a chosen peer id (from a client-mode
+DHT, inside the DHT's process) and returns its metadata (the global step is ``epoch``) and every tensor it sent:
+parameters and optimizer statistics, in the peer's optimizer order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from functools import partial
+
+import hivemind
+import torch
+from hivemind.compression import deserialize_torch_tensor
+from hivemind.p2p import PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils import MSGPackSerializer
+from hivemind.utils.streaming import combine_from_streaming
+
+from peer.swarm.state import STATE_AVERAGER_SUFFIX, _StateDownloadClient
+
+
+@dataclass
+class ServedState:
+    peer_id: str
+    step: int
+    tensors: list[torch.Tensor]
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.tensors if t.is_floating_point())
+
+
+def max_abs_diff(a: ServedState, b: ServedState) -> float:
+    if len(a.tensors) != len(b.tensors):
+        return float("inf")
+    diffs = (float((x.float() - y.float()).abs().max()) for x, y in zip(a.tensors, b.tensors, strict=True))
+    return max(diffs, default=0.0)
+
+
+async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> ServedState | None:
+    stub = _StateDownloadClient.get_stub(p2p, PeerID.from_base58(peer_id), namespace=prefix)
+    metadata, parts, tensors = None, [], []
+
+    async def read() -> None:
+        nonlocal metadata, parts
+        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+        async for message in stream:
+            if message.metadata:
+                metadata = MSGPackSerializer.loads(message.metadata)
+            if message.tensor_part.dtype and parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                parts = []
+            parts.append(message.tensor_part)
+        if parts:
+            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except Exception:
+        return None
+    if not metadata:
+        return None
+    return ServedState(peer_id, int(metadata["epoch"]), tensors)
+
+
+async def _download_all(dht, node, *, prefix: str, peer_ids: list[str], timeout: float):
+    return await asyncio.gather(*(_download_one(node.p2p, prefix, pid, timeout) for pid in peer_ids))
+
+
+def download_states(dht: hivemind.DHT, run_id: str, peer_ids: list[str], timeout: float = 30.0) -> list[ServedState]:
+    """The states ``peer_ids`` serve, downloaded concurrently (so they are as close in time as possible); a peer
+    that does not answer within ``timeout`` is left out."""
+    prefix = run_id + STATE_AVERAGER_SUFFIX
+    found = dht.run_coroutine(partial(_download_all, prefix=prefix, peer_ids=peer_ids, timeout=timeout))
+    return [state for state in found if state is not None]

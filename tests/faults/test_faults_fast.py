@@ -1,0 +1,107 @@
+"""Fast versions of ``bench/faults.py``'s scenarios: the same functions with real coordinator and peer processes,
+fewer repetitions. Each asserts every row that has a target, so a regression in what a scenario guards (crash-safe
+checkpoints, resume from the coordinator, record validation, state after a kill) fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
+from hivemind.dht.validation import CompositeValidator, DHTRecord
+from hivemind.utils import MSGPackSerializer
+from hivemind.utils.crypto import RSAPrivateKey
+
+from bench.faultlib.bad_records import OVERSIZED_PAD, good_metrics, owner_subkey
+from bench.faultlib.procs import ProcessSet, TinyModel, session_pids
+from bench.faultlib.scenarios import (
+    AllLeaveSettings,
+    CoordinatorKillSettings,
+    PeerKillSettings,
+    RecordSettings,
+    Row,
+    all_leave,
+    bad_records,
+    coordinator_kill,
+    peer_kill,
+)
+from peer.records import metrics_key
+from peer.swarm.record_limits import MAX_RECORD_BYTES, RecordSizeLimit
+
+
+def assert_rows(rows: list[Row]) -> None:
+    failed = [row for row in rows if row.passed is False]
+    assert not failed, "\n".join(f"{r.measured}: {r.figure} (target {r.target})" for r in failed)
+    assert any(row.passed for row in rows), rows
+
+
+def signed_record(value: dict, key: RSAPrivateKey) -> DHTRecord:
+    """A metrics record as it arrives at a node: msgpack value + the owner's signature."""
+    signer = RSASignatureValidator(key)
+    record = DHTRecord(
+        key=DHTID.generate(source=metrics_key("run")).to_bytes(),
+        subkey=MSGPackSerializer.dumps(owner_subkey(key)),
+        value=MSGPackSerializer.dumps(value),
+        expiration_time=1e12,
+    )
+    return dataclasses.replace(record, value=signer.sign_value(record))
+
+
+def test_size_limit_drops_an_oversized_record_that_is_validly_signed():
+    key = RSAPrivateKey()
+    small, big = good_metrics(), good_metrics()
+    big["padding"] = "x" * OVERSIZED_PAD
+    signature, limit = RSASignatureValidator(key), RecordSizeLimit()
+    chain = CompositeValidator([signature, limit])
+    assert signature.validate(signed_record(big, key))  # the signature alone lets it through
+    assert not chain.validate(signed_record(big, key))
+    assert chain.validate(signed_record(small, key))
+    assert limit.rejected == 1
+
+
+def test_size_limit_runs_before_the_signature_check_and_merges_to_the_stricter_bound():
+    assert RecordSizeLimit().priority > RSASignatureValidator(RSAPrivateKey()).priority
+    chain = CompositeValidator([RecordSizeLimit(), RecordSizeLimit(1000)])
+    limits = [v for v in chain._validators if isinstance(v, RecordSizeLimit)]
+    assert len(limits) == 1 and limits[0].max_bytes == 1000
+    record = DHTRecord(b"k" * 10, b"s" * 10, b"v" * (MAX_RECORD_BYTES - 20), 1e12)
+    assert RecordSizeLimit().validate(record)
+    assert not RecordSizeLimit().validate(dataclasses.replace(record, value=record.value + b"v"))
+    with pytest.raises(ValueError):
+        RecordSizeLimit(0)
+
+
+def test_process_set_reaps_a_child_session_even_when_the_body_raises(tmp_path):
+    """A scenario that crashes must not leave its processes behind (the soak runs for an hour on shared CPUs)."""
+    with pytest.raises(RuntimeError), ProcessSet(tmp_path) as procs:
+        code = "import subprocess, time; subprocess.Popen(['sleep', '300']); print('ready', flush=True); time.sleep(99)"
+        child = procs.start("sleeper", ["-c", code])
+        child.wait_for_line("ready", timeout=60)
+        assert len(session_pids(child.pid)) == 2  # python + its sleep grandchild
+        raise RuntimeError("scenario crashed")
+    assert session_pids(child.pid) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bad_records_are_rejected_and_counted_by_reason(tmp_path):
+    assert_rows(bad_records(tmp_path, RecordSettings(count=2)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_coordinator_killed_inside_a_checkpoint_write_leaves_no_half_checkpoint(tmp_path):
+    assert_rows(coordinator_kill(tmp_path, CoordinatorKillSettings(kills=1, peers=1)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_newcomer_after_every_peer_left_resumes_from_the_latest_checkpoint(tmp_path):
+    assert_rows(all_leave(tmp_path, AllLeaveSettings(peers=1, model=TinyModel(target_batch_size=64))))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_peer_killed_mid_round_survivors_step_on_with_identical_state(tmp_path):
+    assert_rows(peer_kill(tmp_path, PeerKillSettings(peers=2, kills=1, settle_steps=1)))
