@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from peer.config import RunConfig, load_config
 from peer.errors import UserError
+from peer.swarm.auth import AUTH_KEY_ENV, allowlisted_name
 from peer.swarm.loop import LoopOptions
 from peer.swarm.session import JoinOptions, fetch_run, join_swarm
 from peer.swarm.shutdown import StopSignal
@@ -58,6 +60,12 @@ def register(subparsers) -> None:
         help="do not accept incoming connections (peers behind NAT/firewall)",
     )
     p.add_argument("--peer_name", default="", help="display name on the coordinator's dashboard")
+    p.add_argument(
+        "--auth_key",
+        default=None,
+        metavar="NAME:SECRET",
+        help="your key for a private run, as the organiser sent it (default: env WARMSWARM_AUTH_KEY)",
+    )
     p.add_argument(
         "--init_dir",
         default=None,
@@ -114,6 +122,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg.swarm, name, value)
+    cfg.swarm.auth_key = args.auth_key or os.environ.get(AUTH_KEY_ENV) or cfg.swarm.auth_key
+    cfg.swarm.peer_name = args.peer_name or cfg.swarm.peer_name or allowlisted_name(cfg.swarm.auth_key)
     return cfg, bool(args.coordinator)
 
 
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 loop=LoopOptions(
                     max_global_steps=args.max_steps,
                     max_seconds=args.max_seconds,
-                    peer_name=args.peer_name,
+                    peer_name=cfg.swarm.peer_name,
                     show_status=not args.no_status,
                 ),
             ),

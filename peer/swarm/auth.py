@@ -39,7 +39,9 @@ from hivemind.utils import MSGPackSerializer, get_dht_time
 from hivemind.utils.auth import AuthorizedRequestBase, AuthorizedResponseBase, TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
+from peer.config import RunConfig
 from peer.errors import UserError
+from peer.swarm.metrics import RecordSigning
 
 logger = logging.getLogger(__name__)
 
@@ -555,6 +557,56 @@ def authenticate(
     if problem is not None:
         raise UserError(f"the coordinator's access token does not verify with the run's authority key ({problem})")
     return PeerAuth(run_id, coordinator_url, credentials, authority, private_key, token)
+
+
+@dataclass
+class Membership:
+    """A private run's peer once in the DHT: its member record kept fresh, and the gate for its averagers."""
+
+    keeper: MemberRecordKeeper
+    gate: MembershipGate
+
+    def stop(self) -> None:
+        self.keeper.stop()
+        self.gate.close()
+
+
+def authenticate_peer(cfg: RunConfig, coordinator_url: str | None, signing: RecordSigning) -> PrivatePeer | None:
+    """Join step one of a private run (None for an open run): get a token for the key that signs this peer's
+    records, and add the member-record schema to its validators. Must run before the DHT starts."""
+    private_key = RSAPrivateKey.process_wide()  # hivemind's default signer: the one ``signing`` was built with
+    if owner_subkey(private_key.get_public_key().to_bytes()) != signing.public_key:
+        raise RuntimeError("the record signer is not the process-wide key; the token would be bound to another key")
+    auth = authenticate(cfg.run_id, coordinator_url, cfg.swarm.auth_key, cfg.swarm.authority_public_key, private_key)
+    if auth is None:
+        return None
+    signing.validators.extend(member_validators(cfg.run_id))
+    logger.info("access token for %s until %s", auth.credentials.name, auth.token.expiration_time)
+    return PrivatePeer(auth, signing.public_key)
+
+
+@dataclass
+class PrivatePeer:
+    """What ``authenticate_peer`` hands the session: the DHT authorizer to start with, then ``join``."""
+
+    auth: PeerAuth
+    signer_public_key: bytes
+
+    def authorizer(self) -> CoordinatorTokenAuthorizer:
+        return self.auth.authorizer()
+
+    def join(self, dht: hivemind.DHT, on_revoked: Callable[[str], None] | None = None) -> Membership:
+        """Publishes the member record (then keeps it fresh) and returns the membership with its gate."""
+        keeper = MemberRecordKeeper(dht, self.auth, self.signer_public_key, on_revoked=on_revoked)
+        if not keeper.publish():
+            logger.warning("the DHT did not take this peer's member record yet; retrying in the background")
+        return Membership(keeper.start(), self.auth.gate(dht))
+
+
+def allowlisted_name(auth_key: str | None) -> str:
+    """The volunteer name in an ``--auth_key NAME:SECRET`` ("" without one): the default dashboard name."""
+    name, sep, _ = (auth_key or "").partition(":")
+    return name.strip() if sep else ""
 
 
 class MemberRecordKeeper:

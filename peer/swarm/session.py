@@ -21,6 +21,7 @@ from peer.config import RunConfig, config_from_dict
 from peer.errors import UserError
 from peer.modeling import PretrainingModels, build_models, load_models
 from peer.records import config_key, metrics_key
+from peer.swarm.auth import Membership, authenticate_peer
 from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
@@ -50,6 +51,11 @@ def fetch_run(url: str, timeout: float = 30.0) -> CoordinatorRun:
     except ValueError:
         raise UserError(f"the coordinator at {base} did not answer with JSON; is this the right URL?") from None
     cfg = config_from_dict(body["config"])
+    auth = body.get("auth") or {}
+    if auth.get("required"):  # a private run: the key its access tokens are signed with (a pinned one wins)
+        cfg.swarm.authority_public_key = cfg.swarm.authority_public_key or auth.get("authority_public_key")
+        if not cfg.swarm.authority_public_key:
+            raise UserError(f"the coordinator at {base} runs a private run but sent no authority_public_key")
     return CoordinatorRun(run_id=body["run_id"], config=cfg, initial_peers=list(body.get("initial_peers", [])))
 
 
@@ -141,9 +147,17 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
     lock = lock_identity(cfg.swarm.identity_path) if cfg.swarm.identity_path else None
     dht: hivemind.DHT | None = None
     opt: SwarmOptimizer | None = None
+    membership: Membership | None = None
     try:
         signing: RecordSigning = make_validators(cfg.run_id)
-        dht = start_dht(cfg.swarm, signing.validators, startup_timeout=options.startup_timeout)
+        private = authenticate_peer(cfg, options.coordinator_url, signing)  # a private run: a token before the DHT
+        dht = start_dht(
+            cfg.swarm,
+            signing.validators,
+            startup_timeout=options.startup_timeout,
+            authorizer=private.authorizer() if private else None,
+        )
+        membership = private.join(dht, on_revoked=lambda why: stop.set()) if private else None
         logger.info("visible at %s", " ".join(visible_maddrs(dht)))
         if cfg.swarm.initial_peers and not options.config_from_coordinator:
             check_run_is_live(dht, cfg, options.join_timeout)
@@ -173,6 +187,8 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             lambda p: make_optimizer(p, cfg.train),
             lambda o: make_scheduler(o, cfg.train),
             batch_size=cfg.train.batch_size,
+            gate=membership.gate if membership else None,
+            open_run=private is None,
         )
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         if start_step:
@@ -194,6 +210,8 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
     finally:
         if opt is not None:
             opt.shutdown()
+        if membership is not None:
+            membership.stop()
         if dht is not None:
             dht.shutdown()
         if lock is not None:
