@@ -57,6 +57,17 @@ class _StoreCollector(Collector):
         for reason, count in sorted(self.store.rejected_counts().items()):
             rejected.add_metric([reason], count)
         yield rejected
+        yield GaugeMetricFamily(
+            "warmswarm_banned_peers", "Peers the coordinator banned for this run", value=len(self.store.bans())
+        )
+        contributions = CounterMetricFamily(
+            "warmswarm_rejected_contributions",
+            "Averaging contributions the peers' reducers rejected (clipped or non-finite), summed over reporters",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.store.rejected_contribution_counts().items()):
+            contributions.add_metric([reason], count)
+        yield contributions
 
 
 def _or_nan(x: float | None) -> float:

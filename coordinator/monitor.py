@@ -29,8 +29,10 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 
+from coordinator.bans import BanCourt
 from coordinator.store import PeerObservation, Store
-from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+from peer.records import LocalMetrics, MetricsSchema, bans_key, config_key, metrics_key, reports_key
+from peer.swarm.bans import ban_validators
 from peer.swarm.record_limits import REASON_OVERSIZED, RecordSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -74,11 +76,13 @@ def make_validators(run_id: str, private_key: RSAPrivateKey) -> tuple[RSASignatu
     """The coordinator's record validators for ``run_id``: the signature validator (signing with the coordinator's
     persistent key) and both validators wrapped to count rejections of this run's keys."""
     signature = RSASignatureValidator(private_key)
-    watched = [DHTID.generate(source=key).to_bytes() for key in (metrics_key(run_id), config_key(run_id))]
+    keys = (metrics_key(run_id), config_key(run_id), reports_key(run_id), bans_key(run_id))
+    watched = [DHTID.generate(source=key).to_bytes() for key in keys]
     schema = SchemaValidator(MetricsSchema, allow_extra_keys=True, prefix=run_id)
     return signature, [
         RejectionCounter(RecordSizeLimit(), REASON_OVERSIZED, watched),
         RejectionCounter(schema, REASON_MALFORMED, watched),
+        *(RejectionCounter(v, REASON_MALFORMED, watched) for v in ban_validators(run_id)),
         RejectionCounter(signature, REASON_BAD_SIGNATURE, watched),
     ]
 
@@ -125,8 +129,17 @@ class Monitor:
 
     Not thread-safe itself: one thread calls ``poll`` (``run`` does so until ``stop`` is set)."""
 
-    def __init__(self, dht: hivemind.DHT, store: Store, run_id: str, alive_window: float = 60.0, interval: float = 5.0):
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        store: Store,
+        run_id: str,
+        alive_window: float = 60.0,
+        interval: float = 5.0,
+        bans: BanCourt | None = None,
+    ):
         self.dht = dht
+        self.bans = bans  # judges the peers' rejection reports once per pass (coordinator.bans)
         self.store = store
         self.run_id = run_id
         self.alive_window = alive_window
@@ -192,6 +205,11 @@ class Monitor:
             if now - self._last_change[pid] <= self.alive_window and pid not in banned
         }
         step, sps, loss = aggregate(alive.values())
+        if self.bans is not None:
+            try:
+                self.bans.judge(alive, now)
+            except Exception:  # bans wait for the next pass; progress must still be recorded
+                logger.exception("could not judge the ban reports")
         self.store.record_progress(global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now)
         return SwarmSnapshot(now, step, len(alive), sps, loss, observed, new_rejections)
 

@@ -39,6 +39,7 @@ from hivemind.utils.auth import AuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.auth import PrivateRun
+from coordinator.bans import BanCourt, ban_authority_info
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.monitor import Monitor, make_validators
 from coordinator.store import Store
@@ -413,7 +414,10 @@ def start_coordinator(
             if "/p2p-circuit" not in str(a)
         ]
 
-        monitor = Monitor(dht, store, cfg.run_id, alive_window=spec.alive_window, interval=spec.monitor_interval)
+        court = BanCourt(dht, store, cfg.run_id, signature.local_public_key)
+        monitor = Monitor(
+            dht, store, cfg.run_id, alive_window=spec.alive_window, interval=spec.monitor_interval, bans=court
+        )
         saver = CheckpointSaver(cfg, spec, dht, store, ckpts)
         threads = [
             threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
@@ -426,6 +430,7 @@ def start_coordinator(
             + (["--auth_key", "NAME:KEY"] if private else [])  # the key `coordinator allowlist add` printed
         )
         run_info = RunInfo(cfg.run_id, config_to_dict(cfg), initial_peers, join)
+        run_info = dataclasses.replace(run_info, bans=ban_authority_info(signature.local_public_key))
         if private is not None:
             run_info = dataclasses.replace(run_info, auth=private.run_info_auth())
         app = create_http_app(store, ckpts.root, run_info, metrics, authority=private.authority if private else None)

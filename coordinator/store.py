@@ -8,8 +8,8 @@ committed transaction durable across a SIGKILL. Every writer method is one trans
 Read API (what ``coordinator.api`` calls): ``progress()``, ``peers()``, ``history(since)``, ``checkpoints()``,
 ``rejected_counts()``, ``run_config()``. Writer API (what the monitor and the checkpoint saver call):
 ``open_run``, ``observe_peer``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
-``remove_checkpoint``, ``set_banned``. All reads are for the store's run (the ``run_id`` given to ``open_run``, or
-the most recently opened run when a reader opens the file without one).
+``remove_checkpoint``, ``set_banned``, ``add_ban``, ``record_contribution_rejections``. All reads are for the store's
+run (the ``run_id`` given to ``open_run``, or the most recently opened run when a reader opens the file without one).
 """
 
 from __future__ import annotations
@@ -81,6 +81,23 @@ CREATE TABLE IF NOT EXISTS rejected (
     count INTEGER NOT NULL,
     PRIMARY KEY (run_id, reason)
 );
+CREATE TABLE IF NOT EXISTS bans (
+    run_id TEXT NOT NULL,
+    peer_id TEXT NOT NULL,
+    store_peer_id TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    reporters INTEGER NOT NULL DEFAULT 0,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, peer_id)
+);
+CREATE TABLE IF NOT EXISTS contribution_rejections (
+    run_id TEXT NOT NULL,
+    reporter TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (run_id, reporter, reason)
+);
 """
 
 
@@ -118,6 +135,19 @@ class PeerRow:
     alive: bool
     banned: bool
     ban_reason: str
+
+
+@dataclass(frozen=True)
+class BanRow:
+    """A peer banned for the run by the coordinator (``coordinator.bans``). ``peer_id`` is its libp2p id (what the
+    averagers see); ``store_peer_id`` its row in ``peers`` (sha256 of its public key) when its metrics were seen."""
+
+    peer_id: str
+    store_peer_id: str
+    name: str
+    reason: str
+    reporters: int
+    time: float
 
 
 @dataclass(frozen=True)
@@ -350,7 +380,74 @@ class Store:
                 (int(banned), reason if banned else "", run_id, peer_id),
             )
 
+    def add_ban(self, row: BanRow) -> None:
+        """Records a ban (idempotent: the first verdict stays) and marks the volunteer's peer row banned."""
+        run_id = self._run()
+        with self._lock, self._db:
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO bans (run_id, peer_id, store_peer_id, name, reason, reporters, time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, row.peer_id, row.store_peer_id, row.name, row.reason, row.reporters, row.time),
+            ).rowcount
+            if inserted and row.store_peer_id:
+                self._db.execute(
+                    "UPDATE peers SET banned = 1, ban_reason = ? WHERE run_id = ? AND peer_id = ?",
+                    (row.reason, run_id, row.store_peer_id),
+                )
+
+    def identify_ban(self, peer_id: str, store_peer_id: str, name: str) -> None:
+        """Links a ban decided before the peer's metrics were seen to its volunteer row (and marks that row)."""
+        run_id = self._run()
+        with self._lock, self._db:
+            updated = self._db.execute(
+                "UPDATE bans SET store_peer_id = ?, name = ? WHERE run_id = ? AND peer_id = ? AND store_peer_id = ''",
+                (store_peer_id, name, run_id, peer_id),
+            ).rowcount
+            if updated:
+                self._db.execute(
+                    "UPDATE peers SET banned = 1, ban_reason = (SELECT reason FROM bans WHERE run_id = ? AND "
+                    "peer_id = ?) WHERE run_id = ? AND peer_id = ?",
+                    (run_id, peer_id, run_id, store_peer_id),
+                )
+
+    def record_contribution_rejections(self, reporter: str, totals: dict[str, int]) -> None:
+        """A reporter's all-time rejected contributions by reason; totals only grow (a stale report is ignored)."""
+        run_id = self._run()
+        with self._lock, self._db:
+            for reason, total in totals.items():
+                self._db.execute(
+                    "INSERT INTO contribution_rejections (run_id, reporter, reason, total) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, reporter, reason) DO UPDATE SET total = MAX(total, excluded.total)",
+                    (run_id, reporter, reason, int(total)),
+                )
+
     # ---------------------------------------------------------------- readers
+
+    def bans(self) -> list[BanRow]:
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM bans WHERE run_id = ? ORDER BY time", (run_id,)).fetchall()
+        return [
+            BanRow(r["peer_id"], r["store_peer_id"], r["name"], r["reason"], r["reporters"], r["time"]) for r in rows
+        ]
+
+    def banned_peer_ids(self) -> set[str]:
+        """libp2p ids of the banned peers."""
+        return {b.peer_id for b in self.bans()}
+
+    def banned_names(self) -> set[str]:
+        """Volunteer names of the banned peers (the allowlist issues them no more tokens)."""
+        return {b.name for b in self.bans() if b.name}
+
+    def rejected_contribution_counts(self) -> dict[str, int]:
+        """Contributions the peers' reducers rejected, by reason (clipped, non_finite), summed over reporters."""
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reason, SUM(total) AS n FROM contribution_rejections WHERE run_id = ? GROUP BY reason",
+                (run_id,),
+            ).fetchall()
+        return {r["reason"]: int(r["n"]) for r in rows}
 
     def run_config(self) -> dict:
         run_id = self._run()

@@ -49,15 +49,17 @@ def config_key(run_id: str) -> str:
 class BanReport(pydantic.BaseModel):
     """One peer's evidence against others (``<run_id>_reports``, subkey = the reporter's public key, signed):
     how many averaging rounds each peer's contribution was clipped or non-finite at this reporter's reducer, and the
-    peers this reporter has banned locally (``ban_after`` such rounds in a row) with the reason."""
+    peers this reporter has banned locally (``ban_after`` such rounds in a row), each with the reason."""
 
     peer_id: pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS)  # the reporter's own libp2p id
     rejected: dict[pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS), pydantic.conint(ge=0, strict=True)]
-    banned: pydantic.conlist(pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS), max_items=MAX_REPORTED_PEERS)
-    reason: pydantic.constr(max_length=200) = ""
+    banned: dict[pydantic.constr(min_length=1, max_length=MAX_PEER_ID_CHARS), pydantic.constr(max_length=200)]
+    # this reporter's all-time rejected contributions by outcome ("clipped", "non_finite"): the coordinator's
+    # warmswarm_rejected_contributions_total{reason}
+    counts: dict[pydantic.constr(max_length=32), pydantic.conint(ge=0, strict=True)] = {}
     time: pydantic.StrictFloat
 
-    @pydantic.validator("rejected")
+    @pydantic.validator("rejected", "banned", "counts")
     def _bounded(cls, value: dict) -> dict:
         if len(value) > MAX_REPORTED_PEERS:
             raise ValueError(f"a report may name at most {MAX_REPORTED_PEERS} peers")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from peer.swarm.averagers import AveragerKinds, GuardedGradientAverager, GuardedStateAverager
 
@@ -63,11 +63,14 @@ class AttackMixin:
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
         generator = torch.Generator().manual_seed(int(time.time() * 1000) % (2**31))
         sent = [corrupt(t, self.attack, generator) for t in tensors]
+        originals = [t.clone() for t in sent]
         await super()._run_allreduce_inplace_(sent, group_info, group_id, **kwargs)
         with torch.no_grad():
-            for tensor, result in zip(tensors, sent, strict=True):
-                if bool(torch.isfinite(result).all()):
-                    tensor.copy_(result)
+            for tensor, result, mine in zip(tensors, sent, originals, strict=True):
+                # parts nobody averaged (a reducer refused us) come back as sent: keep our honest values there
+                adopted = torch.where(result == mine, tensor, result)
+                if bool(torch.isfinite(adopted).all()):
+                    tensor.copy_(adopted)
 
 
 def attacker_kinds(attack: str) -> AveragerKinds:
@@ -123,7 +126,8 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass
 class AttackResult:
-    """One scenario run. Losses are the held-out loss of the swarm's state at ``step`` (NaN if non-finite)."""
+    """One scenario run. ``final_loss``: the honest peers' mean training loss over the last ``window`` global
+    steps (their own signed metrics records, polled at the coordinator); NaN if any was non-finite."""
 
     attack: str | None
     defences: bool
@@ -131,6 +135,7 @@ class AttackResult:
     step: int
     final_loss: float
     clean_loss: float | None = None  # filled by the caller that also ran the clean scenario
+    start_loss: float = float("nan")  # the honest peers' mean loss at the first poll after they joined
     banned: list[str] = field(default_factory=list)  # peer names the coordinator banned
     attacker: str = ""
     locally_banned_by: list[str] = field(default_factory=list)  # honest peers whose ledger banned the attacker
@@ -140,46 +145,30 @@ class AttackResult:
         return asdict(self)
 
 
-def evaluate_checkpoint(ckpt: Path, config: Path, eval_batches: int = 4) -> float:
-    """Held-out loss of a checkpoint dir (with its tokenizer) under the run config ``config``; NaN if non-finite."""
-    from transformers import AutoTokenizer
-
-    from peer.config import load_config
-    from peer.data import build_heldout_batches
-    from peer.modeling import load_models
-    from peer.objectives import build_objective
-
-    cfg = load_config(config, [])
-    tokenizer = AutoTokenizer.from_pretrained(ckpt)
-    models = load_models(ckpt)
-    objective = build_objective(cfg, models, tokenizer.mask_token_id, seed=0)
-    batches = build_heldout_batches(cfg.data, tokenizer, cfg.train.batch_size, cfg.objective.name, eval_batches)
-    loss = float(objective.evaluate(batches)["loss"])
-    return loss if math.isfinite(loss) else float("nan")
-
-
 def run_attack_scenario(
     attack: str | None,
     defences: bool,
     workdir: Path,
     peers: int = 4,
     steps: int = 12,
+    window: int = 3,
+    lr: float = 3e-3,
     timeout: float = 420.0,
-    eval_batches: int = 4,
 ) -> AttackResult:
     """``peers`` real peers (the last one attacks with ``attack``; None: all honest) train ``steps`` global steps in
-    sync mode with robust averaging ``defences`` on or off; returns the held-out loss of the swarm's state then,
-    and who ended banned. Every process is reaped on return or failure."""
+    sync mode with robust averaging ``defences`` on or off (``ban_after`` 2); returns the honest peers' training
+    loss over the last ``window`` steps and who ended banned. ``lr`` is high enough that the tiny model's loss
+    visibly moves in a dozen steps (so that an attack has something to spoil). Every process is reaped on return
+    or failure."""
     from bench.faultlib.procs import Coordinator, ProcessSet, TinyModel, prepare_run, start_peer
 
     began = time.monotonic()
     workdir = Path(workdir)
     tag = f"{attack or 'clean'}-{'on' if defences else 'off'}"
-    model = TinyModel()
     run = prepare_run(
-        workdir / "run",
+        workdir / tag / "run",
         f"attack-{tag}",
-        model,
+        TinyModel(),
         swarm=dict(
             averaging="sync",
             robust_averaging=defences,
@@ -189,28 +178,29 @@ def run_attack_scenario(
             averaging_timeout=30.0,
         ),
     )
+    config = yaml.safe_load(run.config.read_text())
+    config["train"].update(lr=lr, warmup_steps=1)
+    run.config.write_text(yaml.safe_dump(config, sort_keys=False))
     with ProcessSet(workdir / tag) as procs:
-        coordinator = Coordinator(procs, run, workdir / tag / "coordinator", checkpoint_every=steps)
+        coordinator = Coordinator(procs, run, workdir / tag / "coordinator", checkpoint_every=10**6)
         coordinator.start()
         names = [f"peer{i}" for i in range(peers)]
         attacker = names[-1] if attack else ""
-        children = []
-        for name in names:
-            if name == attacker:
-                children.append(_start_attacker(procs, name, coordinator, attack))
-            else:
-                children.append(start_peer(procs, name, coordinator))
-        ckpt = _wait_for_checkpoint(coordinator, steps, timeout, children)
-        peers_now = coordinator.get("/api/v1/peers")["peers"]
-        banned = sorted(p["name"] for p in peers_now if p.get("banned"))
-        locally = sorted(c.name for c in children if c.name != attacker and attacker and _banned_in_log(c.text()))
-        final_loss = evaluate_checkpoint(ckpt, run.config, eval_batches)
+        children = [
+            _start_attacker(procs, n, coordinator, attack) if n == attacker else start_peer(procs, n, coordinator)
+            for n in names
+        ]
+        honest = [n for n in names if n != attacker]
+        start_loss, final_loss, step = _watch_losses(coordinator, honest, steps, window, timeout, children)
+        banned = sorted(p["name"] for p in coordinator.get("/api/v1/peers")["peers"] if p.get("banned"))
+        locally = sorted(c.name for c in children if attacker and c.name != attacker and _banned_in_log(c.text()))
     return AttackResult(
         attack=attack,
         defences=defences,
         peers=peers,
-        step=_ckpt_step(ckpt),
+        step=step,
         final_loss=final_loss,
+        start_loss=start_loss,
         banned=banned,
         attacker=attacker,
         locally_banned_by=locally,
@@ -232,26 +222,28 @@ def _banned_in_log(text: str) -> bool:
     return "banning " in text and " locally: " in text
 
 
-def _ckpt_step(ckpt: Path) -> int:
-    match = re.search(r"(\d+)$", ckpt.name)
-    return int(match.group(1)) if match else -1
-
-
-def _wait_for_checkpoint(coordinator, steps: int, timeout: float, children) -> Path:
-    """The coordinator's first checkpoint at step >= ``steps`` (its dir), failing early if every peer died."""
+def _watch_losses(coordinator, honest: list[str], steps: int, window: int, timeout: float, children):
+    """Polls the coordinator until the swarm reaches ``steps``; returns (first mean honest loss, mean honest loss
+    over the last ``window`` steps, step reached). Fails early if every peer exited."""
     deadline = time.monotonic() + timeout
-    root = coordinator.data_dir / "checkpoints"
+    start_loss, final = float("nan"), []
     while True:
-        done = sorted(p for p in root.glob("ckpt-*") if p.is_dir() and (p / "manifest.json").is_file())
-        for path in done:
-            if _ckpt_step(path) >= steps:
-                return path
+        step = int(coordinator.progress().get("global_step", 0))
+        losses = [p["loss"] for p in coordinator.get("/api/v1/peers")["peers"] if p["name"] in honest and p["alive"]]
+        losses = [float("nan") if v is None else float(v) for v in losses]
+        if losses and len(losses) == len(honest):
+            mean = sum(losses) / len(losses)
+            if math.isnan(start_loss):
+                start_loss = mean
+            if step >= steps - window:
+                final.append(mean)
+        if step >= steps and final:
+            return start_loss, sum(final) / len(final), step
         if not any(c.alive() for c in children):
             tails = "\n".join(f"--- {c.name}\n{c.tail(1500)}" for c in children)
             raise RuntimeError(f"every peer exited before step {steps}:\n{tails}")
         if time.monotonic() > deadline:
-            progress = coordinator.progress()
-            raise TimeoutError(f"no checkpoint at step {steps} within {timeout:.0f} s (progress {progress})")
+            raise TimeoutError(f"swarm at step {step}, not {steps}, after {timeout:.0f} s")
         time.sleep(1.0)
 
 

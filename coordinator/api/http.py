@@ -44,6 +44,8 @@ class RunInfo:
     config: dict
     initial_peers: list[str] = field(default_factory=list)
     join_command: str = ""
+    # {"authority": base64 of the coordinator's DHT subkey}: the only writer peers trust for <run_id>_bans
+    bans: dict = field(default_factory=dict)
     # a private run: {"required": True, "authority_public_key": "<ssh-rsa ...>"}, the key peers check tokens with
     auth: dict = field(default_factory=lambda: {"required": False, "authority_public_key": None})
 
@@ -102,7 +104,11 @@ def create_http_app(
 
     @app.get("/api/v1/peers")
     def peers() -> dict:
-        return {"peers": [dataclasses.asdict(p) for p in store.peers()]}
+        # "bans": every ban of the run by libp2p id, also those of peers whose metrics the coordinator never saw
+        return {
+            "peers": [dataclasses.asdict(p) for p in store.peers()],
+            "bans": [dataclasses.asdict(b) for b in store.bans()],
+        }
 
     @app.get("/api/v1/history")
     def history(since: float | None = None, limit: int = 5000) -> dict:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import AsyncIterator  # noqa: UP035 - hivemind's ServicerBase only recognises typing's alias for streams
 
 import hivemind
 import torch

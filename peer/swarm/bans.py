@@ -57,6 +57,7 @@ class RejectionLedger:
     streaks: dict[tuple[str, str], int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # rounds clipped / non-finite, all time
     banned: dict[str, str] = field(default_factory=dict)  # peer id -> reason
+    counts: dict[str, int] = field(default_factory=dict)  # rejected contributions by outcome, all peers
 
     def __post_init__(self) -> None:
         if self.ban_after < 1:
@@ -70,6 +71,7 @@ class RejectionLedger:
                 continue
             key = (peer, round_.kind)
             if outcome in INCRIMINATING:
+                self.counts[outcome] = self.counts.get(outcome, 0) + 1
                 self.rejected[peer] = self.rejected.get(peer, 0) + 1
                 self.streaks[key] = self.streaks.get(key, 0) + 1
                 if self.streaks[key] >= self.ban_after:
@@ -83,8 +85,8 @@ class RejectionLedger:
         return BanReport(
             peer_id=reporter,
             rejected=dict(self.rejected),
-            banned=sorted(self.banned),
-            reason="; ".join(f"{p}: {r}" for p, r in sorted(self.banned.items()))[:200],
+            banned={peer: reason[:200] for peer, reason in self.banned.items()},
+            counts=dict(self.counts),
             time=time.time(),
         )
 

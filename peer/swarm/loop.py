@@ -164,6 +164,7 @@ def train_loop(
                     time=time.time(),
                     peer_name=options.peer_name,
                     fingerprint=options.fingerprint,
+                    peer_id=str(dht.peer_id),
                 )
                 publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
     finally:

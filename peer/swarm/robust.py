@@ -16,8 +16,8 @@ median distance is a robust estimate of how far honest contributions normally li
 huge distance does not move it while honest peers are a majority), so every honest contribution within
 ``clip_factor`` typical spreads passes unclipped; when nothing is clipped the first iteration lands exactly on the
 weighted mean, which is then a fixed point: without outliers the result *is* hivemind's mean. An outlier moves the
-result by at most ``wᵢ·τ / Σ w`` whatever its norm (×1000 or more): with 1 attacker among 4 equal peers that is
-τ/4 = clip_factor/2 typical spreads, hence the default 2 (in high dimension honest distances concentrate tightly
+result by at most ``wᵢ·τ / Σⱼ≠ᵢ wⱼ`` whatever its norm (×1000 or more): with 1 attacker among 4 equal peers that
+is τ/3 = 2/3 of a typical spread with the default clip_factor 2 (in high dimension honest distances concentrate tightly
 around their median, so 2× is a wide margin) and the bans that then give repeat offenders weight 0. τ is fixed
 during the iterations (as in BTARD's analysis) and never below ``rel_floor × ‖v₀‖``: when honest copies are almost
 identical (parameters after a synchronous step) the median distance is ~0, and plain fp16 rounding (relative error

@@ -22,8 +22,11 @@ from peer.errors import UserError
 from peer.modeling import PretrainingModels, build_models, load_models
 from peer.records import config_key, metrics_key
 from peer.swarm.auth import Membership, authenticate_peer
+from peer.swarm.averagers import AveragerKinds
 from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
+from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
+from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
 from peer.swarm.shutdown import StopSignal
@@ -124,6 +127,7 @@ class JoinOptions:
     join_timeout: float = 60.0
     startup_timeout: float = 60.0
     loop: LoopOptions | None = None
+    averagers: AveragerKinds | None = None  # averager classes; None: the peer's own (the fault bench's attackers)
 
 
 def load_tokenizer(cfg: RunConfig, init_dir: str | None):
@@ -150,6 +154,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
     membership: Membership | None = None
     try:
         signing: RecordSigning = make_validators(cfg.run_id)
+        signing.validators.extend(ban_validators(cfg.run_id))
         private = authenticate_peer(cfg, options.coordinator_url, signing)  # a private run: a token before the DHT
         dht = start_dht(
             cfg.swarm,
@@ -179,6 +184,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             sop_prob=cfg.objective.sop_prob,
         )
         params = models.parameters()
+        ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(options.coordinator_url))
         opt = build_swarm_optimizer(
             dht,
             cfg.run_id,
@@ -187,9 +193,11 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             lambda p: make_optimizer(p, cfg.train),
             lambda o: make_scheduler(o, cfg.train),
             batch_size=cfg.train.batch_size,
-            gate=membership.gate if membership else None,
+            gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
+            kinds=options.averagers,
             open_run=private is None,
         )
+        opt.bans = BanBook(dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after))
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         if start_step:
             opt.start_at(start_step)

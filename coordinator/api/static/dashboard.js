@@ -112,7 +112,10 @@ function renderPeers(peers) {
     share.append(bar, ` ${(100 * p.samples / total).toFixed(1)}%`); tr.append(share);
     tr.append(el("td", fmtDuration(p.seconds_online)));
     tr.append(el("td", fmtNum(p.samples_per_second, 1)));
-    tr.append(el("td", p.banned ? "banned" : p.alive ? "● online" : "offline", p.alive ? "alive" : "gone"));
+    const status = el("td", p.banned ? "⊘ banned" : p.alive ? "● online" : "offline",
+      p.banned ? "banned" : p.alive ? "alive" : "gone");
+    if (p.banned) status.title = p.ban_reason;  // why: shown on hover (reporters, rounds, outcome)
+    tr.append(status);
     return tr;
   }));
   $("peers-total").textContent = `${peers.length} seen in all`;

@@ -1,0 +1,142 @@
+"""Robust averaging: CenteredClip (pure), its hivemind reducer, the rejection ledger, the gate's refusals, and — with
+real processes — one attacker among 4 peers with the defences on and off."""
+
+import asyncio
+import math
+
+import pytest
+import torch
+from hivemind.p2p import PeerID
+
+from peer.swarm.averagers import RoundOutcomes
+from peer.swarm.bans import RejectionLedger
+from peer.swarm.gate import AllGates, OpenGate
+from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome, cap_weights, centered_clip
+
+
+def _honest(n: int, dim: int = 4096, seed: int = 0, spread: float = 1.0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(dim, generator=g)
+    return [truth + spread * torch.randn(dim, generator=g) for _ in range(n)]
+
+
+def _mean(xs, ws):
+    return sum(w * x for w, x in zip(ws, xs, strict=True)) / sum(ws)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_without_outliers_it_is_the_weighted_mean(n):
+    xs = _honest(n)
+    ws = [32.0, 16.0, 24.0, 32.0, 8.0, 40.0, 16.0, 32.0][:n]
+    out = centered_clip(xs, ws)
+    assert torch.allclose(out.value, _mean(xs, ws), atol=1e-5)
+    assert out.outcomes == [Outcome.ACCEPTED] * n
+
+
+def test_two_senders_give_the_mean_even_when_one_is_huge():
+    """Two copies: no majority defines an outlier, so the result is the plain weighted mean (hivemind's)."""
+    a, b = _honest(2)
+    out = centered_clip([a, -1000 * b], [3.0, 1.0])
+    assert torch.allclose(out.value, (3 * a - 1000 * b) / 4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "random"])
+def test_one_outlier_x1000_moves_the_result_by_at_most_a_bounded_amount(attack):
+    honest = _honest(3)
+    ws = [32.0] * 4
+    if attack == "sign_flip":
+        bad = -1000 * honest[0]
+    else:
+        direction = torch.randn(honest[0].shape, generator=torch.Generator().manual_seed(7))
+        bad = direction * 1000 * honest[0].norm() / direction.norm()
+    out = centered_clip([*honest, bad], ws)
+    target = _mean(honest, ws[:3])
+    spread = max(float((x - target).norm()) for x in honest)
+    plain = _mean([*honest, bad], ws)
+    assert out.outcomes == [Outcome.ACCEPTED] * 3 + [Outcome.CLIPPED]
+    # the attacker's pull is at most w_a·τ / Σ w_honest, τ = clip_factor × the typical honest distance
+    assert out.tau <= 1.5 * ClipSettings().clip_factor * spread
+    assert float((out.value - target).norm()) <= out.tau / 3 * 1.01
+    assert float((plain - target).norm()) > 100 * float((out.value - target).norm())
+
+
+def test_non_finite_contributions_and_weights_are_dropped():
+    honest = _honest(3)
+    nan = honest[0].clone()
+    nan[17] = float("nan")
+    inf = torch.full_like(honest[0], float("inf"))
+    out = centered_clip([*honest, nan, inf, honest[1]], [1.0, 1.0, 1.0, 1.0, 1.0, float("nan")])
+    assert out.outcomes[3:] == [Outcome.NON_FINITE] * 3
+    assert torch.allclose(out.value, _mean(honest, [1.0] * 3), atol=1e-5)
+    assert torch.isnan(centered_clip([nan, inf], [1.0, 1.0]).value).all()  # nothing usable: NaN, kept local
+
+
+def test_a_liars_weight_is_capped_by_the_others_median():
+    assert cap_weights([32.0, 16.0, 24.0, 1e6], max_ratio=8.0) == [32.0, 16.0, 24.0, 8.0 * 24.0]
+    honest = _honest(4)
+    liar = honest[3] + 50.0  # plausible-looking but shifted, claiming a million samples
+    out = centered_clip([*honest[:3], liar], [32.0, 32.0, 32.0, 1e6])
+    assert out.used_weights[3] == 8.0 * 32.0
+    assert float((out.value - _mean(honest[:3], [1.0] * 3)).norm()) < 0.2 * float((liar - honest[0]).norm())
+
+
+def test_zero_weight_senders_take_no_part():
+    honest = _honest(3)
+    out = centered_clip([*honest, torch.zeros_like(honest[0])], [1.0, 1.0, 1.0, 0.0])
+    assert out.outcomes[3] is Outcome.EXCLUDED
+    assert torch.allclose(out.value, _mean(honest, [1.0] * 3), atol=1e-5)
+
+
+def test_reducer_reduces_each_part_robustly_and_reports_worst_outcome_per_sender():
+    honest = [[torch.full((8,), v), torch.full((4,), v)] for v in (1.0, 1.1, 0.9)]
+    attacker = [torch.full((8,), -1000.0), torch.full((4,), float("nan"))]
+    senders = [*honest, attacker]
+    seen: list[dict] = []
+
+    async def main():
+        reducer = CenteredClipReducer([torch.Size([8]), torch.Size([4])], len(senders), on_round_outcomes=seen.append)
+
+        async def send(i):
+            return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(senders[i])]
+
+        return await asyncio.gather(*(send(i) for i in range(len(senders))))
+
+    results = asyncio.run(main())
+    for parts in results:  # every sender gets the same, robust, aggregate
+        assert torch.allclose(parts[1], torch.full((4,), 1.0), atol=1e-6)
+        assert float(parts[0].min()) > 0.5
+    assert seen == [{0: Outcome.ACCEPTED, 1: Outcome.ACCEPTED, 2: Outcome.ACCEPTED, 3: Outcome.NON_FINITE}]
+
+
+def test_ledger_bans_after_consecutive_rounds_per_kind_and_accepted_resets():
+    ledger = RejectionLedger(ban_after=2)
+    bad = {"A": "clipped", "B": "accepted"}
+    assert ledger.record(RoundOutcomes("gradients", bad)) == []
+    assert ledger.record(RoundOutcomes("state", {"A": "accepted"})) == []  # another kind: no reset
+    assert ledger.record(RoundOutcomes("gradients", {"A": "accepted"})) == []  # reset
+    assert ledger.record(RoundOutcomes("gradients", bad)) == []
+    assert ledger.record(RoundOutcomes("gradients", {"A": "non_finite", "me": "non_finite"}), self_id="me") == ["A"]
+    report = ledger.report("me")
+    assert list(report.banned) == ["A"] and report.rejected == {"A": 3}
+    assert report.counts == {"clipped": 2, "non_finite": 1}
+
+
+def test_all_gates_is_a_conjunction_with_the_first_refusal_explained():
+    peer = PeerID(b"\x12\x20" + bytes(32))
+
+    class Refuses:
+        def admits(self, peer_id):
+            return False
+
+        def why_not(self, peer_id):
+            return "banned (test)"
+
+    assert AllGates([OpenGate()]).admits(peer)
+    gates = AllGates([OpenGate(), Refuses()])
+    assert not gates.admits(peer) and gates.why_not(peer) == "banned (test)"
+
+
+def test_clip_result_is_finite_for_finite_inputs():
+    xs = _honest(5, dim=16)
+    out = centered_clip(xs, [1.0] * 5)
+    assert all(math.isfinite(v) for v in out.value.tolist())
