@@ -32,6 +32,7 @@ from hivemind.compression import (
 )
 
 from peer.config import SwarmSpec
+from peer.errors import UserError
 from peer.swarm.averagers import AveragerGuard, AveragerKinds, GuardedOptimizer, OutcomeChannel, RoundOutcomes
 from peer.swarm.bans import BanBook
 from peer.swarm.gate import OpenGate, PeerGate
@@ -169,6 +170,9 @@ def build_swarm_optimizer(
     params = list(params)
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     compression = make_compression(spec.compression)
+    if not spec.clip_factor > 0 or spec.ban_after < 1:
+        got = f"{spec.clip_factor}, {spec.ban_after}"
+        raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
     robust = robust_enabled(spec, open_run)
     outcomes = OutcomeChannel() if robust else None
     guard = AveragerGuard(
