@@ -141,8 +141,10 @@ def copy_model_dir(src: Path) -> Callable[[Path], None]:
 
 
 class CheckpointSaver:
-    """Every ``checkpoint_every`` global steps, pulls the swarm's averaged parameters (D's
-    ``load_state_from_swarm``) into a model loaded from the latest checkpoint and saves them as a new checkpoint.
+    """Every ``checkpoint_every`` global steps, pulls the swarm's state (``load_state_from_swarm``: parameters,
+    optimizer state, DiLoCo outer momentum, step) into a model loaded from the latest checkpoint and saves it as a
+    new checkpoint: the HF model dir plus ``optimizer.safetensors`` and the resume fields of ``training_state.json``,
+    so a swarm that every peer left resumes from it with its Adam moments, not only its weights.
 
     The latest checkpoint is the template because it holds exactly the run's architecture and tokenizer; pulling
     into it also means a failed pull leaves nothing half-updated on disk."""
@@ -155,11 +157,13 @@ class CheckpointSaver:
         last = latest.step if latest is not None else 0
         return self.store.progress().global_step >= last + self.spec.checkpoint_every
 
-    def save_from_swarm(self) -> int | None:
-        """One pull-and-save; returns the saved step, or None if no peer answered or the state is not newer."""
+    def save_from_swarm(self, stop: threading.Event | None = None) -> int | None:
+        """One pull-and-save; returns the saved step, or None if no peer answered, the state is not newer, or
+        ``stop`` was set during the pull (Ctrl-C must not wait for a download that may never end)."""
         from transformers import AutoTokenizer
 
         from peer.modeling import load_models, save_models
+        from peer.swarm.resume import checkpoint_training_state, write_optimizer_file
         from peer.swarm.state import load_state_from_swarm
 
         latest = self.ckpts.latest()
@@ -167,24 +171,29 @@ class CheckpointSaver:
             raise UserError("no checkpoint to use as the template for the swarm's state")
         template = self.ckpts.path(latest.name)
         models = load_models(template)
-        step = load_state_from_swarm(self.dht, self.cfg, models, timeout=self.spec.state_timeout)
-        if step is None:
-            logger.warning("no peer sent its state within %.0f s; will retry", self.spec.state_timeout)
+        state = load_state_from_swarm(self.dht, self.cfg, models, timeout=self.spec.state_timeout, stop=stop)
+        if state is None:
+            if stop is not None and stop.is_set():
+                logger.info("stopping: abandoned the pull of the swarm's state")
+            else:
+                logger.warning("no peer sent its state within %.0f s; will retry", self.spec.state_timeout)
             return None
-        if step <= latest.step:
-            logger.info("swarm state is at step %d, not newer than checkpoint %s", step, latest.name)
+        if state.step <= latest.step:
+            logger.info("swarm state is at step %d, not newer than checkpoint %s", state.step, latest.name)
             return None
         tokenizer = AutoTokenizer.from_pretrained(template)
 
         def write(out: Path) -> None:
             save_models(models, out, tokenizer)
+            write_optimizer_file(state, out)
             for name in CARRIED_FILES:
                 if (template / name).is_file():
                     shutil.copyfile(template / name, out / name)
 
         samples = self.store.progress().samples_total
-        self.ckpts.save(step, write, {"samples": samples, "run_id": self.cfg.run_id}, store=self.store)
-        return step
+        training_state = {"samples": samples, "run_id": self.cfg.run_id, **checkpoint_training_state(state)}
+        self.ckpts.save(state.step, write, training_state, store=self.store)
+        return state.step
 
 
 @contextmanager
@@ -248,7 +257,7 @@ class RunningCoordinator:
             try:
                 if self.saver.due():
                     with _sigint_handler_kept():
-                        self.saver.save_from_swarm()
+                        self.saver.save_from_swarm(stop)
             except Exception:
                 logger.exception("checkpoint from the swarm failed; will retry")
 

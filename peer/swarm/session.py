@@ -19,7 +19,6 @@ import torch
 
 from peer.config import RunConfig, config_from_dict
 from peer.errors import UserError
-from peer.modeling import PretrainingModels, build_models, load_models
 from peer.records import config_key, metrics_key
 from peer.swarm.auth import Membership, authenticate_peer
 from peer.swarm.averagers import AveragerKinds
@@ -30,7 +29,7 @@ from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
 from peer.swarm.shutdown import StopSignal
-from peer.swarm.state import STATE_AVERAGER_SUFFIX, download_latest_checkpoint, read_checkpoint_step, waiting_bar
+from peer.swarm.state import resume_swarm_state, starting_point
 
 logger = logging.getLogger(__name__)
 
@@ -89,35 +88,6 @@ def check_fingerprint(dht: hivemind.DHT, cfg: RunConfig) -> None:
         )
 
 
-def peers_hold_state(dht: hivemind.DHT, run_id: str) -> bool:
-    found = dht.get(f"{run_id}{STATE_AVERAGER_SUFFIX}.all_averagers", latest=True)
-    return found is not None and isinstance(found.value, dict) and len(found.value) > 0
-
-
-def starting_models(
-    cfg: RunConfig, dht: hivemind.DHT, coordinator_url: str | None, init_dir: str | None, work_dir: Path, tokenizer
-) -> tuple[PretrainingModels, int]:
-    """Models to start from and their step (before any download from peers, which overrides them)."""
-    if init_dir:
-        return load_models(init_dir), read_checkpoint_step(Path(init_dir))
-    if peers_hold_state(dht, cfg.run_id):
-        # shapes only: the state download that follows replaces every parameter
-        return build_models(cfg.model, len(tokenizer), tokenizer.pad_token_id or 0, seed=cfg.growth.seed), 0
-    if coordinator_url:
-        found = download_latest_checkpoint(coordinator_url, work_dir / "checkpoints")
-        if found is not None:
-            path, step = found
-            logger.info("starting from the coordinator's checkpoint %s (step %d)", path.name, step)
-            return load_models(path), step
-    from peer.growth.artifact import grow_run_initial_state
-
-    step0 = work_dir / f"{cfg.run_id}-step0"
-    if not (step0 / "config.json").is_file():
-        logger.info("no peer and no checkpoint: growing the run's step-0 state into %s", step0)
-        grow_run_initial_state(cfg, step0)
-    return load_models(step0), 0
-
-
 @dataclass
 class JoinOptions:
     coordinator_url: str | None = None
@@ -170,7 +140,8 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         tokenizer = load_tokenizer(cfg, options.init_dir)
         work_dir = Path(options.work_dir) if options.work_dir else Path.home() / ".cache" / "warmswarm" / cfg.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
-        models, start_step = starting_models(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
+        start = starting_point(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
+        models = start.models
         device = resolve_device(cfg.train)
         models.to(device).train()
         seed = seed_from_bytes(signing.public_key)
@@ -199,10 +170,8 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         )
         opt.bans = BanBook(dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after))
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
-        if start_step:
-            opt.start_at(start_step)
-        with waiting_bar("state from peers", cfg.swarm.load_state_timeout):
-            opt.load_state_from_peers()  # returns at once when no peer holds state
+        # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
+        resume_swarm_state(opt, start, cfg, dht, stop, options.coordinator_url, work_dir)
         logger.info("starting at global step %d", opt.global_step)
         dtype = autocast_dtype(cfg.train, device)
 

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -63,3 +65,21 @@ class StopSignal:
 
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
+
+
+@contextmanager
+def signal_handlers_kept(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Puts back, after the block, the handlers that were in place before it. Wrap the start of a hivemind averager
+    in it: ``DecentralizedAverager`` sets SIGINT to ignored in the process that starts it and never restores it,
+    which would leave a coordinator or peer deaf to Ctrl-C for the rest of its life. Main thread only (elsewhere
+    Python cannot set handlers, and hivemind's change did not happen there either)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None and signal.getsignal(signum) != handler:
+                signal.signal(signum, handler)

@@ -1,12 +1,12 @@
 """Where a peer's starting state comes from: peers first, then the coordinator's latest checkpoint, then step 0.
 
-Also ``load_state_from_swarm`` for the coordinator: it downloads the current averaged parameters with hivemind's
-state-averager protocol (the same one late-joining peers use) without joining any averaging round.
+``pull_state_from_peers`` is a joining peer's download: bounded by ``SwarmSpec.load_state_timeout`` and stopped by
+Ctrl-C. ``load_state_from_swarm`` is the coordinator's: the same hivemind state-download protocol, without joining
+any averaging round. Both decode parameters, optimizer state, outer momentum and step (``peer.swarm.resume``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import hivemind
 import httpx
@@ -25,10 +27,23 @@ from tqdm import tqdm
 from peer.config import RunConfig
 from peer.errors import UserError
 from peer.modeling import PretrainingModels
+from peer.swarm.averaging import SwarmOptimizer
+from peer.swarm.resume import (
+    SwarmState,
+    apply_swarm_state,
+    check_shapes,
+    decode_wire_state,
+    optimizer_layout,
+    read_checkpoint_state,
+    wire_names,
+)
+from peer.swarm.shutdown import signal_handlers_kept
 
 logger = logging.getLogger(__name__)
 
 STATE_AVERAGER_SUFFIX = "_state_averager"  # hivemind.Optimizer's prefix for its TrainingStateAverager
+POLL_SECONDS = 0.25  # how often a download checks its deadline and the stop signal
+RETRY_PAUSE = 2.0  # seconds between download attempts while peers are still listed
 
 
 @contextmanager
@@ -72,57 +87,152 @@ def parameter_order(params: Sequence[torch.Tensor], optimizer_factory: Callable)
     return [index[id(p)] for group in opt.param_groups for p in group["params"]]
 
 
+class Stoppable(Protocol):
+    """What a download polls to give up early: ``StopSignal`` (peers) or ``threading.Event`` (the coordinator)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+def peers_hold_state(dht: hivemind.DHT, run_id: str, exclude: bytes | None = None) -> bool:
+    """Whether any peer of the run currently declares state to share (hivemind's ``all_averagers`` record, whose
+    subkeys are peer ids); ``exclude`` is the asking peer's own id (its averager declares itself too)."""
+    found = dht.get(f"{run_id}{STATE_AVERAGER_SUFFIX}.all_averagers", latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return False
+    return any(
+        subkey != exclude and isinstance(getattr(entry, "value", None), int | float)  # None: sharing switched off
+        for subkey, entry in found.value.items()
+    )
+
+
+def fetch_state(
+    averager: DecentralizedAverager,
+    timeout: float,
+    stop: Stoppable | None = None,
+    keep_trying: Callable[[], bool] | None = None,
+) -> tuple[dict, list[torch.Tensor]] | None:
+    """Downloads (metadata, tensors) from the best peer that answers; None when ``timeout`` seconds pass, when
+    ``stop`` is set, or when an attempt finds nothing and ``keep_trying()`` says no peer is left to ask.
+
+    Why not hivemind's ``Optimizer.load_state_from_peers``: it retries without bound (a download that outlasts
+    ``load_state_timeout`` raises, is logged and starts over, forever), and it blocks the main thread in a call
+    that Ctrl-C cannot reach (hivemind set SIGINT to ignored when it started the averager; even our handler only
+    sets a flag). Here the averager's own download runs in its process and this thread polls the future, the
+    deadline and ``stop``."""
+    deadline = time.monotonic() + timeout
+    while not _stopped(stop):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        # the base class's call returns hivemind's raw future; TrainingStateAverager's override would block
+        future = DecentralizedAverager.load_state_from_peers(averager, wait=False, timeout=remaining)
+        while not future.done():
+            if _stopped(stop, POLL_SECONDS) or time.monotonic() >= deadline:
+                future.cancel()
+                return None
+        try:
+            loaded = future.result()
+        except Exception as e:  # the download's own failures are retried within the deadline
+            logger.warning("state download failed: %s", e)
+            loaded = None
+        if loaded is not None:
+            return loaded
+        if keep_trying is not None and not keep_trying():
+            return None
+        _stopped(stop, min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
+    return None
+
+
+def _stopped(stop: Stoppable | None, wait: float = 0.0) -> bool:
+    if stop is None:
+        time.sleep(wait)
+        return False
+    return stop.wait(wait) if wait > 0 else stop.is_set()
+
+
+def pull_state_from_peers(
+    opt: SwarmOptimizer,
+    named_parameters: Sequence[tuple[str, torch.Tensor]],
+    dht: hivemind.DHT,
+    run_id: str,
+    timeout: float,
+    stop: Stoppable | None = None,
+) -> bool:
+    """A joining peer's download of the swarm's state (parameters, optimizer state, outer momentum, step) into
+    ``opt``; False if no peer delivered it within ``timeout`` or ``stop`` was set. Applies the state as hivemind's
+    ``Optimizer.load_state_from_peers`` does, including its catch-up to the swarm's epoch."""
+    hopt = opt.opt
+    averager = hopt.state_averager
+    logger.info("downloading the swarm's state from peers (at most %.0f s; Ctrl-C stops)", timeout)
+    with hopt.tracker.pause_updates():
+        me = averager.peer_id.to_bytes()
+        loaded = fetch_state(averager, timeout, stop, keep_trying=lambda: peers_hold_state(dht, run_id, exclude=me))
+        if loaded is None:
+            return False
+        metadata, tensors = loaded
+        names = wire_names(opt, named_parameters)
+        structure = averager.optimizer.state_dict()
+        state = decode_wire_state(metadata, tensors, names, structure, len(averager.extra_tensors))
+        if state.step < opt.global_step:
+            logger.warning(
+                "the peer's state is at step %d, behind ours (%d): not loading it", state.step, opt.global_step
+            )
+            return False
+        apply_swarm_state(opt, names, state)
+        if hopt.tracker.global_epoch - 1 <= hopt.local_epoch < hopt.tracker.global_epoch:
+            averager.local_epoch = hopt.tracker.global_epoch
+        hopt.tracker.report_local_progress(local_epoch=hopt.local_epoch, samples_accumulated=0)
+        if hopt.grad_averager is not None:
+            hopt.grad_averager.reset_accumulated_grads_()
+            if not hopt.client_mode:
+                hopt.grad_averager.state_sharing_priority = hopt.local_epoch
+    logger.info(
+        "loaded the swarm's state at global step %d (optimizer state for %d tensors)", state.step, len(state.optimizer)
+    )
+    return True
+
+
 def load_state_from_swarm(
     dht: hivemind.DHT,
     cfg: RunConfig,
     models: PretrainingModels,
     timeout: float,
-    optimizer_factory: Callable | None = None,
-) -> int | None:
-    """Downloads the swarm's current parameters into ``models``; returns their global step, None if no peer
-    answered within ``timeout``. Runs as a client-mode averager: it serves nothing and joins no round.
+    stop: Stoppable | None = None,
+) -> SwarmState | None:
+    """Downloads the swarm's current state: its parameters are copied into ``models`` and referenced by the result,
+    which also holds the optimizer state and outer momentum by parameter name. None if no peer answered within
+    ``timeout`` or ``stop`` was set. Runs as a client-mode averager: it serves nothing and joins no round.
 
-    ``optimizer_factory`` must be the one the peers use (default: ``peer.trainer.make_optimizer`` with
-    ``cfg.train``), because the wire order of parameters is the optimizer's."""
-    if optimizer_factory is None:
-        from peer.trainer import make_optimizer
-
-        def optimizer_factory(params):
-            return make_optimizer(params, cfg.train)
-
-    params = models.parameters()
-    averager = _StateDownloadClient(
-        averaged_tensors=[torch.zeros(1)],
-        dht=dht,
-        prefix=cfg.run_id + STATE_AVERAGER_SUFFIX,
-        client_mode=True,
-        start=True,
-    )
+    The peers' optimizer is the run's recipe (``run_optimizer_factories``): it fixes both the wire order of the
+    parameters and the layout of the optimizer state."""
+    named = list(models.named_parameters())
+    order, structure = optimizer_layout([p for _, p in named], cfg)
+    names = [named[i][0] for i in order]
+    with signal_handlers_kept():  # hivemind sets SIGINT to ignored while it starts the averager
+        averager = _StateDownloadClient(
+            averaged_tensors=[torch.zeros(1)],
+            dht=dht,
+            prefix=cfg.run_id + STATE_AVERAGER_SUFFIX,
+            client_mode=True,
+            start=True,
+        )
     try:
-        deadline = time.monotonic() + timeout
-        loaded = None
-        while loaded is None and time.monotonic() < deadline:
-            loaded = averager.load_state_from_peers(timeout=max(1.0, deadline - time.monotonic()))
-            if loaded is None:
-                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        loaded = fetch_state(averager, timeout, stop)
     finally:
         averager.shutdown()
     if loaded is None:
         return None
     metadata, tensors = loaded
-    order = parameter_order(params, optimizer_factory)
-    if len(tensors) < len(order):
-        raise UserError(f"swarm state has {len(tensors)} tensors, expected at least {len(order)}: model mismatch")
+    num_extras = len(names) if cfg.swarm.averaging == "diloco" else 0
+    state = decode_wire_state(metadata, tensors, names, structure, num_extras)
+    check_shapes(state, {name: p.shape for name, p in named})
     with torch.no_grad():
-        for position, index in enumerate(order):
-            target, loaded_tensor = params[index], tensors[position]
-            if target.shape != loaded_tensor.shape:
-                raise UserError(
-                    f"swarm state tensor {position} has shape {tuple(loaded_tensor.shape)}, expected "
-                    f"{tuple(target.shape)}: this config's model does not match the swarm's"
-                )
-            target.copy_(loaded_tensor.to(target.dtype))
-    return int(metadata["epoch"])
+        for name, param in named:
+            param.copy_(state.parameters[name].to(param.dtype))
+    state.parameters = dict(named)
+    return state
 
 
 def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: float = 60.0) -> tuple[Path, int] | None:
@@ -162,6 +272,80 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_checkpoint_step(checkpoint_dir: Path) -> int:
-    state = checkpoint_dir / "training_state.json"
-    return int(json.loads(state.read_text())["step"]) if state.is_file() else 0
+@dataclass
+class StartingPoint:
+    """The models a peer starts with and where they came from: a checkpoint dir (whose step and optimizer state are
+    resumed), or None when peers hold the state and the models only give shapes until the download."""
+
+    models: PretrainingModels
+    checkpoint_dir: Path | None
+
+
+def fallback_checkpoint(cfg: RunConfig, coordinator_url: str | None, work_dir: Path) -> Path:
+    """The coordinator's latest checkpoint when it has one, else the run's step-0 grown state, which every peer can
+    rebuild bit for bit because growth is deterministic and seeded."""
+    if coordinator_url:
+        found = download_latest_checkpoint(coordinator_url, work_dir / "checkpoints")
+        if found is not None:
+            path, step = found
+            logger.info("starting from the coordinator's checkpoint %s (step %d)", path.name, step)
+            return path
+    from peer.growth.artifact import grow_run_initial_state
+
+    step0 = work_dir / f"{cfg.run_id}-step0"
+    if not (step0 / "config.json").is_file():
+        logger.info("no peer and no checkpoint: growing the run's step-0 state into %s", step0)
+        grow_run_initial_state(cfg, step0)
+    return step0
+
+
+def starting_point(
+    cfg: RunConfig, dht: hivemind.DHT, coordinator_url: str | None, init_dir: str | None, work_dir: Path, tokenizer
+) -> StartingPoint:
+    """Models to start from (before the download from peers, which overrides them)."""
+    from peer.modeling import build_models, load_models
+
+    if init_dir:
+        return StartingPoint(load_models(init_dir), Path(init_dir))
+    if peers_hold_state(dht, cfg.run_id):
+        # shapes only: the state download that follows replaces every parameter
+        models = build_models(cfg.model, len(tokenizer), tokenizer.pad_token_id or 0, seed=cfg.growth.seed)
+        return StartingPoint(models, None)
+    path = fallback_checkpoint(cfg, coordinator_url, work_dir)
+    return StartingPoint(load_models(path), path)
+
+
+def resume_swarm_state(
+    opt: SwarmOptimizer,
+    start: StartingPoint,
+    cfg: RunConfig,
+    dht: hivemind.DHT,
+    stop: Stoppable,
+    coordinator_url: str | None,
+    work_dir: Path,
+) -> None:
+    """Puts the swarm's state into a freshly built optimizer: the starting checkpoint's step, optimizer state and
+    outer momentum; then, if peers hold state, theirs (bounded by ``load_state_timeout``, stopped by ``stop``). When
+    no peer delivers and the models were only shapes, the coordinator's latest checkpoint (else step 0) instead."""
+    named = list(start.models.named_parameters())
+    names = wire_names(opt, named)
+    if start.checkpoint_dir is not None:
+        apply_swarm_state(opt, names, read_checkpoint_state(start.checkpoint_dir, named))
+    if not peers_hold_state(dht, cfg.run_id, exclude=opt.opt.state_averager.peer_id.to_bytes()):
+        return
+    timeout = cfg.swarm.load_state_timeout
+    with waiting_bar("state from peers", timeout):
+        pulled = pull_state_from_peers(opt, named, dht, cfg.run_id, timeout, stop)
+    if pulled or stop.is_set():
+        return
+    if start.checkpoint_dir is not None:
+        logger.warning("no peer sent its state within %.0f s: continuing from %s", timeout, start.checkpoint_dir.name)
+        return
+    logger.warning(
+        "no peer sent its state within %.0f s: starting from the coordinator's latest checkpoint (else step 0)",
+        timeout,
+    )
+    from peer.modeling import load_models
+
+    path = fallback_checkpoint(cfg, coordinator_url, work_dir)
+    apply_swarm_state(opt, names, read_checkpoint_state(path, list(load_models(path).named_parameters())))

