@@ -84,7 +84,9 @@ class Attacker:
     @classmethod
     def join(cls, run_id: str, initial_peers: list[str]) -> Attacker:
         key = RSAPrivateKey()
-        common = dict(initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+        common = dict(
+            initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], startup_timeout=120, start=True
+        )  # generous: p2pd starts slowly on a loaded machine
         own = hivemind.DHT(record_validators=[RSASignatureValidator(key)], **common)
         forger = hivemind.DHT(record_validators=[WrongKeySigner(key)], **common)
         return cls(run_id, own, forger, key, owner_subkey(RSAPrivateKey()))

@@ -271,6 +271,7 @@ class Coordinator:
     keep_last: int = 3
     monitor_interval: float = 1.0
     state_timeout: float = 60.0
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--allowlist", FILE] for a private run
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     dht_port: int = field(default_factory=free_port)
@@ -287,7 +288,8 @@ class Coordinator:
              "--host", "127.0.0.1", "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
              "--dht_port", str(self.dht_port), "--init_from", str(self.run.init_dir),
              "--checkpoint_every", str(self.checkpoint_every), "--keep_last", str(self.keep_last),
-             "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout)],
+             "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout),
+             *self.extra_args],
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:
