@@ -6,9 +6,19 @@ import argparse
 import logging
 import os
 
+import torch
+
 from peer.config import RunConfig, load_config
 from peer.errors import UserError
 from peer.swarm.auth import AUTH_KEY_ENV, allowlisted_name
+from peer.swarm.ddp import (
+    PeerGroup,
+    RankInfo,
+    SetupReport,
+    collective_timeout,
+    follow_swarm,
+    rank_from_env,
+)
 from peer.swarm.loop import LoopOptions
 from peer.swarm.session import JoinOptions, fetch_run, join_swarm
 from peer.swarm.shutdown import StopSignal
@@ -21,7 +31,8 @@ def register(subparsers) -> None:
         "join",
         help="join a training swarm and contribute compute",
         description="Join a warmswarm run: download its state, train, average with the other peers. "
-        "Ctrl-C (or SIGTERM) leaves the swarm cleanly.",
+        "Ctrl-C (or SIGTERM) leaves the swarm cleanly. With N GPUs: torchrun --nproc-per-node N -m peer join ... "
+        "(rank 0 talks to the swarm, the group counts as one peer).",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--coordinator", metavar="URL", help="coordinator HTTP URL: fetch the run config and peers")
@@ -76,11 +87,17 @@ def register(subparsers) -> None:
         "--work_dir",
         default=None,
         metavar="DIR",
-        help="where downloaded checkpoints and the grown step-0 state are kept "
-        "(default: ~/.cache/warmswarm/RUN_ID)",
+        help="where downloaded checkpoints and the grown step-0 state are kept (default: ~/.cache/warmswarm/RUN_ID)",
     )
     p.add_argument("--max_steps", type=int, default=None, help="leave once the swarm reaches this global step")
     p.add_argument("--max_seconds", type=float, default=None, help="leave after this many seconds of training")
+    p.add_argument(
+        "--wait_for_peers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start training only once N peers of the run (this one included; a torchrun group is one) are present",
+    )
     p.add_argument(
         "--join_timeout",
         type=float,
@@ -129,8 +146,19 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
 
 def run(args: argparse.Namespace) -> int:
     cfg, from_coordinator = resolve_config(args)
+    rank = rank_from_env()  # set by torchrun: this process is one rank of a multi-GPU peer
     stop = StopSignal().install()
+    group = start_group(rank, cfg) if rank is not None else None
     try:
+        if group is not None and not group.is_leader:
+            followed = follow_swarm(cfg, args.init_dir, group, stop.is_set)
+            util = followed.compute_seconds / max(followed.wall_seconds, 1e-9)
+            print(
+                f"rank {rank.rank} of {rank.world_size} left with its group at global step {followed.global_step}: "
+                f"{followed.local_steps} local steps, {followed.samples} samples, compute utilisation {util:.0%}, "
+                f"params {followed.params_digest}"
+            )
+            return 0
         result = join_swarm(
             cfg,
             JoinOptions(
@@ -145,16 +173,37 @@ def run(args: argparse.Namespace) -> int:
                     max_seconds=args.max_seconds,
                     peer_name=cfg.swarm.peer_name,
                     show_status=not args.no_status,
+                    wait_for_peers=args.wait_for_peers,
                 ),
+                group=group,
             ),
             stop,
         )
+    except BaseException as e:
+        if group is not None and group.is_leader:  # followers wait for the leader's set-up: tell them it failed
+            group.report_setup(SetupReport(ok=False, error=str(e).splitlines()[0] if str(e) else type(e).__name__))
+        raise
     finally:
+        if group is not None:
+            group.close()
         stop.restore()
     util = result.compute_seconds / max(result.wall_seconds, 1e-9)
+    where = f"rank 0 of {rank.world_size}: " if rank is not None else ""
     print(
-        f"left the swarm at global step {result.global_step}: {result.local_steps} local steps, "
+        f"{where}left the swarm at global step {result.global_step}: {result.local_steps} local steps, "
         f"{result.samples} samples, last loss {result.last_loss:.4f}, compute utilisation {util:.0%}, "
-        f"{result.skipped_batches} batches skipped, {result.restored} restores"
+        f"{result.skipped_batches} batches skipped, {result.restored} restores, params {result.params_digest}"
     )
     return 0
+
+
+def start_group(rank: RankInfo, cfg: RunConfig) -> PeerGroup:
+    """The process group of a ``torchrun --nproc-per-node N`` peer: one GPU per rank (cuda:LOCAL_RANK), or gloo
+    on CPU."""
+    from peer.trainer import resolve_device
+
+    device = resolve_device(cfg.train)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)
+    timeout = collective_timeout(cfg.swarm.load_state_timeout, cfg.swarm.averaging_timeout, cfg.swarm.matchmaking_time)
+    return PeerGroup(rank, device, timeout)

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from peer.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
-from peer.swarm.metrics import RecordSigning, publish_metrics
+from peer.swarm.ddp import Decision, PeerGroup, params_digest
+from peer.swarm.metrics import RecordSigning, fetch_metrics, publish_metrics
 from peer.swarm.shutdown import StopSignal
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class LoopOptions:
     peer_name: str = ""
     fingerprint: str = ""
     show_status: bool = True
+    wait_for_peers: int = 1  # train only once this many peers of the run (this one included) publish records
 
 
 @dataclass
@@ -46,6 +48,7 @@ class LoopResult:
     wall_seconds: float
     last_loss: float
     losses: list[float] = field(default_factory=list)
+    params_digest: str = ""  # sha256 prefix of the parameters when the loop ended (equal = bit-identical)
 
 
 @dataclass
@@ -55,7 +58,8 @@ class LoopParts:
     params: list[torch.nn.Parameter]
     loss_fn: Callable[[dict], torch.Tensor]
     batches: Iterator[dict]
-    batch_size: int
+    batch_size: int  # samples per local step of this process (a multi-GPU peer reports batch_size x world_size)
+    group: PeerGroup | None = None  # set on rank 0 of a torchrun group (peer.swarm.ddp)
 
 
 def params_are_finite(params: list[torch.Tensor]) -> bool:
@@ -92,7 +96,11 @@ def train_loop(
     stop: StopSignal,
     options: LoopOptions,
 ) -> LoopResult:
-    params = parts.params
+    """The peer's loop until stopped or a limit is reached. With ``parts.group`` (a multi-GPU peer, run on rank 0)
+    the gradients are the group's mean, the samples are the group's, and every rank follows this loop's decisions
+    (see ``peer.swarm.ddp``); the collectives below are matched one for one by ``ddp.follow_loop``."""
+    params, group = parts.params, parts.group
+    world = group.world_size if group is not None else 1
     good = GoodState(params)
     start = last_metrics = time.monotonic()
     compute = 0.0
@@ -100,40 +108,61 @@ def train_loop(
     loss_value = float("nan")
     losses: list[float] = []
     ema_rate = 0.0
+    # parameters change outside global steps when each local step updates them (diloco's inner steps) or when a
+    # delayed optimizer step lands later; then followers must get them after every step
+    changes_every_step = opt.outer is not None or bool(getattr(opt.opt, "delay_optimizer_step", False))
+    if options.wait_for_peers > 1:
+        wait_for_peers(dht, run_id, signing, opt, options, stop)
+    if group is not None:
+        group.sync_params(params)  # followers start from the state this peer joined the swarm with
     bar = tqdm(desc="swarm", unit="batch", disable=not options.show_status, dynamic_ncols=True)
     try:
-        while not stop.is_set():
+        while True:
             stop.reassert()  # hivemind may have set SIGINT to ignored when it started an averager
-            if options.max_global_steps is not None and opt.global_step >= options.max_global_steps:
-                break
-            if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
+            if stop.is_set() or limit_reached(opt, options, start):
+                if group is not None:
+                    group.dismiss(params, opt.global_step)
                 break
             t0 = time.perf_counter()
             batch = next(parts.batches)
             loss = parts.loss_fn(batch)
-            if not torch.isfinite(loss):
+            healthy = bool(torch.isfinite(loss))
+            if not healthy:
                 logger.warning("non-finite loss %s: skipping this batch, nothing sent to the swarm", loss.item())
-                opt.zero_grad()
-                skipped += 1
-                continue
-            loss.backward()
-            if not grads_are_finite(params):
-                logger.warning("non-finite gradients: skipping this batch, nothing sent to the swarm")
-                opt.zero_grad()
-                skipped += 1
-                continue
+            else:
+                loss.backward()
+                healthy = grads_are_finite(params)
+                if not healthy:
+                    logger.warning("non-finite gradients: skipping this batch, nothing sent to the swarm")
+            step_loss = float(loss.item()) if healthy else 0.0
             compute += time.perf_counter() - t0
+            others_stop = False
+            if group is not None:
+                vote = group.reduce_step(params, step_loss, healthy, stop=False)
+                if healthy and not vote.healthy:
+                    logger.warning("another rank of this peer had a non-finite loss or gradients: skipping the step")
+                healthy, step_loss, others_stop = vote.healthy, vote.mean_loss, vote.stop
+                healthy = healthy and grads_are_finite(params)
+            if not healthy:
+                opt.zero_grad()
+                skipped += 1
+                if group is not None:
+                    group.decide(Decision(True, others_stop, False, opt.global_step, step_loss))
+                if others_stop:
+                    break
+                continue
             t_step = time.perf_counter()
-            advanced = opt.step(parts.batch_size)
+            advanced = opt.step(parts.batch_size * world)
             opt.zero_grad()
             step_seconds = time.perf_counter() - t_step
             local_steps += 1
-            samples += parts.batch_size
-            samples_since_step = 0 if advanced else samples_since_step + parts.batch_size
-            loss_value = float(loss.item())
+            samples += parts.batch_size * world
+            samples_since_step = 0 if advanced else samples_since_step + parts.batch_size * world
+            loss_value = step_loss
             losses.append(loss_value)
-            rate = parts.batch_size / max(1e-9, time.perf_counter() - t0)
+            rate = parts.batch_size * world / max(1e-9, time.perf_counter() - t0)
             ema_rate = rate if ema_rate == 0 else 0.9 * ema_rate + 0.1 * rate
+            was_restored = False
             if advanced:
                 if params_are_finite(params):
                     good = GoodState(params)
@@ -143,6 +172,12 @@ def train_loop(
                     )
                     good.restore_into(opt, params)
                     restored += 1
+                    was_restored = True
+            if group is not None:
+                changed = advanced or was_restored or changes_every_step
+                group.decide(Decision(False, others_stop, changed, opt.global_step, loss_value))
+                if changed:
+                    group.sync_params(params)
             logger.debug(
                 "local step %d took %.3fs (optimizer %.3fs)", local_steps, time.perf_counter() - t0, step_seconds
             )
@@ -167,6 +202,9 @@ def train_loop(
                     peer_id=str(dht.peer_id),
                 )
                 publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
+            if others_stop:
+                logger.info("another rank of this peer was asked to stop: leaving the swarm")
+                break
     finally:
         bar.close()
     return LoopResult(
@@ -179,4 +217,42 @@ def train_loop(
         wall_seconds=time.monotonic() - start,
         last_loss=loss_value,
         losses=losses,
+        params_digest=params_digest(params),
     )
+
+
+def limit_reached(opt: SwarmOptimizer, options: LoopOptions, start: float) -> bool:
+    if options.max_global_steps is not None and opt.global_step >= options.max_global_steps:
+        return True
+    return options.max_seconds is not None and time.monotonic() - start > options.max_seconds
+
+
+def wait_for_peers(
+    dht: hivemind.DHT, run_id: str, signing: RecordSigning, opt: SwarmOptimizer, options: LoopOptions, stop: StopSignal
+) -> None:
+    """Publishes this peer's record (no loss yet: NaN, which the coordinator leaves out of its mean) until
+    ``options.wait_for_peers`` peers of the run are present, or a stop/limit. Why: a peer that starts alone takes
+    global steps alone until the others arrive; scheduled starts, benchmarks and tests want every peer in every
+    round from the first one."""
+    start = time.monotonic()
+    logger.info("waiting for %d peers of run %s before training", options.wait_for_peers, run_id)
+    while not stop.is_set() and not limit_reached(opt, options, start):
+        stop.reassert()
+        record = LocalMetrics(
+            step=opt.global_step,
+            samples_per_second=0.0,
+            samples_accumulated=0,
+            samples_total=0,
+            loss=float("nan"),
+            mini_steps=0,
+            time=time.time(),
+            peer_name=options.peer_name,
+            fingerprint=options.fingerprint,
+            peer_id=str(dht.peer_id),
+        )
+        publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
+        present = len(fetch_metrics(dht, run_id))
+        if present >= options.wait_for_peers:
+            logger.info("%d peers present: training", present)
+            return
+        stop.wait(1.0)

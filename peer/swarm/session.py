@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,13 @@ import torch
 
 from peer.config import RunConfig, config_from_dict
 from peer.errors import UserError
+from peer.modeling import PretrainingModels
 from peer.records import config_key, metrics_key
 from peer.swarm.auth import Membership, authenticate_peer
 from peer.swarm.averagers import AveragerKinds
 from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
+from peer.swarm.ddp import PeerGroup, SetupReport
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
 from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
@@ -98,6 +101,7 @@ class JoinOptions:
     startup_timeout: float = 60.0
     loop: LoopOptions | None = None
     averagers: AveragerKinds | None = None  # averager classes; None: the peer's own (the fault bench's attackers)
+    group: PeerGroup | None = None  # this process is rank 0 of a torchrun group: the one that talks to the swarm
 
 
 def load_tokenizer(cfg: RunConfig, init_dir: str | None):
@@ -112,11 +116,37 @@ def load_tokenizer(cfg: RunConfig, init_dir: str | None):
         raise UserError(f"cannot load the tokenizer from {source}: {str(e).splitlines()[0]}") from None
 
 
+def training_inputs(
+    cfg: RunConfig, models: PretrainingModels, tokenizer, seed: int, device: torch.device
+) -> tuple[Callable[[dict], torch.Tensor], Iterator[dict]]:
+    """The objective's loss of a batch and this process's batches (order and masking seeded by ``seed``); shared by
+    a peer and the follower ranks of a multi-GPU peer, which differ only in their seeds."""
+    from peer.data import build_train_batches
+    from peer.objectives import build_objective
+    from peer.trainer import autocast_dtype
+
+    objective = build_objective(cfg, models, tokenizer.mask_token_id, seed=seed)
+    batches = build_train_batches(
+        cfg.data,
+        tokenizer,
+        cfg.train.batch_size,
+        cfg.objective.name,
+        shuffle_seed=seed,
+        sop_prob=cfg.objective.sop_prob,
+    )
+    dtype = autocast_dtype(cfg.train, device)
+
+    def loss_fn(batch: dict) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            return objective(batch).loss
+
+    return loss_fn, batches
+
+
 def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopResult:
     """Runs one peer until stopped (or a loop limit) and leaves the swarm; raises UserError on bad input."""
-    from peer.data import build_train_batches, seed_from_bytes
-    from peer.objectives import build_objective
-    from peer.trainer import autocast_dtype, make_optimizer, make_scheduler, param_groups, resolve_device
+    from peer.data import seed_from_bytes
+    from peer.trainer import make_optimizer, make_scheduler, param_groups, resolve_device
 
     lock = lock_identity(cfg.swarm.identity_path) if cfg.swarm.identity_path else None
     dht: hivemind.DHT | None = None
@@ -142,18 +172,11 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         work_dir.mkdir(parents=True, exist_ok=True)
         start = starting_point(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
         models = start.models
-        device = resolve_device(cfg.train)
+        group = options.group  # rank 0 of a multi-GPU peer (peer.swarm.ddp), else None
+        device = group.device if group is not None else resolve_device(cfg.train)
         models.to(device).train()
         seed = seed_from_bytes(signing.public_key)
-        objective = build_objective(cfg, models, tokenizer.mask_token_id, seed=seed)
-        batches = build_train_batches(
-            cfg.data,
-            tokenizer,
-            cfg.train.batch_size,
-            cfg.objective.name,
-            shuffle_seed=seed,
-            sop_prob=cfg.objective.sop_prob,
-        )
+        loss_fn, batches = training_inputs(cfg, models, tokenizer, seed, device)
         params = models.parameters()
         ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(options.coordinator_url))
         opt = build_swarm_optimizer(
@@ -163,26 +186,22 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             param_groups(params, cfg.train.weight_decay),
             lambda p: make_optimizer(p, cfg.train),
             lambda o: make_scheduler(o, cfg.train),
-            batch_size=cfg.train.batch_size,
+            batch_size=cfg.train.batch_size * (group.world_size if group is not None else 1),
             gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
-            kinds=options.averagers,
             open_run=private is None,
+            kinds=options.averagers,
         )
         opt.bans = BanBook(dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after))
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
         resume_swarm_state(opt, start, cfg, dht, stop, options.coordinator_url, work_dir)
         logger.info("starting at global step %d", opt.global_step)
-        dtype = autocast_dtype(cfg.train, device)
-
-        def loss_fn(batch: dict) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                return objective(batch).loss
-
+        if group is not None:
+            group.report_setup(SetupReport(ok=True, seed=seed, shapes=tuple(tuple(p.shape) for p in params)))
         loop_options = options.loop or LoopOptions()
         loop_options.fingerprint = swarm_fingerprint(cfg)
         loop_options.metrics_expiration = cfg.swarm.metrics_expiration
-        parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches, batch_size=cfg.train.batch_size)
+        parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches, batch_size=cfg.train.batch_size, group=group)
         return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
     finally:
         if opt is not None:
