@@ -304,12 +304,20 @@ class Coordinator:
                     raise TimeoutError(f"coordinator did not answer within {timeout:.0f} s:\n{tail}") from None
                 time.sleep(0.5)
 
-    def get(self, path: str, timeout: float = 10.0) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
-            return json.load(response)
+    def get(self, path: str, timeout: float = 30.0, tries: int = 3) -> dict:
+        """A JSON API call; a slow answer is retried (a coordinator busy pulling state on a loaded machine can take
+        seconds), a refused connection is not (the caller polls for startup itself)."""
+        for attempt in range(tries):
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                    return json.load(response)
+            except TimeoutError:
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as response:
             return response.read().decode()
 
     def counter(self, name: str, **labels: str) -> float:
