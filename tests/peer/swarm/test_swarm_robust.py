@@ -140,3 +140,51 @@ def test_clip_result_is_finite_for_finite_inputs():
     xs = _honest(5, dim=16)
     out = centered_clip(xs, [1.0] * 5)
     assert all(math.isfinite(v) for v in out.value.tolist())
+
+
+# --- real processes: a coordinator and 4 peers, the last one attacking ------------------------------------------
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def swarms(tmp_path_factory):
+    """The clean run and the sign-flip attack with defences on and off: three real swarms (each a coordinator and
+    4 peers), run side by side since they mostly wait on matchmaking. Every process is reaped by the scenario."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import transformers  # noqa: F401 - imported here once: three threads importing it at once can race
+    from transformers import AutoTokenizer  # noqa: F401
+
+    import peer.growth  # noqa: F401
+    import peer.modeling  # noqa: F401
+    from bench.faultlib.attacks import run_attack_scenario
+
+    root = tmp_path_factory.mktemp("attack")
+    cases = {"clean": (None, True), "on": ("sign_flip", True), "off": ("sign_flip", False)}
+    with ThreadPoolExecutor(len(cases)) as pool:
+        futures = {
+            name: pool.submit(run_attack_scenario, attack, defences, root / name, peers=4, steps=STEPS)
+            for name, (attack, defences) in cases.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.timeout(1200)
+def test_sign_flip_attacker_at_1_of_4_with_defences_on(swarms):
+    """The honest peers' final loss is within 5 % of the clean run's, and the attacker ends banned by the
+    coordinator (and locally by the honest peers)."""
+    clean, result = swarms["clean"], swarms["on"]
+    assert math.isfinite(clean.final_loss) and clean.final_loss < clean.start_loss  # there is progress to spoil
+    assert abs(result.final_loss - clean.final_loss) <= 0.05 * clean.final_loss, (result, clean)
+    assert result.banned == [result.attacker] and result.locally_banned_by, result
+
+
+@pytest.mark.timeout(1200)
+def test_sign_flip_attacker_at_1_of_4_with_defences_off_spoils_training(swarms):
+    """The test of the test: the same attack without the defences leaves the loss visibly worse (less than half
+    of the clean run's progress, or NaN), and no one is banned."""
+    clean, result = swarms["clean"], swarms["off"]
+    progress = clean.start_loss - clean.final_loss
+    assert not (result.final_loss <= clean.final_loss + 0.5 * progress), (result, clean)
+    assert result.banned == []
