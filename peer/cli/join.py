@@ -119,6 +119,12 @@ def register(subparsers) -> None:
         help="override a config value, e.g. --set swarm.averaging=diloco (repeatable)",
     )
     p.add_argument("--no_status", action="store_true", help="no live status line (logs only)")
+    p.add_argument(
+        "--save_params",
+        default=None,
+        metavar="FILE",
+        help="on leaving, write this peer's parameters to FILE (safetensors), e.g. to check that replicas agree",
+    )
     p.set_defaults(func=run)
 
 
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                     peer_name=cfg.swarm.peer_name,
                     show_status=not args.no_status,
                     wait_for_peers=args.wait_for_peers,
+                    save_params=args.save_params,
                 ),
                 group=group,
             ),

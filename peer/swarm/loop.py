@@ -3,6 +3,10 @@
 Reads like the single-machine loop on purpose; everything swarm-specific is behind ``SwarmOptimizer.step``. The two
 guards that keep one bad peer from poisoning the swarm: a non-finite loss or gradient is never reported to hivemind
 (the batch is skipped), and non-finite parameters after a global step are replaced by the last good copy.
+
+On rank 0 of a multi-GPU peer (``LoopParts.group``) the same loop also leads the other ranks: one collective after
+each backward pass, one decision after each step, and the parameters whenever they may have changed
+(``peer.swarm.ddp`` has the protocol and the followers' side).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class LoopOptions:
     fingerprint: str = ""
     show_status: bool = True
     wait_for_peers: int = 1  # train only once this many peers of the run (this one included) publish records
+    save_params: str | None = None  # write the parameters here on leaving (safetensors), to compare peers or ranks
 
 
 @dataclass
@@ -207,6 +212,8 @@ def train_loop(
                 break
     finally:
         bar.close()
+    if options.save_params:
+        save_params(params, options.save_params)
     return LoopResult(
         global_step=opt.global_step,
         local_steps=local_steps,
@@ -256,3 +263,11 @@ def wait_for_peers(
             logger.info("%d peers present: training", present)
             return
         stop.wait(1.0)
+
+
+def save_params(params: list[torch.Tensor], path: str) -> None:
+    """The parameters in the loop's order (tensor ``i`` = ``params[i]``): what two peers, or two ranks, must agree
+    on after a round; a safetensors file any process can compare without building the model."""
+    from safetensors.torch import save_file
+
+    save_file({str(i): p.detach().to("cpu").contiguous() for i, p in enumerate(params)}, path)
