@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,24 @@ def start_worker(i: int, args: list[str], out: Path) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO,
+        start_new_session=True,  # so that stop_workers can end the worker and its p2pd together
     )
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 180.0) -> None:
+    """Waits for the workers to leave the swarm on their own (slow on a loaded machine), then kills what is left
+    of each one's session, p2pd included."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
 
 
 def wait_file(path: Path, procs: list[subprocess.Popen], timeout: float) -> dict:
@@ -126,29 +144,37 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path) -> list[di
         str(opts.inner_steps),
         "--batch",
         str(opts.batch),
+        "--metrics_every",
+        str(opts.metrics_every),
+        "--compression",
+        opts.compression,
     ]
     procs = [start_worker(0, common, out)]
-    boot = wait_file(out / "maddrs0.json", procs, 120)["maddrs"]
-    procs += [start_worker(i, [*common, "--initial", *boot], out) for i in range(1, n)]
     try:
-        return [wait_file(out / f"result{i}.json", procs, opts.seconds + 240) for i in range(n)]
-    finally:
-        for p in procs:
-            p.wait(60)
+        boot = wait_file(out / "maddrs0.json", procs, 300)["maddrs"]
+        procs += [start_worker(i, [*common, "--initial", *boot], out) for i in range(1, n)]
+        results = [wait_file(out / f"result{i}.json", procs, opts.seconds + 240) for i in range(n)]
+    except BaseException:  # Ctrl-C or a failed worker: do not wait for the others to leave the swarm
+        stop_workers(procs, timeout=0)
+        raise
+    stop_workers(procs)
+    return results
 
 
 def state_download(opts: argparse.Namespace, out: Path) -> dict:
     out.mkdir(parents=True)
     common = ["--mode", "sync", "--peers", "2", "--hidden", str(opts.state_hidden), "--role"]
     procs = [start_worker(0, [*common, "donor"], out)]
-    boot = wait_file(out / "maddrs0.json", procs, 120)["maddrs"]
-    procs.append(start_worker(1, [*common, "joiner", "--initial", *boot], out))
     try:
-        return wait_file(out / "result1.json", procs, 300)
-    finally:
-        (out / "done").write_text("1")
-        for p in procs:
-            p.wait(60)
+        boot = wait_file(out / "maddrs0.json", procs, 300)["maddrs"]
+        procs.append(start_worker(1, [*common, "joiner", "--initial", *boot], out))
+        result = wait_file(out / "result1.json", procs, 300)
+    except BaseException:
+        stop_workers(procs, timeout=0)
+        raise
+    (out / "done").write_text("1")
+    stop_workers(procs)
+    return result
 
 
 def orchestrate(opts: argparse.Namespace) -> None:
@@ -170,6 +196,12 @@ def orchestrate(opts: argparse.Namespace) -> None:
                         peers=n,
                         util=sum(r["compute_seconds"] for r in results) / sum(r["wall_seconds"] for r in results),
                         bytes_per_sample=sum(r["tx_bytes"] for r in results) / max(samples, 1),
+                        round_bytes_per_sample=sum(r["round_tx_bytes"] for r in results) / max(samples, 1),
+                        other_bytes_per_s=sum(
+                            (r["tx_bytes"] - r["round_tx_bytes"]) / r["wall_seconds"] for r in results
+                        ),
+                        rounds=min(r["rounds"] for r in results),
+                        round_seconds=max(r["round_seconds"] / max(r["rounds"], 1) for r in results),
                         samples_per_s=sum(r["samples"] / r["wall_seconds"] for r in results),
                         global_steps=min(r["global_step"] for r in results),
                     )
@@ -180,23 +212,25 @@ def orchestrate(opts: argparse.Namespace) -> None:
         teardown(n_max)
     rate_mb = parse_rate_mb(opts.rate)
     print(
-        f"\n{'mode':8} {'peers':>5} {'util':>6} {'bytes/sample':>13} {'samples/s':>10} {'vs 1 peer':>9} "
-        f"{'global steps':>12}"
+        f"\n{'mode':8} {'peers':>5} {'util':>6} {'bytes/sample':>13} {'in rounds':>10} {'other B/s':>10} "
+        f"{'s/round':>8} {'samples/s':>10} {'vs 1 peer':>9} {'global steps':>12}"
     )
     for row in rows:
         one = next((r for r in rows if r["mode"] == row["mode"] and r["peers"] == 1), None)
         speedup = row["samples_per_s"] / one["samples_per_s"] if one else float("nan")
         print(
             f"{row['mode']:8} {row['peers']:5d} {row['util']:6.1%} {row['bytes_per_sample']:13.0f} "
+            f"{row['round_bytes_per_sample']:10.0f} {row['other_bytes_per_s']:10.0f} {row['round_seconds']:8.2f} "
             f"{row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
         )
     for n in opts.peers:
         s = next((r for r in rows if r["mode"] == "sync" and r["peers"] == n), None)
         d = next((r for r in rows if r["mode"] == "diloco" and r["peers"] == n), None)
         if s and d and n > 1 and d["bytes_per_sample"] > 0:
+            in_rounds = s["round_bytes_per_sample"] / max(d["round_bytes_per_sample"], 1e-9)
             print(
                 f"{n} peers: all-reduce every step sends {s['bytes_per_sample'] / d['bytes_per_sample']:.0f}x "
-                "more bytes per sample than diloco"
+                f"more bytes per sample than diloco ({in_rounds:.0f}x counting the averaging rounds only)"
             )
     print(
         f"state download: {dl['mb']:.1f} MB of parameters ({dl['rx_mb']:.1f} MB received) in {dl['seconds']:.2f}s"
@@ -227,6 +261,29 @@ def rx_bytes() -> int:
     return int(Path("/sys/class/net/eth0/statistics/rx_bytes").read_text())
 
 
+class RoundBytes:
+    """The peer's SwarmOptimizer, counting what ``eth0`` sent during the steps that ended in a global step (the
+    averaging rounds: gradients in "sync", parameters in "diloco"; both block inside ``step``), so the table can
+    tell averaging traffic from the DHT's upkeep (progress records, metrics, routing) that runs all the time."""
+
+    def __init__(self, opt) -> None:
+        self.inner = opt
+        self.round_bytes = self.rounds = 0
+        self.round_seconds = 0.0
+
+    def step(self, batch_size: int) -> bool:
+        tx0, t0 = tx_bytes(), time.perf_counter()
+        advanced = self.inner.step(batch_size)
+        if advanced:
+            self.rounds += 1
+            self.round_bytes += tx_bytes() - tx0
+            self.round_seconds += time.perf_counter() - t0
+        return advanced
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def worker(opts: argparse.Namespace) -> None:
     """One peer inside its namespace: the real swarm stack on an MLP (compute without data loading)."""
     import torch
@@ -249,7 +306,7 @@ def worker(opts: argparse.Namespace) -> None:
         target_batch_size=b * n,
         averaging=opts.mode,
         inner_steps=opts.inner_steps,
-        compression="fp16" if opts.mode == "diloco" else "none",
+        compression=opts.compression if opts.mode == "diloco" else "none",  # the baseline: plain fp32 all-reduce
         matchmaking_time=3.0,
         averaging_timeout=60.0,
         load_state_timeout=300.0,
@@ -305,14 +362,15 @@ def worker(opts: argparse.Namespace) -> None:
             return (model(batch["x"]) - batch["x"]).pow(2).mean()
 
         tx0 = tx_bytes()
+        counted = RoundBytes(opt)
         result = train_loop(
             dht,
             run_id,
             signing,
-            opt,
+            counted,
             LoopParts(params, loss_fn, batches(), b),
             StopSignal(),
-            LoopOptions(max_seconds=opts.seconds, show_status=False, metrics_every=5.0),
+            LoopOptions(max_seconds=opts.seconds, show_status=False, metrics_every=opts.metrics_every),
         )
         tx = tx_bytes() - tx0
         (out / f"result{i}.json").write_text(
@@ -322,6 +380,9 @@ def worker(opts: argparse.Namespace) -> None:
                     compute_seconds=result.compute_seconds,
                     wall_seconds=result.wall_seconds,
                     tx_bytes=tx,
+                    round_tx_bytes=counted.round_bytes,
+                    rounds=counted.rounds,
+                    round_seconds=counted.round_seconds,
                     global_step=result.global_step,
                 )
             )
@@ -338,9 +399,16 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["sync", "diloco"], choices=["sync", "diloco"])
     p.add_argument("--rate", default="100mbit", help="tbf rate of every peer's link")
     p.add_argument("--seconds", type=float, default=40.0, help="training seconds per configuration")
-    p.add_argument("--hidden", type=int, default=256, help="MLP width (params = 8 h^2)")
+    p.add_argument("--hidden", type=int, default=512, help="MLP width (params = 8 h^2)")
     p.add_argument("--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024)")
-    p.add_argument("--inner_steps", type=int, default=250, help="diloco: local steps per outer round")
+    p.add_argument("--inner_steps", type=int, default=500, help="diloco: local steps per outer round (OpenDiLoCo: 500)")
+    p.add_argument(
+        "--compression",
+        default="fp16",
+        choices=["fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"],
+        help="diloco: codec of the averaged tensors (sync always sends plain fp32: the all-reduce baseline)",
+    )
+    p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
