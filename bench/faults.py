@@ -73,22 +73,24 @@ def soak_main(args: argparse.Namespace) -> int:
 
 
 def scenarios_main(args: argparse.Namespace) -> int:
+    """Runs the named scenario (or all), prints the table and writes the JSON. Running one scenario replaces only
+    that scenario's rows in an existing JSON, so the table can be rebuilt one scenario at a time."""
     names = [args.scenario] if args.scenario != "all" else list(SCENARIOS)
     work = Path(args.work or tempfile.mkdtemp(prefix="ws-faults-"))
-    rows: list[Row] = []
-    started = time.monotonic()
+    out = Path(args.out) if args.out else RESULTS / "faults.json"
+    results = json.loads(out.read_text()).get("scenarios", {}) if out.is_file() and args.scenario != "all" else {}
     for name in names:
         logger.info("scenario %s (work dir %s)", name, work / name)
-        rows.extend(run_scenario(name, work / name))
-    print_table(rows)
-    out = Path(args.out) if args.out else RESULTS / "faults.json"
+        began = time.monotonic()
+        rows = run_scenario(name, work / name)
+        results[name] = {"rows": [row.to_dict() for row in rows], "seconds": round(time.monotonic() - began, 1)}
+    ordered = {name: results[name] for name in SCENARIOS if name in results}
     out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if out.is_file() and args.scenario != "all" else {}
-    merged = {row["scenario"] + " | " + row["measured"]: row for row in previous.get("rows", [])}
-    merged.update({row.scenario + " | " + row.measured: row.to_dict() for row in rows})
-    out.write_text(json.dumps({"rows": list(merged.values()), "seconds": time.monotonic() - started}, indent=2))
+    out.write_text(json.dumps({"scenarios": ordered}, indent=2) + "\n")
+    table = [Row(**row) for result in ordered.values() for row in result["rows"]]
+    print_table(table)
     print(f"wrote {out}; logs in {work}")
-    return 0 if all(row.passed is not False for row in rows) else 1
+    return 0 if all(row.passed is not False for row in table) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

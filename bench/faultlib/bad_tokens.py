@@ -6,6 +6,7 @@ so a bad token really goes out on the wire and the coordinator's authorizer (``p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import hivemind
 from hivemind.proto.auth_pb2 import AccessToken
@@ -65,12 +66,12 @@ def try_join(initial_peers: list[str], token: AccessToken, key: RSAPrivateKey, t
         dht.shutdown()
 
 
-def _can_reach(dht: hivemind.DHT, initial_peers: list[str]) -> bool:
+async def _ping(_dht, node, *, peer: str) -> bool:
     from hivemind.p2p import PeerID
 
-    coordinator = PeerID.from_base58(initial_peers[0].rsplit("/p2p/", 1)[1])
+    return bool(await node.protocol.call_ping(PeerID.from_base58(peer)))
 
-    async def ping(_dht, node) -> bool:
-        return bool(await node.protocol.call_ping(coordinator))
 
-    return bool(dht.run_coroutine(ping))
+def _can_reach(dht: hivemind.DHT, initial_peers: list[str]) -> bool:
+    """Whether the coordinator answers a DHT ping from this node (it refuses requests with a bad token)."""
+    return bool(dht.run_coroutine(partial(_ping, peer=initial_peers[0].rsplit("/p2p/", 1)[1])))
