@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -316,6 +316,7 @@ class PrivateRun:
     _signing_key: RSAPrivateKey | None = None
     _feed: RejectionFeed | None = None
     _next_member_refresh: float = 0.0
+    _member_names: dict[str, str] = field(default_factory=dict)  # libp2p peer id (base58) -> allowlisted name
 
     @classmethod
     def open(cls, run_id: str, allowlist: str | Path, data_dir: Path, store: Store, ttl: float) -> PrivateRun:
@@ -326,7 +327,19 @@ class PrivateRun:
             raise UserError(f"--token_ttl must be at least 60 seconds, got {ttl:g}")
         key = load_or_create_signing_key(Path(data_dir) / AUTHORITY_KEY_NAME)
         authority = TokenAuthority(run_id, key, Allowlist(allowlist), store_banned_names(store), ttl)
-        return cls(authority, store, member_refresh_every=min(300.0, ttl / 4))
+        private = cls(authority, store, member_refresh_every=min(300.0, ttl / 4))
+        authority.banned_names = private.banned_names
+        return private
+
+    def banned_names(self) -> set[str]:
+        """Allowlisted names of banned peers. Bans are by libp2p peer id; the name comes from the token in that
+        peer's member record (what the volunteer authenticated as), not from the display name it chose, which it
+        could change to dodge the ban. Names the store knows are included too."""
+        names = store_banned_names(self.store)()
+        banned_ids = {row.peer_id for row in self.store.bans()} if hasattr(self.store, "bans") else set()
+        if banned_ids:
+            names |= {name for peer_id, name in self._member_names.items() if peer_id in banned_ids}
+        return names
 
     def validators(self) -> list:
         from peer.swarm.auth import member_validators
@@ -372,8 +385,18 @@ class PrivateRun:
         """Called every monitor interval: renews the member record when due, moves new token refusals to the store."""
         if time.monotonic() >= self._next_member_refresh:
             self.publish_member_record()
+        self._member_names = self.read_member_names()
         if self._feed is not None:
             self._feed.poll()
+
+    def read_member_names(self) -> dict[str, str]:
+        """Who runs which libp2p peer id, from the valid member records in the DHT."""
+        from peer.swarm.auth import fetch_member_entries, valid_members
+
+        assert self._dht is not None, "attach() first"
+        entries = fetch_member_entries(self._dht, self.authority.run_id)
+        members = valid_members(entries, self.authority.run_id, self.authority.public_key)
+        return {peer_id.to_base58(): token.username for peer_id, token in members}
 
     def run_info_auth(self) -> dict:
         """The ``auth`` section of ``GET /api/v1/run``."""

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -406,13 +406,13 @@ def publish_member_record(
     return bool(dht.store(members_key(run_id), value, expires_at, subkey=signer_public_key))
 
 
-def read_members(entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None) -> dict[PeerID, float]:
-    """Admitted libp2p peer ids -> when their admission ends, from ``<run_id>_members`` (subkey -> value).
-
-    An entry counts only if its token is valid and bound to the key that signed the record (the subkey, whose
-    signature the DHT's ``RSASignatureValidator`` already checked); anything else is skipped."""
+def valid_members(
+    entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None
+) -> Iterator[tuple[PeerID, AccessToken]]:
+    """(libp2p peer id, token) of each ``<run_id>_members`` entry (subkey -> value) that counts: its token is valid
+    and bound to the key that signed the record (the subkey, whose signature the DHT's ``RSASignatureValidator``
+    already checked). Anything else is skipped."""
     now = get_dht_time() if now is None else now
-    admitted: dict[PeerID, float] = {}
     for subkey, value in entries.items():
         try:
             record = MemberRecord.parse_obj(value)
@@ -420,10 +420,24 @@ def read_members(entries: dict, run_id: str, authority: RSAPublicKey, now: float
             peer_id = PeerID.from_base58(record.peer_id)
         except Exception:
             continue
-        if token_problem(token, authority, run_id, now) is not None or owner_subkey(token.public_key) != subkey:
-            continue
+        if token_problem(token, authority, run_id, now) is None and owner_subkey(token.public_key) == subkey:
+            yield peer_id, token
+
+
+def read_members(entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None) -> dict[PeerID, float]:
+    """Admitted libp2p peer ids -> when their admission ends (the latest expiry among their valid records)."""
+    admitted: dict[PeerID, float] = {}
+    for peer_id, token in valid_members(entries, run_id, authority, now):
         admitted[peer_id] = max(admitted.get(peer_id, 0.0), token_expires_at(token))
     return admitted
+
+
+def fetch_member_entries(dht: hivemind.DHT, run_id: str) -> dict:
+    """The raw ``<run_id>_members`` entries (subkey -> value) as the DHT holds them now (blocking)."""
+    found = dht.get(members_key(run_id), latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    return {subkey: item.value for subkey, item in found.value.items()}
 
 
 class MembershipGate:
@@ -473,11 +487,7 @@ class MembershipGate:
     def refresh(self) -> int:
         """Re-reads the member records now (blocking: call it from a thread, never from an event loop); returns how
         many peers are admitted."""
-        found = self.dht.get(members_key(self.run_id), latest=True)
-        entries = {}
-        if found is not None and isinstance(found.value, dict):
-            entries = {subkey: item.value for subkey, item in found.value.items()}
-        self._members = read_members(entries, self.run_id, self.authority)
+        self._members = read_members(fetch_member_entries(self.dht, self.run_id), self.run_id, self.authority)
         return len(self._members)
 
     def close(self) -> None:
@@ -600,7 +610,11 @@ class PrivatePeer:
         keeper = MemberRecordKeeper(dht, self.auth, self.signer_public_key, on_revoked=on_revoked)
         if not keeper.publish():
             logger.warning("the DHT did not take this peer's member record yet; retrying in the background")
-        return Membership(keeper.start(), self.auth.gate(dht))
+        gate = self.auth.gate(dht)
+        # read the table once here: the averagers fork from this process and start with a copy of it, so the
+        # coordinator and the peers already in the run are admitted from their first request
+        logger.info("%d members of run %s admitted to averaging so far", gate.refresh(), self.auth.run_id)
+        return Membership(keeper.start(), gate)
 
 
 def allowlisted_name(auth_key: str | None) -> str:
