@@ -1,4 +1,5 @@
-"""``python -m peer grow``: grow a small pretrained model into the run's larger ELECTRA, function-preserving."""
+"""``python -m peer grow``: grow a small pretrained model into the run's larger ELECTRA or ALBERT, function-preserving
+in width; prints the measured preservation and the step-0 loss change caused by the depth change."""
 
 from __future__ import annotations
 
@@ -104,5 +105,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"written model vs source (fp32): hidden rel L2 {fp32['hidden_rel_l2']:.3g}, logits {fp32['logits_rel_l2']:.3g}"
     )
+    for name, losses in record["step0_loss"].items():
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        print(f"step-0 held-out {record['target_architecture']} loss {name.replace('_', ' ')}: {parts}")
     print(f"wrote {args.out} ({GROWTH_RECORD}: {json.dumps(record['sha256'])})")
     return 0

@@ -7,7 +7,6 @@ The dir is written next to ``out`` under a temporary name and renamed, so a fail
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -19,18 +18,21 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from peer.config import GrowthSpec, ModelSpec, RunConfig
+from peer.config import DataSpec, GrowthSpec, ModelSpec, ObjectiveSpec, RunConfig
+from peer.data import build_heldout_batches
 from peer.errors import UserError
-from peer.growth.grow import GrowthResult, grow
-from peer.growth.layout import dims_from_hf_config
+from peer.growth.grow import grow
 from peer.growth.source import load_source, resolve_source
 from peer.growth.verify import measure_preservation, probe_batch
-from peer.modeling import GENERATOR_SUBDIR, save_models
+from peer.modeling import GENERATOR_SUBDIR, PretrainingModels, save_models
+from peer.objectives import build_objective
 
 logger = logging.getLogger(__name__)
 
 GROWTH_RECORD = "growth.json"
 WEIGHT_FILES = ("model.safetensors", f"{GENERATOR_SUBDIR}/model.safetensors")
+# Held-out batches of the embedded corpus for the step-0 loss: 32 sequences of 64 tokens, a few seconds on a CPU.
+LOSS_SEQ_LEN, LOSS_BATCH_SIZE, LOSS_BATCHES = 64, 8, 4
 
 
 def sha256_file(path: Path) -> str:
@@ -65,7 +67,12 @@ def grow_to_dir(
         result.source_discriminator, result.models.discriminator, result.hidden_index, batch
     ).as_dict()
     progress("measuring the width method's error (fp64, source depth)")
-    record["width_preservation_fp64"] = _width_only_error(src, spec, growth, batch)
+    width_only = grow(src, spec, growth, dtype=torch.float64, keep_source_depth=True)
+    record["width_preservation_fp64"] = measure_preservation(
+        width_only.source_discriminator, width_only.models.discriminator, width_only.hidden_index, batch
+    ).as_dict()
+    progress("measuring the step-0 loss before and after the depth change (held-out batches)")
+    record["step0_loss"] = step0_loss_change(width_only.models, result.models, spec, growth.seed, tokenizer)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -82,13 +89,20 @@ def grow_to_dir(
     return record
 
 
-def _width_only_error(src, spec: ModelSpec, growth: GrowthSpec, batch) -> dict[str, float]:
-    """The width method's own error: the same growth in fp64 with the source's depth, so stacking does not mask it."""
-    same_depth = dataclasses.replace(spec, num_layers=dims_from_hf_config(src.config).layers)
-    result: GrowthResult = grow(src, same_depth, growth, dtype=torch.float64)
-    return measure_preservation(
-        result.source_discriminator, result.models.discriminator, result.hidden_index, batch
-    ).as_dict()
+def step0_loss_change(
+    before: PretrainingModels, after: PretrainingModels, spec: ModelSpec, seed: int, tokenizer
+) -> dict[str, dict[str, float]]:
+    """The run objective's held-out loss (and its parts) of the width-only model (= the source's function) and of
+    the written model: what the depth change (stacking, ALBERT's shared layer) costs at step 0. Same batches, same
+    seeded masks; the ELECTRA loss also depends on the generator's samples, so its parts are recorded too."""
+    cfg = RunConfig(model=spec, objective=ObjectiveSpec(name=spec.architecture), data=DataSpec(seq_len=LOSS_SEQ_LEN))
+    heldout = build_heldout_batches(cfg.data, tokenizer, LOSS_BATCH_SIZE, spec.architecture, LOSS_BATCHES)
+    keep = ("loss", "mlm_loss", "disc_loss", "sop_loss")
+    out = {}
+    for name, models in (("before_depth_change", before), ("after_depth_change", after)):
+        metrics = build_objective(cfg, models, mask_token_id=tokenizer.mask_token_id, seed=seed).evaluate(heldout)
+        out[name] = {k: v for k, v in metrics.items() if k in keep}
+    return out
 
 
 def grow_run_initial_state(cfg: RunConfig, out_dir: str | Path) -> Path:

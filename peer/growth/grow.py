@@ -1,4 +1,4 @@
-"""``grow``: a source model → the run's ELECTRA pair, function-preserving in width, stacked in depth, seeded.
+"""``grow``: a source model → the run's ELECTRA pair or ALBERT, function-preserving in width, stacked in depth, seeded.
 
 The pure part (``grow_discriminator_state``) maps fp64 state dicts; ``grow`` wraps it with the HF configs and modules
 that ``peer.modeling`` defines, so the result saves and loads like any other model dir of the run.
@@ -6,6 +6,7 @@ that ``peer.modeling`` defines, so the result saves and loads like any other mod
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from transformers.initialization import no_init_weights
 
 from peer.config import GrowthSpec, ModelSpec
 from peer.errors import UserError
+from peer.growth.albert import albert_growth, load_albert
 from peer.growth.depth import depth_map
 from peer.growth.layout import DISC_HEAD, Dims, backbone_only, dims_from_hf_config
 from peer.growth.noise import add_symmetric_noise
@@ -143,14 +145,24 @@ def source_electra_config(source: SourceModel, src: Dims) -> ElectraConfig:
 
 
 def grow(
-    source: SourceModel, spec: ModelSpec, growth: GrowthSpec, *, dtype: torch.dtype = torch.float32
+    source: SourceModel,
+    spec: ModelSpec,
+    growth: GrowthSpec,
+    *,
+    dtype: torch.dtype = torch.float32,
+    keep_source_depth: bool = False,
 ) -> GrowthResult:
-    """Grows ``source`` into the ELECTRA pair described by ``spec``; weights cast to ``dtype`` only at the end."""
+    """Grows ``source`` into the model ``spec`` describes (the ELECTRA pair, or ALBERT); weights cast to ``dtype``
+    only at the end. ``keep_source_depth`` grows width only and keeps the source's layer structure: the exact
+    reference that the depth change (stacking, ALBERT's shared layer) is measured against."""
+    if spec.architecture == "albert":
+        return _grow_albert(source, spec, growth, dtype, keep_source_depth)
     if spec.architecture != "electra":
-        raise UserError(f"growing into {spec.architecture!r} is not supported (supported target: electra)")
-    if source.model_type not in ("bert", "electra"):
-        raise UserError(f"cannot grow a {source.model_type!r} source into ELECTRA (supported: bert, electra)")
-    src, tgt = dims_from_hf_config(source.config), target_dims(spec)
+        raise UserError(f"growing into {spec.architecture!r} is not supported (supported targets: electra, albert)")
+    src = dims_from_hf_config(source.config)
+    if keep_source_depth:
+        spec = dataclasses.replace(spec, num_layers=src.layers)
+    tgt = target_dims(spec)
     vocab = int(source.config["vocab_size"])
     disc = grow_discriminator_state(
         source.state,
@@ -199,6 +211,7 @@ def grow(
         "source_model_type": source.model_type,
         "source_dims": vars(src),
         "target_dims": vars(tgt),
+        "target_architecture": "electra",
         "width_method": WIDTH_METHODS[growth.width_method],
         "depth_method": growth.depth_method,
         "layer_map": disc.layer_map,
@@ -207,3 +220,37 @@ def grow(
         "noise": growth.noise,
     }
     return GrowthResult(PretrainingModels(discriminator, generator), source_disc, disc.hidden_index, record)
+
+
+def albert_target_dims(spec: ModelSpec, src: Dims) -> Dims:
+    """ALBERT keeps the source's E unless the spec names one (``albert_config``'s default of 128 would be narrower
+    than most sources' E, and E cannot shrink function-preservingly)."""
+    return dataclasses.replace(target_dims(spec), embedding=spec.embedding_size or src.embedding)
+
+
+def _grow_albert(
+    source: SourceModel, spec: ModelSpec, growth: GrowthSpec, dtype: torch.dtype, keep_source_depth: bool
+) -> GrowthResult:
+    src = dims_from_hf_config(source.config)
+    tgt = albert_target_dims(spec, src)
+    tgt_state, tgt_cfg, ref_state, ref_cfg, maps, shape = albert_growth(
+        source, spec, growth, src, tgt, keep_source_depth=keep_source_depth
+    )
+    with _empty_modules(dtype):
+        model = load_albert(tgt_cfg, tgt_state, dtype)
+        reference = load_albert(ref_cfg, ref_state, dtype)
+    record = {
+        "source": str(source.path),
+        "source_model_type": source.model_type,
+        "source_dims": vars(src),
+        "target_dims": {**vars(tgt), "layers": shape.num_layers},
+        "target_architecture": "albert",
+        "width_method": WIDTH_METHODS[growth.width_method],
+        "depth_method": "albert shared layer (num_hidden_layers)",
+        # Source layer copied by each target layer group ("mean": the mean of the source's layers).
+        "layer_map": ["mean" if s == src.layers else s for s in shape.group_sources],
+        "num_hidden_layers": shape.num_layers,
+        "seed": growth.seed,
+        "noise": growth.noise,
+    }
+    return GrowthResult(PretrainingModels(model), reference, maps.hidden, record)

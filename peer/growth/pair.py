@@ -12,6 +12,13 @@ generator_init``):
   at source E width then expanded, with 1/k folded into its LayerNorm so the tied decoder does not multiply the
   logits by k; both keep the generator symmetric in the discriminator's duplicated embedding dims, so the generator
   does not break the discriminator's symmetry by itself.
+  The source has no MLM head, so the fresh head must not make the step-0 loss worse than a uniform guess (ln V):
+  HF's init (N(0, 0.02) dense, LayerNorm gain 1) gave 11.5 nats on MiniLM where uniform is 10.33, because
+  unit-variance LayerNorm outputs dotted with trained word embeddings give confidently wrong logits. So the head's
+  LayerNorm gain starts at ``HEAD_GAIN`` (0.1): logits start near uniform and the head's gradient is not zero. When
+  the source has no projection (E == hidden), the generator's residual dims are source embedding dims, so the dense
+  layer starts as the identity into those dims: the head reads the token embedding the residual stream carries,
+  which puts the step-0 loss just below uniform (``tests/peer/growth`` checks it is below ln V).
 - ``fresh``: Hugging Face's random init (seeded), for comparison.
 """
 
@@ -31,6 +38,8 @@ from peer.growth.width import (
 )
 
 GEN_HEAD = "generator_predictions"
+# LayerNorm gain of the fresh MLM head: logits start near uniform (see the module docstring).
+HEAD_GAIN = 0.1
 
 
 def generator_dims(disc: Dims, hidden: int, heads: int, ffn: int) -> Dims:
@@ -64,8 +73,11 @@ def narrow_generator_state(
     if gen.has_projection:
         w, b = source_projection(state, src)
         expand_linear(out, PROJECTION, w, b, maps.hidden, embedding_map)
-    # MLM head at source E width (HF init: N(0, 0.02), LayerNorm 1/0), expanded to the tied E space.
+    # MLM head at source E width, expanded to the tied E space (see the module docstring for the init).
     dense = torch.randn(src.embedding, gen.hidden, generator=rng, dtype=torch.float64) * 0.02
+    if f"{PROJECTION}.weight" not in state:  # E == hidden and no projection: residual dims are embedding dims
+        dense = torch.zeros_like(dense)
+        dense[maps.hidden, torch.arange(gen.hidden)] = 1.0
     expand_linear(
         out,
         f"{GEN_HEAD}.dense",
@@ -75,7 +87,7 @@ def narrow_generator_state(
         torch.arange(gen.hidden),
     )
     counts = torch.bincount(embedding_map, minlength=src.embedding).to(torch.float64)[embedding_map]
-    out.state[f"{GEN_HEAD}.LayerNorm.weight"] = 1.0 / counts
+    out.state[f"{GEN_HEAD}.LayerNorm.weight"] = HEAD_GAIN / counts
     out.state[f"{GEN_HEAD}.LayerNorm.bias"] = torch.zeros(gen.embedding, dtype=torch.float64)
     out.state["generator_lm_head.bias"] = torch.zeros(vocab_size, dtype=torch.float64)
     return out

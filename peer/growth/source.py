@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from peer.errors import UserError
+from peer.growth.layout import albert_to_canonical, bert_mlm_head_to_canonical
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ def _check_model_dir(path: Path, source: str) -> Path:
 
 @dataclass(frozen=True)
 class SourceModel:
-    """A source as growth sees it: its HF config dict and its weights (encoder/backbone names without the
-    ``bert.``/``electra.``/``albert.`` prefix, fp64 so every growth step is exact before the final cast)."""
+    """A source as growth sees it: its HF config dict and its weights in the canonical names of
+    ``peer.growth.layout`` (an ALBERT's shared layer unrolled), fp64 so every growth step is exact before the final
+    cast."""
 
     path: Path
     model_type: str
@@ -105,8 +107,12 @@ def load_source(path: str | Path) -> SourceModel:
         raise UserError(
             f"unsupported source architecture {model_type!r} in {path} (known: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
-    state = _read_weights(path)
-    return SourceModel(path=path, model_type=model_type, config=config, state=_backbone_state(state, model_type))
+    state = _backbone_state(_read_weights(path), model_type)
+    try:
+        state = albert_to_canonical(state, config) if model_type == "albert" else bert_mlm_head_to_canonical(state)
+    except KeyError as e:
+        raise UserError(f"source weights in {path} lack {e} (not a complete {model_type} checkpoint?)") from None
+    return SourceModel(path=path, model_type=model_type, config=config, state=state)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -132,17 +132,21 @@ def grow_block(state: dict, out: GrownState, src_layer: int, tgt_layer: int, map
 
 
 def source_projection(state: dict, src: Dims) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source's E→hidden projection; a BERT-style source (E == hidden) has the identity, so growing it gives the
-    ``[I; …; I]`` (scaled on the input side) projection with b = 0."""
-    if src.has_projection:
+    """The source's E→hidden projection; a BERT-style source (E == hidden, no projection weights) has the identity,
+    so growing it gives the ``[I; …; I]`` (scaled on the input side) projection with b = 0. An ALBERT source always
+    has one (even with E == hidden), so the weights decide, not the sizes."""
+    if f"{PROJECTION}.weight" in state:
         return state[f"{PROJECTION}.weight"], state[f"{PROJECTION}.bias"]
     eye = torch.eye(src.hidden, dtype=torch.float64)
     return eye, torch.zeros(src.hidden, dtype=torch.float64)
 
 
-def grow_embeddings(state: dict, out: GrownState, maps: WidthMaps, max_positions: int) -> None:
+def grow_embeddings(
+    state: dict, out: GrownState, maps: WidthMaps, max_positions: int, projection: bool | None = None
+) -> None:
     """Embedding tables repeated along E with no 1/k (they feed a LayerNorm, which is scale-sensitive), the
-    embedding LayerNorm repeated, and the projection expanded when the target has one."""
+    embedding LayerNorm repeated, and the projection expanded when the target has one (``projection``: default
+    ELECTRA's rule, E != hidden; ALBERT always has one)."""
     e = maps.embedding
     for table in EMBEDDING_TABLES:
         w = state[f"embeddings.{table}.weight"]
@@ -152,10 +156,10 @@ def grow_embeddings(state: dict, out: GrownState, maps: WidthMaps, max_positions
             w = w[:max_positions]
         out.state[f"embeddings.{table}.weight"] = w[:, e]
     expand_norm(out, "embeddings.LayerNorm", state, e)
-    if maps.tgt.has_projection:
+    if maps.tgt.has_projection if projection is None else projection:
         w, b = source_projection(state, maps.src)
         expand_linear(out, PROJECTION, w, b, maps.hidden, e)
-    elif maps.src.has_projection:
+    elif f"{PROJECTION}.weight" in state:
         raise UserError("the source has a factorised embedding; set the target's embedding_size to keep it")
 
 
