@@ -234,9 +234,11 @@ def _watch_losses(coordinator, honest: list[str], steps: int, window: int, timeo
         except (OSError, ValueError, KeyError) as e:  # a slow answer on a loaded machine: poll again
             logger.info("coordinator poll failed (%s); retrying", e)
             step, peers = 0, []
-        losses = [p["loss"] for p in peers if p["name"] in honest and p["alive"]]
+        # every honest peer's latest record, alive or not: on a loaded machine a peer's record may go stale for a
+        # while (it is still training); a missing peer is skipped rather than waited for
+        losses = [p["loss"] for p in peers if p["name"] in honest]
         losses = [float("nan") if v is None else float(v) for v in losses]
-        if losses and len(losses) == len(honest):
+        if losses:
             mean = sum(losses) / len(losses)
             if math.isnan(start_loss):
                 start_loss = mean
