@@ -399,7 +399,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["sync", "diloco"], choices=["sync", "diloco"])
     p.add_argument("--rate", default="100mbit", help="tbf rate of every peer's link")
     p.add_argument("--seconds", type=float, default=40.0, help="training seconds per configuration")
-    p.add_argument("--hidden", type=int, default=512, help="MLP width (params = 8 h^2)")
+    p.add_argument("--hidden", type=int, default=256, help="MLP width (params = 8 h^2)")
     p.add_argument("--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024)")
     p.add_argument("--inner_steps", type=int, default=500, help="diloco: local steps per outer round (OpenDiLoCo: 500)")
     p.add_argument(
