@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -104,6 +105,23 @@ def test_allowlist_is_reread_when_the_file_changes_and_a_bad_edit_keeps_the_last
 def test_bad_allowlist_lines_are_named(line, message):
     with pytest.raises(UserError, match=message):
         parse_allowlist("# header\n" + line + "\n", "allow.tsv")
+
+
+def test_allowlist_cli_prints_the_join_line_once_and_edits_the_file(tmp_path, capsys):
+    from coordinator.__main__ import main
+
+    path = str(tmp_path / "allow.tsv")
+    assert main(["allowlist", "add", "alice", "--file", path, "--url", "http://host:8080"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].strip()
+    assert line.startswith("python -m peer join --coordinator http://host:8080 --auth_key alice:")
+    secret = line.split("alice:", 1)[1]
+    assert Allowlist(path).check("alice", secret) and secret not in Path(path).read_text()
+    assert main(["allowlist", "add", "alice", "--file", path]) == 2
+    assert capsys.readouterr().err.strip() == f"error: alice is already in {path}; remove it first to issue a new key"
+    assert main(["allowlist", "list", "--file", path]) == 0
+    assert capsys.readouterr().out.startswith("alice\t")
+    assert main(["allowlist", "remove", "alice", "--file", path]) == 0
+    assert list_volunteers(path) == []
 
 
 def test_missing_allowlist_file_is_one_line(tmp_path):
