@@ -24,7 +24,10 @@ identical (parameters after a synchronous step) the median distance is ~0, and p
 ~5e-4, the default codec) would count as "clipped"; a difference below the codec's own error is not evidence.
 
 With one or two senders there is no majority to define "outlier", so the result is the plain weighted mean of the
-finite contributions (non-finite ones are still dropped).
+finite contributions (non-finite ones are still dropped) — unless two copies' norms differ by more than
+``pair_ratio`` (10×; honest gradients or parameters of one model do not): then no one can tell which is right, and
+the part is not averaged this round (every sender keeps its own values). Without this, a ×1000 attacker that lands
+in a group of two (a loaded swarm forms them) halves the honest peer's parameters into ``-500 ×`` them.
 
 Per sender the reducer records an outcome (accepted / clipped / non_finite) for the rejection ledger
 (``peer.swarm.bans``); zero-weight senders (hivemind's "tag along") are ``excluded``: not evidence either way.
@@ -72,6 +75,7 @@ class ClipSettings:
     iterations: int = 5
     max_weight_ratio: float = 8.0  # a sender's weight ≤ this × the median weight of the others
     rel_floor: float = 1e-3  # τ ≥ rel_floor × ‖centre‖ (below the fp16 codec's own error)
+    pair_ratio: float = 10.0  # two copies whose norms differ more than this: no average (each keeps its own)
 
 
 @dataclass
@@ -122,6 +126,14 @@ def centered_clip(
     w = torch.tensor(cap_weights([float(weights[i]) for i in usable], settings.max_weight_ratio), dtype=torch.float64)
     x = torch.stack([contributions[i].reshape(-1).to(torch.float64) for i in usable])
     w_norm = w / w.sum()
+    if len(usable) == 2:
+        norms = x.norm(dim=1)
+        if float(norms.max()) > settings.pair_ratio * float(norms.min()):
+            # two copies that disagree wildly: no majority says which is right, so nobody gets an average of this
+            # part (NaN: every sender keeps its own values for the round) and neither copy counts as evidence
+            for i in usable:
+                outcomes[i] = Outcome.EXCLUDED
+            return ClipResult(torch.full(shape, float("nan")), outcomes, used_weights=w.tolist())
     if len(usable) <= 2:
         mean = (w_norm[:, None] * x).sum(0)
         return ClipResult(mean.to(contributions[0].dtype).reshape(shape), outcomes, used_weights=w.tolist())

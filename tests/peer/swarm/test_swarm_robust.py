@@ -33,11 +33,13 @@ def test_without_outliers_it_is_the_weighted_mean(n):
     assert out.outcomes == [Outcome.ACCEPTED] * n
 
 
-def test_two_senders_give_the_mean_even_when_one_is_huge():
-    """Two copies: no majority defines an outlier, so the result is the plain weighted mean (hivemind's)."""
+def test_two_senders_give_the_mean_unless_their_norms_disagree_wildly():
+    """Two copies: no majority defines an outlier, so the result is the plain weighted mean (hivemind's) — but a
+    ×1000 copy is not averaged with anyone (NaN: each sender keeps its own values this round)."""
     a, b = _honest(2)
+    assert torch.allclose(centered_clip([a, 3 * b], [3.0, 1.0]).value, (3 * a + 3 * b) / 4, rtol=1e-5)
     out = centered_clip([a, -1000 * b], [3.0, 1.0])
-    assert torch.allclose(out.value, (3 * a - 1000 * b) / 4, rtol=1e-5)
+    assert torch.isnan(out.value).all() and out.outcomes == [Outcome.EXCLUDED] * 2
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "random"])
