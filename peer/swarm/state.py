@@ -330,7 +330,7 @@ def resume_swarm_state(
     named = list(start.models.named_parameters())
     names = wire_names(opt, named)
     if start.checkpoint_dir is not None:
-        apply_swarm_state(opt, names, read_checkpoint_state(start.checkpoint_dir, named))
+        apply_swarm_state(opt, names, checkpoint_state(start.checkpoint_dir))
     if not peers_hold_state(dht, cfg.run_id, exclude=opt.opt.state_averager.peer_id.to_bytes()):
         return
     timeout = cfg.swarm.load_state_timeout
@@ -345,7 +345,13 @@ def resume_swarm_state(
         "no peer sent its state within %.0f s: starting from the coordinator's latest checkpoint (else step 0)",
         timeout,
     )
+    apply_swarm_state(opt, names, checkpoint_state(fallback_checkpoint(cfg, coordinator_url, work_dir)))
+
+
+def checkpoint_state(checkpoint_dir: Path) -> SwarmState:
+    """A checkpoint's full state, its parameters read from disk again: the in-memory models may no longer hold them,
+    because hivemind's optimizer initialisation (a zero-gradient step) applies weight decay to the parameters it
+    optimizes, which are the model's own when the optimizer is not offloaded (DiLoCo)."""
     from peer.modeling import load_models
 
-    path = fallback_checkpoint(cfg, coordinator_url, work_dir)
-    apply_swarm_state(opt, names, read_checkpoint_state(path, list(load_models(path).named_parameters())))
+    return read_checkpoint_state(checkpoint_dir, list(load_models(checkpoint_dir).named_parameters()))
