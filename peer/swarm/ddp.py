@@ -269,13 +269,13 @@ def follow_loop(
             p.grad = None
         if decision.params_changed:
             group.sync_params(params)
-        if decision.stop:
-            break
         if decision.skipped:
-            skipped += 1
+            skipped += 1 if not decision.stop else 0  # a dismissal is not a skipped batch
         else:
             local_steps += 1
             samples += batch_size
+        if decision.stop:
+            break
     return FollowResult(
         global_step=decision.global_step,
         local_steps=local_steps,
