@@ -33,11 +33,13 @@ class ServedState:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors if t.is_floating_point())
 
 
-def max_abs_diff(a: ServedState, b: ServedState) -> float:
+def max_abs_diff(a: ServedState, b: ServedState, start: int = 0, stop: int | None = None) -> float:
+    """Largest elementwise difference over tensors ``start:stop`` (hivemind sends the parameters first, then the
+    optimizer statistics, then extra tensors)."""
     if len(a.tensors) != len(b.tensors):
         return float("inf")
-    diffs = (float((x.float() - y.float()).abs().max()) for x, y in zip(a.tensors, b.tensors, strict=True))
-    return max(diffs, default=0.0)
+    pairs = zip(a.tensors[start:stop], b.tensors[start:stop], strict=True)
+    return max((float((x.float() - y.float()).abs().max()) for x, y in pairs), default=0.0)
 
 
 async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> ServedState | None:
