@@ -327,7 +327,7 @@ def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_me
         client = DecentralizedAverager(
             [torch.zeros(4)], client_dht, prefix=f"{RUN}_gated", client_mode=True, start=True
         )
-        assert client.load_state_from_peers(timeout=10) is None  # refused: no member record
+        assert client.load_state_from_peers(timeout=60) is None  # refused (an empty answer), not timed out
         assert not membership.gate.admits(client_dht.peer_id)
         # the same peer with a member record (signed by its key, token bound to it) gets the state
         assert publish_member_record(client_dht, RUN, outsider_signature.local_public_key, outsider_token)
