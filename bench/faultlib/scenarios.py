@@ -169,8 +169,8 @@ def step_intervals(child: Child, before: float) -> list[float]:
 
 def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> list[Row]:
     name = "peer SIGKILL mid-averaging"
-    # no wire compression: with fp16 the peers' parameters differ by ~lr after a few steps even without a fault
-    # (measured 4.7e-4 at lr 2e-4), which would hide a divergence the kill causes
+    # no wire compression: with fp16 the peers came out 4.7e-4 apart after a kill (lr 2e-4), which fp16 rounding
+    # alone may explain (not separated); without compression any difference is the fault's
     run = prepare_run(work / "run", "faults-kill", settings.model, swarm=dict(compression="none"))
     with ProcessSet(work / "procs") as procs:
         coordinator = Coordinator(procs, run, work / "data", checkpoint_every=10**6)
