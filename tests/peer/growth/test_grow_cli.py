@@ -23,6 +23,10 @@ def test_grow_writes_loadable_dir_and_record(tmp_path, capsys):
     assert (
         0 < record["preservation_fp32"]["hidden_rel_l2"] < 10
     )  # stacking changes the function; the change is recorded
+    # Stacking 6 -> 8 changes the step-0 held-out ELECTRA loss; both sides are measured on the same batches.
+    before, after = record["step0_loss"]["before_depth_change"], record["step0_loss"]["after_depth_change"]
+    assert set(before) == {"loss", "mlm_loss", "disc_loss"} and all(v == v for v in before.values())
+    assert before["loss"] != after["loss"]
     for name, digest in record["sha256"].items():
         assert sha256_file(out / name) == digest
     # Plain transformers loads it, and our loader gives the same weights with the generator tied.
@@ -34,7 +38,8 @@ def test_grow_writes_loadable_dir_and_record(tmp_path, capsys):
     emb = models.discriminator.electra.embeddings.word_embeddings.weight
     assert models.generator.electra.embeddings.word_embeddings.weight is emb
     assert models.generator.generator_lm_head.weight is emb
-    assert "wrote" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "wrote" in summary and "step-0 held-out electra loss after depth change" in summary
 
 
 @pytest.mark.parametrize(
