@@ -28,8 +28,9 @@ from peer.growth.layout import BLOCK, DISC_HEAD, EMBEDDING_TABLES, PROJECTION, D
 
 def duplicate_index(n_src: int, n_tgt: int, what: str, *, even: bool, rng: torch.Generator | None) -> torch.Tensor:
     """Target→source unit map for widening ``n_src`` to ``n_tgt``. Even duplication (``i % n_src``) when ``n_tgt`` is a
-    multiple; otherwise Net2Net's: the first ``n_src`` units in place, the rest copies of random units (needs
-    ``rng``; refused when ``even`` is required, i.e. where a LayerNorm would make it inexact)."""
+    multiple; otherwise Net2Net's: the first ``n_src`` units in place, the rest copies of evenly spaced units
+    (refused when ``even`` is required, i.e. where a LayerNorm would make it inexact). ``rng`` is unused (kept so
+    callers need not change)."""
     if n_tgt < n_src:
         raise UserError(f"target {what} {n_tgt} is narrower than the source's {n_src}")
     if n_tgt % n_src == 0:
@@ -39,8 +40,11 @@ def duplicate_index(n_src: int, n_tgt: int, what: str, *, even: bool, rng: torch
             f"exact growth needs the target {what} to be an integer multiple of the source's "
             f"({n_tgt} / {n_src} = {n_tgt / n_src:.3g}); use --width-method fpi for an approximate growth"
         )
-    assert rng is not None
-    return torch.cat([torch.arange(n_src), torch.randint(n_src, (n_tgt - n_src,), generator=rng)])
+    # Replicas evenly spaced over the source units, not random (Net2Net's choice): a random pick can duplicate one of
+    # BERT's few outlier dims, which shifts the residual LayerNorm's statistics. MiniLM 384 -> 512 FPI, fp64, probe
+    # batch: final hidden rel. L2 0.58 with random replicas (0.72 already after the embedding LN), 0.29 evenly spaced.
+    extra = n_tgt - n_src
+    return torch.cat([torch.arange(n_src), torch.arange(extra) * n_src // extra])
 
 
 def select_index(n_src: int, n_tgt: int) -> torch.Tensor:
