@@ -213,7 +213,7 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
     diff = max(max_abs_diff(states[0], s, 0, n_params) for s in states[1:])
     rest = max(max_abs_diff(states[0], s, n_params) for s in states[1:])
     finite = all(s.finite() for s in states)
-    typical = median(baseline)
+    typical = median(baseline) if baseline else 0.0  # too few steps before the first kill to time one
     delay_target = load_config(run.config).swarm.averaging_timeout + 2 * typical
     return [
         Row(name, "kills that landed inside an averaging round", f"{inside}/{settings.kills}", "context", None),
