@@ -86,35 +86,35 @@ def test_process_set_reaps_a_child_session_even_when_the_body_raises(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.scenario
 @pytest.mark.timeout(900)
 def test_bad_records_are_rejected_and_counted_by_reason(tmp_path):
     assert_rows(bad_records(tmp_path, RecordSettings(count=2)))
 
 
 @pytest.mark.slow
+@pytest.mark.scenario
 @pytest.mark.timeout(900)
 def test_tampered_and_expired_tokens_are_refused_and_counted_valid_one_joins(tmp_path):
     assert_rows(bad_tokens(tmp_path, TokenSettings(attempts=1)))
 
 
 @pytest.mark.slow
+@pytest.mark.scenario
 @pytest.mark.timeout(900)
 def test_coordinator_killed_inside_a_checkpoint_write_leaves_no_half_checkpoint(tmp_path):
     assert_rows(coordinator_kill(tmp_path, CoordinatorKillSettings(kills=1, peers=1)))
 
 
 @pytest.mark.slow
+@pytest.mark.scenario
 @pytest.mark.timeout(900)
 def test_newcomer_after_every_peer_left_resumes_from_the_latest_checkpoint(tmp_path):
     assert_rows(all_leave(tmp_path, AllLeaveSettings(peers=1, model=TinyModel(target_batch_size=64))))
 
 
 @pytest.mark.slow
+@pytest.mark.scenario
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(
-    reason="not yet seen passing: failed once on fp16 rounding (now without compression) and once on a NaN "
-    "baseline (fixed); neither fix re-run before the session ended",
-    strict=False,
-)
 def test_peer_killed_mid_round_survivors_step_on_with_identical_state(tmp_path):
     assert_rows(peer_kill(tmp_path, PeerKillSettings(peers=2, kills=1, settle_steps=1)))

@@ -172,6 +172,7 @@ def swarms(tmp_path_factory):
         return {name: future.result() for name, future in futures.items()}
 
 
+@pytest.mark.scenario
 @pytest.mark.timeout(1200)
 def test_sign_flip_attacker_at_1_of_4_with_defences_on(swarms):
     """The honest peers' final loss is within 5 % of the clean run's, and the attacker ends banned by the
@@ -182,6 +183,7 @@ def test_sign_flip_attacker_at_1_of_4_with_defences_on(swarms):
     assert result.banned == [result.attacker] and result.locally_banned_by, result
 
 
+@pytest.mark.scenario
 @pytest.mark.timeout(1200)
 def test_sign_flip_attacker_at_1_of_4_with_defences_off_spoils_training(swarms):
     """The test of the test: the same attack without the defences leaves the loss visibly worse (less than half
