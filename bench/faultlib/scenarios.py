@@ -510,14 +510,22 @@ class AttackSettings:
 
 def attacks(work: Path, settings: AttackSettings = AttackSettings()) -> list[Row]:
     """The clean run once, then every attack with defences on and off; each a real 4-peer swarm (the last peer
-    attacks), scored by the held-out loss of the coordinator's checkpoint at ``steps``."""
+    attacks), scored by the honest peers' mean training loss over the last global steps (AttackResult.final_loss)."""
     import math
 
     from bench.faultlib.attacks import run_attack_scenario
 
     name = f"attacker at 1 of {settings.peers}"
     clean = run_attack_scenario(None, True, work / "clean", peers=settings.peers, steps=settings.steps)
-    rows = [Row(name, f"clean run: held-out loss at step {clean.step}", f"{clean.final_loss:.3f}", "context", None)]
+    rows = [
+        Row(
+            name,
+            f"clean run: honest peers' training loss at step {clean.step}",
+            f"{clean.final_loss:.3f}",
+            "context",
+            None,
+        )
+    ]
     for attack in settings.attacks:
         for defences in (True, False):
             label = f"{attack}, defences {'on' if defences else 'off'}: final loss"
