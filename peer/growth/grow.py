@@ -70,10 +70,19 @@ class DiscriminatorGrowth:
 
 
 def grow_discriminator_state(
-    source_state: dict, src: Dims, tgt: Dims, *, width_method: str, depth_method: str, seed: int, noise: float
+    source_state: dict,
+    src: Dims,
+    tgt: Dims,
+    *,
+    width_method: str,
+    depth_method: str,
+    seed: int,
+    noise: float,
+    max_positions: int | None = None,
 ) -> DiscriminatorGrowth:
     """The pure growth: fp64 source state (canonical names) → fp64 target discriminator state (canonical names,
-    head included). Same arguments → same tensors, bit for bit (one seeded generator, fixed draw order)."""
+    head included) with ``max_positions`` position rows (None: the source's count; see ``grow_embeddings``). Same
+    arguments → same tensors, bit for bit (one seeded generator, fixed draw order)."""
     if width_method not in WIDTH_METHODS:
         raise UserError(f"unknown width method {width_method!r} (known: {', '.join(WIDTH_METHODS)})")
     rng = torch.Generator().manual_seed(seed)
@@ -82,7 +91,8 @@ def grow_discriminator_state(
     maps = width_maps(src, tgt, exact=width_method == "exact", rng=rng)
     layers = depth_map(src.layers, tgt.layers, depth_method)
     out = GrownState(state={})
-    grow_embeddings(state, out, maps, max_positions=state["embeddings.position_embeddings.weight"].shape[0])
+    positions = state["embeddings.position_embeddings.weight"].shape[0] if max_positions is None else max_positions
+    grow_embeddings(state, out, maps, max_positions=positions)
     for t, s in enumerate(layers):
         grow_block(state, out, s, t, maps)
     grow_disc_head(head, out, maps)
@@ -172,6 +182,7 @@ def grow(
         depth_method=growth.depth_method,
         seed=growth.seed,
         noise=growth.noise,
+        max_positions=spec.max_position_embeddings,  # the configs below are built with the spec's count
     )
     disc_cfg, gen_cfg = electra_configs(
         spec, vocab, int(source.config.get("pad_token_id") or 0), int(source.config.get("type_vocab_size", 2))

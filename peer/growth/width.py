@@ -150,13 +150,22 @@ def grow_embeddings(
 ) -> None:
     """Embedding tables repeated along E with no 1/k (they feed a LayerNorm, which is scale-sensitive), the
     embedding LayerNorm repeated, and the projection expanded when the target has one (``projection``: default
-    ELECTRA's rule, E != hidden; ALBERT always has one)."""
+    ELECTRA's rule, E != hidden; ALBERT always has one).
+
+    Positions: the target keeps the source's first ``max_positions`` rows (the target's
+    ``max_position_embeddings``), so the function is unchanged on every sequence the target accepts. A target with
+    more positions than the source is refused rather than given fresh rows: a position the source never saw has no
+    trained embedding, and random rows would silently break function preservation on exactly the long sequences a
+    user asked for; growing the position table is a training decision, not a growth one."""
     e = maps.embedding
     for table in EMBEDDING_TABLES:
         w = state[f"embeddings.{table}.weight"]
         if table == "position_embeddings":
             if max_positions > w.shape[0]:
-                raise UserError(f"target max_position_embeddings {max_positions} exceeds the source's {w.shape[0]}")
+                raise UserError(
+                    f"target max_position_embeddings {max_positions} exceeds the source's {w.shape[0]} "
+                    "(positions beyond the source's have no trained embedding; lower --target positions=)"
+                )
             w = w[:max_positions]
         out.state[f"embeddings.{table}.weight"] = w[:, e]
     expand_norm(out, "embeddings.LayerNorm", state, e)

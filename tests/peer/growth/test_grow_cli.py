@@ -2,12 +2,14 @@
 input."""
 
 import json
+import math
 
 import pytest
 import torch
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from peer.__main__ import main
+from peer.growth import DEFAULT_SOURCE, resolve_source
 from peer.growth.artifact import sha256_file
 from peer.modeling import load_models
 
@@ -25,7 +27,9 @@ def test_grow_writes_loadable_dir_and_record(tmp_path, capsys):
     )  # stacking changes the function; the change is recorded
     # Stacking 6 -> 8 changes the step-0 held-out ELECTRA loss; both sides are measured on the same batches.
     before, after = record["step0_loss"]["before_depth_change"], record["step0_loss"]["after_depth_change"]
-    assert set(before) == {"loss", "mlm_loss", "disc_loss"} and all(v == v for v in before.values())
+    for losses in (before, after):
+        assert set(losses) == {"loss", "mlm_loss", "disc_loss"}
+        assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
     assert before["loss"] != after["loss"]
     for name, digest in record["sha256"].items():
         assert sha256_file(out / name) == digest
@@ -51,6 +55,7 @@ def test_grow_writes_loadable_dir_and_record(tmp_path, capsys):
         (["--target", "hidden=768,layers=6,ffn=3072,heads=10"], "not divisible"),
         (["--target", "hidden=768,layers=4,ffn=3072", "--objective", "albert"], "fewer"),
         (["--target", "hidden=768,bogus=3"], "bad --target"),
+        (["--target", "hidden=768,layers=6,ffn=3072,positions=1024"], "exceeds the source's 512"),
         (["--source", "/nonexistent/model", "--target", "hidden=768,layers=6,ffn=3072"], "does not exist"),
     ],
 )
@@ -60,6 +65,29 @@ def test_bad_input_one_line_nothing_written(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_architectures_one_line_nothing_written(tmp_path, capsys):
+    """A source of an architecture growth cannot map (GPT-2 here), and a target architecture that is not ELECTRA or
+    ALBERT (from a run config)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in resolve_source(DEFAULT_SOURCE).iterdir():
+        if f.name != "config.json" and f.is_file():
+            (src / f.name).symlink_to(f)
+    config = json.loads((resolve_source(DEFAULT_SOURCE) / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("model:\n  architecture: gpt2\n")
+    for args, message in (
+        (["--source", str(src), "--target", "hidden=768,layers=6,ffn=3072"], "gpt2"),
+        (["-c", str(run_config)], "architecture"),
+    ):
+        out = tmp_path / "grown"
+        assert main(["grow", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
+        assert not out.exists()
 
 
 def test_corrupt_source_nothing_written(tmp_path, capsys):

@@ -101,3 +101,21 @@ def test_same_seed_same_bits_other_seed_other_noise(source, batch):
     assert not torch.equal(
         a["encoder.layer.0.attention.self.query.weight"], c["encoder.layer.0.attention.self.query.weight"]
     )
+
+
+def test_target_positions_are_the_sources_first_rows(source, batch):
+    """A target with fewer positions than the source keeps the source's first rows (repeated along hidden, shared
+    with the generator) and stays exact; one with more is refused with one line."""
+    spec = ModelSpec(hidden_size=768, num_layers=6, num_heads=24, ffn_size=3072, max_position_embeddings=128)
+    result = grow(source, spec, GrowthSpec(), dtype=torch.float64)
+    disc, gen = result.models.discriminator, result.models.generator
+    assert disc.config.max_position_embeddings == gen.config.max_position_embeddings == 128
+    table = disc.electra.embeddings.position_embeddings.weight
+    src_rows = source.state["embeddings.position_embeddings.weight"][:128]
+    torch.testing.assert_close(table, src_rows.repeat(1, 2), rtol=0, atol=0)
+    assert gen.electra.embeddings.position_embeddings.weight is table
+    err = measure_preservation(result.source_discriminator, disc, result.hidden_index, batch)
+    assert err.hidden_rel_l2 < 1e-10 and err.logits_rel_l2 < 1e-10
+    with pytest.raises(UserError, match="exceeds the source's 512") as e:
+        grow(source, ModelSpec(hidden_size=768, num_layers=6, num_heads=24, max_position_embeddings=1024), GrowthSpec())
+    assert "\n" not in str(e.value)
