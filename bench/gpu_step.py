@@ -9,46 +9,78 @@ only, fp32 Gumbel-max on those rows) + ``peer.trainer.make_optimizer`` (fused Ad
 MFU = model FLOPs / time / peak, with model FLOPs = 6 x (matmul params x tokens) + attention 12 x layers x seq x
 hidden per token, for generator and discriminator, the generator's vocabulary projection counted on masked positions
 only (the same useful work for both steps, so the MFU ratio is the throughput ratio). Peak = a measured bf16 8192³
-matmul on GPU (fp32 2048³ on CPU).
+matmul on GPU (fp32 2048³ on CPU, with the CPU part's thread count).
 
-    .venv/bin/python bench/gpu_step.py                      # GPU: small and base-128, batch 128, seq 128
-    .venv/bin/python bench/gpu_step.py --device cpu --quick # CPU: demo sizes, few steps
+One run prints the whole table: on a GPU, ELECTRA-small and base at batch 128 × seq 128, then the demo size
+(``configs/demo.yaml``: its model, seq_len and per-step batch) on the CPU, eager fp32 with ``--cpu-threads`` threads
+(2: the dev machine and a typical volunteer's laptop). A row that fails (compile error, out of memory) prints its
+error and the run goes on; a failed compile is retried eager and labelled so. Results go to ``--json`` and, when the
+environment sets ``$OUT`` (the device tool), to ``$OUT/gpu_step.json``, rewritten after every row so a run cut short
+keeps what it measured. Needs only torch, transformers and pyyaml (no hivemind, no datasets).
+
+    python3 bench/gpu_step.py                                   # GPU rows + CPU demo row (one device-tool call)
+    python3 bench/gpu_step.py --compile-mode reduce-overhead    # the same with CUDA graphs
+    .venv/bin/python bench/gpu_step.py --cpu-only               # no GPU needed: the CPU demo row alone
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import platform
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-import torch
-from transformers import ElectraForMaskedLM, ElectraForPreTraining
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from peer.config import ModelSpec, RunConfig, TrainSpec
-from peer.modeling import PretrainingModels, electra_configs, tie_generator_embeddings
-from peer.objectives import build_objective
-from peer.objectives.masking import max_predictions
-from peer.trainer import compile_models, make_optimizer
+import torch  # noqa: E402
+from transformers import ElectraForMaskedLM, ElectraForPreTraining  # noqa: E402
+
+from peer.config import ModelSpec, RunConfig, TrainSpec, load_config  # noqa: E402
+from peer.modeling import PretrainingModels, electra_configs, tie_generator_embeddings  # noqa: E402
+from peer.objectives import build_objective  # noqa: E402
+from peer.objectives.masking import max_predictions  # noqa: E402
+from peer.trainer import compile_models, make_optimizer  # noqa: E402
 
 VOCAB = 30522
 CLS, SEP, MASK = 101, 102, 103
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 
-SIZES = {
+GPU_SIZES = {
     # google-research/electra: small 256x12 (4 heads, FFN 1024, E 128, generator 64 wide); base 768x12, generator 256.
     "small": ModelSpec(hidden_size=256, num_layers=12, num_heads=4, ffn_size=1024, embedding_size=128,
                        generator_fraction=0.25),
     "base": ModelSpec(hidden_size=768, num_layers=12, num_heads=12, ffn_size=3072, generator_fraction=1 / 3),
-    # CPU demo size (--quick): the shape of small, fewer layers.
-    "demo": ModelSpec(hidden_size=256, num_layers=4, num_heads=4, ffn_size=1024, embedding_size=128,
-                      generator_fraction=0.25),
 }  # fmt: skip
 
 
 @dataclass
-class Timing:
-    seq_per_s: float
-    mfu: float
+class Row:
+    """One size on one device: both steps' throughput, or the error that stopped it."""
+
+    size: str
+    device: str
+    batch: int
+    seq: int
+    compiled: bool
+    bf16: bool
+    model_flops_per_step: float = 0.0
+    hf_seq_per_s: float | None = None
+    ours_seq_per_s: float | None = None
+    hf_mfu: float | None = None
+    ours_mfu: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.hf_seq_per_s and self.ours_seq_per_s:
+            return self.ours_seq_per_s / self.hf_seq_per_s
+        return None
 
 
 def build_pair(spec: ModelSpec, device: torch.device) -> PretrainingModels:
@@ -141,7 +173,7 @@ def make_step(variant: str, spec: ModelSpec, models: PretrainingModels, batch: d
 
 
 def time_steps(step, params, optimizer, device, amp, warmup: int, steps: int) -> float:
-    """Seconds per optimizer step (forward, backward, clip, fused AdamW), after ``warmup`` untimed steps."""
+    """Seconds per optimizer step (forward, backward, clip, AdamW), after ``warmup`` untimed steps."""
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     def one():
@@ -162,70 +194,186 @@ def time_steps(step, params, optimizer, device, amp, warmup: int, steps: int) ->
     return (time.perf_counter() - t) / steps
 
 
-def bench_size(name: str, args, device: torch.device, peak: float) -> dict[str, Timing]:
-    spec = SIZES[name]
-    amp = device.type == "cuda"
-    train = TrainSpec(lr=1e-4, weight_decay=0.01)
-    results = {}
-    masked = max_predictions(args.seq, 0.15)
-    for variant in ("hf", "warmswarm"):
-        models = build_pair(spec, device).train()
-        if args.compile and variant == "warmswarm":
-            compile_models(models, mode=args.compile_mode)
-        elif args.compile:
+@dataclass
+class Timing:
+    steps: int
+    warmup: int
+    compile_mode: str | None  # None = eager
+
+
+def time_variant(variant: str, spec: ModelSpec, row: Row, device: torch.device, timing: Timing):
+    """Seconds per step of one variant, and the model FLOPs of one step."""
+    compile_mode = timing.compile_mode
+    models = build_pair(spec, device).train()
+    if compile_mode is not None:
+        if variant == "warmswarm":
+            compile_models(models, mode=compile_mode)
+        else:
             for m in models.modules():
-                m.compile(mode=args.compile_mode)
-        params = models.parameters()
-        optimizer = make_optimizer(params, train)
-        step = make_step(variant, spec, models, random_batch(args.batch, args.seq, device))
-        sec = time_steps(step, params, optimizer, device, amp, args.warmup, args.steps)
-        flops = model_flops_per_step(models, args.batch, args.seq, masked)
-        results[variant] = Timing(args.batch / sec, flops / sec / peak)
+                m.compile(mode=compile_mode)
+    params = models.parameters()
+    optimizer = make_optimizer(params, TrainSpec(lr=1e-4, weight_decay=0.01))
+    step = make_step(variant, spec, models, random_batch(row.batch, row.seq, device))
+    try:
+        sec = time_steps(step, params, optimizer, device, row.bf16, timing.warmup, timing.steps)
+        return sec, model_flops_per_step(models, row.batch, row.seq, max_predictions(row.seq, 0.15))
+    finally:
+        del models, optimizer, step
         if device.type == "cuda":
-            del models, optimizer, step
             torch.cuda.empty_cache()
-    return results
 
 
-def main() -> None:
+def bench_row(spec: ModelSpec, row: Row, device: torch.device, timing: Timing, peak: float) -> Row:
+    """Times both variants into ``row``; a variant that fails leaves its cells empty and says why in the notes."""
+    for variant in ("hf", "warmswarm"):
+        try:
+            try:
+                sec, flops = time_variant(variant, spec, row, device, timing)
+            except Exception as e:  # noqa: BLE001 - a failed compile is retried eager and labelled, not fatal
+                if timing.compile_mode is None:
+                    raise
+                torch._dynamo.reset()
+                row.notes.append(f"{variant}: compile failed ({_one_line(e)}); timed eager")
+                eager = Timing(timing.steps, timing.warmup, None)
+                sec, flops = time_variant(variant, spec, row, device, eager)
+        except Exception as e:  # noqa: BLE001 - one failed row must not cost the rest of a one-shot device run
+            row.notes.append(f"{variant}: failed: {_one_line(e)}")
+            continue
+        row.model_flops_per_step = flops
+        if variant == "hf":
+            row.hf_seq_per_s, row.hf_mfu = row.batch / sec, flops / sec / peak
+        else:
+            row.ours_seq_per_s, row.ours_mfu = row.batch / sec, flops / sec / peak
+    return row
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return format(x, spec) if x is not None else "-"
+
+
+def print_header() -> None:
+    print(
+        f"{'size':6} {'device':6} {'batch x seq':>11} {'HF seq/s':>10} {'ours seq/s':>11} {'ratio':>6} "
+        f"{'HF MFU':>7} {'our MFU':>8}",
+        flush=True,
+    )
+
+
+def print_row(row: Row) -> None:
+    print(
+        f"{row.size:6} {row.device:6} {f'{row.batch} x {row.seq}':>11} {_fmt(row.hf_seq_per_s, '10.1f')} "
+        f"{_fmt(row.ours_seq_per_s, '11.1f')} {_fmt(row.ratio, '6.2f')} {_fmt(row.hf_mfu, '7.3f')} "
+        f"{_fmt(row.ours_mfu, '8.3f')}",
+        flush=True,
+    )
+    for note in row.notes:
+        print(f"       note: {note}", flush=True)
+
+
+def json_paths(args) -> list[Path]:
+    paths = [Path(args.json)] if args.json else []
+    if os.environ.get("OUT"):
+        paths.append(Path(os.environ["OUT"]) / "gpu_step.json")
+    return paths
+
+
+def write_json(paths: list[Path], header: dict, rows: list[Row]) -> None:
+    payload = {**header, "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--sizes", default=None, help="comma list of small,base,demo (default: small,base; demo on --quick)")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="CPU-sized: demo model, batch 8, 3 timed steps, no compile")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: the GPU rows when CUDA is present; cuda: fail unless it is; cpu: same as --cpu-only",
+    )
+    p.add_argument("--cpu-only", action="store_true", help="only the CPU demo row (no GPU needed)")
+    p.add_argument("--sizes", default="small,base", help="GPU sizes, comma list of: " + ",".join(GPU_SIZES))
+    p.add_argument("--batch", type=int, default=128, help="GPU batch")
+    p.add_argument("--seq", type=int, default=128, help="GPU sequence length")
+    p.add_argument("--steps", type=int, default=20, help="timed GPU steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed GPU steps (compilation happens here)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="GPU rows eager")
     p.add_argument(
         "--compile-mode", default="default", help="torch.compile mode of both steps (reduce-overhead = CUDA graphs)"
     )
-    args = p.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.quick:
-        args.compile = False
-    args.batch = args.batch or (8 if args.quick else 128)
-    args.steps = args.steps or (3 if args.quick else 20)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    sizes = (args.sizes or ("demo" if args.quick else "small,base")).split(",")
-    if device.type == "cuda":
+    p.add_argument("--no-cpu", dest="cpu", action="store_false", help="skip the CPU demo row")
+    p.add_argument("--cpu-threads", type=int, default=2)
+    p.add_argument("--cpu-steps", type=int, default=5)
+    p.add_argument("--cpu-warmup", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the results here")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        print("error: --device cuda asked for, but torch sees no CUDA device (run with --cpu-only)", file=sys.stderr)
+        return 2
+    unknown = [s for s in args.sizes.split(",") if s not in GPU_SIZES]
+    if unknown:
+        print(f"error: unknown size {unknown[0]!r} (known: {', '.join(GPU_SIZES)})", file=sys.stderr)
+        return 2
+    gpu = cuda and not args.cpu_only and args.device != "cpu"
+    if not gpu and not args.cpu:
+        print("error: nothing to run: no GPU rows (no CUDA or --cpu-only) and --no-cpu", file=sys.stderr)
+        return 2
+    if not gpu and args.device == "auto" and not args.cpu_only:
+        print("no CUDA device: running the CPU demo row only", flush=True)
+    header: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+    }
+    rows: list[Row] = []
+    outputs = json_paths(args)
+    print_header()
+    if gpu:
+        device = torch.device("cuda")
         torch.backends.cuda.matmul.allow_tf32 = True
-    peak = measure_peak(device)
-    print(
-        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-        f"threads {torch.get_num_threads()}, peak {peak / 1e12:.2f} TFLOP/s, batch {args.batch} x seq {args.seq}, "
-        f"compile {args.compile}, bf16 {device.type == 'cuda'}"
-    )
-    print(f"{'size':6} {'HF seq/s':>10} {'ours seq/s':>11} {'ratio':>6} {'HF MFU':>7} {'our MFU':>8}")
-    for name in sizes:
-        r = bench_size(name, args, device, peak)
-        hf, ours = r["hf"], r["warmswarm"]
+        peak = measure_peak(device)
+        header.update(gpu=torch.cuda.get_device_name(), gpu_peak_flops=peak, gpu_compile_mode=args.compile_mode)
+        print(f"# GPU {header['gpu']}, bf16 peak {peak / 1e12:.0f} TFLOP/s, compile {args.compile}", flush=True)
+        for name in args.sizes.split(","):
+            row = Row(name, "cuda", args.batch, args.seq, compiled=args.compile, bf16=True)
+            timing = Timing(args.steps, args.warmup, args.compile_mode if args.compile else None)
+            rows.append(bench_row(GPU_SIZES[name], row, device, timing, peak))
+            print_row(row)
+            write_json(outputs, header, rows)
+    if args.cpu:
+        torch.set_num_threads(args.cpu_threads)
+        device = torch.device("cpu")
+        demo = load_config(DEMO_CONFIG)
+        peak = measure_peak(device)
+        header.update(cpu_threads=args.cpu_threads, cpu_peak_flops=peak, load_average=os.getloadavg())
         print(
-            f"{name:6} {hf.seq_per_s:10.1f} {ours.seq_per_s:11.1f} {ours.seq_per_s / hf.seq_per_s:6.2f} "
-            f"{hf.mfu:7.3f} {ours.mfu:8.3f}",
+            f"# CPU ({args.cpu_threads} threads), measured fp32 peak {peak / 1e9:.0f} GFLOP/s, eager fp32, demo size "
+            f"from {DEMO_CONFIG.relative_to(ROOT)}: {demo.model.hidden_size}x{demo.model.num_layers}, "
+            f"generator x{demo.model.generator_fraction}; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
+        row = Row("demo", "cpu", demo.train.batch_size, demo.data.seq_len, compiled=False, bf16=False)
+        rows.append(bench_row(demo.model, row, device, Timing(args.cpu_steps, args.cpu_warmup, None), peak))
+        print_row(row)
+        write_json(outputs, header, rows)
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0 if all(r.ratio is not None for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
