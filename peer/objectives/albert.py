@@ -15,15 +15,16 @@ import torch
 from peer.config import ObjectiveSpec
 from peer.modeling import PretrainingModels
 from peer.objectives.base import Objective, ObjectiveOutput
-from peer.objectives.electra import gather_rows
 from peer.objectives.losses import masked_lm_loss, sentence_order_loss
 from peer.objectives.masking import (
     MaskedPositions,
+    gather_rows,
     mask_inputs,
     max_predictions,
     positions_from_mask,
     sample_ngram_spans,
 )
+from peer.objectives.metrics import MaskedLMTally, masked_accuracy
 
 BERT_MASK_FRACTION = 0.8
 BERT_RANDOM_FRACTION = 0.1
@@ -79,8 +80,7 @@ class AlbertObjective(Objective):
         sop = sentence_order_loss(s.sop_logits, s.sop_labels)
         loss = mlm + sop
         with torch.no_grad():
-            w = s.positions.weight
-            mlm_acc = ((s.mlm_logits.argmax(-1) == s.mlm_labels).float() * w).sum() / w.sum().clamp(min=1)
+            mlm_acc = masked_accuracy(s.mlm_logits, s.mlm_labels, s.positions.weight)
             sop_acc = (s.sop_logits.argmax(-1) == s.sop_labels).float().mean()
         metrics = {
             "loss": loss.detach(),
@@ -96,27 +96,24 @@ class AlbertObjective(Objective):
         was_training = self.models.discriminator.training
         self.models.eval()
         rng = self.eval_rng()
-        mlm_sum = mlm_n = mlm_hit = sop_sum = sop_hit = n_seq = 0.0
+        mlm = MaskedLMTally()
+        sop_sum = sop_hit = n_seq = 0.0
         try:
             for raw in batches:
                 s = self.step(self.to_device(raw), rng)
-                w = s.positions.weight
-                n = float(w.sum())
-                mlm_sum += float(masked_lm_loss(s.mlm_logits, s.mlm_labels, w)) * n
-                mlm_n += n
-                mlm_hit += float(((s.mlm_logits.argmax(-1) == s.mlm_labels).float() * w).sum())
+                mlm.add(s.mlm_logits, s.mlm_labels, s.positions.weight)
                 b = s.sop_labels.numel()
                 sop_sum += float(sentence_order_loss(s.sop_logits, s.sop_labels)) * b
                 sop_hit += float((s.sop_logits.argmax(-1) == s.sop_labels).float().sum())
                 n_seq += b
         finally:
             self.models.train(was_training)
-        if not mlm_n or not n_seq:
+        if not mlm.rows or not n_seq:
             return {}
         return {
-            "loss": mlm_sum / mlm_n + sop_sum / n_seq,
-            "mlm_loss": mlm_sum / mlm_n,
-            "mlm_accuracy": mlm_hit / mlm_n,
+            "loss": mlm.loss + sop_sum / n_seq,
+            "mlm_loss": mlm.loss,
+            "mlm_accuracy": mlm.accuracy,
             "sop_loss": sop_sum / n_seq,
             "sop_accuracy": sop_hit / n_seq,
         }

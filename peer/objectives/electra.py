@@ -22,11 +22,13 @@ from peer.objectives.losses import electra_loss, masked_lm_loss, replaced_token_
 from peer.objectives.masking import (
     MaskedPositions,
     candidate_mask,
+    gather_rows,
     gumbel_max_sample,
     mask_inputs,
     sample_token_positions,
     scatter_at,
 )
+from peer.objectives.metrics import MaskedLMTally, masked_accuracy
 
 # google-research/electra: of the chosen positions, 85 % get [MASK] and 15 % keep their token (no random tokens).
 ELECTRA_MASK_FRACTION = 0.85
@@ -43,11 +45,6 @@ class ElectraStep:
     disc_logits: torch.Tensor  # [B, L]
     disc_labels: torch.Tensor  # [B, L] 1 where the discriminator's input differs from the original
     disc_weight: torch.Tensor  # [B, L] 1 on real, non-special tokens
-
-
-def gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``hidden[b, index[b, k], :]`` as ``[B, K, H]``."""
-    return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 def generator_logits_at(generator: torch.nn.Module, batch: dict[str, torch.Tensor], input_ids, index) -> torch.Tensor:
@@ -103,8 +100,7 @@ class ElectraObjective(Objective):
         disc = replaced_token_loss(s.disc_logits, s.disc_labels, s.disc_weight)
         loss = electra_loss(mlm, disc, self.spec.disc_weight)
         with torch.no_grad():
-            w = s.positions.weight
-            mlm_acc = ((s.mlm_logits.argmax(-1) == s.mlm_labels).float() * w).sum() / w.sum().clamp(min=1)
+            mlm_acc = masked_accuracy(s.mlm_logits, s.mlm_labels, s.positions.weight)
             disc_correct = ((s.disc_logits > 0) == s.disc_labels).float()
             disc_acc = (disc_correct * s.disc_weight).sum() / s.disc_weight.sum().clamp(min=1)
         metrics = {
@@ -121,18 +117,15 @@ class ElectraObjective(Objective):
         was_training = self.models.discriminator.training
         self.models.eval()
         rng = self.eval_rng()
-        mlm_sum = mlm_n = mlm_hit = sampled_hit = 0.0
+        mlm = MaskedLMTally()
+        sampled_hit = 0.0
         disc_sum = disc_n = disc_hit = 0.0
         scores, labels = [], []
         try:
             for raw in batches:
                 s = self.step(self.to_device(raw), rng)
-                w = s.positions.weight
-                n = float(w.sum())
-                mlm_sum += float(masked_lm_loss(s.mlm_logits, s.mlm_labels, w)) * n
-                mlm_n += n
-                mlm_hit += float(((s.mlm_logits.argmax(-1) == s.mlm_labels).float() * w).sum())
-                sampled_hit += float(((s.sampled == s.mlm_labels).float() * w).sum())
+                mlm.add(s.mlm_logits, s.mlm_labels, s.positions.weight)
+                sampled_hit += float(((s.sampled == s.mlm_labels).float() * s.positions.weight).sum())
                 keep = s.disc_weight > 0
                 dn = float(keep.sum())
                 disc_sum += float(replaced_token_loss(s.disc_logits, s.disc_labels, s.disc_weight)) * dn
@@ -142,17 +135,17 @@ class ElectraObjective(Objective):
                 labels.append(s.disc_labels[keep].cpu())
         finally:
             self.models.train(was_training)
-        if not mlm_n or not disc_n:
+        if not mlm.rows or not disc_n:
             return {}
         score, label = torch.cat(scores), torch.cat(labels)
         predicted = score > 0
         tp = float((predicted & label).sum())
-        mlm_loss, disc_loss = mlm_sum / mlm_n, disc_sum / disc_n
+        disc_loss = disc_sum / disc_n
         return {
-            "loss": mlm_loss + self.spec.disc_weight * disc_loss,
-            "mlm_loss": mlm_loss,
-            "mlm_accuracy": mlm_hit / mlm_n,
-            "sampled_accuracy": sampled_hit / mlm_n,
+            "loss": mlm.loss + self.spec.disc_weight * disc_loss,
+            "mlm_loss": mlm.loss,
+            "mlm_accuracy": mlm.accuracy,
+            "sampled_accuracy": sampled_hit / mlm.rows,
             "disc_loss": disc_loss,
             "disc_accuracy": disc_hit / disc_n,
             "disc_auc": binary_auc(score, label),

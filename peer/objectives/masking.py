@@ -46,6 +46,11 @@ def scatter_at(target: torch.Tensor, positions: MaskedPositions, values: torch.T
     return padded.scatter(1, index, values.to(target.dtype))[:, :seq_len]
 
 
+def gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``hidden[b, index[b, k], :]`` as ``[B, K, H]``: the hidden states of the predicted positions only."""
+    return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
 def candidate_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Tokens that may be masked and count in a loss: real (attention 1) and not special ([CLS]/[SEP]/[PAD])."""
     return batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
