@@ -51,3 +51,25 @@ def test_train_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["train", "-c", str(path), "--set", "train.init=/nonexistent/model"]) == 2
     assert "no model dir" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_cli_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 64)
+    cases = {
+        str(tmp_path / "missing.txt"): "corpus not found",
+        str(tmp_path / "empty.txt"): "no held-out documents",
+        str(tmp_path / "blob.txt"): "is not text",
+        "someone/unreachable-corpus": "could not be loaded from the Hugging Face hub",
+    }
+    path = write_config(tmp_path)
+    for source, reason in cases.items():
+        assert main(["train", "-c", str(path), "--set", f"data.source={source}"]) == 2, source
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and reason in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
