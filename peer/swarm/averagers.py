@@ -11,7 +11,9 @@ What changes against hivemind's averager, per round:
   it is dropped from our reducer at once (hivemind's own ``_ban_sender`` path) and our parts it should reduce are
   kept local (hivemind's ``register_failed_reducer`` path) instead of being sent to it;
 - with robust averaging on, our parts are reduced by ``CenteredClipReducer`` and the averaged result we get back is
-  checked: a non-finite result for a tensor leaves our local tensor (gradient / parameters) as it was this round.
+  checked: a non-finite result for a tensor leaves our local tensor (gradient / parameters) as it was this round;
+  in a group of two senders (no majority: the reducer takes the plain mean) the round is applied only if the
+  average's norm over all tensors is within ``ClipSettings.pair_ratio`` × ours (see ``PairCheck``).
 """
 
 from __future__ import annotations
@@ -141,6 +143,34 @@ class GatedAllReduceRunner(AllReduceRunner):
             yield message
 
 
+@dataclass
+class PairCheck:
+    """The group-of-two guard: the updates of a round are held back, then applied only if ``‖local + update‖ ≤
+    ratio × ‖local‖`` over all tensors together.
+
+    Why whole-round: two honest copies of one model's gradients (or parameters) have comparable norms as vectors,
+    while single parts of them do not (a key bias's gradient is 0 on one peer and 1e-10 on the other; word-embedding
+    rows one batch used and the other did not differ 100×). An average of ours with a ×1000 copy has ~500× our norm.
+    Why hold back rather than undo: the updates arrive tensor by tensor; keeping them costs one copy of the averaged
+    tensors, and only in groups of two. Not applying is safe: it is what a peer does when it finds no group."""
+
+    ratio: float
+    held: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def hold(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
+        self.held.append((tensor, update))
+
+    def norms(self) -> tuple[float, float]:
+        """(‖local‖, ‖local + update‖) over every held tensor, in float64."""
+        local = sum(float(t.double().square().sum()) for t, _ in self.held)
+        averaged = sum(float((t.double() + u.double()).square().sum()) for t, u in self.held)
+        return local**0.5, averaged**0.5
+
+    def passes(self) -> bool:
+        local, averaged = self.norms()
+        return local == 0.0 or averaged <= self.ratio * local
+
+
 class GuardedAveragerMixin:
     """The gate and robust reduction for any ``DecentralizedAverager`` subclass (listed first in the bases).
 
@@ -213,16 +243,34 @@ class GuardedAveragerMixin:
             async for _ in runner:
                 raise ValueError("aux peers should not receive averaged tensors")
             return
+        senders = sum(mode != AveragingMode.AUX for mode in runner.modes)
+        pair = PairCheck(self._guard.clip.pair_ratio) if robust and senders == 2 and runner.weight > 0 else None
         kept_local = 0
         async for tensor, update in azip(as_aiter(*tensors), runner):
             if robust and not bool(torch.isfinite(update).all()):
                 kept_local += 1  # this tensor keeps its local value for the round
                 continue
-            tensor.add_(update, alpha=self._averaging_alpha)
-            self.last_updated = get_dht_time()
-            self._state_updated.set()
+            if pair is not None:
+                pair.hold(tensor, update)
+                continue
+            self._apply_update(tensor, update)
         if kept_local:
             logger.warning("averaged result not finite for %d of %d tensors: kept them local", kept_local, len(tensors))
+        if pair is not None:
+            if pair.passes():
+                for tensor, update in pair.held:
+                    self._apply_update(tensor, update)
+            else:
+                local, averaged = pair.norms()
+                logger.warning(
+                    "not applying a %s round with one other peer: the average's norm %.3g is over %g x ours (%.3g); "
+                    "kept ours", self.outcome_kind, averaged, pair.ratio, local,
+                )  # fmt: skip
+
+    def _apply_update(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
+        tensor.add_(update, alpha=self._averaging_alpha)
+        self.last_updated = get_dht_time()
+        self._state_updated.set()
 
 
 class GuardedGradientAverager(GuardedAveragerMixin, GradientAverager):
