@@ -300,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: the GPU rows when CUDA is present; cuda: fail unless it is; cpu: same as --cpu-only",
     )
     p.add_argument("--cpu-only", action="store_true", help="only the CPU demo row (no GPU needed)")
+    p.add_argument("--quick", dest="cpu_only", action="store_true", help=argparse.SUPPRESS)  # the old name, README
     p.add_argument("--sizes", default="small,base", help="GPU sizes, comma list of: " + ",".join(GPU_SIZES))
     p.add_argument("--batch", type=int, default=128, help="GPU batch")
     p.add_argument("--seq", type=int, default=128, help="GPU sequence length")
