@@ -84,10 +84,9 @@ def attacker_kinds(attack: str) -> AveragerKinds:
 
 def attacker_main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.faultlib.attacks --attack KIND join <peer join flags>``: a real peer that attacks."""
+    from peer.cli.join import join_options, resolve_config
     from peer.cli.join import register as register_join
-    from peer.cli.join import resolve_config
-    from peer.swarm.loop import LoopOptions
-    from peer.swarm.session import JoinOptions, join_swarm
+    from peer.swarm.session import join_swarm
     from peer.swarm.shutdown import StopSignal
 
     parser = argparse.ArgumentParser(prog="python -m bench.faultlib.attacks", description=attacker_main.__doc__)
@@ -99,25 +98,8 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
     cfg, from_coordinator = resolve_config(args)
     stop = StopSignal().install()
     try:
-        result = join_swarm(
-            cfg,
-            JoinOptions(
-                coordinator_url=cfg.swarm.coordinator_url,
-                config_from_coordinator=from_coordinator,
-                init_dir=args.init_dir,
-                work_dir=args.work_dir,
-                join_timeout=args.join_timeout,
-                startup_timeout=args.startup_timeout,
-                loop=LoopOptions(
-                    max_global_steps=args.max_steps,
-                    max_seconds=args.max_seconds,
-                    peer_name=args.peer_name,
-                    show_status=False,
-                ),
-                averagers=attacker_kinds(args.attack),
-            ),
-            stop,
-        )
+        options = join_options(args, cfg, from_coordinator, show_status=False, averagers=attacker_kinds(args.attack))
+        result = join_swarm(cfg, options, stop)
     finally:
         stop.restore()
     print(f"attacker ({args.attack}) left the swarm at global step {result.global_step}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 
@@ -150,6 +151,30 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
     return cfg, bool(args.coordinator)
 
 
+def join_options(args: argparse.Namespace, cfg: RunConfig, from_coordinator: bool, **overrides) -> JoinOptions:
+    """``JoinOptions`` from this command's parsed arguments; ``overrides`` (``group``, ``averagers``, ``loop``
+    fields such as ``show_status``) are what a caller — a torchrun rank, the fault bench's attacker — sets itself."""
+    loop_fields = {name: overrides.pop(name) for name in list(overrides) if name in LoopOptions.__dataclass_fields__}
+    loop = LoopOptions(
+        max_global_steps=args.max_steps,
+        max_seconds=args.max_seconds,
+        peer_name=cfg.swarm.peer_name,
+        show_status=not args.no_status,
+        wait_for_peers=args.wait_for_peers,
+        save_params=args.save_params,
+    )
+    return JoinOptions(
+        coordinator_url=cfg.swarm.coordinator_url,
+        config_from_coordinator=from_coordinator,
+        init_dir=args.init_dir,
+        work_dir=args.work_dir,
+        join_timeout=args.join_timeout,
+        startup_timeout=args.startup_timeout,
+        loop=dataclasses.replace(loop, **loop_fields),
+        **overrides,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, from_coordinator = resolve_config(args)
     rank = rank_from_env()  # set by torchrun: this process is one rank of a multi-GPU peer
@@ -165,27 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 f"params {followed.params_digest}"
             )
             return 0
-        result = join_swarm(
-            cfg,
-            JoinOptions(
-                coordinator_url=cfg.swarm.coordinator_url,
-                config_from_coordinator=from_coordinator,
-                init_dir=args.init_dir,
-                work_dir=args.work_dir,
-                join_timeout=args.join_timeout,
-                startup_timeout=args.startup_timeout,
-                loop=LoopOptions(
-                    max_global_steps=args.max_steps,
-                    max_seconds=args.max_seconds,
-                    peer_name=cfg.swarm.peer_name,
-                    show_status=not args.no_status,
-                    wait_for_peers=args.wait_for_peers,
-                    save_params=args.save_params,
-                ),
-                group=group,
-            ),
-            stop,
-        )
+        result = join_swarm(cfg, join_options(args, cfg, from_coordinator, group=group), stop)
     except BaseException as e:
         if group is not None and group.is_leader:  # followers wait for the leader's set-up: tell them it failed
             group.report_setup(SetupReport(ok=False, error=str(e).splitlines()[0] if str(e) else type(e).__name__))
