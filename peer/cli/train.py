@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from peer.config import RunConfig, load_config
 from peer.data import build_heldout_batches, build_train_batches, check_seq_len
+from peer.data.sources import open_source
 from peer.errors import UserError
 from peer.modeling import PretrainingModels, build_models, load_models
 from peer.objectives import build_objective
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.objective.name != cfg.model.architecture:
         raise UserError(f"objective {cfg.objective.name!r} does not fit model {cfg.model.architecture!r}")
     device = resolve_device(cfg.train)
+    # Bad input fails before anything is grown or written: the corpus must open, the sequence fit the positions.
+    open_source(cfg.data)
+    check_seq_len(cfg.data, cfg.model.max_position_embeddings)
     models, tokenizer = initial_models(cfg, resume=not args.no_resume)
     check_seq_len(cfg.data, models.discriminator.config.max_position_embeddings)
     bsz = cfg.train.batch_size

@@ -73,3 +73,8 @@ def test_train_cli_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, m
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and reason in err and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+    # Checked before the initial model is grown into out_dir (no 400 MB written, no minute spent, for a typo).
+    missing = str(tmp_path / "missing.txt")
+    assert main(["train", "-c", str(path), "--set", f"data.source={missing}", "--set", "train.init=grow"]) == 2
+    assert "corpus not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
