@@ -38,7 +38,14 @@ round), so "clipped in some part" would ban honest peers. A sender's round count
 removed more than ``evidence_fraction`` of its squared (noise-scaled) distance from the aggregate, summed over every
 part it sent: an attacker whose copy is far off loses almost all of it, an honest peer a sliver. Measured on real
 demo-model gradients (3 honest peers plus one copy, fp16 wire, 444 parts): honest peers lost at most 1.0e-2 of their
-distance; a ×1000 copy lost 1.00, a plain sign flip 0.91, a ×3 copy 0.89 — hence the default 0.25.
+distance; a ×1000 copy lost 1.00, a plain sign flip 0.87, a ×3 copy 0.85 — hence the default 0.25.
+Parameters (state rounds) need one more margin: honest copies are nearly equal, so τ sits at its floor (1e-3 of the
+norm), and a slow honest peer that averages while one optimizer step behind (seen in the 4-peer attack scenario on a
+loaded machine: an honest peer banned for "clipped state") is beyond it everywhere. One AdamW step moves a weight by
+about lr (2e-4) per coordinate, under 1 % of a typical weight matrix's norm; so for evidence only the distance beyond
+``max(τ, evidence_floor × ‖aggregate‖)`` counts (5 %). Gradient rounds are unaffected (honest gradients lie farther
+apart than 5 % of their mean, so τ is the larger); a sign-flipped, ×1000 or random copy of the parameters is 100 %+
+away.
 
 Per sender the reducer records an outcome (accepted / clipped / non_finite) for the rejection ledger
 (``peer.swarm.bans``); zero-weight senders (hivemind's "tag along") are ``excluded``: not evidence either way.
@@ -88,6 +95,7 @@ class ClipSettings:
     rel_floor: float = 1e-3  # τ ≥ rel_floor × ‖centre‖ (below the fp16 codec's own error)
     pair_ratio: float = 5.0  # group of two: a round whose average's norm exceeds this × ours is not applied
     evidence_fraction: float = 0.25  # a round is CLIPPED evidence when clipping removed more of the sender's distance
+    evidence_floor: float = 0.05  # ...counting only distance beyond max(τ, this × ‖aggregate‖) per part
 
 
 @dataclass
@@ -162,9 +170,10 @@ def centered_clip(
             break
     scaled = (x - v).norm(dim=1) * scale
     distance_sq, clipped_sq = [0.0] * len(contributions), [0.0] * len(contributions)
+    beyond = max(tau, settings.evidence_floor * float(v.norm()))
     for row, i in enumerate(usable):
         distance_sq[i] = float(scaled[row]) ** 2
-        clipped_sq[i] = max(0.0, float(scaled[row]) - tau) ** 2
+        clipped_sq[i] = max(0.0, float(scaled[row]) - beyond) ** 2
         if scaled[row] > tau * (1 + 1e-9):
             outcomes[i] = Outcome.CLIPPED
     value = v.to(contributions[0].dtype).reshape(shape)

@@ -87,6 +87,34 @@ def test_one_clipped_part_is_not_evidence_but_a_far_off_copy_is():
         assert seen == [dict(enumerate(expected))]
 
 
+def test_a_peer_one_optimizer_step_behind_is_not_evidence_in_a_state_round():
+    """Parameters: three peers hold the same weights (fp16 rounding apart), a fourth is one AdamW step (lr 2e-4 per
+    coordinate) behind. τ sits at its floor, so the laggard is clipped in every part — but that is not evidence
+    (``evidence_floor``); a sign-flipped copy of the weights is."""
+    parts = 20
+    g = torch.Generator().manual_seed(5)
+    weights = [0.03 * torch.randn(4096, generator=g) for _ in range(parts)]
+    same = [[(w + 1e-4 * w * torch.randn(4096, generator=g)).half().float() for w in weights] for _ in range(3)]
+    behind = [w - 2e-4 * torch.sign(torch.randn(4096, generator=g)) for w in weights]
+    flipped = [-w for w in weights]
+    for fourth, expected in ((behind, Outcome.ACCEPTED), (flipped, Outcome.CLIPPED)):
+        group = [*same, fourth]
+        assert centered_clip([s[0] for s in group], [1.0] * 4).outcomes[3] is Outcome.CLIPPED
+        seen: list[dict] = []
+
+        async def main(group=group, seen=seen):
+            reducer = CenteredClipReducer([torch.Size([4096])] * parts, 4, on_round_outcomes=seen.append)
+
+            async def send(i):
+                return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(group[i])]
+
+            await asyncio.gather(*(send(i) for i in range(4)))
+            reducer.finalize()
+
+        asyncio.run(main())
+        assert seen[0][3] is expected and [seen[0][i] for i in range(3)] == [Outcome.ACCEPTED] * 3
+
+
 @pytest.mark.parametrize("attack", ["sign_flip", "random"])
 def test_one_outlier_x1000_moves_the_result_by_at_most_a_bounded_amount(attack):
     honest = _honest(3)
