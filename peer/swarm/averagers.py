@@ -278,7 +278,28 @@ class GuardedGradientAverager(GuardedAveragerMixin, GradientAverager):
 
 
 class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager):
+    """The state averager; with ``average_extras=False`` its ``extra_tensors`` are shared, not averaged.
+
+    Why: DiLoCo's outer Nesterov momentum is an extra tensor so that a late joiner downloads it with the parameters,
+    but averaging it every round doubled what a round sends while changing nothing — every peer in a round applies
+    the same averaged pseudo-gradient, so their momentum buffers are already equal. What can differ: peers that
+    averaged in two separate groups in one round; their buffers then differ by that round's difference between the
+    groups' averages, which the momentum factor (0.9) shrinks every round, while the parameters are averaged every
+    round anyway. The wire format of a state download is unchanged (parameters, extras, optimizer state)."""
+
     outcome_kind = STATE
+
+    def __init__(self, *args, average_extras: bool = True, **kwargs):
+        self._average_extras = average_extras  # read by hivemind's __init__ through the two methods below
+        super().__init__(*args, **kwargs)
+
+    def _local_tensors(self):
+        tensors = tuple(super()._local_tensors())
+        return iter(tensors if self._average_extras else tensors[: len(tensors) - len(self.extra_tensors)])
+
+    def _init_tensor_infos(self):
+        infos = tuple(super()._init_tensor_infos())
+        return infos if self._average_extras else infos[: len(infos) - len(self.extra_tensors)]
 
 
 @dataclass(frozen=True)
@@ -292,8 +313,10 @@ class AveragerKinds:
 class GuardedOptimizer(hivemind.Optimizer):
     """``hivemind.Optimizer`` whose gradient and state averagers are guarded (gate + robust reduction)."""
 
-    def __init__(self, *, guard: AveragerGuard, kinds: AveragerKinds = AveragerKinds(), **kwargs):
-        self._guard, self._kinds = guard, kinds
+    def __init__(
+        self, *, guard: AveragerGuard, kinds: AveragerKinds = AveragerKinds(), average_extras: bool = True, **kwargs
+    ):
+        self._guard, self._kinds, self._average_extras = guard, kinds, average_extras
         if not kwargs.get("use_local_updates", False):
             kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
         super().__init__(**kwargs)
@@ -302,6 +325,7 @@ class GuardedOptimizer(hivemind.Optimizer):
         # the same arguments as hivemind.Optimizer._make_state_averager, plus the guard
         return self._kinds.state(
             guard=self._guard,
+            average_extras=self._average_extras,
             dht=self.dht,
             prefix=f"{self.run_id}_state_averager",
             min_matchmaking_time=self.matchmaking_time,

@@ -10,7 +10,8 @@ samples. In the round hivemind's state averager all-reduces the parameters (comp
 SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead of a separate averager: averaging is
 linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
 we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
-``extra_tensors`` of the state averager, so late joiners download them with the parameters. (The one difference from
+``extra_tensors`` of the state averager, so late joiners download them with the parameters; they are not averaged
+(``GuardedStateAverager(average_extras=False)``: equal on every peer of a round). (The one difference from
 sending pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
 """
 
@@ -209,6 +210,7 @@ def build_swarm_optimizer(
         use_local_updates=True,
         delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
         extra_tensors=outer.momentum,
+        average_extras=False,  # shared with joiners, never averaged: equal on every peer of a round (see averagers)
         **common,
     )
     return SwarmOptimizer(opt, outer, outcomes)
