@@ -31,6 +31,7 @@ from hivemind.compression import (
     ScaledFloat16Compression,
     Uniform8BitQuantization,
 )
+from hivemind.utils import get_dht_time
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
@@ -137,9 +138,36 @@ class SwarmOptimizer:
         return self.outcomes.drain() if self.outcomes is not None else []
 
     def shutdown(self) -> None:
+        for averager in (self.opt.state_averager, self.opt.grad_averager):
+            if averager is not None:
+                withdraw_state_sharing(averager)
         self.opt.shutdown()
         if self.outcomes is not None:
             self.outcomes.close()
+
+
+def withdraw_state_sharing(averager, timeout: float = 5.0) -> None:
+    """Overwrites this averager's "I share state" declaration with hivemind's "switched off" value (None) before
+    it shuts down.
+
+    Why: hivemind re-declares every ``declare_state_period`` (30 s) and never withdraws on shutdown, so for up to
+    30 s after the last peer left, a newcomer still sees state donors, tries each one and waits until its
+    ``load_state_timeout`` before it falls back to the coordinator's checkpoint (found by the ``all_leave`` fault
+    scenario). Best effort: a DHT that does not answer within ``timeout`` leaves the old record to expire."""
+    if averager.client_mode:
+        return  # a client-mode averager never declared itself
+    try:
+        averager.allow_state_sharing = False  # so that the periodic loop does not declare it again
+        stored = averager.dht.store(
+            f"{averager.prefix}.all_averagers",
+            subkey=averager.peer_id.to_bytes(),
+            value=None,
+            expiration_time=get_dht_time() + averager.declare_state_period,
+            return_future=True,
+        )
+        stored.result(timeout=timeout)
+    except Exception as e:  # leaving must never fail on this
+        logger.info("could not withdraw the state-sharing declaration (it expires by itself): %s", e)
 
 
 def robust_enabled(spec: SwarmSpec, open_run: bool) -> bool:
