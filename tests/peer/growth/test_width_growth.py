@@ -55,8 +55,11 @@ def test_exact_fp64_hidden_chunks_and_step0_loss(grown64, batch, attn):
 def test_exact_fp32(source, batch):
     result = grow(source, SMALL, GrowthSpec(), dtype=torch.float32)
     assert next(result.models.discriminator.parameters()).dtype == torch.float32
-    err = measure_preservation(result.source_discriminator, result.models.discriminator, result.hidden_index, batch)
-    assert err.hidden_rel_l2 < 1e-5 and err.logits_rel_l2 < 1e-5
+    for attn in ("eager", "sdpa"):
+        result.source_discriminator.set_attn_implementation(attn)
+        result.models.discriminator.set_attn_implementation(attn)
+        err = measure_preservation(result.source_discriminator, result.models.discriminator, result.hidden_index, batch)
+        assert err.hidden_rel_l2 < 1e-5 and err.logits_rel_l2 < 1e-5, attn
 
 
 def test_widened_heads_and_uneven_ffn_are_exact(source, batch):
