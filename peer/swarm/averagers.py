@@ -257,7 +257,15 @@ class GuardedAveragerMixin:
         if kept_local:
             logger.warning("averaged result not finite for %d of %d tensors: kept them local", kept_local, len(tensors))
         if pair is not None:
-            if pair.passes():
+            passed = pair.passes()
+            others = [
+                str(peer_id)
+                for peer_id, mode in zip(group_info.peer_ids, runner.modes, strict=True)
+                if peer_id != self.peer_id and mode != AveragingMode.AUX
+            ]
+            verdict = Outcome.ACCEPTED if passed else Outcome.CLIPPED  # the evidence the reducer could not give
+            self._emit_outcomes({peer: verdict.value for peer in others})
+            if passed:
                 for tensor, update in pair.held:
                     self._apply_update(tensor, update)
             else:

@@ -24,10 +24,13 @@ identical (parameters after a synchronous step) the median distance is ~0, and p
 ~5e-4, the default codec) would count as "clipped"; a difference below the codec's own error is not evidence.
 
 With one or two senders there is no majority to define "outlier", so the reducer returns the plain weighted mean of
-the finite contributions (non-finite ones are still dropped). A group of two is guarded on the receiving side instead
-(``peer.swarm.averagers``): a peer does not apply a round whose average has a norm more than ``pair_ratio`` times its
-own over *all* its tensors — honest copies of one model's gradients or parameters never do that, a ×1000 attacker
-always does. The check cannot be made per part: measured on the demo model, honest gradient parts differ by far more
+the finite contributions (non-finite ones are still dropped) and gives no verdict (``EXCLUDED``: a verdict of
+"accepted" would reset an attacker's streak every time it lands in a pair). A group of two is guarded on the
+receiving side instead (``peer.swarm.averagers``): a peer does not apply a round whose average has a norm more than
+``pair_ratio`` times its own over *all* its tensors — honest copies of one model's gradients or parameters never do
+that, a ×1000 attacker always does — and that check is the pair's verdict on the other peer (``CLIPPED`` when it
+fails, else ``ACCEPTED``).
+The check cannot be made per part: measured on the demo model, honest gradient parts differ by far more
 than 10× in norm (rows of the word embedding that one peer's batch used and the other's did not; a key bias, whose
 gradient is 0 in exact arithmetic, is 0 on one peer and 1e-10 on the other), and refusing such parts left two honest
 peers with different parameters.
@@ -151,6 +154,9 @@ def centered_clip(
     x = torch.stack([contributions[i].reshape(-1).to(torch.float64) for i in usable])
     w_norm = w / w.sum()
     if len(usable) <= 2:
+        # no majority: the mean, and no verdict on anyone (the receiving side's PairCheck gives one for a pair)
+        for i in usable:
+            outcomes[i] = Outcome.EXCLUDED
         mean = (w_norm[:, None] * x).sum(0)
         return ClipResult(mean.to(contributions[0].dtype).reshape(shape), outcomes, used_weights=w.tolist())
 

@@ -5,12 +5,14 @@ Regression: the first version refused, per part, any two copies whose norms diff
 peers) that fired on a key bias (gradient 0 on one peer, 1e-10 on the other) and on word-embedding rows, every
 round, and the two peers' parameters drifted apart."""
 
+import time
+
 import hivemind
 import pytest
 import torch
 from hivemind.averaging import DecentralizedAverager
 
-from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin
+from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin, OutcomeChannel
 
 
 class GuardedAverager(GuardedAveragerMixin, DecentralizedAverager):
@@ -44,10 +46,20 @@ def dhts():
     first.shutdown()
 
 
-def _averager(cls, dht, tensors, prefix):
+def _averager(cls, dht, tensors, prefix, channel=None):
     kwargs = dict(averaged_tensors=tensors, dht=dht, prefix=prefix, target_group_size=2, min_group_size=2)
     kwargs.update(min_matchmaking_time=2.0, request_timeout=1.0, start=True)
-    return cls(guard=AveragerGuard(), **kwargs) if cls is GuardedAverager else cls(**kwargs)
+    return cls(guard=AveragerGuard(channel=channel), **kwargs) if cls is GuardedAverager else cls(**kwargs)
+
+
+def _verdicts(channel: OutcomeChannel, about: str) -> list[str]:
+    """What the guarded peer reported about ``about`` (the reports cross a process boundary: poll briefly)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(v != "excluded" for v in seen):
+        seen += [r.outcomes[about] for r in channel.drain() if about in r.outcomes]
+        time.sleep(0.2)
+    return seen
 
 
 @pytest.mark.timeout(300)
@@ -72,7 +84,8 @@ def test_two_honest_peers_average_every_tensor_even_parts_100x_apart(dhts):
 def test_a_guarded_peer_paired_with_a_x1000_copy_keeps_its_own_tensors(dhts):
     ours = _tensors(1.0, 2)
     attacker_tensors = [-1000 * t for t in _tensors(1.0, 2)]
-    honest = _averager(GuardedAverager, dhts[0], [t.clone() for t in ours], "pair_attack")
+    channel = OutcomeChannel()
+    honest = _averager(GuardedAverager, dhts[0], [t.clone() for t in ours], "pair_attack", channel)
     attacker = _averager(DecentralizedAverager, dhts[1], attacker_tensors, "pair_attack")
     try:
         _average(honest, attacker)
@@ -81,6 +94,9 @@ def test_a_guarded_peer_paired_with_a_x1000_copy_keeps_its_own_tensors(dhts):
         with honest.get_tensors() as tensors:
             for got, want in zip(tensors, ours, strict=True):
                 assert torch.equal(got, want)
+        # the pair's verdict on the other peer is evidence for the ban ledger; the reducer alone gives none
+        verdicts = _verdicts(channel, str(dhts[1].peer_id))
+        assert "clipped" in verdicts and "accepted" not in verdicts, verdicts
     finally:
         honest.shutdown()
         attacker.shutdown()
