@@ -12,8 +12,8 @@ What changes against hivemind's averager, per round:
   kept local (hivemind's ``register_failed_reducer`` path) instead of being sent to it;
 - with robust averaging on, our parts are reduced by ``CenteredClipReducer`` and the averaged result we get back is
   checked: a non-finite result for a tensor leaves our local tensor (gradient / parameters) as it was this round;
-  in a group of two senders (no majority: the reducer takes the plain mean) the round is applied only if the
-  average's norm over all tensors is within ``ClipSettings.pair_ratio`` × ours (see ``PairCheck``).
+  and the round is applied only if the average's norm over all tensors is within ``ClipSettings.pair_ratio`` × ours
+  (see ``PairCheck``): the guard of groups with two usable senders, where the reducer takes the plain mean.
 """
 
 from __future__ import annotations
@@ -145,14 +145,14 @@ class GatedAllReduceRunner(AllReduceRunner):
 
 @dataclass
 class PairCheck:
-    """The group-of-two guard: the updates of a round are held back, then applied only if ``‖local + update‖ ≤
-    ratio × ‖local‖`` over all tensors together.
+    """The whole-round guard (what protects groups with two usable senders): a round's updates are held back, then
+    applied only if ``‖local + update‖ ≤ ratio × ‖local‖`` over all tensors together.
 
     Why whole-round: two honest copies of one model's gradients (or parameters) have comparable norms as vectors,
     while single parts of them do not (a key bias's gradient is 0 on one peer and 1e-10 on the other; word-embedding
     rows one batch used and the other did not differ 100×). An average of ours with a ×1000 copy has ~500× our norm.
     Why hold back rather than undo: the updates arrive tensor by tensor; keeping them costs one copy of the averaged
-    tensors, and only in groups of two. Not applying is safe: it is what a peer does when it finds no group."""
+    tensors per robust round. Not applying is safe: it is what a peer does when it finds no group."""
 
     ratio: float
     held: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
@@ -244,7 +244,10 @@ class GuardedAveragerMixin:
                 raise ValueError("aux peers should not receive averaged tensors")
             return
         senders = sum(mode != AveragingMode.AUX for mode in runner.modes)
-        pair = PairCheck(self._guard.clip.pair_ratio) if robust and senders == 2 and runner.weight > 0 else None
+        # every robust round is checked as a whole, not only groups of two: a group of three where one peer has
+        # weight 0 leaves two usable senders, which the reducer averages plainly (seen: an honest peer's loss went
+        # to 329 in the 4-peer sign-flip scenario before this). Costs one held copy of the round's updates.
+        pair = PairCheck(self._guard.clip.pair_ratio) if robust and runner.weight > 0 else None
         kept_local = 0
         async for tensor, update in azip(as_aiter(*tensors), runner):
             if robust and not bool(torch.isfinite(update).all()):
@@ -263,16 +266,17 @@ class GuardedAveragerMixin:
                 for peer_id, mode in zip(group_info.peer_ids, runner.modes, strict=True)
                 if peer_id != self.peer_id and mode != AveragingMode.AUX
             ]
-            verdict = Outcome.ACCEPTED if passed else Outcome.CLIPPED  # the evidence the reducer could not give
-            self._emit_outcomes({peer: verdict.value for peer in others})
+            if senders == 2:  # a pair's verdict on the other peer: the evidence the reducer could not give
+                verdict = Outcome.ACCEPTED if passed else Outcome.CLIPPED
+                self._emit_outcomes({peer: verdict.value for peer in others})
             if passed:
                 for tensor, update in pair.held:
                     self._apply_update(tensor, update)
             else:
                 local, averaged = pair.norms()
                 logger.warning(
-                    "not applying a %s round with one other peer: the average's norm %.3g is over %g x ours (%.3g); "
-                    "kept ours", self.outcome_kind, averaged, pair.ratio, local,
+                    "not applying a %s round of %d peers: the average's norm %.3g is over %g x ours (%.3g); "
+                    "kept ours", self.outcome_kind, senders, averaged, pair.ratio, local,
                 )  # fmt: skip
 
     def _apply_update(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
