@@ -204,11 +204,21 @@ def _banned_in_log(text: str) -> bool:
     return "banning " in text and " locally: " in text
 
 
+class SwarmStalled(TimeoutError):
+    """The swarm did not reach the step in time. With defences off that is what an attack does (the honest peers
+    skip every non-finite or exploding batch and stop stepping); ``last_loss`` is the honest peers' mean training
+    loss at the last poll (NaN if any was non-finite), so a caller can tell a spoiled swarm from a slow one."""
+
+    def __init__(self, message: str, step: int, last_loss: float):
+        super().__init__(message)
+        self.step, self.last_loss = step, last_loss
+
+
 def _watch_losses(coordinator, honest: list[str], steps: int, window: int, timeout: float, children):
     """Polls the coordinator until the swarm reaches ``steps``; returns (first mean honest loss, mean honest loss
     over the last ``window`` steps, step reached). Fails early if every peer exited."""
     deadline = time.monotonic() + timeout
-    start_loss, final = float("nan"), []
+    start_loss, final, last = float("nan"), [], float("nan")
     while True:
         try:
             step = int(coordinator.progress().get("global_step", 0))
@@ -221,7 +231,7 @@ def _watch_losses(coordinator, honest: list[str], steps: int, window: int, timeo
         losses = [p["loss"] for p in peers if p["name"] in honest]
         losses = [float("nan") if v is None else float(v) for v in losses]
         if losses:
-            mean = sum(losses) / len(losses)
+            mean = last = sum(losses) / len(losses)
             if math.isnan(start_loss):
                 start_loss = mean
             if step >= steps - window:
@@ -232,7 +242,7 @@ def _watch_losses(coordinator, honest: list[str], steps: int, window: int, timeo
             tails = "\n".join(f"--- {c.name}\n{c.tail(1500)}" for c in children)
             raise RuntimeError(f"every peer exited before step {steps}:\n{tails}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"swarm at step {step}, not {steps}, after {timeout:.0f} s")
+            raise SwarmStalled(f"swarm at step {step}, not {steps}, after {timeout:.0f} s", step, last)
         time.sleep(1.0)
 
 
