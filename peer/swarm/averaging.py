@@ -10,8 +10,9 @@ samples. In the round hivemind's state averager all-reduces the parameters (comp
 SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead of a separate averager: averaging is
 linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
 we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
-``extra_tensors`` of the state averager, so late joiners download them with the parameters; they are not averaged
-(``GuardedStateAverager(average_extras=False)``: equal on every peer of a round). (The one difference from
+``extra_tensors`` of the state averager, so late joiners download them with the parameters, and they are averaged
+each round: not averaging them (``GuardedStateAverager(average_extras=False)``) halves a round's bytes but lets a
+peer that missed a round keep a different momentum, and so different parameters. (The one difference from
 sending pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
 """
 
@@ -238,7 +239,10 @@ def build_swarm_optimizer(
         use_local_updates=True,
         delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
         extra_tensors=outer.momentum,
-        average_extras=False,  # shared with joiners, never averaged: equal on every peer of a round (see averagers)
+        # averaged every round (2x the bytes of the parameters alone): with average_extras=False a peer that missed
+        # one round keeps a different momentum, and two peers ended 0.18-0.49 apart after the last outer step in
+        # tests/peer/swarm/test_swarm_peers.py (diloco), so the saving waits for a catch-up rule for missed rounds
+        average_extras=True,
         **common,
     )
     return SwarmOptimizer(opt, outer, outcomes)
