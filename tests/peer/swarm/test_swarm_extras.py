@@ -3,20 +3,17 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-import hivemind
 import pytest
 import torch
 
 from peer.swarm.averagers import AveragerGuard, GuardedStateAverager
+from tests.peer.swarm.loopback import two_dht_nodes
 
 
 @pytest.fixture
 def dhts():
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    second = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())
-    yield first, second
-    second.shutdown()
-    first.shutdown()
+    with two_dht_nodes() as nodes:
+        yield nodes
 
 
 def _averager(dht, value: float, momentum: float, average_extras: bool) -> GuardedStateAverager:

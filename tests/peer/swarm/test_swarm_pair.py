@@ -7,12 +7,12 @@ round, and the two peers' parameters drifted apart."""
 
 import time
 
-import hivemind
 import pytest
 import torch
 from hivemind.averaging import DecentralizedAverager
 
 from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin, OutcomeChannel
+from tests.peer.swarm.loopback import two_dht_nodes
 
 
 class GuardedAverager(GuardedAveragerMixin, DecentralizedAverager):
@@ -39,11 +39,8 @@ def _average(first: DecentralizedAverager, second: DecentralizedAverager) -> Non
 
 @pytest.fixture
 def dhts():
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    second = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())
-    yield first, second
-    second.shutdown()
-    first.shutdown()
+    with two_dht_nodes() as nodes:
+        yield nodes
 
 
 def _averager(cls, dht, tensors, prefix, channel=None):

@@ -58,6 +58,25 @@ def test_pair_check_applies_an_honest_round_and_holds_back_one_with_a_x1000_copy
     assert zero.passes()
 
 
+def _reduce_round(group: list[list[torch.Tensor]]) -> dict[int, Outcome]:
+    """One all-reduce round through a real ``CenteredClipReducer``: every sender sends its parts (weight 1) in
+    order; returns the round's outcome per sender index, as reported at ``finalize``."""
+    seen: list[dict] = []
+
+    async def main():
+        reducer = CenteredClipReducer([p.shape for p in group[0]], len(group), on_round_outcomes=seen.append)
+
+        async def send(i):
+            return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(group[i])]
+
+        await asyncio.gather(*(send(i) for i in range(len(group))))
+        reducer.finalize()
+
+    asyncio.run(main())
+    assert len(seen) == 1
+    return seen[0]
+
+
 def test_one_clipped_part_is_not_evidence_but_a_far_off_copy_is():
     """Measured on the demo model: in one round, 3 of 4 honest peers had 1–10 of 444 parts clipped. Counting any
     clipped part as a clipped round would ban honest peers after ``ban_after`` rounds; the round's outcome weighs the
@@ -73,19 +92,7 @@ def test_one_clipped_part_is_not_evidence_but_a_far_off_copy_is():
         (senders, [Outcome.ACCEPTED] * 4),  # ...yet its round is accepted
         ([*senders[:3], attacker], [Outcome.ACCEPTED] * 3 + [Outcome.CLIPPED]),
     ):
-        seen: list[dict] = []
-
-        async def main(group=group, seen=seen):
-            reducer = CenteredClipReducer([torch.Size([256])] * parts, 4, on_round_outcomes=seen.append)
-
-            async def send(i):
-                return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(group[i])]
-
-            await asyncio.gather(*(send(i) for i in range(4)))
-            reducer.finalize()
-
-        asyncio.run(main())
-        assert seen == [dict(enumerate(expected))]
+        assert _reduce_round(group) == dict(enumerate(expected))
 
 
 def test_a_peer_one_optimizer_step_behind_is_not_evidence_in_a_state_round():
@@ -101,19 +108,7 @@ def test_a_peer_one_optimizer_step_behind_is_not_evidence_in_a_state_round():
     for fourth, expected in ((behind, Outcome.ACCEPTED), (flipped, Outcome.CLIPPED)):
         group = [*same, fourth]
         assert centered_clip([s[0] for s in group], [1.0] * 4).outcomes[3] is Outcome.CLIPPED
-        seen: list[dict] = []
-
-        async def main(group=group, seen=seen):
-            reducer = CenteredClipReducer([torch.Size([4096])] * parts, 4, on_round_outcomes=seen.append)
-
-            async def send(i):
-                return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(group[i])]
-
-            await asyncio.gather(*(send(i) for i in range(4)))
-            reducer.finalize()
-
-        asyncio.run(main())
-        assert seen[0][3] is expected and [seen[0][i] for i in range(3)] == [Outcome.ACCEPTED] * 3
+        assert _reduce_round(group) == {0: Outcome.ACCEPTED, 1: Outcome.ACCEPTED, 2: Outcome.ACCEPTED, 3: expected}
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "random"])
