@@ -12,8 +12,9 @@ What changes against hivemind's averager, per round:
   kept local (hivemind's ``register_failed_reducer`` path) instead of being sent to it;
 - with robust averaging on, our parts are reduced by ``CenteredClipReducer`` and the averaged result we get back is
   checked: a non-finite result for a tensor leaves our local tensor (gradient / parameters) as it was this round;
-  and the round is applied only if the average's norm over all tensors is within ``ClipSettings.pair_ratio`` × ours
-  (see ``PairCheck``): the guard of groups with two usable senders, where the reducer takes the plain mean.
+  and the round is applied only if the average's norm over all tensors is within
+  ``ClipSettings.round_norm_ratio`` × ours (see ``RoundNormCheck``): the guard of groups with two usable senders,
+  where the reducer takes the plain mean.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class GatedAllReduceRunner(AllReduceRunner):
 
 
 @dataclass
-class PairCheck:
+class RoundNormCheck:
     """The whole-round guard (what protects groups with two usable senders): a round's updates are held back, then
     applied only if ``‖local + update‖ ≤ ratio × ‖local‖`` over all tensors together.
 
@@ -247,36 +248,35 @@ class GuardedAveragerMixin:
         # every robust round is checked as a whole, not only groups of two: a group of three where one peer has
         # weight 0 leaves two usable senders, which the reducer averages plainly (seen: an honest peer's loss went
         # to 329 in the 4-peer sign-flip scenario before this). Costs one held copy of the round's updates.
-        pair = PairCheck(self._guard.clip.pair_ratio) if robust and runner.weight > 0 else None
+        check = RoundNormCheck(self._guard.clip.round_norm_ratio) if robust and runner.weight > 0 else None
         kept_local = 0
         async for tensor, update in azip(as_aiter(*tensors), runner):
             if robust and not bool(torch.isfinite(update).all()):
                 kept_local += 1  # this tensor keeps its local value for the round
                 continue
-            if pair is not None:
-                pair.hold(tensor, update)
+            if check is not None:
+                check.hold(tensor, update)
                 continue
             self._apply_update(tensor, update)
         if kept_local:
             logger.warning("averaged result not finite for %d of %d tensors: kept them local", kept_local, len(tensors))
-        if pair is not None:
-            passed = pair.passes()
-            others = [
-                str(peer_id)
-                for peer_id, mode in zip(group_info.peer_ids, runner.modes, strict=True)
-                if peer_id != self.peer_id and mode != AveragingMode.AUX
-            ]
+        if check is not None:
+            passed = check.passes()
             if senders == 2:  # a pair's verdict on the other peer: the evidence the reducer could not give
-                verdict = Outcome.ACCEPTED if passed else Outcome.CLIPPED
-                self._emit_outcomes({peer: verdict.value for peer in others})
+                verdict = (Outcome.ACCEPTED if passed else Outcome.CLIPPED).value
+                self._emit_outcomes({
+                    str(peer_id): verdict
+                    for peer_id, mode in zip(group_info.peer_ids, runner.modes, strict=True)
+                    if peer_id != self.peer_id and mode != AveragingMode.AUX
+                })  # fmt: skip
             if passed:
-                for tensor, update in pair.held:
+                for tensor, update in check.held:
                     self._apply_update(tensor, update)
             else:
-                local, averaged = pair.norms()
+                local, averaged = check.norms()
                 logger.warning(
                     "not applying a %s round of %d peers: the average's norm %.3g is over %g x ours (%.3g); "
-                    "kept ours", self.outcome_kind, senders, averaged, pair.ratio, local,
+                    "kept ours", self.outcome_kind, senders, averaged, check.ratio, local,
                 )  # fmt: skip
 
     def _apply_update(self, tensor: torch.Tensor, update: torch.Tensor) -> None:

@@ -27,9 +27,9 @@ With one or two senders there is no majority to define "outlier", so the reducer
 the finite contributions (non-finite ones are still dropped) and gives no verdict (``EXCLUDED``: a verdict of
 "accepted" would reset an attacker's streak every time it lands in a pair). A group of two is guarded on the
 receiving side instead (``peer.swarm.averagers``): a peer does not apply a round whose average has a norm more than
-``pair_ratio`` times its own over *all* its tensors — honest copies of one model's gradients or parameters never do
-that, a ×1000 attacker always does — and that check is the pair's verdict on the other peer (``CLIPPED`` when it
-fails, else ``ACCEPTED``).
+``round_norm_ratio`` times its own over *all* its tensors — honest copies of one model's gradients or parameters
+never do that, a ×1000 attacker always does — and that check is the pair's verdict on the other peer (``CLIPPED``
+when it fails, else ``ACCEPTED``).
 The check cannot be made per part: measured on the demo model, honest gradient parts differ by far more
 than 10× in norm (rows of the word embedding that one peer's batch used and the other's did not; a key bias, whose
 gradient is 0 in exact arithmetic, is 0 on one peer and 1e-10 on the other), and refusing such parts left two honest
@@ -96,7 +96,7 @@ class ClipSettings:
     iterations: int = 5
     max_weight_ratio: float = 8.0  # a sender's weight ≤ this × the median weight of the others
     rel_floor: float = 1e-3  # τ ≥ rel_floor × ‖centre‖ (below the fp16 codec's own error)
-    pair_ratio: float = 5.0  # group of two: a round whose average's norm exceeds this × ours is not applied
+    round_norm_ratio: float = 5.0  # a robust round whose average's norm exceeds this × ours is not applied
     evidence_fraction: float = 0.25  # a round is CLIPPED evidence when clipping removed more of the sender's distance
     evidence_floor: float = 0.05  # ...counting only distance beyond max(τ, this × ‖aggregate‖) per part
 
@@ -154,7 +154,7 @@ def centered_clip(
     x = torch.stack([contributions[i].reshape(-1).to(torch.float64) for i in usable])
     w_norm = w / w.sum()
     if len(usable) <= 2:
-        # no majority: the mean, and no verdict on anyone (the receiving side's PairCheck gives one for a pair)
+        # no majority: the mean, and no verdict on anyone (the receiving side's RoundNormCheck gives one for a pair)
         for i in usable:
             outcomes[i] = Outcome.EXCLUDED
         mean = (w_norm[:, None] * x).sum(0)

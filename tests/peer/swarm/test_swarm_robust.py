@@ -8,7 +8,7 @@ import pytest
 import torch
 from hivemind.p2p import PeerID
 
-from peer.swarm.averagers import PairCheck, RoundOutcomes
+from peer.swarm.averagers import RoundNormCheck, RoundOutcomes
 from peer.swarm.bans import RejectionLedger
 from peer.swarm.gate import AllGates, OpenGate
 from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome, cap_weights, centered_clip
@@ -30,13 +30,13 @@ def test_without_outliers_it_is_the_weighted_mean(n):
     ws = [32.0, 16.0, 24.0, 32.0, 8.0, 40.0, 16.0, 32.0][:n]
     out = centered_clip(xs, ws)
     assert torch.allclose(out.value, _mean(xs, ws), atol=1e-5)
-    # with one or two senders there is no majority: no verdict (a pair's comes from the receiving side's PairCheck)
+    # with one or two senders there is no majority: no verdict (a pair's comes from the receiving side's RoundNormCheck)
     assert out.outcomes == [Outcome.ACCEPTED if n > 2 else Outcome.EXCLUDED] * n
 
 
 def test_two_senders_give_the_weighted_mean_whatever_their_norms():
     """Two copies: no majority defines an outlier, so the reducer's result is hivemind's weighted mean, part by part
-    (honest parts may differ 100× in norm); the group of two is guarded over the whole round (``PairCheck``)."""
+    (honest parts may differ 100× in norm); the group of two is guarded over the whole round (``RoundNormCheck``)."""
     a, b = _honest(2)
     assert torch.allclose(centered_clip([a, 3 * b], [3.0, 1.0]).value, (3 * a + 3 * b) / 4, rtol=1e-5)
     out = centered_clip([a, -1000 * b], [3.0, 1.0])
@@ -49,11 +49,11 @@ def test_pair_check_applies_an_honest_round_and_holds_back_one_with_a_x1000_copy
     honest = [t * 1.5 + 0.1 for t in ours]  # another honest copy: comparable norm, different direction
     attacker = [-1000 * t for t in ours]
     for other, passes in ((honest, True), (attacker, False)):
-        check = PairCheck(ClipSettings().pair_ratio)
+        check = RoundNormCheck(ClipSettings().round_norm_ratio)
         for mine, theirs in zip(ours, other, strict=True):
             check.hold(mine, (mine + theirs) / 2 - mine)  # what the all-reduce sends back: average - ours
         assert check.passes() is passes, check.norms()
-    zero = PairCheck(5.0)
+    zero = RoundNormCheck(5.0)
     zero.hold(torch.zeros(4), torch.ones(4))  # nothing of ours to compare with: a peer tagging along applies it
     assert zero.passes()
 
