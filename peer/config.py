@@ -112,10 +112,18 @@ class SwarmSpec:
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "fp16"
+    # diloco: the codec of the outer Nesterov momentum in each round (the parameters use ``compression``). Momentum is
+    # an average of pseudo-gradients, so 8-bit error lands on the update, not on the weights (INTELLECT-1 sends int8
+    # pseudo-gradients); with fp16 parameters a round sends 3 bytes per parameter instead of 4.
+    momentum_compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "uniform8bit"
     matchmaking_time: float = 5.0
     averaging_timeout: float = 60.0
     load_state_timeout: float = 600.0
     metrics_expiration: float = 600.0
+    # seconds between this peer's hivemind progress records (samples towards the next global step); the epoch's end
+    # and start are always published at once. hivemind publishes one signed record per local step, which for fast
+    # steps costs more traffic than the averaging itself; the others extrapolate from our samples/s in between.
+    progress_report_interval: float = 1.0
     # Private runs (issue 6): the volunteer's "NAME:SECRET" from the organiser's allowlist (also env
     # WARMSWARM_AUTH_KEY), and the coordinator's token-signing key (OpenSSH text; normally read from the
     # coordinator's /api/v1/run, set here to pin it). Both None: an open run, no tokens.

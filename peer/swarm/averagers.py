@@ -39,6 +39,7 @@ from hivemind.utils.asyncio import as_aiter, azip
 from hivemind.utils.timed_storage import get_dht_time
 
 from peer.swarm.gate import OpenGate, PeerGate
+from peer.swarm.progress import ThrottledProgressTracker
 from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome
 
 logger = logging.getLogger(__name__)
@@ -323,15 +324,36 @@ class AveragerKinds:
 
 
 class GuardedOptimizer(hivemind.Optimizer):
-    """``hivemind.Optimizer`` whose gradient and state averagers are guarded (gate + robust reduction)."""
+    """``hivemind.Optimizer`` whose gradient and state averagers are guarded (gate + robust reduction), and whose
+    progress records are rate-limited (``peer.swarm.progress``)."""
 
     def __init__(
-        self, *, guard: AveragerGuard, kinds: AveragerKinds = AveragerKinds(), average_extras: bool = True, **kwargs
+        self,
+        *,
+        guard: AveragerGuard,
+        kinds: AveragerKinds = AveragerKinds(),
+        average_extras: bool = True,
+        progress_report_interval: float = 1.0,
+        **kwargs,
     ):
         self._guard, self._kinds, self._average_extras = guard, kinds, average_extras
+        self._progress_report_interval = progress_report_interval
         if not kwargs.get("use_local_updates", False):
             kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
         super().__init__(**kwargs)
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ThrottledProgressTracker:
+        # the same arguments as hivemind.Optimizer._make_progress_tracker, with the per-step records rate-limited
+        return ThrottledProgressTracker(
+            dht=self.dht,
+            prefix=self.run_id,
+            target_batch_size=target_batch_size,
+            client_mode=self.client_mode,
+            status_loglevel=self.status_loglevel,
+            start=True,
+            min_report_interval=self._progress_report_interval,
+            **kwargs,
+        )
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         # the same arguments as hivemind.Optimizer._make_state_averager, plus the guard

@@ -11,8 +11,9 @@ SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead
 linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
 we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
 ``extra_tensors`` of the state averager, so late joiners download them with the parameters, and they are averaged
-each round: not averaging them (``GuardedStateAverager(average_extras=False)``) halves a round's bytes but lets a
-peer that missed a round keep a different momentum, and so different parameters. (The one difference from
+each round, in 8 bits by default (``momentum_compression``; the parameters use ``compression``, fp16): 3 bytes per
+parameter per round. Not averaging them (``GuardedStateAverager(average_extras=False)``) would save that byte but
+lets a peer that missed a round keep a different momentum, and so different parameters. (The one difference from
 sending pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
 """
 
@@ -29,6 +30,7 @@ from hivemind.compression import (
     CompressionBase,
     Float16Compression,
     NoCompression,
+    RoleAdaptiveCompression,
     ScaledFloat16Compression,
     Uniform8BitQuantization,
 )
@@ -57,6 +59,17 @@ def make_compression(name: str) -> CompressionBase:
         "blockwise8bit": BlockwiseQuantization,
     }
     return codecs[name]()
+
+
+def make_state_compression(spec: SwarmSpec) -> CompressionBase:
+    """The codec of a state-averaging round: ``spec.compression`` for the parameters and
+    ``spec.momentum_compression`` for the extra tensors (DiLoCo's outer momentum, hivemind's role UNSPECIFIED).
+
+    Why two: the parameters are averaged as values, where 8 bits would put quantisation error on the weights
+    themselves; the momentum is an average of pseudo-gradients, an update, where it does not."""
+    return RoleAdaptiveCompression(
+        parameter=make_compression(spec.compression), default=make_compression(spec.momentum_compression)
+    )
 
 
 @dataclass
@@ -200,6 +213,8 @@ def build_swarm_optimizer(
     params = list(params)
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     compression = make_compression(spec.compression)
+    if not spec.progress_report_interval >= 0:
+        raise UserError(f"need swarm.progress_report_interval >= 0, got {spec.progress_report_interval}")
     if not spec.clip_factor > 0 or spec.ban_after < 1:
         got = f"{spec.clip_factor}, {spec.ban_after}"
         raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
@@ -221,13 +236,14 @@ def build_swarm_optimizer(
         averaging_timeout=spec.averaging_timeout,
         load_state_timeout=spec.load_state_timeout,
         client_mode=spec.client_mode,
-        state_averaging_compression=compression,
         verbose=verbose,
+        progress_report_interval=spec.progress_report_interval,
     )
     if spec.averaging == "sync":
         opt = GuardedOptimizer(
             target_batch_size=spec.target_batch_size,
             grad_compression=compression,
+            state_averaging_compression=compression,
             delay_optimizer_step=spec.delay_optimizer_step,
             offload_optimizer=True,
             **common,
@@ -238,6 +254,7 @@ def build_swarm_optimizer(
         target_batch_size=spec.target_batch_size * spec.inner_steps,
         use_local_updates=True,
         delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
+        state_averaging_compression=make_state_compression(spec),
         extra_tensors=outer.momentum,
         # averaged every round (2x the bytes of the parameters alone): with average_extras=False a peer that missed
         # one round keeps a different momentum, and two peers ended 0.18-0.49 apart after the last outer step in
