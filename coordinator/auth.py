@@ -12,8 +12,15 @@ SIGHUP); a file that no longer parses keeps the last good list in force and logs
 mid-edit locks nobody out.
 
 Tokens (``peer.swarm.auth``) are signed with a persistent RSA key in the data dir, separate from the key that signs
-the run's DHT records: that key only ever signs tokens. Removing or banning a volunteer takes effect at their next
-refresh; a token already issued stays valid until it expires (``token_ttl``, default an hour).
+the run's DHT records: that key only ever signs tokens (and the revocation list).
+
+Removing or banning a volunteer takes effect within seconds, not when their tokens expire (``token_ttl``, default an
+hour): the authority remembers, in ``issued_keys.sqlite`` in the data dir, every key it issued a token to and every
+libp2p id seen in a member record, per volunteer and per allowlist grant (the secret's hash). On every monitor pass
+(``PrivateRun.tick``) the entries of a volunteer no longer listed with that grant, or banned, are revoked for good:
+the coordinator publishes them as ``<run_id>_revoked`` signed with the token key, every node's authorizer refuses
+tokens bound to those keys, every gate stops admitting those peers, and the authority issues those keys no new
+token (a re-added volunteer rejoins with a fresh peer process, hence a fresh key).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import logging
 import os
 import re
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +56,7 @@ if TYPE_CHECKING:  # hivemind costs seconds to import; `allowlist add|remove|lis
 logger = logging.getLogger(__name__)
 
 AUTHORITY_KEY_NAME = "token_authority_key.der"
+ISSUED_KEYS_NAME = "issued_keys.sqlite"
 DEFAULT_TOKEN_TTL = 3600.0
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # also a dashboard display name (<= 64 characters)
 HEADER = "# warmswarm allowlist: NAME<TAB>SHA256_OF_SECRET_HEX<TAB>ADDED_UTC (secrets are never stored)\n"
@@ -54,9 +64,11 @@ HEADER = "# warmswarm allowlist: NAME<TAB>SHA256_OF_SECRET_HEX<TAB>ADDED_UTC (se
 # reasons a token request is refused (labels of warmswarm_rejected_records_total)
 NOT_ALLOWLISTED = "not_allowlisted"
 BANNED = "banned"
+REVOKED_KEY = "revoked_key"
 MALFORMED = "malformed"
 OVERSIZED = "oversized"
 MAX_REQUEST_BYTES = 16 << 10
+REVOCATION_EXPIRATION = 600.0  # seconds the <run_id>_revoked record lives unless republished
 
 
 def secret_hash(secret: str) -> str:
@@ -128,6 +140,11 @@ class Allowlist:
     def names(self) -> list[str]:
         self.reload()
         return sorted(self._entries)
+
+    def grants(self) -> dict[str, str]:
+        """Each listed name's grant: the hash of its secret (re-adding a name issues a new one)."""
+        self.reload()
+        return {name: entry.sha256 for name, entry in self._entries.items()}
 
     def check(self, name: str, secret: str) -> bool:
         """Whether ``name`` is listed with this secret (constant-time comparison of the hashes)."""
@@ -206,15 +223,119 @@ def store_banned_names(store) -> Callable[[], set[str]]:
     return (lambda: set(banned())) if callable(banned) else set
 
 
+REMOVED_REASON = "removed from the allowlist"
+BANNED_REASON = "banned"
+
+
+class IssuedKeys:
+    """What the authority handed out, per volunteer: the keys it issued tokens to (``key_fingerprint``, hex) and the
+    libp2p ids seen in their member records, each with the allowlist grant it was issued under, until when a token
+    may still admit it, and whether it is revoked. One small SQLite file of its own (the store's tables are the
+    monitor's); thread-safe (the HTTP handler records keys, the wait loop revokes)."""
+
+    KEY, PEER = "key", "peer"
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS issued (
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        name TEXT NOT NULL,
+        grant_hash TEXT NOT NULL,
+        expires REAL NOT NULL,
+        revoked REAL,
+        reason TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (run_id, kind, value)
+    );
+    """
+
+    def __init__(self, path: str | Path, run_id: str):
+        self.path, self.run_id = Path(path), run_id
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            with self._db:
+                self._db.executescript(self.SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"cannot open the issued-keys database {self.path}: {e}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def record(self, kind: str, value: str, name: str, grant: str, expires: float) -> None:
+        """Remembers ``value`` (a key fingerprint in hex, or a libp2p id) for ``name`` under ``grant``; a later token
+        only pushes ``expires`` back. The first grant stays: a key issued under an old secret stays that secret's."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO issued (run_id, kind, value, name, grant_hash, expires) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, kind, value) DO UPDATE SET expires = MAX(expires, excluded.expires)",
+                (self.run_id, kind, value, name, grant, float(expires)),
+            )
+
+    def is_revoked(self, kind: str, value: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT revoked FROM issued WHERE run_id = ? AND kind = ? AND value = ?", (self.run_id, kind, value)
+            ).fetchone()
+        return row is not None and row[0] is not None
+
+    def revoke_departed(self, grants: dict[str, str], banned: set[str], now: float | None = None) -> set[str]:
+        """Revokes every entry whose volunteer is no longer listed under the grant it was issued with, or is banned;
+        returns the names newly revoked."""
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            rows = self._db.execute(
+                "SELECT DISTINCT name, grant_hash FROM issued WHERE run_id = ? AND revoked IS NULL", (self.run_id,)
+            ).fetchall()
+            revoked = set()
+            for name, grant in rows:
+                if name in banned:
+                    reason = BANNED_REASON
+                elif grants.get(name) != grant:
+                    reason = REMOVED_REASON
+                else:
+                    continue
+                self._db.execute(
+                    "UPDATE issued SET revoked = ?, reason = ? "
+                    "WHERE run_id = ? AND name = ? AND grant_hash = ? AND revoked IS NULL",
+                    (now, reason, self.run_id, name, grant),
+                )
+                revoked.add(name)
+        return revoked
+
+    def revoked(self, now: float) -> tuple[list[bytes], list[str]]:
+        """(key fingerprints, libp2p ids) revoked and still able to matter: some token issued for them has not
+        expired at ``now``. The published list holds only these, so it stays small."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, value FROM issued WHERE run_id = ? AND revoked IS NOT NULL AND expires > ? "
+                "ORDER BY revoked DESC",
+                (self.run_id, now),
+            ).fetchall()
+        keys = [bytes.fromhex(value) for kind, value in rows if kind == self.KEY]
+        return keys, [value for kind, value in rows if kind == self.PEER]
+
+    def entries(self) -> list[tuple[str, str, str, str]]:
+        """(kind, value, name, reason or "") of every entry, for the operator and tests."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, value, name, reason FROM issued WHERE run_id = ? ORDER BY name, kind, value",
+                (self.run_id,),
+            ).fetchall()
+        return [tuple(row) for row in rows]
+
+
 @dataclass
 class TokenAuthority:
-    """Signs access tokens for ``run_id`` with ``key``, for allowlisted and not banned volunteers only."""
+    """Signs access tokens for ``run_id`` with ``key``, for allowlisted and not banned volunteers only, and (given
+    ``issued``) never for a revoked key; every key it signs for is recorded there."""
 
     run_id: str
     key: RSAPrivateKey
     allowlist: Allowlist
     banned_names: Callable[[], set[str]] = set
     ttl: float = DEFAULT_TOKEN_TTL
+    issued: IssuedKeys | None = None
 
     COORDINATOR_NAME = "coordinator"  # the username in the coordinator's own token
 
@@ -243,7 +364,20 @@ class TokenAuthority:
             )
         if name in self.banned_names():
             raise TokenRefused(BANNED, f"volunteer {name!r} is banned from run {self.run_id!r}")
-        return self.sign(name, public_key, ttl)
+        if self.issued is None:
+            return self.sign(name, public_key, ttl)
+        from peer.swarm.auth import key_fingerprint, token_expires_at
+
+        fingerprint = key_fingerprint(public_key).hex()
+        if self.issued.is_revoked(IssuedKeys.KEY, fingerprint):
+            raise TokenRefused(
+                REVOKED_KEY,
+                f"this peer's key was revoked in run {self.run_id!r}: restart the peer to join with a new key",
+            )
+        token = self.sign(name, public_key, ttl)
+        grant = self.allowlist.grants().get(name, "")
+        self.issued.record(IssuedKeys.KEY, fingerprint, name, grant, token_expires_at(token))
+        return token
 
     def sign(self, name: str, public_key: bytes, ttl: float | None = None) -> AccessToken:
         """A token without the allowlist check: for the coordinator's own DHT node."""
@@ -307,7 +441,8 @@ def token_response(authority: TokenAuthority | None, run_id: str, body: bytes | 
 @dataclass
 class PrivateRun:
     """What a private run adds to a coordinator: the token authority (allowlist + key), the DHT authorizer and
-    member record of the coordinator's own node, and the feed of the DHT's token refusals into the store."""
+    member record of the coordinator's own node, the revocation of removed or banned volunteers, and the feed of the
+    DHT's token refusals into the store."""
 
     authority: TokenAuthority
     store: Store
@@ -317,6 +452,9 @@ class PrivateRun:
     _feed: RejectionFeed | None = None
     _next_member_refresh: float = 0.0
     _member_names: dict[str, str] = field(default_factory=dict)  # libp2p peer id (base58) -> allowlisted name
+    revocation_refresh: float = 60.0  # republish the revocation list this often (its record lives 10 minutes)
+    _revocations_published: tuple = ()
+    _revocations_at: float = -1e9
 
     @classmethod
     def open(cls, run_id: str, allowlist: str | Path, data_dir: Path, store: Store, ttl: float) -> PrivateRun:
@@ -326,7 +464,8 @@ class PrivateRun:
         if ttl < 60:
             raise UserError(f"--token_ttl must be at least 60 seconds, got {ttl:g}")
         key = load_or_create_signing_key(Path(data_dir) / AUTHORITY_KEY_NAME)
-        authority = TokenAuthority(run_id, key, Allowlist(allowlist), store_banned_names(store), ttl)
+        issued = IssuedKeys(Path(data_dir) / ISSUED_KEYS_NAME, run_id)
+        authority = TokenAuthority(run_id, key, Allowlist(allowlist), store_banned_names(store), ttl, issued)
         private = cls(authority, store, member_refresh_every=min(300.0, ttl / 4))
         authority.banned_names = private.banned_names
         return private
@@ -360,10 +499,11 @@ class PrivateRun:
         )
 
     def attach(self, dht: hivemind.DHT, signing_key: RSAPrivateKey) -> None:
-        from peer.swarm.auth import dht_auth_rejections
+        from peer.swarm.auth import dht_auth_rejections, follow_revocations
 
         self._dht, self._signing_key = dht, signing_key
         self._feed = RejectionFeed(lambda: dht_auth_rejections(dht), self.store.add_rejected)
+        follow_revocations(dht)  # our own node refuses revoked keys too, from the list we publish
         self.publish_member_record()
 
     def publish_member_record(self) -> bool:
@@ -382,21 +522,71 @@ class PrivateRun:
         return ok
 
     def tick(self) -> None:
-        """Called every monitor interval: renews the member record when due, moves new token refusals to the store."""
+        """Called every monitor interval: renews the member record when due, revokes the volunteers removed from the
+        allowlist or banned and publishes the revocations, moves new token refusals to the store."""
         if time.monotonic() >= self._next_member_refresh:
             self.publish_member_record()
         self._member_names = self.read_member_names()
+        self.revoke()
         if self._feed is not None:
             self._feed.poll()
 
     def read_member_names(self) -> dict[str, str]:
-        """Who runs which libp2p peer id, from the valid member records in the DHT."""
-        from peer.swarm.auth import fetch_member_entries, valid_members
+        """Who runs which libp2p peer id, from the valid member records in the DHT; each is remembered in
+        ``issued`` under its volunteer's current grant, so that a revocation covers the peer id too."""
+        from peer.swarm.auth import fetch_member_entries, token_expires_at, valid_members
 
         assert self._dht is not None, "attach() first"
         entries = fetch_member_entries(self._dht, self.authority.run_id)
-        members = valid_members(entries, self.authority.run_id, self.authority.public_key)
+        members = list(valid_members(entries, self.authority.run_id, self.authority.public_key))
+        issued, grants = self.authority.issued, self.authority.allowlist.grants()
+        for peer_id, token in members:
+            if issued is not None and token.username in grants:
+                issued.record(
+                    IssuedKeys.PEER,
+                    peer_id.to_base58(),
+                    token.username,
+                    grants[token.username],
+                    token_expires_at(token),
+                )
         return {peer_id.to_base58(): token.username for peer_id, token in members}
+
+    def revoke(self) -> set[str]:
+        """Revokes what was issued to volunteers no longer allowlisted under the same grant, or banned, and keeps
+        ``<run_id>_revoked`` published (at once on a change, else every ``revocation_refresh`` seconds). Returns the
+        names revoked in this pass."""
+        issued = self.authority.issued
+        if issued is None:
+            return set()
+        names = issued.revoke_departed(self.authority.allowlist.grants(), self.banned_names())
+        for name in sorted(names):
+            logger.warning(
+                "revoked the access of %s in run %s: its tokens are refused from now on", name, self.authority.run_id
+            )
+        self.publish_revocations()
+        return names
+
+    def publish_revocations(self) -> bool:
+        from hivemind.utils import get_dht_time
+
+        from peer.swarm.auth import owner_subkey, revocations_key, sign_revocations
+
+        keys, peer_ids = self.authority.issued.revoked(now=get_dht_time())
+        listed = (tuple(sorted(keys)), tuple(sorted(peer_ids)))
+        due = time.monotonic() - self._revocations_at > self.revocation_refresh
+        if not (keys or peer_ids) or (listed == self._revocations_published and not due):
+            return False
+        assert self._dht is not None and self._signing_key is not None, "attach() first"
+        value = sign_revocations(self.authority.key, self.authority.run_id, keys, peer_ids)
+        subkey = owner_subkey(self._signing_key.get_public_key().to_bytes())
+        ok = self._dht.store(
+            revocations_key(self.authority.run_id), value, get_dht_time() + REVOCATION_EXPIRATION, subkey=subkey
+        )
+        if ok:
+            self._revocations_published, self._revocations_at = listed, time.monotonic()
+        else:
+            logger.warning("the DHT did not accept the revocation list; retrying next pass")
+        return bool(ok)
 
     def run_info_auth(self) -> dict:
         """The ``auth`` section of ``GET /api/v1/run``."""

@@ -9,6 +9,11 @@ and gets an ``AccessToken`` (hivemind's protobuf) naming it, bound to its RSA pu
 - **Averaging**: hivemind's averagers take no authorizer, so each peer publishes a *member record* under
   ``<run_id>_members`` (subkey = its RSA public key, signed; value = {libp2p peer id, token}) and
   ``MembershipGate`` admits a libp2p peer id into averaging only while a valid record names it.
+- **Revocation**: when the organiser removes a volunteer (or the coordinator bans one), the coordinator publishes
+  ``<run_id>_revoked``: the keys it issued that volunteer tokens for and the libp2p ids seen in their member records,
+  signed by the authority key. Every node's authorizer follows it (``follow_revocations``, every few seconds, inside
+  the DHT process) and refuses tokens bound to a revoked key; ``MembershipGate`` drops revoked keys and peer ids at
+  its next refresh. So a removal takes effect in seconds, not when the token expires.
 
 A token is valid when the authority's signature covers (run_id, username, public key, expiration) and it has not
 expired; the run_id inside the signed bytes keeps a token of one run from opening another run with the same
@@ -18,7 +23,10 @@ coordinator key. What is refused is counted by reason (``REASONS``), so peers lo
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
+import hashlib
 import logging
 import os
 import threading
@@ -56,11 +64,25 @@ BAD_TOKEN = "bad_token"  # not signed by this run's authority (forged, tampered,
 EXPIRED_TOKEN = "expired_token"
 WRONG_KEY = "wrong_key"  # a valid token presented by someone who does not hold the key it is bound to
 REPLAYED = "replayed_request"  # a correctly signed request replayed, or from a clock more than a minute off
-REASONS = (MISSING_TOKEN, BAD_TOKEN, EXPIRED_TOKEN, WRONG_KEY, REPLAYED)
+REVOKED = "revoked_token"  # a valid token bound to a key the coordinator revoked (volunteer removed or banned)
+REASONS = (MISSING_TOKEN, BAD_TOKEN, EXPIRED_TOKEN, WRONG_KEY, REPLAYED, REVOKED)
+
+REVOCATION_DOMAIN = b"warmswarm-revocations-v1"
+MAX_REVOKED = 512  # per list (keys, peer ids): 16 KB + 24 KB, under the DHT record limit; tokens expire anyway
+REVOCATIONS_EVERY = 5.0  # seconds between two reads of <run_id>_revoked by a node's authorizer
 
 
 def members_key(run_id: str) -> str:
     return f"{run_id}_members"
+
+
+def revocations_key(run_id: str) -> str:
+    return f"{run_id}_revoked"
+
+
+def key_fingerprint(public_key: bytes) -> bytes:
+    """How revocations name a token's key: sha256 of its OpenSSH bytes (32 bytes instead of ~400)."""
+    return hashlib.sha256(public_key).digest()
 
 
 def owner_subkey(public_key: bytes) -> bytes:
@@ -249,6 +271,8 @@ class RunTokenAuthorizer(TokenAuthorizerBase):
         self.run_id = run_id
         self.authority = authority
         self.rejected: Counter[str] = Counter()
+        self.revoked = Revoked()  # kept current by follow_revocations
+        self._follower: asyncio.Task | None = None
         self._lifetime: float | None = None
         self._last_warning: dict[str, float] = {}
         if token is not None:
@@ -265,8 +289,15 @@ class RunTokenAuthorizer(TokenAuthorizerBase):
         self._lifetime = token_expires_at(token) - get_dht_time()
         return token
 
+    def token_problem(self, token: AccessToken) -> str | None:
+        """``token_problem`` plus this node's view of the revocations."""
+        problem = token_problem(token, self.authority, self.run_id)
+        if problem is None and key_fingerprint(token.public_key) in self.revoked.keys:
+            problem = REVOKED
+        return problem
+
     def is_token_valid(self, access_token: AccessToken) -> bool:
-        problem = token_problem(access_token, self.authority, self.run_id)
+        problem = self.token_problem(access_token)
         if problem is not None:
             self._reject(problem)
         return problem is None
@@ -292,7 +323,7 @@ class RunTokenAuthorizer(TokenAuthorizerBase):
     def _classify_signed_failure(self, message, token: AccessToken, signature: bytes) -> None:
         """After the base class refused a message: if its token was fine (else it is counted already), tell a
         message not signed by the token's key from a replay (nonce seen, or clocks a minute apart)."""
-        if token_problem(token, self.authority, self.run_id) is not None:
+        if self.token_problem(token) is not None:
             return
         message.auth.signature = b""
         signed_by_holder = RSAPublicKey.from_bytes(token.public_key).verify(message.SerializeToString(), signature)
@@ -311,13 +342,28 @@ class RunTokenAuthorizer(TokenAuthorizerBase):
     def rejected_counts(self) -> dict[str, int]:
         return dict(self.rejected)
 
+    async def follow_revocations(self, node, every: float) -> None:
+        """Runs in the DHT process for the node's lifetime: re-reads ``<run_id>_revoked`` every ``every`` seconds.
+        A failed read keeps the last list (revocations only ever grow while their tokens live)."""
+        while True:
+            try:
+                found = await node.get(revocations_key(self.run_id), latest=True)
+                revoked = verified_revocations(_entries(found), self.run_id, self.authority)
+                if revoked.keys - self.revoked.keys:
+                    logger.warning("run %s: %d revoked keys now refused", self.run_id, len(revoked.keys))
+                self.revoked = self.revoked | revoked
+            except Exception as e:
+                logger.debug("revocations not read: %s", e)
+            await asyncio.sleep(every)
+
 
 class CoordinatorTokenAuthorizer(RunTokenAuthorizer):
     """A volunteer's DHT authorizer: fresh tokens come from the coordinator's ``POST /api/v1/auth/token``.
 
     Start it with the token got at join time (``request_token``), so the DHT needs no HTTP call to come up; later
     refreshes run inside the DHT's event loop with a bounded timeout. If the organiser removes or bans the volunteer,
-    the refresh fails, the token runs out, and every other node stops answering this one."""
+    the coordinator revokes this peer's key: every other node stops answering it within seconds (``REVOKED``), and
+    its next refresh is refused."""
 
     def __init__(
         self,
@@ -370,6 +416,105 @@ def dht_auth_rejections(dht: hivemind.DHT) -> dict[str, int]:
     return dht.run_coroutine(_authorizer_rejections)
 
 
+async def _start_following(every: float, dht: hivemind.DHT, node) -> bool:
+    authorizer = getattr(node.protocol, "authorizer", None)
+    if not isinstance(authorizer, RunTokenAuthorizer):
+        return False
+    if authorizer._follower is None or authorizer._follower.done():
+        authorizer._follower = asyncio.create_task(authorizer.follow_revocations(node, every))
+    return True
+
+
+def follow_revocations(dht: hivemind.DHT, every: float = REVOCATIONS_EVERY) -> bool:
+    """Makes the DHT node's authorizer follow ``<run_id>_revoked`` (a task in the DHT process that ends with it);
+    False for a node without a run authorizer (an open run). Calling it again changes nothing."""
+    return dht.run_coroutine(functools.partial(_start_following, every))
+
+
+async def _authorizer_revoked(dht: hivemind.DHT, node) -> Revoked:
+    authorizer = getattr(node.protocol, "authorizer", None)
+    return authorizer.revoked if isinstance(authorizer, RunTokenAuthorizer) else Revoked()
+
+
+def dht_revoked(dht: hivemind.DHT) -> Revoked:
+    """What the DHT node's authorizer refuses as revoked now."""
+    return dht.run_coroutine(_authorizer_revoked)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Revocations: the authority's signed list of keys and peer ids that no token admits any more
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """Revoked token keys (``key_fingerprint``) and libp2p peer ids (base58)."""
+
+    keys: frozenset[bytes] = frozenset()
+    peer_ids: frozenset[str] = frozenset()
+
+    def __or__(self, other: Revoked) -> Revoked:
+        return Revoked(self.keys | other.keys, self.peer_ids | other.peer_ids)
+
+    def covers(self, peer_id: PeerID, token: AccessToken) -> bool:
+        return peer_id.to_base58() in self.peer_ids or key_fingerprint(token.public_key) in self.keys
+
+
+class RevocationRecord(pydantic.BaseModel):
+    """Value of a ``<run_id>_revoked`` entry: what the authority revoked, and its signature over it."""
+
+    keys: pydantic.conlist(pydantic.conbytes(min_length=32, max_length=32, strict=True), max_items=MAX_REVOKED)
+    peer_ids: pydantic.conlist(pydantic.constr(min_length=1, max_length=128, strict=True), max_items=MAX_REVOKED)
+    time: pydantic.StrictFloat
+    signature: pydantic.conbytes(min_length=1, max_length=1024, strict=True)
+
+
+class RevocationsSchema(pydantic.BaseModel):
+    revoked: dict[BytesWithPublicKey, RevocationRecord]
+
+
+def _revocation_bytes(run_id: str, keys: list[bytes], peer_ids: list[str], time_: float) -> bytes:
+    return MSGPackSerializer.dumps([REVOCATION_DOMAIN, run_id, list(keys), list(peer_ids), time_])
+
+
+def sign_revocations(
+    authority_key: RSAPrivateKey, run_id: str, keys: list[bytes], peer_ids: list[str], now: float | None = None
+) -> dict:
+    """The ``<run_id>_revoked`` value for ``keys`` (fingerprints) and ``peer_ids``, newest first, signed by the
+    authority; beyond ``MAX_REVOKED`` of either the oldest are left out (logged)."""
+    if len(keys) > MAX_REVOKED or len(peer_ids) > MAX_REVOKED:
+        logger.warning("revocation list of run %s truncated to the newest %d keys and peer ids", run_id, MAX_REVOKED)
+    keys, peer_ids = sorted(keys[:MAX_REVOKED]), sorted(peer_ids[:MAX_REVOKED])
+    now = time.time() if now is None else float(now)
+    signature = authority_key.sign(_revocation_bytes(run_id, keys, peer_ids, now))
+    return RevocationRecord(keys=keys, peer_ids=peer_ids, time=now, signature=signature).dict()
+
+
+def verified_revocations(entries: dict, run_id: str, authority: RSAPublicKey) -> Revoked:
+    """The union of the ``<run_id>_revoked`` entries (subkey -> value) whose authority signature verifies; whoever
+    stored an entry, only the authority's signature makes it count. Anything else is skipped."""
+    revoked = Revoked()
+    for value in entries.values():
+        try:
+            record = RevocationRecord.parse_obj(value)
+        except Exception:
+            continue
+        if authority.verify(_revocation_bytes(run_id, record.keys, record.peer_ids, record.time), record.signature):
+            revoked = revoked | Revoked(frozenset(record.keys), frozenset(record.peer_ids))
+    return revoked
+
+
+def _entries(found) -> dict:
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    return {subkey: item.value for subkey, item in found.value.items()}
+
+
+def fetch_revocations(dht: hivemind.DHT, run_id: str, authority: RSAPublicKey) -> Revoked:
+    """What the authority has revoked, as the DHT holds it now (blocking)."""
+    return verified_revocations(_entries(dht.get(revocations_key(run_id), latest=True)), run_id, authority)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Member records and the averaging gate
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,8 +532,9 @@ class MembersSchema(pydantic.BaseModel):
 
 
 def member_validators(run_id: str) -> list[SchemaValidator]:
-    """The schema of ``<run_id>_members`` records, to run beside the signature validator on every node."""
-    return [SchemaValidator(MembersSchema, prefix=run_id)]
+    """The schema of ``<run_id>_members`` and ``<run_id>_revoked`` records, to run beside the signature validator
+    on every node."""
+    return [SchemaValidator(MembersSchema, prefix=run_id), SchemaValidator(RevocationsSchema, prefix=run_id)]
 
 
 def publish_member_record(
@@ -407,12 +553,13 @@ def publish_member_record(
 
 
 def valid_members(
-    entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None
+    entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None, revoked: Revoked | None = None
 ) -> Iterator[tuple[PeerID, AccessToken]]:
     """(libp2p peer id, token) of each ``<run_id>_members`` entry (subkey -> value) that counts: its token is valid
     and bound to the key that signed the record (the subkey, whose signature the DHT's ``RSASignatureValidator``
-    already checked). Anything else is skipped."""
+    already checked), and neither the key nor the peer id is ``revoked``. Anything else is skipped."""
     now = get_dht_time() if now is None else now
+    revoked = revoked or Revoked()
     for subkey, value in entries.items():
         try:
             record = MemberRecord.parse_obj(value)
@@ -420,29 +567,30 @@ def valid_members(
             peer_id = PeerID.from_base58(record.peer_id)
         except Exception:
             continue
-        if token_problem(token, authority, run_id, now) is None and owner_subkey(token.public_key) == subkey:
+        if token_problem(token, authority, run_id, now) is not None or owner_subkey(token.public_key) != subkey:
+            continue
+        if not revoked.covers(peer_id, token):
             yield peer_id, token
 
 
-def read_members(entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None) -> dict[PeerID, float]:
+def read_members(
+    entries: dict, run_id: str, authority: RSAPublicKey, now: float | None = None, revoked: Revoked | None = None
+) -> dict[PeerID, float]:
     """Admitted libp2p peer ids -> when their admission ends (the latest expiry among their valid records)."""
     admitted: dict[PeerID, float] = {}
-    for peer_id, token in valid_members(entries, run_id, authority, now):
+    for peer_id, token in valid_members(entries, run_id, authority, now, revoked):
         admitted[peer_id] = max(admitted.get(peer_id, 0.0), token_expires_at(token))
     return admitted
 
 
 def fetch_member_entries(dht: hivemind.DHT, run_id: str) -> dict:
     """The raw ``<run_id>_members`` entries (subkey -> value) as the DHT holds them now (blocking)."""
-    found = dht.get(members_key(run_id), latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    return {subkey: item.value for subkey, item in found.value.items()}
+    return _entries(dht.get(members_key(run_id), latest=True))
 
 
 class MembershipGate:
     """A ``peer.swarm.gate.PeerGate``: admits a libp2p peer id into averaging only while ``<run_id>_members``
-    holds a valid member record naming it.
+    holds a valid member record naming it, whose key and peer id the authority has not revoked.
 
     It never waits on the DHT: averagers ask it inside their event loop on every request. A background thread keeps a
     table of admitted peers (a full read of the key every ``refresh_every`` seconds, and at most every
@@ -461,6 +609,7 @@ class MembershipGate:
         self.dht, self.run_id, self.authority = dht, run_id, authority
         self.refresh_every, self.miss_refresh_after = refresh_every, miss_refresh_after
         self._members: dict[PeerID, float] = {}
+        self._revoked = Revoked()
         self._pid: int | None = None
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -479,6 +628,8 @@ class MembershipGate:
     def why_not(self, peer_id: PeerID) -> str:
         if self.admits(peer_id):
             return ""
+        if peer_id.to_base58() in self._revoked.peer_ids:
+            return f"peer {peer_id} was revoked by the coordinator of run {self.run_id!r} (removed or banned)"
         return (
             f"peer {peer_id} has no valid member record in {members_key(self.run_id)} "
             "(not allowlisted, token expired, or its record is not visible here yet)"
@@ -486,8 +637,10 @@ class MembershipGate:
 
     def refresh(self) -> int:
         """Re-reads the member records now (blocking: call it from a thread, never from an event loop); returns how
-        many peers are admitted."""
-        self._members = read_members(fetch_member_entries(self.dht, self.run_id), self.run_id, self.authority)
+        many peers are admitted. Revocations are read first, so a member record never outlives its revocation."""
+        self._revoked = self._revoked | fetch_revocations(self.dht, self.run_id, self.authority)
+        entries = fetch_member_entries(self.dht, self.run_id)
+        self._members = read_members(entries, self.run_id, self.authority, revoked=self._revoked)
         return len(self._members)
 
     def close(self) -> None:
@@ -610,6 +763,8 @@ class PrivatePeer:
         keeper = MemberRecordKeeper(dht, self.auth, self.signer_public_key, on_revoked=on_revoked)
         if not keeper.publish():
             logger.warning("the DHT did not take this peer's member record yet; retrying in the background")
+        if not follow_revocations(dht):
+            logger.warning("this peer's DHT has no run authorizer: revoked volunteers are refused only by the gate")
         gate = self.auth.gate(dht)
         # read the table once here: the averagers fork from this process and start with a copy of it, so the
         # coordinator and the peers already in the run are admitted from their first request
