@@ -108,14 +108,20 @@ class SwarmSpec:
     target_batch_size: int = 4096
     averaging: Literal["sync", "diloco"] = "sync"
     inner_steps: int = 100  # DiLoCo: local steps between outer averaging rounds
+    # DiLoCo: run each outer round in the background and keep training (peer.swarm.overlap); the outer step lands a
+    # round's communication later. Off: every peer waits for the round inside step().
+    overlap_rounds: bool = False
     delay_optimizer_step: bool = False  # "sync": overlap the global optimizer step with the next batches' compute
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
-    compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "fp16"
+    compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"] = "fp16"
     # diloco: the codec of the outer Nesterov momentum in each round (the parameters use ``compression``). Momentum is
     # an average of pseudo-gradients, so 8-bit error lands on the update, not on the weights (INTELLECT-1 sends int8
-    # pseudo-gradients); with fp16 parameters a round sends 3 bytes per parameter instead of 4.
-    momentum_compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"] = "uniform8bit"
+    # pseudo-gradients); with fp16 parameters a round sends 3 bytes per parameter instead of 4. minmax8bit
+    # (peer.swarm.codecs) and not hivemind's uniform8bit, which clamps a heavy-tailed tensor's largest entries.
+    momentum_compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"] = (
+        "minmax8bit"
+    )
     matchmaking_time: float = 5.0
     averaging_timeout: float = 60.0
     load_state_timeout: float = 600.0

@@ -11,10 +11,11 @@ SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead
 linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
 we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
 ``extra_tensors`` of the state averager, so late joiners download them with the parameters, and they are averaged
-each round, in 8 bits by default (``momentum_compression``; the parameters use ``compression``, fp16): 3 bytes per
-parameter per round. Not averaging them (``GuardedStateAverager(average_extras=False)``) would save that byte but
-lets a peer that missed a round keep a different momentum, and so different parameters. (The one difference from
-sending pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
+each round, in 8 bits by default (``momentum_compression``: ``peer.swarm.codecs.MinMax8BitQuantization``; the
+parameters use ``compression``, fp16): 3 bytes per parameter per round. Not averaging them at all
+(``GuardedStateAverager(average_extras=False)``) would save that byte too, but lets a peer that missed a round keep
+a different momentum, and so different parameters. (The one difference from sending pseudo-gradients: compression
+error applies to parameters; fp16 keeps it below 1e-3 relative.)
 """
 
 from __future__ import annotations
@@ -25,40 +26,23 @@ from dataclasses import dataclass, field
 
 import hivemind
 import torch
-from hivemind.compression import (
-    BlockwiseQuantization,
-    CompressionBase,
-    Float16Compression,
-    NoCompression,
-    RoleAdaptiveCompression,
-    ScaledFloat16Compression,
-    Uniform8BitQuantization,
-)
+from hivemind.compression import CompressionBase, RoleAdaptiveCompression
 from hivemind.utils import get_dht_time
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
 from peer.swarm.averagers import AveragerGuard, AveragerKinds, GuardedOptimizer, OutcomeChannel, RoundOutcomes
 from peer.swarm.bans import BanBook
+from peer.swarm.codecs import make_compression
 from peer.swarm.gate import OpenGate, PeerGate
+from peer.swarm.overlap import BackgroundRound
 from peer.swarm.robust import ClipSettings
 
 logger = logging.getLogger(__name__)
 
+NEVER = 2**62  # an ``average_state_every`` no epoch reaches
 OptimizerFactory = Callable[[Sequence], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
-
-
-def make_compression(name: str) -> CompressionBase:
-    """Maps ``SwarmSpec.compression`` to hivemind's codec of what peers send each other."""
-    codecs = {
-        "none": NoCompression,
-        "fp16": Float16Compression,
-        "scaled_fp16": ScaledFloat16Compression,
-        "uniform8bit": Uniform8BitQuantization,
-        "blockwise8bit": BlockwiseQuantization,
-    }
-    return codecs[name]()
 
 
 def make_state_compression(spec: SwarmSpec) -> CompressionBase:
@@ -98,6 +82,28 @@ class OuterNesterov:
             anchor.copy_(param)
 
     @torch.no_grad()
+    def apply_round(
+        self,
+        averaged: Sequence[torch.Tensor],
+        averaged_momentum: Sequence[torch.Tensor] | None,
+        snapshot: Sequence[torch.Tensor],
+    ) -> None:
+        """The outer step of a round that ran in the background (``peer.swarm.overlap``): the same update as
+        ``step`` computed from the round's ``averaged`` snapshot, with the local progress made since the ``snapshot``
+        kept on top of the new anchor. ``averaged_momentum`` (None: not averaged) replaces the momentum first."""
+        momenta = averaged_momentum if averaged_momentum is not None else [None] * len(self.params)
+        for param, anchor, buf, avg, avg_buf, snap in zip(
+            self.params, self.anchor, self.momentum, averaged, momenta, snapshot, strict=True
+        ):
+            if avg_buf is not None:
+                buf.copy_(avg_buf)
+            delta = anchor - avg.to(anchor.device)
+            buf.mul_(self.momentum_factor).add_(delta.to(buf.device))
+            target = anchor - self.lr * (delta + self.momentum_factor * buf.to(delta.device))
+            param.add_(target - snap)
+            anchor.copy_(target)
+
+    @torch.no_grad()
     def reset_anchor(self) -> None:
         """After a state download the downloaded parameters are the new round's start."""
         for param, anchor in zip(self.params, self.anchor, strict=True):
@@ -112,6 +118,11 @@ class SwarmOptimizer:
     outer: OuterNesterov | None
     outcomes: OutcomeChannel | None = None  # per-round reducer outcomes from the averager processes (bans)
     bans: BanBook | None = None  # set by the session: turns those outcomes into local bans and signed reports
+    background: BackgroundRound | None = None  # diloco with swarm.overlap_rounds: the round in flight
+
+    def __post_init__(self) -> None:
+        if isinstance(self.opt, GuardedOptimizer):
+            self.opt.after_state_load.append(self._state_replaced)
 
     @property
     def global_step(self) -> int:
@@ -124,9 +135,43 @@ class SwarmOptimizer:
         advanced = self.opt.local_epoch > before
         if self.bans is not None:
             self.bans.absorb(self.round_outcomes())
-        if advanced and self.outer is not None:
-            self.outer.step()
+        if self.outer is None:
+            return advanced
+        if self.background is None:
+            if advanced:
+                self.outer.step()
+            return advanced
+        if self.background.done():
+            self._apply_background(wait=0.0)
+        if advanced:
+            if self.background.pending:  # the previous round is still running: wait for it (bounded by its timeout)
+                logger.info("outer round %d still running at the next global step: waiting for it", before)
+                self._apply_background(wait=None)
+            if self.peers_in_last_round() > 1:
+                self.background.start(self.opt.local_epoch)
+            else:
+                self.outer.step()  # alone: no group to find, the blocking step is the same update
         return advanced
+
+    def _apply_background(self, wait: float | None) -> None:
+        snapshot = self.background.snapshot
+        result = self.background.finish(wait=wait)
+        if result is not None:
+            self.outer.apply_round(result[0], result[1], snapshot)
+
+    def _state_replaced(self) -> None:
+        """After any state download (ours or hivemind's catch-up of an out-of-sync peer): the downloaded
+        parameters start the next round, and a round computed from the old ones is dropped."""
+        if self.background is not None:
+            self.background.cancel()
+        if self.outer is not None:
+            self.outer.reset_anchor()
+
+    def finish_round(self, timeout: float | None = None) -> None:
+        """Applies a background round still in flight (waits for it at most ``timeout`` s; None: its own timeout),
+        so that a peer leaving, or a test comparing peers, sees the round's outcome."""
+        if self.background is not None and self.background.pending:
+            self._apply_background(wait=timeout)
 
     def start_at(self, step: int) -> None:
         """Resume at global ``step`` (state taken from a coordinator checkpoint): epoch and lr schedule follow."""
@@ -141,8 +186,8 @@ class SwarmOptimizer:
 
     def load_state_from_peers(self) -> None:
         self.opt.load_state_from_peers()
-        if self.outer is not None:
-            self.outer.reset_anchor()
+        if not isinstance(self.opt, GuardedOptimizer):  # a GuardedOptimizer calls _state_replaced itself
+            self._state_replaced()
 
     def peers_in_last_round(self) -> int:
         return self.opt.tracker.global_progress.num_peers
@@ -152,6 +197,8 @@ class SwarmOptimizer:
         return self.outcomes.drain() if self.outcomes is not None else []
 
     def shutdown(self) -> None:
+        if self.background is not None:
+            self.background.cancel()
         for averager in (self.opt.state_averager, self.opt.grad_averager):
             if averager is not None:
                 withdraw_state_sharing(averager)
@@ -254,6 +301,8 @@ def build_swarm_optimizer(
         target_batch_size=spec.target_batch_size * spec.inner_steps,
         use_local_updates=True,
         delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
+        # overlapped rounds are started by SwarmOptimizer (peer.swarm.overlap), so hivemind never averages itself
+        average_state_every=NEVER if spec.overlap_rounds else 1,
         state_averaging_compression=make_state_compression(spec),
         extra_tensors=outer.momentum,
         # averaged every round (2x the bytes of the parameters alone): with average_extras=False a peer that missed
@@ -262,4 +311,9 @@ def build_swarm_optimizer(
         average_extras=True,
         **common,
     )
-    return SwarmOptimizer(opt, outer, outcomes)
+    background = None
+    if spec.overlap_rounds:
+        background = BackgroundRound(
+            opt.state_averager, flat, outer.momentum, average_momentum=True, timeout=spec.averaging_timeout
+        )
+    return SwarmOptimizer(opt, outer, outcomes, background=background)

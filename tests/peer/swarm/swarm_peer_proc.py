@@ -3,8 +3,10 @@ the real ``train_loop``, on a tiny linear-regression model so that a round takes
 
 Usage: python swarm_peer_proc.py OUT_DIR MODE [INITIAL_PEER ...]; env: STEPS, TARGET, COMPRESSION, PEER_SEED,
 LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait for them), STEP_SLEEP (extra
-"compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step).
-Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps) at the end.
+"compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step), OVERLAP (1 = diloco
+rounds in the background; the last one is finished before the result is written), MOMENTUM_COMPRESSION (diloco's
+outer momentum codec, default minmax8bit as in SwarmSpec).
+Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
 import itertools
@@ -41,9 +43,11 @@ def main() -> int:
         inner_steps=1,
         outer_lr=float(os.environ.get("OUTER_LR", "0.7")),
         compression=os.environ.get("COMPRESSION", "none"),
+        momentum_compression=os.environ.get("MOMENTUM_COMPRESSION", "minmax8bit"),
         matchmaking_time=float(os.environ.get("MATCHMAKING", "4")),
         averaging_timeout=30.0,
         load_state_timeout=30.0,
+        overlap_rounds=os.environ.get("OVERLAP") == "1",
     )
     stop = StopSignal().install()
     signing = make_validators(RUN_ID)
@@ -100,8 +104,17 @@ def main() -> int:
             stop,
             LoopOptions(max_global_steps=steps, metrics_every=1.0, show_status=False),
         )
+        opt.finish_round(timeout=60.0)
+        background = opt.background
         torch.save(
-            {"params": [p.detach().clone() for p in params], "step": result.global_step, "samples": result.samples},
+            {
+                "params": [p.detach().clone() for p in params],
+                "anchor": [a.clone() for a in opt.outer.anchor] if opt.outer is not None else None,
+                "momentum": [m.clone() for m in opt.outer.momentum] if opt.outer is not None else None,
+                "rounds_averaged": background.rounds_averaged if background is not None else None,
+                "step": result.global_step,
+                "samples": result.samples,
+            },
             out / "result.pt",
         )
         # stay in the swarm a little so slower peers can finish their last round with us

@@ -2,7 +2,8 @@
 
 import torch
 
-from peer.swarm.averaging import OuterNesterov, make_compression
+from peer.swarm.averaging import OuterNesterov
+from peer.swarm.codecs import make_compression
 
 
 def test_outer_step_with_lr_one_and_no_momentum_keeps_the_averaged_parameters():
@@ -42,8 +43,53 @@ def test_reset_anchor_takes_downloaded_parameters_as_the_round_start():
     assert torch.equal(p.detach(), torch.tensor([5.0]))
 
 
-def test_compression_names_map_to_hivemind_codecs():
-    for name in ("none", "fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"):
+def test_compression_names_map_to_codecs():
+    for name in ("none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"):
         codec = make_compression(name)
-        assert type(codec).__module__.startswith("hivemind.compression")
+        assert type(codec).__module__.startswith(("hivemind.compression", "peer.swarm.codecs"))
     assert type(make_compression("fp16")).__name__ == "Float16Compression"
+
+
+def test_a_background_round_is_the_blocking_outer_step_plus_the_steps_taken_during_it():
+    torch.manual_seed(0)
+    start, averaged = torch.randn(5), torch.randn(5)
+    during = 0.01 * torch.randn(5)  # local progress made while the round ran
+    blocking_p = torch.nn.Parameter(start.clone())
+    blocking = OuterNesterov([blocking_p], lr=0.7, momentum_factor=0.9)
+    background_p = torch.nn.Parameter(start.clone())
+    background = OuterNesterov([background_p], lr=0.7, momentum_factor=0.9)
+    for _ in range(2):  # two rounds, so the momentum enters
+        with torch.no_grad():
+            blocking_p.copy_(averaged)
+            snapshot = [averaged.clone()]  # what the peer had when the round started...
+            background_p.copy_(averaged + during)  # ...and what it has when the round lands
+        blocking.step()
+        background.apply_round([averaged], None, snapshot)
+        assert torch.allclose(background.anchor[0], blocking.anchor[0], atol=1e-6)
+        assert torch.allclose(background_p.detach(), blocking_p.detach() + during, atol=1e-6)
+        averaged = background.anchor[0] - 0.1
+
+
+def test_a_background_round_takes_the_averaged_momentum():
+    p = torch.nn.Parameter(torch.tensor([0.0]))
+    outer = OuterNesterov([p], lr=1.0, momentum_factor=0.5)
+    outer.momentum[0].fill_(100.0)  # this peer's own, stale momentum
+    outer.apply_round([torch.tensor([-1.0])], [torch.tensor([2.0])], [torch.tensor([0.0])])
+    # m = 0.5 * 2 + 1 = 2; update = 1 + 0.5 * 2 = 2; anchor = 0 - 2
+    assert torch.allclose(outer.momentum[0], torch.tensor([2.0]))
+    assert torch.allclose(outer.anchor[0], torch.tensor([-2.0]))
+    assert torch.allclose(p.detach(), torch.tensor([-2.0]))
+
+
+def test_state_compression_uses_8_bits_for_the_momentum_only():
+    from hivemind.compression import CompressionInfo, TensorRole
+
+    from peer.config import SwarmSpec
+    from peer.swarm.averaging import make_state_compression
+
+    codec = make_state_compression(SwarmSpec(compression="fp16"))
+    t = torch.randn(100)
+    param = codec.choose_compression(CompressionInfo.from_tensor(t, role=TensorRole.PARAMETER))
+    extra = codec.choose_compression(CompressionInfo.from_tensor(t, role=TensorRole.UNSPECIFIED))
+    assert type(param).__name__ == "Float16Compression"
+    assert type(extra).__name__ == "MinMax8BitQuantization"

@@ -1,0 +1,63 @@
+"""What peers send each other: hivemind's codecs by name, plus one 8-bit codec of our own.
+
+Why our own: hivemind's ``Uniform8BitQuantization`` spans ±3 standard deviations around the mean and clamps the
+rest, so the largest entries of a heavy-tailed tensor, which momentum and pseudo-gradients are, come back as the
+mean of the outermost bucket: on Student-t(3) data 30 % relative L2 error and errors of 39 standard deviations at
+the largest entries, and 2.8 % on a real DiLoCo outer momentum (measured, ``tests/peer/swarm/test_swarm_codecs.py``).
+``MinMax8BitQuantization`` spans [min, max] instead: no entry is clamped, the extremes come back exact, and no
+entry errs by more than one bucket, (max - min) / 255 (an entry and its bucket's mean lie in one bucket). It writes
+hivemind's own ``UNIFORM_8BIT`` wire format (256-entry codebook + indices), so any hivemind peer decodes it; only
+the choice of buckets differs. A reducer's reply is encoded by hivemind's registry codec for the sender's wire type,
+so our reducer (``peer.swarm.averagers``) replies to ``UNIFORM_8BIT`` parts with this codec too (``reply_codec``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hivemind.compression import (
+    BlockwiseQuantization,
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    ScaledFloat16Compression,
+    Uniform8BitQuantization,
+)
+from hivemind.compression.quantization import average_buckets
+from hivemind.compression.serialization import _BASE_COMPRESSION_TYPES
+from hivemind.proto import runtime_pb2
+
+
+class MinMax8BitQuantization(Uniform8BitQuantization):
+    """256 equal buckets over [min, max] of the tensor part; each bucket decodes to the mean of its entries."""
+
+    def quantize(self, tensor: torch.Tensor, allow_inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        values = tensor.detach().float().flatten()
+        low, high = values.min(), values.max()
+        width = torch.clamp((high - low) / (self.n_bins - 1), min=torch.finfo(torch.float32).tiny)
+        indices = torch.round((values - low) / width).clamp_(0, self.n_bins - 1).to(torch.uint8)
+        codebook = average_buckets(values, indices, self.n_bins)
+        return indices.reshape(tensor.shape).numpy(), codebook.numpy().astype(self.codebook_dtype)
+
+
+CODECS: dict[str, type[CompressionBase]] = {
+    "none": NoCompression,
+    "fp16": Float16Compression,
+    "scaled_fp16": ScaledFloat16Compression,
+    "uniform8bit": Uniform8BitQuantization,
+    "minmax8bit": MinMax8BitQuantization,
+    "blockwise8bit": BlockwiseQuantization,
+}
+
+
+def make_compression(name: str) -> CompressionBase:
+    """Maps ``SwarmSpec.compression`` / ``momentum_compression`` to the codec of what peers send each other."""
+    return CODECS[name]()
+
+
+def reply_codec(wire_type: int) -> CompressionBase:
+    """The codec a reducer encodes its averaged delta with, for a part that arrived as ``wire_type``: ours for
+    ``UNIFORM_8BIT`` (the same wire format, no clamping), hivemind's registry codec for every other type."""
+    if wire_type == runtime_pb2.CompressionType.UNIFORM_8BIT:
+        return MinMax8BitQuantization()
+    return _BASE_COMPRESSION_TYPES[runtime_pb2.CompressionType.Name(wire_type)]
