@@ -7,8 +7,12 @@ and gets an ``AccessToken`` (hivemind's protobuf) naming it, bound to its RSA pu
   carries the sender's token and is signed with the key the token names, so a node without a valid token can neither
   read nor write records through us (hivemind's ``AuthRPCWrapper`` drops what ``validate_request`` refuses).
 - **Averaging**: hivemind's averagers take no authorizer, so each peer publishes a *member record* under
-  ``<run_id>_members`` (subkey = its RSA public key, signed; value = {libp2p peer id, token}) and
+  ``<run_id>_members`` (subkey = its RSA public key, signed; value = {libp2p peer id, token, proof}) and
   ``MembershipGate`` admits a libp2p peer id into averaging only while a valid record names it.
+- **Who runs which libp2p id**: a member record names a libp2p peer id, so it also carries a signature of (run_id,
+  record key) by that peer id's own identity key (the RSA key in the ``--identity_path`` file p2pd runs with; a
+  private run's peer without one gets a fresh file, ``ensure_identity``). A member can therefore admit only the
+  libp2p peer it really runs, not vouch for another one.
 - **Revocation**: when the organiser removes a volunteer (or the coordinator bans one), the coordinator publishes
   ``<run_id>_revoked``: the keys it issued that volunteer tokens for and the libp2p ids seen in their member records,
   signed by the authority key. Every node's authorizer follows it (``follow_revocations``, every few seconds, inside
@@ -24,24 +28,30 @@ coordinator key. What is refused is counted by reason (``REASONS``), so peers lo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import functools
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import hivemind
 import httpx
 import pydantic.v1 as pydantic
+from cryptography.hazmat.primitives import serialization
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from hivemind.p2p import PeerID
+from hivemind.proto import crypto_pb2
 from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils import MSGPackSerializer, get_dht_time
 from hivemind.utils.auth import AuthorizedRequestBase, AuthorizedResponseBase, TokenAuthorizerBase
@@ -68,6 +78,7 @@ REVOKED = "revoked_token"  # a valid token bound to a key the coordinator revoke
 REASONS = (MISSING_TOKEN, BAD_TOKEN, EXPIRED_TOKEN, WRONG_KEY, REPLAYED, REVOKED)
 
 REVOCATION_DOMAIN = b"warmswarm-revocations-v1"
+PEER_PROOF_DOMAIN = b"warmswarm-member-peer-id-v1"
 MAX_REVOKED = 512  # per list (keys, peer ids): 16 KB + 24 KB, under the DHT record limit; tokens expire anyway
 REVOCATIONS_EVERY = 5.0  # seconds between two reads of <run_id>_revoked by a node's authorizer
 
@@ -521,10 +532,13 @@ def fetch_revocations(dht: hivemind.DHT, run_id: str, authority: RSAPublicKey) -
 
 
 class MemberRecord(pydantic.BaseModel):
-    """Value of one ``<run_id>_members`` entry: which libp2p peer the signer runs, and the token that admits it."""
+    """Value of one ``<run_id>_members`` entry: which libp2p peer the signer runs, the token that admits it, and the
+    proof that the libp2p peer agrees: its identity public key (OpenSSH) and its signature of ``_peer_proof_bytes``."""
 
     peer_id: pydantic.constr(min_length=1, max_length=128, strict=True)
     token: pydantic.conbytes(min_length=1, max_length=MAX_TOKEN_BYTES, strict=True)
+    peer_key: pydantic.conbytes(max_length=2048, strict=True) = b""
+    peer_signature: pydantic.conbytes(max_length=1024, strict=True) = b""
 
 
 class MembersSchema(pydantic.BaseModel):
@@ -537,18 +551,83 @@ def member_validators(run_id: str) -> list[SchemaValidator]:
     return [SchemaValidator(MembersSchema, prefix=run_id), SchemaValidator(RevocationsSchema, prefix=run_id)]
 
 
+def peer_id_of(public_key: RSAPublicKey) -> PeerID:
+    """The libp2p peer id of an RSA identity key (the libp2p spec: sha2-256 multihash of the protobuf public key),
+    as ``PeerID.from_identity`` derives it from the private key file."""
+    der = public_key._public_key.public_bytes(
+        encoding=serialization.Encoding.DER, format=serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    encoded = crypto_pb2.PublicKey(key_type=crypto_pb2.RSA, data=der).SerializeToString()
+    return PeerID(b"\x12\x20" + hashlib.sha256(encoded).digest())  # multihash: sha2-256, 32 bytes
+
+
+@functools.lru_cache(maxsize=16)
+def load_identity(identity_path: str) -> RSAPrivateKey:
+    """The RSA key in a libp2p identity file (what hivemind's ``P2P.generate_identity`` writes); UserError if the
+    file holds anything else."""
+    try:
+        data = crypto_pb2.PrivateKey.FromString(Path(identity_path).read_bytes()).data
+        private = serialization.load_der_private_key(data, password=None)
+    except Exception as e:
+        raise UserError(f"identity file {identity_path} is not a libp2p RSA key: {e}") from None
+    key = RSAPrivateKey.__new__(RSAPrivateKey)
+    key._private_key = private
+    try:
+        key.get_public_key()
+    except Exception:
+        raise UserError(f"identity file {identity_path} is not a libp2p RSA key") from None
+    return key
+
+
+def dht_identity(dht: hivemind.DHT) -> RSAPrivateKey:
+    """The identity key the DHT's p2pd runs with; UserError when it started without an identity file (p2pd made a
+    key of its own that we cannot sign with) or the file is not the one of this peer id."""
+    path = dht.kwargs.get("identity_path")
+    if not path:
+        raise UserError("a private run's member record needs the DHT started with an identity file (--identity_path)")
+    key = load_identity(str(path))
+    if peer_id_of(key.get_public_key()) != dht.peer_id:
+        raise UserError(f"identity file {path} is not the identity of this DHT's peer {dht.peer_id}")
+    return key
+
+
+def _peer_proof_bytes(run_id: str, signer_subkey: bytes) -> bytes:
+    return MSGPackSerializer.dumps([PEER_PROOF_DOMAIN, run_id, signer_subkey])
+
+
+def member_record(
+    run_id: str, signer_public_key: bytes, token: AccessToken, peer_id: PeerID, identity: RSAPrivateKey
+) -> dict:
+    """The value of a member record for ``peer_id``, proven by its ``identity`` key."""
+    return MemberRecord(
+        peer_id=peer_id.to_base58(),
+        token=token.SerializeToString(),
+        peer_key=identity.get_public_key().to_bytes(),
+        peer_signature=identity.sign(_peer_proof_bytes(run_id, signer_public_key)),
+    ).dict()
+
+
+def proves_peer_id(record: MemberRecord, peer_id: PeerID, run_id: str, signer_subkey: bytes) -> bool:
+    """Whether the record's identity key is ``peer_id``'s and signed this run and this record key."""
+    try:
+        key = RSAPublicKey.from_bytes(record.peer_key)
+    except Exception:
+        return False
+    return peer_id_of(key) == peer_id and key.verify(_peer_proof_bytes(run_id, signer_subkey), record.peer_signature)
+
+
 def publish_member_record(
     dht: hivemind.DHT, run_id: str, signer_public_key: bytes, token: AccessToken, ttl: float | None = None
 ) -> bool:
     """Stores this node's member record (subkey = ``signer_public_key``, the ``[owner:...]`` form the signature
-    validator signs with); it expires with the token, or after ``ttl`` seconds if sooner. Returns whether the DHT
-    accepted it."""
+    validator signs with), proven by the DHT's identity key (``dht_identity``); it expires with the token, or after
+    ``ttl`` seconds if sooner. Returns whether the DHT accepted it."""
     if owner_subkey(token.public_key) != signer_public_key:
         raise ValueError("the token is bound to another key than the one that signs the member record")
     expires_at = token_expires_at(token)
     if ttl is not None:
         expires_at = min(expires_at, get_dht_time() + ttl)
-    value = {"peer_id": dht.peer_id.to_base58(), "token": token.SerializeToString()}
+    value = member_record(run_id, signer_public_key, token, dht.peer_id, dht_identity(dht))
     return bool(dht.store(members_key(run_id), value, expires_at, subkey=signer_public_key))
 
 
@@ -557,7 +636,8 @@ def valid_members(
 ) -> Iterator[tuple[PeerID, AccessToken]]:
     """(libp2p peer id, token) of each ``<run_id>_members`` entry (subkey -> value) that counts: its token is valid
     and bound to the key that signed the record (the subkey, whose signature the DHT's ``RSASignatureValidator``
-    already checked), and neither the key nor the peer id is ``revoked``. Anything else is skipped."""
+    already checked), the peer id's own identity key signed it (``proves_peer_id``), and neither the key nor the
+    peer id is ``revoked``. Anything else is skipped."""
     now = get_dht_time() if now is None else now
     revoked = revoked or Revoked()
     for subkey, value in entries.items():
@@ -568,6 +648,8 @@ def valid_members(
         except Exception:
             continue
         if token_problem(token, authority, run_id, now) is not None or owner_subkey(token.public_key) != subkey:
+            continue
+        if not proves_peer_id(record, peer_id, run_id, subkey):
             continue
         if not revoked.covers(peer_id, token):
             yield peer_id, token
@@ -743,9 +825,21 @@ def authenticate_peer(cfg: RunConfig, coordinator_url: str | None, signing: Reco
     auth = authenticate(cfg.run_id, coordinator_url, cfg.swarm.auth_key, cfg.swarm.authority_public_key, private_key)
     if auth is None:
         return None
+    ensure_identity(cfg)
     signing.validators.extend(member_validators(cfg.run_id))
     logger.info("access token for %s until %s", auth.credentials.name, auth.token.expiration_time)
     return PrivatePeer(auth, signing.public_key)
+
+
+def ensure_identity(cfg: RunConfig) -> str:
+    """A private run's peer proves its libp2p id with the identity file's key, so it needs one: without
+    ``--identity_path``, a fresh path in a private temporary folder (removed at exit), where p2pd's start writes a new
+    identity (a new peer id, as without a file)."""
+    if not cfg.swarm.identity_path:
+        folder = tempfile.mkdtemp(prefix="warmswarm-identity-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        cfg.swarm.identity_path = os.path.join(folder, "identity.key")
+    return cfg.swarm.identity_path
 
 
 @dataclass

@@ -292,7 +292,7 @@ class GatedAverager(GuardedAveragerMixin, DecentralizedAverager):
 
 
 @pytest.mark.timeout(300)  # fixture start included; generous for a loaded 2-core CI
-def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_members(private_coordinator):
+def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_members(private_coordinator, tmp_path):
     coordinator, url, secret = private_coordinator
     cfg = peer_config(coordinator, url, f"alice:{secret}")
     signing = make_validators(cfg.run_id)
@@ -320,7 +320,11 @@ def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_me
         outsider_token = coordinator.private.authority.sign("outsider", outsider_key.get_public_key().to_bytes())
         outsider_signature = RSASignatureValidator(outsider_key)
         client_dht = start_dht(
-            SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=cfg.swarm.initial_peers),
+            SwarmSpec(
+                host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                initial_peers=cfg.swarm.initial_peers,
+                identity_path=str(tmp_path / "outsider.id"),  # its member record proves this libp2p id
+            ),
             [outsider_signature, *member_validators(RUN)],
             authorizer=LocalTokenAuthorizer(RUN, private.auth.authority, outsider_key, lambda _: outsider_token),
         )

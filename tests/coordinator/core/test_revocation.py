@@ -121,10 +121,12 @@ class Volunteer:
     token_expires: float
 
     @classmethod
-    def join(cls, coordinator, url: str, name: str, secret: str) -> Volunteer:
+    def join(cls, coordinator, url: str, name: str, secret: str, identity_path) -> Volunteer:
         key = RSAPrivateKey()
         auth = authenticate(RUN, url, f"{name}:{secret}", coordinator.private.authority.public_key_text(), key)
-        spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=coordinator.initial_peers)
+        spec = SwarmSpec(
+            host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=coordinator.initial_peers, identity_path=identity_path
+        )
         validators = [RSASignatureValidator(key), *member_validators(RUN)]
         dht = start_dht(spec, validators, authorizer=auth.authorizer(), startup_timeout=60)
         try:
@@ -188,9 +190,9 @@ def test_a_removed_volunteer_is_refused_within_seconds_while_its_token_is_still_
     loop.start()
     volunteers: list[Volunteer] = []
     try:
-        alice = Volunteer.join(coordinator, url, "alice", secrets["alice"])
+        alice = Volunteer.join(coordinator, url, "alice", secrets["alice"], str(tmp_path / "alice.id"))
         volunteers.append(alice)
-        bob = Volunteer.join(coordinator, url, "bob", secrets["bob"])
+        bob = Volunteer.join(coordinator, url, "bob", secrets["bob"], str(tmp_path / "bob.id"))
         volunteers.append(bob)
 
         # before: bob averages with alice and sees what she writes to the DHT

@@ -23,9 +23,12 @@ from peer.swarm.auth import (
     MembershipGate,
     RunTokenAuthorizer,
     dht_auth_rejections,
+    load_identity,
+    member_record,
     member_validators,
     members_key,
     owner_subkey,
+    peer_id_of,
     publish_member_record,
     read_members,
     sign_token,
@@ -104,15 +107,25 @@ def test_credentials_parse_and_never_show_the_secret():
             Credentials.parse(bad)
 
 
+def identity_of(key: RSAPrivateKey) -> PeerID:
+    return peer_id_of(key.get_public_key())
+
+
+def record(signer: RSAPrivateKey, token: AccessToken, identity: RSAPrivateKey, peer_id: PeerID | None = None) -> dict:
+    """A member record signed (subkey) by ``signer``, proven by ``identity``, naming ``peer_id`` (default: the
+    identity's own)."""
+    subkey = owner_subkey(key_bytes(signer))
+    return member_record(RUN, subkey, token, peer_id or identity_of(identity), identity)
+
+
 def test_read_members_admits_only_valid_tokens_bound_to_the_record_signer():
-    good, bound_elsewhere, expired = RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey()
-    peer_id = PeerID.from_base58("QmTQB1ZGeQBRG9AVYsP5FR5pUA7PDaFkmEuQwUVMhR8Xq5")
-    pid = peer_id.to_base58()
+    good, bound_elsewhere, expired, identity = RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey()
+    peer_id = identity_of(identity)
     entries = {
-        owner_subkey(key_bytes(good)): {"peer_id": pid, "token": token_for(good).SerializeToString()},
+        owner_subkey(key_bytes(good)): record(good, token_for(good), identity),
         # a member's token presented in a record signed by someone else's key
-        owner_subkey(key_bytes(bound_elsewhere)): {"peer_id": pid, "token": token_for(good).SerializeToString()},
-        owner_subkey(key_bytes(expired)): {"peer_id": pid, "token": token_for(expired, ttl=-1).SerializeToString()},
+        owner_subkey(key_bytes(bound_elsewhere)): record(bound_elsewhere, token_for(good), identity),
+        owner_subkey(key_bytes(expired)): record(expired, token_for(expired, ttl=-1), identity),
         b"[owner:junk]": {"peer_id": "not-a-peer-id", "token": b"\x00garbage"},
     }
     now = get_dht_time()
@@ -120,6 +133,44 @@ def test_read_members_admits_only_valid_tokens_bound_to_the_record_signer():
     assert list(admitted) == [peer_id]
     del entries[owner_subkey(key_bytes(good))]
     assert read_members(entries, RUN, AUTHORITY.get_public_key(), now) == {}
+
+
+def test_a_member_cannot_vouch_for_a_libp2p_id_whose_identity_key_did_not_sign_its_record():
+    member, identity, victim, other = RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey(), RSAPrivateKey()
+    token = token_for(member)
+    subkey = owner_subkey(key_bytes(member))
+    honest = record(member, token, identity)
+    assert list(read_members({subkey: honest}, RUN, AUTHORITY.get_public_key())) == [identity_of(identity)]
+    victim_proof = record(other, token_for(other), victim)  # someone else's genuine proof, for their record key
+    claims = {
+        "own_identity_other_id": record(member, token, identity, peer_id=identity_of(victim)),
+        "proof_copied_from_another_record": dict(
+            honest,
+            peer_id=victim_proof["peer_id"],
+            peer_key=victim_proof["peer_key"],
+            peer_signature=victim_proof["peer_signature"],
+        ),
+        "no_proof": {"peer_id": identity_of(victim).to_base58(), "token": token.SerializeToString()},
+        "proof_of_another_run": dict(
+            honest,
+            peer_signature=member_record("another-run", subkey, token, identity_of(identity), identity)[
+                "peer_signature"
+            ],
+        ),
+    }
+    for name, claim in claims.items():
+        assert read_members({subkey: claim}, RUN, AUTHORITY.get_public_key()) == {}, name
+
+
+def test_the_identity_file_hivemind_writes_gives_the_peer_id_p2pd_runs_with(tmp_path):
+    from hivemind.p2p.p2p_daemon import P2P
+
+    path = tmp_path / "identity.key"
+    P2P.generate_identity(str(path))
+    assert identity_of(load_identity(str(path))) == PeerID.from_identity(path.read_bytes())
+    (tmp_path / "junk.key").write_bytes(b"not a key")
+    with pytest.raises(UserError, match="is not a libp2p RSA key"):
+        load_identity(str(tmp_path / "junk.key"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,27 +192,29 @@ class FixedTokenAuthorizer(RunTokenAuthorizer):
         return False
 
 
-def private_node(key: RSAPrivateKey, token: AccessToken, initial_peers=(), validators=(), **kwargs):
-    spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=list(initial_peers))
+def private_node(key: RSAPrivateKey, token: AccessToken, initial_peers=(), validators=(), identity=None, **kwargs):
+    spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=list(initial_peers), identity_path=identity)
     return start_dht(spec, list(validators), authorizer=FixedTokenAuthorizer(token, key), **kwargs)
 
 
 @pytest.fixture(scope="module")
-def private_dht():
+def private_dht(tmp_path_factory):
     key = RSAPrivateKey()
     signature = RSASignatureValidator(key)
-    dht = private_node(key, token_for(key, "first"), validators=[signature, *member_validators(RUN)])
+    identity = str(tmp_path_factory.mktemp("first") / "identity.key")
+    dht = private_node(key, token_for(key, "first"), validators=[signature, *member_validators(RUN)], identity=identity)
     yield dht, key, signature
     dht.shutdown()
 
 
 @pytest.mark.timeout(300)
-def test_member_joins_publishes_its_record_and_the_gate_admits_only_it(private_dht):
+def test_member_joins_publishes_its_record_and_the_gate_admits_only_it(private_dht, tmp_path):
     first, first_key, first_signature = private_dht
     key = RSAPrivateKey()
     signature = RSASignatureValidator(key)
     token = token_for(key, "bob")
-    member = private_node(key, token, visible_maddrs(first), [signature, *member_validators(RUN)])
+    identity = str(tmp_path / "identity.key")
+    member = private_node(key, token, visible_maddrs(first), [signature, *member_validators(RUN)], identity)
     try:
         assert member.store("plain", "hello", get_dht_time() + 60)
         assert first.get("plain", latest=True).value == "hello"
@@ -179,6 +232,17 @@ def test_member_joins_publishes_its_record_and_the_gate_admits_only_it(private_d
         assert not first.store(members_key(RUN), forged, get_dht_time() + 60, subkey=signature.local_public_key)
         found = first.get(members_key(RUN), latest=True).value
         assert list(found) == [signature.local_public_key]
+        # the member replaces its record with one naming the first node's libp2p id, proven by its own identity
+        # key (the only one it holds): the gate admits neither
+        vouch = member_record(RUN, signature.local_public_key, token, first.peer_id, load_identity(identity))
+        assert member.store(members_key(RUN), vouch, get_dht_time() + 900, subkey=signature.local_public_key)
+        gate = MembershipGate(first, RUN, AUTHORITY.get_public_key())
+        try:
+            assert first.get(members_key(RUN), latest=True).value[signature.local_public_key].value == vouch
+            gate.refresh()
+            assert not gate.admits(first.peer_id) and not gate.admits(member.peer_id)
+        finally:
+            gate.close()
     finally:
         member.shutdown()
 

@@ -4,7 +4,6 @@ run's bytes, and once a key or peer id is on it the gate's member table and the 
 from __future__ import annotations
 
 import pytest
-from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
@@ -15,7 +14,9 @@ from peer.swarm.auth import (
     RevocationRecord,
     Revoked,
     key_fingerprint,
+    member_record,
     owner_subkey,
+    peer_id_of,
     read_members,
     sign_revocations,
     sign_token,
@@ -25,8 +26,8 @@ from peer.swarm.auth import (
 RUN = "revoketest"
 AUTHORITY = RSAPrivateKey()
 ALICE, BOB = RSAPrivateKey(), RSAPrivateKey()
-ALICE_PEER = PeerID.from_base58("QmTQB1ZGeQBRG9AVYsP5FR5pUA7PDaFkmEuQwUVMhR8Xq5")
-BOB_PEER = PeerID.from_base58("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")
+ALICE_IDENTITY, BOB_IDENTITY = RSAPrivateKey(), RSAPrivateKey()  # their libp2p identity keys
+ALICE_PEER, BOB_PEER = peer_id_of(ALICE_IDENTITY.get_public_key()), peer_id_of(BOB_IDENTITY.get_public_key())
 
 
 def key_bytes(key: RSAPrivateKey) -> bytes:
@@ -39,8 +40,13 @@ def token_for(key: RSAPrivateKey, name: str):
 
 def member_entries() -> dict:
     return {
-        owner_subkey(key_bytes(key)): {"peer_id": peer.to_base58(), "token": token_for(key, name).SerializeToString()}
-        for key, peer, name in ((ALICE, ALICE_PEER, "alice"), (BOB, BOB_PEER, "bob"))
+        owner_subkey(key_bytes(key)): member_record(
+            RUN, owner_subkey(key_bytes(key)), token_for(key, name), peer, ident
+        )
+        for key, peer, ident, name in (
+            (ALICE, ALICE_PEER, ALICE_IDENTITY, "alice"),
+            (BOB, BOB_PEER, BOB_IDENTITY, "bob"),
+        )
     }
 
 
