@@ -9,6 +9,10 @@ symmetric and no one can tell who lies, so the coordinator bans no one there; ea
 stops averaging with the offender (its parts get weight 0 there), so the local defence does not wait for the
 coordinator. In a 3-peer swarm with one attacker the two honest peers are 2 of 2 voters: banned.
 
+A volunteer the coordinator has revoked (removed from the allowlist, or banned: ``coordinator.auth``) neither
+reports nor votes any more: its reports stay in the DHT until they expire, but ``judge`` drops them, and its libp2p
+ids are not counted among the voters.
+
 Bans are permanent for the run and survive a restart (SQLite ``bans`` table); the list is republished (signed with
 the coordinator's DHT key, the same key as the run config) whenever it changes and every ``refresh`` seconds.
 """
@@ -19,14 +23,16 @@ import base64
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 
 from coordinator.store import BanRow, Store
 from peer.records import BanEntry, BanList, BanReport, LocalMetrics, bans_key
+from peer.swarm.auth import Revoked, dht_revoked, key_fingerprint
 from peer.swarm.bans import fetch_reports
 
 logger = logging.getLogger(__name__)
@@ -59,6 +65,19 @@ def decide_bans(reports: Mapping[str, BanReport], live_peers: set[str], already:
     return verdicts
 
 
+def counted_reports(reports: Mapping[bytes, BanReport], revoked: Revoked) -> dict[bytes, BanReport]:
+    """``reports`` (by the reporter's ``[owner:<key>]`` subkey) less those of revoked reporters: by the key that
+    signed the report, or by the libp2p id it reports from."""
+    prefix, suffix = RSASignatureValidator.PUBLIC_KEY_FORMAT.split(b"_key_")
+    counted = {}
+    for subkey, report in reports.items():
+        key = subkey[len(prefix) : len(subkey) - len(suffix)] if subkey.startswith(prefix) else subkey
+        if key_fingerprint(key) in revoked.keys or report.peer_id in revoked.peer_ids:
+            continue
+        counted[subkey] = report
+    return counted
+
+
 @dataclass
 class BanCourt:
     """Run once per monitor pass (``judge``): reads ``<run_id>_reports``, stores new bans, keeps the signed
@@ -69,13 +88,15 @@ class BanCourt:
     run_id: str
     subkey: bytes  # the coordinator's signed subkey (RSASignatureValidator.local_public_key)
     refresh: float = 60.0
+    revoked: Callable[[], Revoked] | None = None  # default: what the DHT node's authorizer refuses as revoked
     _published_at: float = 0.0
     _published: tuple[str, ...] = ()
 
     def judge(self, alive: Mapping[str, LocalMetrics], now: float | None = None) -> list[Verdict]:
         """``alive``: the monitor's alive records by store peer id. Returns the bans decided in this pass."""
         now = time.time() if now is None else now
-        by_subkey = fetch_reports(self.dht, self.run_id)
+        revoked = self.revoked() if self.revoked is not None else dht_revoked(self.dht)
+        by_subkey = counted_reports(fetch_reports(self.dht, self.run_id), revoked)
         self._count_rejections(by_subkey)
         reports = {r.peer_id: r for r in by_subkey.values()}
         identity = {rec.peer_id: (pid, rec.peer_name) for pid, rec in alive.items() if rec.peer_id}
@@ -84,7 +105,7 @@ class BanCourt:
         for b in bans:
             if not b.store_peer_id and b.peer_id in identity:
                 self.store.identify_ban(b.peer_id, *identity[b.peer_id])
-        verdicts = decide_bans(reports, set(identity), already)
+        verdicts = decide_bans(reports, set(identity) - revoked.peer_ids, already)
         for v in verdicts:
             store_id, name = identity.get(v.peer_id, ("", ""))
             self.store.add_ban(BanRow(v.peer_id, store_id, name, v.reason, v.reporters, now))

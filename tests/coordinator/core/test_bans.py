@@ -10,13 +10,14 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.bans import BanCourt, decide_bans
+from coordinator.bans import BanCourt, counted_reports, decide_bans
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import make_validators
 from coordinator.store import BanRow, PeerObservation, Store
 from peer.records import BanList, BanReport, LocalMetrics, MetricsSchema, reports_key
+from peer.swarm.auth import Revoked, key_fingerprint
 from peer.swarm.averagers import RoundOutcomes
-from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, publish_ban_list
+from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports, publish_ban_list
 
 RUN = "bans-test"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -51,6 +52,15 @@ def test_majority_of_live_peers_and_at_least_two_reporters():
     assert decide_bans(honest, {"A", "B", "X"}, already={"X"}) == []
     # 5 live peers: 2 reports are not a majority of the 4 voters
     assert decide_bans(two_of_three, {"A", "B", "C", "D", "X"}, set()) == []
+
+
+def test_reports_of_revoked_reporters_do_not_count():
+    key = RSAPrivateKey().get_public_key().to_bytes()
+    subkey = RSASignatureValidator.PUBLIC_KEY_FORMAT.replace(b"_key_", key)
+    reports = {subkey: _report("A", {"X": "c"}), b"[owner:other]": _report("B", {"X": "c"})}
+    assert set(counted_reports(reports, Revoked())) == set(reports)
+    assert set(counted_reports(reports, Revoked(keys=frozenset({key_fingerprint(key)})))) == {b"[owner:other]"}
+    assert set(counted_reports(reports, Revoked(peer_ids=frozenset({"B"})))) == {subkey}
 
 
 def test_bans_survive_a_restart_and_mark_the_volunteer(tmp_path):
@@ -133,6 +143,13 @@ def test_reports_to_signed_ban_list_to_peer_gate_through_real_dht(tmp_path):
             )  # fmt: skip
 
         alive = {f"store-{n}": record(n) for n in ids}
+        # once A is revoked (removed from the allowlist) its report no longer counts: B alone bans no one
+        _wait(lambda: len(fetch_reports(coordinator, RUN)) == 3)
+        a_revoked = Revoked(keys=frozenset({key_fingerprint(a_key[len(b"[owner:") : -1])}))
+        assert (
+            BanCourt(coordinator, store, RUN, signature.local_public_key, revoked=lambda: a_revoked).judge(alive) == []
+        )
+        assert store.bans() == []
         court = BanCourt(coordinator, store, RUN, signature.local_public_key)
         _wait(lambda: len(court.judge(alive)) > 0 or store.bans())
         (ban,) = store.bans()
