@@ -253,6 +253,8 @@ class IssuedKeys:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")  # as the store: durable commits without a sync each
+            self._db.execute("PRAGMA synchronous=NORMAL")
             with self._db:
                 self._db.executescript(self.SCHEMA)
         except sqlite3.DatabaseError as e:
@@ -265,11 +267,17 @@ class IssuedKeys:
     def record(self, kind: str, value: str, name: str, grant: str, expires: float) -> None:
         """Remembers ``value`` (a key fingerprint in hex, or a libp2p id) for ``name`` under ``grant``; a later token
         only pushes ``expires`` back. The first grant stays: a key issued under an old secret stays that secret's."""
+        self.record_many(kind, [(value, name, grant, expires)])
+
+    def record_many(self, kind: str, rows: list[tuple[str, str, str, float]]) -> None:
+        """``record`` for many (value, name, grant, expires) in one transaction (the member ids of every pass)."""
+        if not rows:
+            return
         with self._lock, self._db:
-            self._db.execute(
+            self._db.executemany(
                 "INSERT INTO issued (run_id, kind, value, name, grant_hash, expires) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id, kind, value) DO UPDATE SET expires = MAX(expires, excluded.expires)",
-                (self.run_id, kind, value, name, grant, float(expires)),
+                [(self.run_id, kind, value, name, grant, float(expires)) for value, name, grant, expires in rows],
             )
 
     def is_revoked(self, kind: str, value: str) -> bool:
@@ -540,15 +548,13 @@ class PrivateRun:
         entries = fetch_member_entries(self._dht, self.authority.run_id)
         members = list(valid_members(entries, self.authority.run_id, self.authority.public_key))
         issued, grants = self.authority.issued, self.authority.allowlist.grants()
-        for peer_id, token in members:
-            if issued is not None and token.username in grants:
-                issued.record(
-                    IssuedKeys.PEER,
-                    peer_id.to_base58(),
-                    token.username,
-                    grants[token.username],
-                    token_expires_at(token),
-                )
+        if issued is not None:
+            rows = [
+                (peer_id.to_base58(), token.username, grants[token.username], token_expires_at(token))
+                for peer_id, token in members
+                if token.username in grants
+            ]
+            issued.record_many(IssuedKeys.PEER, rows)
         return {peer_id.to_base58(): token.username for peer_id, token in members}
 
     def revoke(self) -> set[str]:

@@ -714,7 +714,7 @@ class MembershipGate:
             return f"peer {peer_id} was revoked by the coordinator of run {self.run_id!r} (removed or banned)"
         return (
             f"peer {peer_id} has no valid member record in {members_key(self.run_id)} "
-            "(not allowlisted, token expired, or its record is not visible here yet)"
+            "(not allowlisted, revoked, token expired, or its record is not visible here yet)"
         )
 
     def refresh(self) -> int:
