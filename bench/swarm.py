@@ -4,9 +4,16 @@ with ``tc tbf`` (default 100 mbit), running the real ``peer.swarm`` stack (DHT, 
 Prints, per number of peers and averaging mode: compute utilisation (forward/backward time / wall time), bytes sent
 per sample (veth tx counters), aggregate samples/s vs one peer; and the state-download MB/s vs the link rate.
 
-Needs root (ip netns, tc). Creates only namespaces named ``wsb-*`` and removes them on exit, also on Ctrl-C.
+Each peer stands for one volunteer's machine, so each gets the same CPU budget (``--cpu_per_peer`` cores, a cgroup
+CPU quota over the peer and everything it starts: p2pd, hivemind's averager and DHT processes): N peers then have N
+times the compute of one, as N volunteers do, instead of sharing whatever cores this machine has. The table shows
+the cores each configuration actually used, so a budget that was not met is visible. The state download runs
+without a quota: it measures the link.
 
-    sudo .venv/bin/python bench/swarm.py --peers 1 2 4 --seconds 40
+Needs root (ip netns, tc, cgroups). Creates only namespaces and cgroups named ``wsb-*`` and removes them on exit,
+also on Ctrl-C.
+
+    sudo .venv/bin/python bench/swarm.py --peers 1 2 4
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HUB = "wsb-hub"
 SUBNET = "10.77.0"
+CGROUP_V1 = Path("/sys/fs/cgroup")  # cgroup v1: the "cpu" and "cpuacct" hierarchies
 
 
 def sh(*args: str) -> None:
@@ -78,7 +87,77 @@ def teardown(n: int) -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def start_worker(i: int, args: list[str], out: Path) -> subprocess.Popen:
+class CpuBudget:
+    """One cgroup per peer with a CFS quota of ``cores`` (cgroup v1 ``cpu``; usage read from ``cpuacct``).
+
+    A worker joins its cgroup before it execs (``enter``), so p2pd and the processes hivemind forks inherit it."""
+
+    def __init__(self, n: int, cores: float) -> None:
+        self.cores = cores
+        self.paths = [[CGROUP_V1 / kind / f"wsb-p{i}" for kind in ("cpu", "cpuacct")] for i in range(n)]
+
+    @staticmethod
+    def available() -> bool:
+        return (CGROUP_V1 / "cpu" / "cpu.cfs_quota_us").is_file() and (CGROUP_V1 / "cpuacct").is_dir()
+
+    def create(self) -> None:
+        if not self.available():
+            raise SystemExit(
+                "error: --cpu_per_peer needs cgroup v1's cpu and cpuacct controllers under /sys/fs/cgroup "
+                "(or pass --cpu_per_peer 0 to share the machine's cores)"
+            )
+        for cpu, acct in self.paths:
+            cpu.mkdir(exist_ok=True)
+            acct.mkdir(exist_ok=True)
+            period = int((cpu / "cpu.cfs_period_us").read_text())
+            (cpu / "cpu.cfs_quota_us").write_text(str(int(self.cores * period)))
+
+    def enter(self, i: int) -> None:
+        """Runs in the child between fork and exec."""
+        for path in self.paths[i]:
+            (path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def used_seconds(self, i: int) -> float:
+        """CPU seconds used so far by peer ``i``'s whole tree. Read here, not by the worker: ``ip netns exec``
+        mounts a fresh /sys for it, without the cgroup file systems."""
+        return int((self.paths[i][1] / "cpuacct.usage").read_text()) / 1e9
+
+    def remove(self) -> None:
+        for group in self.paths:
+            for path in group:
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass  # absent, or a process still inside (removed at the next run's create)
+
+
+class CpuSampler:
+    """Samples every peer's CPU seconds twice a second, so a worker's training window (its wall-clock start and
+    end) can be read off afterwards."""
+
+    def __init__(self, budget: CpuBudget, n: int) -> None:
+        self.budget, self.n = budget, n
+        self.samples: list[tuple[float, list[float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append((time.time(), [self.budget.used_seconds(i) for i in range(self.n)]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, i: int, start: float, end: float) -> float:
+        def at(t: float) -> float:
+            return min(self.samples, key=lambda sample: abs(sample[0] - t))[1][i]
+
+        return at(end) - at(start) if self.samples else float("nan")
+
+
+def start_worker(i: int, args: list[str], out: Path, budget: CpuBudget | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     log = open(out / f"peer{i}.log", "w")  # noqa: SIM115 - lives as long as the worker
     return subprocess.Popen(
@@ -101,6 +180,7 @@ def start_worker(i: int, args: list[str], out: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         cwd=REPO,
         start_new_session=True,  # so that stop_workers can end the worker and its p2pd together
+        preexec_fn=(lambda: budget.enter(i)) if budget is not None else None,  # noqa: PLW1509 - no threads here
     )
 
 
@@ -129,15 +209,16 @@ def wait_file(path: Path, procs: list[subprocess.Popen], timeout: float) -> dict
     return json.loads(path.read_text())
 
 
-def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path) -> list[dict]:
+def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: CpuBudget | None) -> list[dict]:
     out.mkdir(parents=True)
+    seconds = opts.sync_seconds if mode == "sync" else opts.seconds
     common = [
         "--mode",
         mode,
         "--peers",
         str(n),
         "--seconds",
-        str(opts.seconds),
+        str(seconds),
         "--hidden",
         str(opts.hidden),
         "--inner_steps",
@@ -148,16 +229,26 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path) -> list[di
         str(opts.metrics_every),
         "--compression",
         opts.compression,
+        "--momentum_compression",
+        opts.momentum_compression,
+        "--progress_interval",
+        str(opts.progress_interval),
     ]
-    procs = [start_worker(0, common, out)]
+    sampler = CpuSampler(budget, n) if budget else None
+    procs = [start_worker(0, common, out, budget)]
     try:
         boot = wait_file(out / "maddrs0.json", procs, 300)["maddrs"]
-        procs += [start_worker(i, [*common, "--initial", *boot], out) for i in range(1, n)]
-        results = [wait_file(out / f"result{i}.json", procs, opts.seconds + 240) for i in range(n)]
+        procs += [start_worker(i, [*common, "--initial", *boot], out, budget) for i in range(1, n)]
+        results = [wait_file(out / f"result{i}.json", procs, seconds + 300) for i in range(n)]
     except BaseException:  # Ctrl-C or a failed worker: do not wait for the others to leave the swarm
         stop_workers(procs, timeout=0)
         raise
+    finally:
+        if sampler:
+            sampler.stop()
     stop_workers(procs)
+    for i, r in enumerate(results):
+        r["cpu_seconds"] = sampler.between(i, r["train_start"], r["train_end"]) if sampler else float("nan")
     return results
 
 
@@ -184,21 +275,34 @@ def orchestrate(opts: argparse.Namespace) -> None:
     teardown(n_max)
     root = Path(tempfile.mkdtemp(prefix="wsb-"))
     rows = []
+    cores = opts.cpu_per_peer if opts.cpu_per_peer is not None else min(1.0, 0.8 * (os.cpu_count() or 1) / n_max)
+    budget = CpuBudget(n_max, cores) if cores > 0 else None
     try:
         build_network(n_max, opts.rate)
+        if budget:
+            budget.create()
         for mode in opts.modes:
             for n in opts.peers:
-                results = run_phase(n, mode, opts, root / f"{mode}-{n}")
+                results = run_phase(n, mode, opts, root / f"{mode}-{n}", budget)
                 samples = sum(r["samples"] for r in results)
                 rows.append(
                     dict(
                         mode=mode,
                         peers=n,
+                        cpu_per_peer=cores,
+                        cores_used=sum(r["cpu_seconds"] / r["wall_seconds"] for r in results),
                         util=sum(r["compute_seconds"] for r in results) / sum(r["wall_seconds"] for r in results),
                         bytes_per_sample=sum(r["tx_bytes"] for r in results) / max(samples, 1),
-                        round_bytes_per_sample=sum(r["round_tx_bytes"] for r in results) / max(samples, 1),
-                        other_bytes_per_s=sum(
-                            (r["tx_bytes"] - r["round_tx_bytes"]) / r["wall_seconds"] for r in results
+                        # an overlapped round sends in the background, so only the total is meaningful there
+                        round_bytes_per_sample=(
+                            sum(r["round_tx_bytes"] for r in results) / max(samples, 1)
+                            if mode != "overlap"
+                            else float("nan")
+                        ),
+                        other_bytes_per_s=(
+                            sum((r["tx_bytes"] - r["round_tx_bytes"]) / r["wall_seconds"] for r in results)
+                            if mode != "overlap"
+                            else float("nan")
                         ),
                         rounds=min(r["rounds"] for r in results),
                         round_seconds=max(r["round_seconds"] / max(r["rounds"], 1) for r in results),
@@ -207,37 +311,50 @@ def orchestrate(opts: argparse.Namespace) -> None:
                     )
                 )
                 print(json.dumps(rows[-1]), flush=True)
-        dl = state_download(opts, root / "state")
+        dl = state_download(opts, root / "state") if opts.state_hidden > 0 else None
     finally:
         teardown(n_max)
-    rate_mb = parse_rate_mb(opts.rate)
+        if budget:
+            budget.remove()
+    print_report(rows, dl, opts)
+    if opts.json:
+        settings = {k: v for k, v in vars(opts).items() if k not in ("worker", "index", "out", "mode", "initial")}
+        payload = dict(settings=settings, rows=rows, state_download=dl, machine_cores=os.cpu_count())
+        Path(opts.json).write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"(peer logs: {root})")
+
+
+def print_report(rows: list[dict], dl: dict | None, opts: argparse.Namespace) -> None:
     print(
-        f"\n{'mode':8} {'peers':>5} {'util':>6} {'bytes/sample':>13} {'in rounds':>10} {'other B/s':>10} "
+        f"\n{'mode':8} {'peers':>5} {'cores':>6} {'util':>6} {'bytes/sample':>13} {'in rounds':>10} {'other B/s':>10} "
         f"{'s/round':>8} {'samples/s':>10} {'vs 1 peer':>9} {'global steps':>12}"
     )
     for row in rows:
         one = next((r for r in rows if r["mode"] == row["mode"] and r["peers"] == 1), None)
         speedup = row["samples_per_s"] / one["samples_per_s"] if one else float("nan")
         print(
-            f"{row['mode']:8} {row['peers']:5d} {row['util']:6.1%} {row['bytes_per_sample']:13.0f} "
-            f"{row['round_bytes_per_sample']:10.0f} {row['other_bytes_per_s']:10.0f} {row['round_seconds']:8.2f} "
-            f"{row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
+            f"{row['mode']:8} {row['peers']:5d} {row['cores_used']:6.2f} {row['util']:6.1%} "
+            f"{row['bytes_per_sample']:13.0f} {row['round_bytes_per_sample']:10.0f} {row['other_bytes_per_s']:10.0f} "
+            f"{row['round_seconds']:8.2f} {row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
         )
-    for n in opts.peers:
-        s = next((r for r in rows if r["mode"] == "sync" and r["peers"] == n), None)
-        d = next((r for r in rows if r["mode"] == "diloco" and r["peers"] == n), None)
-        if s and d and n > 1 and d["bytes_per_sample"] > 0:
-            in_rounds = s["round_bytes_per_sample"] / max(d["round_bytes_per_sample"], 1e-9)
-            print(
-                f"{n} peers: all-reduce every step sends {s['bytes_per_sample'] / d['bytes_per_sample']:.0f}x "
-                f"more bytes per sample than diloco ({in_rounds:.0f}x counting the averaging rounds only)"
-            )
-    print(
-        f"state download: {dl['mb']:.1f} MB of parameters ({dl['rx_mb']:.1f} MB received) in {dl['seconds']:.2f}s"
-        f" = {dl['mb'] / dl['seconds']:.2f} MB/s of parameters, {dl['rx_mb'] / dl['seconds']:.2f} MB/s on the wire, "
-        f"wire = {dl['rx_mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
-    )
-    print(f"(peer logs: {root})")
+    for low in ("diloco", "overlap"):
+        for n in opts.peers:
+            s = next((r for r in rows if r["mode"] == "sync" and r["peers"] == n), None)
+            d = next((r for r in rows if r["mode"] == low and r["peers"] == n), None)
+            if s and d and n > 1 and d["bytes_per_sample"] > 0:
+                in_rounds = s["round_bytes_per_sample"] / max(d["round_bytes_per_sample"], 1e-9)
+                print(
+                    f"{n} peers: all-reduce every step sends {s['bytes_per_sample'] / d['bytes_per_sample']:.0f}x "
+                    f"more bytes per sample than {low}"
+                    + (f" ({in_rounds:.0f}x counting the averaging rounds only)" if low == "diloco" else "")
+                )
+    if dl is not None:
+        rate_mb = parse_rate_mb(opts.rate)
+        print(
+            f"state download: {dl['mb']:.1f} MB of parameters ({dl['rx_mb']:.1f} MB received) in {dl['seconds']:.2f}s"
+            f" = {dl['mb'] / dl['seconds']:.2f} MB/s of parameters, {dl['rx_mb'] / dl['seconds']:.2f} MB/s on the "
+            f"wire, wire = {dl['rx_mb'] / dl['seconds'] / rate_mb:.0%} of the {opts.rate} link ({rate_mb:.2f} MB/s)"
+        )
 
 
 def parse_rate_mb(rate: str) -> float:
@@ -304,9 +421,12 @@ def worker(opts: argparse.Namespace) -> None:
         initial_peers=opts.initial,
         host_maddrs=[f"/ip4/{SUBNET}.{i + 1}/tcp/0"],
         target_batch_size=b * n,
-        averaging=opts.mode,
+        averaging="sync" if opts.mode == "sync" else "diloco",
+        overlap_rounds=opts.mode == "overlap",
         inner_steps=opts.inner_steps,
-        compression=opts.compression if opts.mode == "diloco" else "none",  # the baseline: plain fp32 all-reduce
+        compression=opts.compression if opts.mode != "sync" else "none",  # the baseline: plain fp32 all-reduce
+        momentum_compression=opts.momentum_compression,
+        progress_report_interval=opts.progress_interval,
         matchmaking_time=3.0,
         averaging_timeout=60.0,
         load_state_timeout=300.0,
@@ -361,7 +481,7 @@ def worker(opts: argparse.Namespace) -> None:
         def loss_fn(batch):
             return (model(batch["x"]) - batch["x"]).pow(2).mean()
 
-        tx0 = tx_bytes()
+        tx0, train_start = tx_bytes(), time.time()
         counted = RoundBytes(opt)
         result = train_loop(
             dht,
@@ -372,7 +492,10 @@ def worker(opts: argparse.Namespace) -> None:
             StopSignal(),
             LoopOptions(max_seconds=opts.seconds, show_status=False, metrics_every=opts.metrics_every),
         )
-        tx = tx_bytes() - tx0
+        tx, train_end = tx_bytes() - tx0, time.time()
+        if opts.mode == "overlap":
+            opt.finish_round(timeout=30.0)  # the last round's traffic belongs to this window too
+            tx = tx_bytes() - tx0
         (out / f"result{i}.json").write_text(
             json.dumps(
                 dict(
@@ -384,6 +507,8 @@ def worker(opts: argparse.Namespace) -> None:
                     rounds=counted.rounds,
                     round_seconds=counted.round_seconds,
                     global_step=result.global_step,
+                    train_start=train_start,
+                    train_end=train_end,
                 )
             )
         )
@@ -396,20 +521,45 @@ def worker(opts: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--modes", nargs="+", default=["sync", "diloco"], choices=["sync", "diloco"])
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["sync", "overlap"],
+        choices=["sync", "diloco", "overlap"],
+        help="sync: all-reduce of fp32 gradients every step (the baseline); diloco: DiLoCo, the round inside step(); "
+        "overlap: DiLoCo with the round in the background (swarm.overlap_rounds)",
+    )
     p.add_argument("--rate", default="100mbit", help="tbf rate of every peer's link")
-    p.add_argument("--seconds", type=float, default=40.0, help="training seconds per configuration")
-    p.add_argument("--hidden", type=int, default=256, help="MLP width (params = 8 h^2)")
-    p.add_argument("--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024)")
+    p.add_argument("--seconds", type=float, default=300.0, help="training seconds per diloco configuration")
+    p.add_argument("--sync_seconds", type=float, default=90.0, help="training seconds per sync configuration")
+    p.add_argument(
+        "--cpu_per_peer",
+        type=float,
+        default=None,
+        help="CPU cores each peer may use (a cgroup quota); default: 80%% of this machine's cores over the largest "
+        "number of peers, at most 1; 0: no quota (the peers share the machine)",
+    )
+    p.add_argument("--hidden", type=int, default=512, help="MLP width (params = 8 h^2)")
+    p.add_argument(
+        "--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024; 0: skip it)"
+    )
+    p.add_argument("--json", default=str(REPO / "bench" / "results" / "swarm.json"), help="write the rows here")
     p.add_argument("--inner_steps", type=int, default=500, help="diloco: local steps per outer round (OpenDiLoCo: 500)")
     p.add_argument(
         "--compression",
         default="fp16",
-        choices=["fp16", "scaled_fp16", "uniform8bit", "blockwise8bit"],
-        help="diloco: codec of the averaged tensors (sync always sends plain fp32: the all-reduce baseline)",
+        choices=["fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"],
+        help="diloco: codec of the averaged parameters (sync always sends plain fp32: the all-reduce baseline)",
     )
+    p.add_argument(
+        "--momentum_compression",
+        default="minmax8bit",
+        choices=["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"],
+        help="diloco: codec of the outer momentum averaged with the parameters",
+    )
+    p.add_argument("--progress_interval", type=float, default=1.0, help="seconds between hivemind progress records")
     p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
