@@ -281,7 +281,7 @@ def orchestrate(opts: argparse.Namespace) -> None:
         build_network(n_max, opts.rate)
         if budget:
             budget.create()
-        for mode in opts.modes:
+        for mode in opts.modes if not opts.state_only else []:
             for n in opts.peers:
                 results = run_phase(n, mode, opts, root / f"{mode}-{n}", budget)
                 samples = sum(r["samples"] for r in results)
@@ -312,6 +312,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
                 )
                 print(json.dumps(rows[-1]), flush=True)
         dl = state_download(opts, root / "state") if opts.state_hidden > 0 else None
+        if dl is not None:
+            print(json.dumps(dict(state_download=dl)), flush=True)
     finally:
         teardown(n_max)
         if budget:
@@ -412,6 +414,7 @@ def worker(opts: argparse.Namespace) -> None:
     from peer.swarm.loop import LoopOptions, LoopParts, train_loop
     from peer.swarm.metrics import fetch_metrics, make_validators, publish_metrics
     from peer.swarm.shutdown import StopSignal
+    from peer.swarm.state import pull_state_from_peers
 
     torch.set_num_threads(1)
     out, i, n = Path(opts.out), opts.index, opts.peers[0]
@@ -452,7 +455,10 @@ def worker(opts: argparse.Namespace) -> None:
                     raise RuntimeError("the donor never announced its state")
                 time.sleep(0.5)
             rx0, t0 = rx_bytes(), time.perf_counter()
-            opt.load_state_from_peers()
+            # the download `peer join` does (peer.swarm.state): the state averager's state only; hivemind's own
+            # Optimizer.load_state_from_peers also fetches the gradient averager's buffers, twice the bytes
+            if not pull_state_from_peers(opt, list(model.named_parameters()), dht, run_id, timeout=300.0):
+                raise RuntimeError("the state download failed")
             seconds = time.perf_counter() - t0
             (out / f"result{i}.json").write_text(
                 json.dumps(dict(mb=mb, seconds=seconds, rx_mb=(rx_bytes() - rx0) / 1e6))
@@ -530,7 +536,7 @@ def main() -> None:
         "overlap: DiLoCo with the round in the background (swarm.overlap_rounds)",
     )
     p.add_argument("--rate", default="100mbit", help="tbf rate of every peer's link")
-    p.add_argument("--seconds", type=float, default=300.0, help="training seconds per diloco configuration")
+    p.add_argument("--seconds", type=float, default=330.0, help="training seconds per diloco / overlap configuration")
     p.add_argument("--sync_seconds", type=float, default=90.0, help="training seconds per sync configuration")
     p.add_argument(
         "--cpu_per_peer",
@@ -543,6 +549,7 @@ def main() -> None:
     p.add_argument(
         "--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024; 0: skip it)"
     )
+    p.add_argument("--state_only", action="store_true", help="measure the state download alone")
     p.add_argument("--json", default=str(REPO / "bench" / "results" / "swarm.json"), help="write the rows here")
     p.add_argument("--inner_steps", type=int, default=500, help="diloco: local steps per outer round (OpenDiLoCo: 500)")
     p.add_argument(
@@ -559,7 +566,7 @@ def main() -> None:
     )
     p.add_argument("--progress_interval", type=float, default=1.0, help="seconds between hivemind progress records")
     p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=256)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)

@@ -247,11 +247,6 @@ class RunningCoordinator:
                 except Exception:
                     logger.exception("could not record the connected peers")
                 next_known = time.monotonic() + KNOWN_PEERS_EVERY
-            if self.private is not None:
-                try:
-                    self.private.tick()  # renew our member record; count the DHT's token refusals
-                except Exception:
-                    logger.exception("could not refresh the coordinator's membership or token counts")
             if time.monotonic() >= next_publish:
                 publish_config(self.dht, self.cfg, self.signing_public_key)
                 next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
@@ -432,6 +427,15 @@ def start_coordinator(
         threads = [
             threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
         ]
+        if private is not None:
+            # its own thread, not the main loop's: a checkpoint pull blocks that loop for up to state_timeout, and a
+            # revocation (an allowlist edit, a ban) must reach the swarm within seconds
+            threads.append(
+                threading.Thread(
+                    target=run_private, args=(private, stop, spec.monitor_interval), name="private-run", daemon=True
+                )
+            )
+            stoppers.append(private.authority.issued.close)
 
         metrics = CoordinatorMetrics(store)
         http_port = spec.http_port or _free_port(spec.host)  # the join line needs the port before the app exists
@@ -475,6 +479,16 @@ def start_coordinator(
         _stoppers=stoppers,
     )
     return running
+
+
+def run_private(private: PrivateRun, stop: threading.Event, interval: float) -> None:
+    """A private run's upkeep until ``stop``: our member record renewed, revocations published, the DHT's token
+    refusals counted (``PrivateRun.tick``)."""
+    while not stop.wait(interval):
+        try:
+            private.tick()
+        except Exception:
+            logger.exception("could not refresh the private run's membership, revocations or token counts")
 
 
 def _run_all(stoppers: list[Callable[[], None]]) -> None:

@@ -182,6 +182,13 @@ class SwarmOptimizer:
         self.opt.tracker.report_local_progress(step, 0)
 
     def zero_grad(self) -> None:
+        if self.outer is not None:
+            # diloco: the inner optimizer steps the model's own parameters (no offloaded copies, no gradient
+            # averager), so this is all hivemind's zero_grad does, without its walk through the optimizer's param
+            # groups: 0.5 ms a step (cProfile, 2.1 M parameters), about 1 % of compute for small models
+            for param in self.outer.params:
+                param.grad = None
+            return
         self.opt.zero_grad(set_to_none=True)
 
     def load_state_from_peers(self) -> None:
