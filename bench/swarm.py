@@ -441,14 +441,16 @@ def worker(opts: argparse.Namespace) -> None:
     h = opts.hidden
     model = torch.nn.Sequential(torch.nn.Linear(h, 4 * h), torch.nn.GELU(), torch.nn.Linear(4 * h, h))
     params = list(model.parameters())
-    opt = build_swarm_optimizer(dht, run_id, spec, params, lambda p: torch.optim.SGD(p, lr=1e-3), None, batch_size=b)
+    # the state download moves what a real peer's does: parameters and AdamW's two moments (3x the parameters)
+    inner = torch.optim.SGD if opts.role == "train" else torch.optim.AdamW
+    opt = build_swarm_optimizer(dht, run_id, spec, params, lambda p: inner(p, lr=1e-3), None, batch_size=b)
     try:
         if opts.role == "donor":
             while not (out / "done").exists():
                 time.sleep(0.5)
             return
         if opts.role == "joiner":
-            mb = sum(p.numel() * 4 for p in params) / 1e6
+            mb = sum(p.numel() * 4 for p in params) / 1e6  # of parameters; the state is 3x that with AdamW
             deadline = time.monotonic() + 120
             while state_sources(dht, run_id) < 2:  # the donor (and we) announced as state sources
                 if time.monotonic() > deadline:
