@@ -176,7 +176,6 @@ def test_rank_from_env_and_buckets():
 
 
 @pytest.mark.slow
-@pytest.mark.scenario
 @pytest.mark.timeout(600)
 def test_two_rank_peer_trains_with_a_normal_peer_and_all_end_identical(run_files, procs, tmp_path, capsys):
     """The group (gloo, 2 ranks) starts the swarm; a normal peer joins it (through the real CLI entry point, in this
@@ -214,7 +213,6 @@ def test_two_rank_peer_trains_with_a_normal_peer_and_all_end_identical(run_files
 
 
 @pytest.mark.slow
-@pytest.mark.scenario
 @pytest.mark.timeout(480)
 def test_a_signal_to_one_rank_stops_the_whole_group_cleanly(run_files, procs, tmp_path):
     """SIGTERM to the follower alone: the stop travels to rank 0 in the next step, both leave after the same step,
