@@ -53,6 +53,7 @@ from peer.swarm.auth import (
 from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.dht import start_dht
 from peer.swarm.metrics import make_validators
+from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "auth-run"
 
@@ -209,30 +210,12 @@ def test_banned_names_come_from_the_store_when_it_tracks_bans():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_fake_checkpoint(cfg: RunConfig, out) -> None:
-    (out / "config.json").write_text("{}")  # the token tests never load the model
-
-
 @pytest.fixture(scope="module")
 def private_coordinator(tmp_path_factory):
-    from coordinator.service import CoordinatorSpec, start_coordinator
-
     root = tmp_path_factory.mktemp("private")
     allowlist = root / "allow.tsv"
     secret = add_volunteer(allowlist, "alice")
-    cfg = RunConfig(run_id=RUN)
-    spec = CoordinatorSpec(
-        data_dir=root / "data",
-        host="127.0.0.1",
-        http_port=0,
-        grpc_port=0,
-        dht_port=0,
-        checkpoint_every=10**9,
-        monitor_interval=0.5,
-        allowlist=allowlist,
-        token_ttl=300,
-    )
-    coordinator = start_coordinator(cfg, spec, initial_state=write_fake_checkpoint)
+    coordinator = start_private_coordinator(RUN, root / "data", allowlist, token_ttl=300)
     url = f"http://127.0.0.1:{coordinator.http_port}"
     yield coordinator, url, secret
     coordinator.stop()

@@ -25,7 +25,7 @@ from coordinator.auth import (
     add_volunteer,
     remove_volunteer,
 )
-from peer.config import RunConfig, SwarmSpec
+from peer.config import SwarmSpec
 from peer.swarm.auth import (
     REVOKED,
     Membership,
@@ -41,6 +41,7 @@ from peer.swarm.auth import (
     verified_revocations,
 )
 from peer.swarm.dht import start_dht
+from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "revoke-run"
 AUTHORITY_KEY = RSAPrivateKey()
@@ -141,10 +142,6 @@ class Volunteer:
         self.dht.shutdown()
 
 
-def write_fake_checkpoint(cfg: RunConfig, out) -> None:
-    (out / "config.json").write_text("{}")  # these tests never load the model
-
-
 def wait_for(condition, timeout: float, every: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,22 +163,10 @@ def sees(volunteer: Volunteer, key: str) -> bool:
 
 @pytest.mark.timeout(420)  # coordinator + two peers on a loaded 2-core machine; the revocation itself takes seconds
 def test_a_removed_volunteer_is_refused_within_seconds_while_its_token_is_still_valid(tmp_path):
-    from coordinator.service import CoordinatorSpec, start_coordinator
-
     allowlist = tmp_path / "allow.tsv"
     secrets = {name: add_volunteer(allowlist, name) for name in ("alice", "bob")}
-    spec = CoordinatorSpec(
-        data_dir=tmp_path / "data",
-        host="127.0.0.1",
-        http_port=0,
-        grpc_port=0,
-        dht_port=0,
-        checkpoint_every=10**9,
-        monitor_interval=0.5,
-        allowlist=allowlist,
-        token_ttl=3600,  # the default: without revocation alice would stay in for an hour
-    )
-    coordinator = start_coordinator(RunConfig(run_id=RUN), spec, initial_state=write_fake_checkpoint)
+    # token_ttl: the default, so that without revocation alice would stay in for an hour
+    coordinator = start_private_coordinator(RUN, tmp_path / "data", allowlist, token_ttl=3600)
     url = f"http://127.0.0.1:{coordinator.http_port}"
     # the coordinator's wait loop (allowlist re-read, revocations, member record), as `coordinator start` runs it;
     # its checkpoint saver is never due here
