@@ -60,14 +60,22 @@ def soak_main(args: argparse.Namespace) -> int:
         f"{result.interval_s:.0f} s, global step {result.global_step_start} -> {result.global_step_end}, "
         f"checkpoints {result.checkpoints}, deaths {result.deaths or 'none'}"
     )
-    print(f"RSS growth, mean of the first {result.window_s:.0f} s -> mean of the last {result.window_s:.0f} s:")
-    print("| process | first (MiB) | last (MiB) | growth |\n|---|---:|---:|---:|")
+    print(f"memory growth, mean of the first {result.window_s:.0f} s -> mean of the last {result.window_s:.0f} s:")
+    print("| process | RSS first (MiB) | RSS last (MiB) | RSS growth | RssAnon first | RssAnon last | RssAnon growth |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for g in result.growth:
-        print(f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % |")
+        print(
+            f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % "
+            f"| {g.anon_first_mib:.1f} | {g.anon_last_mib:.1f} | {100 * g.anon_growth:+.2f} % |"
+        )
     worst = result.worst
+    worst_anon = max(result.growth, key=lambda g: g.anon_growth, default=None)
     verdict = "pass" if result.passed else "FAIL"
-    if worst is not None:
-        print(f"worst: {worst.name} {100 * worst.growth:+.2f} % (target < {100 * GROWTH_TARGET:.0f} %): {verdict}")
+    if worst is not None and worst_anon is not None:
+        print(
+            f"worst: RSS {worst.name} {100 * worst.growth:+.2f} %, RssAnon {worst_anon.name} "
+            f"{100 * worst_anon.anon_growth:+.2f} % (target < {100 * GROWTH_TARGET:.0f} % each): {verdict}"
+        )
     print(f"wrote {out} and {png}; samples in {work / 'rss.csv'}")
     return 0 if result.passed else 1
 

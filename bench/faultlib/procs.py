@@ -199,6 +199,18 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def anon_bytes(pid: int) -> int:
+    """Anonymous resident memory (``RssAnon``) of one process; 0 once it is gone. Unlike RSS it excludes file pages
+    (libraries, mmapped checkpoints), which the kernel may drop under pressure from other jobs: a leak shows here."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 @dataclass
 class ProcessSet:
     """Children of one scenario. A context manager: leaving it (normally, by an exception or by KeyboardInterrupt)

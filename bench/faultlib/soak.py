@@ -3,8 +3,10 @@
 A month-long run dies of slow leaks, not of crashes: a DHT cache that never expires, a metric history kept in RAM,
 a p2pd that accumulates streams. So every ~30 s this samples the RSS of every process of every child session (the
 peer's Python process, its p2pd, hivemind's forks; the same for the coordinator) and compares the mean of the first
-``window`` seconds with the mean of the last ``window`` seconds. Startup (imports, the first download, the first
-averaging round) is excluded: the clock starts when the coordinator sees every peer alive.
+``window`` seconds with the mean of the last ``window`` seconds, for RSS and for ``RssAnon`` (anonymous memory
+only: reclaim under other jobs' pressure drops file pages from RSS and can hide a leak there, not here).
+Startup (imports, the first download, the first averaging round) is excluded: the clock starts when the
+coordinator sees every peer alive.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from bench.faultlib.procs import (
     Coordinator,
     ProcessSet,
     TinyModel,
+    anon_bytes,
     prepare_run,
     process_name,
     rss_bytes,
@@ -35,15 +38,17 @@ GROWTH_TARGET = 0.05
 
 @dataclass
 class Series:
-    """RSS over time of one process, named ``<child>:<role>`` (role: main, p2pd, or fork-<pid>)."""
+    """RSS and RssAnon over time of one process, named ``<child>:<role>`` (role: main, p2pd, or fork-<pid>)."""
 
     name: str
     times: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    anon: list[int] = field(default_factory=list)
 
-    def mean_between(self, start: float, end: float) -> float | None:
-        values = [r for t, r in zip(self.times, self.rss, strict=True) if start <= t <= end]
-        return sum(values) / len(values) if values else None
+    def mean_between(self, start: float, end: float, values: list[int] | None = None) -> float | None:
+        values = self.rss if values is None else values
+        picked = [r for t, r in zip(self.times, values, strict=True) if start <= t <= end]
+        return sum(picked) / len(picked) if picked else None
 
 
 @dataclass
@@ -51,11 +56,14 @@ class Growth:
     name: str
     first_mib: float
     last_mib: float
-    growth: float  # (last - first) / first
+    growth: float  # (last - first) / first, RSS
+    anon_first_mib: float = 0.0
+    anon_last_mib: float = 0.0
+    anon_growth: float = 0.0  # the same for RssAnon
 
     @property
     def passed(self) -> bool:
-        return self.growth < GROWTH_TARGET
+        return self.growth < GROWTH_TARGET and self.anon_growth < GROWTH_TARGET
 
 
 @dataclass
@@ -98,8 +106,9 @@ def sample(children: list[Child], series: dict[str, Series], now: float, writer)
     between forks still shows there; shared copy-on-write pages are counted once per process)."""
     for child in children:
         total = 0
+        total_anon = 0
         for pid in session_pids(child.pid):
-            rss = rss_bytes(pid)
+            rss, anon = rss_bytes(pid), anon_bytes(pid)
             if not rss:
                 continue
             name = role_of(child, pid)
@@ -108,23 +117,39 @@ def sample(children: list[Child], series: dict[str, Series], now: float, writer)
             entry = series.setdefault(name, Series(name))
             entry.times.append(now)
             entry.rss.append(rss)
-            writer.writerow([f"{now:.1f}", name, pid, rss])
+            entry.anon.append(anon)
+            writer.writerow([f"{now:.1f}", name, pid, rss, anon])
             total += rss
+            total_anon += anon
         if total:
             entry = series.setdefault(f"{child.name}:all", Series(f"{child.name}:all"))
             entry.times.append(now)
             entry.rss.append(total)
+            entry.anon.append(total_anon)
 
 
 def growth_of(series: dict[str, Series], start: float, end: float, window: float) -> list[Growth]:
-    """First-window vs last-window mean RSS for every process that lived through the whole soak."""
+    """First-window vs last-window mean RSS and RssAnon for every process that lived through the whole soak."""
     out = []
     for s in series.values():
         if not s.times or s.times[0] > start + window or s.times[-1] < end - window:
             continue
         first, last = s.mean_between(start, start + window), s.mean_between(end - window, end)
+        anon_first = s.mean_between(start, start + window, s.anon) or 0.0
+        anon_last = s.mean_between(end - window, end, s.anon) or 0.0
         if first and last:
-            out.append(Growth(s.name, first / 2**20, last / 2**20, (last - first) / first))
+            anon_growth = (anon_last - anon_first) / anon_first if anon_first else 0.0
+            out.append(
+                Growth(
+                    s.name,
+                    first / 2**20,
+                    last / 2**20,
+                    (last - first) / first,
+                    anon_first / 2**20,
+                    anon_last / 2**20,
+                    anon_growth,
+                )
+            )
     return sorted(out, key=lambda g: g.name)
 
 
@@ -168,7 +193,7 @@ def run_soak(
     run = prepare_run(work / "run", "soak", TinyModel())
     with ProcessSet(work / "procs") as procs, open(work / "rss.csv", "w", newline="") as csv_file:
         writer = csv.writer(csv_file)
-        writer.writerow(["time", "process", "pid", "rss_bytes"])
+        writer.writerow(["time", "process", "pid", "rss_bytes", "rss_anon_bytes"])
         coordinator = Coordinator(procs, run, work / "data", checkpoint_every=20, keep_last=3)
         coordinator.start()
         members = [start_peer(procs, f"peer{i}", coordinator) for i in range(peers)]
