@@ -233,6 +233,8 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: Cp
         opts.momentum_compression,
         "--progress_interval",
         str(opts.progress_interval),
+        "--momentum_sync",
+        opts.momentum_sync,
     ]
     sampler = CpuSampler(budget, n) if budget else None
     procs = [start_worker(0, common, out, budget)]
@@ -308,6 +310,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
                         round_seconds=max(r["round_seconds"] / max(r["rounds"], 1) for r in results),
                         samples_per_s=sum(r["samples"] / r["wall_seconds"] for r in results),
                         global_steps=min(r["global_step"] for r in results),
+                        catch_ups=sum(r.get("catch_ups", 0) for r in results),
+                        rounds_averaged=[r.get("rounds_averaged") for r in results],
                     )
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -430,6 +434,7 @@ def worker(opts: argparse.Namespace) -> None:
         compression=opts.compression if opts.mode != "sync" else "none",  # the baseline: plain fp32 all-reduce
         momentum_compression=opts.momentum_compression,
         progress_report_interval=opts.progress_interval,
+        momentum_sync=None if opts.momentum_sync == "default" else opts.momentum_sync,
         matchmaking_time=3.0,
         averaging_timeout=60.0,
         load_state_timeout=300.0,
@@ -515,6 +520,8 @@ def worker(opts: argparse.Namespace) -> None:
                     rounds=counted.rounds,
                     round_seconds=counted.round_seconds,
                     global_step=result.global_step,
+                    catch_ups=opt.catch_ups,
+                    rounds_averaged=opt.background.rounds_averaged if opt.background is not None else None,
                     train_start=train_start,
                     train_end=train_end,
                 )
@@ -564,9 +571,15 @@ def main() -> None:
         "--momentum_compression",
         default="minmax8bit",
         choices=["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"],
-        help="diloco: codec of the outer momentum averaged with the parameters",
+        help="diloco: codec of the outer momentum when it is averaged (momentum_sync average)",
     )
     p.add_argument("--progress_interval", type=float, default=1.0, help="seconds between hivemind progress records")
+    p.add_argument(
+        "--momentum_sync",
+        default="default",
+        choices=["default", "average", "catch_up"],
+        help="diloco: swarm.momentum_sync (default: SwarmSpec's, catch_up for overlap and average for diloco)",
+    )
     p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

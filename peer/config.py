@@ -122,6 +122,12 @@ class SwarmSpec:
     momentum_compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"] = (
         "minmax8bit"
     )
+    # diloco: how peers keep the outer momentum equal. "average": it is averaged in every round with the parameters
+    # (``momentum_compression``: 3 bytes per parameter per round with fp16 parameters). "catch_up" (needs
+    # ``overlap_rounds``): it is not sent; every peer in a round computes it from the same averaged parameters, and
+    # a peer whose round did not average while others were there downloads the state of one that did. None:
+    # "catch_up" with ``overlap_rounds``, "average" without (the blocking round does not say whether it averaged).
+    momentum_sync: Literal["average", "catch_up"] | None = None
     matchmaking_time: float = 5.0
     averaging_timeout: float = 60.0
     load_state_timeout: float = 600.0

@@ -45,6 +45,7 @@ from peer.swarm.codecs import reply_codec
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.progress import ThrottledProgressTracker
 from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome
+from peer.swarm.state_check import state_problem
 
 logger = logging.getLogger(__name__)
 
@@ -322,21 +323,71 @@ class GuardedGradientAverager(GuardedAveragerMixin, GradientAverager):
     outcome_kind = GRADIENTS
 
 
-class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager):
+LANDED_ROUND = "warmswarm_landed_round"  # key of a served state's metadata: its last averaged outer round
+
+
+class RoundCheckedDownload(hivemind.DecentralizedAverager):
+    """A state download that is checked (``peer.swarm.state_check``: finite, and near ours when catching up) and
+    can insist on the donor's last averaged outer round being at least ``required_round``.
+
+    Why: a peer that missed DiLoCo round ``e`` (``momentum_sync: catch_up``) needs a donor's state *after* round
+    ``e`` landed there; a donor whose round is still in flight would hand it the momentum and anchor of round
+    ``e - 1``, which is as wrong as its own. It sits between hivemind's ``TrainingStateAverager`` and
+    ``DecentralizedAverager`` in the MRO, so a refused state is dropped before hivemind applies anything.
+    ``required_round`` -1 (the default: joiners, hivemind's own catch-up) accepts any state."""
+
+    required_round: int = -1
+    refused_downloads: int = 0  # states refused for an older round
+    accepted_downloads: int = 0  # states handed on to be loaded (round and epoch not behind)
+
+    def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
+        loaded = super().load_state_from_peers(wait=wait, timeout=timeout)
+        if loaded is None or not wait:
+            return loaded
+        metadata = loaded[0] if isinstance(loaded[0], dict) else {}
+        # a peer catching up holds the swarm's state already: the donor's may not be far from it (state_check)
+        own = list(self.main_parameters) if self.required_round >= 0 else None
+        problem = state_problem(loaded[1], own)
+        if problem is not None:
+            self.refused_downloads += 1
+            logger.warning("refusing a state download: %s", problem)
+            return None
+        landed = metadata.get(LANDED_ROUND, -1)
+        if self.required_round >= 0 and (not isinstance(landed, int) or landed < self.required_round):
+            self.refused_downloads += 1
+            logger.info("the donor's last averaged outer round is %s, not yet %d: not loading it", landed,
+                        self.required_round)  # fmt: skip
+            return None
+        epoch = metadata.get("epoch")
+        if isinstance(epoch, int) and epoch >= getattr(self, "local_epoch", 0):  # what hivemind then loads
+            self.accepted_downloads += 1
+            if isinstance(landed, int):
+                self.landed_round = max(getattr(self, "landed_round", -1), landed)
+        return loaded
+
+
+class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload):
     """The state averager; with ``average_extras=False`` its ``extra_tensors`` are shared, not averaged.
 
     Why the option: DiLoCo's outer Nesterov momentum is an extra tensor so that a late joiner downloads it with the
-    parameters; every peer of a round applies the same averaged pseudo-gradient, so averaging the buffers doubles
-    what a round sends while changing nothing — as long as no peer misses a round. One that does keeps a different
-    momentum, and its next outer steps differ (measured: two test peers 0.18-0.49 apart after the last round), so
-    the swarm keeps averaging them (``average_extras=True``) until missed rounds are caught up some other way. The
-    wire format of a state download is the same either way (parameters, extras, optimizer state)."""
+    parameters; every peer of a round applies the same averaged pseudo-gradient, so averaging the buffers costs a
+    third of what a round sends (8 bits next to fp16 parameters) while changing nothing — as long as no peer misses
+    a round. One that does keeps a different momentum, and its next outer steps differ (measured: two test peers
+    0.18-0.49 apart after the last round), so without averaging a peer that missed one downloads a state that
+    includes it (``momentum_sync: catch_up``; ``landed_round`` is served for that). The wire format of a state
+    download is the same either way (parameters, extras, optimizer state)."""
 
     outcome_kind = STATE
+    landed_round: int = -1  # the last outer round averaged into this peer's state (set by SwarmOptimizer)
 
     def __init__(self, *args, average_extras: bool = True, **kwargs):
         self._average_extras = average_extras  # read by hivemind's __init__ through the two methods below
         super().__init__(*args, **kwargs)
+
+    def get_current_state(self):
+        metadata, tensors, infos = super().get_current_state()
+        metadata[LANDED_ROUND] = self.landed_round
+        return metadata, tensors, infos
 
     def _local_tensors(self):
         tensors = tuple(super()._local_tensors())
@@ -374,6 +425,26 @@ class GuardedOptimizer(hivemind.Optimizer):
         if not kwargs.get("use_local_updates", False):
             kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
         super().__init__(**kwargs)
+
+    def local_update_step(self, batch_size: int) -> None:
+        """``step(batch_size=...)`` for local updates whose state averaging hivemind never starts (DiLoCo rounds in
+        the background, ``average_state_every`` NEVER): the same bookkeeping in the same order, with the inner
+        optimizer stepped in this thread under hivemind's optimizer lock.
+
+        Why: hivemind hands every local step to the state averager's executor thread and waits for it, and checks
+        for delayed updates and scheduled averaging that this mode never has; on small models that was most of the
+        per-step overhead (cProfile: the executor round-trip 80 % of ``step``). Anything else (out of sync with the
+        swarm, an AMP scaler, auxiliary peers) goes through hivemind's ``step``."""
+        assert self.use_local_updates and not self.auxiliary and not self.delay_optimizer_step
+        if self._should_load_state_from_peers():
+            super().step(batch_size=batch_size)  # hivemind's path: "Peer is out of sync", download the state
+            return
+        progress = self.tracker.local_progress
+        self.tracker.report_local_progress(self.local_epoch, progress.samples_accumulated + batch_size)
+        with self.state_averager.lock_optimizer:
+            self.state_averager.optimizer.step()
+        if self.tracker.ready_to_update_epoch:
+            self._update_global_epoch(None)
 
     def load_state_from_peers(self, **kwargs) -> None:
         """hivemind's download, then ``after_state_load``. Why: hivemind also calls this by itself when the peer is

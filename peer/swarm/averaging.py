@@ -11,16 +11,20 @@ SGD-Nesterov step to the pseudo-gradient ``anchor - averaged``. Why this instead
 linear, so averaging parameters and subtracting from the common anchor is exactly the averaged pseudo-gradient, and
 we keep hivemind's matchmaking, progress tracking and state download for free. The outer momentum buffers are
 ``extra_tensors`` of the state averager, so late joiners download them with the parameters, and they are averaged
-each round, in 8 bits by default (``momentum_compression``: ``peer.swarm.codecs.MinMax8BitQuantization``; the
-parameters use ``compression``, fp16): 3 bytes per parameter per round. Not averaging them at all
-(``GuardedStateAverager(average_extras=False)``) would save that byte too, but lets a peer that missed a round keep
-a different momentum, and so different parameters. (The one difference from sending pseudo-gradients: compression
-error applies to parameters; fp16 keeps it below 1e-3 relative.)
+each round (``momentum_sync: average``), in 8 bits by default (``momentum_compression``:
+``peer.swarm.codecs.MinMax8BitQuantization``; the parameters use ``compression``, fp16): 3 bytes per parameter per
+round. With the rounds in the background the default is ``momentum_sync: catch_up``: the momentum is not sent (2
+bytes per parameter per round), because every peer of a round updates it from the same averaged parameters and
+the same anchor, so it stays equal by itself (up to compression error); what would make it differ is a round that
+one peer missed (a timeout, a dropped link) while the others averaged, and such a peer downloads the state of one
+that took part (``SwarmOptimizer._catch_up``) before it trains on. (The one difference from sending
+pseudo-gradients: compression error applies to parameters; fp16 keeps it below 1e-3 relative.)
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -119,6 +123,8 @@ class SwarmOptimizer:
     outcomes: OutcomeChannel | None = None  # per-round reducer outcomes from the averager processes (bans)
     bans: BanBook | None = None  # set by the session: turns those outcomes into local bans and signed reports
     background: BackgroundRound | None = None  # diloco with swarm.overlap_rounds: the round in flight
+    catch_up: bool = False  # momentum_sync "catch_up": a missed round is followed by a state download
+    catch_ups: int = 0  # state downloads after missed rounds (logs, tests, benchmarks)
 
     def __post_init__(self) -> None:
         if isinstance(self.opt, GuardedOptimizer):
@@ -131,7 +137,10 @@ class SwarmOptimizer:
     def step(self, batch_size: int) -> bool:
         """Reports ``batch_size`` samples and steps; returns True when a global step (epoch) was taken."""
         before = self.opt.local_epoch
-        self.opt.step(batch_size=batch_size)
+        if self.background is not None and isinstance(self.opt, GuardedOptimizer):
+            self.opt.local_update_step(batch_size)  # hivemind never averages by itself in this mode
+        else:
+            self.opt.step(batch_size=batch_size)
         advanced = self.opt.local_epoch > before
         if self.bans is not None:
             self.bans.absorb(self.round_outcomes())
@@ -153,11 +162,56 @@ class SwarmOptimizer:
                 self.outer.step()  # alone: no group to find, the blocking step is the same update
         return advanced
 
-    def _apply_background(self, wait: float | None) -> None:
-        snapshot = self.background.snapshot
+    def _apply_background(self, wait: float | None, catch_up: bool = True) -> None:
+        snapshot, epoch = self.background.snapshot, self.background.epoch
         result = self.background.finish(wait=wait)
-        if result is not None:
-            self.outer.apply_round(result[0], result[1], snapshot)
+        if result is None:
+            return
+        self.outer.apply_round(result[0], result[1], snapshot)
+        if self.background.last_averaged:
+            self.opt.state_averager.landed_round = epoch  # served with our state: we can be a catch-up donor
+        elif catch_up and self.catch_up:
+            self._catch_up(epoch)
+
+    def _catch_up(self, epoch: int, retry_every: float = 1.0) -> bool:
+        """After a round this peer missed (it was started because others were there, and did not average): with the
+        momentum not averaged, ours now differs from the swarm's, so load the state of a peer where round ``epoch``
+        landed (``RoundCheckedDownload``: a donor still inside the round is refused, and tried again every
+        ``retry_every`` s for as long as a round may take, ``averaging_timeout``).
+
+        Our own state-sharing priority drops below the epoch first, so that others that missed the same round try a
+        peer that averaged before us. Nobody to download from: we train on with our own state, and the next rounds'
+        parameter averaging pulls it back (for the default outer lr 0.7 and momentum 0.9 the difference shrinks
+        about 2x per round). What stays different: the donor's own steps since its round began come with its
+        parameters, as for any joiner. Returns whether a state was loaded."""
+        logger.warning(
+            "outer round %d did not average with the swarm: loading the state of a peer where it did "
+            "(swarm.momentum_sync: catch_up)",
+            epoch,
+        )
+        self.catch_ups += 1
+        averager = self.opt.state_averager
+        if not self.opt.client_mode:
+            averager.state_sharing_priority = self.opt.local_epoch - 0.5
+        patience = self.background.timeout  # a donor still in the round lands or gives it up by then
+        deadline = time.monotonic() + patience
+        averager.required_round = epoch
+        try:
+            while True:
+                refused, accepted = averager.refused_downloads, averager.accepted_downloads
+                self.load_state_from_peers()
+                if averager.accepted_downloads > accepted:
+                    return True
+                if averager.refused_downloads == refused:  # nobody serves a state at all
+                    logger.warning("no peer to load round %d from: training on with our own state", epoch)
+                    return False
+                if time.monotonic() + retry_every > deadline:
+                    logger.warning("no peer served a state with round %d in %.0f s: training on with ours", epoch,
+                                   patience)  # fmt: skip
+                    return False
+                time.sleep(retry_every)
+        finally:
+            averager.required_round = -1
 
     def _state_replaced(self) -> None:
         """After any state download (ours or hivemind's catch-up of an out-of-sync peer): the downloaded
@@ -171,7 +225,7 @@ class SwarmOptimizer:
         """Applies a background round still in flight (waits for it at most ``timeout`` s; None: its own timeout),
         so that a peer leaving, or a test comparing peers, sees the round's outcome."""
         if self.background is not None and self.background.pending:
-            self._apply_background(wait=timeout)
+            self._apply_background(wait=timeout, catch_up=False)
 
     def start_at(self, step: int) -> None:
         """Resume at global ``step`` (state taken from a coordinator checkpoint): epoch and lr schedule follow."""
@@ -236,6 +290,18 @@ def withdraw_state_sharing(averager, timeout: float = 5.0) -> None:
         stored.result(timeout=timeout)
     except Exception as e:  # leaving must never fail on this
         logger.info("could not withdraw the state-sharing declaration (it expires by itself): %s", e)
+
+
+def momentum_sync(spec: SwarmSpec) -> str:
+    """``SwarmSpec.momentum_sync`` resolved: None means "catch_up" with background rounds and "average" without."""
+    if spec.momentum_sync is None:
+        return "catch_up" if spec.overlap_rounds else "average"
+    if spec.momentum_sync == "catch_up" and not spec.overlap_rounds:
+        raise UserError(
+            "swarm.momentum_sync: catch_up needs swarm.overlap_rounds: true (a blocking round does not say whether it "
+            "averaged); use momentum_sync: average"
+        )
+    return spec.momentum_sync
 
 
 def robust_enabled(spec: SwarmSpec, open_run: bool) -> bool:
@@ -304,6 +370,7 @@ def build_swarm_optimizer(
         )
         return SwarmOptimizer(opt, None, outcomes)
     outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
+    average_momentum = momentum_sync(spec) == "average"
     opt = GuardedOptimizer(
         target_batch_size=spec.target_batch_size * spec.inner_steps,
         use_local_updates=True,
@@ -312,15 +379,15 @@ def build_swarm_optimizer(
         average_state_every=NEVER if spec.overlap_rounds else 1,
         state_averaging_compression=make_state_compression(spec),
         extra_tensors=outer.momentum,
-        # averaged every round (2x the bytes of the parameters alone): with average_extras=False a peer that missed
-        # one round keeps a different momentum, and two peers ended 0.18-0.49 apart after the last outer step in
-        # tests/peer/swarm/test_swarm_peers.py (diloco), so the saving waits for a catch-up rule for missed rounds
-        average_extras=True,
+        # "average": in every round (with fp16 parameters and 8-bit momentum 1.5x the bytes of the parameters
+        # alone). Not averaged without a catch-up for missed rounds, two peers ended 0.18-0.49 apart after the last
+        # outer step of tests/peer/swarm/test_swarm_peers.py (diloco); "catch_up" is that rule (SwarmOptimizer)
+        average_extras=average_momentum,
         **common,
     )
     background = None
     if spec.overlap_rounds:
         background = BackgroundRound(
-            opt.state_averager, flat, outer.momentum, average_momentum=True, timeout=spec.averaging_timeout
+            opt.state_averager, flat, outer.momentum, average_momentum=average_momentum, timeout=spec.averaging_timeout
         )
-    return SwarmOptimizer(opt, outer, outcomes, background=background)
+    return SwarmOptimizer(opt, outer, outcomes, background=background, catch_up=not average_momentum)

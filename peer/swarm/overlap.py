@@ -13,7 +13,9 @@ Nesterov step is computed from the averaged snapshot exactly as in the blocking 
 ``anchor``, and the progress the peer made since the snapshot is kept on top of it:
 ``params += new_anchor - snapshot``. The next round's pseudo-gradient then counts each local step exactly once.
 A round that failed or found no group leaves the peer's own values in the buffers: it applies its own
-pseudo-gradient, as the blocking mode does.
+pseudo-gradient, as the blocking mode does. So does a round that matched peers of another round: matchmaking does
+not look at the epoch, so when rounds outlast a global step (a slow link, a loaded machine) one peer's round ``e``
+can meet another's ``e - 1``; the epochs gathered in the round tell, and such a mixed round is dropped.
 
 Costs: one copy of the parameters (the snapshot) while a round runs. What differs from the blocking mode: the inner
 steps taken during the round start from pre-round parameters (a delay of one round's communication, a few seconds
@@ -48,9 +50,11 @@ class BackgroundRound:
     timeout: float
     control: StepControl | None = None
     snapshot: list[torch.Tensor] = field(default_factory=list)
+    own_momentum: list[torch.Tensor] = field(default_factory=list)  # ours at the start, while it is averaged
     epoch: int = -1
     rounds_started: int = 0
     rounds_averaged: int = 0  # rounds that found a group (the others applied this peer's own values)
+    last_averaged: bool = False  # whether the last finished round found a group
 
     @property
     def pending(self) -> bool:
@@ -66,6 +70,7 @@ class BackgroundRound:
             for buffer, tensor in zip(buffers, local, strict=True):
                 buffer.copy_(tensor.detach().to(buffer.device))
         self.snapshot = [p.detach().clone() for p in self.params]
+        self.own_momentum = [m.detach().clone() for m in self.momentum] if self.average_momentum else []
         self.epoch = epoch
         self.rounds_started += 1
         self.control = DecentralizedAverager.step(self.averager, gather=epoch, timeout=self.timeout, wait=False)
@@ -86,13 +91,25 @@ class BackgroundRound:
             except Exception:  # a failure is read below; a timeout gives the round up
                 if not self.control.done():
                     self.control.cancel()
+        self.last_averaged = False
+        mixed = False
         try:
             gathered = self.control.result(timeout=0)
-            if len(gathered) > 1:
+            epochs = sorted({e for e in gathered.values() if isinstance(e, int)} | {self.epoch})
+            mixed = len(epochs) > 1
+            if mixed:
+                logger.warning(
+                    "outer round %d was averaged with peers in rounds %s: dropping it, applying this peer's own "
+                    "pseudo-gradient", self.epoch, epochs,
+                )  # fmt: skip
+            elif len(gathered) > 1:
                 self.rounds_averaged += 1
+                self.last_averaged = True
         except Exception as e:
             logger.info("outer round %d did not average (%s): applying this peer's own pseudo-gradient", self.epoch, e)
         self.control = None
+        if mixed:  # our values from the start of the round, as after a round that found no group
+            return [s.clone() for s in self.snapshot], ([m.clone() for m in self.own_momentum] or None)
         n = len(self.params)
         with self.averager.get_tensors() as buffers:
             averaged = [b.detach().clone() for b in buffers[:n]]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
 
 
 class ThrottledProgressTracker(ProgressTracker):
@@ -45,4 +46,11 @@ class ThrottledProgressTracker(ProgressTracker):
         if update_global_samples and local_epoch == previous.epoch == self.global_progress.epoch:
             self.global_progress.samples_accumulated += extra
         self.performance_ema.update(task_size=extra)  # extra > 0 here: no gain in samples is urgent
-        self.local_progress = self._get_local_progress(local_epoch, samples_accumulated)
+        # what _get_local_progress builds, without pydantic's validation of every field on every step
+        self.local_progress = previous.copy(
+            update=dict(
+                samples_accumulated=samples_accumulated,
+                samples_per_second=self.performance_ema.samples_per_second,
+                time=get_dht_time(),
+            )
+        )

@@ -38,6 +38,7 @@ from peer.swarm.resume import (
     wire_names,
 )
 from peer.swarm.shutdown import signal_handlers_kept
+from peer.swarm.state_check import state_problem
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def pull_state_from_peers(
         if loaded is None:
             return False
         metadata, tensors = loaded
+        problem = state_problem(tensors)
+        if problem is not None:
+            logger.warning("not loading the swarm's state: %s", problem)
+            return False
         names = wire_names(opt, named_parameters)
         structure = averager.optimizer.state_dict()
         state = decode_wire_state(metadata, tensors, names, structure, len(averager.extra_tensors))
@@ -225,6 +230,10 @@ def load_state_from_swarm(
     if loaded is None:
         return None
     metadata, tensors = loaded
+    problem = state_problem(tensors)
+    if problem is not None:  # e.g. the coordinator's checkpoint pull: such a state must never become a checkpoint
+        logger.warning("not using the swarm's state: %s", problem)
+        return None
     num_extras = len(names) if cfg.swarm.averaging == "diloco" else 0
     state = decode_wire_state(metadata, tensors, names, structure, num_extras)
     check_shapes(state, {name: p.shape for name, p in named})

@@ -5,7 +5,8 @@ Usage: python swarm_peer_proc.py OUT_DIR MODE [INITIAL_PEER ...]; env: STEPS, TA
 LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait for them), STEP_SLEEP (extra
 "compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step), OVERLAP (1 = diloco
 rounds in the background; the last one is finished before the result is written), MOMENTUM_COMPRESSION (diloco's
-outer momentum codec, default minmax8bit as in SwarmSpec).
+outer momentum codec, default minmax8bit as in SwarmSpec), MOMENTUM_SYNC (average, catch_up; default: SwarmSpec's),
+MISS_ROUND (overlap: this peer's background round of that epoch times out at once, as over a dropped link).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -48,6 +49,7 @@ def main() -> int:
         averaging_timeout=30.0,
         load_state_timeout=30.0,
         overlap_rounds=os.environ.get("OVERLAP") == "1",
+        momentum_sync=os.environ.get("MOMENTUM_SYNC") or None,
     )
     stop = StopSignal().install()
     signing = make_validators(RUN_ID)
@@ -66,6 +68,8 @@ def main() -> int:
         batch_size=8,
         verbose=os.environ.get("VERBOSE") == "1",
     )
+    if os.environ.get("MISS_ROUND") and opt.background is not None:
+        miss_round(opt.background, int(os.environ["MISS_ROUND"]))
     if os.environ.get("LOAD_STATE") == "1":
         opt.load_state_from_peers()
         (out / "loaded.json").write_text(json.dumps({"step": opt.global_step}))
@@ -112,6 +116,7 @@ def main() -> int:
                 "anchor": [a.clone() for a in opt.outer.anchor] if opt.outer is not None else None,
                 "momentum": [m.clone() for m in opt.outer.momentum] if opt.outer is not None else None,
                 "rounds_averaged": background.rounds_averaged if background is not None else None,
+                "catch_ups": opt.catch_ups,
                 "step": result.global_step,
                 "samples": result.samples,
             },
@@ -123,6 +128,19 @@ def main() -> int:
         opt.shutdown()
         dht.shutdown()
     return 0
+
+
+def miss_round(background, epoch: int) -> None:
+    """The fault the catch-up rule is for: this peer's round of ``epoch`` gives up at once (its timeout is 10 ms)
+    while the others average; every other round runs as usual."""
+    start, timeout = background.start, background.timeout
+
+    def start_or_miss(round_epoch: int) -> None:
+        background.timeout = 0.01 if round_epoch == epoch else timeout
+        start(round_epoch)
+        background.timeout = timeout  # the catch-up waits for donors as long as a normal round may take
+
+    background.start = start_or_miss
 
 
 if __name__ == "__main__":

@@ -93,3 +93,44 @@ def test_state_compression_uses_8_bits_for_the_momentum_only():
     extra = codec.choose_compression(CompressionInfo.from_tensor(t, role=TensorRole.UNSPECIFIED))
     assert type(param).__name__ == "Float16Compression"
     assert type(extra).__name__ == "MinMax8BitQuantization"
+
+
+def test_momentum_sync_defaults_to_catch_up_only_with_background_rounds():
+    import pytest
+
+    from peer.config import SwarmSpec
+    from peer.errors import UserError
+    from peer.swarm.averaging import momentum_sync
+
+    assert momentum_sync(SwarmSpec(averaging="diloco", overlap_rounds=True)) == "catch_up"
+    assert momentum_sync(SwarmSpec(averaging="diloco")) == "average"
+    assert momentum_sync(SwarmSpec(averaging="diloco", overlap_rounds=True, momentum_sync="average")) == "average"
+    with pytest.raises(UserError, match="catch_up needs swarm.overlap_rounds"):
+        momentum_sync(SwarmSpec(averaging="diloco", momentum_sync="catch_up"))
+
+
+class FinishedRound:
+    """What ``DecentralizedAverager.step(wait=False)`` hands back, once the round is over: the gathered epochs."""
+
+    def __init__(self, gathered: dict) -> None:
+        self.gathered = gathered
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout=None) -> dict:
+        return self.gathered
+
+
+def test_a_round_that_met_peers_of_another_round_is_dropped():
+    from peer.swarm.overlap import BackgroundRound
+
+    p = torch.nn.Parameter(torch.tensor([5.0]))
+    round_ = BackgroundRound(
+        averager=None, params=[p], momentum=[torch.tensor([1.0])], average_momentum=True, timeout=1
+    )
+    round_.snapshot, round_.own_momentum, round_.epoch = [torch.tensor([4.0])], [torch.tensor([0.5])], 3
+    round_.control = FinishedRound({"us": 3, "them": 2})  # matchmaking paired our round 3 with their round 2
+    averaged, momentum = round_.finish()
+    assert averaged[0].item() == 4.0 and momentum[0].item() == 0.5  # our own values from the round's start
+    assert not round_.last_averaged and round_.rounds_averaged == 0 and not round_.pending

@@ -4,6 +4,7 @@ answer, and Ctrl-C (a real ``python -m peer join`` process) while it waits."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from hivemind.averaging import DecentralizedAverager
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.records import LocalMetrics
+from peer.swarm.averagers import AveragerKinds, GuardedStateAverager
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
@@ -291,3 +293,65 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
             stop_silent_server(server)
         if server_dht is not None:
             server_dht.shutdown()
+
+
+class PoisonedStateAverager(GuardedStateAverager):
+    """A donor that serves NaN in place of its first parameter (a broken peer, or a hostile one)."""
+
+    def get_current_state(self):
+        metadata, tensors, infos = super().get_current_state()
+        tensors = [torch.full_like(tensors[0], float("nan")), *tensors[1:]]
+        return metadata, tensors, infos
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_state_with_nan_is_not_loaded_by_the_coordinator_nor_by_a_peer():
+    """peer.swarm.state_check: without it the coordinator copies the NaN into its models (and its next checkpoint),
+    and hivemind's download loads it into the peer."""
+    cfg = tiny_config("poisonstate")
+    signing = make_validators(cfg.run_id)
+    donor_dht = start_dht(cfg.swarm, signing.validators)
+    donor_models = build_models(cfg.model, vocab_size=100, seed=1)
+    groups = param_groups(donor_models.parameters(), cfg.train.weight_decay)
+    kinds = AveragerKinds(state=PoisonedStateAverager)
+    donor = build_swarm_optimizer(
+        donor_dht, cfg.run_id, cfg.swarm, groups, *run_optimizer_factories(cfg), batch_size=4, kinds=kinds
+    )
+    spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(donor_dht))
+    coordinator_dht = start_dht(spec)
+    peer = peer_dht = None
+    try:
+        deadline = time.monotonic() + 60
+        while not peers_hold_state(coordinator_dht, cfg.run_id):
+            assert time.monotonic() < deadline, "the donor never declared its state"
+            time.sleep(0.2)
+        models = build_models(cfg.model, vocab_size=100, seed=3)
+        before = [p.detach().clone() for p in models.parameters()]
+        assert load_state_from_swarm(coordinator_dht, cfg, models, timeout=30) is None
+        assert all(torch.equal(b, p) for b, p in zip(before, models.parameters(), strict=True))
+        # a peer of the run (it declares its own state too, but never downloads from itself)
+        peer_dht = start_dht(dataclasses.replace(cfg.swarm, initial_peers=spec.initial_peers), signing.validators)
+        peer_params = build_models(cfg.model, vocab_size=100, seed=2).parameters()
+        peer = build_swarm_optimizer(
+            peer_dht,
+            cfg.run_id,
+            cfg.swarm,
+            param_groups(peer_params, cfg.train.weight_decay),
+            *run_optimizer_factories(cfg),
+            batch_size=4,
+        )
+        averager = peer.opt.state_averager
+        mine = [p.detach().clone() for p in peer_params]
+        for _ in range(10):  # until the peer's DHT sees the donor's declaration
+            averager.load_state_from_peers(timeout=30)
+            if averager.refused_downloads:
+                break
+            time.sleep(1.0)
+        assert averager.refused_downloads >= 1 and averager.accepted_downloads == 0
+        assert all(torch.equal(m, p.detach()) for m, p in zip(mine, peer_params, strict=True))
+    finally:
+        coordinator_dht.shutdown()
+        for part in (peer, peer_dht, donor, donor_dht):
+            if part is not None:
+                part.shutdown()
