@@ -338,6 +338,7 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
 
     required_round: int = -1
     refused_downloads: int = 0  # states refused for an older round
+    refused_for_good: int = 0  # of which the donor was past that round's epoch: its round will not land
     accepted_downloads: int = 0  # states handed on to be loaded (round and epoch not behind)
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
@@ -355,8 +356,11 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
         landed = metadata.get(LANDED_ROUND, -1)
         if self.required_round >= 0 and (not isinstance(landed, int) or landed < self.required_round):
             self.refused_downloads += 1
-            logger.info("the donor's last averaged outer round is %s, not yet %d: not loading it", landed,
-                        self.required_round)  # fmt: skip
+            epoch = metadata.get("epoch")
+            # past the round's epoch, the donor's round is over (finished before the next began): it never lands
+            self.refused_for_good += int(isinstance(epoch, int) and epoch > self.required_round)
+            logger.info("the donor's last averaged outer round is %s (its epoch %s), not %d: not loading it",
+                        landed, epoch, self.required_round)  # fmt: skip
             return None
         epoch = metadata.get("epoch")
         if isinstance(epoch, int) and epoch >= getattr(self, "local_epoch", 0):  # what hivemind then loads

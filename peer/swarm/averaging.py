@@ -45,6 +45,7 @@ from peer.swarm.robust import ClipSettings
 logger = logging.getLogger(__name__)
 
 NEVER = 2**62  # an ``average_state_every`` no epoch reaches
+CATCH_UP_HOPELESS = 3  # catch-up: donors in a row that are past the missed round without it before we give up
 OptimizerFactory = Callable[[Sequence], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
 
@@ -196,14 +197,21 @@ class SwarmOptimizer:
         patience = self.background.timeout  # a donor still in the round lands or gives it up by then
         deadline = time.monotonic() + patience
         averager.required_round = epoch
+        hopeless = 0
         try:
             while True:
                 refused, accepted = averager.refused_downloads, averager.accepted_downloads
+                for_good = averager.refused_for_good
                 self.load_state_from_peers()
                 if averager.accepted_downloads > accepted:
                     return True
                 if averager.refused_downloads == refused:  # nobody serves a state at all
                     logger.warning("no peer to load round %d from: training on with our own state", epoch)
+                    return False
+                # donors past the round that did not land it (they missed it too): after a few, stop asking
+                hopeless = hopeless + 1 if averager.refused_for_good > for_good else 0
+                if hopeless >= CATCH_UP_HOPELESS:
+                    logger.warning("the peers asked missed round %d too: training on with our own state", epoch)
                     return False
                 if time.monotonic() + retry_every > deadline:
                     logger.warning("no peer served a state with round %d in %.0f s: training on with ours", epoch,

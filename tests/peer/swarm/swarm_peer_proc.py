@@ -6,7 +6,7 @@ LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait f
 "compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step), OVERLAP (1 = diloco
 rounds in the background; the last one is finished before the result is written), MOMENTUM_COMPRESSION (diloco's
 outer momentum codec, default minmax8bit as in SwarmSpec), MOMENTUM_SYNC (average, catch_up; default: SwarmSpec's),
-MISS_ROUND (overlap: this peer's background round of that epoch times out at once, as over a dropped link).
+MISS_ROUND (overlap: this peer gives up its background round of that epoch at once, as over a dropped link).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -131,14 +131,14 @@ def main() -> int:
 
 
 def miss_round(background, epoch: int) -> None:
-    """The fault the catch-up rule is for: this peer's round of ``epoch`` gives up at once (its timeout is 10 ms)
-    while the others average; every other round runs as usual."""
-    start, timeout = background.start, background.timeout
+    """The fault the catch-up rule is for: this peer gives up its round of ``epoch`` right after starting it (as
+    when its link drops) while the others average; every other round runs as usual."""
+    start = background.start
 
     def start_or_miss(round_epoch: int) -> None:
-        background.timeout = 0.01 if round_epoch == epoch else timeout
         start(round_epoch)
-        background.timeout = timeout  # the catch-up waits for donors as long as a normal round may take
+        if round_epoch == epoch:
+            background.control.cancel()
 
     background.start = start_or_miss
 

@@ -122,7 +122,10 @@ def test_overlapped_diloco_rounds_make_the_anchors_equal_while_peers_keep_traini
     during a round, so parameters differ by those; the anchors (the rounds' outcome) must be equal within fp16, and
     so must the outer momenta, which are not sent (momentum_sync catch_up, the default here): each peer updates its
     own from the same averaged parameters."""
-    env = dict(STEPS="3", TARGET="96", STEP_SLEEP="0.2", MIN_PEERS="2", COMPRESSION="fp16", OVERLAP="1")
+    # a global step (20 local steps each) outlasts a round (2 s of matchmaking): rounds that outlast global steps
+    # meet rounds of other epochs, which are dropped (peer.swarm.overlap)
+    env = dict(STEPS="3", TARGET="320", STEP_SLEEP="0.2", MIN_PEERS="2", COMPRESSION="fp16", OVERLAP="1")
+    env["MATCHMAKING"] = "2"
     diffs = []
     for attempt in range(2):  # one bounded retry, as above: a round missed under load on 2 shared cores
         a, out_a = swarm.start(f"a{attempt}", "diloco", [], PEER_SEED="1", **env)
@@ -146,11 +149,12 @@ def tensors_diff(a: dict, b: dict, key: str) -> float:
 @pytest.mark.timeout(900)
 def test_a_peer_that_misses_an_overlapped_round_loads_a_state_where_it_landed(swarm):
     """momentum_sync catch_up: the outer momentum is not averaged, so a peer whose round failed while the others
-    averaged would go on with its own momentum and anchor (the others' rounds differ from its own). Three peers; c's
-    round of epoch 2 times out at once (MISS_ROUND); c must then load the state of a peer where round 2 landed, and
+    averaged would go on with its own momentum and anchor (the others' rounds differ from its own). Three peers; c
+    gives its round of epoch 2 up at once (MISS_ROUND); c must then load the state of a peer where round 2 landed, and
     end with the others' anchor and momentum. Without the catch-up c's momentum stays off by its own round-2
     pseudo-gradient minus the swarm's, decaying 0.9x per round."""
-    env = dict(STEPS="4", TARGET="144", STEP_SLEEP="0.2", MIN_PEERS="3", COMPRESSION="fp16", OVERLAP="1", LINGER="15")
+    env = dict(STEPS="4", TARGET="480", STEP_SLEEP="0.2", MIN_PEERS="3", COMPRESSION="fp16", OVERLAP="1", LINGER="15")
+    env["MATCHMAKING"] = "2"  # a global step (20 local steps each) outlasts a round, as above
     diffs = []
     for attempt in range(2):  # one bounded retry: under load on 2 shared cores a or b may miss a round too
         a, out_a = swarm.start(f"a{attempt}", "diloco", [], PEER_SEED="1", **env)
