@@ -111,6 +111,7 @@ class GatedAllReduceRunner(AllReduceRunner):
         on_outcomes: Callable[[dict[str, str]], None] | None = None,
         **kwargs,
     ):
+        self._on_outcomes = on_outcomes  # first: a reducer may report while the rest of this runs
         super().__init__(**kwargs)
         self.gate = gate
         if clip is not None:
@@ -119,7 +120,6 @@ class GatedAllReduceRunner(AllReduceRunner):
             self.tensor_part_reducer = CenteredClipReducer(
                 plain.part_shapes, plain.num_senders, clip, on_round_outcomes=self._report_outcomes
             )
-        self._on_outcomes = on_outcomes
         for peer_id in self.sender_peer_ids:
             if peer_id != self.peer_id and not gate.admits(peer_id):
                 logger.warning("not averaging with %s: %s", peer_id, gate.why_not(peer_id))
@@ -383,14 +383,31 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
 
     outcome_kind = STATE
     landed_round: int = -1  # the last outer round averaged into this peer's state (set by SwarmOptimizer)
+    # diloco with background rounds (set by build_swarm_optimizer): the parameters served are the last round's
+    # outcome, the outer anchor, not this peer's parameters with its own local steps since; see get_current_state
+    served_parameters: Sequence[torch.Tensor] | None = None
 
     def __init__(self, *args, average_extras: bool = True, **kwargs):
         self._average_extras = average_extras  # read by hivemind's __init__ through the two methods below
         super().__init__(*args, **kwargs)
 
     def get_current_state(self):
+        """hivemind's state, with ``landed_round`` in the metadata and, with DiLoCo's background rounds, the anchor
+        as the parameters.
+
+        Why the anchor: it is what the swarm agreed on in the last round, with the momentum of that round; our
+        parameters are that plus our own local steps since. A joiner or a peer catching up that started from our
+        parameters would take our local steps as its starting point and then into its next pseudo-gradient against
+        the others' anchor (measured: 0.16-0.19 apart from the swarm two rounds after a catch-up in
+        tests/peer/swarm/test_swarm_peers.py); the coordinator's checkpoint is then the swarm's state too."""
         metadata, tensors, infos = super().get_current_state()
         metadata[LANDED_ROUND] = self.landed_round
+        if self.served_parameters is not None:
+            n = len(self.served_parameters)
+            with torch.no_grad(), self.lock_averaged_tensors:  # SwarmOptimizer writes the anchor under this lock
+                anchors = [a.detach().cpu().clone() for a in self.served_parameters]
+            assert all(a.shape == t.shape for a, t in zip(anchors, tensors[:n], strict=True)), "anchor layout"
+            tensors = [*anchors, *tensors[n:]]
         return metadata, tensors, infos
 
     def _local_tensors(self):

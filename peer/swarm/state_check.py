@@ -8,7 +8,9 @@ both cheap next to the download itself:
 - every floating-point tensor (parameters, outer momentum, optimizer statistics) is finite: always;
 - for a peer that already holds the swarm's state (catching up after a missed round), the donor's parameters are
   close to ours: their L2 distance is at most ``max_jump`` times our parameters' norm. A missed round moves
-  parameters by one outer step, a few percent of their norm; a sign flip is 2x and a x1000 scaling 1000x.
+  parameters by one outer step, a few percent of their norm for a trained model (but up to 0.65x in the first
+  rounds of the tiny test model of tests/peer/swarm/test_swarm_peers.py, which a 0.5 limit refused); a sign flip
+  is 2x and a x1000 scaling 1000x.
   A joiner has no state of its own to compare with, so it gets the first check only.
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-MAX_CATCH_UP_JUMP = 0.5  # relative L2 distance a catch-up download may move our parameters
+MAX_CATCH_UP_JUMP = 1.0  # relative L2 distance a catch-up download may move our parameters
 
 
 def first_non_finite(tensors: Sequence[torch.Tensor]) -> int | None:
