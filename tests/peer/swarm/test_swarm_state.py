@@ -42,6 +42,14 @@ def tiny_config(run_id: str = "statetest") -> RunConfig:
     return cfg
 
 
+def swarm_optimizer(dht, cfg: RunConfig, params, kinds: AveragerKinds | None = None):
+    """The run recipe's optimizer for a peer of ``cfg`` (decay / no-decay groups, batch of 4)."""
+    groups = param_groups(params, cfg.train.weight_decay)
+    return build_swarm_optimizer(
+        dht, cfg.run_id, cfg.swarm, groups, *run_optimizer_factories(cfg), batch_size=4, kinds=kinds
+    )
+
+
 class SilentStateServer(DecentralizedAverager):
     """A peer that lists itself as holding state (hivemind's ``all_averagers`` record) but never sends it: its
     ``get_current_state`` blocks until released. The class name is hivemind's, so downloads reach its handler."""
@@ -87,14 +95,7 @@ def test_coordinator_downloads_the_swarm_parameters_optimizer_state_and_step():
     peer_models = build_models(cfg.model, vocab_size=100, seed=1)
     named = list(peer_models.named_parameters())
     params = [p for _, p in named]
-    opt = build_swarm_optimizer(
-        peer_dht,
-        cfg.run_id,
-        cfg.swarm,
-        param_groups(params, cfg.train.weight_decay),
-        *run_optimizer_factories(cfg),
-        batch_size=4,
-    )
+    opt = swarm_optimizer(peer_dht, cfg, params)
     coordinator_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(peer_dht)))
     try:
         sum(p.float().pow(2).sum() for p in params).backward()  # one real global step: moments become non-zero
@@ -313,11 +314,7 @@ def test_a_state_with_nan_is_not_loaded_by_the_coordinator_nor_by_a_peer():
     signing = make_validators(cfg.run_id)
     donor_dht = start_dht(cfg.swarm, signing.validators)
     donor_models = build_models(cfg.model, vocab_size=100, seed=1)
-    groups = param_groups(donor_models.parameters(), cfg.train.weight_decay)
-    kinds = AveragerKinds(state=PoisonedStateAverager)
-    donor = build_swarm_optimizer(
-        donor_dht, cfg.run_id, cfg.swarm, groups, *run_optimizer_factories(cfg), batch_size=4, kinds=kinds
-    )
+    donor = swarm_optimizer(donor_dht, cfg, donor_models.parameters(), AveragerKinds(state=PoisonedStateAverager))
     spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(donor_dht))
     coordinator_dht = start_dht(spec)
     peer = peer_dht = None
@@ -333,14 +330,7 @@ def test_a_state_with_nan_is_not_loaded_by_the_coordinator_nor_by_a_peer():
         # a peer of the run (it declares its own state too, but never downloads from itself)
         peer_dht = start_dht(dataclasses.replace(cfg.swarm, initial_peers=spec.initial_peers), signing.validators)
         peer_params = build_models(cfg.model, vocab_size=100, seed=2).parameters()
-        peer = build_swarm_optimizer(
-            peer_dht,
-            cfg.run_id,
-            cfg.swarm,
-            param_groups(peer_params, cfg.train.weight_decay),
-            *run_optimizer_factories(cfg),
-            batch_size=4,
-        )
+        peer = swarm_optimizer(peer_dht, cfg, peer_params)
         averager = peer.opt.state_averager
         mine = [p.detach().clone() for p in peer_params]
         for _ in range(10):  # until the peer's DHT sees the donor's declaration
