@@ -337,6 +337,7 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
     ``required_round`` -1 (the default: joiners, hivemind's own catch-up) accepts any state."""
 
     required_round: int = -1
+    landed_round: int = -1  # the last outer round averaged into this peer's state (set by SwarmOptimizer)
     refused_downloads: int = 0  # states refused for an older round
     refused_for_good: int = 0  # of which the donor was past that round's epoch: its round will not land
     accepted_downloads: int = 0  # states handed on to be loaded (round and epoch not behind)
@@ -366,7 +367,7 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
         if isinstance(epoch, int) and epoch >= getattr(self, "local_epoch", 0):  # what hivemind then loads
             self.accepted_downloads += 1
             if isinstance(landed, int):
-                self.landed_round = max(getattr(self, "landed_round", -1), landed)
+                self.landed_round = max(self.landed_round, landed)
         return loaded
 
 
@@ -382,7 +383,6 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
     download is the same either way (parameters, extras, optimizer state)."""
 
     outcome_kind = STATE
-    landed_round: int = -1  # the last outer round averaged into this peer's state (set by SwarmOptimizer)
     # diloco with background rounds (set by build_swarm_optimizer): the parameters served are the last round's
     # outcome, the outer anchor, not this peer's parameters with its own local steps since; see get_current_state
     served_parameters: Sequence[torch.Tensor] | None = None
