@@ -136,6 +136,11 @@ class SwarmSpec:
     # and start are always published at once. hivemind publishes one signed record per local step, which for fast
     # steps costs more traffic than the averaging itself; the others extrapolate from our samples/s in between.
     progress_report_interval: float = 1.0
+    # longest time between this peer's reads of the swarm's progress (hivemind's max_refresh_period, 10 s, and its
+    # 3 s retry while it sees no one, whichever is shorter). A peer that has not yet seen the others counts only its
+    # own samples until its next read: with global steps of a few seconds (small swarms, tests) it can take global
+    # steps alone, without averaging, before that read.
+    progress_refresh_max: float = 10.0
     # Private runs (issue 6): the volunteer's "NAME:SECRET" from the organiser's allowlist (also env
     # WARMSWARM_AUTH_KEY), and the coordinator's token-signing key (OpenSSH text; normally read from the
     # coordinator's /api/v1/run, set here to pin it). Both None: an open run, no tokens.

@@ -347,6 +347,8 @@ def build_swarm_optimizer(
     compression = make_compression(spec.compression)
     if not spec.progress_report_interval >= 0:
         raise UserError(f"need swarm.progress_report_interval >= 0, got {spec.progress_report_interval}")
+    if not spec.progress_refresh_max >= 0.5:  # hivemind's min_refresh_period
+        raise UserError(f"need swarm.progress_refresh_max >= 0.5 (seconds), got {spec.progress_refresh_max}")
     if not spec.clip_factor > 0 or spec.ban_after < 1:
         got = f"{spec.clip_factor}, {spec.ban_after}"
         raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
@@ -370,6 +372,9 @@ def build_swarm_optimizer(
         client_mode=spec.client_mode,
         verbose=verbose,
         progress_report_interval=spec.progress_report_interval,
+        tracker_opts=dict(
+            max_refresh_period=spec.progress_refresh_max, default_refresh_period=min(3.0, spec.progress_refresh_max)
+        ),
     )
     if spec.averaging == "sync":
         opt = GuardedOptimizer(

@@ -6,7 +6,8 @@ LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait f
 "compute" per batch), MATCHMAKING, VERBOSE, LINGER (seconds to stay after the last step), OVERLAP (1 = diloco
 rounds in the background; the last one is finished before the result is written), MOMENTUM_COMPRESSION (diloco's
 outer momentum codec, default minmax8bit as in SwarmSpec), MOMENTUM_SYNC (average, catch_up; default: SwarmSpec's),
-MISS_ROUND (overlap: this peer gives up its background round of that epoch at once, as over a dropped link).
+MISS_ROUND (overlap: this peer gives up its background round of that epoch at once, as over a dropped link),
+PROGRESS_REFRESH (swarm.progress_refresh_max, default 1 s).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -50,6 +51,9 @@ def main() -> int:
         load_state_timeout=30.0,
         overlap_rounds=os.environ.get("OVERLAP") == "1",
         momentum_sync=os.environ.get("MOMENTUM_SYNC") or None,
+        # a global step here takes 2-3 s: with hivemind's 3-10 s between progress reads, a peer that started a moment
+        # before it saw the other's first record took all its global steps alone (CI, 2026-12-03: 0.06 and 0.14 apart)
+        progress_refresh_max=float(os.environ.get("PROGRESS_REFRESH", "1")),
     )
     stop = StopSignal().install()
     signing = make_validators(RUN_ID)
@@ -83,7 +87,7 @@ def main() -> int:
         publish_metrics(dht, RUN_ID, signing, hello, expiration=60)
         if len(fetch_metrics(dht, RUN_ID)) >= min_peers:
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     gen = torch.Generator().manual_seed(int(os.environ.get("PEER_SEED", "1")))
     w_true = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
     sleep = float(os.environ.get("STEP_SLEEP", "0.05"))

@@ -7,7 +7,13 @@ import time
 
 import hivemind
 import pytest
+import torch
+from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.timed_storage import get_dht_time
 
+from peer.config import SwarmSpec
+from peer.errors import UserError
+from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.progress import ThrottledProgressTracker
 
 PREFIX = "progress-test"
@@ -70,3 +76,48 @@ def test_without_a_limit_every_report_is_published(dht):
         assert wait_for(dht, (0, 800)) == (0, 800)
     finally:
         tracker.shutdown()
+
+
+def test_the_peers_reads_of_swarm_progress_are_at_most_progress_refresh_max_apart(dht):
+    """``swarm.progress_refresh_max`` reaches hivemind's tracker: a peer whose swarm is far from the next global step
+    (hivemind would wait its 10 s maximum) reads the swarm's progress again within the configured bound, and a peer
+    that sees no one retries as often. Why it matters: until that read, a peer that started a moment before the
+    others' first record counts only its own samples and can take global steps alone."""
+    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=10**9, progress_refresh_max=1.5)
+    model = torch.nn.Linear(4, 1)
+    opt = build_swarm_optimizer(
+        dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
+    )
+    # the other peer: its own DHT node (and so its own signing key), as in a real swarm
+    other_dht = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=dht.get_visible_maddrs())
+    other = ThrottledProgressTracker(
+        dht=other_dht,
+        prefix=PREFIX,
+        target_batch_size=10**9,
+        start=True,
+        min_report_interval=0.0,
+        private_key=RSAPrivateKey(),
+    )
+    try:
+        assert opt.opt.tracker.global_progress.num_peers == 0
+        assert opt.opt.tracker.global_progress.next_fetch_time - get_dht_time() <= 1.5
+        other.report_local_progress(0, 4)
+        deadline = time.monotonic() + 30
+        while opt.opt.tracker.global_progress.num_peers == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        progress = opt.opt.tracker.global_progress
+        assert progress.num_peers == 1, "the peer never saw the other's progress record"
+        assert progress.next_fetch_time - get_dht_time() <= 1.5
+    finally:
+        other.shutdown()
+        other_dht.shutdown()
+        opt.shutdown()
+
+
+def test_a_progress_refresh_below_hiveminds_minimum_is_refused_before_anything_starts(dht):
+    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], progress_refresh_max=0.1)
+    model = torch.nn.Linear(4, 1)
+    with pytest.raises(UserError, match=r"need swarm.progress_refresh_max >= 0.5 \(seconds\), got 0.1"):
+        build_swarm_optimizer(
+            dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
+        )
