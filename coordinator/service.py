@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import hivemind
@@ -46,6 +47,7 @@ from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.records import config_key
+from peer.swarm.dht import READY_GRACE_S, run_dht
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ CONFIG_RECORD_TTL = 3600.0
 KNOWN_PEERS_NAME = "known_peers.json"
 KNOWN_PEERS_EVERY = 10.0  # seconds between refreshes of known_peers.json
 KNOWN_PEERS_MAX = 64
+DHT_STARTUP_TIMEOUT_S = 15.0  # p2pd start-up and bootstrap (hivemind's default)
 CARRIED_FILES = ("growth.json",)  # provenance files copied from the previous checkpoint into each new one
 
 
@@ -313,7 +316,7 @@ def start_coordinator_dht(
     attempts = [list(cfg.swarm.initial_peers) + known] + ([list(cfg.swarm.initial_peers)] if known else [])
     for i, initial_peers in enumerate(attempts):
         try:
-            return hivemind.DHT(
+            kwargs = dict(
                 initial_peers=initial_peers or None,
                 host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
                 announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
@@ -321,8 +324,12 @@ def start_coordinator_dht(
                 use_relay=cfg.swarm.use_relay,
                 record_validators=list(validators),
                 authorizer=authorizer,  # a private run: tokens on every DHT message, ours signed by ourselves
-                start=True,
+                startup_timeout=DHT_STARTUP_TIMEOUT_S,
+                start=False,
             )
+            return run_dht(partial(hivemind.DHT, **kwargs), DHT_STARTUP_TIMEOUT_S + READY_GRACE_S)
+        except UserError:  # the DHT process died or hung: no other bootstrap list would help
+            raise
         except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
             text = " ".join(str(e).split())[:300] or type(e).__name__
             if i + 1 < len(attempts):

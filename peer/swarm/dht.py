@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -75,16 +76,84 @@ def start_dht(
         record_validators=list(validators),
         startup_timeout=startup_timeout,
         authorizer=authorizer,
-        start=True,
+        start=False,
     )
     if spec.identity_path:
         kwargs["identity_path"] = spec.identity_path
     try:
-        dht = hivemind.DHT(**kwargs)
+        dht = run_dht(lambda: hivemind.DHT(**kwargs), startup_timeout + READY_GRACE_S)
+    except UserError:
+        raise
     except Exception as e:  # hivemind re-raises the p2pd child's error types; the message is what matters
         raise UserError(_explain_dht_failure(e, spec)) from None
     logger.info("DHT started, peer id %s", dht.peer_id)
     return dht
+
+
+READY_GRACE_S = 30.0
+"""Beyond ``startup_timeout`` (p2pd's own start-up and bootstrap): the DHT node's first lookups and the fork."""
+READY_POLL_S = 0.5
+STOP_GRACE_S = 15.0
+START_ATTEMPTS = 3
+"""DHT processes that died while starting are replaced this many times in all. A forked child can die of its
+parent's state: CI saw one abort in gRPC's fork handler (abseil mutex check) when it forked p2pd, because the
+parent served gRPC in-process while it forked. That is a race of the moment, so a fresh fork succeeds."""
+
+
+class _DiedWhileStarting(Exception):
+    pass
+
+
+def run_dht(make_dht: Callable[[], hivemind.DHT], timeout: float, attempts: int = START_ATTEMPTS) -> hivemind.DHT:
+    """Starts ``make_dht()`` (a DHT made with ``start=False``) and waits until it is ready: within ``timeout``
+    per attempt, replacing a DHT process that died before it reported, at most ``attempts`` times in all. A DHT
+    that fails is stopped (with its p2pd) before this returns or raises.
+
+    hivemind's own wait (``start=True``) has no timeout and never returns when the DHT process dies before it
+    reports (CI saw such a child abort at start-up and the caller hang until pytest killed it), so this polls:
+    ready, failed (the child's exception is re-raised), dead (retried) or late (UserError).
+    """
+    for attempt in range(1, attempts + 1):
+        dht = make_dht()
+        dht.start()
+        try:
+            _wait_until_ready(dht, timeout)
+            return dht
+        except _DiedWhileStarting as e:
+            _stop_child(dht)
+            if attempt == attempts:
+                raise UserError(f"{e} (tried {attempts} times); see the log above") from None
+            logger.warning("%s; starting a new one (attempt %d of %d)", e, attempt + 1, attempts)
+        except BaseException:
+            _stop_child(dht)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _wait_until_ready(dht: hivemind.DHT, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            dht.wait_until_ready(timeout=READY_POLL_S)
+            return
+        except TimeoutError:
+            pass
+        if not dht.is_alive():
+            raise _DiedWhileStarting(f"the DHT process died while starting (exit code {dht.exitcode})")
+        if time.monotonic() > deadline:
+            raise UserError(f"the DHT did not start within {timeout:.0f} s (p2pd start-up or the first lookups)")
+
+
+def _stop_child(dht: hivemind.DHT) -> None:
+    """A DHT that failed to start must not leave its process (and through it p2pd) behind. One that reported an
+    error exits by itself: it is given time to, because a SIGTERM while it sends an update would leave hivemind's
+    process-wide MPFuture lock taken forever (every later hivemind call of this process would hang). Only a child
+    that is still alive after that (it hung) is terminated."""
+    dht.join(STOP_GRACE_S)
+    if dht.is_alive():
+        logger.warning("the DHT process that failed to start did not exit; terminating it")
+        dht.terminate()
+        dht.join(STOP_GRACE_S)
 
 
 def _explain_dht_failure(e: Exception, spec: SwarmSpec) -> str:
