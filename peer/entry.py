@@ -8,6 +8,7 @@ import logging
 import sys
 
 from peer.errors import UserError
+from peer.memory import limit_malloc_arenas
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    limit_malloc_arenas()  # before any DHT or averager process is forked: they inherit it (peer.memory)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
