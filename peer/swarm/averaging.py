@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import hivemind
 import torch
-from hivemind.compression import CompressionBase, RoleAdaptiveCompression
+from hivemind.compression import CompressionBase, NoCompression, RoleAdaptiveCompression
 from hivemind.utils import get_dht_time
 
 from peer.config import SwarmSpec
@@ -59,6 +59,19 @@ def make_state_compression(spec: SwarmSpec) -> CompressionBase:
     return RoleAdaptiveCompression(
         parameter=make_compression(spec.compression), default=make_compression(spec.momentum_compression)
     )
+
+
+def optimizer_statistics(optimizer_factory: OptimizerFactory) -> tuple[str, ...]:
+    """Names of the optimizer's per-parameter statistics (state tensors shaped like their parameter: Adam's
+    ``exp_avg``/``exp_avg_sq``, SGD's ``momentum_buffer``), read off a throwaway one-tensor optimizer after one step
+    on a zero gradient, as hivemind initialises the real one. Why not a fixed list: hivemind fails on a name the
+    optimizer does not keep, and the factory is the run's (or a test's) choice."""
+    probe = torch.nn.Parameter(torch.zeros(2, 3))
+    optimizer = optimizer_factory([probe])
+    probe.grad = torch.zeros_like(probe)
+    optimizer.step()
+    state = optimizer.state[probe]
+    return tuple(sorted(k for k, v in state.items() if torch.is_tensor(v) and v.shape == probe.shape))
 
 
 @dataclass
@@ -377,10 +390,13 @@ def build_swarm_optimizer(
         ),
     )
     if spec.averaging == "sync":
+        statistics = optimizer_statistics(optimizer_factory) if spec.sync_optimizer_state else ()
         opt = GuardedOptimizer(
             target_batch_size=spec.target_batch_size,
             grad_compression=compression,
-            state_averaging_compression=compression,
+            # the statistics travel uncompressed: Adam's second moment (1e-10 and below) underflows fp16 to 0
+            state_averaging_compression=RoleAdaptiveCompression(optimizer=NoCompression(), default=compression),
+            average_opt_statistics=statistics,
             delay_optimizer_step=spec.delay_optimizer_step,
             offload_optimizer=True,
             **common,
