@@ -117,4 +117,4 @@ def test_newcomer_after_every_peer_left_resumes_from_the_latest_checkpoint(tmp_p
 @pytest.mark.scenario
 @pytest.mark.timeout(1200)
 def test_peer_killed_mid_round_survivors_step_on_with_identical_state(tmp_path):
-    assert_rows(peer_kill(tmp_path, PeerKillSettings(peers=2, kills=1, settle_steps=1)))
+    assert_rows(peer_kill(tmp_path, PeerKillSettings(peers=2, kills=1, settle_steps=1, state_samples=3)))
