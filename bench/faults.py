@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.faultlib.scenarios import SCENARIOS, Row, run_scenario  # noqa: E402
-from bench.faultlib.soak import GROWTH_TARGET, run_soak, write_json  # noqa: E402
+from bench.faultlib.soak import GROWTH_TARGET, Growth, growth_of, run_soak, series_from_csv, write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 logger = logging.getLogger("faults")
@@ -49,10 +49,12 @@ def print_table(rows: list[Row]) -> None:
 
 
 def soak_main(args: argparse.Namespace) -> int:
+    if args.analyse:
+        return analyse_main(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="ws-soak-"))
     png = Path(args.png) if args.png else RESULTS / "soak_rss.png"
     logger.info("soak: %d peers for %.0f s, logs and rss.csv in %s", args.peers, args.duration, work)
-    result = run_soak(work, args.peers, args.duration, args.interval, args.window, png=png)
+    result = run_soak(work, args.peers, args.duration, args.interval, args.window, png=png, warmup=args.warmup)
     out = Path(args.out) if args.out else RESULTS / "soak.json"
     write_json(result, out)
     print(
@@ -60,24 +62,50 @@ def soak_main(args: argparse.Namespace) -> int:
         f"{result.interval_s:.0f} s, global step {result.global_step_start} -> {result.global_step_end}, "
         f"checkpoints {result.checkpoints}, deaths {result.deaths or 'none'}"
     )
-    print(f"memory growth, mean of the first {result.window_s:.0f} s -> mean of the last {result.window_s:.0f} s:")
+    passed = print_growth(result.growth, result.window_s, result.warmup_s) and result.passed
+    print(f"wrote {out} and {png}; samples in {work / 'rss.csv'}")
+    return 0 if passed else 1
+
+
+def analyse_main(args: argparse.Namespace) -> int:
+    """The growth table of a finished soak's ``rss.csv`` with this call's ``--window`` / ``--warmup``."""
+    path = Path(args.analyse)
+    try:
+        series = series_from_csv(path)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: cannot read soak samples from {path}: {e}", file=sys.stderr)
+        return 2
+    start = min(s.times[0] for s in series.values())
+    end = max(s.times[-1] for s in series.values())
+    if args.warmup + 2 * args.window > end - start:
+        print(f"error: warm-up + 2 windows ({args.warmup + 2 * args.window:.0f} s) exceed the {end - start:.0f} s "
+              f"in {path}", file=sys.stderr)  # fmt: skip
+        return 2
+    growth = growth_of(series, start, end, args.window, args.warmup)
+    print(f"{path}: {end - start:.0f} s of samples, {len(series)} processes")
+    return 0 if print_growth(growth, args.window, args.warmup) else 1
+
+
+def print_growth(growth: list[Growth], window: float, warmup: float) -> bool:
+    """Prints the growth table and the verdict; True if every process is under the target."""
+    print(f"memory growth, mean of the {window:.0f} s from {warmup:.0f} s in -> mean of the last {window:.0f} s:")
     print("| process | RSS first (MiB) | RSS last (MiB) | RSS growth | RssAnon first | RssAnon last | RssAnon growth |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for g in result.growth:
+    for g in growth:
         print(
             f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % "
             f"| {g.anon_first_mib:.1f} | {g.anon_last_mib:.1f} | {100 * g.anon_growth:+.2f} % |"
         )
-    worst = result.worst
-    worst_anon = max(result.growth, key=lambda g: g.anon_growth, default=None)
-    verdict = "pass" if result.passed else "FAIL"
+    worst = max(growth, key=lambda g: g.growth, default=None)
+    worst_anon = max(growth, key=lambda g: g.anon_growth, default=None)
+    passed = bool(growth) and all(g.passed for g in growth)
     if worst is not None and worst_anon is not None:
         print(
             f"worst: RSS {worst.name} {100 * worst.growth:+.2f} %, RssAnon {worst_anon.name} "
-            f"{100 * worst_anon.anon_growth:+.2f} % (target < {100 * GROWTH_TARGET:.0f} % each): {verdict}"
+            f"{100 * worst_anon.anon_growth:+.2f} % (target < {100 * GROWTH_TARGET:.0f} % each): "
+            f"{'pass' if passed else 'FAIL'}"
         )
-    print(f"wrote {out} and {png}; samples in {work / 'rss.csv'}")
-    return 0 if result.passed else 1
+    return passed
 
 
 def scenarios_main(args: argparse.Namespace) -> int:
@@ -110,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--duration", type=float, default=3600.0, help="seconds of sampling after all peers are alive")
     soak.add_argument("--interval", type=float, default=30.0, help="seconds between RSS samples")
     soak.add_argument("--window", type=float, default=600.0, help="first/last window compared (seconds)")
+    soak.add_argument(
+        "--warmup", type=float, default=300.0, help="seconds after all peers are alive before the first window"
+    )
+    soak.add_argument("--analyse", default=None, metavar="RSS_CSV", help="only recompute the table of a finished run")
     soak.add_argument("--work", default=None, help="work dir (default: a new temp dir)")
     soak.add_argument("--out", default=None, help="JSON result (default: bench/results/soak.json)")
     soak.add_argument("--png", default=None, help="RSS plot (default: bench/results/soak_rss.png)")

@@ -1,6 +1,8 @@
 """The soak's verdict: growth is judged on RSS and on RssAnon, so a leak that reclaim hides from RSS still fails."""
 
-from bench.faultlib.soak import Series, growth_of
+import pytest
+
+from bench.faultlib.soak import Series, growth_of, series_from_csv
 
 MIB = 2**20
 
@@ -30,3 +32,25 @@ def test_anonymous_growth_fails_even_when_reclaim_keeps_rss_flat():
 def test_processes_that_did_not_live_through_the_soak_are_left_out():
     short = Series("fork", times=[5.0, 6.0, 7.0, 8.0], rss=[MIB] * 4, anon=[MIB] * 4)
     assert growth_of({"fork": short}, start=0, end=8, window=2) == []
+
+
+def test_a_one_time_step_inside_the_warm_up_is_not_growth_but_one_after_it_is():
+    # the coordinator's first checkpoint pull: 206 -> 325 MiB at t=1, flat after
+    stepped = _series("coordinator", [206] + [325] * 8, [206] + [325] * 8)
+    (no_warmup,) = growth_of({"c": stepped}, start=0, end=8, window=2)
+    (warmed,) = growth_of({"c": stepped}, start=0, end=8, window=2, warmup=1)
+    assert not no_warmup.passed and warmed.passed and warmed.growth == 0.0
+    # a step after the warm-up still fails
+    late = _series("coordinator", [325] * 5 + [400] * 4, [325] * 5 + [400] * 4)
+    (late_growth,) = growth_of({"c": late}, start=0, end=8, window=2, warmup=1)
+    assert not late_growth.passed
+
+
+def test_a_finished_runs_csv_gives_back_the_same_series(tmp_path):
+    path = tmp_path / "rss.csv"
+    path.write_text("time,process,pid,rss_bytes,rss_anon_bytes\n10.0,peer0:main,7,100,60\n40.0,peer0:main,7,110,70\n")
+    (series,) = series_from_csv(path).values()
+    assert (series.name, series.times, series.rss, series.anon) == ("peer0:main", [10.0, 40.0], [100, 110], [60, 70])
+    (tmp_path / "empty.csv").write_text("time,process,pid,rss_bytes,rss_anon_bytes\n")
+    with pytest.raises(ValueError, match="holds no samples"):
+        series_from_csv(tmp_path / "empty.csv")
