@@ -103,10 +103,9 @@ def states_at_steps(
         while len(taken) < samples:
             for _ in range(attempts):
                 states = download_states(dht, run_id, peer_ids, timeout=30)
-                steps = {s.step for s in states}
                 if (
                     len(states) == len(peer_ids)
-                    and len(steps) == 1
+                    and len({s.step for s in states}) == 1
                     and (not taken or taken[-1][0].step < states[0].step)
                 ):
                     taken.append(states)
