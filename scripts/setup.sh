@@ -13,9 +13,16 @@ stamp=.venv/.warmswarm-installed
 want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing warmswarm and its dependencies (first run takes a few minutes)"
+  # pip's own exit status decides, not grep's (grep exits 1 when it prints nothing): an install that was cut off
+  # must not be stamped as done, or every later run starts on a half-installed .venv
+  set +e
   .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[dev]" 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" || true
-  .venv/bin/python -c "import peer, coordinator, protos" || { echo "[setup] install failed" >&2; exit 1; }
+    | grep -v "is ignored: it is neither a file nor a directory"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" -eq 0 ] || { echo "[setup] pip install failed (exit $rc); run this again" >&2; exit 1; }
+  .venv/bin/python -c "import peer, coordinator, protos, hivemind, torch, transformers" \
+    || { echo "[setup] install incomplete; run this again" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 # System tools that the integration tests drive (Prometheus, headless Chromium); best effort, tests skip loudly without.
