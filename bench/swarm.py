@@ -294,6 +294,11 @@ def orchestrate(opts: argparse.Namespace) -> None:
                         cpu_per_peer=cores,
                         cores_used=sum(r["cpu_seconds"] / r["wall_seconds"] for r in results),
                         util=sum(r["compute_seconds"] for r in results) / sum(r["wall_seconds"] for r in results),
+                        # where the rest of the wall time went: the swarm optimizer's step, publishing metrics
+                        step_share=sum(r["step_seconds"] for r in results) / sum(r["wall_seconds"] for r in results),
+                        metrics_share=(
+                            sum(r["metrics_seconds"] for r in results) / sum(r["wall_seconds"] for r in results)
+                        ),
                         bytes_per_sample=sum(r["tx_bytes"] for r in results) / max(samples, 1),
                         # an overlapped round sends in the background, so only the total is meaningful there
                         round_bytes_per_sample=(
@@ -332,7 +337,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
 
 def print_report(rows: list[dict], dl: dict | None, opts: argparse.Namespace) -> None:
     print(
-        f"\n{'mode':8} {'peers':>5} {'cores':>6} {'util':>6} {'bytes/sample':>13} {'in rounds':>10} {'other B/s':>10} "
+        f"\n{'mode':8} {'peers':>5} {'cores':>6} {'util':>6} {'in step':>7} {'metrics':>7} {'bytes/sample':>13} "
+        f"{'in rounds':>10} {'other B/s':>10} "
         f"{'s/round':>8} {'samples/s':>10} {'vs 1 peer':>9} {'global steps':>12}"
     )
     for row in rows:
@@ -340,6 +346,7 @@ def print_report(rows: list[dict], dl: dict | None, opts: argparse.Namespace) ->
         speedup = row["samples_per_s"] / one["samples_per_s"] if one else float("nan")
         print(
             f"{row['mode']:8} {row['peers']:5d} {row['cores_used']:6.2f} {row['util']:6.1%} "
+            f"{row.get('step_share', float('nan')):7.1%} {row.get('metrics_share', float('nan')):7.1%} "
             f"{row['bytes_per_sample']:13.0f} {row['round_bytes_per_sample']:10.0f} {row['other_bytes_per_s']:10.0f} "
             f"{row['round_seconds']:8.2f} {row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
         )
@@ -515,6 +522,8 @@ def worker(opts: argparse.Namespace) -> None:
                     samples=result.samples,
                     compute_seconds=result.compute_seconds,
                     wall_seconds=result.wall_seconds,
+                    step_seconds=result.step_seconds,
+                    metrics_seconds=result.metrics_seconds,
                     tx_bytes=tx,
                     round_tx_bytes=counted.round_bytes,
                     rounds=counted.rounds,

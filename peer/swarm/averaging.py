@@ -156,8 +156,9 @@ class SwarmOptimizer:
         else:
             self.opt.step(batch_size=batch_size)
         advanced = self.opt.local_epoch > before
+        outcomes = self.round_outcomes()  # drained even without bans: undrained, the averagers' queue only grows
         if self.bans is not None:
-            self.bans.absorb(self.round_outcomes())
+            self.bans.absorb(outcomes)
         if self.outer is None:
             return advanced
         if self.background is None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from peer.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
-from peer.swarm.metrics import RecordSigning, fetch_metrics, publish_metrics
+from peer.swarm.metrics import MetricsPublisher, RecordSigning, fetch_metrics, publish_metrics
 from peer.swarm.shutdown import StopSignal
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,14 @@ class LoopResult:
     samples: int
     skipped_batches: int
     restored: int
-    compute_seconds: float
+    compute_seconds: float  # batches, forward, backward and the gradients' finite check
     wall_seconds: float
     last_loss: float
     losses: list[float] = field(default_factory=list)
     params_digest: str = ""  # sha256 prefix of the parameters when the loop ended (equal = bit-identical)
+    step_seconds: float = 0.0  # inside the swarm optimizer's step and zero_grad (local updates, rounds, catch-ups)
+    metrics_seconds: float = 0.0  # publishing LocalMetrics (sent without waiting for the DHT: ~0)
+    metrics_sent: int = 0
 
 
 @dataclass
@@ -108,7 +111,8 @@ def train_loop(
     world = group.world_size if group is not None else 1
     good = GoodState(params)
     start = last_metrics = time.monotonic()
-    compute = 0.0
+    compute = step_total = 0.0
+    publisher = MetricsPublisher(dht, run_id, signing, options.metrics_expiration)
     local_steps = samples = samples_since_step = skipped = restored = 0
     loss_value = float("nan")
     losses: list[float] = []
@@ -160,6 +164,7 @@ def train_loop(
             advanced = opt.step(parts.batch_size * world)
             opt.zero_grad()
             step_seconds = time.perf_counter() - t_step
+            step_total += step_seconds
             local_steps += 1
             samples += parts.batch_size * world
             samples_since_step = 0 if advanced else samples_since_step + parts.batch_size * world
@@ -192,6 +197,7 @@ def train_loop(
                 f"peers {opt.peers_in_last_round()}",
                 refresh=False,
             )
+            publisher.poll()
             if time.monotonic() - last_metrics >= options.metrics_every or advanced:
                 last_metrics = time.monotonic()
                 record = LocalMetrics(
@@ -206,12 +212,14 @@ def train_loop(
                     fingerprint=options.fingerprint,
                     peer_id=str(dht.peer_id),
                 )
-                publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
+                publisher.publish(record)
             if others_stop:
                 logger.info("another rank of this peer was asked to stop: leaving the swarm")
                 break
     finally:
         bar.close()
+    if not publisher.flush(timeout=5.0):  # the coordinator sees this peer's last samples
+        logger.info("the last metrics record was still being stored when the loop ended")
     if options.save_params:
         save_params(params, options.save_params)
     return LoopResult(
@@ -225,6 +233,9 @@ def train_loop(
         last_loss=loss_value,
         losses=losses,
         params_digest=params_digest(params),
+        step_seconds=step_total,
+        metrics_seconds=publisher.seconds,
+        metrics_sent=publisher.sent,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import hivemind
@@ -66,6 +67,95 @@ def publish_metrics(dht: hivemind.DHT, run_id: str, signing: RecordSigning, metr
         expiration_time=get_dht_time() + expiration,
         return_future=False,
     )
+
+
+class MetricsPublisher:
+    """Publishes this peer's ``LocalMetrics`` from the training loop without waiting for the DHT.
+
+    Why: a store is a round trip to the nodes nearest the key (signing, validation and storage on each), and on a
+    swarm of loaded machines it takes tens to hundreds of milliseconds; a loop that waited for it every few seconds
+    lost that time from training (``bench/swarm.py``'s utilisation, 4 peers). So at most one store is in flight;
+    a record that arrives meanwhile is held, a newer one replaces it (only the latest matters: records are a
+    snapshot, not a log), and it is sent as soon as the store in flight ends. ``flush`` sends what is held and
+    waits, for the last record before a peer leaves."""
+
+    def __init__(self, dht: hivemind.DHT, run_id: str, signing: RecordSigning, expiration: float) -> None:
+        self.dht, self.run_id, self.signing, self.expiration = dht, run_id, signing, expiration
+        self._in_flight = None  # hivemind's MPFuture of the store under way
+        self._held: LocalMetrics | None = None
+        self.sent = self.stored = self.superseded = self.failed = 0  # counted for logs, tests and benchmarks
+        self.seconds = 0.0  # time the caller spent in publish/poll (what the loop loses to metrics)
+
+    def publish(self, metrics: LocalMetrics) -> None:
+        """Sends ``metrics`` now, or holds it until the store in flight ends; never waits for the network."""
+        t0 = time.perf_counter()
+        if self._busy():
+            if self._held is not None:
+                self.superseded += 1
+            self._held = metrics
+        else:
+            self._send(metrics)
+        self.seconds += time.perf_counter() - t0
+
+    def poll(self) -> None:
+        """Sends the held record once the store in flight has ended (cheap: call it every step)."""
+        if self._held is not None and not self._busy():
+            t0 = time.perf_counter()
+            held, self._held = self._held, None
+            self._send(held)
+            self.seconds += time.perf_counter() - t0
+
+    def flush(self, timeout: float) -> bool:
+        """Sends the held record and waits (at most ``timeout`` s in all) until nothing is in flight; returns
+        whether the last store ended in time."""
+        deadline = time.monotonic() + timeout
+        if not self._wait(deadline):
+            return False
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._send(held)
+        return self._wait(deadline)
+
+    def _busy(self) -> bool:
+        if self._in_flight is None:
+            return False
+        if not self._in_flight.done():
+            return True
+        self._collect()
+        return False
+
+    def _wait(self, deadline: float) -> bool:
+        if self._in_flight is not None:
+            try:
+                self._in_flight.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # read (and counted) by _collect; a timeout leaves the store in flight
+                if not self._in_flight.done():
+                    return False
+            self._collect()
+        return True
+
+    def _send(self, metrics: LocalMetrics) -> None:
+        self.sent += 1
+        self._in_flight = self.dht.store(
+            key=metrics_key(self.run_id),
+            subkey=self.signing.public_key,
+            value=metrics.dict(),
+            expiration_time=get_dht_time() + self.expiration,
+            return_future=True,
+        )
+
+    def _collect(self) -> None:
+        future, self._in_flight = self._in_flight, None
+        try:
+            stored = bool(future.result(timeout=0))
+        except Exception as e:
+            stored = False
+            logger.warning("storing this peer's metrics record failed: %r", e)
+        if stored:
+            self.stored += 1
+        else:
+            self.failed += 1
+            logger.debug("no DHT node stored this peer's metrics record")
 
 
 def fetch_metrics(dht: hivemind.DHT, run_id: str) -> dict[bytes, LocalMetrics]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -13,7 +15,14 @@ from hivemind.utils.crypto import RSAPrivateKey
 from peer.config import RunConfig, SwarmSpec
 from peer.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.dht import start_dht, visible_maddrs
-from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, publish_metrics, swarm_fingerprint
+from peer.swarm.metrics import (
+    MetricsPublisher,
+    RecordSigning,
+    fetch_metrics,
+    make_validators,
+    publish_metrics,
+    swarm_fingerprint,
+)
 
 RUN = "recordtest"
 
@@ -84,6 +93,29 @@ def test_malformed_record_is_rejected(two_dhts, bad):
     stored = second.store(metrics_key(RUN), subkey=forger.public_key, value=value, expiration_time=get_dht_time() + 60)
     assert not stored
     assert forger.public_key not in fetch_metrics(second, RUN)
+
+
+@pytest.mark.timeout(120)
+def test_publisher_never_waits_for_a_stuck_dht_and_sends_the_newest_record_when_it_recovers(two_dhts):
+    """The training loop's metrics: with the DHT's process stopped (a store that cannot end), publishing returns at
+    once and holds the newest record; once the DHT runs again, flush stores that one, not an older one."""
+    first, honest, second, _ = two_dhts
+    publisher = MetricsPublisher(first, RUN, honest, expiration=60)
+    publisher.publish(record(step=20))
+    assert publisher.flush(timeout=30) and publisher.stored == 1
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        publisher.publish(record(step=21))  # sent: the DHT process will read it when it runs again
+        publisher.publish(record(step=22))  # held: one store in flight at a time
+        publisher.publish(record(step=23))  # replaces the held one
+        publisher.poll()
+        assert (publisher.sent, publisher.superseded) == (2, 1)
+        assert not publisher.flush(timeout=0.5)  # the store in flight cannot end while the DHT is stopped
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert publisher.flush(timeout=30)
+    assert (publisher.sent, publisher.stored, publisher.failed) == (3, 3, 0)
+    assert fetch_metrics(second, RUN)[honest.public_key].step == 23
 
 
 def test_fingerprint_changes_with_the_model_only_where_it_matters():
