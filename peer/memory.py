@@ -17,8 +17,10 @@ from functools import cache
 
 logger = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
 DEFAULT_ARENAS = 2
+AVERAGER_MMAP_THRESHOLD = 1 << 20  # bytes; an all-reduce's parts and buffers are larger, its messages smaller
 
 
 @cache
@@ -42,6 +44,23 @@ def limit_malloc_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     applied = bool(libc.mallopt(M_ARENA_MAX, arenas))
     logger.debug("malloc arenas capped at %d: %s", arenas, applied)
     return applied
+
+
+def map_large_allocations(threshold: int = AVERAGER_MMAP_THRESHOLD) -> bool:
+    """Serves every allocation of ``threshold`` bytes or more from its own ``mmap`` in this process, so that freeing
+    it returns the memory to the OS at once; True if applied.
+
+    Why: glibc starts at 128 KiB but raises the threshold each time such a block is freed (up to 32 MiB), after
+    which a round's multi-MiB buffers come from the heap and their pages stay with the process until a trim, in
+    whatever pattern the round left. Fixing the threshold (which also stops the raising) keeps an averager's RSS
+    at what it holds. Meant for the averager processes, whose large blocks live for a round; a training process
+    allocating activations every step would pay page faults for it."""
+    if not 0 < threshold <= 32 << 20:  # glibc's HEAP_MAX_SIZE / 2 on 64-bit
+        raise ValueError(f"mmap threshold must be in (0, 32 MiB], got {threshold}")
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def release_free_memory() -> bool:

@@ -20,6 +20,7 @@ What changes against hivemind's averager, per round:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import queue
@@ -41,7 +42,7 @@ from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
 from hivemind.utils.timed_storage import get_dht_time
 
-from peer.memory import release_free_memory
+from peer.memory import map_large_allocations, release_free_memory
 from peer.swarm.codecs import reply_codec
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.progress import ThrottledProgressTracker
@@ -226,6 +227,22 @@ class GuardedAveragerMixin:
         download (``peer.swarm.state``), by an unguarded peer, or by an attacker subclass under another name."""
         wire = next(c for c in cls.__mro__ if c.__module__.startswith("hivemind."))
         return wire._get_handle_name(namespace, method_name)
+
+    def run(self) -> None:
+        """The averager process's entry (after the fork): its large buffers are mapped one by one (peer.memory)."""
+        map_large_allocations()
+        super().run()
+
+    @contextlib.contextmanager
+    def _register_allreduce_group(self, group_info: GroupInfo):
+        """hivemind's registration of a running group, then the freed round's pages back to the OS: only once the
+        group is unregistered is the round's runner (and every buffer it held) dropped. Between rounds the
+        process's RSS is then what it keeps, not what the last round happened to leave (``bench/faults.py soak``)."""
+        try:
+            with super()._register_allreduce_group(group_info):
+                yield
+        finally:
+            release_free_memory()
 
     def _emit_outcomes(self, outcomes: dict[str, str]) -> None:
         if self._guard.channel is not None:

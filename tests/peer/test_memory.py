@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.memory import limit_malloc_arenas
+from peer.memory import limit_malloc_arenas, map_large_allocations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,6 +42,54 @@ def test_a_trim_returns_the_freed_heap_of_a_fragmented_process_to_the_os():
     assert released
     # the survivors pin one block in a hundred: without the trim glibc keeps ~200 MB of free pages mapped
     assert before - after > 100 * 1024, f"RssAnon {before} KiB -> {after} KiB"
+
+
+LARGE_BLOCKS_FREED = r"""
+import gc, sys
+from peer.memory import map_large_allocations
+
+def anon_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+
+if sys.argv[1] == "mapped":
+    assert map_large_allocations()
+first = bytearray(4 << 20)  # freeing this one raises glibc's own threshold above 4 MiB (unless it is fixed)
+del first
+start = anon_kib()
+blocks, small = [], []
+for _ in range(50):  # a round's buffers, with small objects allocated between them that outlive the round
+    blocks.append(bytearray(4 << 20))
+    small.append(bytearray(2048))
+del blocks
+gc.collect()
+print(start, anon_kib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+@pytest.mark.parametrize("mode", ["mapped", "glibc-default"])
+def test_freed_large_blocks_leave_the_process_at_once_only_with_a_fixed_mmap_threshold(mode):
+    out = subprocess.run(
+        [sys.executable, "-c", LARGE_BLOCKS_FREED, mode],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    start, after = int(out[0]), int(out[1])
+    kept = after - start  # KiB still resident after the 200 MiB of blocks were freed
+    if mode == "mapped":
+        assert kept < 20 * 1024, f"{kept} KiB kept"
+    else:  # what the averagers did before: the heap keeps the blocks' pages behind the small survivors
+        assert kept > 150 * 1024, f"only {kept} KiB kept: glibc's default no longer keeps them, rethink the test"
+
+
+def test_the_mmap_threshold_is_bounded_as_glibc_bounds_it():
+    with pytest.raises(ValueError, match="mmap threshold must be in"):
+        map_large_allocations(64 << 20)
 
 
 def test_the_arena_cap_is_applied_and_a_bad_count_refused():
