@@ -4,6 +4,8 @@ records and attacker peers — and does a swarm leak memory over an hour?
     .venv/bin/python bench/faults.py                      # every scenario once; one table; bench/results/faults.json
     .venv/bin/python bench/faults.py peer_kill            # one scenario (see --help for the names)
     nice -n 10 .venv/bin/python bench/faults.py soak --peers 4 --duration 3600
+    .venv/bin/python bench/faults.py soak --duration 1800 --trace_memory /tmp/trace   # + tracemalloc in averagers
+    .venv/bin/python bench/faults.py soak --trace_report /tmp/trace                   # what grew, by call site
 
 Every scenario starts a real ``python -m coordinator start`` and real ``python -m peer join`` processes on loopback
 with a tiny model, and stops and reaps all of them (p2pd included) on exit, Ctrl-C, SIGTERM or a crash.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -23,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.faultlib.memtrace import format_report, trace_report  # noqa: E402
 from bench.faultlib.scenarios import SCENARIOS, Row, run_scenario  # noqa: E402
 from bench.faultlib.soak import GROWTH_TARGET, Growth, growth_of, run_soak, series_from_csv, write_json  # noqa: E402
+from peer.memory import TRACE_ENV, TRACE_EVERY_ENV  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 logger = logging.getLogger("faults")
@@ -51,6 +56,11 @@ def print_table(rows: list[Row]) -> None:
 def soak_main(args: argparse.Namespace) -> int:
     if args.analyse:
         return analyse_main(args)
+    if args.trace_report:
+        return trace_report_main(Path(args.trace_report))
+    if args.trace_memory:  # the peers (children) inherit it; their averager processes trace themselves
+        os.environ[TRACE_ENV] = str(Path(args.trace_memory).resolve())
+        os.environ[TRACE_EVERY_ENV] = str(args.trace_every)
     work = Path(args.work or tempfile.mkdtemp(prefix="ws-soak-"))
     png = Path(args.png) if args.png else RESULTS / "soak_rss.png"
     logger.info("soak: %d peers for %.0f s, logs and rss.csv in %s", args.peers, args.duration, work)
@@ -65,6 +75,20 @@ def soak_main(args: argparse.Namespace) -> int:
     passed = print_growth(result.growth, result.window_s, result.warmup_s) and result.passed
     print(f"wrote {out} and {png}; samples in {work / 'rss.csv'}")
     return 0 if passed else 1
+
+
+def trace_report_main(directory: Path) -> int:
+    """What grew in each traced averager process (``soak --trace_memory``), from its first to its last snapshot."""
+    try:
+        report = trace_report(directory)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not report:
+        print(f"error: no process in {directory} has two snapshots yet", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
 
 
 def analyse_main(args: argparse.Namespace) -> int:
@@ -145,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--work", default=None, help="work dir (default: a new temp dir)")
     soak.add_argument("--out", default=None, help="JSON result (default: bench/results/soak.json)")
     soak.add_argument("--png", default=None, help="RSS plot (default: bench/results/soak_rss.png)")
+    soak.add_argument(
+        "--trace_memory", default=None, metavar="DIR", help="tracemalloc snapshots of every averager process into DIR"
+    )
+    soak.add_argument("--trace_every", type=float, default=300.0, help="seconds between tracemalloc snapshots")
+    soak.add_argument("--trace_report", default=None, metavar="DIR", help="only report what grew in DIR's snapshots")
     soak.set_defaults(func=soak_main)
     for name in ["all", *SCENARIOS]:
         p = sub.add_parser(name, help=SCENARIOS[name].help if name in SCENARIOS else "every scenario (the default)")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import time
 from functools import cache
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +69,57 @@ def release_free_memory() -> bool:
     """Returns the allocator's free pages to the OS (``malloc_trim(0)``); True if any memory was released."""
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+TRACE_ENV = "WARMSWARM_TRACE_MEMORY"  # a directory: trace the averager processes' Python allocations into it
+TRACE_EVERY_ENV = "WARMSWARM_TRACE_MEMORY_EVERY"  # seconds between snapshots (default 300)
+TRACE_FRAMES = 8
+
+
+def start_memory_trace(role: str, environ: dict[str, str] | None = None) -> Path | None:
+    """A diagnostic for slow growth: when ``WARMSWARM_TRACE_MEMORY`` names a directory, traces this process's
+    Python allocations (``tracemalloc``, 8 frames) and writes a snapshot there at once and then every
+    ``WARMSWARM_TRACE_MEMORY_EVERY`` seconds, as ``<role>-<pid>-<n>.tracemalloc``; returns the first file, or None
+    when not asked. ``bench/faults.py soak --trace_memory DIR`` sets it for every peer and ``soak --trace_report
+    DIR`` lists what grew between each process's first and last snapshot.
+
+    Why a hook in the process itself: the averagers are forks that no outside tool here can attach to, and what
+    RSS cannot say is whether growth is Python objects (pymalloc arenas, which ``malloc_trim`` cannot return) or C
+    buffers. Tracing costs time on every Python allocation: for diagnosis, not for month-long runs."""
+    import os
+    import threading
+    import tracemalloc
+
+    environ = os.environ if environ is None else environ
+    where = environ.get(TRACE_ENV)
+    if not where:
+        return None
+    every = float(environ.get(TRACE_EVERY_ENV, "300"))
+    if not every > 0:
+        raise ValueError(f"{TRACE_EVERY_ENV} must be > 0 seconds, got {every}")
+    out = Path(where)
+    out.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(TRACE_FRAMES)
+    pid = os.getpid()
+
+    def dump(n: int) -> Path:
+        path = out / f"{role}-{pid}-{n:04d}.tracemalloc"
+        tracemalloc.take_snapshot().dump(str(path))
+        return path
+
+    first = dump(0)
+
+    def keep_dumping() -> None:
+        n = 1
+        while True:
+            time.sleep(every)
+            try:
+                dump(n)
+            except OSError as e:  # a full or removed directory ends the trace, not the averager
+                logger.warning("memory trace stopped: %s", e)
+                return
+            n += 1
+
+    threading.Thread(target=keep_dumping, name="memory-trace", daemon=True).start()
+    logger.info("tracing Python allocations into %s every %.0f s", out, every)
+    return first

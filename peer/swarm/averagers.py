@@ -42,7 +42,7 @@ from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
 from hivemind.utils.timed_storage import get_dht_time
 
-from peer.memory import map_large_allocations, release_free_memory
+from peer.memory import map_large_allocations, release_free_memory, start_memory_trace
 from peer.swarm.codecs import reply_codec
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.progress import ThrottledProgressTracker
@@ -229,8 +229,10 @@ class GuardedAveragerMixin:
         return wire._get_handle_name(namespace, method_name)
 
     def run(self) -> None:
-        """The averager process's entry (after the fork): its large buffers are mapped one by one (peer.memory)."""
+        """The averager process's entry (after the fork): its large buffers are mapped one by one (peer.memory), and
+        its Python allocations traced when the memory-trace diagnostic is on."""
         map_large_allocations()
+        start_memory_trace(type(self).__name__)
         super().run()
 
     @contextlib.contextmanager
