@@ -37,8 +37,10 @@ def prometheus(coordinator, tmp_path):
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_ready(base, proc, tmp_path / "prometheus.log")
+        yield base
     finally:
         proc.terminate()
         try:
@@ -49,19 +51,38 @@ def prometheus(coordinator, tmp_path):
         log.close()
 
 
+def wait_ready(base: str, proc: subprocess.Popen, log_path, timeout: float = 90.0) -> None:
+    """Waits for ``/-/ready``: until its TSDB is open Prometheus listens but answers queries with a plain-text 503
+    ("Service Unavailable"), which is not an answer to assert on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"prometheus exited {proc.returncode}: {log_path.read_text()[-2000:]}"
+        try:
+            if httpx.get(f"{base}/-/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.25)
+    raise AssertionError(f"prometheus not ready after {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+
+
 def query(base: str, expr: str, want: float, timeout: float = 60.0) -> float:
     """Polls an instant query until it returns ``want`` (scrapes are asynchronous)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=5).json()
+            resp = httpx.get(f"{base}/api/v1/query", params={"query": expr}, timeout=5)
+        except httpx.TransportError:
+            resp = None  # a slow answer on a loaded machine: ask again
+        if resp is not None and resp.status_code == 200:
+            r = resp.json()
             if r["status"] == "success" and r["data"]["result"]:
                 last = float(r["data"]["result"][0]["value"][1])
                 if last == want:
                     return last
-        except httpx.TransportError:
-            pass  # Prometheus still starting
+        elif resp is not None:
+            last = f"HTTP {resp.status_code}: {resp.text[:80]}"
         time.sleep(0.5)
     raise AssertionError(f"{expr}: last value {last}, wanted {want}")
 
