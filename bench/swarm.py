@@ -235,6 +235,7 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: Cp
         str(opts.progress_interval),
         "--momentum_sync",
         opts.momentum_sync,
+        *(["--verbose"] if opts.verbose else []),
     ]
     sampler = CpuSampler(budget, n) if budget else None
     procs = [start_worker(0, common, out, budget)]
@@ -315,6 +316,14 @@ def orchestrate(opts: argparse.Namespace) -> None:
                         round_seconds=max(r["round_seconds"] / max(r["rounds"], 1) for r in results),
                         samples_per_s=sum(r["samples"] / r["wall_seconds"] for r in results),
                         global_steps=min(r["global_step"] for r in results),
+                        # sync: the share of the peers' global steps taken on their own gradients only (no group or
+                        # a failed round); with 2+ peers anything but ~0 means the baseline did not all-reduce
+                        alone=(
+                            sum(r["gradient_steps_local"] for r in results)
+                            / max(sum(r["gradient_steps"] for r in results), 1)
+                            if mode == "sync"
+                            else float("nan")
+                        ),
                         catch_ups=sum(r.get("catch_ups", 0) for r in results),
                         rounds_averaged=[r.get("rounds_averaged") for r in results],
                     )
@@ -339,7 +348,7 @@ def print_report(rows: list[dict], dl: dict | None, opts: argparse.Namespace) ->
     print(
         f"\n{'mode':8} {'peers':>5} {'cores':>6} {'util':>6} {'in step':>7} {'metrics':>7} {'bytes/sample':>13} "
         f"{'in rounds':>10} {'other B/s':>10} "
-        f"{'s/round':>8} {'samples/s':>10} {'vs 1 peer':>9} {'global steps':>12}"
+        f"{'s/round':>8} {'samples/s':>10} {'vs 1 peer':>9} {'global steps':>12} {'alone':>6}"
     )
     for row in rows:
         one = next((r for r in rows if r["mode"] == row["mode"] and r["peers"] == 1), None)
@@ -348,7 +357,8 @@ def print_report(rows: list[dict], dl: dict | None, opts: argparse.Namespace) ->
             f"{row['mode']:8} {row['peers']:5d} {row['cores_used']:6.2f} {row['util']:6.1%} "
             f"{row.get('step_share', float('nan')):7.1%} {row.get('metrics_share', float('nan')):7.1%} "
             f"{row['bytes_per_sample']:13.0f} {row['round_bytes_per_sample']:10.0f} {row['other_bytes_per_s']:10.0f} "
-            f"{row['round_seconds']:8.2f} {row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d}"
+            f"{row['round_seconds']:8.2f} {row['samples_per_s']:10.1f} {speedup:8.2f}x {row['global_steps']:12d} "
+            f"{row.get('alone', float('nan')):6.0%}"
         )
     for low in ("diloco", "overlap"):
         for n in opts.peers:
@@ -455,7 +465,9 @@ def worker(opts: argparse.Namespace) -> None:
     params = list(model.parameters())
     # the state download moves what a real peer's does: parameters and AdamW's two moments (3x the parameters)
     inner = torch.optim.SGD if opts.role == "train" else torch.optim.AdamW
-    opt = build_swarm_optimizer(dht, run_id, spec, params, lambda p: inner(p, lr=1e-3), None, batch_size=b)
+    opt = build_swarm_optimizer(
+        dht, run_id, spec, params, lambda p: inner(p, lr=1e-3), None, batch_size=b, verbose=opts.verbose
+    )
     try:
         if opts.role == "donor":
             while not (out / "done").exists():
@@ -529,6 +541,8 @@ def worker(opts: argparse.Namespace) -> None:
                     rounds=counted.rounds,
                     round_seconds=counted.round_seconds,
                     global_step=result.global_step,
+                    gradient_steps=opt.opt.gradient_steps,
+                    gradient_steps_local=opt.opt.gradient_steps_local,
                     catch_ups=opt.catch_ups,
                     rounds_averaged=opt.background.rounds_averaged if opt.background is not None else None,
                     train_start=train_start,
@@ -591,6 +605,9 @@ def main() -> None:
     )
     p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument(
+        "--verbose", action="store_true", help="hivemind's per-round status lines in each peer's log (peer<i>.log)"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)

@@ -468,6 +468,9 @@ class GuardedOptimizer(hivemind.Optimizer):
         self._guard, self._kinds, self._average_extras = guard, kinds, average_extras
         self._progress_report_interval = progress_report_interval
         self.after_state_load: list[Callable[[], None]] = []  # run after every state download, hivemind's included
+        # sync mode: global steps that loaded gradients, and those that fell back to this peer's own (no group, a
+        # failed round): a swarm that keeps stepping alone is training N separate models, so benches report it
+        self.gradient_steps = self.gradient_steps_local = 0
         if not kwargs.get("use_local_updates", False):
             kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
         super().__init__(**kwargs)
@@ -491,6 +494,14 @@ class GuardedOptimizer(hivemind.Optimizer):
             self.state_averager.optimizer.step()
         if self.tracker.ready_to_update_epoch:
             self._update_global_epoch(None)
+
+    def _load_averaged_gradients_into_optimizer_(self) -> None:
+        self.gradient_steps += 1  # every global step of gradient averaging ends here, the local fallback included
+        super()._load_averaged_gradients_into_optimizer_()
+
+    def _load_local_gradients_into_optimizer(self) -> None:
+        self.gradient_steps_local += 1
+        super()._load_local_gradients_into_optimizer()
 
     def load_state_from_peers(self, **kwargs) -> None:
         """hivemind's download, then ``after_state_load``. Why: hivemind also calls this by itself when the peer is

@@ -9,7 +9,12 @@ record carries (``ProgressTracker._parse_swarm_progress_data``), and a peer's ow
 the swarm at once, without a record.
 
 What stays immediate: the first record of a new epoch and a reset (samples not going up), so that the swarm learns at
-once that a peer has moved to the next global step; the periodic refresh (``metadata_expiration / 2``) is hivemind's.
+once that a peer has moved to the next global step; and the epoch's first samples. hivemind's reporter stores a
+record only while the peer has reported samples in the current or the previous epoch (``last_report_epoch`` in
+``ProgressTracker._progress_reporter``), so a peer whose every sample report was held back (one local step per
+global step, less than the interval after the epoch's zero-sample record) stopped storing after two epochs, its
+record expired and the swarm took global steps alone (found by ``bench/swarm.py``, sync, 2 peers). The periodic
+refresh (``metadata_expiration / 2``) is hivemind's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from hivemind.utils import get_dht_time
 
 class ThrottledProgressTracker(ProgressTracker):
     """A ``ProgressTracker`` that publishes local progress at most once per ``min_report_interval`` seconds, except
-    when the epoch changes or the accumulated samples go down, which are published at once."""
+    when the epoch changes, the accumulated samples go down, or the epoch's first samples arrive, which are published
+    at once."""
 
     def __init__(self, *args, min_report_interval: float = 1.0, **kwargs):
         self.min_report_interval = min_report_interval  # validated by build_swarm_optimizer (one-line UserError)
@@ -33,7 +39,11 @@ class ThrottledProgressTracker(ProgressTracker):
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         previous = self.local_progress
         now = time.monotonic()
-        urgent = local_epoch != previous.epoch or samples_accumulated <= previous.samples_accumulated
+        urgent = (
+            local_epoch != previous.epoch
+            or samples_accumulated <= previous.samples_accumulated
+            or previous.samples_accumulated == 0  # keeps hivemind's reporter storing (module docstring)
+        )
         if urgent or now - self._last_report >= self.min_report_interval:
             self._last_report = now
             self.reports_published += 1

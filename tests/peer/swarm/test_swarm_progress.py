@@ -44,9 +44,9 @@ def dht():
     node.shutdown()
 
 
-def make_tracker(dht: hivemind.DHT, interval: float) -> ThrottledProgressTracker:
+def make_tracker(dht: hivemind.DHT, interval: float, **kwargs) -> ThrottledProgressTracker:
     return ThrottledProgressTracker(
-        dht=dht, prefix=PREFIX, target_batch_size=10**9, start=True, min_report_interval=interval
+        dht=dht, prefix=PREFIX, target_batch_size=10**9, start=True, min_report_interval=interval, **kwargs
     )
 
 
@@ -65,6 +65,39 @@ def test_per_step_records_are_held_back_and_a_new_epoch_goes_out_at_once(dht):
         assert wait_for(dht, (1, 0)) == (1, 0)
     finally:
         tracker.shutdown()
+
+
+def test_a_peer_with_one_local_step_per_global_step_keeps_its_record_in_the_dht(dht):
+    """hivemind's reporter stores a record only while the peer has reported samples in the current or the previous
+    global epoch (``ProgressTracker._progress_reporter``: ``last_report_epoch``), so the first samples of every epoch
+    must reach it. Found by bench/swarm.py (sync, 2 peers): with one local step per global step, each step came less
+    than the interval after the epoch's zero-sample record, was held back, the reporter stopped storing after two
+    epochs, and 60 s later both peers' records had expired: "Found no active peers", global steps with local
+    gradients only."""
+    # hivemind's periodic refresh (every metadata_expiration / 2, here 60 s) would store the newest record anyway;
+    # in a swarm each epoch's record wakes the reporter first and restarts that wait, so it never comes
+    tracker = make_tracker(dht, interval=600.0, metadata_expiration=120.0)
+    try:
+        for epoch in range(1, 6):
+            with tracker.pause_updates():
+                tracker.update_epoch(epoch)  # at once: a new epoch
+            reporter_took_it(tracker)  # as in a real step: the reporter reads the zero record before the samples
+            tracker.report_local_progress(epoch, 4)  # at once: the epoch's first samples
+            reporter_took_it(tracker)
+            tracker.report_local_progress(epoch, 8)  # held back: more samples within the interval
+        assert wait_for(dht, (5, 4), timeout=20) == (5, 4), "the peer's record stopped following its epochs"
+        assert (tracker.reports_published, tracker.reports_held) == (10, 5)
+    finally:
+        tracker.shutdown()
+
+
+def reporter_took_it(tracker: ThrottledProgressTracker, timeout: float = 30.0) -> None:
+    """Waits until hivemind's reporter thread has woken for the last published report and read it."""
+    deadline = time.monotonic() + timeout
+    while tracker.should_report_progress.is_set():
+        assert time.monotonic() < deadline, "the progress reporter never woke"
+        time.sleep(0.01)
+    time.sleep(0.2)  # it reads local_progress right after clearing the event, in the same coroutine step
 
 
 def test_without_a_limit_every_report_is_published(dht):
@@ -121,3 +154,21 @@ def test_a_progress_refresh_below_hiveminds_minimum_is_refused_before_anything_s
         build_swarm_optimizer(
             dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
         )
+
+
+def test_a_lone_sync_peer_counts_its_global_steps_as_taken_on_its_own_gradients(dht):
+    """``GuardedOptimizer.gradient_steps_local`` is what ``bench/swarm.py`` reports as "alone": a peer with nobody to
+    average with takes each global step on its own gradients, and the counters say so."""
+    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=8, matchmaking_time=1.0)
+    model = torch.nn.Linear(4, 1)
+    opt = build_swarm_optimizer(
+        dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
+    )
+    try:
+        for _ in range(6):  # 6 local steps of 4 samples: 3 global steps of 8
+            model(torch.randn(4, 4)).pow(2).mean().backward()
+            opt.step(4)
+        assert opt.global_step == 3
+        assert (opt.opt.gradient_steps, opt.opt.gradient_steps_local) == (3, 3)
+    finally:
+        opt.shutdown()
