@@ -59,11 +59,14 @@ async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> Serve
         if parts:
             tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
 
-    try:
-        await asyncio.wait_for(read(), timeout)
-    except Exception:
+    # not asyncio.wait_for: on a timeout it cancels the read and then waits for the cancellation to finish, and a
+    # p2p stream torn down mid-message did not finish (the peer_kill fast test hung here for 19 min, 2026-12-05)
+    task = asyncio.ensure_future(read())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()  # not awaited: a download that is stuck stays stuck in the background, not in our way
         return None
-    if not metadata:
+    if task.exception() is not None or not metadata:
         return None
     return ServedState(peer_id, int(metadata["epoch"]), tensors)
 
@@ -76,5 +79,10 @@ def download_states(dht: hivemind.DHT, run_id: str, peer_ids: list[str], timeout
     """The states ``peer_ids`` serve, downloaded concurrently (so they are as close in time as possible); a peer
     that does not answer within ``timeout`` is left out."""
     prefix = run_id + STATE_AVERAGER_SUFFIX
-    found = dht.run_coroutine(partial(_download_all, prefix=prefix, peer_ids=peer_ids, timeout=timeout))
+    future = dht.run_coroutine(partial(_download_all, prefix=prefix, peer_ids=peer_ids, timeout=timeout), True)
+    try:
+        found = future.result(timeout=timeout + 30.0)  # bounded here too, whatever happens inside the DHT process
+    except TimeoutError:
+        future.cancel()
+        return []
     return [state for state in found if state is not None]
