@@ -38,7 +38,7 @@ from peer.swarm.resume import (
     wire_names,
 )
 from peer.swarm.shutdown import signal_handlers_kept
-from peer.swarm.state_check import state_problem
+from peer.swarm.state_check import missing_tensors, state_problem
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +167,24 @@ def pull_state_from_peers(
     hopt = opt.opt
     averager = hopt.state_averager
     logger.info("downloading the swarm's state from peers (at most %.0f s; Ctrl-C stops)", timeout)
+    deadline = time.monotonic() + timeout
     with hopt.tracker.pause_updates():
         me = averager.peer_id.to_bytes()
-        loaded = fetch_state(averager, timeout, stop, keep_trying=lambda: peers_hold_state(dht, run_id, exclude=me))
-        if loaded is None:
-            return False
-        metadata, tensors = loaded
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or _stopped(stop):
+                return False
+            loaded = fetch_state(
+                averager, remaining, stop, keep_trying=lambda: peers_hold_state(dht, run_id, exclude=me)
+            )
+            if loaded is None:
+                return False
+            metadata, tensors = loaded
+            short = missing_tensors(metadata, tensors, len(averager.main_parameters) + len(averager.extra_tensors))
+            if short == 0:
+                break
+            logger.warning("the state download ended %d tensors short: asking again", short)
+            _stopped(stop, min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
         problem = state_problem(tensors)
         if problem is not None:
             logger.warning("not loading the swarm's state: %s", problem)

@@ -32,6 +32,23 @@ def first_non_finite(tensors: Sequence[torch.Tensor]) -> int | None:
     return None
 
 
+def missing_tensors(metadata: object, tensors: Sequence[torch.Tensor], num_leading: int) -> int:
+    """How many tensors a download lacks: ``num_leading`` (parameters + extra tensors) come first, then every
+    optimizer tensor that hivemind's ``optimizer_metadata`` points at (``{"type": "tensor", "index": i}``).
+
+    Why: a state stream that ends early (a p2p stream cut under load) arrives without an error, just short. Decoded,
+    it read as a malformed state and the joiner exited (the peer_kill scenario, 2026-12-05: index 238 past the
+    end); a short download is a failed attempt to retry, not a config error."""
+    entries = metadata.get("optimizer_metadata") if isinstance(metadata, dict) else None
+    indices = [
+        e["index"]
+        for e in entries or []
+        if isinstance(e, dict) and e.get("type") == "tensor" and isinstance(e.get("index"), int)
+    ]
+    expected = num_leading + (max(indices) + 1 if indices else 0)
+    return max(0, expected - len(tensors))
+
+
 def relative_jump(new: Sequence[torch.Tensor], own: Sequence[torch.Tensor]) -> float:
     """||new - own|| / ||own|| over all tensors together (inf when the shapes differ)."""
     if len(new) != len(own) or any(n.shape != o.shape for n, o in zip(new, own, strict=True)):

@@ -2,7 +2,7 @@
 
 import torch
 
-from peer.swarm.state_check import MAX_CATCH_UP_JUMP, relative_jump, state_problem
+from peer.swarm.state_check import MAX_CATCH_UP_JUMP, missing_tensors, relative_jump, state_problem
 
 
 def _state(*values: float) -> list[torch.Tensor]:
@@ -29,3 +29,22 @@ def test_a_catch_up_refuses_parameters_far_from_ours():
     assert state_problem(_state(-1.0, 2.0), own) is not None
     assert relative_jump(_state(1.0), own) == float("inf")  # a different model
     assert 0.05 < MAX_CATCH_UP_JUMP < 2.0
+
+
+def test_a_download_that_ended_early_is_counted_short_and_a_whole_one_is_not():
+    """Parameters and extras lead, then the optimizer tensors that hivemind's metadata points at (here 2 of them,
+    indices 0 and 1, around a plain value); a stream cut after the first optimizer tensor is 1 short."""
+    metadata = dict(
+        epoch=5,
+        optimizer_metadata=[
+            dict(type="tensor", index=0),
+            dict(type="value", value=0.9),
+            dict(type="tensor", index=1),
+        ],
+    )
+    whole = [torch.zeros(2)] * 3 + [torch.zeros(2)] * 2  # 3 parameters (no extras), 2 optimizer tensors
+    assert missing_tensors(metadata, whole, num_leading=3) == 0
+    assert missing_tensors(metadata, whole[:4], num_leading=3) == 1
+    assert missing_tensors(metadata, whole[:2], num_leading=3) == 3
+    assert missing_tensors(dict(epoch=5), whole[:3], num_leading=3) == 0  # no optimizer state (plain SGD)
+    assert missing_tensors(None, [], num_leading=3) == 3
