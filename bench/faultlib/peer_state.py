@@ -28,9 +28,17 @@ class ServedState:
     peer_id: str
     step: int
     tensors: list[torch.Tensor]
+    # the non-tensor leaves of the optimizer's state dict, in hivemind's flattening order: learning rates, betas,
+    # weight decay... per param group (a difference here between peers at one step is a schedule out of step)
+    optimizer_values: tuple = ()
 
     def finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors if t.is_floating_point())
+
+    def step_counters(self, start: int) -> list[float]:
+        """The distinct 0-dim tensors from ``start`` on: the optimizer's per-parameter step counts (Adam's bias
+        correction depends on them, and hivemind's state averaging neither averages nor sets them)."""
+        return sorted({float(t) for t in self.tensors[start:] if t.dim() == 0})
 
 
 def max_abs_diff(a: ServedState, b: ServedState, start: int = 0, stop: int | None = None) -> float:
@@ -68,7 +76,8 @@ async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> Serve
         return None
     if task.exception() is not None or not metadata:
         return None
-    return ServedState(peer_id, int(metadata["epoch"]), tensors)
+    values = tuple(m.get("value") for m in metadata.get("optimizer_metadata", ()) if m.get("type") == "value")
+    return ServedState(peer_id, int(metadata["epoch"]), tensors, values)
 
 
 async def _download_all(dht, node, *, prefix: str, peer_ids: list[str], timeout: float):

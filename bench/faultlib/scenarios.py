@@ -146,6 +146,22 @@ class PeerKillSettings:
     state_samples: int = 7
 
 
+def describe_difference(states: list[ServedState], n_params: int, tol: float) -> str:
+    """What differs between the peers' states at one step: how many parameter tensors differ by more than ``tol``,
+    the optimizer's step counters per peer, and whether the optimizer's hyper-parameters (the lr) agree. Tells a
+    torn or lagging read (a few tensors off, or all off by one update) from peers whose optimizers are out of step."""
+    first = states[0]
+    off = {
+        i
+        for other in states[1:]
+        for i in range(min(n_params, len(first.tensors), len(other.tensors)))
+        if float((first.tensors[i].float() - other.tensors[i].float()).abs().max()) > tol
+    }
+    counters = "; ".join(f"{s.peer_id[-6:]} {s.step_counters(n_params)}" for s in states)
+    values = "equal" if all(s.optimizer_values == first.optimizer_values for s in states) else "differ"
+    return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
+
+
 def kill_mid_round(victim: Child, timeout: float) -> tuple[float, bool]:
     """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) and
     SIGKILLs its whole session; returns (kill time, whether the round was still open at the kill)."""
@@ -260,6 +276,13 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
             None,
         ),  # fmt: skip
         Row(name, "non-finite values in any peer's state", "none" if finite else "NaN/inf found", "none", finite),
+        Row(
+            name,
+            f"what differs at the worst step ({steps[worst]})",
+            describe_difference(samples[worst], n_params, settings.max_param_diff),
+            "context",
+            None,
+        ),
     ]
 
 

@@ -34,7 +34,9 @@ from peer.swarm.record_limits import MAX_RECORD_BYTES, RecordSizeLimit
 
 def assert_rows(rows: list[Row]) -> None:
     failed = [row for row in rows if row.passed is False]
-    assert not failed, "\n".join(f"{r.measured}: {r.figure} (target {r.target})" for r in failed)
+    # every row on failure, the context rows too: they say what went on (e.g. what differs between the peers)
+    lines = [f"{'FAIL ' if r in failed else ''}{r.measured}: {r.figure} (target {r.target})" for r in rows]
+    assert not failed, "\n".join(lines)
     assert any(row.passed for row in rows), rows
 
 
