@@ -22,7 +22,10 @@ logger = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 DEFAULT_ARENAS = 2
-AVERAGER_MMAP_THRESHOLD = 1 << 20  # bytes; an all-reduce's parts and buffers are larger, its messages smaller
+# bytes. Below hivemind's all-reduce part (DEFAULT_PART_SIZE_BYTES, 512 KiB; 256 KiB once fp16-serialized), which
+# executor threads allocate and free in the averagers' second arena: with the threshold at 1 MiB that arena swung
+# by 10-44 MiB between samples (/proc/PID/smaps, soak of 2026-12-05), the averagers' RssAnon by up to 9 % in waves
+AVERAGER_MMAP_THRESHOLD = 128 << 10
 
 
 @cache
@@ -53,7 +56,7 @@ def map_large_allocations(threshold: int = AVERAGER_MMAP_THRESHOLD) -> bool:
     it returns the memory to the OS at once; True if applied.
 
     Why: glibc starts at 128 KiB but raises the threshold each time such a block is freed (up to 32 MiB), after
-    which a round's multi-MiB buffers come from the heap and their pages stay with the process until a trim, in
+    which a round's parts and buffers come from the heap and their pages stay with the process until a trim, in
     whatever pattern the round left. Fixing the threshold (which also stops the raising) keeps an averager's RSS
     at what it holds. Meant for the averager processes, whose large blocks live for a round; a training process
     allocating activations every step would pay page faults for it."""

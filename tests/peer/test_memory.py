@@ -55,12 +55,13 @@ def anon_kib():
 
 if sys.argv[1] == "mapped":
     assert map_large_allocations()
+block = int(sys.argv[2]) << 10
 first = bytearray(4 << 20)  # freeing this one raises glibc's own threshold above 4 MiB (unless it is fixed)
 del first
 start = anon_kib()
 blocks, small = [], []
-for _ in range(50):  # a round's buffers, with small objects allocated between them that outlive the round
-    blocks.append(bytearray(4 << 20))
+for _ in range((200 << 20) // block):  # a round's buffers, with small objects between them that outlive the round
+    blocks.append(bytearray(block))
     small.append(bytearray(2048))
 del blocks
 gc.collect()
@@ -70,9 +71,10 @@ print(start, anon_kib())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
 @pytest.mark.parametrize("mode", ["mapped", "glibc-default"])
-def test_freed_large_blocks_leave_the_process_at_once_only_with_a_fixed_mmap_threshold(mode):
+@pytest.mark.parametrize("block_kib", [4 << 10, 256])  # a multi-MiB buffer; an fp16-serialized all-reduce part
+def test_freed_large_blocks_leave_the_process_at_once_only_with_a_fixed_mmap_threshold(mode, block_kib):
     out = subprocess.run(
-        [sys.executable, "-c", LARGE_BLOCKS_FREED, mode],
+        [sys.executable, "-c", LARGE_BLOCKS_FREED, mode, str(block_kib)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -96,3 +98,12 @@ def test_the_arena_cap_is_applied_and_a_bad_count_refused():
     assert limit_malloc_arenas(2) is True
     with pytest.raises(ValueError, match="need at least 1 malloc arena, got 0"):
         limit_malloc_arenas(0)
+
+
+def test_the_averagers_threshold_is_below_an_fp16_serialized_all_reduce_part():
+    from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
+
+    from peer.memory import AVERAGER_MMAP_THRESHOLD
+
+    # the parts are what the averagers' executor threads allocate and free every round (peer.memory)
+    assert AVERAGER_MMAP_THRESHOLD <= DEFAULT_PART_SIZE_BYTES // 2
