@@ -22,9 +22,10 @@ logger = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 DEFAULT_ARENAS = 2
-# bytes. Below hivemind's all-reduce part (DEFAULT_PART_SIZE_BYTES, 512 KiB; 256 KiB once fp16-serialized), which
-# executor threads allocate and free in the averagers' second arena: with the threshold at 1 MiB that arena swung
-# by 10-44 MiB between samples (/proc/PID/smaps, soak of 2026-12-05), the averagers' RssAnon by up to 9 % in waves
+# bytes. Well below hivemind's all-reduce parts (DEFAULT_PART_SIZE_BYTES: 512 KiB on the wire; an fp16 part decodes
+# to 1 MiB; a tensor's last part and the parts at peer boundaries are smaller), which executor threads allocate and
+# free in the averagers' second arena every round: with the threshold at 1 MiB that arena swung by 10-44 MiB between
+# samples (/proc/PID/smaps, soak of 2026-12-05) and the averagers' RssAnon by up to 9 % in waves
 AVERAGER_MMAP_THRESHOLD = 128 << 10
 
 
