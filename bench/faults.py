@@ -113,12 +113,16 @@ def analyse_main(args: argparse.Namespace) -> int:
 def print_growth(growth: list[Growth], window: float, warmup: float) -> bool:
     """Prints the growth table and the verdict; True if every process is under the target."""
     print(f"memory growth, mean of the {window:.0f} s from {warmup:.0f} s in -> mean of the last {window:.0f} s:")
-    print("| process | RSS first (MiB) | RSS last (MiB) | RSS growth | RssAnon first | RssAnon last | RssAnon growth |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| process | RSS first (MiB) | RSS last (MiB) | RSS growth | RssAnon first | RssAnon last | RssAnon growth "
+        "| RssAnon trend (fit, context) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for g in growth:
         print(
             f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % "
-            f"| {g.anon_first_mib:.1f} | {g.anon_last_mib:.1f} | {100 * g.anon_growth:+.2f} % |"
+            f"| {g.anon_first_mib:.1f} | {g.anon_last_mib:.1f} | {100 * g.anon_growth:+.2f} % "
+            f"| {100 * g.anon_trend:+.2f} % |"
         )
     worst = max(growth, key=lambda g: g.growth, default=None)
     worst_anon = max(growth, key=lambda g: g.anon_growth, default=None)

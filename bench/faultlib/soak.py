@@ -63,6 +63,10 @@ class Growth:
     anon_first_mib: float = 0.0
     anon_last_mib: float = 0.0
     anon_growth: float = 0.0  # the same for RssAnon
+    # least-squares line through every RssAnon sample after the warm-up: its rise over that span / its start value.
+    # Context, not judged: a leak rises steadily, while the judged windows also catch where the averagers' rounds
+    # happen to be (a round holds its parts and buffers for a second or two) when a sample is taken
+    anon_trend: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -132,6 +136,22 @@ def sample(children: list[Child], series: dict[str, Series], now: float, writer)
             entry.anon.append(total_anon)
 
 
+def fitted_growth(times: list[float], values: list[int], start: float, end: float) -> float:
+    """The least-squares line through the samples in [start, end]: (its value at the last sample - at the first)
+    / its value at the first; 0.0 with fewer than two samples."""
+    picked = [(t, v) for t, v in zip(times, values, strict=True) if start <= t <= end]
+    if len(picked) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in picked) / len(picked)
+    mean_v = sum(v for _, v in picked) / len(picked)
+    spread = sum((t - mean_t) ** 2 for t, _ in picked)
+    if not spread:
+        return 0.0
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in picked) / spread
+    at_first = mean_v + slope * (picked[0][0] - mean_t)
+    return slope * (picked[-1][0] - picked[0][0]) / at_first if at_first else 0.0
+
+
 def growth_of(series: dict[str, Series], start: float, end: float, window: float, warmup: float = 0.0) -> list[Growth]:
     """Mean RSS and RssAnon of the window that starts ``warmup`` after ``start`` vs the last window, for every
     process that lived through both."""
@@ -154,6 +174,7 @@ def growth_of(series: dict[str, Series], start: float, end: float, window: float
                     anon_first / 2**20,
                     anon_last / 2**20,
                     anon_growth,
+                    fitted_growth(s.times, s.anon, start, end),
                 )
             )
     return sorted(out, key=lambda g: g.name)

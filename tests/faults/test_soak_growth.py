@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.faultlib.soak import Series, growth_of, series_from_csv
+from bench.faultlib.soak import Series, fitted_growth, growth_of, series_from_csv
 
 MIB = 2**20
 
@@ -54,3 +54,14 @@ def test_a_finished_runs_csv_gives_back_the_same_series(tmp_path):
     (tmp_path / "empty.csv").write_text("time,process,pid,rss_bytes,rss_anon_bytes\n")
     with pytest.raises(ValueError, match="holds no samples"):
         series_from_csv(tmp_path / "empty.csv")
+
+
+def test_the_fitted_trend_follows_a_steady_rise_and_ignores_where_the_spikes_fall():
+    steady = [100 + t for t in range(11)]  # +10 % over the span, steadily
+    assert abs(fitted_growth([float(t) for t in range(11)], steady, 0, 10) - 0.1) < 1e-9
+    # a flat floor with a round-sized spike every 4th sample: the last window catches one, the first none, so the
+    # judged means read +10 %; the fitted trend stays under half of that
+    spiky = [130 if t % 4 == 3 else 100 for t in range(21)]
+    (growth,) = growth_of({"p": _series("p", spiky, spiky)}, start=0, end=20, window=2)
+    assert abs(growth.anon_growth - 0.1) < 1e-9 and 0 < growth.anon_trend < 0.05
+    assert fitted_growth([1.0], [5], 0, 10) == 0.0  # too few samples to fit
