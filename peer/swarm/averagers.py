@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing as mp
 import queue
@@ -208,6 +209,25 @@ class RoundNormCheck:
         return local == 0.0 or averaged <= self.ratio * local
 
 
+@dataclass
+class EvidenceGrace:
+    """Turns incriminating outcomes into ``EXCLUDED`` (no evidence either way) for the first ``rounds`` rounds it
+    sees; after that passes them on. Used for state rounds (``ClipSettings.state_grace_rounds``): the reducer still
+    clips, only the ban evidence waits until the peers' parameters have had rounds to agree."""
+
+    rounds: int
+    seen: int = 0
+
+    def filter(self, outcomes: dict[str, str]) -> dict[str, str]:
+        self.seen += 1
+        if self.seen > self.rounds:
+            return outcomes
+        return {
+            peer: Outcome.EXCLUDED.value if outcome in (Outcome.CLIPPED.value, Outcome.NON_FINITE.value) else outcome
+            for peer, outcome in outcomes.items()
+        }
+
+
 class GuardedAveragerMixin:
     """The gate and robust reduction for any ``DecentralizedAverager`` subclass (listed first in the bases).
 
@@ -248,7 +268,13 @@ class GuardedAveragerMixin:
 
     def _emit_outcomes(self, outcomes: dict[str, str]) -> None:
         if self._guard.channel is not None:
+            if self.outcome_kind == STATE:
+                outcomes = self._state_grace.filter(outcomes)
             self._guard.channel.put(RoundOutcomes(self.outcome_kind, outcomes))
+
+    @functools.cached_property
+    def _state_grace(self) -> EvidenceGrace:
+        return EvidenceGrace(self._guard.clip.state_grace_rounds)
 
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext

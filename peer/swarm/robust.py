@@ -99,6 +99,10 @@ class ClipSettings:
     round_norm_ratio: float = 5.0  # a robust round whose average's norm exceeds this × ours is not applied
     evidence_fraction: float = 0.25  # a round is CLIPPED evidence when clipping removed more of the sender's distance
     evidence_floor: float = 0.05  # ...counting only distance beyond max(τ, this × ‖aggregate‖) per part
+    # a state averager's first rounds are no evidence (clipping still applies): peers that start together take their
+    # first steps alone, each on its own gradients, and their parameters agree only after a few state rounds. An
+    # honest peer of a 4-peer soak was banned for "clipped state in 3 rounds in a row" 26 s after start (2026-12-05)
+    state_grace_rounds: int = 10
 
 
 @dataclass
