@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 INCRIMINATING = {Outcome.CLIPPED.value, Outcome.NON_FINITE.value}
 REPORT_EXPIRATION = 600.0  # seconds; refreshed every REPORT_REFRESH while the peer lives
 REPORT_REFRESH = 120.0
+BY_COORDINATOR = "by the coordinator"
 
 
 def ban_validators(run_id: str) -> list[SchemaValidator]:
@@ -195,6 +196,13 @@ class BanGate:
         with self._lock:
             return dict(self._banned)
 
+    def coordinator_ban(self, peer_id: PeerID | str) -> str | None:
+        """The coordinator's reason if its ban list names ``peer_id`` (a peer asks about itself), else None.
+        Starts this process's refresher on first use, like ``admits``."""
+        self._ensure_refresher()
+        reason = self._banned.get(str(peer_id))
+        return reason if reason is not None and reason.startswith(BY_COORDINATOR) else None
+
     def refresh(self) -> None:
         """One synchronous read of both records (the refresher calls this; tests may too)."""
         banned: dict[str, str] = {}
@@ -205,7 +213,7 @@ class BanGate:
         if self.authority is not None:
             ban_list = fetch_ban_list(self.dht, self.run_id, self.authority)
             for entry in ban_list.bans if ban_list is not None else ():
-                banned[entry.peer_id] = f"by the coordinator: {entry.reason}" if entry.reason else "by the coordinator"
+                banned[entry.peer_id] = f"{BY_COORDINATOR}: {entry.reason}" if entry.reason else BY_COORDINATOR
         with self._lock:
             self._banned = banned
 

@@ -20,6 +20,7 @@ import hivemind
 import torch
 from tqdm import tqdm
 
+from peer.errors import UserError
 from peer.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
@@ -40,6 +41,10 @@ class LoopOptions:
     show_status: bool = True
     wait_for_peers: int = 1  # train only once this many peers of the run (this one included) publish records
     save_params: str | None = None  # write the parameters here on leaving (safetensors), to compare peers or ranks
+    # the coordinator's reason if it banned this peer, else None (``BanGate.coordinator_ban``); asked at the metrics
+    # cadence. Why: a banned peer cannot average; left running it trained alone and, falling behind, asked every
+    # donor for the state ~24 times a second, each refused (soak, 2026-12-05)
+    own_ban: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -213,6 +218,9 @@ def train_loop(
                     peer_id=str(dht.peer_id),
                 )
                 publisher.publish(record)
+                ban = options.own_ban() if options.own_ban is not None else None
+                if ban:
+                    raise UserError(f"this peer is banned from run {run_id!r} ({ban}): it can no longer average")
             if others_stop:
                 logger.info("another rank of this peer was asked to stop: leaving the swarm")
                 break

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hivemind
@@ -201,6 +202,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         loop_options = options.loop or LoopOptions()
         loop_options.fingerprint = swarm_fingerprint(cfg)
         loop_options.metrics_expiration = cfg.swarm.metrics_expiration
+        loop_options.own_ban = partial(ban_gate.coordinator_ban, dht.peer_id)
         parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches, batch_size=cfg.train.batch_size, group=group)
         return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
     finally:
