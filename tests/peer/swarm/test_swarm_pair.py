@@ -12,6 +12,7 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 
 from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin, OutcomeChannel
+from peer.swarm.robust import ClipSettings
 from tests.peer.swarm.loopback import two_dht_nodes
 
 
@@ -46,7 +47,9 @@ def dhts():
 def _averager(cls, dht, tensors, prefix, channel=None):
     kwargs = dict(averaged_tensors=tensors, dht=dht, prefix=prefix, target_group_size=2, min_group_size=2)
     kwargs.update(min_matchmaking_time=2.0, request_timeout=1.0, start=True)
-    return cls(guard=AveragerGuard(channel=channel), **kwargs) if cls is GuardedAverager else cls(**kwargs)
+    # no grace: these one-round tests are about the verdict itself (a state averager's first rounds are no evidence)
+    guard = AveragerGuard(channel=channel, clip=ClipSettings(state_grace_rounds=0))
+    return cls(guard=guard, **kwargs) if cls is GuardedAverager else cls(**kwargs)
 
 
 def _verdicts(channel: OutcomeChannel, about: str) -> list[str]:
