@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import multiprocessing as mp
 import queue
@@ -47,7 +46,7 @@ from peer.memory import map_large_allocations, release_free_memory, start_memory
 from peer.swarm.codecs import reply_codec
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.progress import ThrottledProgressTracker
-from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome
+from peer.swarm.robust import INCRIMINATING, CenteredClipReducer, ClipSettings, Outcome
 from peer.swarm.state_check import state_problem
 
 logger = logging.getLogger(__name__)
@@ -223,8 +222,7 @@ class EvidenceGrace:
         if self.seen > self.rounds:
             return outcomes
         return {
-            peer: Outcome.EXCLUDED.value if outcome in (Outcome.CLIPPED.value, Outcome.NON_FINITE.value) else outcome
-            for peer, outcome in outcomes.items()
+            peer: Outcome.EXCLUDED.value if outcome in INCRIMINATING else outcome for peer, outcome in outcomes.items()
         }
 
 
@@ -238,6 +236,7 @@ class GuardedAveragerMixin:
 
     def __init__(self, *args, guard: AveragerGuard | None = None, **kwargs):
         self._guard = guard or AveragerGuard()
+        self._state_grace = EvidenceGrace(self._guard.clip.state_grace_rounds)  # counted in the averager's process
         super().__init__(*args, **kwargs)
 
     @classmethod
@@ -271,10 +270,6 @@ class GuardedAveragerMixin:
             if self.outcome_kind == STATE:
                 outcomes = self._state_grace.filter(outcomes)
             self._guard.channel.put(RoundOutcomes(self.outcome_kind, outcomes))
-
-    @functools.cached_property
-    def _state_grace(self) -> EvidenceGrace:
-        return EvidenceGrace(self._guard.clip.state_grace_rounds)
 
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext

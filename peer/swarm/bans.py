@@ -31,11 +31,10 @@ from hivemind.utils import get_dht_time
 
 from peer.records import BanList, BanReport, BansSchema, bans_key, reports_key
 from peer.swarm.averagers import RoundOutcomes
-from peer.swarm.robust import Outcome
+from peer.swarm.robust import INCRIMINATING, Outcome
 
 logger = logging.getLogger(__name__)
 
-INCRIMINATING = {Outcome.CLIPPED.value, Outcome.NON_FINITE.value}
 REPORT_EXPIRATION = 600.0  # seconds; refreshed every REPORT_REFRESH while the peer lives
 REPORT_REFRESH = 120.0
 BY_COORDINATOR = "by the coordinator"
@@ -181,6 +180,7 @@ class BanGate:
         self.own_subkey, self.authority = own_subkey, authority
         self.refresh_every = refresh_every
         self._banned: dict[str, str] = {}
+        self._by_coordinator: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self._refresher_pid: int | None = None
 
@@ -200,8 +200,8 @@ class BanGate:
         """The coordinator's reason if its ban list names ``peer_id`` (a peer asks about itself), else None.
         Starts this process's refresher on first use, like ``admits``."""
         self._ensure_refresher()
-        reason = self._banned.get(str(peer_id))
-        return reason if reason is not None and reason.startswith(BY_COORDINATOR) else None
+        with self._lock:
+            return self._banned.get(str(peer_id)) if str(peer_id) in self._by_coordinator else None
 
     def refresh(self) -> None:
         """One synchronous read of both records (the refresher calls this; tests may too)."""
@@ -210,12 +210,14 @@ class BanGate:
         if own is not None:
             for peer in own.banned:
                 banned[peer] = "by this peer's rejection ledger"
+        by_coordinator: set[str] = set()
         if self.authority is not None:
             ban_list = fetch_ban_list(self.dht, self.run_id, self.authority)
             for entry in ban_list.bans if ban_list is not None else ():
                 banned[entry.peer_id] = f"{BY_COORDINATOR}: {entry.reason}" if entry.reason else BY_COORDINATOR
+                by_coordinator.add(entry.peer_id)
         with self._lock:
-            self._banned = banned
+            self._banned, self._by_coordinator = banned, frozenset(by_coordinator)
 
     def _ensure_refresher(self) -> None:
         if self._refresher_pid == os.getpid():

@@ -79,6 +79,7 @@ class Outcome(str, Enum):
 
 
 SEVERITY = {Outcome.ACCEPTED: 0, Outcome.EXCLUDED: 0, Outcome.CLIPPED: 1, Outcome.NON_FINITE: 2}
+INCRIMINATING = frozenset({Outcome.CLIPPED.value, Outcome.NON_FINITE.value})  # outcomes that count toward a ban
 
 
 def worst(a: Outcome, b: Outcome) -> Outcome:
