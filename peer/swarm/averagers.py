@@ -265,6 +265,11 @@ class GuardedAveragerMixin:
         finally:
             release_free_memory()
 
+    def _clip_settings(self) -> ClipSettings:
+        """The reducer's settings for this averager's rounds: parameters (state) weigh evidence with a wider floor
+        than gradients (``ClipSettings.state_evidence_floor``)."""
+        return self._guard.clip.for_state() if self.outcome_kind == STATE else self._guard.clip
+
     def _emit_outcomes(self, outcomes: dict[str, str]) -> None:
         if self._guard.channel is not None:
             if self.outcome_kind == STATE:
@@ -307,7 +312,7 @@ class GuardedAveragerMixin:
         robust = self._guard.robust
         runner = GatedAllReduceRunner(
             gate=self._guard.gate,
-            clip=self._guard.clip if robust else None,
+            clip=self._clip_settings() if robust else None,
             on_outcomes=self._emit_outcomes,
             p2p=self._p2p,
             servicer_type=type(self),

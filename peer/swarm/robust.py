@@ -46,9 +46,10 @@ Parameters (state rounds) need one more margin: honest copies are nearly equal, 
 norm), and a slow honest peer that averages while one optimizer step behind (seen in the 4-peer attack scenario on a
 loaded machine: an honest peer banned for "clipped state") is beyond it everywhere. One AdamW step moves a weight by
 about lr (2e-4) per coordinate, under 1 % of a typical weight matrix's norm; so for evidence only the distance beyond
-``max(τ, evidence_floor × ‖aggregate‖)`` counts (5 %). Gradient rounds are unaffected (honest gradients lie farther
-apart than 5 % of their mean, so τ is the larger); a sign-flipped, ×1000 or random copy of the parameters is 100 %+
-away.
+``max(τ, evidence_floor × ‖aggregate‖)`` counts: 5 %, and 50 % in state rounds (``state_evidence_floor``: a peer
+whose gradient rounds failed for a minute is farther than 5 % off, and was banned in a soak). Gradient rounds are
+unaffected (honest gradients lie farther apart than 5 % of their mean, so τ is the larger); a sign-flipped, ×1000 or
+random copy of the parameters is 100 %+ away.
 
 Per sender the reducer records an outcome (accepted / clipped / non_finite) for the rejection ledger
 (``peer.swarm.bans``); zero-weight senders (hivemind's "tag along") are ``excluded``: not evidence either way.
@@ -60,7 +61,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -104,6 +105,16 @@ class ClipSettings:
     # first steps alone, each on its own gradients, and their parameters agree only after a few state rounds. An
     # honest peer of a 4-peer soak was banned for "clipped state in 3 rounds in a row" 26 s after start (2026-12-05)
     state_grace_rounds: int = 10
+    # the evidence floor of state rounds. 5 % spares a peer a step or two behind, not one whose gradient rounds
+    # failed for a minute: an honest peer of a 4-peer soak (2026-12-05, 14:48) was banned for "clipped state in 3
+    # rounds in a row" two minutes in, after partial rounds ("received 33.3% results"). Honest parameters, however
+    # stale, stay well within half their norm of the swarm's (AdamW moves each weight by at most lr per step); every
+    # attack the fault suite plays (sign flip, random or a copy x1000) is 100 %+ away
+    state_evidence_floor: float = 0.5
+
+    def for_state(self) -> ClipSettings:
+        """These settings as a state averager's reducer uses them: ``state_evidence_floor`` as the evidence floor."""
+        return replace(self, evidence_floor=max(self.evidence_floor, self.state_evidence_floor))
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """A state averager's first rounds are no ban evidence: peers that start together diverge honestly at first."""
 
-from peer.swarm.averagers import STATE, EvidenceGrace, RoundOutcomes
+from types import SimpleNamespace
+
+from peer.swarm.averagers import GRADIENTS, STATE, AveragerGuard, EvidenceGrace, GuardedAveragerMixin, RoundOutcomes
 from peer.swarm.bans import RejectionLedger
 from peer.swarm.robust import ClipSettings, Outcome
 
@@ -48,3 +50,11 @@ def test_a_peer_learns_of_its_own_ban_only_from_the_coordinator(monkeypatch):
     assert gate.coordinator_ban("me") == "by the coordinator: reported by 2 of 3 peers"
     assert gate.coordinator_ban("other") is None  # banned by this peer's own ledger only: not a verdict on anyone
     assert gate.coordinator_ban("stranger") is None
+
+
+def test_the_state_averager_reduces_with_the_state_evidence_floor_and_the_gradient_averager_without():
+    guard = AveragerGuard()
+    state = GuardedAveragerMixin._clip_settings(SimpleNamespace(_guard=guard, outcome_kind=STATE))
+    gradient = GuardedAveragerMixin._clip_settings(SimpleNamespace(_guard=guard, outcome_kind=GRADIENTS))
+    assert state.evidence_floor == guard.clip.state_evidence_floor
+    assert gradient == guard.clip

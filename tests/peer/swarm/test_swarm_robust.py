@@ -58,13 +58,15 @@ def test_pair_check_applies_an_honest_round_and_holds_back_one_with_a_x1000_copy
     assert zero.passes()
 
 
-def _reduce_round(group: list[list[torch.Tensor]]) -> dict[int, Outcome]:
+def _reduce_round(group: list[list[torch.Tensor]], settings: ClipSettings | None = None) -> dict[int, Outcome]:
     """One all-reduce round through a real ``CenteredClipReducer``: every sender sends its parts (weight 1) in
     order; returns the round's outcome per sender index, as reported at ``finalize``."""
     seen: list[dict] = []
 
     async def main():
-        reducer = CenteredClipReducer([p.shape for p in group[0]], len(group), on_round_outcomes=seen.append)
+        reducer = CenteredClipReducer(
+            [p.shape for p in group[0]], len(group), settings or ClipSettings(), on_round_outcomes=seen.append
+        )
 
         async def send(i):
             return [await reducer.accumulate_part(i, p, part, weight=1.0) for p, part in enumerate(group[i])]
@@ -109,6 +111,31 @@ def test_a_peer_one_optimizer_step_behind_is_not_evidence_in_a_state_round():
         group = [*same, fourth]
         assert centered_clip([s[0] for s in group], [1.0] * 4).outcomes[3] is Outcome.CLIPPED
         assert _reduce_round(group) == {0: Outcome.ACCEPTED, 1: Outcome.ACCEPTED, 2: Outcome.ACCEPTED, 3: expected}
+
+
+def test_a_peer_a_minute_of_steps_behind_is_evidence_in_gradient_settings_but_not_in_a_state_round():
+    """A peer whose rounds failed for a while: 25 AdamW steps (lr 2e-4 per coordinate, all one way) off weights of
+    scale 0.03, about 17 % of their norm. Under the 5 % evidence floor it would count towards a ban (how an honest
+    soak peer was banned, 2026-12-05); a state round's floor (``state_evidence_floor``, 50 %) spares it, and still
+    incriminates every attack of the fault suite."""
+    parts = 20
+    g = torch.Generator().manual_seed(11)
+    weights = [0.03 * torch.randn(4096, generator=g) for _ in range(parts)]
+    same = [[(w + 1e-4 * w * torch.randn(4096, generator=g)).half().float() for w in weights] for _ in range(3)]
+    stale = [w - 25 * 2e-4 * torch.sign(torch.randn(4096, generator=g)) for w in weights]
+    state = ClipSettings().for_state()
+    assert state.evidence_floor == ClipSettings().state_evidence_floor > ClipSettings().evidence_floor
+    assert _reduce_round([*same, stale], ClipSettings())[3] is Outcome.CLIPPED
+    assert _reduce_round([*same, stale], state) == dict.fromkeys(range(4), Outcome.ACCEPTED)
+    direction = [torch.randn(4096, generator=g) for _ in weights]
+    attacks = {
+        "sign_flip x1000": [-1000 * w for w in weights],
+        "random x1000": [d * 1000 * w.norm() / d.norm() for d, w in zip(direction, weights, strict=True)],
+        "copy x1000": [1000 * w for w in weights],
+        "sign_flip": [-w for w in weights],
+    }
+    for name, attack in attacks.items():
+        assert _reduce_round([*same, attack], state)[3] is Outcome.CLIPPED, name
 
 
 @pytest.mark.parametrize("attack", ["sign_flip", "random"])
