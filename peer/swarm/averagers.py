@@ -266,8 +266,8 @@ class GuardedAveragerMixin:
             release_free_memory()
 
     def _clip_settings(self) -> ClipSettings:
-        """The reducer's settings for this averager's rounds: parameters (state) weigh evidence with a wider floor
-        than gradients (``ClipSettings.state_evidence_floor``)."""
+        """The reducer's settings for this averager's rounds: in state rounds clipping is no ban evidence
+        (``ClipSettings.for_state``)."""
         return self._guard.clip.for_state() if self.outcome_kind == STATE else self._guard.clip
 
     def _emit_outcomes(self, outcomes: dict[str, str]) -> None:

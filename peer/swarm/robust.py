@@ -46,10 +46,13 @@ Parameters (state rounds) need one more margin: honest copies are nearly equal, 
 norm), and a slow honest peer that averages while one optimizer step behind (seen in the 4-peer attack scenario on a
 loaded machine: an honest peer banned for "clipped state") is beyond it everywhere. One AdamW step moves a weight by
 about lr (2e-4) per coordinate, under 1 % of a typical weight matrix's norm; so for evidence only the distance beyond
-``max(τ, evidence_floor × ‖aggregate‖)`` counts: 5 %, and 50 % in state rounds (``state_evidence_floor``: a peer
-whose gradient rounds failed for a minute is farther than 5 % off, and was banned in a soak). Gradient rounds are
-unaffected (honest gradients lie farther apart than 5 % of their mean, so τ is the larger); a sign-flipped, ×1000 or
-random copy of the parameters is 100 %+ away.
+``max(τ, evidence_floor × ‖aggregate‖)`` counts (5 %). Gradient rounds are unaffected (honest gradients lie farther
+apart than 5 % of their mean, so τ is the larger). In state rounds clipping is no evidence at all
+(``ClipSettings.for_state``): they carry the optimizer statistics too, where an honest peer whose gradient rounds
+failed can be any multiple of the aggregate away (two were banned in soaks, with a 5 % and a 50 % floor). Clipping
+still bounds what a state contribution does to the average; a non-finite one, or a pair's failed whole-round norm
+check, is still evidence, and the fault suite's attackers (which corrupt gradients and state) are banned on their
+gradient rounds.
 
 Per sender the reducer records an outcome (accepted / clipped / non_finite) for the rejection ledger
 (``peer.swarm.bans``); zero-weight senders (hivemind's "tag along") are ``excluded``: not evidence either way.
@@ -105,16 +108,19 @@ class ClipSettings:
     # first steps alone, each on its own gradients, and their parameters agree only after a few state rounds. An
     # honest peer of a 4-peer soak was banned for "clipped state in 3 rounds in a row" 26 s after start (2026-12-05)
     state_grace_rounds: int = 10
-    # the evidence floor of state rounds. 5 % spares a peer a step or two behind, not one whose gradient rounds
-    # failed for a minute: an honest peer of a 4-peer soak (2026-12-05, 14:48) was banned for "clipped state in 3
-    # rounds in a row" two minutes in, after partial rounds ("received 33.3% results"). Honest parameters, however
-    # stale, stay well within half their norm of the swarm's (AdamW moves each weight by at most lr per step); every
-    # attack the fault suite plays (sign flip, random or a copy x1000) is 100 %+ away
-    state_evidence_floor: float = 0.5
+    # whether a round that clipped a sender counts against it (CLIPPED); off in state rounds (``for_state``). A state
+    # round also carries the optimizer statistics (``sync_optimizer_state``), where an honest peer can be any multiple
+    # of the aggregate away: peers whose gradient rounds succeed hold identical Adam moments, one whose rounds failed
+    # holds moments of its own gradients, and in rows the others' batches never touched theirs are ~0 and its are not.
+    # No evidence floor tells that peer from an attacker: two honest soak peers were banned for "clipped state in 3
+    # rounds in a row" two minutes in (2026-12-05, with the floor at 5 % and again at 50 % of the aggregate's norm)
+    clipping_is_evidence: bool = True
 
     def for_state(self) -> ClipSettings:
-        """These settings as a state averager's reducer uses them: ``state_evidence_floor`` as the evidence floor."""
-        return replace(self, evidence_floor=max(self.evidence_floor, self.state_evidence_floor))
+        """These settings as a state averager's reducer uses them: clipping still bounds every contribution, but is
+        no evidence against the sender; non-finite contributions and a pair's whole-round norm check still are, and
+        an attacker corrupting its gradients too is caught there."""
+        return replace(self, clipping_is_evidence=False)
 
 
 @dataclass
@@ -290,7 +296,8 @@ class CenteredClipReducer(TensorPartReducer):
         for sender, outcome in self.round_outcomes.items():
             distance = self.distance_sq.get(sender, 0.0)
             removed = self.clipped_sq.get(sender, 0.0)
-            if outcome is Outcome.ACCEPTED and distance > 0 and removed > self.settings.evidence_fraction * distance:
+            clipped = distance > 0 and removed > self.settings.evidence_fraction * distance
+            if outcome is Outcome.ACCEPTED and clipped and self.settings.clipping_is_evidence:
                 outcome = Outcome.CLIPPED
             result[sender] = outcome
         return result

@@ -52,9 +52,9 @@ def test_a_peer_learns_of_its_own_ban_only_from_the_coordinator(monkeypatch):
     assert gate.coordinator_ban("stranger") is None
 
 
-def test_the_state_averager_reduces_with_the_state_evidence_floor_and_the_gradient_averager_without():
+def test_the_state_averager_does_not_count_clipping_as_evidence_and_the_gradient_averager_does():
     guard = AveragerGuard()
     state = GuardedAveragerMixin._clip_settings(SimpleNamespace(_guard=guard, outcome_kind=STATE))
     gradient = GuardedAveragerMixin._clip_settings(SimpleNamespace(_guard=guard, outcome_kind=GRADIENTS))
-    assert state.evidence_floor == guard.clip.state_evidence_floor
+    assert state.clipping_is_evidence is False and state == guard.clip.for_state()
     assert gradient == guard.clip
