@@ -195,7 +195,8 @@ def test_two_rank_peer_trains_with_a_normal_peer_and_all_end_identical(run_files
     )
     assert peer_main(argv[3:]) == 0  # drop "python -m peer"
     peer_text = capsys.readouterr().out
-    group_text = finish(group, glog, groups, 120)
+    # after its last step the group may wait out a round (2 x 60 s) with the peer that already left: seen in CI
+    group_text = finish(group, glog, groups, 300)
     p_step, p_local, _, _ = LEFT.search(peer_text).groups()
     g_step, g_local, g_samples, g_digest = LEFT.search(group_text).groups()
     f_step, f_local, f_digest = FOLLOWED.search(group_text).groups()
