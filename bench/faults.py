@@ -61,6 +61,10 @@ def soak_main(args: argparse.Namespace) -> int:
     if args.trace_memory:  # the peers (children) inherit it; their averager processes trace themselves
         os.environ[TRACE_ENV] = str(Path(args.trace_memory).resolve())
         os.environ[TRACE_EVERY_ENV] = str(args.trace_every)
+    if not args.interval > 0 or not args.duration > 0:
+        print(f"error: --interval and --duration must be > 0 seconds, got {args.interval} and {args.duration}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     work = Path(args.work or tempfile.mkdtemp(prefix="ws-soak-"))
     png = Path(args.png) if args.png else RESULTS / "soak_rss.png"
     logger.info("soak: %d peers for %.0f s, logs and rss.csv in %s", args.peers, args.duration, work)
@@ -68,8 +72,8 @@ def soak_main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else RESULTS / "soak.json"
     write_json(result, out)
     print(
-        f"soak: {result.peers} peers, {result.duration_s:.0f} s, {result.samples} samples every "
-        f"{result.interval_s:.0f} s, global step {result.global_step_start} -> {result.global_step_end}, "
+        f"soak: {result.peers} peers, {result.duration_s:.0f} s, {result.samples} samples ~"
+        f"{result.interval_s:g} s apart, global step {result.global_step_start} -> {result.global_step_end}, "
         f"checkpoints {result.checkpoints}, deaths {result.deaths or 'none'}"
     )
     passed = print_growth(result.growth, result.window_s, result.warmup_s) and result.passed
@@ -115,14 +119,14 @@ def print_growth(growth: list[Growth], window: float, warmup: float) -> bool:
     print(f"memory growth, mean of the {window:.0f} s from {warmup:.0f} s in -> mean of the last {window:.0f} s:")
     print(
         "| process | RSS first (MiB) | RSS last (MiB) | RSS growth | RssAnon first | RssAnon last | RssAnon growth "
-        "| RssAnon trend (fit, context) |"
+        "| RssAnon trend (fit, context) | RssAnon floor (p10, context) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for g in growth:
         print(
             f"| {g.name} | {g.first_mib:.1f} | {g.last_mib:.1f} | {100 * g.growth:+.2f} % "
             f"| {g.anon_first_mib:.1f} | {g.anon_last_mib:.1f} | {100 * g.anon_growth:+.2f} % "
-            f"| {100 * g.anon_trend:+.2f} % |"
+            f"| {100 * g.anon_trend:+.2f} % | {100 * g.anon_floor_growth:+.2f} % |"
         )
     worst = max(growth, key=lambda g: g.growth, default=None)
     worst_anon = max(growth, key=lambda g: g.anon_growth, default=None)
@@ -164,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     soak = sub.add_parser("soak", help="N peers + coordinator for a long time; RSS growth of every process")
     soak.add_argument("--peers", type=int, default=4)
     soak.add_argument("--duration", type=float, default=3600.0, help="seconds of sampling after all peers are alive")
-    soak.add_argument("--interval", type=float, default=30.0, help="seconds between RSS samples")
+    soak.add_argument(
+        "--interval", type=float, default=2.0, help="mean seconds between RSS samples (each gap jittered +-50 %%)"
+    )
     soak.add_argument("--window", type=float, default=600.0, help="first/last window compared (seconds)")
     soak.add_argument(
         "--warmup", type=float, default=300.0, help="seconds after all peers are alive before the first window"

@@ -172,15 +172,22 @@ class Child:
 
 def session_pids(sid: int) -> list[int]:
     """Every live process in session ``sid`` (its leader, p2pd, hivemind forks), read from /proc."""
-    out = []
+    return sessions_pids([sid])[sid]
+
+
+def sessions_pids(sids: list[int]) -> dict[int, list[int]]:
+    """Every live process of each session in ``sids``, from one walk of /proc (a walk costs ~10 ms here; the soak
+    samples every couple of seconds)."""
+    out: dict[int, list[int]] = {sid: [] for sid in sids}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session ...
-                out.append(int(entry.name))
+            sid = int(fields[3])  # fields: state ppid pgrp session ...
+            if sid in out and fields[0] != "Z":
+                out[sid].append(int(entry.name))
     return out
 
 

@@ -1,15 +1,24 @@
 """The soak: a coordinator and N peers for an hour, and does any of them leak memory?
 
 A month-long run dies of slow leaks, not of crashes: a DHT cache that never expires, a metric history kept in RAM,
-a p2pd that accumulates streams. So every ~30 s this samples the RSS of every process of every child session (the
-peer's Python process, its p2pd, hivemind's forks; the same for the coordinator) and compares the mean of the first
-``window`` seconds with the mean of the last ``window`` seconds, for RSS and for ``RssAnon`` (anonymous memory
-only: reclaim under other jobs' pressure drops file pages from RSS and can hide a leak there, not here).
+a p2pd that accumulates streams. So every ~2 s, at jittered times, this samples the RSS of every process of every
+child session (the peer's Python process, its p2pd, hivemind's forks; the same for the coordinator) and compares the
+mean of the first ``window`` seconds with the mean of the last ``window`` seconds, for RSS and for ``RssAnon``
+(anonymous memory only: reclaim under other jobs' pressure drops file pages from RSS and can hide a leak there, not
+here).
 Startup (imports, the first download, the first averaging round) is excluded: the clock starts when the
 coordinator sees every peer alive, and the first window starts ``warmup`` seconds later. Why the warm-up: the
 coordinator's first checkpoint pull, a minute or two in, allocates its decoded state once (RssAnon 206 -> 325 MiB,
 then 325-328 MiB for the rest of the hour, 2026-12-04); inside the first window that one step read as +12 % growth.
 ``bench/faults.py soak --analyse rss.csv`` recomputes the figures of a finished run with other windows.
+
+Why dense, jittered samples: an averager holds a round's parts and buffers (+10-40 MiB on ~370 MiB) for about half
+of its ~12 s round cycle, and the peers' rounds are in step. The first soaks sampled every 30 s on a fixed clock:
+that is 20 samples per 10-minute window, all taken at the same instant in every process, so a window's mean
+depended on which phase of the round cycle the clock drifted through (a 1 Hz trace of eight averagers: 1.6-3.1 %
+between the best and worst 30-s phase within one window, and the windows' difference doubles it) - the swarm-wide
+"waves" of the averagers. Samples ~2 s apart at random offsets see every phase of the cycle, so a window's mean is
+the process's time-average.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,13 +40,14 @@ from bench.faultlib.procs import (
     prepare_run,
     process_name,
     rss_bytes,
-    session_pids,
+    sessions_pids,
     start_peer,
 )
 
 logger = logging.getLogger(__name__)
 
 GROWTH_TARGET = 0.05
+FLOOR_QUANTILE = 0.1  # the floor of a window: what a process holds between rounds, where a leak would show first
 
 
 @dataclass
@@ -48,10 +59,18 @@ class Series:
     rss: list[int] = field(default_factory=list)
     anon: list[int] = field(default_factory=list)
 
-    def mean_between(self, start: float, end: float, values: list[int] | None = None) -> float | None:
+    def between(self, start: float, end: float, values: list[int] | None = None) -> list[int]:
         values = self.rss if values is None else values
-        picked = [r for t, r in zip(self.times, values, strict=True) if start <= t <= end]
+        return [r for t, r in zip(self.times, values, strict=True) if start <= t <= end]
+
+    def mean_between(self, start: float, end: float, values: list[int] | None = None) -> float | None:
+        picked = self.between(start, end, values)
         return sum(picked) / len(picked) if picked else None
+
+    def quantile_between(self, start: float, end: float, q: float, values: list[int] | None = None) -> float | None:
+        """The ``q`` quantile (nearest rank, from below) of the samples in [start, end]."""
+        picked = sorted(self.between(start, end, values))
+        return float(picked[int(q * (len(picked) - 1))]) if picked else None
 
 
 @dataclass
@@ -67,6 +86,9 @@ class Growth:
     # Context, not judged: a leak rises steadily, while the judged windows also catch where the averagers' rounds
     # happen to be (a round holds its parts and buffers for a second or two) when a sample is taken
     anon_trend: float = 0.0
+    # the same windows' FLOOR_QUANTILE of RssAnon (last / first - 1). Context, not judged: a leak raises the floor
+    # too, while a round in flight at more of the last window's samples only raises the mean
+    anon_floor_growth: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -112,10 +134,11 @@ def role_of(child: Child, pid: int) -> str:
 def sample(children: list[Child], series: dict[str, Series], now: float, writer) -> None:
     """One RSS reading of every process, plus ``<child>:all`` (the sum over its session: a leak that moves
     between forks still shows there; shared copy-on-write pages are counted once per process)."""
+    pids = sessions_pids([child.pid for child in children])
     for child in children:
         total = 0
         total_anon = 0
-        for pid in session_pids(child.pid):
+        for pid in pids[child.pid]:
             rss, anon = rss_bytes(pid), anon_bytes(pid)
             if not rss:
                 continue
@@ -134,6 +157,12 @@ def sample(children: list[Child], series: dict[str, Series], now: float, writer)
             entry.times.append(now)
             entry.rss.append(total)
             entry.anon.append(total_anon)
+
+
+def jittered(interval: float, rng: random.Random) -> float:
+    """A gap between samples: uniform in [interval / 2, 3 interval / 2], so the samples fall at every phase of any
+    periodic activity (the averagers' round cycle) instead of locking onto one."""
+    return interval * rng.uniform(0.5, 1.5)
 
 
 def fitted_growth(times: list[float], values: list[int], start: float, end: float) -> float:
@@ -165,6 +194,8 @@ def growth_of(series: dict[str, Series], start: float, end: float, window: float
         anon_last = s.mean_between(end - window, end, s.anon) or 0.0
         if first and last:
             anon_growth = (anon_last - anon_first) / anon_first if anon_first else 0.0
+            floor_first = s.quantile_between(start, start + window, FLOOR_QUANTILE, s.anon) or 0.0
+            floor_last = s.quantile_between(end - window, end, FLOOR_QUANTILE, s.anon) or 0.0
             out.append(
                 Growth(
                     s.name,
@@ -175,6 +206,7 @@ def growth_of(series: dict[str, Series], start: float, end: float, window: float
                     anon_last / 2**20,
                     anon_growth,
                     fitted_growth(s.times, s.anon, start, end),
+                    (floor_last - floor_first) / floor_first if floor_first else 0.0,
                 )
             )
     return sorted(out, key=lambda g: g.name)
@@ -210,13 +242,19 @@ def run_soak(
     work: Path,
     peers: int = 4,
     duration: float = 3600.0,
-    interval: float = 30.0,
+    interval: float = 2.0,
     window: float = 600.0,
     png: Path | None = None,
     warmup: float = 300.0,
+    seed: int = 0,
 ) -> SoakResult:
     """Starts the swarm in ``work``, samples for ``duration`` seconds, stops everything, returns the figures.
-    ``window`` and ``warmup`` shrink to a third and a sixth of the duration for short (smoke) runs."""
+    ``window`` and ``warmup`` shrink to a third and a sixth of the duration for short (smoke) runs. Samples are
+    ``interval`` apart on average, each gap drawn from [interval / 2, 3 interval / 2] (``seed``): see the module's
+    docstring for why."""
+    if not interval > 0:
+        raise ValueError(f"the sampling interval must be > 0 seconds, got {interval}")
+    gaps = random.Random(seed)
     window, warmup = min(window, duration / 3), min(warmup, duration / 6)
     run = prepare_run(work / "run", "soak", TinyModel())
     with ProcessSet(work / "procs") as procs, open(work / "rss.csv", "w", newline="") as csv_file:
@@ -231,7 +269,7 @@ def run_soak(
         series: dict[str, Series] = {}
         deaths: list[str] = []
         start = time.time()
-        logger.info("all %d peers alive at global step %d; sampling RSS every %.0f s", peers, step_start, interval)
+        logger.info("all %d peers alive at global step %d; sampling RSS every ~%g s", peers, step_start, interval)
         next_report = start + 300
         while True:
             now = time.time()
@@ -249,7 +287,7 @@ def run_soak(
                 next_report = now + 300
             if now - start >= duration:
                 break
-            time.sleep(max(0.0, min(interval, start + duration - time.time())))
+            time.sleep(max(0.0, min(jittered(interval, gaps), start + duration - time.time())))
         end = time.time()
         step_end = coordinator.progress().get("global_step", 0)
         checkpoints = [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]

@@ -1,8 +1,10 @@
 """The soak's verdict: growth is judged on RSS and on RssAnon, so a leak that reclaim hides from RSS still fails."""
 
+import random
+
 import pytest
 
-from bench.faultlib.soak import Series, fitted_growth, growth_of, series_from_csv
+from bench.faultlib.soak import Series, fitted_growth, growth_of, jittered, series_from_csv
 
 MIB = 2**20
 
@@ -65,3 +67,47 @@ def test_the_fitted_trend_follows_a_steady_rise_and_ignores_where_the_spikes_fal
     (growth,) = growth_of({"p": _series("p", spiky, spiky)}, start=0, end=20, window=2)
     assert abs(growth.anon_growth - 0.1) < 1e-9 and 0 < growth.anon_trend < 0.05
     assert fitted_growth([1.0], [5], 0, 10) == 0.0  # too few samples to fit
+
+
+def _flat_but_busy(period: float, times: list[float]) -> Series:
+    """A process that does not grow: 400 MiB for the first half of every ``period`` (a round in flight), else 370."""
+    values = [(400 if t % period < period / 2 else 370) * MIB for t in times]
+    return Series("averager", times=times, rss=values, anon=list(values))
+
+
+def _hour_of_samples(gap) -> list[float]:
+    times, t = [], 0.0
+    while t <= 3600:
+        times.append(t)
+        t += gap()
+    return times
+
+
+@pytest.mark.parametrize("period", [15.1, 2.001])
+def test_jittered_samples_read_a_flat_process_with_a_round_cycle_as_flat_where_a_fixed_clock_does_not(period):
+    # a fixed clock whose interval is near a multiple of the round cycle samples one phase of it for minutes on
+    # end: the first soaks' 30 s clock against a ~15 s cycle, or a 2 s clock against a ~2 s one
+    clock = 30.0 if period > 10 else 2.0
+    (fixed,) = growth_of({"a": _flat_but_busy(period, _hour_of_samples(lambda: clock))}, 0, 3600, 600, 300)
+    assert abs(fixed.anon_growth) > 0.02
+    rng = random.Random(0)
+    (jittered_growth,) = growth_of(
+        {"a": _flat_but_busy(period, _hour_of_samples(lambda: jittered(2.0, rng)))}, 0, 3600, 600, 300
+    )
+    assert abs(jittered_growth.anon_growth) < 0.005 and abs(jittered_growth.growth) < 0.005
+    assert jittered_growth.anon_floor_growth == 0.0  # the floor between rounds never moved
+
+
+def test_the_gaps_stay_within_half_an_interval_of_it():
+    rng = random.Random(1)
+    gaps = [jittered(2.0, rng) for _ in range(1000)]
+    assert 1.0 <= min(gaps) < 1.1 and 2.9 < max(gaps) <= 3.0
+    assert abs(sum(gaps) / len(gaps) - 2.0) < 0.05
+
+
+def test_a_raised_floor_shows_in_the_floor_figure():
+    # between rounds the process now holds 20 MiB more (a leak) while its rounds peak where they did
+    times = [float(t) for t in range(0, 3601, 2)]
+    values = [(400 if t % 12 < 6 else (370 if t < 1800 else 390)) * MIB for t in times]
+    (growth,) = growth_of({"a": Series("a", times=times, rss=values, anon=list(values))}, 0, 3600, 600, 300)
+    assert abs(growth.anon_floor_growth - 20 / 370) < 1e-9
