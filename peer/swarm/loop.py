@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import hivemind
 import torch
@@ -57,7 +57,6 @@ class LoopResult:
     compute_seconds: float  # batches, forward, backward and the gradients' finite check
     wall_seconds: float
     last_loss: float
-    losses: list[float] = field(default_factory=list)
     params_digest: str = ""  # sha256 prefix of the parameters when the loop ended (equal = bit-identical)
     step_seconds: float = 0.0  # inside the swarm optimizer's step and zero_grad (local updates, rounds, catch-ups)
     metrics_seconds: float = 0.0  # publishing LocalMetrics (sent without waiting for the DHT: ~0)
@@ -120,7 +119,6 @@ def train_loop(
     publisher = MetricsPublisher(dht, run_id, signing, options.metrics_expiration)
     local_steps = samples = samples_since_step = skipped = restored = 0
     loss_value = float("nan")
-    losses: list[float] = []
     ema_rate = 0.0
     # parameters change outside global steps when each local step updates them (diloco's inner steps) or when a
     # delayed optimizer step lands later; then followers must get them after every step
@@ -174,7 +172,6 @@ def train_loop(
             samples += parts.batch_size * world
             samples_since_step = 0 if advanced else samples_since_step + parts.batch_size * world
             loss_value = step_loss
-            losses.append(loss_value)
             rate = parts.batch_size * world / max(1e-9, time.perf_counter() - t0)
             ema_rate = rate if ema_rate == 0 else 0.9 * ema_rate + 0.1 * rate
             was_restored = False
@@ -239,7 +236,6 @@ def train_loop(
         compute_seconds=compute,
         wall_seconds=time.monotonic() - start,
         last_loss=loss_value,
-        losses=losses,
         params_digest=params_digest(params),
         step_seconds=step_total,
         metrics_seconds=publisher.seconds,
