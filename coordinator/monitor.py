@@ -137,7 +137,11 @@ class Monitor:
         alive_window: float = 60.0,
         interval: float = 5.0,
         bans: BanCourt | None = None,
+        forget_after: float = 3600.0,
     ):
+        if not forget_after > alive_window:
+            raise ValueError(f"forget_after ({forget_after} s) must exceed alive_window ({alive_window} s)")
+        self.forget_after = forget_after  # seconds without a new record after which a peer's bookkeeping is dropped
         self.dht = dht
         self.bans = bans  # judges the peers' rejection reports once per pass (coordinator.bans)
         self.store = store
@@ -148,6 +152,22 @@ class Monitor:
         self._last_change: dict[str, float] = {}  # peer -> coordinator time its record last changed
         self._records: dict[str, LocalMetrics] = {}
         self._rejections_seen: dict[str, int] = {}
+
+    @property
+    def tracked_peers(self) -> int:
+        """Peers whose last record the monitor keeps in memory (alive ones and those gone < ``forget_after`` ago)."""
+        return len(self._last_change)
+
+    def _forget_departed(self, now: float) -> None:
+        """Drops what the monitor holds for peers whose record has not changed in ``forget_after`` seconds.
+
+        Why: a month of volunteers coming and going is thousands of peer ids, and each kept its last record here
+        for the life of the process. Their history is in the store. A forgotten peer's stale record, should the DHT
+        still hold it, is a first sight of an old record and is skipped; a new one brings the peer back."""
+        for pid in [pid for pid, t in self._last_change.items() if now - t > self.forget_after]:
+            del self._last_change[pid]
+            self._records.pop(pid, None)
+            self._last_record.pop(pid, None)
 
     def _fetch(self) -> dict[bytes, object]:
         found = self.dht.get(metrics_key(self.run_id), latest=True)
@@ -211,6 +231,7 @@ class Monitor:
             except Exception:  # bans wait for the next pass; progress must still be recorded
                 logger.exception("could not judge the ban reports")
         self.store.record_progress(global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now)
+        self._forget_departed(now)
         return SwarmSnapshot(now, step, len(alive), sps, loss, observed, new_rejections)
 
     def run(self, stop: threading.Event, on_poll: Callable[[SwarmSnapshot], None] | None = None) -> None:

@@ -428,7 +428,13 @@ def start_coordinator(
 
         court = BanCourt(dht, store, cfg.run_id, signature.local_public_key)
         monitor = Monitor(
-            dht, store, cfg.run_id, alive_window=spec.alive_window, interval=spec.monitor_interval, bans=court
+            dht,
+            store,
+            cfg.run_id,
+            alive_window=spec.alive_window,
+            interval=spec.monitor_interval,
+            bans=court,
+            forget_after=max(3600.0, 10 * spec.alive_window),
         )
         saver = CheckpointSaver(cfg, spec, dht, store, ckpts)
         threads = [

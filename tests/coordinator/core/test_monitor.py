@@ -116,3 +116,50 @@ def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(t
         assert {p.name for p in reader.peers()} == {"alice", "bob"}
         assert reader.rejected_counts() == counts
         assert len(reader.history()) >= 2
+
+
+class _ServedRecords(Monitor):
+    """The monitor's own bookkeeping under test: records come from a dict instead of a DHT get (the test above
+    runs the real DHT)."""
+
+    def __init__(self, store: Store, **kwargs):
+        super().__init__(None, store, RUN, **kwargs)
+        self.served: dict[bytes, dict] = {}
+
+    def _fetch(self):
+        return dict(self.served)
+
+    def _collect_rejections(self):
+        return {}
+
+
+def _record_at(t: float, step: int, name: str) -> dict:
+    return LocalMetrics(
+        step=step, samples_per_second=1.0, samples_accumulated=0, samples_total=step, loss=1.0, mini_steps=1,
+        time=float(t), peer_name=name,
+    ).dict()  # fmt: skip
+
+
+def test_peers_gone_longer_than_forget_after_are_dropped_and_their_stale_record_does_not_bring_them_back(tmp_path):
+    store = Store(tmp_path / "c.db", alive_window=60)
+    store.open_run(RUN, {"run_id": RUN})
+    monitor = _ServedRecords(store, alive_window=60, forget_after=600)
+    stayer, leaver = b"[owner:stayer]", b"[owner:leaver]"
+    monitor.served = {stayer: _record_at(0, 1, "stayer"), leaver: _record_at(0, 1, "leaver")}
+    assert monitor.poll(now=0).alive_peers == 2 and monitor.tracked_peers == 2
+    # the leaver's record stays in the DHT unchanged (not yet expired); the stayer keeps refreshing
+    for t in range(30, 601, 30):
+        monitor.served[stayer] = _record_at(t, t, "stayer")
+        snap = monitor.poll(now=t)
+    assert snap.alive_peers == 1 and monitor.tracked_peers == 2  # gone 600 s: not yet forgotten
+    monitor.served[stayer] = _record_at(630, 630, "stayer")
+    assert monitor.poll(now=630).alive_peers == 1 and monitor.tracked_peers == 1
+    monitor.served[stayer] = _record_at(660, 660, "stayer")
+    assert monitor.poll(now=660).alive_peers == 1 and monitor.tracked_peers == 1  # the stale record: skipped
+    monitor.served[leaver] = _record_at(690, 2, "leaver")  # it comes back with a new record
+    assert monitor.poll(now=690).alive_peers == 2 and monitor.tracked_peers == 2
+
+
+def test_forget_after_must_exceed_the_alive_window(tmp_path):
+    with pytest.raises(ValueError, match="must exceed alive_window"):
+        _ServedRecords(Store(tmp_path / "c.db", alive_window=60), alive_window=60, forget_after=60)
