@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from peer.errors import UserError
+from peer.memory import PeriodicRelease
 from peer.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
@@ -45,6 +46,8 @@ class LoopOptions:
     # cadence. Why: a banned peer cannot average; left running it trained alone and, falling behind, asked every
     # donor for the state ~24 times a second, each refused (soak, 2026-12-05)
     own_ban: Callable[[], str | None] | None = None
+    # seconds between returning the allocator's free pages to the OS (peer.memory.PeriodicRelease)
+    release_memory_every: float = 60.0
 
 
 @dataclass
@@ -117,6 +120,7 @@ def train_loop(
     start = last_metrics = time.monotonic()
     compute = step_total = 0.0
     publisher = MetricsPublisher(dht, run_id, signing, options.metrics_expiration)
+    releaser = PeriodicRelease(options.release_memory_every)
     local_steps = samples = samples_since_step = skipped = restored = 0
     loss_value = float("nan")
     ema_rate = 0.0
@@ -193,6 +197,7 @@ def train_loop(
             logger.debug(
                 "local step %d took %.3fs (optimizer %.3fs)", local_steps, time.perf_counter() - t0, step_seconds
             )
+            releaser.maybe()
             bar.update(1)
             bar.set_postfix_str(
                 f"step {opt.global_step} | {ema_rate:.1f} samples/s | loss {loss_value:.4f} | "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.memory import limit_malloc_arenas, map_large_allocations
+from peer.memory import PeriodicRelease, limit_malloc_arenas, map_large_allocations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,3 +107,17 @@ def test_the_averagers_threshold_is_well_below_an_all_reduce_part():
 
     # the parts are what the averagers' executor threads allocate and free every round (peer.memory)
     assert AVERAGER_MMAP_THRESHOLD <= DEFAULT_PART_SIZE_BYTES // 4
+
+
+def test_the_training_loop_releases_at_most_once_a_period_and_not_at_start_up():
+    now = [100.0]
+    calls = []
+    releaser = PeriodicRelease(every=60.0, clock=lambda: now[0], release=lambda: calls.append(now[0]) or True)
+    fired = []
+    for t in [100.0, 130.0, 159.9, 160.0, 161.0, 200.0, 219.9, 220.0, 1000.0]:
+        now[0] = t
+        fired.append(releaser.maybe())
+    assert fired == [False, False, False, True, False, False, False, True, True]
+    assert calls == [160.0, 220.0, 1000.0]
+    with pytest.raises(ValueError, match="must be > 0"):
+        PeriodicRelease(every=0)
