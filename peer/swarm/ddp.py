@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from peer.errors import UserError
+from peer.memory import PeriodicRelease
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ def follow_loop(
     local_steps = samples = skipped = 0
     group.sync_params(params)  # the state the leader joined the swarm with
     decision = Decision(skipped=False, stop=False, params_changed=False, global_step=0, mean_loss=float("nan"))
+    releaser = PeriodicRelease()  # the leader's loop does the same (peer.swarm.loop)
     while True:
         t0 = time.perf_counter()
         loss = loss_fn(next(batches))
@@ -276,6 +278,7 @@ def follow_loop(
             samples += batch_size
         if decision.stop:
             break
+        releaser.maybe()
     return FollowResult(
         global_step=decision.global_step,
         local_steps=local_steps,
