@@ -156,10 +156,12 @@ class SwarmSpec:
     # Robust averaging (issue 6, peer.swarm.robust): CenteredClip per averaged part, non-finite results kept local.
     # None: on in an open run (no allowlist), off in a private one unless set. clip_factor: clipping radius in
     # median distances to the centre; ban_after: rounds in a row a peer's contribution is clipped or non-finite
-    # (as this peer sees it) before this peer stops averaging with it and reports it to the coordinator.
+    # (as this peer sees it) before this peer stops averaging with it and reports it to the coordinator;
+    # local_ban_seconds: how long this peer's own ban lasts (a majority's, the coordinator's, lasts for the run).
     robust_averaging: bool | None = None
     clip_factor: float = 2.0
     ban_after: int = 3
+    local_ban_seconds: float = 1800.0
 
 
 @dataclass

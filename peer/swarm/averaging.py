@@ -366,6 +366,8 @@ def build_swarm_optimizer(
     if not spec.clip_factor > 0 or spec.ban_after < 1:
         got = f"{spec.clip_factor}, {spec.ban_after}"
         raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
+    if not spec.local_ban_seconds > 0:
+        raise UserError(f"need swarm.local_ban_seconds > 0, got {spec.local_ban_seconds}")
     robust = robust_enabled(spec, open_run)
     outcomes = OutcomeChannel() if robust else None
     guard = AveragerGuard(

@@ -5,7 +5,8 @@ were clipped or non-finite (``peer.swarm.robust``); the ``RejectionLedger`` in t
 ``ban_after`` such rounds in a row into a local ban; ``BanBook`` publishes the ledger under ``<run_id>_reports``
 (signed, subkey = this peer's public key); the coordinator bans a peer a majority of reporters agree on and publishes
 ``<run_id>_bans`` signed with its own key. ``BanGate`` — asked by the averagers in their own processes — refuses a
-peer found in either the coordinator's list or this peer's own published report.
+peer found in either the coordinator's list or this peer's own published report. A local ban lasts
+``RejectionLedger.ban_seconds``; the coordinator's lasts for the run.
 
 Why the gate reads this peer's local bans back from the DHT instead of shared memory: the ledger lives in the
 training process and the averagers in forked processes; the signed report is already the one copy every process can
@@ -20,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import hivemind
@@ -51,17 +52,39 @@ class RejectionLedger:
     """Per peer id, rounds in a row whose contribution this peer's reducer clipped or found non-finite, counted
     separately for gradient and state rounds (an attacker corrupting only one kind would otherwise reset its streak
     in every round of the other kind). A round where the peer was accepted resets that kind's streak; ``ban_after``
-    in a row bans it here for the rest of the run."""
+    in a row bans it here for ``ban_seconds``.
+
+    Why local bans expire: one peer's view can be wrong. In the attack bench (2026-12-05, ``ban_after`` 2) an honest
+    peer was banned by one other 30 s in, for "clipped gradients in 2 rounds in a row" while rounds were partial
+    (the attacker's parts being refused); a ban for the run would have split that pair for good, and over a month
+    such mistakes add up. A ban a majority agrees on is the coordinator's and lasts for the run (``BanGate`` keeps
+    refusing it); a lifted local ban of a real attacker is renewed after ``ban_after`` more rounds, which the
+    reducer clips meanwhile."""
 
     ban_after: int
+    ban_seconds: float = 1800.0
+    clock: Callable[[], float] = time.monotonic
     streaks: dict[tuple[str, str], int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)  # rounds clipped / non-finite, all time
     banned: dict[str, str] = field(default_factory=dict)  # peer id -> reason
+    banned_at: dict[str, float] = field(default_factory=dict)  # peer id -> ``clock()`` when banned
     counts: dict[str, int] = field(default_factory=dict)  # rejected contributions by outcome, all peers
 
     def __post_init__(self) -> None:
         if self.ban_after < 1:
             raise ValueError("ban_after must be at least 1")
+        if not self.ban_seconds > 0:
+            raise ValueError(f"ban_seconds must be > 0, got {self.ban_seconds}")
+
+    def expire(self) -> list[str]:
+        """Lifts the local bans older than ``ban_seconds`` (their streaks start again from 0); returns those peers."""
+        now = self.clock()
+        lifted = [peer for peer, since in self.banned_at.items() if now - since >= self.ban_seconds]
+        for peer in lifted:
+            del self.banned[peer], self.banned_at[peer]
+            for key in [key for key in self.streaks if key[0] == peer]:
+                del self.streaks[key]
+        return lifted
 
     def record(self, round_: RoundOutcomes, self_id: str = "") -> list[str]:
         """Adds one round's outcomes; returns the peers banned by it."""
@@ -76,6 +99,7 @@ class RejectionLedger:
                 self.streaks[key] = self.streaks.get(key, 0) + 1
                 if self.streaks[key] >= self.ban_after:
                     self.banned[peer] = f"{outcome} {round_.kind} in {self.streaks[key]} rounds in a row"
+                    self.banned_at[peer] = self.clock()
                     newly.append(peer)
             elif outcome == Outcome.ACCEPTED.value:
                 self.streaks[key] = 0
@@ -108,6 +132,13 @@ class BanBook:
         return str(self.dht.peer_id)
 
     def absorb(self, rounds: Iterable[RoundOutcomes]) -> list[str]:
+        lifted = self.ledger.expire()
+        for peer in lifted:
+            logger.warning(
+                "lifting the local ban on %s after %.0f s (a ban for the run is the coordinator's)",
+                peer,
+                self.ledger.ban_seconds,
+            )
         newly = []
         seen = False
         for round_ in rounds:
@@ -115,7 +146,11 @@ class BanBook:
             newly += self.ledger.record(round_, self_id=self.peer_id)
         for peer in newly:
             logger.warning("banning %s locally: %s", peer, self.ledger.banned[peer])
-        if newly or (seen and self.ledger.rejected and time.monotonic() - self.last_published > REPORT_REFRESH):
+        if (
+            newly
+            or lifted
+            or (seen and self.ledger.rejected and time.monotonic() - self.last_published > REPORT_REFRESH)
+        ):
             self.publish()
         return newly
 

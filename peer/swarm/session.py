@@ -192,7 +192,9 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             open_run=private is None,
             kinds=options.averagers,
         )
-        opt.bans = BanBook(dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after))
+        opt.bans = BanBook(
+            dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after, cfg.swarm.local_ban_seconds)
+        )
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
         resume_swarm_state(opt, start, cfg, dht, stop, options.coordinator_url, work_dir)

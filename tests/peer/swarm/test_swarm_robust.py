@@ -237,6 +237,23 @@ def test_ledger_bans_after_consecutive_rounds_per_kind_and_accepted_resets():
     assert report.counts == {"clipped": 2, "non_finite": 1}
 
 
+def test_a_local_ban_is_lifted_after_ban_seconds_and_renewed_by_ban_after_more_rejected_rounds():
+    now = [0.0]
+    ledger = RejectionLedger(ban_after=2, ban_seconds=100.0, clock=lambda: now[0])
+    clipped = RoundOutcomes("gradients", {"A": "clipped", "B": "accepted"})
+    assert ledger.record(clipped) == [] and ledger.record(clipped) == ["A"]
+    now[0] = 99.0
+    assert ledger.expire() == [] and "A" in ledger.report("me").banned
+    now[0] = 100.0
+    assert ledger.expire() == ["A"] and ledger.report("me").banned == {}
+    assert ledger.report("me").rejected == {"A": 2}  # the history stays
+    assert ledger.record(clipped) == []  # the streak starts again from 0 ...
+    assert ledger.record(clipped) == ["A"]  # ... and a peer still clipped is banned again
+    assert ledger.banned_at == {"A": 100.0}
+    with pytest.raises(ValueError, match="ban_seconds"):
+        RejectionLedger(ban_after=2, ban_seconds=0)
+
+
 def test_all_gates_is_a_conjunction_with_the_first_refusal_explained():
     peer = PeerID(b"\x12\x20" + bytes(32))
 
