@@ -18,7 +18,6 @@ checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-lin
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -46,6 +45,7 @@ from coordinator.monitor import Monitor, make_validators
 from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
+from peer.lifetime import ProcessLock
 from peer.records import config_key
 from peer.swarm.dht import READY_GRACE_S, run_dht
 
@@ -286,19 +286,9 @@ def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
 
 
 def lock_data_dir(data: Path) -> Callable[[], None]:
-    """Takes the data dir's exclusive lock (one coordinator, one writer per data dir); returns its release."""
-    handle = open(data / ".lock", "ab")  # noqa: SIM115 - held for the coordinator's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"data dir {data} is in use by another running coordinator") from None
-
-    def release() -> None:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-    return release
+    """Takes the data dir's exclusive lock (one coordinator, one writer per data dir); returns its release. The lock
+    of a coordinator that was killed is taken over (``ProcessLock``), so the same command starts again."""
+    return ProcessLock(data / ".lock", f"data dir {data} is in use by another running coordinator").acquire().release
 
 
 def start_coordinator_dht(

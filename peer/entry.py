@@ -8,6 +8,7 @@ import logging
 import sys
 
 from peer.errors import UserError
+from peer.lifetime import bind_children_to_this_process
 from peer.memory import limit_malloc_arenas
 
 
@@ -22,6 +23,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    bind_children_to_this_process()  # before anything forks: no child may outlive this process (peer.lifetime)
     limit_malloc_arenas()  # before any DHT or averager process is forked: they inherit it (peer.memory)
     try:
         return int(args.func(args) or 0)

@@ -6,13 +6,10 @@ peer, bad multiaddr) becomes one ``UserError`` line instead of a traceback from 
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import hivemind
 from hivemind.dht.validation import RecordValidatorBase
@@ -20,37 +17,20 @@ from hivemind.utils.auth import AuthorizerBase
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
+from peer.lifetime import ProcessLock
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class IdentityLock:
+def lock_identity(identity_path: str) -> ProcessLock:
     """An exclusive lock next to the identity file, held for the peer's lifetime: two processes on one machine
-    sharing an identity would fight over one peer id, and p2pd's own check only runs when it has bootstrap peers."""
-
-    path: Path
-    handle: IO[bytes]
-
-    def release(self) -> None:
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-        finally:
-            self.handle.close()
-
-
-def lock_identity(identity_path: str) -> IdentityLock:
+    sharing an identity would fight over one peer id, and p2pd's own check only runs when it has bootstrap peers.
+    The lock of a peer that was killed is taken over (``ProcessLock``), so the same command starts again."""
     path = Path(identity_path)
     if not path.parent.is_dir():
         raise UserError(f"directory for --identity_path does not exist: {path.parent}")
-    lock_path = path.with_name(path.name + ".lock")
-    handle = open(lock_path, "ab")  # noqa: SIM115 - held open for the peer's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"identity file {path} is already in use by another running peer") from None
-    return IdentityLock(lock_path, handle)
+    what = f"identity file {path} is already in use by another running peer"
+    return ProcessLock(path.with_name(path.name + ".lock"), what).acquire()
 
 
 def start_dht(
