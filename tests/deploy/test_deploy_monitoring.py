@@ -23,10 +23,10 @@ from deploy_checks import (
     coordinator_metrics,
     dashboard_targets,
     exported_metrics,
-    find_tool,
     grafana_to_promql,
     promql_names,
 )
+from system_tools import require_tool
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "warmswarm.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -107,22 +107,17 @@ def test_alert_rules_name_only_exported_metrics(exported):
         _check_names(f"alert {rule['alert']}", rule["expr"], exported, frozenset(PROMETHEUS_SERIES))
 
 
-def _promtool() -> str:
-    tool = find_tool("promtool")
-    if tool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; scripts/system-deps.sh installs it)")
-    return tool
-
-
 def test_promtool_accepts_the_prometheus_config_and_its_rules():
+    promtool = require_tool("promtool")
     result = subprocess.run(
-        [_promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
+        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout + result.stderr, "alerts.yml must be loaded by the config"
 
 
 def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
+    promtool = require_tool("promtool")
     queries = _dashboard_queries(dashboard)
     rules = {
         "groups": [
@@ -134,7 +129,7 @@ def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
     }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -152,9 +147,7 @@ def _query(base: str, expr: str) -> dict:
 
 @pytest.mark.timeout(120)
 def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(dashboard, tmp_path):
-    prometheus = find_tool("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus not installed (Debian package prometheus; scripts/system-deps.sh installs it)")
+    prometheus = require_tool("prometheus")
     from coordinator.api.http import RunInfo, create_http_app, start_http_server
 
     with coordinator_metrics(tmp_path) as metrics:

@@ -9,7 +9,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from deploy_checks import DEPLOY, after_python_m, expand_exec, find_tool, parse_command, read_unit, unit_environment
+from deploy_checks import DEPLOY, after_python_m, expand_exec, parse_command, read_unit, unit_environment
+from system_tools import require_tool
 
 UNITS = {role: DEPLOY / f"systemd/warmswarm-{role}.service" for role in ("coordinator", "peer")}
 
@@ -60,9 +61,7 @@ def test_peer_unit_command_parses_with_its_default_environment(parsers):
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path):
-    analyze = find_tool("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
+    analyze = require_tool("systemd-analyze")
     copies = []
     for path in UNITS.values():
         # The install path /opt/warmswarm does not exist here; point ExecStart at this interpreter instead.
