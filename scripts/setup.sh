@@ -25,7 +25,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "[setup] install incomplete; run this again" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
-# System tools that the integration tests drive (Prometheus, headless Chromium); best effort, tests skip loudly without.
+# The external tools the integration tests drive (scripts/system-deps.txt). Best effort on a dev machine (those tests
+# skip, with the reason); with CI=true a tool it could not install stops here, since those tests would fail anyway.
 if [ "${WARMSWARM_SYSTEM_DEPS:-1}" = "1" ] && [ -x scripts/system-deps.sh ]; then
   scripts/system-deps.sh
 fi

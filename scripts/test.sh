@@ -7,7 +7,9 @@ echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# -rfEs: the summary lists every skip with its reason (a missing tool says so; under CI=true it fails instead, see
+# tests/system_tools.py), besides the failures and errors that plain -q lists (-rs alone would drop those).
+.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
