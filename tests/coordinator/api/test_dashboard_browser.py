@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
+from system_tools import require_module
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian chromium missing: run scripts/system-deps.sh"
-)
-playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.requires_tool("chromium")
+playwright = require_module("playwright.sync_api")
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import shutil
 import subprocess
 
 import httpx
@@ -95,7 +94,7 @@ def test_paths_outside_a_checkpoint_are_rejected(coordinator, path, status):
     assert out.stdout == str(status)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.requires_tool("curl")
 def test_curl_continue_at_resumes_a_cut_download(coordinator, tmp_path):
     data = (coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors").read_bytes()
     dest = tmp_path / "model.safetensors"

@@ -3,7 +3,6 @@ Prometheus's HTTP query API, and ``promtool check metrics`` lints the exposition
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -11,9 +10,7 @@ import time
 import httpx
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="Debian package prometheus missing: run scripts/system-deps.sh"
-)
+pytestmark = pytest.mark.requires_tool("prometheus")
 
 
 def free_port() -> int:
@@ -97,7 +94,7 @@ def test_prometheus_scrapes_the_live_values(coordinator, prometheus):
     assert query(prometheus, 'up{job="warmswarm"}', 1.0) == 1.0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing")
+@pytest.mark.requires_tool("promtool")
 def test_promtool_finds_no_naming_problems(coordinator):
     text = httpx.get(f"{coordinator.url}/metrics", timeout=10).text
     out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
