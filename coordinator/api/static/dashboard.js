@@ -1,8 +1,13 @@
-// The coordinator dashboard: polls the JSON API and redraws tiles, three canvas charts and two tables.
-// No libraries and no network beyond this coordinator, so it works on an offline cluster.
+// The coordinator dashboard: polls the JSON API and redraws the join line, the tiles, three uPlot charts and two
+// tables. uPlot is vendored under /static/vendor/ and nothing is fetched from anywhere but this coordinator, so the
+// page works on an offline cluster.
 "use strict";
 
 const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh")) || 5000;
+const CHART_HEIGHT = 180;
+// History samples further apart than this many typical spacings mean the coordinator (or its monitor) was down in
+// between: the charts break the line there instead of drawing a straight one across a time with no data.
+const GAP_FACTOR = 3;
 const $ = (id) => document.getElementById(id);
 
 function fmtInt(x) { return x == null ? "–" : Math.round(x).toLocaleString("en-US"); }
@@ -22,6 +27,11 @@ function fmtBytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 function fmtTime(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "never"; }
+// A time of today as a clock time; an older one with its date (checkpoints outlive the day they were saved).
+function fmtWhen(t) {
+  const d = new Date(t * 1000);
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
 function fmtAxis(v) {
   const a = Math.abs(v);
   if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
@@ -35,56 +45,73 @@ function el(tag, text, cls) {
   return e;
 }
 
-// One line chart on a canvas, sized for the device pixel ratio; x is unix time, y any number (nulls skipped).
-function drawChart(canvas, xs, ys, opts = {}) {
-  const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, h = canvas.clientHeight;
-  canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, w, h);
-  const pts = xs.map((x, i) => [x, ys[i]]).filter((p) => p[1] != null && isFinite(p[1]));
-  const pad = { l: 44, r: 8, t: 8, b: 22 };
-  ctx.font = "11px system-ui, sans-serif";
-  ctx.fillStyle = "#868e96";
-  if (pts.length === 0) { ctx.fillText("no data yet", w / 2 - 30, h / 2); return; }
-  let x0 = pts[0][0], x1 = pts[pts.length - 1][0];
-  if (x1 === x0) { x0 -= 1; x1 += 1; }
-  let lo = opts.zero ? 0 : Math.min(...pts.map((p) => p[1])), hi = Math.max(...pts.map((p) => p[1]));
-  if (hi === lo) { hi += 1; lo = opts.zero ? 0 : lo - 1; }
-  // Round tick steps (1, 2 or 5 × 10^k; whole numbers for counts) so the axis reads at a glance.
-  const raw = (hi - lo) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  let step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
-  if (opts.integer) step = Math.max(1, Math.round(step));
-  const y0 = Math.floor(lo / step) * step, y1 = Math.ceil(hi / step) * step;
-  const X = (x) => pad.l + ((x - x0) / (x1 - x0)) * (w - pad.l - pad.r);
-  const Y = (y) => h - pad.b - ((y - y0) / (y1 - y0)) * (h - pad.t - pad.b);
-  ctx.strokeStyle = "#e9ecef"; ctx.lineWidth = 1;
-  for (let v = y0; v <= y1 + step / 2; v += step) {
-    const y = Math.round(Y(v)) + 0.5;
-    ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(w - pad.r, y); ctx.stroke();
-    ctx.fillText(fmtAxis(v), 4, y + 4);
-  }
-  [x0, (x0 + x1) / 2, x1].forEach((x, i) => {
-    const label = new Date(x * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    const tw = ctx.measureText(label).width;
-    ctx.fillText(label, [X(x), X(x) - tw / 2, X(x) - tw][i], h - 6);
+// uPlot's columns [times, ...one array per key] from the history, with a null row inside every gap (uPlot leaves
+// nulls undrawn). The typical spacing is the median one, so a few slow monitor passes do not hide a real outage.
+function chartColumns(history, keys) {
+  const diffs = history.slice(1).map((h, i) => h.time - history[i].time).sort((a, b) => a - b);
+  const limit = diffs.length >= 2 ? GAP_FACTOR * diffs[Math.floor(diffs.length / 2)] : Infinity;
+  const cols = [[], ...keys.map(() => [])];
+  history.forEach((h, i) => {
+    if (i && h.time - history[i - 1].time > limit) {
+      cols[0].push((h.time + history[i - 1].time) / 2);
+      keys.forEach((_, j) => cols[j + 1].push(null));
+    }
+    cols[0].push(h.time);
+    keys.forEach((k, j) => cols[j + 1].push(h[k] == null ? null : h[k]));
   });
-  ctx.strokeStyle = canvas.dataset.color || "#1971c2"; ctx.lineWidth = 2; ctx.lineJoin = "round";
-  ctx.beginPath();
-  pts.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
-  ctx.stroke();
-  if (opts.fill) {
-    ctx.lineTo(X(pts[pts.length - 1][0]), Y(y0)); ctx.lineTo(X(pts[0][0]), Y(y0)); ctx.closePath();
-    ctx.globalAlpha = 0.12; ctx.fillStyle = ctx.strokeStyle; ctx.fill(); ctx.globalAlpha = 1;
-  }
+  return cols;
+}
+
+const CHART_SPECS = [
+  { id: "loss-chart", key: "loss", label: "loss", digits: 3 },
+  { id: "sps-chart", key: "samples_per_second", label: "samples/s", digits: 1, zero: true },
+  { id: "peers-chart", key: "alive_peers", label: "alive peers", digits: 0, zero: true, integer: true },
+];
+
+// One uPlot chart in ``host``, kept as wide as its card by a ResizeObserver.
+function makeChart(host, spec) {
+  const color = host.dataset.color;
+  const y = { auto: true };
+  if (spec.zero) y.range = (u, min, max) => uPlot.rangeNum(0, max > 0 ? max : 1, 0.1, true);
+  const axis = { size: 48, values: (u, splits) => splits.map(fmtAxis), grid: { stroke: "#e9ecef" } };
+  if (spec.integer) axis.incrs = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+  const chart = new uPlot({
+    width: host.clientWidth,
+    height: CHART_HEIGHT,
+    cursor: { drag: { x: false, y: false } },  // no zoom: the next refresh would undo it
+    scales: { x: { time: true }, y },
+    axes: [{ grid: { stroke: "#e9ecef" } }, axis],
+    series: [
+      { value: (u, t) => (t == null ? "–" : new Date(t * 1000).toLocaleTimeString()) },
+      { label: spec.label, stroke: color, width: 2, fill: spec.zero ? color + "1f" : undefined,
+        value: (u, v) => fmtNum(v, spec.digits) },
+    ],
+  }, [[], []], host);
+  new ResizeObserver(() => chart.setSize({ width: host.clientWidth, height: CHART_HEIGHT })).observe(host);
+  return chart;
+}
+
+function renderHistory(charts, history) {
+  const cols = chartColumns(history, CHART_SPECS.map((s) => s.key));
+  CHART_SPECS.forEach((spec, j) => {
+    const host = $(spec.id);
+    host.classList.toggle("no-data", !cols[j + 1].some((v) => v != null));
+    charts[j].setData([cols[0], cols[j + 1]]);
+  });
+}
+
+function renderRun(run) {
+  $("join-cmd").textContent = run.join_command || "(this coordinator printed no join line)";
 }
 
 function renderProgress(p) {
   $("run-id").textContent = p.run_id;
   $("global-step").textContent = fmtInt(p.global_step);
   $("step-of").textContent = p.total_steps ? `of ${fmtInt(p.total_steps)} (${(100 * p.global_step / p.total_steps).toFixed(1)}%)` : "";
-  $("eta").textContent = p.total_steps && p.global_step >= p.total_steps ? "done" : fmtDuration(p.eta_seconds);
+  const done = p.total_steps && p.global_step >= p.total_steps;
+  // No live peer, no progress: a rate read off the history would promise a finish nobody is working towards.
+  $("eta").textContent = done ? "done" : p.alive_peers > 0 ? fmtDuration(p.eta_seconds) : "–";
+  $("eta-note").textContent = done || p.alive_peers > 0 ? "at the recent rate" : "no peer online";
   $("alive-peers").textContent = fmtInt(p.alive_peers);
   $("samples-per-second").textContent = fmtNum(p.samples_per_second, 1);
   $("samples-total").textContent = fmtInt(p.samples_total);
@@ -92,26 +119,22 @@ function renderProgress(p) {
   $("updated").textContent = fmtTime(p.updated);
 }
 
-function renderHistory(history) {
-  const t = history.map((h) => h.time);
-  drawChart($("loss-chart"), t, history.map((h) => h.loss));
-  drawChart($("sps-chart"), t, history.map((h) => h.samples_per_second), { zero: true, fill: true });
-  drawChart($("peers-chart"), t, history.map((h) => h.alive_peers), { zero: true, fill: true, integer: true });
-}
-
+// One row per entry the API returns (the rows are replaced, never appended, on every refresh).
 function renderPeers(peers) {
   const body = $("leaderboard").tBodies[0];
   const total = peers.reduce((s, p) => s + p.samples, 0) || 1;
   body.replaceChildren(...peers.slice(0, 50).map((p, i) => {
     const tr = el("tr");
     tr.append(el("td", i + 1));
-    const who = el("td", p.name); who.title = p.peer_id; tr.append(who);
-    tr.append(el("td", fmtInt(p.samples)));
+    const who = el("td"), name = el("span", p.name, "who");
+    name.title = `${p.name}\npeer id ${p.peer_id}`;
+    who.append(name, el("span", p.short_id, "id muted"));
+    tr.append(who, el("td", fmtInt(p.samples), "num"));
     const share = el("td"); const bar = el("span", null, "bar");
     bar.style.width = `${Math.max(2, (60 * p.samples) / total)}px`;
     share.append(bar, ` ${(100 * p.samples / total).toFixed(1)}%`); tr.append(share);
     tr.append(el("td", fmtDuration(p.seconds_online)));
-    tr.append(el("td", fmtNum(p.samples_per_second, 1)));
+    tr.append(el("td", p.alive ? fmtNum(p.samples_per_second, 1) : "", "num sps"));  // offline: no rate at all
     const status = el("td", p.banned ? "⊘ banned" : p.alive ? "● online" : "offline",
       p.banned ? "banned" : p.alive ? "alive" : "gone");
     if (p.banned) status.title = p.ban_reason;  // why: shown on hover (reporters, rounds, outcome)
@@ -125,14 +148,15 @@ function renderCheckpoints(ckpts) {
   const body = $("checkpoints").tBodies[0];
   body.replaceChildren(...ckpts.slice().reverse().map((c) => {
     const tr = el("tr");
-    tr.append(el("td", c.name), el("td", fmtInt(c.step)), el("td", fmtTime(c.created)));
-    tr.append(el("td", fmtBytes(c.files.reduce((s, f) => s + f.size, 0))));
-    const links = el("td");
+    tr.append(el("td", c.name), el("td", fmtInt(c.step), "num"), el("td", fmtWhen(c.created)));
+    tr.append(el("td", fmtBytes(c.files.reduce((s, f) => s + f.size, 0)), "num"));
+    const files = el("details"), list = el("ul", null, "files");
+    files.append(el("summary", `${c.files.length} files`), list);
     for (const f of c.files) {
       const a = el("a", f.path); a.href = `/checkpoints/${c.name}/${f.path}`; a.title = `sha256 ${f.sha256}`;
-      links.append(a, " ");
+      const li = el("li"); li.append(a, el("span", ` ${fmtBytes(f.size)}`, "muted")); list.append(li);
     }
-    tr.append(links);
+    const cell = el("td"); cell.append(files); tr.append(cell);
     return tr;
   }));
   $("download-cmd").textContent = `python -m coordinator download --from ${location.origin} --out ./model`;
@@ -144,18 +168,19 @@ async function getJSON(path) {
   return r.json();
 }
 
-async function refresh() {
+async function refresh(charts) {
   try {
-    const [p, h, peers, ck] = await Promise.all([getJSON("/api/v1/progress"), getJSON("/api/v1/history"),
-      getJSON("/api/v1/peers"), getJSON("/api/v1/checkpoints")]);
-    renderProgress(p); renderHistory(h.history); renderPeers(peers.peers); renderCheckpoints(ck.checkpoints);
+    const [run, p, h, peers, ck] = await Promise.all(["/api/v1/run", "/api/v1/progress", "/api/v1/history",
+      "/api/v1/peers", "/api/v1/checkpoints"].map(getJSON));
+    renderRun(run); renderProgress(p); renderHistory(charts, h.history); renderPeers(peers.peers);
+    renderCheckpoints(ck.checkpoints);
     $("status").textContent = "live";
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   } catch (e) {
     $("status").textContent = `coordinator unreachable (${e.message})`;
   } finally {
-    setTimeout(refresh, REFRESH_MS);
+    setTimeout(() => refresh(charts), REFRESH_MS);
   }
 }
 
-refresh();
+refresh(CHART_SPECS.map((spec) => makeChart($(spec.id), spec)));

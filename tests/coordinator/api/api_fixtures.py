@@ -53,3 +53,61 @@ def populate_store(store: Store, now: float, points: int = 90, peers: int = 4) -
         sps = sum(40.0 * (p + 1) for p in range(alive))
         store.record_progress(i * 5, alive, sps, 2.0 + 6.0 * math.exp(-i / 25) + 0.1 * math.sin(i), now=t)
     store.add_rejected({"bad_signature": 3, "malformed": 1})
+
+
+# Volunteer names as long as real ones get (site, machine, GPU), and the files a grown ELECTRA checkpoint holds:
+# the data an outside operator's dashboard overflowed with at 1400 and 1920 px and clipped at 400 px.
+LONG_NAMES = [
+    "tu-darmstadt-lichtenberg2-hpc-node-0042-a100-80gb",
+    "alice-home-workstation-rtx4090-24gb-watercooled",
+    "university-of-helsinki-mahti-gpu-partition-v100",
+    "bob-laptop-thinkpad-p16-gen2-rtx-a5000-mobile",
+    "carol-cloud-spot-instance-eu-west-4-l4-preemptible",
+    "dave-basement-rack-dual-3090-nvlink-bridge-2x24gb",
+    "erin-macbook-pro-m3-max-128gb-unified-memory-mps",
+    "frank-lab-server-hgx-h100-sxm5-8way-partition-7",
+]
+CROWDED_FILES = [
+    "config.json", "model.safetensors", "optimizer.safetensors", "training_state.json", "README.md",
+    "generator/config.json", "generator/model.safetensors", "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "tokenizer/vocab.txt",
+]  # fmt: skip
+# The crowded history: two stretches of samples every SAMPLE_SECONDS with the coordinator down in between.
+SAMPLE_SECONDS = 10.0
+SEGMENT_POINTS = 60
+DOWNTIME_SECONDS = 1200.0
+
+
+def write_crowded_checkpoints(root: Path, count: int = 6) -> list[Path]:
+    """``count`` checkpoints, each with the eleven files of a grown model with its generator and tokenizer."""
+    return [write_checkpoint(root, 500 * (i + 1), {rel: f"{rel} of step {500 * (i + 1)}\n".encode()
+                                                   for rel in CROWDED_FILES})
+            for i in range(count)]  # fmt: skip
+
+
+def crowded_history_times(now: float) -> tuple[list[float], tuple[float, float]]:
+    """The history's sample times, and the (last before, first after) times around the coordinator's downtime."""
+    second_start = now - SEGMENT_POINTS * SAMPLE_SECONDS
+    first_end = second_start - DOWNTIME_SECONDS
+    first = [first_end - (SEGMENT_POINTS - 1 - i) * SAMPLE_SECONDS for i in range(SEGMENT_POINTS)]
+    second = [second_start + i * SAMPLE_SECONDS for i in range(SEGMENT_POINTS)]
+    return first + second, (first_end, second_start)
+
+
+def populate_crowded_store(store: Store, now: float) -> None:
+    """Eight volunteers with long names and 64-hex ids: five still training, three that left while the coordinator
+    was down (their last samples/s is stale), one of the five banned; a history with the downtime as a gap."""
+    times, (_, second_start) = crowded_history_times(now)
+    store.open_run(RUN_ID, {"run_id": RUN_ID}, total_steps=5000, now=times[0] - 5)
+    ids = [hashlib.sha256(name.encode()).hexdigest() for name in LONG_NAMES]
+    totals = [0] * len(ids)
+    for i, t in enumerate(times):
+        alive = range(len(ids)) if t < second_start else range(5)
+        for p in alive:
+            totals[p] += 30 * (p + 1) * int(SAMPLE_SECONDS)
+            obs = PeerObservation(peer_id=ids[p], name=LONG_NAMES[p], step=i * 4, samples_total=totals[p],
+                                  samples_per_second=30.0 * (p + 1), loss=3.0 - i / 100, time=t)  # fmt: skip
+            store.observe_peer(obs)
+        sps = sum(30.0 * (p + 1) for p in alive)
+        store.record_progress(i * 4, len(alive), sps, 3.0 - i / 100 + 0.05 * math.sin(i), now=t)
+    store.set_banned(ids[1], reason="gradient 40x the aggregate's norm in 3 rounds (reported by 4 of 5 peers)")

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from api_fixtures import RUN_ID, checkpoint_payload, populate_store, write_checkpoint
+from api_fixtures import (
+    RUN_ID,
+    checkpoint_payload,
+    populate_crowded_store,
+    populate_store,
+    write_checkpoint,
+    write_crowded_checkpoints,
+)
 
 from coordinator.api.grpc_server import GrpcServer, start_grpc_server
 from coordinator.api.http import HttpServer, RunInfo, create_http_app, start_http_server
@@ -59,7 +66,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
     metrics = CoordinatorMetrics(store)
-    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"], "python -m peer join ...")
+    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"],
+                   "python -m peer join --coordinator http://127.0.0.1:8080")
     http = start_http_server(create_http_app(store, checkpoints_dir, info, metrics), "127.0.0.1", 0)
     grpc_server = start_grpc_server(store, checkpoints_dir, "127.0.0.1", 0, metrics=metrics)
     try:
@@ -67,3 +75,43 @@ def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
     finally:
         grpc_server.stop(0)
         http.stop()
+
+
+# As the service builds it for a private run behind a long public host name (the line must wrap, not widen the page).
+JOIN_COMMAND = (
+    "python -m peer join --coordinator http://warmswarm-coordinator.compute.example-university.edu:8080 "
+    "--auth_key NAME:KEY"
+)
+
+
+@dataclass
+class CrowdedCoordinator:
+    """An HTTP-only coordinator whose store and checkpoints hold the crowded run (``populate_crowded_store``)."""
+
+    store: Store
+    checkpoints_dir: Path
+    http: HttpServer
+    now: float
+    join_command: str = JOIN_COMMAND
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+
+@pytest.fixture
+def crowded(tmp_path: Path) -> Iterator[CrowdedCoordinator]:
+    import time
+
+    now = time.time()
+    store = Store(tmp_path / "crowded" / "coordinator.db", alive_window=60.0)
+    populate_crowded_store(store, now)
+    root = tmp_path / "crowded" / "checkpoints"
+    write_crowded_checkpoints(root)
+    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"], JOIN_COMMAND)
+    http = start_http_server(create_http_app(store, root, info), "127.0.0.1", 0)
+    try:
+        yield CrowdedCoordinator(store, root, http, now)
+    finally:
+        http.stop()
+        store.close()
