@@ -3,7 +3,8 @@
 Built from objects the service constructs (store, checkpoints dir, run info, metrics) — no globals — so tests and
 the service run as many apps side by side as they like. Checkpoint files are served with ``Range`` and a strong
 ``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut transfer and
-``If-Range`` guards against resuming onto a different file.
+``If-Range`` guards against resuming onto a different file. Every route that sends an ETag (the page, its static
+files, checkpoint files) answers a request whose ``If-None-Match`` already names it with 304 and no body.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import os
 import socket
 import threading
 import time
@@ -22,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.staticfiles import NotModifiedResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from coordinator.api.checkpoint_files import CheckpointFiles, CheckpointNotFound, UnsafePath
@@ -88,11 +91,23 @@ def create_http_app(
     metrics = metrics if metrics is not None else CoordinatorMetrics(store)
     # No Swagger UI: it loads its JS from a CDN, and the coordinator must work offline (/openapi.json stays).
     app = FastAPI(title="warmswarm coordinator", docs_url=None, redoc_url=None)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    static = StaticFiles(directory=STATIC_DIR)
+    app.mount("/static", static, name="static")
+
+    def unless_not_modified(request: Request, response: FileResponse) -> Response:
+        """``response``, or 304 Not Modified (no body) when the request's ``If-None-Match`` (or, without one,
+        ``If-Modified-Since``) says the client holds it already: StaticFiles' own rule for ``/static``, so every
+        route with an ETag answers alike. ``response`` must have been built with its ``stat_result``."""
+        if static.is_not_modified(response.headers, request.headers):
+            return NotModifiedResponse(response.headers)
+        return response
 
     @app.get("/", include_in_schema=False)
-    def dashboard() -> FileResponse:
-        return FileResponse(STATIC_DIR / "dashboard.html", headers={"Cache-Control": "no-cache"})
+    def dashboard(request: Request) -> Response:
+        page = STATIC_DIR / "dashboard.html"
+        return unless_not_modified(
+            request, FileResponse(page, stat_result=page.stat(), headers={"Cache-Control": "no-cache"})
+        )
 
     @app.get("/api/v1/run")
     def run() -> dict:
@@ -135,7 +150,7 @@ def create_http_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.api_route("/checkpoints/{name}/{path:path}", methods=["GET", "HEAD"])
-    def checkpoint_file(name: str, path: str) -> FileResponse:
+    def checkpoint_file(request: Request, name: str, path: str) -> Response:
         try:
             full, entry = files.resolve(name, path)
         except UnsafePath as e:
@@ -147,9 +162,20 @@ def create_http_app(
             headers["ETag"] = f'"{entry.sha256}"'
             # RFC 9530: the digest of the whole file, also on 206 responses, so a client can check what it assembled.
             headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(entry.sha256)).decode()}:"
-        return _CountingFileResponse(
-            full, filename=Path(path).name, media_type="application/octet-stream", headers=headers, metrics=metrics
+        try:
+            stat = os.stat(full)
+        except FileNotFoundError:  # pruned since resolve()
+            raise HTTPException(status_code=404, detail=f"{path} of checkpoint {name} is gone") from None
+        # The manifest's sha256 ETag is set above; manifest.json itself gets Starlette's (mtime and size) one.
+        response = _CountingFileResponse(
+            full,
+            filename=Path(path).name,
+            media_type="application/octet-stream",
+            headers=headers,
+            stat_result=stat,
+            metrics=metrics,
         )
+        return unless_not_modified(request, response)
 
     @app.exception_handler(CheckpointNotFound)
     async def not_found(request: Request, exc: CheckpointNotFound) -> JSONResponse:

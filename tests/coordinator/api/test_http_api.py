@@ -75,6 +75,41 @@ def test_range_requests_resume_and_etag_is_the_manifest_sha256(coordinator):
         assert coordinator.metrics.download_bytes_total.labels("http")._value.get() - before == 100
 
 
+def test_if_none_match_with_the_current_etag_gets_304_and_no_body(coordinator):
+    data = (coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors").read_bytes()
+    url = f"{coordinator.url}/checkpoints/ckpt-000120/model.safetensors"
+    etag = f'"{hashlib.sha256(data).hexdigest()}"'
+    with httpx.Client(timeout=10) as c:
+        before = coordinator.metrics.download_bytes_total.labels("http")._value.get()
+        matching = [etag, f'"0000", W/{etag}', "*"]  # a list, a weak match (RFC 9110 weak comparison), any
+        for tag in matching:
+            r = c.get(url, headers={"If-None-Match": tag})
+            assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag, tag
+            assert "content-length" not in r.headers or r.headers["content-length"] == "0"
+        assert c.head(url, headers={"If-None-Match": etag}).status_code == 304
+        # If-None-Match is evaluated before Range: the client already holds the whole file
+        assert c.get(url, headers={"If-None-Match": etag, "Range": "bytes=0-99"}).status_code == 304
+        assert coordinator.metrics.download_bytes_total.labels("http")._value.get() == before  # nothing was sent
+        other = c.get(url, headers={"If-None-Match": '"0000"', "Range": "bytes=0-99"})
+        assert other.status_code == 206 and other.content == data[:100]  # a different ETag: Range still works
+        assert c.get(url, headers={"If-None-Match": '"0000"'}).content == data
+        assert c.get(f"{coordinator.url}/checkpoints/latest/model.safetensors",
+                     headers={"If-None-Match": etag}).status_code == 304  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/static/dashboard.js", "/static/vendor/uPlot.iife.min.js", "/checkpoints/ckpt-000120/manifest.json"]
+)
+def test_every_route_with_an_etag_answers_a_match_with_304(coordinator, path):
+    with httpx.Client(base_url=coordinator.url, timeout=10) as c:
+        first = c.get(path)
+        assert first.status_code == 200 and first.content and first.headers["etag"]
+        again = c.get(path, headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304 and again.content == b"", (again.status_code, again.headers)
+        assert again.headers["etag"] == first.headers["etag"]
+        assert c.get(path, headers={"If-None-Match": '"0000"'}).content == first.content
+
+
 @pytest.mark.parametrize(
     "path, status",
     [
