@@ -53,6 +53,19 @@ class RunInfo:
     auth: dict = field(default_factory=lambda: {"required": False, "authority_public_key": None})
 
 
+class _RevalidatedStaticFiles(StaticFiles):
+    """StaticFiles whose responses say ``Cache-Control: no-cache``: without it a browser may reuse a cached
+    ``dashboard.js`` for hours by heuristic freshness, and after an upgrade run an old script against the new page.
+    Revalidating costs a 304 with no body."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.setdefault("cache-control", "no-cache")
+        return response
+
+
 class _CountingFileResponse(FileResponse):
     """A FileResponse that reports the body bytes it actually sent (ranges included) to the metrics."""
 
@@ -91,7 +104,7 @@ def create_http_app(
     metrics = metrics if metrics is not None else CoordinatorMetrics(store)
     # No Swagger UI: it loads its JS from a CDN, and the coordinator must work offline (/openapi.json stays).
     app = FastAPI(title="warmswarm coordinator", docs_url=None, redoc_url=None)
-    static = StaticFiles(directory=STATIC_DIR)
+    static = _RevalidatedStaticFiles(directory=STATIC_DIR)
     app.mount("/static", static, name="static")
 
     def unless_not_modified(request: Request, response: FileResponse) -> Response:

@@ -104,6 +104,7 @@ def test_every_route_with_an_etag_answers_a_match_with_304(coordinator, path):
     with httpx.Client(base_url=coordinator.url, timeout=10) as c:
         first = c.get(path)
         assert first.status_code == 200 and first.content and first.headers["etag"]
+        assert first.headers["cache-control"] == "no-cache"  # browsers revalidate (a 304) instead of guessing
         again = c.get(path, headers={"If-None-Match": first.headers["etag"]})
         assert again.status_code == 304 and again.content == b"", (again.status_code, again.headers)
         assert again.headers["etag"] == first.headers["etag"]
