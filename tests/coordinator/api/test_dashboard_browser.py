@@ -179,3 +179,26 @@ def test_display_rules_offline_peers_eta_rows_and_join_line(crowded, open_page):
     crowded.store.record_progress(241, 0, 0.0, 1.5)  # every peer gone: a step rate from history is no ETA
     page.wait_for_function("document.getElementById('alive-peers').textContent === '0'", timeout=30_000)
     assert page.text_content("#eta") == "–"
+
+
+def test_a_fresh_run_shows_empty_charts_and_no_eta(tmp_path, open_page):
+    from coordinator.api.http import RunInfo, create_http_app, start_http_server
+    from coordinator.store import Store
+
+    store = Store(tmp_path / "coordinator.db")
+    store.open_run("fresh-run", {"run_id": "fresh-run"}, total_steps=1000)
+    http = start_http_server(create_http_app(store, tmp_path / "checkpoints", RunInfo("fresh-run", {})), "127.0.0.1", 0)
+    try:
+        page = open_page(1400)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        load(page, f"http://127.0.0.1:{http.port}")
+        assert page.text_content("#status") == "live" and page.text_content("#eta") == "–"
+        for chart in CHARTS:
+            assert "no-data" in page.get_attribute(f"#{chart}", "class")  # says "no data yet"
+            assert sum(page.evaluate(LINE_COLUMNS, chart)) == 0
+        assert page.locator("#leaderboard tbody tr").count() == 0 and page.locator("#checkpoints tbody tr").count() == 0
+        assert not errors, errors
+    finally:
+        http.stop()
+        store.close()
