@@ -8,6 +8,7 @@ machine; the end-to-end cases run real tests of this suite in a child pytest wit
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,49 @@ def test_a_real_test_fails_in_ci_and_skips_elsewhere_without_its_tool(case, tmp_
     assert skip_lines and all(line.endswith(f": {reason}") for line in skip_lines), skipped.stdout
     assert all(test.split("::")[0] in line for line in skip_lines), "reported at the test, not at the helper"
 
+
+
+HANDWRITTEN = '''
+import shutil
+
+import pytest
+
+
+@pytest.mark.skipif(shutil.which("no-such-tool") is None, reason="no-such-tool missing: run scripts/system-deps.sh")
+def test_marker_skip():
+    pass
+
+
+def test_body_skip():
+    pytest.skip("no-such-tool not installed (scripts/system-deps.sh installs it)")
+
+
+def test_other_skip():
+    pytest.skip("not on this platform")
+
+
+@pytest.mark.xfail(reason="known bug, not a tool: scripts/system-deps.sh is not the fix")
+def test_xfail():
+    raise AssertionError
+'''
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_handwritten_missing_tool_skip_fails_in_ci_too(tmp_path, ci):
+    """The backstop for skips that bypass requires_tool: under CI=true one that points at scripts/system-deps.sh
+    fails; other skips and xfails are left alone. The suite's conftest runs as a plugin on a file outside tests/."""
+    (tmp_path / "test_handwritten.py").write_text(HANDWRITTEN)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env |= {"CI": ci, "PYTHONPATH": str(ROOT / "tests")}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEsx", "-p", "no:cacheprovider", "-p", "conftest",
+           "--rootdir", str(tmp_path), "-c", os.devnull, "test_handwritten.py"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    summary = out.stdout.strip().splitlines()[-1]
+    if ci:
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert summary.startswith("1 failed, 1 skipped, 1 xfailed, 1 error"), out.stdout
+        assert out.stdout.count("(CI=true: a missing tool fails; use requires_tool)") >= 2, out.stdout
+        assert re.search(r"^SKIPPED \[1\] test_handwritten.py:\d+: not on this platform$", out.stdout, re.M), out.stdout
+    else:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert summary.startswith("3 skipped, 1 xfailed"), out.stdout
