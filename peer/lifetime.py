@@ -73,6 +73,10 @@ def bind_children_to_this_process(interval_s: float = WATCH_INTERVAL_S) -> None:
     watch = _ForkWatch(interval_s)
     os.register_at_fork(before=watch.before_fork, after_in_child=watch.after_fork_in_child)
     _installed.append(watch)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # a torchrun rank: its launcher (the elastic agent) stops the ranks when it is stopped, but not when it is
+        # SIGKILLed; the ranks hold the peer's identity lock and its DHT
+        start_parent_watch(os.getppid(), interval_s)
 
 
 def start_parent_watch(parent_pid: int, interval_s: float = WATCH_INTERVAL_S) -> threading.Thread:
