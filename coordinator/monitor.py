@@ -6,9 +6,13 @@ Trust comes from the DHT itself: the coordinator's node validates every record i
 in the subkey may write it). Each validator is wrapped in a ``RejectionCounter`` that counts, by reason, the records
 of this run it refuses; the counts live in the DHT's process and the monitor collects them every pass.
 
-Global step = the highest step among alive peers (hivemind's ``examples/albert`` monitor does the same); samples/s =
-their sum; loss = the mean over alive peers. A peer is alive while its record keeps changing: a record that sits
-unchanged in the DHT until it expires belongs to a peer that is gone.
+Global step = the highest step among alive peers (hivemind's ``examples/albert`` monitor does the same); loss = the
+mean over alive peers. A peer is alive while its record keeps changing: a record that sits unchanged in the DHT until
+it expires belongs to a peer that is gone.
+
+Samples/s is not what peers say about themselves (``coordinator.rates`` says why): the swarm's is the increase of the
+run's credited samples counter (``warmswarm_samples_total``) over the last ``rate_window`` seconds, a volunteer's the
+same of its own credited samples, and 0 once it is not alive.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.bans import BanCourt
+from coordinator.rates import DEFAULT_RATE_WINDOW, CounterWindow
 from coordinator.store import PeerObservation, Store
 from peer.records import LocalMetrics, MetricsSchema, bans_key, config_key, metrics_key, reports_key
 from peer.swarm.bans import ban_validators
@@ -115,17 +120,17 @@ class SwarmSnapshot:
     new_rejections: dict[str, int] = field(default_factory=dict)
 
 
-def aggregate(records: Iterable[LocalMetrics]) -> tuple[int, float, float | None]:
-    """(global step, samples/s, loss) over the alive peers' records; loss is the mean of the finite losses."""
+def aggregate(records: Iterable[LocalMetrics]) -> tuple[int, float | None]:
+    """(global step, loss) over the alive peers' records; loss is the mean of the finite losses."""
     records = list(records)
     step = max((r.step for r in records), default=0)
-    sps = float(sum(r.samples_per_second for r in records))
     losses = [r.loss for r in records if math.isfinite(r.loss)]
-    return step, sps, (sum(losses) / len(losses) if losses else None)
+    return step, (sum(losses) / len(losses) if losses else None)
 
 
 class Monitor:
-    """Polls ``<run_id>_metrics`` every ``interval`` seconds and writes the run's progress to ``store``.
+    """Polls ``<run_id>_metrics`` every ``interval`` seconds and writes the run's progress to ``store``; samples/s
+    are rates over the last ``rate_window`` seconds.
 
     Not thread-safe itself: one thread calls ``poll`` (``run`` does so until ``stop`` is set)."""
 
@@ -138,7 +143,10 @@ class Monitor:
         interval: float = 5.0,
         bans: BanCourt | None = None,
         forget_after: float = 3600.0,
+        rate_window: float = DEFAULT_RATE_WINDOW,
     ):
+        if not rate_window > 0:
+            raise ValueError(f"rate_window must be > 0 s, not {rate_window}")
         if not forget_after > alive_window:
             raise ValueError(f"forget_after ({forget_after} s) must exceed alive_window ({alive_window} s)")
         self.forget_after = forget_after  # seconds without a new record after which a peer's bookkeeping is dropped
@@ -152,6 +160,19 @@ class Monitor:
         self._last_change: dict[str, float] = {}  # peer -> coordinator time its record last changed
         self._records: dict[str, LocalMetrics] = {}
         self._rejections_seen: dict[str, int] = {}
+        self.rate_window = rate_window
+        self._credited: dict[str, int] = {}  # peer -> samples the store has credited to it
+        self._peer_samples: dict[str, CounterWindow] = {}  # peer -> its credited samples over the rate window
+        self._rate_written: dict[str, float] = {}  # peer -> the samples/s last written to its row
+        self._swarm_samples: CounterWindow | None = None  # the run's samples counter; made at the first pass
+
+    def _swarm_window(self, now: float) -> CounterWindow:
+        """The run's samples counter over the rate window, begun with the store's history, so that a restarted
+        coordinator's first passes already have a window's worth of points."""
+        samples = CounterWindow(self.rate_window)
+        for point in self.store.history(since=now - self.rate_window):
+            samples.add(point.time, point.samples_total)
+        return samples
 
     @property
     def tracked_peers(self) -> int:
@@ -168,6 +189,9 @@ class Monitor:
             del self._last_change[pid]
             self._records.pop(pid, None)
             self._last_record.pop(pid, None)
+            self._credited.pop(pid, None)
+            self._peer_samples.pop(pid, None)
+            self._rate_written.pop(pid, None)
 
     def _fetch(self) -> dict[bytes, object]:
         found = self.dht.get(metrics_key(self.run_id), latest=True)
@@ -207,11 +231,12 @@ class Monitor:
                 name=record.peer_name,
                 step=record.step,
                 samples_total=record.samples_total,
-                samples_per_second=record.samples_per_second,
+                samples_per_second=None,  # the peer's own figure is not trusted: set_peer_rates below
                 loss=loss,
                 time=now,
+                session=record.session,
             )
-            self.store.observe_peer(obs)
+            self._credited[pid] = self.store.observe_peer(obs)
             observed.append(obs)
         for reason, n in locally_rejected.items():
             new_rejections[reason] = new_rejections.get(reason, 0) + n
@@ -224,7 +249,8 @@ class Monitor:
             for pid, rec in self._records.items()
             if now - self._last_change[pid] <= self.alive_window and pid not in banned
         }
-        step, sps, loss = aggregate(alive.values())
+        step, loss = aggregate(alive.values())
+        sps = self._rates(now, alive)
         if self.bans is not None:
             try:
                 self.bans.judge(alive, now)
@@ -233,6 +259,24 @@ class Monitor:
         self.store.record_progress(global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now)
         self._forget_departed(now)
         return SwarmSnapshot(now, step, len(alive), sps, loss, observed, new_rejections)
+
+    def _rates(self, now: float, alive: Iterable[str]) -> float:
+        """Adds this pass's points to the samples windows, writes each tracked volunteer's rate (0 unless alive) to
+        the store and returns the swarm's: the rate of the run's credited samples counter."""
+        alive = set(alive)
+        changed = {}
+        for pid, credited in self._credited.items():
+            window = self._peer_samples.setdefault(pid, CounterWindow(self.rate_window))
+            window.add(now, credited)
+            rate = (window.rate() or 0.0) if pid in alive else 0.0
+            if self._rate_written.get(pid) != rate:  # a departed peer's 0 is written once, not every pass
+                changed[pid] = self._rate_written[pid] = rate
+        if changed:
+            self.store.set_peer_rates(changed)
+        if self._swarm_samples is None:
+            self._swarm_samples = self._swarm_window(now)
+        self._swarm_samples.add(now, self.store.samples_total())
+        return self._swarm_samples.rate() or 0.0
 
     def run(self, stop: threading.Event, on_poll: Callable[[SwarmSnapshot], None] | None = None) -> None:
         """Polls until ``stop`` is set; a failed pass is logged and retried at the next interval."""

@@ -7,7 +7,7 @@ committed transaction durable across a SIGKILL. Every writer method is one trans
 
 Read API (what ``coordinator.api`` calls): ``progress()``, ``peers()``, ``history(since)``, ``checkpoints()``,
 ``rejected_counts()``, ``run_config()``. Writer API (what the monitor and the checkpoint saver call):
-``open_run``, ``observe_peer``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
+``open_run``, ``observe_peer``, ``set_peer_rates``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
 ``remove_checkpoint``, ``set_banned``, ``add_ban``, ``record_contribution_rejections``. All reads are for the store's
 run (the ``run_id`` given to ``open_run``, or the most recently opened run when a reader opens the file without one).
 """
@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.rates import ETA_WINDOW, eta_seconds
 from peer.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first layout. 2: ``peers.last_session``, the session id of a volunteer's last record (``_MIGRATIONS``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS peers (
     last_samples_per_second REAL NOT NULL DEFAULT 0,
     banned INTEGER NOT NULL DEFAULT 0,
     ban_reason TEXT NOT NULL DEFAULT '',
+    last_session TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, peer_id)
 );
 CREATE TABLE IF NOT EXISTS history (
@@ -100,6 +103,11 @@ CREATE TABLE IF NOT EXISTS contribution_rejections (
 );
 """
 
+# version -> the statements that bring a store of that version to the next one (each run in one transaction)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE peers ADD COLUMN last_session TEXT NOT NULL DEFAULT ''",),
+}
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -112,15 +120,17 @@ class Progress:
     loss: float | None
     samples_total: int
     total_steps: int | None
-    eta_seconds: float | None  # from the step rate over the recent history; None while unknown
+    eta_seconds: float | None  # from the recent step rate while progress is live (``rates.eta_seconds``); else None
     last_checkpoint_step: int | None
     updated: float | None
 
 
 @dataclass(frozen=True)
 class PeerRow:
-    """One volunteer's contribution. ``peer_id`` is the hex sha256 of the peer's public key (stable across restarts
-    of that peer when it keeps its identity); ``short_id`` its first 8 characters for display."""
+    """One volunteer's contribution. ``peer_id`` is the hex sha256 of the public key that signs the peer's records,
+    which a peer keeps next to its ``--identity_path`` (``peer.swarm.record_key``), so all its sessions share one row;
+    ``short_id`` its first 8 characters for display. ``samples_per_second`` is the rate of its credited samples over
+    the monitor's window, and 0 once the peer is not alive."""
 
     peer_id: str
     short_id: str
@@ -187,10 +197,20 @@ class PeerObservation:
     peer_id: str
     name: str
     step: int
-    samples_total: int
-    samples_per_second: float
+    samples_total: int  # the peer's count since its session started (0 again after a restart)
+    samples_per_second: float | None  # None: leave the row's rate as it is (the monitor sets it with set_peer_rates)
     loss: float | None
     time: float  # coordinator clock when observed
+    session: str = ""  # the record's session id ("" from peers before it existed): a new one is a restart
+
+
+def credited_samples(prev_total: int, prev_session: str, total: int, session: str) -> int:
+    """Samples a new record adds to a volunteer's contribution: its increase since the last one, or all of it when
+    the volunteer started a new session (its count began again at 0). A new session shows as a new session id, or,
+    from peers that send none, as a count that went down."""
+    if (session and prev_session and session != prev_session) or total < prev_total:
+        return total
+    return total - prev_total
 
 
 class Store:
@@ -212,17 +232,41 @@ class Store:
                 self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                with self._db:
-                    self._db.executescript(_SCHEMA)
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
+                self._create_or_migrate()
             except sqlite3.DatabaseError as e:
                 raise UserError(f"cannot open coordinator database {self.path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         self.run_id = self._latest_run_id()
 
     # ---------------------------------------------------------------- lifecycle
+
+    def _create_or_migrate(self) -> None:
+        """Creates the tables of a new file, or first brings an older file up to ``SCHEMA_VERSION``, one version per
+        transaction (explicit, as Python's sqlite3 would commit a bare ALTER at once), so that a crash leaves a file
+        of one version or the next, never half of one."""
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if has_meta:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 1
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"coordinator database {self.path} has schema version {version}, newer than this warmswarm's "
+                    f"({SCHEMA_VERSION}): upgrade warmswarm to open it"
+                )
+            while version < SCHEMA_VERSION:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for statement in _MIGRATIONS[version]:
+                        self._db.execute(statement)
+                    version += 1
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),)
+                    )
+        with self._db:
+            self._db.executescript(_SCHEMA)  # a new file's tables; every statement is IF NOT EXISTS
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -262,23 +306,25 @@ class Store:
             )
         self.run_id = run_id
 
-    def observe_peer(self, obs: PeerObservation) -> None:
-        """Folds one observation into the peer's contribution.
+    def observe_peer(self, obs: PeerObservation) -> int:
+        """Folds one observation into the volunteer's contribution and returns the samples credited to it so far.
 
-        Samples: the increase of the peer's ``samples_total`` since the last observation (a drop means the peer
-        restarted and counts from zero again, so its new total is all new). Time online: the gap since the last
-        observation, counted only while the peer stayed within the alive window (a peer that vanished for an hour
-        is not credited the hour)."""
+        Samples: all of the first record's count (the samples it made before the coordinator saw it), then each
+        record's ``credited_samples``, so a volunteer's sessions add up in one row. Time online: the gap since the
+        last observation, counted only while the peer stayed within the alive window (a peer that vanished for an
+        hour is not credited the hour)."""
         run_id = self._run()
         with self._lock, self._db:
             row = self._db.execute(
-                "SELECT last_seen, last_samples_total FROM peers WHERE run_id = ? AND peer_id = ?",
+                "SELECT last_seen, last_samples_total, last_session, samples FROM peers WHERE run_id = ? AND "
+                "peer_id = ?",
                 (run_id, obs.peer_id),
             ).fetchone()
             if row is None:
                 self._db.execute(
                     "INSERT INTO peers (run_id, peer_id, name, first_seen, last_seen, samples, last_samples_total, "
-                    "last_step, last_loss, last_samples_per_second) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+                    "last_step, last_loss, last_samples_per_second, last_session) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         obs.peer_id,
@@ -286,20 +332,23 @@ class Store:
                         obs.time,
                         obs.time,
                         obs.samples_total,
+                        obs.samples_total,
                         obs.step,
                         obs.loss,
-                        obs.samples_per_second,
+                        obs.samples_per_second or 0.0,
+                        obs.session,
                     ),
                 )
-                return
+                return obs.samples_total
             gap = obs.time - row["last_seen"]
             online = gap if 0 < gap <= self.alive_window else 0.0
-            prev_total = row["last_samples_total"]
-            new_samples = obs.samples_total - prev_total if obs.samples_total >= prev_total else obs.samples_total
+            new_samples = credited_samples(row["last_samples_total"], row["last_session"], obs.samples_total,
+                                           obs.session)  # fmt: skip
             self._db.execute(
                 "UPDATE peers SET name = ?, last_seen = MAX(last_seen, ?), seconds_online = seconds_online + ?, "
                 "samples = samples + ?, last_samples_total = ?, last_step = ?, last_loss = ?, "
-                "last_samples_per_second = ? WHERE run_id = ? AND peer_id = ?",
+                "last_samples_per_second = COALESCE(?, last_samples_per_second), last_session = ? "
+                "WHERE run_id = ? AND peer_id = ?",
                 (
                     obs.name or "",
                     obs.time,
@@ -309,9 +358,20 @@ class Store:
                     obs.step,
                     obs.loss,
                     obs.samples_per_second,
+                    obs.session or row["last_session"],
                     run_id,
                     obs.peer_id,
                 ),
+            )
+            return row["samples"] + new_samples
+
+    def set_peer_rates(self, rates: dict[str, float]) -> None:
+        """Sets each listed volunteer's samples/s (peer id -> rate), as the monitor computes it every pass."""
+        run_id = self._run()
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE peers SET last_samples_per_second = ? WHERE run_id = ? AND peer_id = ?",
+                [(float(rate), run_id, pid) for pid, rate in rates.items()],
             )
 
     def record_progress(
@@ -455,30 +515,44 @@ class Store:
             row = self._db.execute("SELECT config_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return json.loads(row[0])
 
+    def samples_total(self) -> int:
+        """Samples credited to all volunteers of the run (what ``record_progress`` writes as the run's total)."""
+        run_id = self._run()
+        with self._lock:
+            return self._db.execute(
+                "SELECT COALESCE(SUM(samples), 0) FROM peers WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+
     def progress(self, now: float | None = None) -> Progress:
+        """The run's figures as of the monitor's last pass. Once that pass is older than the alive window (the
+        coordinator or its monitor stopped) samples/s reads 0 and there is no ETA: nothing says progress goes on."""
         run_id = self._run()
         now = time.time() if now is None else now
         with self._lock:
             run = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             last_ckpt = self._db.execute("SELECT MAX(step) FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()[0]
-            # Step rate over the last ~10 minutes of history, for the ETA.
-            window = self._db.execute(
-                "SELECT MIN(time), MIN(step), MAX(time), MAX(step) FROM history WHERE run_id = ? AND time >= ?",
-                (run_id, now - 600.0),
-            ).fetchone()
-        eta = None
-        total = run["total_steps"]
-        if total is not None and window[0] is not None and window[2] > window[0] and window[3] > window[1]:
-            rate = (window[3] - window[1]) / (window[2] - window[0])
-            eta = max(0.0, (total - run["global_step"]) / rate)
+            steps = self._db.execute(
+                "SELECT time, step FROM history WHERE run_id = ? AND time >= ? AND time <= ? ORDER BY time",
+                (run_id, now - ETA_WINDOW, now),
+            ).fetchall()
+        live = run["updated"] is not None and now - run["updated"] <= self.alive_window
+        eta = eta_seconds(
+            [(steps[0][0], steps[0][1]), (steps[-1][0], steps[-1][1])] if steps else [],
+            run["total_steps"],
+            run["global_step"],
+            run["alive_peers"],
+            run["updated"],
+            now,
+            stale_after=self.alive_window,
+        )
         return Progress(
             run_id=run_id,
             global_step=run["global_step"],
             alive_peers=run["alive_peers"],
-            samples_per_second=run["samples_per_second"],
+            samples_per_second=run["samples_per_second"] if live else 0.0,
             loss=run["loss"],
             samples_total=run["samples_total"],
-            total_steps=total,
+            total_steps=run["total_steps"],
             eta_seconds=eta,
             last_checkpoint_step=last_ckpt,
             updated=run["updated"],
@@ -503,7 +577,7 @@ class Store:
                 last_seen=r["last_seen"],
                 step=r["last_step"],
                 loss=r["last_loss"],
-                samples_per_second=r["last_samples_per_second"],
+                samples_per_second=r["last_samples_per_second"] if now - r["last_seen"] <= self.alive_window else 0.0,
                 alive=now - r["last_seen"] <= self.alive_window,
                 banned=bool(r["banned"]),
                 ban_reason=r["ban_reason"],

@@ -15,15 +15,17 @@ MAX_SAMPLES_PER_SECOND = 1e7
 MAX_STEP = 10**12
 MAX_PEER_ID_CHARS = 128  # a base58 libp2p id is ~46-53 characters
 MAX_REPORTED_PEERS = 256  # a report naming more peers than a swarm plausibly has is malformed
+MAX_SESSION_CHARS = 32
 
 
 class LocalMetrics(pydantic.BaseModel):
     """One peer's progress, refreshed every few seconds and expiring (``SwarmSpec.metrics_expiration``)."""
 
     step: pydantic.conint(ge=0, le=MAX_STEP, strict=True)  # the peer's current global (optimizer) step
+    # the peer's own estimate, informational: the coordinator's rates come from samples_total (coordinator.rates)
     samples_per_second: pydantic.confloat(ge=0.0, le=MAX_SAMPLES_PER_SECOND, strict=True)
     samples_accumulated: pydantic.conint(ge=0, strict=True)  # samples since the last global step
-    samples_total: pydantic.conint(ge=0, strict=True)  # samples this peer contributed since it joined
+    samples_total: pydantic.conint(ge=0, strict=True)  # samples this peer contributed since it joined (this session)
     loss: pydantic.StrictFloat
     mini_steps: pydantic.conint(ge=0, strict=True)
     time: pydantic.StrictFloat  # unix time the record was made (peer clock)
@@ -32,6 +34,9 @@ class LocalMetrics(pydantic.BaseModel):
     fingerprint: pydantic.constr(max_length=64) = ""
     # the peer's libp2p id (base58): how the coordinator maps a ban (by peer id) to a volunteer's record
     peer_id: pydantic.constr(max_length=MAX_PEER_ID_CHARS) = ""
+    # random per peer process (peer.swarm.metrics.RecordSigning.session): with the signing key kept across restarts,
+    # how the coordinator tells a restart (samples_total from 0 again) from more samples of the same session
+    session: pydantic.constr(max_length=MAX_SESSION_CHARS) = ""
 
 
 class MetricsSchema(pydantic.BaseModel):

@@ -3,6 +3,8 @@
 Every DHT node validates each record with ``SchemaValidator`` (field types and bounds from ``peer.records``) and
 ``RSASignatureValidator`` (only the key's holder can write its subkey), so the coordinator can trust who did what.
 Records expire after ``SwarmSpec.metrics_expiration`` seconds; a live peer refreshes its record every few seconds.
+The signing key is the volunteer's across restarts when it has an identity file (``peer.swarm.record_key``), and each
+record carries this process's session id, so the coordinator adds a restarted volunteer's samples to its one row.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -21,6 +24,7 @@ from hivemind.utils import get_dht_time
 
 from peer.config import RunConfig
 from peer.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
 from peer.swarm.record_limits import RecordSizeLimit
 
 logger = logging.getLogger(__name__)
@@ -28,19 +32,29 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecordSigning:
-    """The validators a peer's DHT must run, and the signer's public key (the subkey of this peer's records)."""
+    """The validators a peer's DHT must run, the signer's public key (the subkey of this peer's records) and this
+    process's session id, which every ``LocalMetrics`` it publishes carries."""
 
     signature: RSASignatureValidator
     validators: list[RecordValidatorBase]
+    session: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def public_key(self) -> bytes:
         return self.signature.local_public_key
 
+    def stamp(self, metrics: LocalMetrics) -> dict:
+        """The record's DHT value: ``metrics`` with this session's id."""
+        return {**metrics.dict(), "session": self.session}
 
-def make_validators(run_id: str) -> RecordSigning:
-    """Size + schema + signature validators for ``run_id``'s records; the RSA key is this process's (hivemind
-    default). The size limit (``peer.swarm.record_limits``) runs first and drops oversized records from anyone."""
+
+def make_validators(run_id: str, identity_path: str | None = None) -> RecordSigning:
+    """Size + schema + signature validators for ``run_id``'s records. The RSA key is hivemind's process key: with
+    ``identity_path``, the volunteer's own, loaded from (or first written to) ``<identity_path>.records.der``
+    (``peer.swarm.record_key``); without, a fresh one. The size limit (``peer.swarm.record_limits``) runs first and
+    drops oversized records from anyone."""
+    if identity_path:
+        use_as_process_key(load_or_create_record_key(record_key_path(identity_path)))
     signature = RSASignatureValidator()
     schema = SchemaValidator(MetricsSchema, prefix=run_id)
     return RecordSigning(signature, [RecordSizeLimit(), schema, signature])
@@ -63,7 +77,7 @@ def publish_metrics(dht: hivemind.DHT, run_id: str, signing: RecordSigning, metr
     return dht.store(
         key=metrics_key(run_id),
         subkey=signing.public_key,
-        value=metrics.dict(),
+        value=signing.stamp(metrics),
         expiration_time=get_dht_time() + expiration,
         return_future=False,
     )
@@ -139,7 +153,7 @@ class MetricsPublisher:
         self._in_flight = self.dht.store(
             key=metrics_key(self.run_id),
             subkey=self.signing.public_key,
-            value=metrics.dict(),
+            value=self.signing.stamp(metrics),
             expiration_time=get_dht_time() + self.expiration,
             return_future=True,
         )

@@ -1,29 +1,74 @@
 """The store keeps a run's history, contribution and checkpoints across reopen, and credits contribution honestly."""
 
+import sqlite3
+
 import pytest
 
-from coordinator.store import CheckpointRow, FileEntry, PeerObservation, Store
+from coordinator.store import _SCHEMA, SCHEMA_VERSION, CheckpointRow, FileEntry, PeerObservation, Store
 from peer.errors import UserError
 
 
-def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0):
+def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0, session=""):
     return PeerObservation(
-        peer_id=peer_id, name=name, step=step, samples_total=samples_total, samples_per_second=sps, loss=loss, time=t
-    )
+        peer_id=peer_id, name=name, step=step, samples_total=samples_total, samples_per_second=sps, loss=loss, time=t,
+        session=session,
+    )  # fmt: skip
 
 
 def test_contribution_credits_increments_restarts_and_only_alive_time(tmp_path):
     with Store(tmp_path / "c.db", alive_window=60) as store:
         store.open_run("r", {"run_id": "r"}, total_steps=100, now=0.0)
-        store.observe_peer(_obs("aa" * 32, 100.0, 50, name="alice"))
-        store.observe_peer(_obs("aa" * 32, 130.0, 80, name="alice"))  # +30 samples, +30 s online
-        store.observe_peer(_obs("aa" * 32, 1000.0, 20, name="alice"))  # restarted after a long gap: +20, +0 s
-        store.observe_peer(_obs("bb" * 32, 130.0, 500))  # first sight: nothing credited yet
+        assert store.observe_peer(_obs("aa" * 32, 100.0, 50, name="alice")) == 50  # first sight: all its samples
+        assert store.observe_peer(_obs("aa" * 32, 130.0, 80, name="alice")) == 80  # +30 samples, +30 s online
+        # restarted after a long gap (a peer without session ids: its count went down): +20, +0 s
+        assert store.observe_peer(_obs("aa" * 32, 1000.0, 20, name="alice")) == 100
+        store.observe_peer(_obs("bb" * 32, 130.0, 500))
         store.observe_peer(_obs("bb" * 32, 140.0, 700))
         (b, a) = store.peers(now=1010.0)
-        assert (a.name, a.samples, a.seconds_online, a.alive) == ("alice", 50, 30.0, True)
-        assert (b.name, b.samples, b.seconds_online, b.alive) == ("bb" * 4, 200, 10.0, False)
+        assert (a.name, a.samples, a.seconds_online, a.alive) == ("alice", 100, 30.0, True)
+        assert (b.name, b.samples, b.seconds_online, b.alive) == ("bb" * 4, 700, 10.0, False)
         assert b.short_id == "bb" * 4
+        assert store.samples_total() == 800
+
+
+def test_a_new_session_of_the_same_volunteer_adds_all_its_samples_to_its_one_row(tmp_path):
+    """The count of a restarted peer starts again at 0; a new session id says so even when the coordinator first
+    sees the new session at a count above the old one's last (the count going down is then no sign)."""
+    with Store(tmp_path / "c.db", alive_window=60) as store:
+        store.open_run("r", {"run_id": "r"})
+        store.observe_peer(_obs("aa" * 32, 10.0, 100, session="first"))
+        store.observe_peer(_obs("aa" * 32, 20.0, 400, session="first"))
+        store.observe_peer(_obs("aa" * 32, 90.0, 500, session="second"))  # restarted and trained faster
+        store.observe_peer(_obs("aa" * 32, 100.0, 650, session="second"))
+        (row,) = store.peers(now=100.0)
+        assert row.samples == 400 + 650
+
+
+def test_rates_of_peers_that_are_not_alive_read_zero(tmp_path):
+    with Store(tmp_path / "c.db", alive_window=60) as store:
+        store.open_run("r", {"run_id": "r"})
+        store.observe_peer(_obs("aa" * 32, 100.0, 50, sps=None))
+        store.observe_peer(_obs("bb" * 32, 100.0, 50, sps=None))
+        store.set_peer_rates({"aa" * 32: 12.5, "bb" * 32: 7.0})
+        store.observe_peer(_obs("aa" * 32, 150.0, 80, sps=None))  # None keeps the monitor's rate
+        rates = {p.peer_id[:2]: (p.alive, p.samples_per_second) for p in store.peers(now=200.0)}
+        assert rates == {"aa": (True, 12.5), "bb": (False, 0.0)}
+
+
+def test_progress_is_live_only_while_the_monitor_updates_it_and_a_peer_is_alive(tmp_path):
+    with Store(tmp_path / "c.db", alive_window=60) as store:
+        store.open_run("r", {"run_id": "r"}, total_steps=1000, now=0.0)
+        for t in range(0, 301, 30):
+            store.record_progress(global_step=t // 10, alive_peers=2, samples_per_second=64.0, loss=1.0, now=t)
+        p = store.progress(now=310.0)
+        assert (p.samples_per_second, p.eta_seconds) == (64.0, pytest.approx((1000 - 30) / 0.1))
+        stale = store.progress(now=361.0)  # the monitor stopped: nothing says the swarm still trains
+        assert (stale.samples_per_second, stale.eta_seconds, stale.global_step) == (0.0, None, 30)
+        store.record_progress(global_step=30, alive_peers=0, samples_per_second=0.0, loss=None, now=330.0)
+        assert store.progress(now=331.0).eta_seconds is None  # every peer gone: a step rate from history is no ETA
+        for t in range(360, 1000, 30):  # peers alive, but stuck at step 30 for longer than the ETA window
+            store.record_progress(global_step=30, alive_peers=2, samples_per_second=0.0, loss=1.0, now=t)
+        assert store.progress(now=990.0).eta_seconds is None
 
 
 def test_progress_history_eta_and_rejections_survive_reopen(tmp_path):
@@ -35,6 +80,7 @@ def test_progress_history_eta_and_rejections_survive_reopen(tmp_path):
         store.record_progress(global_step=10, alive_peers=1, samples_per_second=32.0, loss=3.0, now=100.0)
         store.record_progress(global_step=5, alive_peers=1, samples_per_second=30.0, loss=2.5, now=110.0)
         store.record_progress(global_step=20, alive_peers=2, samples_per_second=40.0, loss=2.0, now=120.0)
+        assert store.samples_total() == 64
         store.add_rejected({"malformed": 2, "bad_signature": 1})
         store.add_rejected({"malformed": 1, "bad_signature": 0})
         files = [FileEntry("config.json", 10, "ab" * 32)]
@@ -44,6 +90,7 @@ def test_progress_history_eta_and_rejections_survive_reopen(tmp_path):
         p = reader.progress(now=120.0)
         # the global step never goes backwards, even if a lagging peer reports an older one
         assert (p.run_id, p.global_step, p.alive_peers, p.loss, p.samples_total) == ("r", 20, 2, 2.0, 64)
+        assert p.samples_per_second == 40.0
         assert p.eta_seconds == pytest.approx((110 - 20) / (10 / 20))
         assert p.last_checkpoint_step == 20
         assert [h.step for h in reader.history()] == [10, 10, 20]
@@ -73,3 +120,49 @@ def test_ban_and_clear_errors(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="cannot open coordinator database"):
         Store(tmp_path / "junk.db")
+
+
+def _v1_store(path) -> None:
+    """A store as warmswarm wrote it before schema version 2: no ``peers.last_session``, version 1 in ``meta``."""
+    v1 = _SCHEMA.replace("    last_session TEXT NOT NULL DEFAULT '',\n", "")
+    assert v1 != _SCHEMA
+    db = sqlite3.connect(path)
+    with db:
+        db.executescript(v1)
+        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        db.execute("INSERT INTO runs (run_id, config_json, created, opened) VALUES ('r', '{}', 0, 0)")
+        db.execute(
+            "INSERT INTO peers (run_id, peer_id, name, first_seen, last_seen, samples, last_samples_total) "
+            "VALUES ('r', ?, 'alice', 1.0, 2.0, 300, 300)",
+            ("aa" * 32,),
+        )
+    db.close()
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "c.db"
+    _v1_store(path)
+    with Store(path, readonly=True) as reader:  # a reader never changes the file, and reads it as it is
+        assert [(p.name, p.samples) for p in reader.peers(now=2.0)] == [("alice", 300)]
+    with Store(path) as store:
+        store.open_run("r", {})
+        store.observe_peer(_obs("aa" * 32, 10.0, 350, name="alice", session="s1"))  # its session goes on: +50
+        store.observe_peer(_obs("aa" * 32, 20.0, 100, name="alice", session="s2"))  # a new one: +100
+        assert [(p.name, p.samples) for p in store.peers(now=20.0)] == [("alice", 450)]
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    assert db.execute("SELECT last_session FROM peers").fetchall() == [("s2",)]
+    db.close()
+    with Store(path) as again:  # opening a current file migrates nothing
+        assert again.peers(now=20.0)[0].samples == 450
+
+
+def test_a_store_from_a_newer_warmswarm_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "c.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.close()
+    with pytest.raises(UserError, match="newer than this warmswarm"):
+        Store(path)

@@ -1,0 +1,118 @@
+"""The swarm's samples/s, end to end: two real peers (``swarm_peer_proc.py``: real DHT, hivemind optimizer and
+``train_loop``) train while the coordinator's real monitor, store and ``/metrics`` run, and a real Prometheus
+scrapes them. The gauge ``warmswarm_samples_per_second`` must agree with what Prometheus itself computes from the
+samples counter, ``rate(warmswarm_samples_total[W])``, over the same window: the issue saw it read 3x that rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import hivemind
+import pytest
+import torch
+from hivemind.utils.crypto import RSAPrivateKey
+from prometheus_proc import instant, running_prometheus
+
+from coordinator.api.http import RunInfo, create_http_app, start_http_server
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.monitor import Monitor, make_validators
+from coordinator.store import Store
+
+pytestmark = pytest.mark.requires_tool("prometheus")
+
+REPO = Path(__file__).resolve().parents[3]
+PEER = REPO / "tests" / "peer" / "swarm" / "swarm_peer_proc.py"
+RUN = "swarmtest"  # swarm_peer_proc's run
+WINDOW = 30  # seconds: the monitor's rate window, and Prometheus's range below
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+def start_peer(out: Path, initial: list[str], seed: int) -> subprocess.Popen:
+    """A sync peer that trains until stopped: 0.1 s of "compute" per batch of 8, a global step every 128 samples
+    (8 local steps each), then an averaging round of a few seconds in which no samples are made. Such uneven steps
+    are what a per-step rate gets wrong."""
+    out.mkdir()
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "STEPS": "100000", "MIN_PEERS": "2", "TARGET": "128",
+        "STEP_SLEEP": "0.1", "MATCHMAKING": "2", "PEER_SEED": str(seed), "LINGER": "0",
+    }  # fmt: skip
+    log = open(out / "log.txt", "w")  # noqa: SIM115 - the child holds it; closed with the test's tmp dir
+    return subprocess.Popen(
+        [sys.executable, str(PEER), str(out), "sync", *initial], cwd=REPO, env=env, stdout=log, stderr=log,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_peers(peers: list[subprocess.Popen]) -> None:
+    for p in peers:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in peers:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_samples_per_second_agrees_with_prometheus_rate_of_the_samples_counter(tmp_path):
+    store = Store(tmp_path / "coordinator.db", alive_window=30)
+    store.open_run(RUN, {"run_id": RUN})
+    _, validators = make_validators(RUN, RSAPrivateKey())
+    dht = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
+    monitor = Monitor(dht, store, RUN, alive_window=30, interval=0.5, rate_window=WINDOW)
+    stop = threading.Event()
+    thread = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+    thread.start()
+    metrics = CoordinatorMetrics(store)
+    http = start_http_server(create_http_app(store, tmp_path / "ckpts", RunInfo(RUN, {}), metrics), "127.0.0.1", 0)
+    initial = [str(a) for a in dht.get_visible_maddrs()]
+    peers: list[subprocess.Popen] = []
+    try:
+        with running_prometheus(http.port, tmp_path) as prom:
+            peers = [start_peer(tmp_path / f"peer{i}", initial, seed=i + 1) for i in range(2)]
+            deadline = time.monotonic() + 180
+            while not (store.progress().alive_peers == 2 and store.progress().global_step >= 1):
+                for p in peers:
+                    assert p.poll() is None, (Path(p.args[2]) / "log.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the peers took no global step in 180 s"
+                time.sleep(0.5)
+            time.sleep(WINDOW + 5)  # a full window of training, in the monitor's history and in Prometheus's
+            rate = f"rate(warmswarm_samples_total[{WINDOW}s])"
+            rates, ratios = [], []
+            for _ in range(8):
+                at = time.time() - 1.0  # both series of one evaluation instant, scraped by then
+                r, ratio = instant(prom, rate, at), instant(prom, f"warmswarm_samples_per_second / {rate}", at)
+                assert store.progress().alive_peers == 2, "a peer left during the measurement"
+                if r is not None and ratio is not None:
+                    rates.append(r)
+                    ratios.append(ratio)
+                time.sleep(2.0)
+            summary = json.dumps({"rates": [round(r, 2) for r in rates], "ratios": [round(r, 3) for r in ratios]})
+            print(summary)
+            assert len(ratios) >= 6, summary
+            assert min(rates) > 5.0, summary  # both peers were training throughout
+            assert all(0.9 <= r <= 1.1 for r in ratios), summary
+        # the counter itself is true: once the peers left, it holds every sample they trained, no more
+        stop_peers(peers)
+        trained = sum(torch.load(Path(p.args[2]) / "result.pt")["samples"] for p in peers)
+        deadline = time.monotonic() + 30
+        while store.samples_total() != trained and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert store.samples_total() == trained
+    finally:
+        stop_peers(peers)
+        stop.set()
+        thread.join(30)
+        http.stop()
+        dht.shutdown()
+        store.close()
