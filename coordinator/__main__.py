@@ -11,19 +11,29 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peer.entry import run_cli
 from peer.errors import UserError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from peer.coordinator_api import CheckpointsAnswer, PeersAnswer, ProgressAnswer
+
 
 def _start(args: argparse.Namespace) -> int:
+    from coordinator.preflight import refuse_early
     from peer.config import load_config
 
-    cfg = load_config(args.config, args.override)  # before the heavy imports: a bad config fails in a blink
-    from coordinator.service import CoordinatorSpec, start_coordinator
-
+    # before the heavy imports (seconds on a busy machine): a bad config, data dir or port fails in a blink
+    cfg = load_config(args.config, args.override)
     if args.checkpoint_every < 1 or args.keep_last < 1:
         raise UserError("--checkpoint_every and --keep_last must be at least 1")
+    ports = {"--http_port": args.http_port, "--grpc_port": args.grpc_port, "--dht_port": args.dht_port}
+    refuse_early(Path(args.data_dir), args.host, ports)
+    from coordinator.service import CoordinatorSpec, start_coordinator
+
     spec = CoordinatorSpec(
         data_dir=Path(args.data_dir),
         host=args.host,
@@ -70,43 +80,57 @@ def _start(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
+
+    from peer.coordinator_api import CheckpointsAnswer, PeersAnswer, ProgressAnswer, get_answer
+
+    with httpx.Client(timeout=args.timeout) as client:
+        progress = get_answer(args.url, ProgressAnswer, timeout=args.timeout, client=client)
+        peers = get_answer(args.url, PeersAnswer, timeout=args.timeout, client=client)
+        checkpoints = get_answer(args.url, CheckpointsAnswer, timeout=args.timeout, client=client)
+    print_status(Console(), progress, peers, checkpoints)
+    return 0
+
+
+def _number(value: float | None, spec: str = "", per: float | None = None, unit: str = "") -> str:
+    """``value`` (divided by ``per``) formatted, or ``-`` while the coordinator does not know it (no live peer, no
+    step rate yet)."""
+    if value is None:
+        return "-"
+    return f"{value / per if per else value:{spec}}{unit}"
+
+
+def print_status(
+    console: Console, progress: ProgressAnswer, peers: PeersAnswer, checkpoints: CheckpointsAnswer
+) -> None:
+    """``coordinator status``'s text. Every value the coordinator may not know yet (no peer alive, no step rate, no
+    checkpoint) is shown as ``-`` or left out, never a crash."""
+    from rich.markup import escape
     from rich.table import Table
 
-    base = args.url.rstrip("/")
-    try:
-        with httpx.Client(timeout=args.timeout) as client:
-            progress = client.get(f"{base}/api/v1/progress").raise_for_status().json()
-            peers = client.get(f"{base}/api/v1/peers").raise_for_status().json()["peers"]
-            checkpoints = client.get(f"{base}/api/v1/checkpoints").raise_for_status().json()["checkpoints"]
-    except (httpx.HTTPError, ValueError, KeyError) as e:
-        raise UserError(f"cannot read the coordinator's status at {base}: {e}") from None
-    console = Console()
-    eta = progress.get("eta_seconds")
-    loss = progress.get("loss")
+    p = progress
     console.print(
-        f"run [bold]{progress['run_id']}[/]: step {progress['global_step']}"
-        + (f"/{progress['total_steps']}" if progress.get("total_steps") else "")
-        + f", {progress['alive_peers']} alive peers, {progress['samples_per_second']:.1f} samples/s, "
-        + f"loss {loss:.4f}" * (loss is not None)
-        + ("loss -" if loss is None else "")
-        + (f", ETA {eta / 3600:.1f} h" if eta is not None else "")
+        f"run [bold]{escape(p.run_id)}[/]: step {p.global_step}"
+        + (f"/{p.total_steps}" if p.total_steps else "")
+        + f", {p.alive_peers} alive peers, {_number(p.samples_per_second, '.1f')} samples/s, "
+        + f"loss {_number(p.loss, '.4f')}"
+        + (f", ETA {_number(p.eta_seconds, '.1f', 3600, ' h')}" if p.eta_seconds is not None else "")
     )
     table = Table("volunteer", "id", "samples", "online", "step", "alive")
-    for p in peers:
+    for peer in peers.peers:
         table.add_row(
-            p["name"],
-            p["short_id"],
-            str(p["samples"]),
-            f"{p['seconds_online'] / 3600:.2f} h",
-            str(p["step"]),
-            "banned" if p["banned"] else ("yes" if p["alive"] else "no"),
+            escape(peer.name),
+            escape(peer.short_id),
+            str(peer.samples),
+            _number(peer.seconds_online, ".2f", 3600, " h"),
+            _number(peer.step),
+            "banned" if peer.banned else ("yes" if peer.alive else "no"),
         )
     console.print(table)
-    latest = checkpoints[-1] if checkpoints else None
+    listed = checkpoints.checkpoints
+    latest = listed[-1] if listed else None
     console.print(
-        f"{len(checkpoints)} checkpoints" + (f", latest {latest['name']} (step {latest['step']})" if latest else "")
+        f"{len(listed)} checkpoints" + (f", latest {escape(latest.name)} (step {latest.step})" if latest else "")
     )
-    return 0
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -127,6 +151,10 @@ def _allowlist(args: argparse.Namespace) -> int:
     from coordinator.auth import add_volunteer, list_volunteers, remove_volunteer
 
     if args.action == "add":
+        if args.url is not None:  # checked before the key is made: the line printed once must be right
+            from peer.coordinator_api import coordinator_base_url
+
+            coordinator_base_url(args.url, "--url")
         secret = add_volunteer(args.file, args.name)
         print(f"added {args.name} to {args.file}. Their key is shown only this once; send them this line privately:")
         print(f"  python -m peer join --coordinator {args.url or 'URL'} --auth_key {args.name}:{secret}")

@@ -27,6 +27,7 @@ import grpc
 from tqdm import tqdm
 
 from coordinator.api.checkpoint_files import MANIFEST, CheckpointManifest, FileDigest, check_relative_path
+from peer.coordinator_api import CheckpointsAnswer, CoordinatorUnavailable, NotACoordinator, get_answer
 from peer.errors import UserError
 from protos.warmswarm.v1 import coordinator_pb2 as pb
 from protos.warmswarm.v1 import coordinator_pb2_grpc as pb_grpc
@@ -88,19 +89,16 @@ class _HttpSource(_Source):
 
     def manifest(self, name: str) -> CheckpointManifest:
         try:
-            with self._open(f"{self.base}/api/v1/checkpoints") as r:
-                listed = json.loads(r.read())["checkpoints"]
-        except _TransferCut as e:
+            listed = get_answer(self.base, CheckpointsAnswer, timeout=self.timeout).checkpoints
+        except CoordinatorUnavailable as e:
             raise DownloadError(str(e)) from None
-        except (ValueError, KeyError, OSError, http.client.HTTPException) as e:
-            raise DownloadError(f"cannot list checkpoints at {self.base}: {e}") from None
         if not listed:
             raise DownloadError(f"the coordinator at {self.base} has no checkpoint yet")
-        chosen = listed[-1] if name == "latest" else next((c for c in listed if c["name"] == name), None)
+        chosen = listed[-1] if name == "latest" else next((c for c in listed if c.name == name), None)
         if chosen is None:
-            raise DownloadError(f"no checkpoint {name!r} at {self.base} (have: {', '.join(c['name'] for c in listed)})")
-        files = tuple(FileDigest(f["path"], int(f["size"]), f["sha256"]) for f in chosen["files"])
-        return CheckpointManifest(chosen["name"], int(chosen["step"]), float(chosen["created"]), files)
+            raise DownloadError(f"no checkpoint {name!r} at {self.base} (have: {', '.join(c.name for c in listed)})")
+        files = tuple(FileDigest(f.path, f.size, f.sha256) for f in chosen.files)
+        return CheckpointManifest(chosen.name, chosen.step, chosen.created, files)
 
     def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
         url = f"{self.base}/checkpoints/{quote(name)}/{quote(entry.path)}"
@@ -129,6 +127,10 @@ class _GrpcSource(_Source):
         try:
             m = self.stub.GetManifest(pb.GetManifestRequest(name=name), timeout=self.timeout)
         except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC server, but not one serving warmswarm.v1
+                raise NotACoordinator(
+                    f"grpc://{self.target} is not a warmswarm coordinator (GetManifest: {e.details()})"
+                ) from None
             raise DownloadError(f"cannot get manifest {name!r} from grpc://{self.target}: {e.details()}") from None
         files = tuple(FileDigest(f.path, f.digest.size_bytes, f.digest.sha256) for f in m.files)
         return CheckpointManifest(m.name, m.step, m.created, files)

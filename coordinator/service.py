@@ -1,7 +1,11 @@
 """``python -m coordinator start``: wires store, checkpoints, DHT, monitor, checkpoint saver and the HTTP/gRPC servers.
 
 Start order (each step needs the ones before it), stopped in reverse on SIGINT/SIGTERM:
-  1. store (SQLite, the run's history survives restarts) and checkpoint recovery (drop ``*.tmp``, re-verify);
+  0. refusals that write nothing: an unusable ``--data_dir``, a busy port or ``--host`` (``coordinator.preflight``),
+     an ``--init_from`` that is no model dir, a missing or malformed allowlist; then the data dir's lock, before any
+     slow work;
+  1. store (SQLite, the run's history survives restarts), the signing keys (and a private run's token authority)
+     and checkpoint recovery (drop ``*.tmp``, re-verify);
   2. checkpoint 0 from the growth recipe if the run has no checkpoint yet (or from ``--init_from``);
   3. the DHT node: persistent identity (stable peer id, so the join line survives a restart) and fixed port;
      the run config published under ``<run_id>_config``, signed with the coordinator's persistent RSA key;
@@ -38,10 +42,11 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.auth import AuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.auth import PrivateRun
+from coordinator.auth import Allowlist, PrivateRun
 from coordinator.bans import BanCourt, ban_authority_info
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.monitor import Monitor, make_validators
+from coordinator.preflight import refuse_early
 from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
@@ -355,6 +360,11 @@ def read_known_peers(data_dir: Path) -> list[str]:
     return [m for m in maddrs if isinstance(m, str)][:KNOWN_PEERS_MAX] if isinstance(maddrs, list) else []
 
 
+def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:
+    """The ports the coordinator's servers listen on, by the flag that sets each (0: any free port)."""
+    return {"--http_port": spec.http_port, "--grpc_port": spec.grpc_port, "--dht_port": spec.dht_port}
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -373,15 +383,22 @@ def start_coordinator(
     from coordinator.api.http import RunInfo, create_http_app, start_http_server
     from coordinator.metrics import CoordinatorMetrics
 
+    # Bad input is refused before anything is written or grown (see coordinator.preflight).
+    data = Path(spec.data_dir)
+    refuse_early(data, spec.host, listen_ports(spec))
+    writer = copy_model_dir(spec.init_from) if spec.init_from else (lambda d: initial_state(cfg, d))
+    if spec.allowlist is not None:
+        Allowlist(spec.allowlist)  # read now: a missing or malformed allowlist is refused before any write
     stoppers: list[Callable[[], None]] = []
     stop = threading.Event()
     try:
-        data = Path(spec.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         stoppers.append(lock_data_dir(data))
         store = Store(data / DB_NAME, alive_window=spec.alive_window)
         stoppers.append(store.close)
         store.open_run(cfg.run_id, config_to_dict(cfg), total_steps=cfg.train.total_steps)
+        signing_key = load_or_create_signing_key(data / SIGNING_KEY_NAME)
+        private = PrivateRun.open(cfg.run_id, spec.allowlist, data, store, spec.token_ttl) if spec.allowlist else None
 
         ckpts = CheckpointDir(data / CHECKPOINTS_SUBDIR, keep_last=spec.keep_last)
         report = ckpts.recover()
@@ -391,13 +408,10 @@ def start_coordinator(
             logger.error("corrupt checkpoint set aside: %s", message)
         sync_store(store, report.verified)
         if not report.verified:
-            writer = copy_model_dir(spec.init_from) if spec.init_from else (lambda d: initial_state(cfg, d))
             logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
             ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
 
-        signing_key = load_or_create_signing_key(data / SIGNING_KEY_NAME)
         signature, validators = make_validators(cfg.run_id, signing_key)
-        private = PrivateRun.open(cfg.run_id, spec.allowlist, data, store, spec.token_ttl) if spec.allowlist else None
         dht = start_coordinator_dht(
             cfg,
             spec,

