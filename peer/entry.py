@@ -4,22 +4,19 @@ promise that a failure a user can cause ends in one ``error: ...`` line and a no
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from peer.errors import UserError
 from peer.lifetime import bind_children_to_this_process
+from peer.logs import LogSettings, configure_logging
 from peer.memory import limit_malloc_arenas
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parses ``argv``, sets up logging (``-v`` for debug) and runs the chosen subcommand's ``func``."""
+    """Parses ``argv``, sets up logging (``peer.logs``: ``-v`` for debug lines and hivemind's tracebacks) and runs
+    the chosen subcommand's ``func``."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(LogSettings(verbose=bool(getattr(args, "verbose", False))))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,206 @@
+"""One log format for every process of a run, ours and hivemind's, and no traceback for what a swarm meets every day.
+
+Why: an operator reads a peer's or a coordinator's logs in journald or in the demo's combined output. hivemind puts
+its own handler and format on its loggers (``hivemind.utils.logging``: a coloured ``Dec 06 17:20:01.123 [WARN]``,
+another clock, no logger name) and logs network failures that happen in normal operation (a round that found no
+group, an all-reduce that lost a peer that left, a state download that timed out, a task cancelled at shutdown) with
+a full traceback; a user reads those as crashes. Here:
+
+- every record goes through one root handler: ``2026-12-06 17:20:01 INFO peer.swarm.loop: ...``; hivemind's loggers
+  propagate to it (``use_hivemind_log_handler("nowhere")``) and keep their own level (``HIVEMIND_LOGLEVEL``, default
+  INFO, as hivemind itself reads it), so ``--verbose`` does not turn on hivemind's per-message debug output;
+- :class:`ExpectedFailureFilter` turns a hivemind record whose exception is one of :data:`EXPECTED_FAILURES` into one
+  WARNING line without the traceback, unless ``--verbose``. Any other exception keeps its traceback;
+- ``httpx``/``httpcore`` request lines (one INFO line per HTTP request) and gRPC core's informational lines (its own
+  stderr format) only with ``--verbose``;
+- progress bars only on a terminal (:func:`progress_on`); elsewhere the callers log plain lines, and the bars of
+  transformers and huggingface_hub are turned off.
+
+The forked children (hivemind's DHT process and averagers) inherit this set-up with the process image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+HIVEMIND_LEVEL_ENV = "HIVEMIND_LOGLEVEL"  # hivemind's own variable (hivemind/utils/logging.py)
+GRPC_VERBOSITY_ENV = "GRPC_VERBOSITY"  # gRPC core's own stderr lines ("I1206 17:36:09.832941 ... fork_posix.cc")
+HF_PROGRESS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # read by huggingface_hub, and through it by transformers
+QUIET_LIBRARIES = ("httpx", "httpcore")  # INFO = one line per request: WARNING unless --verbose
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    """A failure hivemind logs with a traceback although a healthy swarm meets it: the record's exception is an
+    instance of a class named ``exception`` (matched over its MRO, so subclasses count and hivemind need not be
+    imported); when ``text`` is given, that text occurs in the exception's message or the record's message; when
+    ``frame`` is given, a function of that name is on the exception's traceback."""
+
+    what: str  # the start of the one-line warning: what happened, in the operator's words
+    exception: str
+    text: str = ""
+    frame: str = ""
+
+    def matches(self, exc: BaseException, message: str) -> bool:
+        if self.exception not in {cls.__name__ for cls in type(exc).__mro__}:
+            return False
+        if self.text and self.text not in str(exc) and self.text not in message:
+            return False
+        return not self.frame or self.frame in _traceback_functions(exc)
+
+
+EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
+    # averager.py _load_state_from_peers / optimizer.py load_state_from_peers: the donor was slow or left
+    ExpectedFailure("state download timed out", "TimeoutError"),
+    # averager.py _step: matchmaking ended with nobody else in the round (a peer alone, or peers out of step)
+    ExpectedFailure("averaging round found no group", "AllreduceException", "could not find a group"),
+    # allreduce.py: a member of the group left or failed mid-round and told the others so (or stopped answering)
+    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "INTERNAL_ERROR"),
+    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "CANCELLED"),
+    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "terminated during"),
+    ExpectedFailure("all-reduce failed: a peer of the group left", "MatchmakingException", "Unable to run All-Reduce"),
+    # matchmaking.py: the would-be leader went away between the invitation and the group
+    ExpectedFailure("matchmaking failed: a peer left", "MatchmakingException"),
+    # any hivemind coroutine cancelled while its process shuts down (or a round's deadline passed)
+    ExpectedFailure("task cancelled (shutdown or deadline)", "CancelledError"),
+    # dht.py / averager.py _run: a request (its MPFuture carries a pipe, handed over by multiprocessing's resource
+    # sharer) from a main process that exited before the DHT or averager process read it
+    ExpectedFailure("request from a process that has exited (shutdown)", "OSError", frame="rebuild_connection"),
+)
+
+
+def _traceback_functions(exc: BaseException) -> set[str]:
+    names, tb = set(), exc.__traceback__
+    while tb is not None:
+        names.add(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def one_line(failure: ExpectedFailure, exc: BaseException, message: str) -> str:
+    """``what: message (Type: text)``, each part once: hivemind often logs the exception itself as the message."""
+    kind, text, message = type(exc).__name__, _first_line(str(exc)), _first_line(message)
+    exception = f"{kind}: {text}" if text else kind
+    if not message or message == text:
+        return f"{failure.what}: {exception}"
+    return f"{failure.what}: {message}" if kind in message else f"{failure.what}: {message} ({exception})"
+
+
+class ExpectedFailureFilter(logging.Filter):
+    """On the root handler: a record from a logger under one of ``scopes`` that carries an exception listed in
+    ``failures`` becomes one WARNING line (the message's first line, the exception's type and first line) with no
+    traceback, unless ``verbose``, where it passes unchanged. Records of other loggers, records with any other
+    exception, and records without one pass unchanged: an unexpected error still shows its traceback."""
+
+    def __init__(
+        self,
+        verbose: bool = False,
+        failures: tuple[ExpectedFailure, ...] = EXPECTED_FAILURES,
+        scopes: tuple[str, ...] = ("hivemind",),
+    ) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.failures = failures
+        self.scopes = scopes
+
+    def expected(self, record: logging.LogRecord) -> ExpectedFailure | None:
+        """The listed failure this record reports, or None."""
+        if not record.exc_info or record.exc_info[1] is None:
+            return None
+        if not any(record.name == scope or record.name.startswith(scope + ".") for scope in self.scopes):
+            return None
+        exc, message = record.exc_info[1], record.getMessage()
+        return next((f for f in self.failures if f.matches(exc, message)), None)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = self.expected(record)
+        if failure is None or self.verbose:
+            return True
+        record.msg = f"{one_line(failure, record.exc_info[1], record.getMessage())} [--verbose shows the traceback]"
+        record.args = None
+        record.exc_info = record.exc_text = record.stack_info = None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    verbose: bool = False  # DEBUG for our loggers, hivemind's expected failures with tracebacks, httpx requests
+    stream: TextIO | None = None  # None: sys.stderr at the time of the call
+
+
+class _RootHandler(logging.StreamHandler):
+    """The handler :func:`configure_logging` installs; its type marks it, so a second call replaces it."""
+
+
+def configure_logging(settings: LogSettings) -> logging.Handler:
+    """Installs the root handler (replacing one installed by an earlier call, leaving others, such as pytest's,
+    alone), routes hivemind's records through it and sets the libraries' levels. Returns the handler."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+        root.removeHandler(old)
+    handler = _RootHandler(settings.stream if settings.stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
+    handler.addFilter(ExpectedFailureFilter(settings.verbose))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET if settings.verbose else logging.WARNING)
+    if not settings.verbose:  # read when grpc is first imported (here or in a child); a value the user set is kept
+        os.environ.setdefault(GRPC_VERBOSITY_ENV, "ERROR")
+    route_hivemind_logs()
+    if not progress_on():
+        hide_library_progress_bars()
+    return handler
+
+
+def route_hivemind_logs() -> None:
+    """hivemind's records go to the root handler, at hivemind's own level (``HIVEMIND_LOGLEVEL``, else INFO).
+    hivemind also renames WARNING to ``WARN`` for every logger when it is imported; the standard name is put back
+    so that all our lines say WARNING."""
+    from hivemind.utils.logging import use_hivemind_log_handler
+
+    use_hivemind_log_handler("nowhere")
+    logging.getLogger("hivemind").setLevel(os.environ.get(HIVEMIND_LEVEL_ENV, "INFO").upper())
+    logging.addLevelName(logging.WARNING, "WARNING")
+
+
+def hide_library_progress_bars() -> None:
+    """Turns off the bars transformers and huggingface_hub draw on their own ("Loading weights", "Writing model
+    shards"): through their documented variable for modules not imported yet (it is read at import, and children
+    inherit it; a value the user set is kept), and their switch for modules already imported."""
+    os.environ.setdefault(HF_PROGRESS_ENV, "1")
+    if os.environ[HF_PROGRESS_ENV] not in ("1", "true", "TRUE", "True"):
+        return
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers.utils.logging" in sys.modules:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+
+
+def progress_on() -> bool:
+    """Whether a progress bar or live status line may be drawn: only when both stdout and stderr are terminals.
+    Why both: the bars draw on stderr, and a process whose stdout goes to a file or a pipe (journald, the demo, a
+    CI log) is read later as lines, where a bar redrawn with ``\\r`` is noise; callers log plain lines instead."""
+    return _isatty(sys.stdout) and _isatty(sys.stderr)
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

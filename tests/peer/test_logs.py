@@ -1,0 +1,143 @@
+"""peer.logs: one dated format for our records and hivemind's, and hivemind's expected network failures as one
+WARNING line (their traceback only with --verbose), from real exceptions raised and logged through hivemind's own
+loggers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+import re
+from multiprocessing import resource_sharer
+from multiprocessing.reduction import ForkingPickler
+
+import pytest
+from hivemind.averaging.partition import AllreduceException
+from hivemind.utils.logging import get_logger, use_hivemind_log_handler
+
+from peer.logs import LogSettings, configure_logging, progress_on
+
+DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+@pytest.fixture
+def logs():
+    """``configure(verbose)`` sets logging up as run_cli does, into a buffer, and returns the buffer; the root
+    logger, hivemind's handler mode, the libraries' levels and WARNING's name are put back afterwards."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLevelName(logging.WARNING))
+    names = ("hivemind", "httpx", "httpcore")
+    levels = {name: logging.getLogger(name).level for name in names}
+
+    def configure(verbose: bool) -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging(LogSettings(verbose=verbose, stream=stream))
+        return stream
+
+    yield configure
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    use_hivemind_log_handler("in_hivemind")
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.addLevelName(logging.WARNING, saved[2])
+
+
+def log_raised(logger: logging.Logger, exc: BaseException, message: str | None = None) -> None:
+    """Raises ``exc`` and logs it the way hivemind does (``logger.exception(e)`` or with a message)."""
+    try:
+        raise exc
+    except BaseException as e:
+        logger.exception(message if message is not None else e)
+
+
+def test_expected_failure_is_one_warning_line_and_verbose_keeps_the_traceback(logs):
+    averager = get_logger("hivemind.averaging.averager")
+    out = logs(verbose=False)
+    log_raised(averager, AllreduceException("Averaging step failed: could not find a group"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, out.getvalue()
+    assert DATED.match(lines[0]) and " WARNING hivemind.averaging.averager: " in lines[0]
+    assert "averaging round found no group" in lines[0] and "AllreduceException" in lines[0]
+
+    out = logs(verbose=True)
+    log_raised(averager, AllreduceException("Averaging step failed: could not find a group"))
+    text = out.getvalue()
+    assert DATED.match(text) and " ERROR hivemind.averaging.averager: " in text.splitlines()[0]
+    assert "Traceback (most recent call last)" in text and "AllreduceException: Averaging step failed" in text
+
+
+@pytest.mark.parametrize(
+    ("logger_name", "exc", "message", "said"),
+    [
+        ("hivemind.averaging.averager", TimeoutError(), "Failed to download state from QmX - TimeoutError()",
+         "state download timed out"),
+        ("hivemind.averaging.allreduce", AllreduceException("QmY sent INTERNAL_ERROR"), None,
+         "all-reduce failed: a peer of the group left"),
+        ("hivemind.optim.state_averager", asyncio.CancelledError(), None, "task cancelled"),
+    ],
+)
+def test_each_listed_failure_is_one_line(logs, logger_name, exc, message, said):
+    out = logs(verbose=False)
+    log_raised(get_logger(logger_name), exc, message)
+    (line,) = out.getvalue().splitlines()
+    assert DATED.match(line) and f" WARNING {logger_name}: {said}" in line and type(exc).__name__ in line
+
+
+def test_a_pipe_from_a_process_that_exited_is_one_line(logs):
+    """What a DHT process logs when the main process sent a request (its MPFuture's pipe goes through
+    multiprocessing's resource sharer) and exited before it was read: made here by stopping the sharer."""
+    sender, _ = multiprocessing.Pipe()
+    pickled = bytes(ForkingPickler.dumps(sender))
+    resource_sharer.stop(timeout=10)  # as at the sending process's exit; the next handover starts it again
+    out = logs(verbose=False)
+    dht_logger = get_logger("hivemind.dht.dht")
+    try:
+        ForkingPickler.loads(pickled)
+    except OSError as e:
+        dht_logger.exception(e)
+    (line,) = out.getvalue().splitlines()
+    assert " WARNING hivemind.dht.dht: request from a process that has exited (shutdown): " in line
+    assert "FileNotFoundError" in line
+
+    log_raised(dht_logger, FileNotFoundError(2, "No such file or directory"))  # not from a handover: a traceback
+    assert "Traceback (most recent call last)" in out.getvalue()
+
+
+def test_unexpected_errors_keep_their_traceback(logs):
+    """An exception not on the list, from hivemind, and a listed one from our own code, are left alone."""
+    out = logs(verbose=False)
+    log_raised(get_logger("hivemind.averaging.averager"), ValueError("a bug"))
+    log_raised(logging.getLogger("peer.swarm.loop"), AllreduceException("could not find a group"))
+    text = out.getvalue()
+    assert text.count("Traceback (most recent call last)") == 2
+    assert "ValueError: a bug" in text and "AllreduceException: could not find a group" in text
+    assert " ERROR hivemind.averaging.averager: a bug" in text and " ERROR peer.swarm.loop: " in text
+
+
+def test_one_format_for_ours_and_hivemind_and_httpx_only_when_verbose(logs):
+    out = logs(verbose=False)
+    get_logger("hivemind.p2p.p2p_daemon").warning("from hivemind")
+    logging.getLogger("peer.swarm.session").info("from us")
+    logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/ 200 OK")
+    logging.getLogger("peer.swarm.session").debug("debug of ours")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all(DATED.match(line) for line in lines), lines
+    assert lines[0].endswith("WARNING hivemind.p2p.p2p_daemon: from hivemind")  # not hivemind's "WARN"
+    assert lines[1].endswith("INFO peer.swarm.session: from us")
+
+    out = logs(verbose=True)  # a second set-up replaces the first handler: each line once
+    logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/ 200 OK")
+    logging.getLogger("peer.swarm.session").debug("debug of ours")
+    get_logger("hivemind.dht.node").debug("hivemind's debug stays at HIVEMIND_LOGLEVEL")
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 3)[3] for line in lines] == [
+        "httpx: HTTP Request: GET http://127.0.0.1/ 200 OK",
+        "peer.swarm.session: debug of ours",
+    ]
+
+
+def test_no_progress_bars_without_a_terminal():
+    """Under pytest stdout and stderr are captured, not terminals."""
+    assert progress_on() is False
