@@ -19,6 +19,7 @@ refresh (``metadata_expiration / 2``) is hivemind's.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from hivemind.optim.progress_tracker import ProgressTracker
@@ -35,6 +36,23 @@ class ThrottledProgressTracker(ProgressTracker):
         self._last_report = -float("inf")
         self.reports_published = self.reports_held = 0  # counted for tests and benchmarks
         super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        """hivemind 1.1.12 ``ProgressTracker.run``, plus: the loop's leftover tasks are cancelled and awaited, and the
+        loop closed. Why: ``_progress_fetcher``'s ``shutdown_checker`` task (and the reporter's last ``store_task``)
+        is never awaited; when the fetcher returned first, the loop stopped with it pending and asyncio logged "Task
+        was destroyed but it is pending!" when it was collected, at a peer's clean exit."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(asyncio.gather(self._progress_reporter(), self._progress_fetcher()))
+        finally:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.close()
+            self.shutdown_complete.set()
 
     def report_local_progress(self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True):
         previous = self.local_progress
