@@ -119,7 +119,12 @@ def register(subparsers) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override a config value, e.g. --set swarm.averaging=diloco (repeatable)",
     )
-    p.add_argument("--no_status", action="store_true", help="no live status line (logs only)")
+    p.add_argument(
+        "--no_status",
+        action="store_true",
+        help="no live status line: a progress log line every train.log_every steps instead (also when stdout or "
+        "stderr is not a terminal)",
+    )
     p.add_argument(
         "--save_params",
         default=None,
@@ -160,6 +165,7 @@ def join_options(args: argparse.Namespace, cfg: RunConfig, from_coordinator: boo
         max_seconds=args.max_seconds,
         peer_name=cfg.swarm.peer_name,
         show_status=not args.no_status,
+        log_every=cfg.train.log_every,
         wait_for_peers=args.wait_for_peers,
         save_params=args.save_params,
     )

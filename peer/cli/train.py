@@ -2,7 +2,8 @@
 
 Builds, in order: the tokenizer (the source model's, via ``peer.growth.resolve_source``), the initial models
 (``train.init``: grown from the source, random, or a model dir), the data (``peer.data``), the objective, and runs
-``peer.trainer.train`` with a progress bar; resumes from ``<out_dir>/checkpoints`` when there is one.
+``peer.trainer.train`` with a progress bar on a terminal (elsewhere a log line every ``train.log_every`` steps);
+resumes from ``<out_dir>/checkpoints`` when there is one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,6 +20,7 @@ from peer.config import RunConfig, load_config
 from peer.data import build_heldout_batches, build_train_batches, check_seq_len
 from peer.data.sources import open_source
 from peer.errors import UserError
+from peer.logs import progress_on
 from peer.modeling import PretrainingModels, build_models, load_models
 from peer.objectives import build_objective
 from peer.trainer import StepReport, checkpoint_dirs, compile_models, resolve_device, train
@@ -111,17 +114,42 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.grad_accum,
         cfg.data.seq_len,
     )
-    bar = tqdm(total=stop, desc="train", unit="step", dynamic_ncols=True)
+    show_bar = progress_on()
+    bar = tqdm(total=stop, desc="train", unit="step", dynamic_ncols=True, disable=not show_bar)
+    meter = RateMeter()
 
     def on_step(report: StepReport) -> None:
+        loss = report.metrics.get("loss", float("nan"))
+        if not show_bar:
+            log_progress(report, stop, loss)
+            return
         if bar.n == 0 and report.step > 1:
             bar.update(report.step - 1)  # resumed
         bar.update(1)
-        bar.set_postfix(loss=f"{report.metrics.get('loss', float('nan')):.3f}", lr=f"{report.lr:.2e}")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{report.lr:.2e}")
         if report.eval_metrics:
             bar.write(f"step {report.step} held-out: " + _fmt(report.eval_metrics))
         if report.checkpoint:
             bar.write(f"step {report.step} checkpoint: {report.checkpoint}")
+
+    def log_progress(report: StepReport, stop: int, loss: float) -> None:
+        """Without a bar (no terminal): a line every ``train.log_every`` steps and the last; held-out results are
+        logged by ``peer.trainer.train`` itself."""
+        every = cfg.train.log_every
+        if report.checkpoint:
+            logger.info("step %d checkpoint: %s", report.step, report.checkpoint)
+        if every <= 0 or (report.step % every and report.step != stop):
+            return
+        rate = meter.update(report.samples)
+        logger.info(
+            "step %d/%d: loss %.4f | lr %.2e | grad norm %.3g | %s samples/s",
+            report.step,
+            stop,
+            loss,
+            report.lr,
+            report.grad_norm,
+            "-" if rate is None else f"{rate:.1f}",
+        )
 
     t0 = time.perf_counter()
     try:
@@ -152,6 +180,20 @@ def run(args: argparse.Namespace) -> int:
     if result.checkpoints:
         print(f"latest checkpoint: {result.checkpoints[-1]}")
     return 0
+
+
+@dataclass
+class RateMeter:
+    """Samples per second between two progress lines (None at the first: no interval yet)."""
+
+    samples: int | None = None
+    time: float = 0.0
+
+    def update(self, samples: int) -> float | None:
+        now = time.perf_counter()
+        rate = None if self.samples is None else (samples - self.samples) / max(now - self.time, 1e-9)
+        self.samples, self.time = samples, now
+        return rate
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from peer.errors import UserError
+from peer.logs import progress_on
 from peer.memory import PeriodicRelease
 from peer.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
@@ -39,7 +40,8 @@ class LoopOptions:
     metrics_expiration: float = 600.0
     peer_name: str = ""
     fingerprint: str = ""
-    show_status: bool = True
+    show_status: bool = True  # a live status line, drawn only when stdout and stderr are terminals (progress_on)
+    log_every: int = 0  # without the status line: a progress log line every this many local steps (0: none)
     wait_for_peers: int = 1  # train only once this many peers of the run (this one included) publish records
     save_params: str | None = None  # write the parameters here on leaving (safetensors), to compare peers or ranks
     # the coordinator's reason if it banned this peer, else None (``BanGate.coordinator_ban``); asked at the metrics
@@ -131,7 +133,8 @@ def train_loop(
         wait_for_peers(dht, run_id, signing, opt, options, stop)
     if group is not None:
         group.sync_params(params)  # followers start from the state this peer joined the swarm with
-    bar = tqdm(desc="swarm", unit="batch", disable=not options.show_status, dynamic_ncols=True)
+    show_bar = options.show_status and progress_on()
+    bar = tqdm(desc="swarm", unit="batch", disable=not show_bar, dynamic_ncols=True)
     try:
         while True:
             stop.reassert()  # hivemind may have set SIGINT to ignored when it started an averager
@@ -198,12 +201,11 @@ def train_loop(
                 "local step %d took %.3fs (optimizer %.3fs)", local_steps, time.perf_counter() - t0, step_seconds
             )
             releaser.maybe()
-            bar.update(1)
-            bar.set_postfix_str(
-                f"step {opt.global_step} | {ema_rate:.1f} samples/s | loss {loss_value:.4f} | "
-                f"peers {opt.peers_in_last_round()}",
-                refresh=False,
-            )
+            if show_bar:
+                bar.update(1)
+                bar.set_postfix_str(status_text(opt, ema_rate, loss_value), refresh=False)
+            elif options.log_every > 0 and local_steps % options.log_every == 0:
+                logger.info("local step %d: %s", local_steps, status_text(opt, ema_rate, loss_value))
             publisher.poll()
             if time.monotonic() - last_metrics >= options.metrics_every or advanced:
                 last_metrics = time.monotonic()
@@ -245,6 +247,15 @@ def train_loop(
         step_seconds=step_total,
         metrics_seconds=publisher.seconds,
         metrics_sent=publisher.sent,
+    )
+
+
+def status_text(opt: SwarmOptimizer, samples_per_second: float, loss: float) -> str:
+    """What the status line shows, and the progress log lines say when there is no status line: the swarm's global
+    step, this peer's rate and last loss, and how many peers averaged in the last round."""
+    return (
+        f"global step {opt.global_step} | {samples_per_second:.1f} samples/s | loss {loss:.4f} | "
+        f"peers {opt.peers_in_last_round()}"
     )
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from peer.config import RunConfig
 from peer.errors import UserError
+from peer.logs import progress_on
 from peer.modeling import PretrainingModels
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.resume import (
@@ -52,7 +53,9 @@ def waiting_bar(description: str, timeout: float | None) -> Iterator[None]:
     """An elapsed-time bar while a blocking download runs: hivemind streams the state in one call and does not
     report bytes, so the bar shows time against the timeout, which is what a waiting volunteer needs to know."""
     done = threading.Event()
-    bar = tqdm(total=round(timeout) if timeout else None, desc=description, unit="s", leave=False)
+    bar = tqdm(
+        total=round(timeout) if timeout else None, desc=description, unit="s", leave=False, disable=not progress_on()
+    )
 
     def tick() -> None:
         while not done.wait(1.0):
@@ -282,7 +285,7 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{latest['name']}.", suffix=".tmp", dir=out_dir))
     try:
-        result = download(base, tmp, checkpoint=latest["name"], timeout=timeout)
+        result = download(base, tmp, checkpoint=latest["name"], timeout=timeout, progress=progress_on())
         try:
             tmp.rename(target)
         except OSError:  # another process sharing out_dir finished first: use its copy if complete
