@@ -22,7 +22,7 @@ from bench.faultlib.procs import (
     LogFollower,
     ProcessSet,
     TinyModel,
-    hivemind_timestamp,
+    log_timestamp,
     prepare_run,
     start_peer,
 )
@@ -69,7 +69,7 @@ def run_scenario(name: str, work: Path) -> list[Row]:
 
 # --- shared helpers --------------------------------------------------------------------------------------------------
 
-BEGIN_ROUND = "Beginning optimizer step #"
+BEGIN_ROUND = re.compile(r"Beginning optimizer step #(\d+)")
 ROUND_END = ("Averaged gradients with", "Averaging gradients failed", "Skipped averaging", "Transitioning to epoch")
 TRANSITION = re.compile(r"Transitioning to epoch (\d+)")
 
@@ -162,40 +162,46 @@ def describe_difference(states: list[ServedState], n_params: int, tol: float) ->
     return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
 
 
-def kill_mid_round(victim: Child, timeout: float) -> tuple[float, bool]:
+def kill_mid_round(victim: Child, timeout: float) -> tuple[float, int, bool]:
     """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) and
-    SIGKILLs its whole session; returns (kill time, whether the round was still open at the kill)."""
+    SIGKILLs its whole session; returns (kill time, the epoch that step would have ended, whether the round was
+    still open at the kill)."""
     follower = LogFollower(victim.log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(BEGIN_ROUND in line for line in follower.new_lines()):
+        began = [m for m in map(BEGIN_ROUND.search, follower.new_lines()) if m]
+        if began:
             killed_at = time.time()
             victim.kill_group(signal.SIGKILL)
             after = follower.new_lines() + [follower.pending]
-            return killed_at, not any(marker in line for line in after for marker in ROUND_END)
+            return killed_at, int(began[-1].group(1)), not any(m in line for line in after for m in ROUND_END)
         if not victim.alive():
             raise RuntimeError(f"{victim.name} died before it was killed:\n{victim.tail()}")
         time.sleep(0.01)
     raise TimeoutError(f"{victim.name} began no optimizer step within {timeout:.0f} s:\n{victim.tail()}")
 
 
-def next_step_after(follower: LogFollower, child: Child, after: float, timeout: float) -> float:
-    """Time of the first 'Transitioning to epoch' line of ``child`` stamped after ``after``."""
+def next_step_after(follower: LogFollower, child: Child, epoch: int, timeout: float) -> float:
+    """When ``child`` was seen (this polls its log every 0.1 s) to reach a global step past ``epoch - 1``: the step
+    under way at the kill ends in epoch ``epoch``, or a later one if the survivor was behind and caught up.
+
+    Why by epoch and by the time seen, not by the line's time stamp after the kill: ``peer.logs`` stamps whole
+    seconds, so a survivor's transition logged in the second of the kill but before it would read as its first step
+    after the kill (a delay of ~0 s), and the one logged after it in the same second as a step before."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in follower.new_lines():
-            if TRANSITION.search(line):
-                stamp = hivemind_timestamp(line)
-                if stamp is not None and stamp > after:
-                    return stamp
+            match = TRANSITION.search(line)
+            if match and int(match.group(1)) >= epoch:
+                return time.time()
         if not child.alive():
             raise RuntimeError(f"survivor {child.name} died:\n{child.tail()}")
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise TimeoutError(f"survivor {child.name} made no global step within {timeout:.0f} s of the kill")
 
 
 def step_intervals(child: Child, before: float) -> list[float]:
-    stamps = [hivemind_timestamp(line) for line in child.text().splitlines() if TRANSITION.search(line)]
+    stamps = [log_timestamp(line) for line in child.text().splitlines() if TRANSITION.search(line)]
     stamps = [s for s in stamps if s is not None and s < before]
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
@@ -222,13 +228,13 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
         for k in range(settings.kills):
             victim, survivors = members[0], members[1:]
             followers = [LogFollower(s.log) for s in survivors]
-            killed_at, mid_round = kill_mid_round(victim, timeout=PATIENCE)
+            killed_at, epoch, mid_round = kill_mid_round(victim, timeout=PATIENCE)
             inside += mid_round
             logger.info("kill %d: %s SIGKILLed (%s the round)", k + 1, victim.name, "inside" if mid_round else "after")
             if k == 0:
                 baseline = [i for s in survivors for i in step_intervals(s, killed_at)]
             for follower, survivor in zip(followers, survivors, strict=True):
-                delays.append(next_step_after(follower, survivor, killed_at, timeout=PATIENCE) - killed_at)
+                delays.append(next_step_after(follower, survivor, epoch + 1, timeout=PATIENCE) - killed_at)
             newcomer = start_peer(procs, f"peer{settings.peers + k}", coordinator, debug_averaging=True)
             newcomer.wait_for_line(TRAINING, PATIENCE)
             members = [*survivors, newcomer]
