@@ -62,7 +62,6 @@ SIGNING_KEY_NAME = "coordinator_signing_key.der"
 IDENTITY_NAME = "dht_identity.key"
 CONFIG_RECORD_TTL = 3600.0
 KNOWN_PEERS_NAME = "known_peers.json"
-KNOWN_PEERS_EVERY = 10.0  # seconds between refreshes of known_peers.json
 KNOWN_PEERS_MAX = 64
 DHT_STARTUP_TIMEOUT_S = 15.0  # p2pd start-up and bootstrap (hivemind's default)
 CARRIED_FILES = ("growth.json",)  # provenance files copied from the previous checkpoint into each new one
@@ -247,14 +246,13 @@ class RunningCoordinator:
         """Runs the checkpoint saver and refreshes the published config record until ``stop`` is set. Call it from
         the main thread (see the module docstring); a state pull in progress finishes before it returns."""
         next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
-        next_known = time.monotonic()
         while not stop.wait(self.spec.monitor_interval):
-            if time.monotonic() >= next_known:
-                try:
-                    save_known_peers(self.dht, Path(self.spec.data_dir))
-                except Exception:
-                    logger.exception("could not record the connected peers")
-                next_known = time.monotonic() + KNOWN_PEERS_EVERY
+            # every turn, so also just before a checkpoint pull: a coordinator killed inside a save must find the
+            # peers it pulled from on restart (they dropped it from their routing tables and never dial it again)
+            try:
+                save_known_peers(self.dht, Path(self.spec.data_dir))
+            except Exception:
+                logger.exception("could not record the connected peers")
             if time.monotonic() >= next_publish:
                 publish_config(self.dht, self.cfg, self.signing_public_key)
                 next_publish = time.monotonic() + CONFIG_RECORD_TTL / 4
@@ -343,11 +341,13 @@ async def _connected_peer_maddrs(dht: hivemind.DHT, node) -> list[str]:
 
 
 def save_known_peers(dht: hivemind.DHT, data_dir: Path) -> int:
-    """Remembers the currently connected peers for the next start; returns how many addresses were saved."""
+    """Remembers the currently connected peers for the next start (the file is rewritten only when they changed, so
+    calling it every few seconds costs one query to the DHT process); returns how many addresses it holds."""
     maddrs = sorted(set(dht.run_coroutine(_connected_peer_maddrs)))
-    if maddrs:
+    path, text = data_dir / KNOWN_PEERS_NAME, json.dumps(maddrs, indent=1)
+    if maddrs and (not path.is_file() or path.read_text() != text):
         tmp = data_dir / (KNOWN_PEERS_NAME + ".tmp")
-        tmp.write_text(json.dumps(maddrs, indent=1))
+        tmp.write_text(text)
         tmp.replace(data_dir / KNOWN_PEERS_NAME)
     return len(maddrs)
 
