@@ -69,6 +69,9 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
     ExpectedFailure("matchmaking failed: a peer left", "MatchmakingException"),
     # any hivemind coroutine cancelled while its process shuts down (or a round's deadline passed)
     ExpectedFailure("task cancelled (shutdown or deadline)", "CancelledError"),
+    # averager.py _step sets the result of a round its caller has just cancelled (a pre-scheduled round given up): the
+    # task ends with this error, which asyncio logs as "Task exception was never retrieved"
+    ExpectedFailure("round already cancelled by its caller", "InvalidStateError", "CANCELLED"),
     # dht.py / averager.py _run: a request (its MPFuture carries a pipe, handed over by multiprocessing's resource
     # sharer) from a main process that exited before the DHT or averager process read it
     ExpectedFailure("request from a process that has exited (shutdown)", "OSError", frame="rebuild_connection"),
@@ -97,16 +100,17 @@ def one_line(failure: ExpectedFailure, exc: BaseException, message: str) -> str:
 
 
 class ExpectedFailureFilter(logging.Filter):
-    """On the root handler: a record from a logger under one of ``scopes`` that carries an exception listed in
-    ``failures`` becomes one WARNING line (the message's first line, the exception's type and first line) with no
-    traceback, unless ``verbose``, where it passes unchanged. Records of other loggers, records with any other
-    exception, and records without one pass unchanged: an unexpected error still shows its traceback."""
+    """On the root handler: a record from a logger under one of ``scopes`` (hivemind's, and asyncio's, which logs the
+    unretrieved exceptions of hivemind's tasks) that carries an exception listed in ``failures`` becomes one WARNING
+    line (what it means, the message's first line, the exception's type and first line) with no traceback, unless
+    ``verbose``, where it passes unchanged. Records of other loggers, records with any other exception, and records
+    without one pass unchanged: an unexpected error still shows its traceback."""
 
     def __init__(
         self,
         verbose: bool = False,
         failures: tuple[ExpectedFailure, ...] = EXPECTED_FAILURES,
-        scopes: tuple[str, ...] = ("hivemind",),
+        scopes: tuple[str, ...] = ("hivemind", "asyncio"),
     ) -> None:
         super().__init__()
         self.verbose = verbose
@@ -143,11 +147,19 @@ class _RootHandler(logging.StreamHandler):
     """The handler :func:`configure_logging` installs; its type marks it, so a second call replaces it."""
 
 
-def configure_logging(settings: LogSettings) -> logging.Handler:
-    """Installs the root handler (replacing one installed by an earlier call, leaving others, such as pytest's,
-    alone), routes hivemind's records through it and sets the libraries' levels. Returns the handler."""
+def configure_logging(settings: LogSettings) -> logging.Handler | None:
+    """Installs the root handler (replacing one installed by an earlier call), routes hivemind's records through it
+    and sets the levels; returns the handler. As ``logging.basicConfig`` does, it leaves logging alone (returns None)
+    when the root logger already has a handler of someone else's and no ``settings.stream`` is asked for: a program
+    that calls a CLI's ``main`` in-process (pytest, with its capture handlers) owns the output. The libraries' bars
+    are turned off without a terminal either way."""
+    if not progress_on():
+        hide_library_progress_bars()
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+    ours = [h for h in root.handlers if isinstance(h, _RootHandler)]
+    if settings.stream is None and len(ours) < len(root.handlers):
+        return None
+    for old in ours:
         root.removeHandler(old)
     handler = _RootHandler(settings.stream if settings.stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
@@ -159,8 +171,6 @@ def configure_logging(settings: LogSettings) -> logging.Handler:
     if not settings.verbose:  # read when grpc is first imported (here or in a child); a value the user set is kept
         os.environ.setdefault(GRPC_VERBOSITY_ENV, "ERROR")
     route_hivemind_logs()
-    if not progress_on():
-        hide_library_progress_bars()
     return handler
 
 

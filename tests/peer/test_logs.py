@@ -5,6 +5,7 @@ loggers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import multiprocessing
@@ -15,6 +16,7 @@ from multiprocessing.reduction import ForkingPickler
 import pytest
 from hivemind.averaging.partition import AllreduceException
 from hivemind.utils.logging import get_logger, use_hivemind_log_handler
+from hivemind.utils.mpfuture import MPFuture
 
 from peer.logs import LogSettings, configure_logging, progress_on
 
@@ -103,6 +105,29 @@ def test_a_pipe_from_a_process_that_exited_is_one_line(logs):
 
     log_raised(dht_logger, FileNotFoundError(2, "No such file or directory"))  # not from a handover: a traceback
     assert "Traceback (most recent call last)" in out.getvalue()
+
+
+def test_a_result_for_a_cancelled_round_is_one_line(logs):
+    """hivemind's averager sets the result of a step its caller has just cancelled; the task ends with
+    InvalidStateError, and asyncio itself logs it ("Task exception was never retrieved") when the task is freed."""
+
+    async def step() -> None:
+        control = MPFuture()
+        control.cancel()  # the caller gave the round up
+        control.set_result(None)
+
+    out = logs(verbose=False)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(step())
+        loop.run_until_complete(asyncio.wait([task]))
+        del task
+        gc.collect()
+    finally:
+        loop.close()
+    (line,) = out.getvalue().splitlines()
+    assert " WARNING asyncio: round already cancelled by its caller: Task exception was never retrieved" in line
+    assert "InvalidStateError" in line
 
 
 def test_unexpected_errors_keep_their_traceback(logs):
