@@ -24,6 +24,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -440,23 +441,41 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
 
     def __init__(self, *args, average_extras: bool = True, **kwargs):
         self._average_extras = average_extras  # read by hivemind's __init__ through the two methods below
+        # held by step() and by get_current_state: a served state is never taken in the middle of a step
+        self._serving = threading.RLock()
         super().__init__(*args, **kwargs)
 
+    def step(self, *args, **kwargs):
+        with self._serving:
+            return super().step(*args, **kwargs)
+
     def get_current_state(self):
-        """hivemind's state, with ``landed_round`` in the metadata and, with DiLoCo's background rounds, the anchor
-        as the parameters.
+        """hivemind's state as a snapshot of one moment between steps, with ``landed_round`` in the metadata and,
+        with DiLoCo's background rounds, the anchor as the parameters.
+
+        Why a snapshot (hivemind 1.1.x ``TrainingStateAverager.get_current_state``): hivemind hands the averager
+        process the live tensors (on CPU, ``.cpu()`` is the tensor itself and the pipe moves its storage to shared
+        memory), which the averager serialises while it streams them, after the lock is released and the epoch was
+        read. A step taken meanwhile went out under the old epoch: a newcomer served "step 10" was 2.1e-4 (one
+        Adam step) from the checkpoint it had loaded at step 10 (the ``all_leave`` fault scenario), and a coordinator
+        checkpoint can be torn the same way. So the tensors are copied, and the epoch read, while neither a step
+        (``step``: epoch, optimizer step, averaged results) nor the inner optimizer (``lock_optimizer``: a delayed
+        or local-update step) nor an outer step (``lock_averaged_tensors``) is under way. The cost: one copy of
+        the state per download while it streams, and a download waits for the step in progress to end.
 
         Why the anchor: it is what the swarm agreed on in the last round, with the momentum of that round; our
         parameters are that plus our own local steps since. A joiner or a peer catching up that started from our
         parameters would take our local steps as its starting point and then into its next pseudo-gradient against
         the others' anchor (measured: 0.16-0.19 apart from the swarm two rounds after a catch-up in
         tests/peer/swarm/test_swarm_peers.py); the coordinator's checkpoint is then the swarm's state too."""
-        metadata, tensors, infos = super().get_current_state()
+        with torch.no_grad(), self._serving, self.lock_optimizer:
+            metadata, tensors, infos = super().get_current_state()  # the epoch, under the same locks
+            with self.lock_averaged_tensors:  # SwarmOptimizer writes the anchor (and the outer step) under this lock
+                tensors = [t.detach().clone() for t in tensors]
+                anchors = [a.detach().cpu().clone() for a in self.served_parameters or ()]
         metadata[LANDED_ROUND] = self.landed_round
         if self.served_parameters is not None:
             n = len(self.served_parameters)
-            with torch.no_grad(), self.lock_averaged_tensors:  # SwarmOptimizer writes the anchor under this lock
-                anchors = [a.detach().cpu().clone() for a in self.served_parameters]
             assert all(a.shape == t.shape for a, t in zip(anchors, tensors[:n], strict=True)), "anchor layout"
             tensors = [*anchors, *tensors[n:]]
         return metadata, tensors, infos
