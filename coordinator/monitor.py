@@ -234,7 +234,6 @@ class Monitor:
                 samples_per_second=None,  # the peer's own figure is not trusted: set_peer_rates below
                 loss=loss,
                 time=now,
-                session=record.session,
             )
             self._credited[pid] = self.store.observe_peer(obs)
             observed.append(obs)

@@ -24,8 +24,7 @@ from pathlib import Path
 from coordinator.rates import ETA_WINDOW, eta_seconds
 from peer.errors import UserError
 
-SCHEMA_VERSION = 2
-"""1: the first layout. 2: ``peers.last_session``, the session id of a volunteer's last record (``_MIGRATIONS``)."""
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,7 +55,6 @@ CREATE TABLE IF NOT EXISTS peers (
     last_samples_per_second REAL NOT NULL DEFAULT 0,
     banned INTEGER NOT NULL DEFAULT 0,
     ban_reason TEXT NOT NULL DEFAULT '',
-    last_session TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, peer_id)
 );
 CREATE TABLE IF NOT EXISTS history (
@@ -102,11 +100,6 @@ CREATE TABLE IF NOT EXISTS contribution_rejections (
     PRIMARY KEY (run_id, reporter, reason)
 );
 """
-
-# version -> the statements that bring a store of that version to the next one (each run in one transaction)
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE peers ADD COLUMN last_session TEXT NOT NULL DEFAULT ''",),
-}
 
 
 @dataclass(frozen=True)
@@ -201,16 +194,15 @@ class PeerObservation:
     samples_per_second: float | None  # None: leave the row's rate as it is (the monitor sets it with set_peer_rates)
     loss: float | None
     time: float  # coordinator clock when observed
-    session: str = ""  # the record's session id ("" from peers before it existed): a new one is a restart
 
 
-def credited_samples(prev_total: int, prev_session: str, total: int, session: str) -> int:
+def credited_samples(prev_total: int, total: int) -> int:
     """Samples a new record adds to a volunteer's contribution: its increase since the last one, or all of it when
-    the volunteer started a new session (its count began again at 0). A new session shows as a new session id, or,
-    from peers that send none, as a count that went down."""
-    if (session and prev_session and session != prev_session) or total < prev_total:
-        return total
-    return total - prev_total
+    the count went down, i.e. the volunteer restarted and counts from 0 again (a peer publishes a last record as it
+    leaves, so the last count seen of a session is its final one). A restart goes unseen only if the new session's
+    first count seen already exceeds the old one's final count; then the new session's samples up to that count are
+    missed (never more than the old session's whole count)."""
+    return total if total < prev_total else total - prev_total
 
 
 class Store:
@@ -232,41 +224,17 @@ class Store:
                 self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                self._create_or_migrate()
+                with self._db:
+                    self._db.executescript(_SCHEMA)
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
             except sqlite3.DatabaseError as e:
                 raise UserError(f"cannot open coordinator database {self.path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         self.run_id = self._latest_run_id()
 
     # ---------------------------------------------------------------- lifecycle
-
-    def _create_or_migrate(self) -> None:
-        """Creates the tables of a new file, or first brings an older file up to ``SCHEMA_VERSION``, one version per
-        transaction (explicit, as Python's sqlite3 would commit a bare ALTER at once), so that a crash leaves a file
-        of one version or the next, never half of one."""
-        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-        if has_meta:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 1
-            if version > SCHEMA_VERSION:
-                raise UserError(
-                    f"coordinator database {self.path} has schema version {version}, newer than this warmswarm's "
-                    f"({SCHEMA_VERSION}): upgrade warmswarm to open it"
-                )
-            while version < SCHEMA_VERSION:
-                with self._db:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    for statement in _MIGRATIONS[version]:
-                        self._db.execute(statement)
-                    version += 1
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),)
-                    )
-        with self._db:
-            self._db.executescript(_SCHEMA)  # a new file's tables; every statement is IF NOT EXISTS
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
 
     def close(self) -> None:
         with self._lock:
@@ -316,15 +284,13 @@ class Store:
         run_id = self._run()
         with self._lock, self._db:
             row = self._db.execute(
-                "SELECT last_seen, last_samples_total, last_session, samples FROM peers WHERE run_id = ? AND "
-                "peer_id = ?",
+                "SELECT last_seen, last_samples_total, samples FROM peers WHERE run_id = ? AND peer_id = ?",
                 (run_id, obs.peer_id),
             ).fetchone()
             if row is None:
                 self._db.execute(
                     "INSERT INTO peers (run_id, peer_id, name, first_seen, last_seen, samples, last_samples_total, "
-                    "last_step, last_loss, last_samples_per_second, last_session) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "last_step, last_loss, last_samples_per_second) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
                         obs.peer_id,
@@ -336,19 +302,16 @@ class Store:
                         obs.step,
                         obs.loss,
                         obs.samples_per_second or 0.0,
-                        obs.session,
                     ),
                 )
                 return obs.samples_total
             gap = obs.time - row["last_seen"]
             online = gap if 0 < gap <= self.alive_window else 0.0
-            new_samples = credited_samples(row["last_samples_total"], row["last_session"], obs.samples_total,
-                                           obs.session)  # fmt: skip
+            new_samples = credited_samples(row["last_samples_total"], obs.samples_total)
             self._db.execute(
                 "UPDATE peers SET name = ?, last_seen = MAX(last_seen, ?), seconds_online = seconds_online + ?, "
                 "samples = samples + ?, last_samples_total = ?, last_step = ?, last_loss = ?, "
-                "last_samples_per_second = COALESCE(?, last_samples_per_second), last_session = ? "
-                "WHERE run_id = ? AND peer_id = ?",
+                "last_samples_per_second = COALESCE(?, last_samples_per_second) WHERE run_id = ? AND peer_id = ?",
                 (
                     obs.name or "",
                     obs.time,
@@ -358,7 +321,6 @@ class Store:
                     obs.step,
                     obs.loss,
                     obs.samples_per_second,
-                    obs.session or row["last_session"],
                     run_id,
                     obs.peer_id,
                 ),

@@ -15,7 +15,6 @@ MAX_SAMPLES_PER_SECOND = 1e7
 MAX_STEP = 10**12
 MAX_PEER_ID_CHARS = 128  # a base58 libp2p id is ~46-53 characters
 MAX_REPORTED_PEERS = 256  # a report naming more peers than a swarm plausibly has is malformed
-MAX_SESSION_CHARS = 32
 
 
 class LocalMetrics(pydantic.BaseModel):
@@ -34,9 +33,6 @@ class LocalMetrics(pydantic.BaseModel):
     fingerprint: pydantic.constr(max_length=64) = ""
     # the peer's libp2p id (base58): how the coordinator maps a ban (by peer id) to a volunteer's record
     peer_id: pydantic.constr(max_length=MAX_PEER_ID_CHARS) = ""
-    # random per peer process (peer.swarm.metrics.RecordSigning.session): with the signing key kept across restarts,
-    # how the coordinator tells a restart (samples_total from 0 again) from more samples of the same session
-    session: pydantic.constr(max_length=MAX_SESSION_CHARS) = ""
 
 
 class MetricsSchema(pydantic.BaseModel):

@@ -126,6 +126,7 @@ def train_loop(
     local_steps = samples = samples_since_step = skipped = restored = 0
     loss_value = float("nan")
     ema_rate = 0.0
+    published_samples = 0  # samples_total of the last record handed to the publisher
     # parameters change outside global steps when each local step updates them (diloco's inner steps) or when a
     # delayed optimizer step lands later; then followers must get them after every step
     changes_every_step = opt.outer is not None or bool(getattr(opt.opt, "delay_optimizer_step", False))
@@ -209,19 +210,10 @@ def train_loop(
             publisher.poll()
             if time.monotonic() - last_metrics >= options.metrics_every or advanced:
                 last_metrics = time.monotonic()
-                record = LocalMetrics(
-                    step=opt.global_step,
-                    samples_per_second=float(min(ema_rate, 1e7)),
-                    samples_accumulated=samples_since_step,
-                    samples_total=samples,
-                    loss=loss_value,
-                    mini_steps=local_steps,
-                    time=time.time(),
-                    peer_name=options.peer_name,
-                    fingerprint=options.fingerprint,
-                    peer_id=str(dht.peer_id),
+                publisher.publish(
+                    local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps)
                 )
-                publisher.publish(record)
+                published_samples = samples
                 ban = options.own_ban() if options.own_ban is not None else None
                 if ban:
                     raise UserError(f"this peer is banned from run {run_id!r} ({ban}): it can no longer average")
@@ -230,6 +222,10 @@ def train_loop(
                 break
     finally:
         bar.close()
+    if samples > published_samples:  # trained since the last record: the coordinator credits only what it reads
+        publisher.publish(
+            local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps)
+        )
     if not publisher.flush(timeout=5.0):  # the coordinator sees this peer's last samples
         logger.info("the last metrics record was still being stored when the loop ended")
     if options.save_params:
@@ -256,6 +252,31 @@ def status_text(opt: SwarmOptimizer, samples_per_second: float, loss: float) -> 
     return (
         f"global step {opt.global_step} | {samples_per_second:.1f} samples/s | loss {loss:.4f} | "
         f"peers {opt.peers_in_last_round()}"
+    )
+
+
+def local_metrics(
+    dht: hivemind.DHT,
+    opt: SwarmOptimizer,
+    options: LoopOptions,
+    rate: float,
+    samples_since_step: int,
+    samples: int,
+    loss: float,
+    local_steps: int,
+) -> LocalMetrics:
+    """This peer's metrics record as of now."""
+    return LocalMetrics(
+        step=opt.global_step,
+        samples_per_second=float(min(rate, 1e7)),
+        samples_accumulated=samples_since_step,
+        samples_total=samples,
+        loss=loss,
+        mini_steps=local_steps,
+        time=time.time(),
+        peer_name=options.peer_name,
+        fingerprint=options.fingerprint,
+        peer_id=str(dht.peer_id),
     )
 
 

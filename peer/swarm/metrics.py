@@ -3,8 +3,8 @@
 Every DHT node validates each record with ``SchemaValidator`` (field types and bounds from ``peer.records``) and
 ``RSASignatureValidator`` (only the key's holder can write its subkey), so the coordinator can trust who did what.
 Records expire after ``SwarmSpec.metrics_expiration`` seconds; a live peer refreshes its record every few seconds.
-The signing key is the volunteer's across restarts when it has an identity file (``peer.swarm.record_key``), and each
-record carries this process's session id, so the coordinator adds a restarted volunteer's samples to its one row.
+The signing key is the volunteer's across restarts when it has an identity file (``peer.swarm.record_key``), so the
+coordinator adds a restarted volunteer's samples to its one row.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
@@ -32,20 +31,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecordSigning:
-    """The validators a peer's DHT must run, the signer's public key (the subkey of this peer's records) and this
-    process's session id, which every ``LocalMetrics`` it publishes carries."""
+    """The validators a peer's DHT must run, and the signer's public key (the subkey of this peer's records)."""
 
     signature: RSASignatureValidator
     validators: list[RecordValidatorBase]
-    session: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def public_key(self) -> bytes:
         return self.signature.local_public_key
-
-    def stamp(self, metrics: LocalMetrics) -> dict:
-        """The record's DHT value: ``metrics`` with this session's id."""
-        return {**metrics.dict(), "session": self.session}
 
 
 def make_validators(run_id: str, identity_path: str | None = None) -> RecordSigning:
@@ -77,7 +70,7 @@ def publish_metrics(dht: hivemind.DHT, run_id: str, signing: RecordSigning, metr
     return dht.store(
         key=metrics_key(run_id),
         subkey=signing.public_key,
-        value=signing.stamp(metrics),
+        value=metrics.dict(),
         expiration_time=get_dht_time() + expiration,
         return_future=False,
     )
@@ -153,7 +146,7 @@ class MetricsPublisher:
         self._in_flight = self.dht.store(
             key=metrics_key(self.run_id),
             subkey=self.signing.public_key,
-            value=self.signing.stamp(metrics),
+            value=metrics.dict(),
             expiration_time=get_dht_time() + self.expiration,
             return_future=True,
         )

@@ -151,7 +151,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
     opt: SwarmOptimizer | None = None
     membership: Membership | None = None
     try:
-        signing: RecordSigning = make_validators(cfg.run_id)
+        signing: RecordSigning = make_validators(cfg.run_id, cfg.swarm.identity_path)  # the volunteer's key
         signing.validators.extend(ban_validators(cfg.run_id))
         private = authenticate_peer(cfg, options.coordinator_url, signing)  # a private run: a token before the DHT
         dht = start_dht(

@@ -168,11 +168,11 @@ def test_forget_after_must_exceed_the_alive_window(tmp_path):
         _ServedRecords(Store(tmp_path / "c.db", alive_window=60), alive_window=60, forget_after=60)
 
 
-def _progress(t: float, samples_total: int, name: str, session: str = "s", claimed_rate: float = 1e6) -> dict:
+def _progress(t: float, samples_total: int, name: str, claimed_rate: float = 1e6) -> dict:
     """A record at time ``t``; ``claimed_rate`` is the peer's own samples/s, which the monitor must not use."""
     return LocalMetrics(
         step=samples_total // 100, samples_per_second=claimed_rate, samples_accumulated=0, samples_total=samples_total,
-        loss=1.0, mini_steps=1, time=float(t), peer_name=name, session=session,
+        loss=1.0, mini_steps=1, time=float(t), peer_name=name,
     ).dict()  # fmt: skip
 
 
@@ -234,10 +234,10 @@ def test_a_restarted_peer_with_the_same_key_keeps_one_row_and_its_rate_has_no_di
     monitor = _ServedRecords(store, alive_window=60, rate_window=30)
     key = b"[owner:volunteer]"
     for t in range(0, 61, 5):
-        monitor.served = {key: _progress(t, 20 * t, "v", session="one")}
+        monitor.served = {key: _progress(t, 20 * t, "v")}
         monitor.poll(now=t)
-    for t in range(65, 121, 5):  # restarted at once: its count starts again from 0, in a new session
-        monitor.served = {key: _progress(t, 20 * (t - 60), "v", session="two")}
+    for t in range(65, 121, 5):  # restarted at once: its count starts again from 0
+        monitor.served = {key: _progress(t, 20 * (t - 60), "v")}
         snap = monitor.poll(now=t)
         assert snap.samples_per_second == pytest.approx(20.0), t
     (row,) = store.peers(now=120)
@@ -261,3 +261,20 @@ def test_a_restarted_coordinator_goes_on_with_the_rate_from_its_history(tmp_path
 def test_the_rate_window_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="rate_window"):
         _ServedRecords(Store(tmp_path / "c.db", alive_window=60), alive_window=60, rate_window=0)
+
+
+def test_a_record_naming_another_volunteers_libp2p_id_gets_a_row_of_its_own(tmp_path):
+    """Rows are keyed by the signing key (which the DHT's signature check binds a record to), never by the libp2p id
+    a record states about itself: anyone can write any id into a record of their own."""
+    store = Store(tmp_path / "c.db", alive_window=60)
+    store.open_run(RUN, {"run_id": RUN})
+    monitor = _ServedRecords(store, alive_window=60)
+    claim = dict(peer_id="12D3KooWFZNX2sY4Y6MteSWdzFB3mVAERrqCVVpHuXxjMJ2wzEoT")
+    honest, impostor = _progress(0, 100, "honest"), _progress(0, 10**6, "impostor")
+    monitor.served = {b"[owner:honest]": {**honest, **claim}, b"[owner:impostor]": {**impostor, **claim}}
+    monitor.poll(now=0)
+    rows = {p.name: (p.peer_id, p.samples) for p in store.peers(now=0)}
+    assert rows == {
+        "honest": (peer_id_of(b"[owner:honest]"), 100),
+        "impostor": (peer_id_of(b"[owner:impostor]"), 10**6),
+    }

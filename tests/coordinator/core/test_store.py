@@ -1,18 +1,15 @@
 """The store keeps a run's history, contribution and checkpoints across reopen, and credits contribution honestly."""
 
-import sqlite3
-
 import pytest
 
-from coordinator.store import _SCHEMA, SCHEMA_VERSION, CheckpointRow, FileEntry, PeerObservation, Store
+from coordinator.store import CheckpointRow, FileEntry, PeerObservation, Store, credited_samples
 from peer.errors import UserError
 
 
-def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0, session=""):
+def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0):
     return PeerObservation(
-        peer_id=peer_id, name=name, step=step, samples_total=samples_total, samples_per_second=sps, loss=loss, time=t,
-        session=session,
-    )  # fmt: skip
+        peer_id=peer_id, name=name, step=step, samples_total=samples_total, samples_per_second=sps, loss=loss, time=t
+    )
 
 
 def test_contribution_credits_increments_restarts_and_only_alive_time(tmp_path):
@@ -20,7 +17,7 @@ def test_contribution_credits_increments_restarts_and_only_alive_time(tmp_path):
         store.open_run("r", {"run_id": "r"}, total_steps=100, now=0.0)
         assert store.observe_peer(_obs("aa" * 32, 100.0, 50, name="alice")) == 50  # first sight: all its samples
         assert store.observe_peer(_obs("aa" * 32, 130.0, 80, name="alice")) == 80  # +30 samples, +30 s online
-        # restarted after a long gap (a peer without session ids: its count went down): +20, +0 s
+        # restarted after a long gap (its count went down): +20, +0 s
         assert store.observe_peer(_obs("aa" * 32, 1000.0, 20, name="alice")) == 100
         store.observe_peer(_obs("bb" * 32, 130.0, 500))
         store.observe_peer(_obs("bb" * 32, 140.0, 700))
@@ -31,17 +28,10 @@ def test_contribution_credits_increments_restarts_and_only_alive_time(tmp_path):
         assert store.samples_total() == 800
 
 
-def test_a_new_session_of_the_same_volunteer_adds_all_its_samples_to_its_one_row(tmp_path):
-    """The count of a restarted peer starts again at 0; a new session id says so even when the coordinator first
-    sees the new session at a count above the old one's last (the count going down is then no sign)."""
-    with Store(tmp_path / "c.db", alive_window=60) as store:
-        store.open_run("r", {"run_id": "r"})
-        store.observe_peer(_obs("aa" * 32, 10.0, 100, session="first"))
-        store.observe_peer(_obs("aa" * 32, 20.0, 400, session="first"))
-        store.observe_peer(_obs("aa" * 32, 90.0, 500, session="second"))  # restarted and trained faster
-        store.observe_peer(_obs("aa" * 32, 100.0, 650, session="second"))
-        (row,) = store.peers(now=100.0)
-        assert row.samples == 400 + 650
+def test_a_restart_is_a_count_that_went_down():
+    assert credited_samples(400, 650) == 250  # the same session went on
+    assert credited_samples(400, 120) == 120  # restarted: everything since is new
+    assert credited_samples(400, 400) == 0
 
 
 def test_rates_of_peers_that_are_not_alive_read_zero(tmp_path):
@@ -120,49 +110,3 @@ def test_ban_and_clear_errors(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="cannot open coordinator database"):
         Store(tmp_path / "junk.db")
-
-
-def _v1_store(path) -> None:
-    """A store as warmswarm wrote it before schema version 2: no ``peers.last_session``, version 1 in ``meta``."""
-    v1 = _SCHEMA.replace("    last_session TEXT NOT NULL DEFAULT '',\n", "")
-    assert v1 != _SCHEMA
-    db = sqlite3.connect(path)
-    with db:
-        db.executescript(v1)
-        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
-        db.execute("INSERT INTO runs (run_id, config_json, created, opened) VALUES ('r', '{}', 0, 0)")
-        db.execute(
-            "INSERT INTO peers (run_id, peer_id, name, first_seen, last_seen, samples, last_samples_total) "
-            "VALUES ('r', ?, 'alice', 1.0, 2.0, 300, 300)",
-            ("aa" * 32,),
-        )
-    db.close()
-
-
-def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "c.db"
-    _v1_store(path)
-    with Store(path, readonly=True) as reader:  # a reader never changes the file, and reads it as it is
-        assert [(p.name, p.samples) for p in reader.peers(now=2.0)] == [("alice", 300)]
-    with Store(path) as store:
-        store.open_run("r", {})
-        store.observe_peer(_obs("aa" * 32, 10.0, 350, name="alice", session="s1"))  # its session goes on: +50
-        store.observe_peer(_obs("aa" * 32, 20.0, 100, name="alice", session="s2"))  # a new one: +100
-        assert [(p.name, p.samples) for p in store.peers(now=20.0)] == [("alice", 450)]
-    db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
-    assert db.execute("SELECT last_session FROM peers").fetchall() == [("s2",)]
-    db.close()
-    with Store(path) as again:  # opening a current file migrates nothing
-        assert again.peers(now=20.0)[0].samples == 450
-
-
-def test_a_store_from_a_newer_warmswarm_is_refused_in_one_line(tmp_path):
-    path = tmp_path / "c.db"
-    Store(path).close()
-    db = sqlite3.connect(path)
-    with db:
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    db.close()
-    with pytest.raises(UserError, match="newer than this warmswarm"):
-        Store(path)
