@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.rates import DEFAULT_RATE_WINDOW
 from coordinator.store import Store
 from peer.errors import UserError
 
@@ -42,7 +43,11 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily("warmswarm_global_step", "Global optimizer step of the swarm", value=p.global_step)
         yield CounterMetricFamily("warmswarm_samples", "Samples the swarm has trained on", value=p.samples_total)
         yield GaugeMetricFamily(
-            "warmswarm_samples_per_second", "Swarm throughput, summed over alive peers", value=p.samples_per_second
+            "warmswarm_samples_per_second",
+            f"Swarm throughput: the increase of warmswarm_samples_total over the monitor's rate window (default "
+            f"{DEFAULT_RATE_WINDOW:.0f} s), as rate() computes it from that counter; 0 once no pass updated it "
+            "within the alive window",
+            value=p.samples_per_second,
         )
         yield GaugeMetricFamily(
             "warmswarm_loss", "Mean training loss over alive peers (NaN before any)", value=_or_nan(p.loss)
