@@ -27,6 +27,7 @@ import grpc
 from tqdm import tqdm
 
 from coordinator.api.checkpoint_files import MANIFEST, CheckpointManifest, FileDigest, check_relative_path
+from coordinator.preflight import check_writable_dir
 from peer.coordinator_api import CheckpointsAnswer, CoordinatorUnavailable, NotACoordinator, get_answer
 from peer.errors import UserError
 from protos.warmswarm.v1 import coordinator_pb2 as pb
@@ -286,6 +287,7 @@ def download(
     checkpoint directory that ``peer.modeling.load_models`` and ``from_pretrained`` read.
     ``on_bytes(n)`` is told of every n bytes that reach the disk (after the progress bar)."""
     out = Path(out_dir)
+    check_writable_dir(out, "--out")  # before the network: a bad --out is refused at once, with nothing fetched
     src = _open_source(source, timeout)
     try:
         manifest = src.manifest(checkpoint)
@@ -310,6 +312,11 @@ def download(
                 total_reused += reused
         record = {"files": [f.to_dict() for f in manifest.files], "step": manifest.step}
         (out / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as e:  # the local disk (the sources turn their network errors into their own exceptions)
+        raise DownloadError(
+            f"cannot write the checkpoint into {out}: {e}; the files so far are kept, run the same command again to "
+            "resume"
+        ) from None
     finally:
         src.close()
     return DownloadResult(manifest.name, manifest.step, out, len(manifest.files), total_fetched, total_reused)

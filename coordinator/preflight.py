@@ -22,19 +22,19 @@ from pathlib import Path
 from peer.errors import UserError
 
 
-def check_data_dir(data_dir: Path) -> None:
-    """``data_dir`` is a directory this process may write into, or one it can create."""
-    path = Path(data_dir)
+def check_writable_dir(path: Path, flag: str = "--data_dir") -> None:
+    """``path`` (given as ``flag``) is a directory this process may write into, or one it can create."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"--data_dir {path} is not a directory")
+        raise UserError(f"{flag} {path} is not a directory")
     existing = path.absolute()
     while not existing.exists():  # the nearest ancestor that exists is where the directory would be created
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"--data_dir {path} is not a directory: {existing} is a file")
+        raise UserError(f"{flag} {path} is not a directory: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path.absolute() else f" (cannot create it in {existing})"
-        raise UserError(f"--data_dir {path} is not writable{where}")
+        raise UserError(f"{flag} {path} is not writable{where}")
 
 
 def _probe(host: str, port: int) -> None:
@@ -75,5 +75,5 @@ def check_listen_ports(host: str, ports: Mapping[str, int]) -> None:
 
 def refuse_early(data_dir: Path, host: str, ports: Mapping[str, int]) -> None:
     """Both checks; UserError (one line) on the first problem, with nothing written."""
-    check_data_dir(data_dir)
+    check_writable_dir(data_dir, "--data_dir")
     check_listen_ports(host, ports)

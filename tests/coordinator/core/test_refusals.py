@@ -5,6 +5,7 @@
   checkpoint, SQLite file or identity is written;
 - every client of the coordinator's HTTP API (``peer join --coordinator``, ``coordinator status``, ``coordinator
   download --from``) pointed at an HTTP server that is not a coordinator: "... is not a warmswarm coordinator ...";
+  ``download --out`` a file;
 - ``coordinator status`` of a run with no live peer (no loss, no ETA yet) prints the status, exit 0.
 """
 
@@ -220,6 +221,16 @@ def test_every_client_refuses_a_server_that_is_not_a_coordinator(other_server, t
     line = _one_error_line(run_cli(*args, timeout=300))
     assert f"{url} is not a warmswarm coordinator" in line, line
     assert not out.exists()
+
+
+@pytest.mark.timeout(300)
+def test_download_into_a_file(coordinator, tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    for out in (file, file / "ckpt"):
+        line = _one_error_line(coordinator_cli("download", "--from", coordinator.url, "--out", str(out)))
+        assert f"--out {out} is not a directory" in line, line
+    assert file.read_text() == "keep me"
 
 
 @pytest.mark.timeout(120)
