@@ -166,6 +166,7 @@ def configure_logging(settings: LogSettings) -> logging.Handler | None:
     handler.addFilter(ExpectedFailureFilter(settings.verbose))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
+    logging.captureWarnings(True)  # Python warnings (torch's, hivemind's) as dated "WARNING py.warnings" lines too
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.NOTSET if settings.verbose else logging.WARNING)
     if not settings.verbose:  # read when grpc is first imported (here or in a child); a value the user set is kept

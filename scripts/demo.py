@@ -3,6 +3,11 @@
 Why a supervisor script rather than three terminals: a newcomer should see the whole system work with one command
 and stop it with one Ctrl-C, with no daemon left behind. Each child runs in its own process group so that a signal
 reaches its p2pd daemons too; the supervisor forwards SIGINT, waits, then escalates.
+
+A peer that exits (or is killed: try ``kill -9`` on a pid the demo prints) is what a swarm is built for: the demo
+says so in one line and goes on with the others; it stops when the coordinator or the last peer is gone. The
+children's output is log lines (their stdout is a pipe, so they draw no progress bars): one format, with dates, and
+a traceback only for an unexpected error unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ def _pump(name: str, proc: subprocess.Popen, color: bool) -> None:
         sys.stdout.flush()
 
 
-def _start(name: str, args: list[str], env: dict, color: bool) -> subprocess.Popen:
+def _start(name: str, args: list[str], env: dict, color: bool, pumps: list[threading.Thread]) -> subprocess.Popen:
+    """Starts one child in its own session, its output pumped with a ``[name]`` prefix by a thread added to
+    ``pumps``, and says its pid."""
     proc = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
@@ -59,7 +66,10 @@ def _start(name: str, args: list[str], env: dict, color: bool) -> subprocess.Pop
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    threading.Thread(target=_pump, args=(name, proc, color), daemon=True).start()
+    pump = threading.Thread(target=_pump, args=(name, proc, color), daemon=True)
+    pump.start()
+    pumps.append(pump)
+    print(f"started {name} (pid {proc.pid})", flush=True)
     return proc
 
 
@@ -120,6 +130,8 @@ def main() -> int:
     parser.add_argument("--checkpoint_every", type=int, default=5, help="global steps between checkpoints")
     parser.add_argument("--peers", type=int, default=2, help="number of local volunteer peers")
     parser.add_argument("--duration", type=float, default=0, help="stop by itself after this many seconds (0 = never)")
+    parser.add_argument("--init_from", default=None, help="coordinator: this model dir as checkpoint 0, not grown")
+    parser.add_argument("-v", "--verbose", action="store_true", help="children log debug lines and full tracebacks")
     args = parser.parse_args()
 
     for port, what in ((args.http_port, "http"), (args.grpc_port, "grpc"), (args.dht_port, "dht")):
@@ -130,7 +142,10 @@ def main() -> int:
     color = sys.stdout.isatty()
     url = f"http://127.0.0.1:{args.http_port}"
     procs: dict[str, subprocess.Popen] = {}
+    pumps: list[threading.Thread] = []
     stopping = threading.Event()
+    verbose = ["--verbose"] if args.verbose else []
+    init_from = ["--init_from", args.init_from] if args.init_from else []
 
     def on_signal(signum, frame):
         stopping.set()
@@ -144,6 +159,7 @@ def main() -> int:
             [
                 "-m",
                 "coordinator",
+                *verbose,
                 "start",
                 "-c",
                 args.config,
@@ -159,9 +175,11 @@ def main() -> int:
                 str(args.dht_port),
                 "--checkpoint_every",
                 str(args.checkpoint_every),
+                *init_from,
             ],
             env,
             color,
+            pumps,
         )
         _wait_http(f"{url}/api/v1/run", procs["coordinator"], timeout=300)
         for i in range(1, args.peers + 1):
@@ -170,6 +188,7 @@ def main() -> int:
                 [
                     "-m",
                     "peer",
+                    *verbose,
                     "join",
                     "--coordinator",
                     url,
@@ -184,19 +203,29 @@ def main() -> int:
                 ],
                 env,
                 color,
+                pumps,
             )
         print(f"\n  dashboard: {url}/    metrics: {url}/metrics    Ctrl-C stops everything\n", flush=True)
+        gone: set[str] = set()
         while not stopping.is_set():
             if args.duration and time.monotonic() - started > args.duration:
                 break
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                print(f"error: {dead[0]} exited with code {procs[dead[0]].returncode}; stopping the demo", flush=True)
+            for name in sorted(n for n, p in procs.items() if p.poll() is not None and n not in gone):
+                gone.add(name)
+                going_on = "" if name == "coordinator" else "; the other peers go on without it"
+                print(f"{name} exited with code {procs[name].returncode}{going_on}", flush=True)
+            if "coordinator" in gone:
+                print("error: the coordinator is gone; stopping the demo", flush=True)
+                return 1
+            if gone >= set(procs) - {"coordinator"}:
+                print("error: every peer is gone; stopping the demo", flush=True)
                 return 1
             time.sleep(0.5)
     finally:
         print("stopping: peers first, then the coordinator ...", flush=True)
         _stop(procs)
+        for pump in pumps:  # the children's last lines (a peer's summary, any error) are shown before ours
+            pump.join(timeout=10)
     checkpoints = sorted(p.name for p in (Path(args.data_dir) / "checkpoints").glob("ckpt-*") if p.is_dir())
     print(
         f"demo stopped after {time.monotonic() - started:.0f} s; state kept in {args.data_dir}; "

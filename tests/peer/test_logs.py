@@ -26,7 +26,8 @@ DATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} (DEBUG|INFO|WARNING|ER
 @pytest.fixture
 def logs():
     """``configure(verbose)`` sets logging up as run_cli does, into a buffer, and returns the buffer; the root
-    logger, hivemind's handler mode, the libraries' levels and WARNING's name are put back afterwards."""
+    logger, hivemind's handler mode, the libraries' levels, warnings capture and WARNING's name are put back
+    afterwards."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, logging.getLevelName(logging.WARNING))
     names = ("hivemind", "httpx", "httpcore")
@@ -39,6 +40,7 @@ def logs():
 
     yield configure
     root.handlers[:] = saved[0]
+    logging.captureWarnings(False)
     root.setLevel(saved[1])
     use_hivemind_log_handler("in_hivemind")
     for name, level in levels.items():
