@@ -5,6 +5,7 @@ checkpoints, resume from the coordinator, record validation, state after a kill)
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 from hivemind.dht.crypto import RSASignatureValidator
@@ -31,11 +32,15 @@ from bench.faultlib.scenarios import (
 from peer.records import metrics_key
 from peer.swarm.record_limits import MAX_RECORD_BYTES, RecordSizeLimit
 
+logger = logging.getLogger(__name__)
+
 
 def assert_rows(rows: list[Row]) -> None:
     failed = [row for row in rows if row.passed is False]
     # every row on failure, the context rows too: they say what went on (e.g. what differs between the peers)
     lines = [f"{'FAIL ' if r in failed else ''}{r.measured}: {r.figure} (target {r.target})" for r in rows]
+    for line in lines:  # the figures of a passing run too (pytest -o log_cli=true --log-cli-level=INFO)
+        logger.info("%s", line)
     assert not failed, "\n".join(lines)
     assert any(row.passed for row in rows), rows
 
