@@ -4,6 +4,12 @@ hivemind's ``load_state_from_peers`` takes the state from whichever peer ranks f
 of *each* survivor, so this opens the same ``rpc_download_state`` stream to a chosen peer id (from a client-mode
 DHT, inside the DHT's process) and returns its metadata (the global step is ``epoch``) and every tensor it sent:
 parameters and optimizer statistics, in the peer's optimizer order.
+
+The tensors are deserialised here, not in the DHT's process: that process is a fork of the bench (or pytest)
+process, whose OpenMP threads it does not have. A multi-threaded torch op there (copying a received tensor into
+shared memory to hand it back, for one) waits for those threads forever: the ``peer_kill`` scenario's observer hung
+in libgomp inside ``_share_filename_cpu_`` and every later download timed out (``{}`` in 15 tries). Serialised
+tensors cross the pipe as bytes, which needs no torch at all.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import hivemind
 import torch
 from hivemind.compression import deserialize_torch_tensor
 from hivemind.p2p import PeerID
-from hivemind.proto import averaging_pb2
+from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils import MSGPackSerializer
 from hivemind.utils.streaming import combine_from_streaming
 
@@ -50,7 +56,8 @@ def max_abs_diff(a: ServedState, b: ServedState, start: int = 0, stop: int | Non
     return max((float((x.float() - y.float()).abs().max()) for x, y in pairs), default=0.0)
 
 
-async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> ServedState | None:
+async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> tuple[str, dict, list[bytes]] | None:
+    """Runs in the DHT's process: (peer id, metadata, each tensor as serialised ``runtime_pb2.Tensor`` bytes)."""
     stub = _StateDownloadClient.get_stub(p2p, PeerID.from_base58(peer_id), namespace=prefix)
     metadata, parts, tensors = None, [], []
 
@@ -61,11 +68,11 @@ async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> Serve
             if message.metadata:
                 metadata = MSGPackSerializer.loads(message.metadata)
             if message.tensor_part.dtype and parts:
-                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                tensors.append(combine_from_streaming(parts).SerializeToString())
                 parts = []
             parts.append(message.tensor_part)
         if parts:
-            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+            tensors.append(combine_from_streaming(parts).SerializeToString())
 
     # not asyncio.wait_for: on a timeout it cancels the read and then waits for the cancellation to finish, and a
     # p2p stream torn down mid-message did not finish (the peer_kill fast test hung here for 19 min, 2026-12-05)
@@ -76,8 +83,13 @@ async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> Serve
         return None
     if task.exception() is not None or not metadata:
         return None
+    return peer_id, metadata, tensors
+
+
+def _served_state(peer_id: str, metadata: dict, tensors: list[bytes]) -> ServedState:
     values = tuple(m.get("value") for m in metadata.get("optimizer_metadata", ()) if m.get("type") == "value")
-    return ServedState(peer_id, int(metadata["epoch"]), tensors, values)
+    decoded = [deserialize_torch_tensor(runtime_pb2.Tensor.FromString(t)) for t in tensors]
+    return ServedState(peer_id, int(metadata["epoch"]), decoded, values)
 
 
 async def _download_all(dht, node, *, prefix: str, peer_ids: list[str], timeout: float):
@@ -94,4 +106,4 @@ def download_states(dht: hivemind.DHT, run_id: str, peer_ids: list[str], timeout
     except TimeoutError:
         future.cancel()
         return []
-    return [state for state in found if state is not None]
+    return [_served_state(*state) for state in found if state is not None]
