@@ -25,10 +25,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TextIO
+
+import wrapt
 
 LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+HIVEMIND_LOGGING_MODULE = "hivemind.utils.logging"
 HIVEMIND_LEVEL_ENV = "HIVEMIND_LOGLEVEL"  # hivemind's own variable (hivemind/utils/logging.py)
 GRPC_VERBOSITY_ENV = "GRPC_VERBOSITY"  # gRPC core's own stderr lines ("I1206 17:36:09.832941 ... fork_posix.cc")
 HF_PROGRESS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # read by huggingface_hub, and through it by transformers
@@ -171,17 +175,17 @@ def configure_logging(settings: LogSettings) -> logging.Handler | None:
         logging.getLogger(name).setLevel(logging.NOTSET if settings.verbose else logging.WARNING)
     if not settings.verbose:  # read when grpc is first imported (here or in a child); a value the user set is kept
         os.environ.setdefault(GRPC_VERBOSITY_ENV, "ERROR")
-    route_hivemind_logs()
+    # at once if hivemind is imported, else right after its logging module is: importing hivemind here (torch with
+    # it) took 0.5 -> 10 s for `coordinator status` on a loaded 2-core machine, which never uses hivemind
+    wrapt.register_post_import_hook(route_hivemind_logs, HIVEMIND_LOGGING_MODULE)
     return handler
 
 
-def route_hivemind_logs() -> None:
+def route_hivemind_logs(hivemind_logging: ModuleType) -> None:
     """hivemind's records go to the root handler, at hivemind's own level (``HIVEMIND_LOGLEVEL``, else INFO).
-    hivemind also renames WARNING to ``WARN`` for every logger when it is imported; the standard name is put back
-    so that all our lines say WARNING."""
-    from hivemind.utils.logging import use_hivemind_log_handler
-
-    use_hivemind_log_handler("nowhere")
+    hivemind also renames WARNING to ``WARN`` for every logger when ``hivemind_logging`` (its
+    ``hivemind.utils.logging``) is imported; the standard name is put back so that all our lines say WARNING."""
+    hivemind_logging.use_hivemind_log_handler("nowhere")
     logging.getLogger("hivemind").setLevel(os.environ.get(HIVEMIND_LEVEL_ENV, "INFO").upper())
     logging.addLevelName(logging.WARNING, "WARNING")
 

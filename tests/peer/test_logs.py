@@ -10,6 +10,8 @@ import io
 import logging
 import multiprocessing
 import re
+import subprocess
+import sys
 from multiprocessing import resource_sharer
 from multiprocessing.reduction import ForkingPickler
 
@@ -163,6 +165,25 @@ def test_one_format_for_ours_and_hivemind_and_httpx_only_when_verbose(logs):
         "httpx: HTTP Request: GET http://127.0.0.1/ 200 OK",
         "peer.swarm.session: debug of ours",
     ]
+
+
+ROUTED_ON_IMPORT = """
+import logging, sys
+from peer.logs import LogSettings, configure_logging
+configure_logging(LogSettings())
+assert "hivemind" not in sys.modules, "configure_logging imported hivemind"
+from hivemind.utils.logging import get_logger
+get_logger("hivemind.dht.node").warning("routed")
+"""
+
+
+def test_hivemind_is_routed_when_imported_later_not_imported_by_the_set_up():
+    """A fresh process (as ``python -m coordinator status``, which never imports hivemind): the set-up does not
+    import hivemind (with torch, seconds on a loaded machine), and hivemind imported afterwards is routed."""
+    done = subprocess.run([sys.executable, "-c", ROUTED_ON_IMPORT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert DATED.match(line) and line.endswith(" WARNING hivemind.dht.node: routed"), line
 
 
 def test_no_progress_bars_without_a_terminal():
