@@ -135,12 +135,14 @@ def test_a_result_for_a_cancelled_round_is_one_line(logs):
 
 
 def test_unexpected_errors_keep_their_traceback(logs):
-    """An exception not on the list, from hivemind, and a listed one from our own code, are left alone."""
+    """An exception not on the list, from hivemind; a listed type in another context (a timeout that is not a state
+    download); and a listed one from our own code: all are left alone."""
     out = logs(verbose=False)
     log_raised(get_logger("hivemind.averaging.averager"), ValueError("a bug"))
+    log_raised(get_logger("hivemind.dht.node"), TimeoutError("refresh"))
     log_raised(logging.getLogger("peer.swarm.loop"), AllreduceException("could not find a group"))
     text = out.getvalue()
-    assert text.count("Traceback (most recent call last)") == 2
+    assert text.count("Traceback (most recent call last)") == 3
     assert "ValueError: a bug" in text and "AllreduceException: could not find a group" in text
     assert " ERROR hivemind.averaging.averager: a bug" in text and " ERROR peer.swarm.loop: " in text
 
