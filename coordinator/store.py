@@ -190,7 +190,7 @@ class PeerObservation:
     peer_id: str
     name: str
     step: int
-    samples_total: int  # the peer's count since its session started (0 again after a restart)
+    samples_total: int  # the volunteer's count: on across its sessions with an identity file, else this session's
     samples_per_second: float | None  # None: leave the row's rate as it is (the monitor sets it with set_peer_rates)
     loss: float | None
     time: float  # coordinator clock when observed
@@ -198,10 +198,9 @@ class PeerObservation:
 
 def credited_samples(prev_total: int, total: int) -> int:
     """Samples a new record adds to a volunteer's contribution: its increase since the last one, or all of it when
-    the count went down, i.e. the volunteer restarted and counts from 0 again (a peer publishes a last record as it
-    leaves, so the last count seen of a session is its final one). A restart goes unseen only if the new session's
-    first count seen already exceeds the old one's final count; then the new session's samples up to that count are
-    missed (never more than the old session's whole count)."""
+    the count went down. A volunteer with an identity file counts on across its sessions
+    (``peer.swarm.sample_count``); a count that goes down is one that started again at 0 (its count file lost), and
+    everything it counts since is new."""
     return total if total < prev_total else total - prev_total
 
 

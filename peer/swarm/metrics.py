@@ -3,8 +3,8 @@
 Every DHT node validates each record with ``SchemaValidator`` (field types and bounds from ``peer.records``) and
 ``RSASignatureValidator`` (only the key's holder can write its subkey), so the coordinator can trust who did what.
 Records expire after ``SwarmSpec.metrics_expiration`` seconds; a live peer refreshes its record every few seconds.
-The signing key is the volunteer's across restarts when it has an identity file (``peer.swarm.record_key``), so the
-coordinator adds a restarted volunteer's samples to its one row.
+With an identity file, the signing key (``peer.swarm.record_key``) and the samples count (``peer.swarm.sample_count``)
+are the volunteer's across restarts, so the coordinator adds a restarted volunteer's samples to its one row.
 """
 
 from __future__ import annotations
@@ -25,32 +25,46 @@ from peer.config import RunConfig
 from peer.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
 from peer.swarm.record_limits import RecordSizeLimit
+from peer.swarm.sample_count import SampleCount, sample_count_path
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RecordSigning:
-    """The validators a peer's DHT must run, and the signer's public key (the subkey of this peer's records)."""
+    """The validators a peer's DHT must run, the signer's public key (the subkey of this peer's records), and the
+    volunteer's samples count across sessions (None: this session's count is the whole count)."""
 
     signature: RSASignatureValidator
     validators: list[RecordValidatorBase]
+    count: SampleCount | None = None
 
     @property
     def public_key(self) -> bytes:
         return self.signature.local_public_key
 
+    def value(self, metrics: LocalMetrics) -> dict:
+        """The DHT value of ``metrics`` (a session's record): its ``samples_total`` counted on from the volunteer's
+        earlier sessions, and saved before it is sent."""
+        value = metrics.dict()
+        if self.count is not None:
+            value["samples_total"] = self.count.total(metrics.samples_total)
+        return value
+
 
 def make_validators(run_id: str, identity_path: str | None = None) -> RecordSigning:
     """Size + schema + signature validators for ``run_id``'s records. The RSA key is hivemind's process key: with
     ``identity_path``, the volunteer's own, loaded from (or first written to) ``<identity_path>.records.der``
-    (``peer.swarm.record_key``); without, a fresh one. The size limit (``peer.swarm.record_limits``) runs first and
-    drops oversized records from anyone."""
+    (``peer.swarm.record_key``), and its samples count goes on from ``<identity_path>.samples.json``; without, a
+    fresh key and a count from 0. The size limit (``peer.swarm.record_limits``) runs first and drops oversized
+    records from anyone."""
+    count = None
     if identity_path:
         use_as_process_key(load_or_create_record_key(record_key_path(identity_path)))
+        count = SampleCount(sample_count_path(identity_path), run_id)
     signature = RSASignatureValidator()
     schema = SchemaValidator(MetricsSchema, prefix=run_id)
-    return RecordSigning(signature, [RecordSizeLimit(), schema, signature])
+    return RecordSigning(signature, [RecordSizeLimit(), schema, signature], count)
 
 
 def swarm_fingerprint(cfg: RunConfig) -> str:
@@ -70,7 +84,7 @@ def publish_metrics(dht: hivemind.DHT, run_id: str, signing: RecordSigning, metr
     return dht.store(
         key=metrics_key(run_id),
         subkey=signing.public_key,
-        value=metrics.dict(),
+        value=signing.value(metrics),
         expiration_time=get_dht_time() + expiration,
         return_future=False,
     )
@@ -146,7 +160,7 @@ class MetricsPublisher:
         self._in_flight = self.dht.store(
             key=metrics_key(self.run_id),
             subkey=self.signing.public_key,
-            value=metrics.dict(),
+            value=self.signing.value(metrics),
             expiration_time=get_dht_time() + self.expiration,
             return_future=True,
         )
