@@ -37,6 +37,7 @@ HIVEMIND_LEVEL_ENV = "HIVEMIND_LOGLEVEL"  # hivemind's own variable (hivemind/ut
 GRPC_VERBOSITY_ENV = "GRPC_VERBOSITY"  # gRPC core's own stderr lines ("I1206 17:36:09.832941 ... fork_posix.cc")
 HF_PROGRESS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # read by huggingface_hub, and through it by transformers
 QUIET_LIBRARIES = ("httpx", "httpcore")  # INFO = one line per request: WARNING unless --verbose
+ROUND_LOST = "all-reduce failed: a peer of the group left or was too slow"
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
     ExpectedFailure("state download timed out", "TimeoutError", "Failed to load state"),
     # averager.py _step: matchmaking ended with nobody else in the round (a peer alone, or peers out of step)
     ExpectedFailure("averaging round found no group", "AllreduceException", "could not find a group"),
-    # allreduce.py: a member of the group left or failed mid-round and told the others so (or stopped answering)
-    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "INTERNAL_ERROR"),
-    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "CANCELLED"),
-    ExpectedFailure("all-reduce failed: a peer of the group left", "AllreduceException", "terminated during"),
-    ExpectedFailure("all-reduce failed: a peer of the group left", "MatchmakingException", "Unable to run All-Reduce"),
+    # allreduce.py: a member of the group left or failed mid-round and told the others so, or stopped answering in
+    # time (averager.py _aggregate_with_group wraps that as "Unable to run All-Reduce: <the inner error>")
+    ExpectedFailure(ROUND_LOST, "AllreduceException", "INTERNAL_ERROR"),
+    ExpectedFailure(ROUND_LOST, "AllreduceException", "CANCELLED"),
+    ExpectedFailure(ROUND_LOST, "AllreduceException", "terminated during"),
+    ExpectedFailure(ROUND_LOST, "MatchmakingException", "Unable to run All-Reduce"),
     # matchmaking.py: the would-be leader went away between the invitation and the group
     ExpectedFailure("matchmaking failed: a peer left", "MatchmakingException"),
     # any hivemind coroutine cancelled while its process shuts down (or a round's deadline passed)
@@ -96,12 +98,19 @@ def _first_line(text: str) -> str:
 
 
 def one_line(failure: ExpectedFailure, exc: BaseException, message: str) -> str:
-    """``what: message (Type: text)``, each part once: hivemind often logs the exception itself as the message."""
+    """``what: message (Type: text)``, each part once (hivemind often logs the exception itself as the message),
+    and the error it was raised from, if any: hivemind wraps e.g. a timeout as "Unable to run All-Reduce: "."""
     kind, text, message = type(exc).__name__, _first_line(str(exc)), _first_line(message)
     exception = f"{kind}: {text}" if text else kind
     if not message or message == text:
-        return f"{failure.what}: {exception}"
-    return f"{failure.what}: {message}" if kind in message else f"{failure.what}: {message} ({exception})"
+        line = f"{failure.what}: {exception}"
+    else:
+        line = f"{failure.what}: {message}" if kind in message else f"{failure.what}: {message} ({exception})"
+    inner = exc.__cause__ or exc.__context__
+    if inner is not None:
+        inner_text = _first_line(str(inner))
+        line += f" (from {type(inner).__name__}{': ' + inner_text if inner_text else ''})"
+    return line
 
 
 class ExpectedFailureFilter(logging.Filter):

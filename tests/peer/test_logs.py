@@ -16,6 +16,7 @@ from multiprocessing import resource_sharer
 from multiprocessing.reduction import ForkingPickler
 
 import pytest
+from hivemind.averaging.matchmaking import MatchmakingException
 from hivemind.averaging.partition import AllreduceException
 from hivemind.utils.logging import get_logger, use_hivemind_log_handler
 from hivemind.utils.mpfuture import MPFuture
@@ -80,7 +81,7 @@ def test_expected_failure_is_one_warning_line_and_verbose_keeps_the_traceback(lo
         ("hivemind.averaging.averager", TimeoutError(), "Failed to download state from QmX - TimeoutError()",
          "state download timed out"),
         ("hivemind.averaging.allreduce", AllreduceException("QmY sent INTERNAL_ERROR"), None,
-         "all-reduce failed: a peer of the group left"),
+         "all-reduce failed: a peer of the group left or was too slow"),
         ("hivemind.optim.state_averager", asyncio.CancelledError(), None, "task cancelled"),
     ],
 )
@@ -89,6 +90,24 @@ def test_each_listed_failure_is_one_line(logs, logger_name, exc, message, said):
     log_raised(get_logger(logger_name), exc, message)
     (line,) = out.getvalue().splitlines()
     assert DATED.match(line) and f" WARNING {logger_name}: {said}" in line and type(exc).__name__ in line
+
+
+def test_a_wrapped_failure_names_the_error_it_came_from(logs):
+    """hivemind's averager wraps a round's inner error (here a timeout, whose text is empty) as "Unable to run
+    All-Reduce: <text>"; the line names the inner error's type so that it does not end in a bare colon."""
+    out = logs(verbose=False)
+    try:
+        try:
+            raise asyncio.TimeoutError()
+        except asyncio.TimeoutError as inner:
+            raise MatchmakingException(f"Unable to run All-Reduce: {inner}")  # noqa: B904 (as hivemind does)
+    except MatchmakingException as e:
+        get_logger("hivemind.averaging.averager").exception(e)
+    (line,) = out.getvalue().splitlines()
+    assert line.endswith(
+        " WARNING hivemind.averaging.averager: all-reduce failed: a peer of the group left or was too slow: "
+        "MatchmakingException: Unable to run All-Reduce: (from TimeoutError) [--verbose shows the traceback]"
+    ), line
 
 
 def test_a_pipe_from_a_process_that_exited_is_one_line(logs):
