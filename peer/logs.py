@@ -85,6 +85,33 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ExpectedMessage:
+    """A record without an exception that reports an expected event in alarming words: its message starts with
+    ``starts`` and contains ``contains``; it becomes the one line ``what``."""
+
+    what: str
+    starts: str
+    contains: str
+
+    def matches(self, message: str) -> bool:
+        return message.startswith(self.starts) and self.contains in message
+
+
+EXPECTED_MESSAGES: tuple[ExpectedMessage, ...] = (
+    # The one asyncio "Task was destroyed but it is pending!" left once our own (the progress tracker's, at exit) was
+    # fixed: hivemind 1.1.12's allreduce hands a stream of tensor parts built on amap_in_executor to a peer; when the
+    # peer dies mid-round nobody closes that stream, and its _put_items task is collected, pending, with it (seen
+    # mid-run in the default demo after a peer was killed). It is hivemind's, in a library we do not patch: this
+    # filter is the last resort the issue allows, for exactly that task.
+    ExpectedMessage(
+        "a failed round's tensor stream was dropped unfinished (hivemind amap_in_executor)",
+        "Task was destroyed but it is pending!",
+        "amap_in_executor",
+    ),
+)
+
+
 def _traceback_functions(exc: BaseException) -> set[str]:
     names, tb = set(), exc.__traceback__
     while tb is not None:
@@ -117,34 +144,47 @@ class ExpectedFailureFilter(logging.Filter):
     """On the root handler: a record from a logger under one of ``scopes`` (hivemind's, and asyncio's, which logs the
     unretrieved exceptions of hivemind's tasks) that carries an exception listed in ``failures`` becomes one WARNING
     line (what it means, the message's first line, the exception's type and first line) with no traceback, unless
-    ``verbose``, where it passes unchanged. Records of other loggers, records with any other exception, and records
-    without one pass unchanged: an unexpected error still shows its traceback."""
+    ``verbose``, where it passes unchanged. So does a record without an exception whose message is one of
+    ``messages``. Records of other loggers, records with any other exception, and records without one pass unchanged:
+    an unexpected error still shows its traceback."""
 
     def __init__(
         self,
         verbose: bool = False,
         failures: tuple[ExpectedFailure, ...] = EXPECTED_FAILURES,
         scopes: tuple[str, ...] = ("hivemind", "asyncio"),
+        messages: tuple[ExpectedMessage, ...] = EXPECTED_MESSAGES,
     ) -> None:
         super().__init__()
         self.verbose = verbose
         self.failures = failures
         self.scopes = scopes
+        self.messages = messages
 
     def expected(self, record: logging.LogRecord) -> ExpectedFailure | None:
         """The listed failure this record reports, or None."""
-        if not record.exc_info or record.exc_info[1] is None:
-            return None
-        if not any(record.name == scope or record.name.startswith(scope + ".") for scope in self.scopes):
+        if not record.exc_info or record.exc_info[1] is None or not self.in_scope(record):
             return None
         exc, message = record.exc_info[1], record.getMessage()
         return next((f for f in self.failures if f.matches(exc, message)), None)
 
+    def in_scope(self, record: logging.LogRecord) -> bool:
+        return any(record.name == scope or record.name.startswith(scope + ".") for scope in self.scopes)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        failure = self.expected(record)
-        if failure is None or self.verbose:
+        if self.verbose:
             return True
-        record.msg = f"{one_line(failure, record.exc_info[1], record.getMessage())} [--verbose shows the traceback]"
+        failure = self.expected(record)
+        if failure is not None:
+            line = f"{one_line(failure, record.exc_info[1], record.getMessage())} [--verbose shows the traceback]"
+        elif not record.exc_info and self.in_scope(record):
+            said = next((m for m in self.messages if m.matches(record.getMessage())), None)
+            if said is None:
+                return True
+            line = f"{said.what} [--verbose shows {record.name}'s report]"
+        else:
+            return True
+        record.msg = line
         record.args = None
         record.exc_info = record.exc_text = record.stack_info = None
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)

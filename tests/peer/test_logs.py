@@ -18,6 +18,7 @@ from multiprocessing.reduction import ForkingPickler
 import pytest
 from hivemind.averaging.matchmaking import MatchmakingException
 from hivemind.averaging.partition import AllreduceException
+from hivemind.utils.asyncio import amap_in_executor, as_aiter
 from hivemind.utils.logging import get_logger, use_hivemind_log_handler
 from hivemind.utils.mpfuture import MPFuture
 
@@ -151,6 +152,42 @@ def test_a_result_for_a_cancelled_round_is_one_line(logs):
     (line,) = out.getvalue().splitlines()
     assert " WARNING asyncio: round already cancelled by its caller: Task exception was never retrieved" in line
     assert "InvalidStateError" in line
+
+
+def test_a_dropped_round_stream_is_one_line_other_pending_tasks_are_not(logs):
+    """A real pending ``amap_in_executor`` task (hivemind's stream helper, blocked on its full queue), reported
+    through asyncio's own exception handler as ``Task.__del__`` reports a task collected unfinished: one WARNING
+    line. Any other task reported so keeps asyncio's ERROR."""
+
+    async def start_stream():
+        stream = amap_in_executor(lambda x: x, as_aiter(*range(10)), max_prefetch=1)
+        await anext(stream)
+        await asyncio.sleep(0.05)
+        return stream
+
+    out = logs(verbose=False)
+    loop = asyncio.new_event_loop()
+    try:
+        stream = loop.run_until_complete(start_stream())
+        (put_items,) = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        other = loop.create_task(asyncio.sleep(10))
+        for task in (put_items, other):
+            loop.call_exception_handler({"message": "Task was destroyed but it is pending!", "task": task})
+        other.cancel()
+
+        async def finish() -> None:
+            await stream.aclose()  # cancels put_items: nothing is left to be destroyed for real
+            await asyncio.gather(other, return_exceptions=True)
+
+        loop.run_until_complete(finish())
+    finally:
+        loop.close()
+    lines = out.getvalue().splitlines()
+    assert DATED.match(lines[0]) and lines[0].endswith(
+        " WARNING asyncio: a failed round's tensor stream was dropped unfinished (hivemind amap_in_executor) "
+        "[--verbose shows asyncio's report]"
+    ), lines
+    assert " ERROR asyncio: Task was destroyed but it is pending!" in lines[1] and "sleep()" in "".join(lines[2:])
 
 
 def test_unexpected_errors_keep_their_traceback(logs):
