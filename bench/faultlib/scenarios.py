@@ -71,6 +71,9 @@ def run_scenario(name: str, work: Path) -> list[Row]:
 
 BEGIN_ROUND = re.compile(r"Beginning optimizer step #(\d+)")
 ROUND_END = ("Averaged gradients with", "Averaging gradients failed", "Skipped averaging", "Transitioning to epoch")
+AVERAGED = re.compile(r"Averaged gradients with (\d+) peers")
+# how a gradient round of hivemind.Optimizer ends when it did not average with anyone
+ALONE = ("Averaging gradients failed", "Proceeding with local gradients", "there are no other peers")
 TRANSITION = re.compile(r"Transitioning to epoch (\d+)")
 
 
@@ -162,23 +165,33 @@ def describe_difference(states: list[ServedState], n_params: int, tol: float) ->
     return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
 
 
-def kill_mid_round(victim: Child, timeout: float) -> tuple[float, int, bool]:
-    """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) and
-    SIGKILLs its whole session; returns (kill time, the epoch that step would have ended, whether the round was
-    still open at the kill)."""
+def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, int, bool]:
+    """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) right
+    after a step whose gradients it averaged with all ``peers``, and SIGKILLs its whole session; returns (kill time,
+    the epoch that step would have ended, whether the round was still open at the kill).
+
+    Why after a joint round: a round the others are not in is no round to kill. Two peers started together each
+    stepped alone at first (neither saw the other yet), and a kill then hit a solo step while the survivor waited
+    out a round of its own: a 59 s delay that was not the kill's."""
     follower = LogFollower(victim.log)
     deadline = time.monotonic() + timeout
+    joint = False  # the victim's last finished gradient round included every peer
     while time.monotonic() < deadline:
-        began = [m for m in map(BEGIN_ROUND.search, follower.new_lines()) if m]
-        if began:
-            killed_at = time.time()
-            victim.kill_group(signal.SIGKILL)
-            after = follower.new_lines() + [follower.pending]
-            return killed_at, int(began[-1].group(1)), not any(m in line for line in after for m in ROUND_END)
+        for line in follower.new_lines():
+            averaged = AVERAGED.search(line)
+            if averaged or any(marker in line for marker in ALONE):
+                joint = bool(averaged) and int(averaged.group(1)) == peers
+            began = BEGIN_ROUND.search(line)
+            if began and joint:
+                killed_at = time.time()
+                victim.kill_group(signal.SIGKILL)
+                after = follower.new_lines() + [follower.pending]
+                return killed_at, int(began.group(1)), not any(m in ln for ln in after for m in ROUND_END)
         if not victim.alive():
             raise RuntimeError(f"{victim.name} died before it was killed:\n{victim.tail()}")
         time.sleep(0.01)
-    raise TimeoutError(f"{victim.name} began no optimizer step within {timeout:.0f} s:\n{victim.tail()}")
+    raise TimeoutError(f"{victim.name} began no optimizer step after a joint round within {timeout:.0f} s:\n"
+                       f"{victim.tail()}")  # fmt: skip
 
 
 def next_step_after(follower: LogFollower, child: Child, epoch: int, timeout: float) -> float:
@@ -214,7 +227,10 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
     with ProcessSet(work / "procs") as procs:
         coordinator = Coordinator(procs, run, work / "data", checkpoint_every=10**6)
         coordinator.start()
-        members = [start_peer(procs, f"peer{i}", coordinator, debug_averaging=True) for i in range(settings.peers)]
+        # --wait_for_peers: started together, they train together from the first round (else each steps alone at
+        # first, not seeing the other yet)
+        members = [start_peer(procs, f"peer{i}", coordinator, "--wait_for_peers", str(settings.peers),
+                              debug_averaging=True) for i in range(settings.peers)]  # fmt: skip
         for member in members:
             member.wait_for_line(TRAINING, PATIENCE)
         coordinator.wait_for(
@@ -228,7 +244,7 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
         for k in range(settings.kills):
             victim, survivors = members[0], members[1:]
             followers = [LogFollower(s.log) for s in survivors]
-            killed_at, epoch, mid_round = kill_mid_round(victim, timeout=PATIENCE)
+            killed_at, epoch, mid_round = kill_mid_round(victim, len(members), timeout=PATIENCE)
             inside += mid_round
             logger.info("kill %d: %s SIGKILLed (%s the round)", k + 1, victim.name, "inside" if mid_round else "after")
             if k == 0:
@@ -353,6 +369,7 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
     root = work / "data" / "checkpoints"
     inside, leftovers, corrupt, mismatched, history_lost, resumed, resume_s = 0, [], [], [], 0, 0, []
     held_at_kill: list[str] = []
+    unknown = 0  # peers a restarted coordinator would not dial: they are not in its known_peers.json
     with ProcessSet(work / "procs") as procs:
         coordinator = Coordinator(procs, run, work / "data", checkpoint_every=2, keep_last=3)
         coordinator.start()
@@ -365,6 +382,8 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
             inside += 1
             held_at_kill = held
             logger.info("kill %d: coordinator SIGKILLed while writing %s holding %s", k + 1, tmp, held)
+            known = work / "data" / "known_peers.json"
+            unknown += sum(peer_id_of(m) not in (known.read_text() if known.is_file() else "") for m in members)
             before = {p.name for p in root.iterdir() if re.fullmatch(r"ckpt-\d+", p.name)}
             restarted = time.monotonic()
             coordinator.start()
@@ -397,6 +416,8 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
             str(len(leftovers) + len(corrupt) + len(mismatched) + len(left) + len(bad) + len(mismatch)), "0",
             not (leftovers or corrupt or mismatched or left or bad or mismatch)),
         Row(name, "SQLite history rows lost across restarts", str(history_lost), "0", history_lost == 0),
+        Row(name, "peers missing from known_peers.json at the kills (the restart dials only those listed)",
+            str(unknown), "0", unknown == 0),
         Row(name, "restarts followed by a newer verified checkpoint",
             f"{resumed}/{n} (median {median(resume_s):.0f} s after restart)", f"{n}/{n}", resumed == n),
     ]  # fmt: skip
