@@ -43,6 +43,15 @@ class RecordSigning:
     def public_key(self) -> bytes:
         return self.signature.local_public_key
 
+    @property
+    def data_seed_material(self) -> bytes:
+        """What this session's data order and masking are seeded from: the volunteer's key, and the samples its
+        earlier sessions counted. A volunteer that keeps its key across restarts (``--identity_path``) must not
+        replay the same batches from the start in every session; a fresh volunteer's seed is its key alone."""
+        if self.count is None or self.count.base == 0:
+            return self.public_key
+        return self.public_key + b"/samples=" + str(self.count.base).encode()
+
     def value(self, metrics: LocalMetrics) -> dict:
         """The DHT value of ``metrics`` (a session's record): its ``samples_total`` counted on from the volunteer's
         earlier sessions, and saved before it is sent."""

@@ -173,7 +173,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         group = options.group  # rank 0 of a multi-GPU peer (peer.swarm.ddp), else None
         device = group.device if group is not None else resolve_device(cfg.train)
         models.to(device).train()
-        seed = seed_from_bytes(signing.public_key)
+        seed = seed_from_bytes(signing.data_seed_material)
         loss_fn, batches = training_inputs(cfg, models, tokenizer, seed, device)
         params = models.parameters()
         ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(options.coordinator_url))

@@ -32,3 +32,24 @@ def test_an_unreadable_count_starts_from_zero_with_a_warning(tmp_path, caplog):
         assert count.base == 0 and "counting from 0" in caplog.text
         caplog.clear()
     assert count.total(4) == 4 and json.loads(path.read_text()) == {"run": 4}
+
+
+def test_a_restarted_volunteer_does_not_replay_its_first_sessions_data_order(tmp_path):
+    """The data order is seeded from the record key, which ``--identity_path`` keeps: a second session seeded from
+    the key alone would train on the same batches again. A fresh volunteer's seed stays its key alone."""
+    from hivemind.dht.crypto import RSASignatureValidator
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    from peer.data import seed_from_bytes
+    from peer.swarm.metrics import RecordSigning
+
+    signature = RSASignatureValidator(RSAPrivateKey())
+    path = sample_count_path(tmp_path / "peer.id")
+    first = RecordSigning(signature, [], SampleCount(path, "run"))
+    assert first.data_seed_material == signature.local_public_key
+    first.count.total(48)  # the first session trained 48 samples
+    second = RecordSigning(signature, [], SampleCount(path, "run"))
+    third = RecordSigning(signature, [], SampleCount(path, "run"))
+    assert seed_from_bytes(second.data_seed_material) != seed_from_bytes(first.data_seed_material)
+    assert second.data_seed_material == third.data_seed_material  # deterministic for one saved count
+    assert RecordSigning(signature, []).data_seed_material == signature.local_public_key
