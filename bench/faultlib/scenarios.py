@@ -165,10 +165,10 @@ def describe_difference(states: list[ServedState], n_params: int, tol: float) ->
     return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
 
 
-def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, int, bool]:
+def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, bool]:
     """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) right
     after a step whose gradients it averaged with all ``peers``, and SIGKILLs its whole session; returns (kill time,
-    the epoch that step would have ended, whether the round was still open at the kill).
+    whether the round was still open at the kill).
 
     Why after a joint round: a round the others are not in is no round to kill. Two peers started together each
     stepped alone at first (neither saw the other yet), and a kill then hit a solo step while the survivor waited
@@ -186,7 +186,7 @@ def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, in
                 killed_at = time.time()
                 victim.kill_group(signal.SIGKILL)
                 after = follower.new_lines() + [follower.pending]
-                return killed_at, int(began.group(1)), not any(m in ln for ln in after for m in ROUND_END)
+                return killed_at, not any(m in ln for ln in after for m in ROUND_END)
         if not victim.alive():
             raise RuntimeError(f"{victim.name} died before it was killed:\n{victim.tail()}")
         time.sleep(0.01)
@@ -194,19 +194,13 @@ def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, in
                        f"{victim.tail()}")  # fmt: skip
 
 
-def next_step_after(follower: LogFollower, child: Child, epoch: int, timeout: float) -> float:
-    """When ``child`` was seen (this polls its log every 0.1 s) to reach a global step past ``epoch - 1``: the step
-    under way at the kill ends in epoch ``epoch``, or a later one if the survivor was behind and caught up.
-
-    Why by epoch and by the time seen, not by the line's time stamp after the kill: ``peer.logs`` stamps whole
-    seconds, so a survivor's transition logged in the second of the kill but before it would read as its first step
-    after the kill (a delay of ~0 s), and the one logged after it in the same second as a step before."""
+def next_step_after(follower: LogFollower, child: Child, timeout: float) -> float:
+    """When ``child`` was next seen (this polls its log every 0.1 s) to log a global step: call it with a follower
+    drained at the kill. By the time seen, not by the line's stamp: ``peer.logs`` stamps whole seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in follower.new_lines():
-            match = TRANSITION.search(line)
-            if match and int(match.group(1)) >= epoch:
-                return time.time()
+        if any(TRANSITION.search(line) for line in follower.new_lines()):
+            return time.time()
         if not child.alive():
             raise RuntimeError(f"survivor {child.name} died:\n{child.tail()}")
         time.sleep(0.1)
@@ -244,13 +238,15 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
         for k in range(settings.kills):
             victim, survivors = members[0], members[1:]
             followers = [LogFollower(s.log) for s in survivors]
-            killed_at, epoch, mid_round = kill_mid_round(victim, len(members), timeout=PATIENCE)
+            killed_at, mid_round = kill_mid_round(victim, len(members), timeout=PATIENCE)
+            for follower in followers:
+                follower.new_lines()  # what the survivors logged before the kill
             inside += mid_round
             logger.info("kill %d: %s SIGKILLed (%s the round)", k + 1, victim.name, "inside" if mid_round else "after")
             if k == 0:
                 baseline = [i for s in survivors for i in step_intervals(s, killed_at)]
             for follower, survivor in zip(followers, survivors, strict=True):
-                delays.append(next_step_after(follower, survivor, epoch + 1, timeout=PATIENCE) - killed_at)
+                delays.append(next_step_after(follower, survivor, timeout=PATIENCE) - killed_at)
             newcomer = start_peer(procs, f"peer{settings.peers + k}", coordinator, debug_averaging=True)
             newcomer.wait_for_line(TRAINING, PATIENCE)
             members = [*survivors, newcomer]
