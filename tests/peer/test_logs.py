@@ -9,6 +9,7 @@ import gc
 import io
 import logging
 import multiprocessing
+import os
 import re
 import subprocess
 import sys
@@ -188,6 +189,30 @@ def test_a_dropped_round_stream_is_one_line_other_pending_tasks_are_not(logs):
         "[--verbose shows asyncio's report]"
     ), lines
     assert " ERROR asyncio: Task was destroyed but it is pending!" in lines[1] and "sleep()" in "".join(lines[2:])
+
+
+def test_a_lost_connection_in_a_task_is_one_line(logs):
+    """hivemind's stream writer to a peer that has died: a real BrokenPipeError (a write to a pipe whose reader is
+    gone) ends a task nobody awaits, and asyncio itself logs it when the task is freed."""
+    reader, writer = os.pipe()
+    os.close(reader)
+
+    async def write_to_stream() -> None:
+        os.write(writer, b"part")
+
+    out = logs(verbose=False)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(write_to_stream())
+        loop.run_until_complete(asyncio.wait([task]))
+        del task
+        gc.collect()
+    finally:
+        loop.close()
+        os.close(writer)
+    (line,) = out.getvalue().splitlines()
+    assert " WARNING asyncio: connection to a peer lost (it left, or its network failed): " in line
+    assert "BrokenPipeError" in line
 
 
 def test_unexpected_errors_keep_their_traceback(logs):
