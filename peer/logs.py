@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -76,6 +77,9 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (  # the first that matches nam
     ExpectedFailure("matchmaking failed: a peer left", "MatchmakingException"),
     # any hivemind coroutine cancelled while its process shuts down (or a round's deadline passed)
     ExpectedFailure("task cancelled (shutdown or deadline)", "CancelledError"),
+    # p2p_daemon_bindings: asyncio's "Unhandled exception in client_connected_cb" for the p2p daemon's connection
+    # whose handler task was dropped just before (see EXPECTED_MESSAGES)
+    ExpectedFailure("p2p handler of a dropped stream", "RuntimeError", "cannot reuse already awaited coroutine"),
     # averager.py _step sets the result of a round its caller has just cancelled (a pre-scheduled round given up): the
     # task ends with this error, which asyncio logs as "Task exception was never retrieved"
     ExpectedFailure("round already cancelled by its caller", "InvalidStateError", "CANCELLED"),
@@ -91,26 +95,30 @@ EXPECTED_FAILURES: tuple[ExpectedFailure, ...] = (  # the first that matches nam
 @dataclass(frozen=True)
 class ExpectedMessage:
     """A record without an exception that reports an expected event in alarming words: its message starts with
-    ``starts`` and contains ``contains``; it becomes the one line ``what``."""
+    ``starts`` and the regular expression ``subject`` finds what it is about (group 1); it becomes the one line
+    ``what: <subject>``."""
 
     what: str
     starts: str
-    contains: str
+    subject: str
 
-    def matches(self, message: str) -> bool:
-        return message.startswith(self.starts) and self.contains in message
+    def about(self, message: str) -> str | None:
+        """The subject of ``message`` if this is the event, else None."""
+        found = re.search(self.subject, message) if message.startswith(self.starts) else None
+        return found.group(1) if found else None
 
 
 EXPECTED_MESSAGES: tuple[ExpectedMessage, ...] = (
-    # The one asyncio "Task was destroyed but it is pending!" left once our own (the progress tracker's, at exit) was
-    # fixed: hivemind 1.1.12's allreduce hands a stream of tensor parts built on amap_in_executor to a peer; when the
-    # peer dies mid-round nobody closes that stream, and its _put_items task is collected, pending, with it (seen
-    # mid-run in the default demo after a peer was killed). It is hivemind's, in a library we do not patch: this
-    # filter is the last resort the issue allows, for exactly that task.
+    # asyncio's "Task was destroyed but it is pending!" for a task of hivemind's own code. Our one (the progress
+    # tracker's, at every clean exit) is fixed at its cause; the ones left are hivemind 1.1.12's, mid-run, after a peer
+    # died: its all-reduce gives the peer a stream of tensor parts built on amap_in_executor that nobody closes when
+    # the peer is gone (the _put_items task is collected pending), and its p2p daemon client drops the handler task of
+    # that peer's stream (ControlClient._handler). A library we do not patch: this message filter, for hivemind's
+    # tasks only, is the last resort the issue allows; a task of ours still gets asyncio's ERROR.
     ExpectedMessage(
-        "a failed round's tensor stream was dropped unfinished (hivemind amap_in_executor)",
+        "hivemind dropped an unfinished task (a round or a stream with a peer that left)",
         "Task was destroyed but it is pending!",
-        "amap_in_executor",
+        r"coro=<([^()\s]+)\(\) (?:running at|done, defined at) \S*/hivemind/",
     ),
 )
 
@@ -181,10 +189,11 @@ class ExpectedFailureFilter(logging.Filter):
         if failure is not None:
             line = f"{one_line(failure, record.exc_info[1], record.getMessage())} [--verbose shows the traceback]"
         elif not record.exc_info and self.in_scope(record):
-            said = next((m for m in self.messages if m.matches(record.getMessage())), None)
+            message = record.getMessage()
+            said = next(((m, about) for m in self.messages if (about := m.about(message))), None)
             if said is None:
                 return True
-            line = f"{said.what} [--verbose shows {record.name}'s report]"
+            line = f"{said[0].what}: {said[1]} [--verbose shows {record.name}'s report]"
         else:
             return True
         record.msg = line

@@ -185,8 +185,8 @@ def test_a_dropped_round_stream_is_one_line_other_pending_tasks_are_not(logs):
         loop.close()
     lines = out.getvalue().splitlines()
     assert DATED.match(lines[0]) and lines[0].endswith(
-        " WARNING asyncio: a failed round's tensor stream was dropped unfinished (hivemind amap_in_executor) "
-        "[--verbose shows asyncio's report]"
+        " WARNING asyncio: hivemind dropped an unfinished task (a round or a stream with a peer that left): "
+        "amap_in_executor.<locals>._put_items [--verbose shows asyncio's report]"
     ), lines
     assert " ERROR asyncio: Task was destroyed but it is pending!" in lines[1] and "sleep()" in "".join(lines[2:])
 
