@@ -165,9 +165,10 @@ def describe_difference(states: list[ServedState], n_params: int, tol: float) ->
     return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
 
 
-def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, bool]:
+def kill_mid_round(victim: Child, peers: int, timeout: float, joint_rounds: int = 3) -> tuple[float, bool]:
     """Waits for the victim to log the start of an optimizer step (its gradient all-reduce follows at once) right
-    after a step whose gradients it averaged with all ``peers``, and SIGKILLs its whole session; returns (kill time,
+    after a step whose gradients it averaged with all ``peers``, once it has averaged ``joint_rounds`` such rounds
+    since this call (they time the no-fault step interval), and SIGKILLs its whole session; returns (kill time,
     whether the round was still open at the kill).
 
     Why after a joint round: a round the others are not in is no round to kill. Two peers started together each
@@ -175,14 +176,14 @@ def kill_mid_round(victim: Child, peers: int, timeout: float) -> tuple[float, bo
     out a round of its own: a 59 s delay that was not the kill's."""
     follower = LogFollower(victim.log)
     deadline = time.monotonic() + timeout
-    joint = False  # the victim's last finished gradient round included every peer
+    joint, rounds = False, 0  # whether the victim's last gradient round included every peer; how many did
     while time.monotonic() < deadline:
         for line in follower.new_lines():
             averaged = AVERAGED.search(line)
             if averaged or any(marker in line for marker in ALONE):
                 joint = bool(averaged) and int(averaged.group(1)) == peers
-            began = BEGIN_ROUND.search(line)
-            if began and joint:
+                rounds += joint
+            if BEGIN_ROUND.search(line) and joint and rounds >= joint_rounds:
                 killed_at = time.time()
                 victim.kill_group(signal.SIGKILL)
                 after = follower.new_lines() + [follower.pending]
@@ -207,8 +208,12 @@ def next_step_after(follower: LogFollower, child: Child, timeout: float) -> floa
     raise TimeoutError(f"survivor {child.name} made no global step within {timeout:.0f} s of the kill")
 
 
-def step_intervals(child: Child, before: float) -> list[float]:
-    stamps = [log_timestamp(line) for line in child.text().splitlines() if TRANSITION.search(line)]
+def step_intervals(child: Child, before: float, peers: int) -> list[float]:
+    """Seconds between the gradient rounds ``child`` averaged with all ``peers`` before ``before``: the no-fault step
+    interval. Joint rounds only: the steps a peer takes alone at the start (or catching up) come in bursts, and at
+    the whole seconds ``peer.logs`` stamps, a burst reads as intervals of 0 s."""
+    stamps = [log_timestamp(line) for line in child.text().splitlines()
+              if (m := AVERAGED.search(line)) and int(m.group(1)) == peers]  # fmt: skip
     stamps = [s for s in stamps if s is not None and s < before]
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
@@ -244,7 +249,7 @@ def peer_kill(work: Path, settings: PeerKillSettings = PeerKillSettings()) -> li
             inside += mid_round
             logger.info("kill %d: %s SIGKILLed (%s the round)", k + 1, victim.name, "inside" if mid_round else "after")
             if k == 0:
-                baseline = [i for s in survivors for i in step_intervals(s, killed_at)]
+                baseline = [i for s in survivors for i in step_intervals(s, killed_at, len(members))]
             for follower, survivor in zip(followers, survivors, strict=True):
                 delays.append(next_step_after(follower, survivor, timeout=PATIENCE) - killed_at)
             newcomer = start_peer(procs, f"peer{settings.peers + k}", coordinator, debug_averaging=True)
