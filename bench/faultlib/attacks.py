@@ -168,8 +168,13 @@ def run_attack_scenario(
         coordinator.start()
         names = [f"peer{i}" for i in range(peers)]
         attacker = names[-1] if attack else ""
+        # --wait_for_peers: every peer (the attacker too) trains from the first round on, none alone at first while
+        # the others start; a skewed start left two honest peers without the evidence to ban the attacker by step 8
+        together = ("--wait_for_peers", str(peers))
         children = [
-            _start_attacker(procs, n, coordinator, attack) if n == attacker else start_peer(procs, n, coordinator)
+            _start_attacker(procs, n, coordinator, attack, *together)
+            if n == attacker
+            else start_peer(procs, n, coordinator, *together)
             for n in names
         ]
         honest = [n for n in names if n != attacker]
@@ -190,13 +195,13 @@ def run_attack_scenario(
     )
 
 
-def _start_attacker(procs, name: str, coordinator, attack: str):
+def _start_attacker(procs, name: str, coordinator, attack: str, *extra: str):
     work = procs.work / name
     return procs.start(
         name,
         ["-m", "bench.faultlib.attacks", "--attack", attack, "join", "--coordinator", coordinator.url, "--no_status",
          "--peer_name", name, "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),
-         "--host_maddrs", "/ip4/127.0.0.1/tcp/0"],
+         "--host_maddrs", "/ip4/127.0.0.1/tcp/0", *extra],
     )  # fmt: skip
 
 
