@@ -19,6 +19,7 @@ from multiprocessing.reduction import ForkingPickler
 import pytest
 from hivemind.averaging.matchmaking import MatchmakingException
 from hivemind.averaging.partition import AllreduceException
+from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
 from hivemind.utils.asyncio import amap_in_executor, as_aiter
 from hivemind.utils.logging import get_logger, use_hivemind_log_handler
 from hivemind.utils.mpfuture import MPFuture
@@ -85,6 +86,9 @@ def test_expected_failure_is_one_warning_line_and_verbose_keeps_the_traceback(lo
         ("hivemind.averaging.allreduce", AllreduceException("QmY sent INTERNAL_ERROR"), None,
          "all-reduce failed: a peer of the group left or was too slow"),
         ("hivemind.optim.state_averager", asyncio.CancelledError(), None, "task cancelled"),
+        ("hivemind.averaging.averager", ControlFailure("Connect failed. msg=failed to dial: QmZ: all dials failed"),
+         "Failed to download state from QmZ - ControlFailure('Connect failed. msg=failed to dial')",
+         "peer unreachable (it left, or its network failed)"),
     ],
 )
 def test_each_listed_failure_is_one_line(logs, logger_name, exc, message, said):
