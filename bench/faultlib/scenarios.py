@@ -162,7 +162,15 @@ def describe_difference(states: list[ServedState], n_params: int, tol: float) ->
     }
     counters = "; ".join(f"{s.peer_id[-6:]} {s.step_counters(n_params)}" for s in states)
     values = "equal" if all(s.optimizer_values == first.optimizer_values for s in states) else "differ"
-    return f"{len(off)}/{n_params} parameter tensors > {tol:.0e}; step counters {counters}; lr etc. {values}"
+    # which tensors (wire position and shape) and in how many elements: one part of a tensor that a round left
+    # out reads differently from a whole step that one peer missed
+    which = ", ".join(
+        f"#{i} {tuple(first.tensors[i].shape)}: "
+        f"{int(max(((first.tensors[i].float() - o.tensors[i].float()).abs() > tol).sum() for o in states[1:]))} el."
+        for i in sorted(off)[:4]
+    )
+    return (f"{len(off)}/{n_params} parameter tensors > {tol:.0e}{' (' + which + ')' if which else ''}; "
+            f"step counters {counters}; lr etc. {values}")  # fmt: skip
 
 
 def kill_mid_round(victim: Child, peers: int, timeout: float, joint_rounds: int = 3) -> tuple[float, bool]:
