@@ -108,11 +108,11 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
-    for proc in procs.values():
+    for name, proc in procs.items():
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
+        except subprocess.TimeoutExpired:  # e.g. a peer still in an averaging round with a peer that is gone
+            print(f"{name} did not stop within {grace:.0f} s of SIGINT: killing it", flush=True)
     for proc in procs.values():
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the group: p2pd children included
