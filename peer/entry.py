@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from peer.errors import UserError
+from peer.fork_threads import one_torch_thread_in_forks
 from peer.lifetime import bind_children_to_this_process
 from peer.logs import LogSettings, configure_logging
 from peer.memory import limit_malloc_arenas
@@ -21,6 +22,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         parser.print_help()
         return 2
     bind_children_to_this_process()  # before anything forks: no child may outlive this process (peer.lifetime)
+    one_torch_thread_in_forks()  # the parent's OpenMP pool is gone in a fork (peer.fork_threads)
     limit_malloc_arenas()  # before any DHT or averager process is forked: they inherit it (peer.memory)
     try:
         return int(args.func(args) or 0)
