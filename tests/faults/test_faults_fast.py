@@ -127,6 +127,8 @@ def test_peer_killed_mid_round_survivors_step_on_with_identical_state(tmp_path):
     # The newcomer's first steps after its state download were 1.3e-4 to 2.2e-4 from the survivor (steps 7-9 with 1
     # settle step, 2026-12-04); from the next applied state average on, 3.7e-9 (steps 10-16). With 4 settle steps and
     # 3 samples, 2 runs of 6 failed on 2026-12-05 (one: 1.9e-4 at 2 of 3 steps, 8-10; the logs show the states read
-    # while one peer had applied the round's state average and the other not yet; why the two peers' own parameters
-    # differed before that average is not traced). So: settle 8 steps, compare 5 and take the median (the bench: 7).
+    # while one peer had applied the round's state average and the other not yet). So: settle 8 steps, compare 5 and
+    # take the median (the bench: 7). Why the peers' own parameters differed before that average, traced 2026-12-06:
+    # hivemind copied a background state round's result over the optimizer step taken while it ran, on each peer by
+    # its own timing (now applied by the delta rule, GuardedOptimizer._make_state_averager).
     assert_rows(peer_kill(tmp_path, PeerKillSettings(peers=2, kills=1, settle_steps=8, state_samples=5)))

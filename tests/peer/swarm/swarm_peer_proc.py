@@ -7,7 +7,10 @@ LOAD_STATE (1 = download state from peers first), EXTRA_STEPS, MIN_PEERS (wait f
 rounds in the background; the last one is finished before the result is written), MOMENTUM_COMPRESSION (diloco's
 outer momentum codec, default minmax8bit as in SwarmSpec), MOMENTUM_SYNC (average, catch_up; default: SwarmSpec's),
 MISS_ROUND (overlap: this peer gives up its background round of that epoch at once, as over a dropped link),
-PROGRESS_REFRESH (swarm.progress_refresh_max, default 1 s).
+PROGRESS_REFRESH (swarm.progress_refresh_max, default 1 s), LOSS (``sum``: the loss is the sum of the parameters,
+so every gradient is 1 whatever the data and the parameters, and SGD moves each parameter by exactly -lr per
+optimizer step that took effect, and so does Adam: its bias-corrected moments of a constant gradient are 1), OPT
+(``adam``; default SGD, both at lr 0.05), EXTRA_PARAMS (one more parameter of that many zeros, to make rounds long).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -62,12 +65,16 @@ def main() -> int:
     torch.manual_seed(0)  # same initial model on every peer, as after a download of step 0
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     params = list(model.parameters())
+    if int(os.environ.get("EXTRA_PARAMS", "0")):  # a round of this size takes long enough to outlast an epoch
+        params.append(torch.nn.Parameter(torch.zeros(int(os.environ["EXTRA_PARAMS"]))))
+    start_params = [p.detach().clone() for p in params]
+    adam = os.environ.get("OPT") == "adam"
     opt = build_swarm_optimizer(
         dht,
         RUN_ID,
         spec,
         params,
-        lambda p: torch.optim.SGD(p, lr=0.05),
+        (lambda p: torch.optim.Adam(p, lr=0.05)) if adam else (lambda p: torch.optim.SGD(p, lr=0.05)),
         None,
         batch_size=8,
         verbose=os.environ.get("VERBOSE") == "1",
@@ -99,6 +106,8 @@ def main() -> int:
 
     def loss_fn(batch):
         time.sleep(sleep)
+        if os.environ.get("LOSS") == "sum":
+            return sum(p.sum() for p in params)
         return torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
 
     parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches(), batch_size=8)
@@ -117,11 +126,14 @@ def main() -> int:
         torch.save(
             {
                 "params": [p.detach().clone() for p in params],
+                "initial": start_params,
                 "anchor": [a.clone() for a in opt.outer.anchor] if opt.outer is not None else None,
                 "momentum": [m.clone() for m in opt.outer.momentum] if opt.outer is not None else None,
                 "rounds_averaged": background.rounds_averaged if background is not None else None,
                 "catch_ups": opt.catch_ups,
                 "step": result.global_step,
+                "optimizer_steps": opt.opt.state_averager.optimizer_steps,
+                "overwritten_steps": opt.opt.state_averager.overwritten_steps,
                 "samples": result.samples,
             },
             out / "result.pt",
