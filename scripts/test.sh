@@ -9,7 +9,9 @@ echo "[test] pytest"
 set +e
 # -rfEs: the summary lists every skip with its reason (a missing tool says so; under CI=true it fails instead, see
 # tests/system_tools.py), besides the failures and errors that plain -q lists (-rs alone would drop those).
-.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider "$@"
+# -m: the fault scenarios too (pyproject's addopts leaves them out of a plain `pytest`, for a quick local run); an
+# -m of the caller's comes later and wins, e.g. `bash scripts/test.sh -m scenario` for the scenarios alone.
+.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider -m "scenario or not scenario" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

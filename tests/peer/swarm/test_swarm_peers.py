@@ -125,7 +125,7 @@ def adam_travel(steps: int, lr: float = 0.05) -> float:
     for _ in range(steps):
         x.grad = torch.ones(1)
         adam.step()
-    return -float(x)
+    return -x.item()
 
 
 @pytest.mark.slow
