@@ -11,7 +11,8 @@ set +e
 # tests/system_tools.py), besides the failures and errors that plain -q lists (-rs alone would drop those).
 # -m: the fault scenarios too (pyproject's addopts leaves them out of a plain `pytest`, for a quick local run); an
 # -m of the caller's comes later and wins, e.g. `bash scripts/test.sh -m scenario` for the scenarios alone.
-.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider -m "scenario or not scenario" "$@"
+# --durations: CI's log names the slowest tests, the ones to look at when the suite outgrows its time.
+.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider --durations=25 -m "scenario or not scenario" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
