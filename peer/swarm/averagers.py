@@ -463,12 +463,16 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
         Why: a round averages the parameters and statistics as they were when it began, and hivemind's copy of its
         result over tensors that a later optimizer step has moved undoes that step (see
         ``GuardedOptimizer._make_state_averager``). With the delta rule nothing is undone; a copy that would undo
-        steps is counted in ``overwritten_steps`` and logged."""
-        missed = self.optimizer_steps - self._steps_at_load
-        if missed > 0 and not self.delta_rule_averaging:
-            self.overwritten_steps += missed
-            logger.warning("a state-averaging round's result replaces %d later optimizer step(s) of ours", missed)
-        super()._apply_averaging_results_()
+        steps is counted in ``overwritten_steps`` and logged.
+
+        Under the optimizer's lock: with ``delay_optimizer_step`` hivemind steps the optimizer in its executor while
+        the training thread applies a finished round here, and the two must not interleave on the same tensors."""
+        with self.lock_optimizer:
+            missed = self.optimizer_steps - self._steps_at_load
+            if missed > 0 and not self.delta_rule_averaging:
+                self.overwritten_steps += missed
+                logger.warning("a state-averaging round's result replaces %d later optimizer step(s) of ours", missed)
+            super()._apply_averaging_results_()
 
     def step(self, *args, **kwargs):
         with self._serving:

@@ -10,7 +10,8 @@ MISS_ROUND (overlap: this peer gives up its background round of that epoch at on
 PROGRESS_REFRESH (swarm.progress_refresh_max, default 1 s), LOSS (``sum``: the loss is the sum of the parameters,
 so every gradient is 1 whatever the data and the parameters, and SGD moves each parameter by exactly -lr per
 optimizer step that took effect, and so does Adam: its bias-corrected moments of a constant gradient are 1), OPT
-(``adam``; default SGD, both at lr 0.05), EXTRA_PARAMS (one more parameter of that many zeros, to make rounds long).
+(``adam``; default SGD, both at lr 0.05), EXTRA_PARAMS (one more parameter of that many zeros, to make rounds long),
+DELAY_STEP (1 = sync mode's ``delay_optimizer_step``: the global step runs in the background).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -53,6 +54,7 @@ def main() -> int:
         averaging_timeout=30.0,
         load_state_timeout=30.0,
         overlap_rounds=os.environ.get("OVERLAP") == "1",
+        delay_optimizer_step=os.environ.get("DELAY_STEP") == "1",
         momentum_sync=os.environ.get("MOMENTUM_SYNC") or None,
         # a global step here takes 2-3 s: with hivemind's 3-10 s between progress reads, a peer that started a moment
         # before it saw the other's first record took all its global steps alone (CI, 2026-12-03: 0.06 and 0.14 apart)

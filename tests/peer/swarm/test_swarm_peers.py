@@ -130,7 +130,8 @@ def adam_travel(steps: int, lr: float = 0.05) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_sync_state_rounds_never_undo_an_optimizer_step(swarm):
+@pytest.mark.parametrize("delay_step", ["0", "1"], ids=["step_inline", "delay_optimizer_step"])
+def test_sync_state_rounds_never_undo_an_optimizer_step(swarm, delay_step):
     """Every optimizer step takes effect, though hivemind averages the state in the background in every epoch.
 
     The loss is the sum of the parameters (LOSS=sum): every gradient is 1, so after k Adam steps each parameter has
@@ -138,8 +139,10 @@ def test_sync_state_rounds_never_undo_an_optimizer_step(swarm):
     short. A 1M-float parameter makes a state round (parameters and both Adam moments) outlast an epoch, the case
     where hivemind copied the round's result (the state of the epoch it began in) over the step taken meanwhile;
     before ``GuardedOptimizer`` applied rounds by the delta rule, the peer_kill fault scenario found 10 of 13
-    rounds doing so, each peer by its own timing, and peers of one round ended a step apart."""
-    env = dict(STEPS="10", TARGET="64", STEP_SLEEP="0.05", MIN_PEERS="2", LOSS="sum", OPT="adam")
+    rounds doing so, each peer by its own timing, and peers of one round ended a step apart. With
+    ``delay_optimizer_step`` the step runs in hivemind's executor while the training thread may apply a round: the
+    two are serialised by the optimizer's lock (``GuardedStateAverager._apply_averaging_results_``)."""
+    env = dict(STEPS="10", TARGET="64", STEP_SLEEP="0.05", MIN_PEERS="2", LOSS="sum", OPT="adam", DELAY_STEP=delay_step)
     a, out_a = swarm.start("a", "sync", [], PEER_SEED="1", EXTRA_PARAMS="1000000", **env)
     b, out_b = swarm.start("b", "sync", swarm.wait_maddrs(out_a), PEER_SEED="2", EXTRA_PARAMS="1000000", **env)
     results = {"a": wait_ok(a, out_a), "b": wait_ok(b, out_b)}
