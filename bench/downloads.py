@@ -1,4 +1,4 @@
-"""Checkpoint download speed on loopback: HTTP and gRPC (through ``coordinator.download``, which also verifies
+"""Checkpoint download speed on loopback: HTTP and gRPC (through ``peer.run.download``, which also verifies
 sha256) against a plain file copy, a copy plus sha256, and curl on the same HTTP endpoint.
 
 The servers run in a child process (as in a real coordinator), so the client does not share their GIL. Prints a
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--size_mb", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from coordinator.download import download
+    from peer.run.download import download
 
     size = args.size_mb * 10**6
     with tempfile.TemporaryDirectory(prefix="warmswarm-bench-") as tmp:
@@ -103,10 +103,10 @@ def main() -> None:
                 "plain file copy (shutil.copyfile)": lambda: shutil.copyfile(src, fresh() / "m"),
                 "file copy + sha256": copy_and_hash,
                 "curl over HTTP (no verification)": curl,
-                "HTTP, coordinator.download (+ sha256)": lambda: download(
+                "HTTP, peer.run.download (+ sha256)": lambda: download(
                     f"http://127.0.0.1:{http_port}", fresh(), progress=False
                 ),
-                "gRPC, coordinator.download (+ sha256)": lambda: download(
+                "gRPC, peer.run.download (+ sha256)": lambda: download(
                     f"grpc://127.0.0.1:{grpc_port}", fresh(), progress=False
                 ),
             }

@@ -134,7 +134,7 @@ def print_status(
 
 
 def _download(args: argparse.Namespace) -> int:
-    from coordinator.download import download
+    from peer.run.download import download
 
     started = time.perf_counter()
     result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout)

@@ -8,79 +8,20 @@ the resolved file must still lie inside the checkpoint directory (no symlink esc
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from peer.errors import UserError
+from peer.run.checkpoint_manifest import (
+    MANIFEST,
+    CheckpointManifest,
+    CheckpointNotFound,
+    FileDigest,
+    UnsafePath,
+    check_relative_path,
+    read_manifest,
+)
 
-MANIFEST = "manifest.json"
 _NAME = re.compile(r"^ckpt-\d+$")
-
-
-class CheckpointNotFound(UserError):
-    """No such checkpoint, or no such file in it."""
-
-
-class UnsafePath(UserError):
-    """A request path that points outside the checkpoint directory."""
-
-
-@dataclass(frozen=True)
-class FileDigest:
-    path: str  # relative to the checkpoint dir, '/'-separated
-    size: int
-    sha256: str
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
-
-
-@dataclass(frozen=True)
-class CheckpointManifest:
-    name: str
-    step: int
-    created: float  # when the manifest was written (its mtime): the checkpoint became visible then
-    files: tuple[FileDigest, ...]
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def file(self, path: str) -> FileDigest:
-        for f in self.files:
-            if f.path == path:
-                return f
-        raise CheckpointNotFound(f"{path} is not a file of checkpoint {self.name}")
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "step": self.step, "created": self.created,
-                "files": [f.to_dict() for f in self.files]}  # fmt: skip
-
-
-def check_relative_path(path: str) -> str:
-    """Returns ``path`` normalised to '/'-separated form, or raises UnsafePath if it could leave its directory."""
-    if not path or "\\" in path or "\x00" in path:
-        raise UnsafePath(f"bad file path {path!r}")
-    parts = PurePosixPath(path).parts
-    if path.startswith("/") or any(p in ("..", ".") for p in path.split("/")):
-        raise UnsafePath(f"file path {path!r} leaves the checkpoint directory")
-    return "/".join(parts)
-
-
-def read_manifest(ckpt_dir: Path) -> CheckpointManifest:
-    """Parses ``<ckpt_dir>/manifest.json``; raises CheckpointNotFound if it is missing or malformed."""
-    try:
-        data = json.loads((ckpt_dir / MANIFEST).read_text())
-        files = tuple(FileDigest(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
-        step = int(data["step"])
-        created = (ckpt_dir / MANIFEST).stat().st_mtime
-    except FileNotFoundError:
-        raise CheckpointNotFound(f"checkpoint {ckpt_dir.name} has no manifest") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointNotFound(f"checkpoint {ckpt_dir.name} has a malformed manifest: {e}") from None
-    return CheckpointManifest(name=ckpt_dir.name, step=step, created=created, files=files)
 
 
 class CheckpointFiles:

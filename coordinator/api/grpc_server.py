@@ -18,9 +18,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.api.checkpoint_files import CheckpointFiles, CheckpointManifest, CheckpointNotFound, UnsafePath
+from coordinator.api.checkpoint_files import CheckpointFiles
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import Store
+from peer.run.checkpoint_manifest import CheckpointManifest, CheckpointNotFound, UnsafePath
 from protos.warmswarm.v1 import coordinator_pb2 as pb
 from protos.warmswarm.v1 import coordinator_pb2_grpc as pb_grpc
 

@@ -27,10 +27,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.staticfiles import NotModifiedResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from coordinator.api.checkpoint_files import CheckpointFiles, CheckpointNotFound, UnsafePath
+from coordinator.api.checkpoint_files import CheckpointFiles
 from coordinator.auth import TokenAuthority
 from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
 from coordinator.store import Store
+from peer.run.checkpoint_manifest import CheckpointNotFound, UnsafePath
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from peer.config import RunConfig
 from peer.errors import UserError
 from peer.logs import progress_on
 from peer.modeling import PretrainingModels
+from peer.run.download import download
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.resume import (
     SwarmState,
@@ -266,7 +267,6 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
     The transfer itself is the coordinator's own client (resumable, sha256- and size-verified). It lands in a private
     temp dir that is renamed into place, so peers sharing ``out_dir`` never see or clobber each other's half files.
     """
-    from coordinator.download import download
 
     base = coordinator_url.rstrip("/")
     try:

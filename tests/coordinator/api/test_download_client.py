@@ -10,7 +10,7 @@ import pytest
 from api_fixtures import checkpoint_payload, write_checkpoint
 
 from coordinator.api.grpc_server import start_grpc_server
-from coordinator.download import DownloadError, download
+from peer.run.download import DownloadError, download
 
 FILES = ["config.json", "generator/config.json", "model.safetensors", "training_state.json"]
 

@@ -292,8 +292,8 @@ def test_grpc_server_that_is_not_a_coordinator(tmp_path):
 
     import grpc
 
-    from coordinator.download import download
     from peer.coordinator_api import NotACoordinator
+    from peer.run.download import download
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # serves no service at all
     port = server.add_insecure_port("127.0.0.1:0")

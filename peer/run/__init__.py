@@ -1,0 +1,7 @@
+"""What every process of a run agrees on, and starts no process: the checkpoint layout and its manifest, and the
+client that downloads a coordinator's checkpoints.
+
+Why a package of its own inside ``peer``: dependencies point one way, ``coordinator -> peer``. The coordinator
+serves what this package describes and a peer (or ``coordinator download``) reads it, so both import it from here
+and ``peer`` never imports ``coordinator`` (checked by import-linter, ``[tool.importlinter]`` in pyproject.toml).
+"""
