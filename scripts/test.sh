@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "[test] ruff"
 .venv/bin/ruff check .
+echo "[test] import layers (import-linter, [tool.importlinter] in pyproject.toml)"
+.venv/bin/lint-imports --no-cache --no-logo
 echo "[test] pytest"
 set +e
 # -rfEs: the summary lists every skip with its reason (a missing tool says so; under CI=true it fails instead, see
