@@ -176,6 +176,14 @@ def test_demo_with_a_killed_peer_prints_no_traceback(tmp_path):
         )
         goal = at_kill + 3
         wait_until(lambda: swarm_at(url, goal, 1), 240, f"global step {goal} (peer-3 killed at {at_kill})", output)
+        # and each survivor has said it went on: the swarm's step can move on through one survivor while the other
+        # is still in a round with the killed peer (averaging_timeout), and a Ctrl-C then raced its progress line
+        # (one full run of 4, 2026-12-06: peer-2's last line at the kill's step, 12 s before the Ctrl-C)
+        output.wait_for(
+            lambda lines: all(global_steps(lines).get(s, -1) > at_kill for s in ("peer-1", "peer-2")) or None,
+            240,
+            f"a progress line past global step {at_kill} from each survivor",
+        )
         proc.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops every child cleanly
         assert proc.wait(timeout=120) == 0
     finally:
