@@ -124,6 +124,8 @@ def main() -> int:
             LoopOptions(max_global_steps=steps, metrics_every=1.0, show_status=False),
         )
         opt.finish_round(timeout=60.0)
+        if spec.delay_optimizer_step:  # the last global step ran in the background: apply it, as shutdown would
+            opt.opt.state_averager.step(wait_for_delayed_updates=True)
         background = opt.background
         torch.save(
             {
