@@ -444,34 +444,19 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
         # held by step() and by get_current_state: a served state is never taken in the middle of a step
         self._serving = threading.RLock()
         super().__init__(*args, **kwargs)
-        # optimizer steps taken, and how many had been taken when the tensors of the round under way were loaded:
-        # a round's result applied after a later step would silently undo that step (see _apply_averaging_results_)
-        self.optimizer_steps = self._steps_at_load = 0
-        self.overwritten_steps = 0
+        # optimizer steps taken in this process (tests check that every one took effect)
+        self.optimizer_steps = 0
         self.optimizer.register_step_post_hook(self._count_optimizer_step)
 
     def _count_optimizer_step(self, *_) -> None:
         self.optimizer_steps += 1
 
-    def _load_local_tensors_into_averager_(self):
-        self._steps_at_load = self.optimizer_steps
-        super()._load_local_tensors_into_averager_()
-
     def _apply_averaging_results_(self):
-        """hivemind's application of a round's result, counting the optimizer steps it undoes.
-
-        Why: a round averages the parameters and statistics as they were when it began, and hivemind's copy of its
-        result over tensors that a later optimizer step has moved undoes that step (see
-        ``GuardedOptimizer._make_state_averager``). With the delta rule nothing is undone; a copy that would undo
-        steps is counted in ``overwritten_steps`` and logged.
-
-        Under the optimizer's lock: with ``delay_optimizer_step`` hivemind steps the optimizer in its executor while
-        the training thread applies a finished round here, and the two must not interleave on the same tensors."""
+        """hivemind's application of a finished round, under the optimizer's lock: with ``delay_optimizer_step``
+        hivemind steps the optimizer in its executor while the training thread applies a round here, and the two
+        must not interleave on the same tensors. (Why rounds apply by the delta rule:
+        ``GuardedOptimizer._make_state_averager``.)"""
         with self.lock_optimizer:
-            missed = self.optimizer_steps - self._steps_at_load
-            if missed > 0 and not self.delta_rule_averaging:
-                self.overwritten_steps += missed
-                logger.warning("a state-averaging round's result replaces %d later optimizer step(s) of ours", missed)
             super()._apply_averaging_results_()
 
     def step(self, *args, **kwargs):

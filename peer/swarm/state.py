@@ -267,7 +267,6 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
     The transfer itself is the coordinator's own client (resumable, sha256- and size-verified). It lands in a private
     temp dir that is renamed into place, so peers sharing ``out_dir`` never see or clobber each other's half files.
     """
-
     base = coordinator_url.rstrip("/")
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True) as client:

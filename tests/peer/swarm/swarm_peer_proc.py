@@ -137,7 +137,6 @@ def main() -> int:
                 "catch_ups": opt.catch_ups,
                 "step": result.global_step,
                 "optimizer_steps": opt.opt.state_averager.optimizer_steps,
-                "overwritten_steps": opt.opt.state_averager.overwritten_steps,
                 "samples": result.samples,
             },
             out / "result.pt",

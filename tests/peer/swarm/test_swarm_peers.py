@@ -165,7 +165,6 @@ def test_sync_state_rounds_never_undo_an_optimizer_step(swarm, delay_step):
         pairs = zip(r["initial"], r["params"], strict=True)
         worst = max((start - end - travel).abs().max().item() for start, end in pairs)
         assert worst < 1e-3, f"{name}: parameters {worst:.4f} off the travel of its {steps} Adam steps ({travel:.4f})"
-        assert r["overwritten_steps"] == 0
     assert max_diff(results["a"], results["b"]) <= 1e-6
 
 
