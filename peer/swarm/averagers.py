@@ -33,6 +33,7 @@ from typing import AsyncIterator  # noqa: UP035 - hivemind's ServicerBase only r
 import hivemind
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.partition import BannedException
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor
@@ -423,7 +424,37 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
         return loaded
 
 
-class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload):
+class CancellableRounds(hivemind.DecentralizedAverager):
+    """Keeps the handles of the state rounds begun in the background, so that one still looking for a group can be
+    called off (``cancel_rounds_looking_for_group``).
+
+    Why: a peer that finds itself out of sync downloads the swarm's state, and hivemind first waits for its
+    background state round, up to ``averaging_timeout``. A round still looking for a group then is one whose
+    partner is gone (a killed peer's matchmaking entries outlive it): in the ``peer_kill`` fault scenario a survivor
+    one step behind at the kill waited out that round (20 s), then its next gradient round (20 s), and stepped
+    39.7 s after the kill. Its own state is about to be replaced by the download, so the round has nothing to give.
+    A round already exchanging tensors is left to finish. hivemind 1.1.12 calls ``DecentralizedAverager.step`` from
+    ``TrainingStateAverager.schedule_step`` and ``_do`` through ``super()``: this class sits between the two in
+    ``GuardedStateAverager``'s MRO."""
+
+    def step(self, *args, **kwargs):
+        control = super().step(*args, **kwargs)
+        if isinstance(control, StepControl):
+            rounds = [c for c in getattr(self, "_background_rounds", []) if not c.done()]
+            self._background_rounds = [*rounds, control]
+        return control
+
+    def cancel_rounds_looking_for_group(self) -> int:
+        """Cancels this process's background rounds that have not found their group yet; returns how many."""
+        cancelled = 0
+        for control in getattr(self, "_background_rounds", []):
+            if not control.done() and control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+                cancelled += bool(control.cancel())
+        self._background_rounds = []
+        return cancelled
+
+
+class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload, CancellableRounds):
     """The state averager; with ``average_extras=False`` its ``extra_tensors`` are shared, not averaged.
 
     Why the option: DiLoCo's outer Nesterov momentum is an extra tensor so that a late joiner downloads it with the
@@ -565,7 +596,13 @@ class GuardedOptimizer(hivemind.Optimizer):
     def load_state_from_peers(self, **kwargs) -> None:
         """hivemind's download, then ``after_state_load``. Why: hivemind also calls this by itself when the peer is
         out of sync with the swarm, and DiLoCo's anchor must then follow the downloaded parameters, or the next
-        outer step would take the whole jump to the new state as this peer's pseudo-gradient."""
+        outer step would take the whole jump to the new state as this peer's pseudo-gradient. A background state
+        round still looking for a group is called off first (``CancellableRounds``): hivemind would wait it out."""
+        cancelled = self.state_averager.cancel_rounds_looking_for_group()
+        if cancelled:
+            logger.info(
+                "called off %d state round(s) still looking for a group: downloading the state instead", cancelled
+            )
         super().load_state_from_peers(**kwargs)
         for callback in self.after_state_load:
             callback()
