@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coordinator.signing_key import load_or_create_signing_key
 from peer.errors import UserError
 
 if TYPE_CHECKING:  # hivemind costs seconds to import; `allowlist add|remove|list` must not wait for it
@@ -467,8 +468,6 @@ class PrivateRun:
     @classmethod
     def open(cls, run_id: str, allowlist: str | Path, data_dir: Path, store: Store, ttl: float) -> PrivateRun:
         """Reads the allowlist (UserError if it is missing or bad) and loads or creates the token-signing key."""
-        from coordinator.service import load_or_create_signing_key
-
         if ttl < 60:
             raise UserError(f"--token_ttl must be at least 60 seconds, got {ttl:g}")
         key = load_or_create_signing_key(Path(data_dir) / AUTHORITY_KEY_NAME)

@@ -40,13 +40,16 @@ import hivemind
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils import get_dht_time
 from hivemind.utils.auth import AuthorizerBase
-from hivemind.utils.crypto import RSAPrivateKey
 
+from coordinator.api.grpc_server import start_grpc_server
+from coordinator.api.http import RunInfo, create_http_app, start_http_server
 from coordinator.auth import Allowlist, PrivateRun
 from coordinator.bans import BanCourt, ban_authority_info
 from coordinator.checkpoints import CheckpointDir, sync_store
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import Monitor, make_validators
 from coordinator.preflight import refuse_early
+from coordinator.signing_key import load_or_create_signing_key
 from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
@@ -87,24 +90,6 @@ class CoordinatorSpec:
     allowlist: Path | None = None  # a private run: only volunteers in this file get access tokens (None: open run)
     token_ttl: float = 3600.0  # seconds an access token stays valid (peers renew at a quarter left)
     extra_join_args: list[str] = field(default_factory=list)
-
-
-def load_or_create_signing_key(path: Path) -> RSAPrivateKey:
-    """The coordinator's RSA key for signed DHT records, kept across restarts so peers see the same signer."""
-    from cryptography.hazmat.primitives import serialization
-
-    key = RSAPrivateKey()
-    if path.is_file():
-        try:
-            key._private_key = serialization.load_der_private_key(path.read_bytes(), password=None)
-        except ValueError as e:
-            raise UserError(f"signing key {path} is unreadable ({e}); move it away to create a new one") from None
-        return key
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(key.to_bytes())
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return key
 
 
 def guess_public_host() -> str:
@@ -379,10 +364,6 @@ def start_coordinator(
     cfg: RunConfig, spec: CoordinatorSpec, initial_state: Callable[[RunConfig, Path], None] = grow_initial_state
 ) -> RunningCoordinator:
     """Starts everything (see the module docstring) and returns once the servers accept connections."""
-    from coordinator.api.grpc_server import start_grpc_server
-    from coordinator.api.http import RunInfo, create_http_app, start_http_server
-    from coordinator.metrics import CoordinatorMetrics
-
     # Bad input is refused before anything is written or grown (see coordinator.preflight).
     data = Path(spec.data_dir)
     refuse_early(data, spec.host, listen_ports(spec))

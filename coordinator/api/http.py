@@ -28,7 +28,7 @@ from starlette.staticfiles import NotModifiedResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from coordinator.api.checkpoint_files import CheckpointFiles
-from coordinator.auth import TokenAuthority
+from coordinator.auth import TokenAuthority, token_response
 from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
 from coordinator.store import Store
 from peer.run.checkpoint_manifest import CheckpointNotFound, UnsafePath
@@ -151,8 +151,6 @@ def create_http_app(
     async def auth_token(request: Request) -> JSONResponse:
         """{name, key, public_key (base64 of the OpenSSH key)} -> {token (base64), expiration_time,
         authority_public_key}; 403 with a one-line ``detail`` when refused. Refusals are counted by reason."""
-        from coordinator.auth import token_response
-
         body = await request.body() if int(request.headers.get("content-length") or 0) <= MAX_AUTH_BODY else None
         status, payload, refused = token_response(authority, run_info.run_id, body)
         if refused:

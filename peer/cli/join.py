@@ -17,9 +17,9 @@ from peer.swarm.ddp import (
     RankInfo,
     SetupReport,
     collective_timeout,
-    follow_swarm,
     rank_from_env,
 )
+from peer.swarm.follower import follow_swarm
 from peer.swarm.loop import LoopOptions
 from peer.swarm.session import JoinOptions, fetch_run, join_swarm
 from peer.swarm.shutdown import StopSignal

@@ -115,7 +115,7 @@ def train_loop(
 ) -> LoopResult:
     """The peer's loop until stopped or a limit is reached. With ``parts.group`` (a multi-GPU peer, run on rank 0)
     the gradients are the group's mean, the samples are the group's, and every rank follows this loop's decisions
-    (see ``peer.swarm.ddp``); the collectives below are matched one for one by ``ddp.follow_loop``."""
+    (see ``peer.swarm.ddp``); the collectives below are matched one for one by ``follower.follow_loop``."""
     params, group = parts.params, parts.group
     world = group.world_size if group is not None else 1
     good = GoodState(params)

@@ -7,21 +7,18 @@ every peer can rebuild bit for bit because growth is deterministic and seeded.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import hivemind
-import torch
 
 from peer.config import ConfigError, RunConfig, config_from_dict
 from peer.coordinator_api import RunAnswer, get_answer
+from peer.data import seed_from_bytes
 from peer.errors import UserError
-from peer.modeling import PretrainingModels
 from peer.records import config_key, metrics_key
 from peer.swarm.auth import Membership, authenticate_peer
 from peer.swarm.averagers import AveragerKinds
@@ -34,6 +31,8 @@ from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
+from peer.swarm.training_inputs import load_tokenizer, training_inputs
+from peer.trainer import make_optimizer, make_scheduler, param_groups, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -102,49 +101,8 @@ class JoinOptions:
     group: PeerGroup | None = None  # this process is rank 0 of a torchrun group: the one that talks to the swarm
 
 
-def load_tokenizer(cfg: RunConfig, init_dir: str | None):
-    from transformers import AutoTokenizer
-
-    from peer.growth import resolve_source
-
-    source = Path(init_dir) if init_dir else resolve_source(cfg.growth.source)
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the tokenizer from {source}: {str(e).splitlines()[0]}") from None
-
-
-def training_inputs(
-    cfg: RunConfig, models: PretrainingModels, tokenizer, seed: int, device: torch.device
-) -> tuple[Callable[[dict], torch.Tensor], Iterator[dict]]:
-    """The objective's loss of a batch and this process's batches (order and masking seeded by ``seed``); shared by
-    a peer and the follower ranks of a multi-GPU peer, which differ only in their seeds."""
-    from peer.data import build_train_batches
-    from peer.objectives import build_objective
-    from peer.trainer import autocast_dtype
-
-    objective = build_objective(cfg, models, tokenizer.mask_token_id, seed=seed)
-    batches = build_train_batches(
-        cfg.data,
-        tokenizer,
-        cfg.train.batch_size,
-        cfg.objective.name,
-        shuffle_seed=seed,
-        sop_prob=cfg.objective.sop_prob,
-    )
-    dtype = autocast_dtype(cfg.train, device)
-
-    def loss_fn(batch: dict) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            return objective(batch).loss
-
-    return loss_fn, batches
-
-
 def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopResult:
     """Runs one peer until stopped (or a loop limit) and leaves the swarm; raises UserError on bad input."""
-    from peer.data import seed_from_bytes
-    from peer.trainer import make_optimizer, make_scheduler, param_groups, resolve_device
 
     lock = lock_identity(cfg.swarm.identity_path) if cfg.swarm.identity_path else None
     dht: hivemind.DHT | None = None
