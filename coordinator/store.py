@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.rates import ETA_WINDOW, eta_seconds
+from coordinator.store_migrations import SCHEMA_VERSION, migrate, stored_version
 from peer.errors import UserError
-
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -217,12 +216,15 @@ class Store:
                 raise UserError(f"no coordinator database at {self.path}")
             uri = f"file:{self.path}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+            self._refuse_newer_schema()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+                self._refuse_newer_schema()  # before any write: a newer file is refused untouched
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                migrate(self._db, str(self.path))
                 with self._db:
                     self._db.executescript(_SCHEMA)
                     self._db.execute(
@@ -232,6 +234,19 @@ class Store:
                 raise UserError(f"cannot open coordinator database {self.path}: {e}") from None
         self._db.row_factory = sqlite3.Row
         self.run_id = self._latest_run_id()
+
+    def _refuse_newer_schema(self) -> None:
+        """UserError (the connection closed) for a file written by a newer warmswarm."""
+        try:
+            found = stored_version(self._db)
+        except sqlite3.DatabaseError:
+            found = None  # not a database: the caller's own error says so
+        if found is not None and found > SCHEMA_VERSION:
+            self._db.close()
+            raise UserError(
+                f"coordinator database {self.path} has schema version {found}, newer than this warmswarm reads "
+                f"({SCHEMA_VERSION}): run the newer warmswarm, or use another --data_dir"
+            )
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -1,4 +1,5 @@
-"""``python -m peer <command>``: the volunteer's entry point (grow, train, join, bench, ...)."""
+"""``python -m peer <command>``: the volunteer's entry point; the commands are the modules of ``peer.cli``
+(``grow``, ``train``, ``join``, ...), each registering its own subparser."""
 
 from __future__ import annotations
 

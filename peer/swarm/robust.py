@@ -73,7 +73,7 @@ from hivemind.averaging.partition import AllreduceException, BannedException, Te
 logger = logging.getLogger(__name__)
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - StrEnum would change str(outcome), which logs and reports print
     """What the reducer did with one sender's contribution; ordered from harmless to worst."""
 
     ACCEPTED = "accepted"

@@ -1,13 +1,14 @@
 import pytest
+import yaml
 
-from peer.config import ConfigError, RunConfig, dump_config, load_config
+from peer.config import ConfigError, RunConfig, config_to_dict, load_config
 
 
 def test_defaults_roundtrip_through_yaml(tmp_path):
     cfg = load_config(None, ["run_id=abc", "train.lr=1e-4", "swarm.initial_peers=[/ip4/127.0.0.1/tcp/1/p2p/X]"])
     assert cfg.run_id == "abc" and cfg.train.lr == 1e-4 and cfg.swarm.initial_peers == ["/ip4/127.0.0.1/tcp/1/p2p/X"]
     path = tmp_path / "run.yaml"
-    path.write_text(dump_config(cfg))
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     assert load_config(path) == cfg
     assert load_config(None) == RunConfig()
 

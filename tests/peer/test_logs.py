@@ -104,8 +104,8 @@ def test_a_wrapped_failure_names_the_error_it_came_from(logs):
     out = logs(verbose=False)
     try:
         try:
-            raise asyncio.TimeoutError()
-        except asyncio.TimeoutError as inner:
+            raise TimeoutError()
+        except TimeoutError as inner:
             raise MatchmakingException(f"Unable to run All-Reduce: {inner}")  # noqa: B904 (as hivemind does)
     except MatchmakingException as e:
         get_logger("hivemind.averaging.averager").exception(e)

@@ -1,0 +1,83 @@
+"""The coordinator's SQLite file carries its schema version: a newer file is refused untouched, an older one is
+brought up to date in one transaction (coordinator.store_migrations)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import pytest
+
+from coordinator.store import Store
+from coordinator.store_migrations import SCHEMA_VERSION, migrate, stored_version
+from peer.errors import UserError
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_new_file_records_the_current_schema_version(tmp_path):
+    with Store(tmp_path / "c.sqlite") as store:
+        assert stored_version(store._db) == SCHEMA_VERSION
+
+
+def test_a_file_from_a_newer_warmswarm_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    path = tmp_path / "c.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.close()
+    before = _digest(path)
+    for readonly in (False, True):
+        with pytest.raises(UserError) as refused:
+            Store(path, readonly=readonly)
+        message = str(refused.value)
+        assert "\n" not in message and f"schema version {SCHEMA_VERSION + 1}" in message and "newer" in message
+    assert _digest(path) == before
+
+
+def _old_file(tmp_path) -> sqlite3.Connection:
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    with db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute("CREATE TABLE peers (peer_id TEXT PRIMARY KEY)")
+        db.execute("INSERT INTO peers VALUES ('QmA')")
+    return db
+
+
+def _columns(db: sqlite3.Connection) -> list[str]:
+    return [row[1] for row in db.execute("PRAGMA table_info(peers)")]
+
+
+def test_an_older_file_takes_each_step_up_to_the_current_version(tmp_path):
+    db = _old_file(tmp_path)
+    steps = {
+        1: lambda d: d.execute("ALTER TABLE peers ADD COLUMN region TEXT NOT NULL DEFAULT ''"),
+        2: lambda d: d.execute("UPDATE peers SET region = 'eu'"),
+    }
+    assert migrate(db, "old.sqlite", target=3, migrations=steps) == (1, 3)
+    assert stored_version(db) == 3 and _columns(db) == ["peer_id", "region"]
+    assert db.execute("SELECT region FROM peers").fetchall() == [("eu",)]
+    assert migrate(db, "old.sqlite", target=3, migrations=steps) == (3, 3)  # nothing left to do
+
+
+def test_a_failed_step_leaves_the_older_file_as_it_was(tmp_path):
+    db = _old_file(tmp_path)
+
+    def broken(d: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    steps = {1: lambda d: d.execute("ALTER TABLE peers ADD COLUMN region TEXT NOT NULL DEFAULT ''"), 2: broken}
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(db, "old.sqlite", target=3, migrations=steps)
+    assert stored_version(db) == 1 and _columns(db) == ["peer_id"]
+
+
+def test_a_missing_step_is_refused_before_anything_is_written(tmp_path):
+    db = _old_file(tmp_path)
+    with pytest.raises(UserError, match="no upgrade from schema version 2"):
+        migrate(db, "old.sqlite", target=3, migrations={1: lambda d: d.execute("ALTER TABLE peers ADD COLUMN x")})
+    assert stored_version(db) == 1 and _columns(db) == ["peer_id"]
