@@ -26,21 +26,12 @@ from coordinator.auth import (
     remove_volunteer,
 )
 from peer.config import SwarmSpec
-from peer.swarm.auth import (
-    REVOKED,
-    Membership,
-    PrivatePeer,
-    authenticate,
-    dht_auth_rejections,
-    dht_revoked,
-    key_fingerprint,
-    member_validators,
-    owner_subkey,
-    sign_revocations,
-    token_expires_at,
-    verified_revocations,
-)
+from peer.run.members import member_validators
+from peer.run.revocations import sign_revocations, verified_revocations
+from peer.run.tokens import REVOKED, key_fingerprint, owner_subkey, token_expires_at
+from peer.swarm.authorizers import dht_auth_rejections, dht_revoked
 from peer.swarm.dht import start_dht
+from peer.swarm.membership import Membership, PrivatePeer, authenticate
 from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "revoke-run"
