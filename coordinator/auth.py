@@ -208,7 +208,7 @@ def list_volunteers(path: str | Path) -> list[AllowlistEntry]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class TokenRefused(Exception):
+class TokenIssueRefused(Exception):
     """A token request the authority turns down; ``reason`` is the metric label, the message one line for the user."""
 
     def __init__(self, reason: str, message: str):
@@ -355,30 +355,30 @@ class TokenAuthority:
         return self.public_key.to_bytes().decode()
 
     def issue_token(self, name: str, secret: str, public_key: bytes, ttl: float | None = None) -> AccessToken:
-        """A token for volunteer ``name`` holding ``public_key`` (OpenSSH bytes); TokenRefused otherwise."""
+        """A token for volunteer ``name`` holding ``public_key`` (OpenSSH bytes); TokenIssueRefused otherwise."""
         from hivemind.utils.crypto import RSAPublicKey
 
         if not isinstance(name, str) or not isinstance(secret, str) or not NAME_RE.fullmatch(name):
-            raise TokenRefused(MALFORMED, "a token request needs a volunteer name and key")
+            raise TokenIssueRefused(MALFORMED, "a token request needs a volunteer name and key")
         try:
             RSAPublicKey.from_bytes(public_key)
         except Exception:
-            raise TokenRefused(MALFORMED, "public_key is not an RSA public key in OpenSSH form") from None
+            raise TokenIssueRefused(MALFORMED, "public_key is not an RSA public key in OpenSSH form") from None
         if not self.allowlist.check(name, secret):
-            raise TokenRefused(
+            raise TokenIssueRefused(
                 NOT_ALLOWLISTED,
                 f"volunteer {name!r} with this key is not in the allowlist of run {self.run_id!r}: "
                 "check --auth_key, or ask the organiser",
             )
         if name in self.banned_names():
-            raise TokenRefused(BANNED, f"volunteer {name!r} is banned from run {self.run_id!r}")
+            raise TokenIssueRefused(BANNED, f"volunteer {name!r} is banned from run {self.run_id!r}")
         if self.issued is None:
             return self.sign(name, public_key, ttl)
         from peer.run.tokens import key_fingerprint, token_expires_at
 
         fingerprint = key_fingerprint(public_key).hex()
         if self.issued.is_revoked(IssuedKeys.KEY, fingerprint):
-            raise TokenRefused(
+            raise TokenIssueRefused(
                 REVOKED_KEY,
                 f"this peer's key was revoked in run {self.run_id!r}: restart the peer to join with a new key",
             )
@@ -431,7 +431,7 @@ def token_response(authority: TokenAuthority | None, run_id: str, body: bytes | 
 
     try:
         token = authority.issue_token(name, secret, public_key)
-    except TokenRefused as e:
+    except TokenIssueRefused as e:
         logger.warning("token refused (%s): %s", e.reason, e)
         return (400 if e.reason == MALFORMED else 403), {"detail": str(e)}, e.reason
     logger.info("access token issued to %s until %s", name, token.expiration_time)

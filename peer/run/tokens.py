@@ -164,7 +164,7 @@ class Credentials:
         return f"Credentials(name={self.name!r}, secret=<hidden>)"
 
 
-class TokenRefused(UserError):
+class TokenRequestRefused(UserError):
     """The coordinator answered and said no (not allowlisted, wrong key, banned): retrying will not help."""
 
 
@@ -177,14 +177,15 @@ def _token_body(credentials: Credentials, public_key: RSAPublicKey) -> dict:
 
 
 def _token_from_response(response: httpx.Response, base: str) -> AccessToken:
-    """The token in a ``POST /api/v1/auth/token`` answer; TokenRefused with the coordinator's one line if refused."""
+    """The token in a ``POST /api/v1/auth/token`` answer; TokenRequestRefused with the coordinator's one line if
+    refused."""
     if response.status_code != 200:
         try:
             detail = str(response.json().get("detail", ""))
         except ValueError:
             detail = ""
         message = detail or f"the coordinator at {base} refused an access token (HTTP {response.status_code})"
-        raise (TokenRefused if response.status_code == 403 else UserError)(message)
+        raise (TokenRequestRefused if response.status_code == 403 else UserError)(message)
     try:
         return token_from_bytes(base64.b64decode(response.json()["token"], validate=True))
     except (KeyError, TypeError, ValueError) as e:

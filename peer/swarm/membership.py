@@ -34,7 +34,7 @@ from peer.run.revocations import Revoked, fetch_revocations
 from peer.run.tokens import (
     AUTH_KEY_ENV,
     Credentials,
-    TokenRefused,
+    TokenRequestRefused,
     owner_subkey,
     public_key_from_text,
     request_token,
@@ -293,7 +293,7 @@ class MemberRecordKeeper:
                         self.auth.coordinator_url, self.auth.credentials, self.auth.private_key.get_public_key()
                     )
                 self.publish()
-            except TokenRefused as e:
+            except TokenRequestRefused as e:
                 logger.error("the coordinator refused to renew this peer's access token: %s", e)
                 if self.on_revoked is not None:
                     self.on_revoked(str(e))

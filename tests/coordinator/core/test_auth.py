@@ -25,7 +25,7 @@ from coordinator.auth import (
     OVERSIZED,
     Allowlist,
     TokenAuthority,
-    TokenRefused,
+    TokenIssueRefused,
     add_volunteer,
     list_volunteers,
     parse_allowlist,
@@ -159,7 +159,7 @@ def test_an_allowlisted_volunteer_gets_a_token_bound_to_its_key_that_expires(aut
 )
 def test_refusals_carry_a_reason_and_one_line(authority, name, secret_of, public_key, reason):
     auth, secrets = authority
-    with pytest.raises(TokenRefused) as refused:
+    with pytest.raises(TokenIssueRefused) as refused:
         auth.issue_token(name, secrets[secret_of], public_key or PEER_KEY.get_public_key().to_bytes())
     assert refused.value.reason == reason and "\n" not in str(refused.value)
     if reason == NOT_ALLOWLISTED:
@@ -319,7 +319,7 @@ def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_me
         ban = BanRow(dht.peer_id.to_base58(), "", "", "sign flip", reporters=2, time=time.time())
         coordinator.store.add_ban(ban)
         coordinator.private.tick()
-        with pytest.raises(TokenRefused, match="banned"):
+        with pytest.raises(TokenIssueRefused, match="banned"):
             coordinator.private.authority.issue_token("alice", secret, outsider_key.get_public_key().to_bytes())
     finally:
         for averager in (client, donor):

@@ -21,7 +21,7 @@ from coordinator.auth import (
     Allowlist,
     IssuedKeys,
     TokenAuthority,
-    TokenRefused,
+    TokenIssueRefused,
     add_volunteer,
     remove_volunteer,
 )
@@ -78,7 +78,7 @@ def test_dropping_a_volunteer_revokes_exactly_the_keys_it_was_issued_and_they_st
     issued.close()
     authority.issued = IssuedKeys(tmp_path / "issued.sqlite", RUN)
     new_secret = add_volunteer(path, "alice")
-    with pytest.raises(TokenRefused) as refused:
+    with pytest.raises(TokenIssueRefused) as refused:
         authority.issue_token("alice", new_secret, public(alice_keys[0]))
     assert refused.value.reason == REVOKED_KEY and "\n" not in str(refused.value)
     assert "restart the peer" in str(refused.value)
