@@ -11,7 +11,7 @@ slow KDF here and costs nothing per token request. The file is re-read whenever 
 SIGHUP); a file that no longer parses keeps the last good list in force and logs the line at fault, so a typo made
 mid-edit locks nobody out.
 
-Tokens (``peer.swarm.auth``) are signed with a persistent RSA key in the data dir, separate from the key that signs
+Tokens (``peer.run.tokens``) are signed with a persistent RSA key in the data dir, separate from the key that signs
 the run's DHT records: that key only ever signs tokens (and the revocation list).
 
 Removing or banning a volunteer takes effect within seconds, not when their tokens expire (``token_ttl``, default an
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # hivemind costs seconds to import; `allowlist add|remove|lis
     from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
     from coordinator.store import Store
-    from peer.swarm.auth import LocalTokenAuthorizer
+    from peer.swarm.authorizers import LocalTokenAuthorizer
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def list_volunteers(path: str | Path) -> list[AllowlistEntry]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class TokenRefused(Exception):
+class TokenIssueRefused(Exception):
     """A token request the authority turns down; ``reason`` is the metric label, the message one line for the user."""
 
     def __init__(self, reason: str, message: str):
@@ -356,30 +356,30 @@ class TokenAuthority:
         return self.public_key.to_bytes().decode()
 
     def issue_token(self, name: str, secret: str, public_key: bytes, ttl: float | None = None) -> AccessToken:
-        """A token for volunteer ``name`` holding ``public_key`` (OpenSSH bytes); TokenRefused otherwise."""
+        """A token for volunteer ``name`` holding ``public_key`` (OpenSSH bytes); TokenIssueRefused otherwise."""
         from hivemind.utils.crypto import RSAPublicKey
 
         if not isinstance(name, str) or not isinstance(secret, str) or not NAME_RE.fullmatch(name):
-            raise TokenRefused(MALFORMED, "a token request needs a volunteer name and key")
+            raise TokenIssueRefused(MALFORMED, "a token request needs a volunteer name and key")
         try:
             RSAPublicKey.from_bytes(public_key)
         except Exception:
-            raise TokenRefused(MALFORMED, "public_key is not an RSA public key in OpenSSH form") from None
+            raise TokenIssueRefused(MALFORMED, "public_key is not an RSA public key in OpenSSH form") from None
         if not self.allowlist.check(name, secret):
-            raise TokenRefused(
+            raise TokenIssueRefused(
                 NOT_ALLOWLISTED,
                 f"volunteer {name!r} with this key is not in the allowlist of run {self.run_id!r}: "
                 "check --auth_key, or ask the organiser",
             )
         if name in self.banned_names():
-            raise TokenRefused(BANNED, f"volunteer {name!r} is banned from run {self.run_id!r}")
+            raise TokenIssueRefused(BANNED, f"volunteer {name!r} is banned from run {self.run_id!r}")
         if self.issued is None:
             return self.sign(name, public_key, ttl)
-        from peer.swarm.auth import key_fingerprint, token_expires_at
+        from peer.run.tokens import key_fingerprint, token_expires_at
 
         fingerprint = key_fingerprint(public_key).hex()
         if self.issued.is_revoked(IssuedKeys.KEY, fingerprint):
-            raise TokenRefused(
+            raise TokenIssueRefused(
                 REVOKED_KEY,
                 f"this peer's key was revoked in run {self.run_id!r}: restart the peer to join with a new key",
             )
@@ -392,7 +392,7 @@ class TokenAuthority:
         """A token without the allowlist check: for the coordinator's own DHT node."""
         from hivemind.utils import get_dht_time
 
-        from peer.swarm.auth import sign_token
+        from peer.run.tokens import sign_token
 
         return sign_token(self.key, self.run_id, name, public_key, get_dht_time() + (ttl or self.ttl))
 
@@ -428,11 +428,11 @@ def token_response(authority: TokenAuthority | None, run_id: str, body: bytes | 
         public_key = base64.b64decode(public_key, validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error):
         return 400, {"detail": "a token request is JSON {name, key, public_key (base64 of the OpenSSH key)}"}, MALFORMED
-    from peer.swarm.auth import token_to_text
+    from peer.run.tokens import token_to_text
 
     try:
         token = authority.issue_token(name, secret, public_key)
-    except TokenRefused as e:
+    except TokenIssueRefused as e:
         logger.warning("token refused (%s): %s", e.reason, e)
         return (400 if e.reason == MALFORMED else 403), {"detail": str(e)}, e.reason
     logger.info("access token issued to %s until %s", name, token.expiration_time)
@@ -488,14 +488,14 @@ class PrivateRun:
         return names
 
     def validators(self) -> list:
-        from peer.swarm.auth import member_validators
+        from peer.run.members import member_validators
 
         return member_validators(self.authority.run_id)
 
     def authorizer(self, signing_key: RSAPrivateKey) -> LocalTokenAuthorizer:
         """The coordinator DHT's authorizer: it signs its own token (bound to ``signing_key``, the key of the
         coordinator's records, its member record included)."""
-        from peer.swarm.auth import LocalTokenAuthorizer
+        from peer.swarm.authorizers import LocalTokenAuthorizer
 
         authority = self.authority
         return LocalTokenAuthorizer(
@@ -506,7 +506,7 @@ class PrivateRun:
         )
 
     def attach(self, dht: hivemind.DHT, signing_key: RSAPrivateKey) -> None:
-        from peer.swarm.auth import dht_auth_rejections, follow_revocations
+        from peer.swarm.authorizers import dht_auth_rejections, follow_revocations
 
         self._dht, self._signing_key = dht, signing_key
         self._feed = RejectionFeed(lambda: dht_auth_rejections(dht), self.store.add_rejected)
@@ -516,7 +516,8 @@ class PrivateRun:
     def publish_member_record(self) -> bool:
         """Our own member record: the coordinator's state pulls (its client averager shares the DHT's peer id) are
         refused by every peer's ``MembershipGate`` without it."""
-        from peer.swarm.auth import owner_subkey, publish_member_record
+        from peer.run.members import publish_member_record
+        from peer.run.tokens import owner_subkey
 
         assert self._dht is not None and self._signing_key is not None, "attach() first"
         public_key = self._signing_key.get_public_key().to_bytes()
@@ -541,7 +542,8 @@ class PrivateRun:
     def read_member_names(self) -> dict[str, str]:
         """Who runs which libp2p peer id, from the valid member records in the DHT; each is remembered in
         ``issued`` under its volunteer's current grant, so that a revocation covers the peer id too."""
-        from peer.swarm.auth import fetch_member_entries, token_expires_at, valid_members
+        from peer.run.members import fetch_member_entries, valid_members
+        from peer.run.tokens import token_expires_at
 
         assert self._dht is not None, "attach() first"
         entries = fetch_member_entries(self._dht, self.authority.run_id)
@@ -574,7 +576,8 @@ class PrivateRun:
     def publish_revocations(self) -> bool:
         from hivemind.utils import get_dht_time
 
-        from peer.swarm.auth import owner_subkey, revocations_key, sign_revocations
+        from peer.run.revocations import revocations_key, sign_revocations
+        from peer.run.tokens import owner_subkey
 
         keys, peer_ids = self.authority.issued.revoked(now=get_dht_time())
         listed = (tuple(sorted(keys)), tuple(sorted(peer_ids)))

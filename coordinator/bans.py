@@ -32,7 +32,9 @@ from hivemind.utils import get_dht_time
 
 from coordinator.store import BanRow, Store
 from peer.records import BanEntry, BanList, BanReport, LocalMetrics, bans_key
-from peer.swarm.auth import Revoked, dht_revoked, key_fingerprint
+from peer.run.revocations import Revoked
+from peer.run.tokens import key_fingerprint
+from peer.swarm.authorizers import dht_revoked
 from peer.swarm.bans import fetch_reports
 
 logger = logging.getLogger(__name__)

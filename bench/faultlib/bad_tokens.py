@@ -1,6 +1,7 @@
 """A hostile DHT node of a private run that presents a chosen access token: tampered, expired, or (the control)
 valid. Its authorizer signs requests with its own key like an honest node but never checks or refreshes its token,
-so a bad token really goes out on the wire and the coordinator's authorizer (``peer.swarm.auth``) is what stops it.
+so a bad token really goes out on the wire and the coordinator's authorizer (``peer.swarm.authorizers``) is what
+stops it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils.auth import TokenAuthorizerBase
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.swarm.auth import format_expiration, parse_expiration
+from peer.run.tokens import format_expiration, parse_expiration
 
 
 class FixedTokenAuthorizer(TokenAuthorizerBase):

@@ -661,7 +661,7 @@ def bad_tokens(work: Path, settings: TokenSettings = TokenSettings()) -> list[Ro
     from bench.faultlib.bad_tokens import tampered, try_join
     from coordinator.auth import AUTHORITY_KEY_NAME, add_volunteer
     from coordinator.signing_key import load_or_create_signing_key
-    from peer.swarm.auth import Credentials, request_token, sign_token
+    from peer.run.tokens import Credentials, request_token, sign_token
 
     name = "tampered / expired access tokens"
     run = prepare_run(work / "run", "faults-tokens", TinyModel())

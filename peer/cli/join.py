@@ -11,7 +11,7 @@ import torch
 
 from peer.config import RunConfig, load_config
 from peer.errors import UserError
-from peer.swarm.auth import AUTH_KEY_ENV, allowlisted_name
+from peer.run.tokens import AUTH_KEY_ENV
 from peer.swarm.ddp import (
     PeerGroup,
     RankInfo,
@@ -21,6 +21,7 @@ from peer.swarm.ddp import (
 )
 from peer.swarm.follower import follow_swarm
 from peer.swarm.loop import LoopOptions
+from peer.swarm.membership import allowlisted_name
 from peer.swarm.session import JoinOptions, fetch_run, join_swarm
 from peer.swarm.shutdown import StopSignal
 

@@ -41,7 +41,7 @@ def start_dht(
 ) -> hivemind.DHT:
     """Starts and returns a running DHT joined to ``spec.initial_peers`` (a new swarm if there are none).
 
-    ``authorizer`` (a private run's ``peer.swarm.auth.CoordinatorTokenAuthorizer``) signs every DHT request and
+    ``authorizer`` (a private run's ``peer.swarm.authorizers.CoordinatorTokenAuthorizer``) signs every DHT request and
     response with this peer's token and refuses messages without a valid one; None for an open run.
 
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.

@@ -79,8 +79,9 @@ def use_as_process_key(key: RSAPrivateKey) -> None:
 
     Why it must be that one: hivemind's own signed records (the optimizer's ``ProgressTracker``) use the process key,
     a DHT merges every ``RSASignatureValidator`` into the first one it was given, and a private run binds its access
-    token to the process key (``peer.swarm.auth.authenticate_peer``). Call it before anything signs. RuntimeError when
-    this process already signs with another key (its earlier records could not be moved to this one)."""
+    token to the process key (``peer.swarm.membership.authenticate_peer``). Call it before anything signs.
+    RuntimeError when this process already signs with another key (its earlier records could not be moved to this
+    one)."""
     with RSAPrivateKey._process_wide_key_lock:
         current = RSAPrivateKey._process_wide_key
         if current is not None and current.to_bytes() != key.to_bytes():

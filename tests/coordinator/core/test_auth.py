@@ -25,7 +25,7 @@ from coordinator.auth import (
     OVERSIZED,
     Allowlist,
     TokenAuthority,
-    TokenRefused,
+    TokenIssueRefused,
     add_volunteer,
     list_volunteers,
     parse_allowlist,
@@ -37,21 +37,12 @@ from coordinator.auth import (
 from coordinator.store import BanRow
 from peer.config import RunConfig, SwarmSpec
 from peer.errors import UserError
-from peer.swarm.auth import (
-    LocalTokenAuthorizer,
-    MembershipGate,
-    authenticate_peer,
-    dht_auth_rejections,
-    member_validators,
-    members_key,
-    public_key_from_text,
-    publish_member_record,
-    sign_token,
-    token_from_bytes,
-    token_problem,
-)
+from peer.run.members import member_validators, members_key, publish_member_record
+from peer.run.tokens import public_key_from_text, sign_token, token_from_bytes, token_problem
+from peer.swarm.authorizers import LocalTokenAuthorizer, dht_auth_rejections
 from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.dht import start_dht
+from peer.swarm.membership import MembershipGate, authenticate_peer
 from peer.swarm.metrics import make_validators
 from tests.coordinator.core.private_run import start_private_coordinator
 
@@ -168,7 +159,7 @@ def test_an_allowlisted_volunteer_gets_a_token_bound_to_its_key_that_expires(aut
 )
 def test_refusals_carry_a_reason_and_one_line(authority, name, secret_of, public_key, reason):
     auth, secrets = authority
-    with pytest.raises(TokenRefused) as refused:
+    with pytest.raises(TokenIssueRefused) as refused:
         auth.issue_token(name, secrets[secret_of], public_key or PEER_KEY.get_public_key().to_bytes())
     assert refused.value.reason == reason and "\n" not in str(refused.value)
     if reason == NOT_ALLOWLISTED:
@@ -328,7 +319,7 @@ def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_me
         ban = BanRow(dht.peer_id.to_base58(), "", "", "sign flip", reporters=2, time=time.time())
         coordinator.store.add_ban(ban)
         coordinator.private.tick()
-        with pytest.raises(TokenRefused, match="banned"):
+        with pytest.raises(TokenIssueRefused, match="banned"):
             coordinator.private.authority.issue_token("alice", secret, outsider_key.get_public_key().to_bytes())
     finally:
         for averager in (client, donor):

@@ -21,26 +21,17 @@ from coordinator.auth import (
     Allowlist,
     IssuedKeys,
     TokenAuthority,
-    TokenRefused,
+    TokenIssueRefused,
     add_volunteer,
     remove_volunteer,
 )
 from peer.config import SwarmSpec
-from peer.swarm.auth import (
-    REVOKED,
-    Membership,
-    PrivatePeer,
-    authenticate,
-    dht_auth_rejections,
-    dht_revoked,
-    key_fingerprint,
-    member_validators,
-    owner_subkey,
-    sign_revocations,
-    token_expires_at,
-    verified_revocations,
-)
+from peer.run.members import member_validators
+from peer.run.revocations import sign_revocations, verified_revocations
+from peer.run.tokens import REVOKED, key_fingerprint, owner_subkey, token_expires_at
+from peer.swarm.authorizers import dht_auth_rejections, dht_revoked
 from peer.swarm.dht import start_dht
+from peer.swarm.membership import Membership, PrivatePeer, authenticate
 from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "revoke-run"
@@ -87,7 +78,7 @@ def test_dropping_a_volunteer_revokes_exactly_the_keys_it_was_issued_and_they_st
     issued.close()
     authority.issued = IssuedKeys(tmp_path / "issued.sqlite", RUN)
     new_secret = add_volunteer(path, "alice")
-    with pytest.raises(TokenRefused) as refused:
+    with pytest.raises(TokenIssueRefused) as refused:
         authority.issue_token("alice", new_secret, public(alice_keys[0]))
     assert refused.value.reason == REVOKED_KEY and "\n" not in str(refused.value)
     assert "restart the peer" in str(refused.value)

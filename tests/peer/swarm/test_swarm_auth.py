@@ -14,27 +14,28 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
-from peer.swarm.auth import (
+from peer.run.members import (
+    load_identity,
+    member_record,
+    member_validators,
+    members_key,
+    peer_id_of,
+    publish_member_record,
+    read_members,
+)
+from peer.run.tokens import (
     BAD_TOKEN,
     EXPIRED_TOKEN,
     MISSING_TOKEN,
     WRONG_KEY,
     Credentials,
-    MembershipGate,
-    RunTokenAuthorizer,
-    dht_auth_rejections,
-    load_identity,
-    member_record,
-    member_validators,
-    members_key,
     owner_subkey,
-    peer_id_of,
-    publish_member_record,
-    read_members,
     sign_token,
     token_problem,
 )
+from peer.swarm.authorizers import RunTokenAuthorizer, dht_auth_rejections
 from peer.swarm.dht import start_dht, visible_maddrs
+from peer.swarm.membership import MembershipGate
 
 RUN = "authtest"
 AUTHORITY = RSAPrivateKey()

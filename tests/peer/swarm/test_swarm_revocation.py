@@ -7,21 +7,10 @@ import pytest
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.swarm.auth import (
-    MAX_REVOKED,
-    REVOKED,
-    LocalTokenAuthorizer,
-    RevocationRecord,
-    Revoked,
-    key_fingerprint,
-    member_record,
-    owner_subkey,
-    peer_id_of,
-    read_members,
-    sign_revocations,
-    sign_token,
-    verified_revocations,
-)
+from peer.run.members import member_record, peer_id_of, read_members
+from peer.run.revocations import MAX_REVOKED, RevocationRecord, Revoked, sign_revocations, verified_revocations
+from peer.run.tokens import REVOKED, key_fingerprint, owner_subkey, sign_token
+from peer.swarm.authorizers import LocalTokenAuthorizer
 
 RUN = "revoketest"
 AUTHORITY = RSAPrivateKey()
