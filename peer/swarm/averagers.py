@@ -25,6 +25,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -425,33 +426,44 @@ class RoundCheckedDownload(hivemind.DecentralizedAverager):
 
 
 class CancellableRounds(hivemind.DecentralizedAverager):
-    """Keeps the handles of the state rounds begun in the background, so that one still looking for a group can be
-    called off (``cancel_rounds_looking_for_group``).
+    """Keeps the handles of the state rounds begun in the background, so that one stuck looking for a group can be
+    called off (``cancel_stuck_rounds``).
 
     Why: a peer that finds itself out of sync downloads the swarm's state, and hivemind first waits for its
-    background state round, up to ``averaging_timeout``. A round still looking for a group then is one whose
-    partner is gone (a killed peer's matchmaking entries outlive it): in the ``peer_kill`` fault scenario a survivor
-    one step behind at the kill waited out that round (20 s), then its next gradient round (20 s), and stepped
-    39.7 s after the kill. Its own state is about to be replaced by the download, so the round has nothing to give.
-    A round already exchanging tensors is left to finish. hivemind 1.1.12 calls ``DecentralizedAverager.step`` from
-    ``TrainingStateAverager.schedule_step`` and ``_do`` through ``super()``: this class sits between the two in
-    ``GuardedStateAverager``'s MRO."""
+    background state round, up to ``averaging_timeout``. In the ``peer_kill`` fault scenario a survivor one step
+    behind at the kill waited out a round whose partner was the killed peer (its matchmaking entries outlive it,
+    so the round looked for a group until the timeout, 20 s), then its next gradient round (20 s), and stepped
+    39.7 s after the kill. Its own state is about to be replaced by the download, so such a round has nothing to
+    give. But a round that is merely young must be left alone: calling off one that was about to assemble with a
+    healthy partner left that partner looking for a group until *its* timeout, and waiting for that round at its
+    next step (17 s, seen in a run of the first version of this, which called off every round still looking). So
+    a round is called off only once it has looked for ``patience`` seconds without finding its group; one that
+    finds it (or is exchanging tensors) is left to finish. hivemind 1.1.12 calls ``DecentralizedAverager.step``
+    from ``TrainingStateAverager.schedule_step`` and ``_do`` through ``super()``: this class sits between the two
+    in ``GuardedStateAverager``'s MRO."""
 
     def step(self, *args, **kwargs):
         control = super().step(*args, **kwargs)
         if isinstance(control, StepControl):
-            rounds = [c for c in getattr(self, "_background_rounds", []) if not c.done()]
-            self._background_rounds = [*rounds, control]
+            rounds = [(c, began) for c, began in getattr(self, "_background_rounds", []) if not c.done()]
+            self._background_rounds = [*rounds, (control, time.monotonic())]
         return control
 
-    def cancel_rounds_looking_for_group(self) -> int:
-        """Cancels this process's background rounds that have not found their group yet; returns how many."""
+    def cancel_stuck_rounds(self, patience: float) -> int:
+        """Waits until each background round still looking for a group has looked for ``patience`` seconds (or
+        found it), then cancels those that have not; returns how many were cancelled."""
         cancelled = 0
-        for control in getattr(self, "_background_rounds", []):
-            if not control.done() and control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP):
+        for control, began in getattr(self, "_background_rounds", []):
+            while _looking_for_group(control) and time.monotonic() < began + patience:
+                time.sleep(0.05)
+            if _looking_for_group(control):
                 cancelled += bool(control.cancel())
         self._background_rounds = []
         return cancelled
+
+
+def _looking_for_group(control: StepControl) -> bool:
+    return not control.done() and control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 
 
 class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload, CancellableRounds):
@@ -597,11 +609,17 @@ class GuardedOptimizer(hivemind.Optimizer):
         """hivemind's download, then ``after_state_load``. Why: hivemind also calls this by itself when the peer is
         out of sync with the swarm, and DiLoCo's anchor must then follow the downloaded parameters, or the next
         outer step would take the whole jump to the new state as this peer's pseudo-gradient. A background state
-        round still looking for a group is called off first (``CancellableRounds``): hivemind would wait it out."""
-        cancelled = self.state_averager.cancel_rounds_looking_for_group()
+        round stuck looking for a group is called off first (``CancellableRounds``): hivemind would wait it out.
+        Patience: a healthy group assembles once its leader has waited ``matchmaking_time`` (hivemind's
+        ``min_matchmaking_time``); 2 s more covers the join messages on a loaded machine. Every second of it adds
+        to a survivor's delay after a kill (which then also waits out one gradient round, ``averaging_timeout``)."""
+        patience = self.matchmaking_time + 2.0
+        cancelled = self.state_averager.cancel_stuck_rounds(patience)
         if cancelled:
             logger.info(
-                "called off %d state round(s) still looking for a group: downloading the state instead", cancelled
+                "called off %d state round(s) that found no group in %.0f s: downloading the state instead",
+                cancelled,
+                patience,
             )
         super().load_state_from_peers(**kwargs)
         for callback in self.after_state_load:
