@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from peer.swarm.averagers import AveragerKinds, GuardedGradientAverager, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerKinds, GuardedGradientAverager, GuardedStateAverager
 
 logger = logging.getLogger(__name__)
 

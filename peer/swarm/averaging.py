@@ -35,12 +35,14 @@ from hivemind.utils import get_dht_time
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
-from peer.swarm.averagers import AveragerGuard, AveragerKinds, GuardedOptimizer, OutcomeChannel, RoundOutcomes
 from peer.swarm.bans import BanBook
 from peer.swarm.codecs import make_compression
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.overlap import BackgroundRound
+from peer.swarm.overrides.averagers import AveragerGuard, AveragerKinds
+from peer.swarm.overrides.optimizer import GuardedOptimizer
 from peer.swarm.robust import ClipSettings
+from peer.swarm.round_evidence import OutcomeChannel, RoundOutcomes
 
 logger = logging.getLogger(__name__)
 

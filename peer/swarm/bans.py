@@ -31,8 +31,8 @@ from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 
 from peer.records import BanList, BanReport, BansSchema, bans_key, reports_key
-from peer.swarm.averagers import RoundOutcomes
 from peer.swarm.robust import INCRIMINATING, Outcome
+from peer.swarm.round_evidence import RoundOutcomes
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ the largest entries, and 2.8 % on a real DiLoCo outer momentum (measured, ``test
 entry errs by more than one bucket, (max - min) / 255 (an entry and its bucket's mean lie in one bucket). It writes
 hivemind's own ``UNIFORM_8BIT`` wire format (256-entry codebook + indices), so any hivemind peer decodes it; only
 the choice of buckets differs. A reducer's reply is encoded by hivemind's registry codec for the sender's wire type,
-so our reducer (``peer.swarm.averagers``) replies to ``UNIFORM_8BIT`` parts with this codec too (``reply_codec``).
+so our reducer (``peer.swarm.overrides``) replies to ``UNIFORM_8BIT`` parts with this codec too (``reply_codec``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Who a peer lets into its averaging: the one hook membership (auth) and bans plug into.
 
 A gate answers for a libp2p peer id whether this peer will average with it. The averagers in
-``peer.swarm.averagers`` ask the gate on every incoming ``rpc_join_group``, ``rpc_aggregate_part`` and
+``peer.swarm.overrides`` ask the gate on every incoming ``rpc_join_group``, ``rpc_aggregate_part`` and
 ``rpc_download_state`` and refuse through hivemind's own reject paths when it says no, so a refused peer neither
 joins a group, nor has its tensor parts reduced, nor downloads our state. Gates must be cheap and non-blocking:
 they run inside the averager's event loop on every request (cache what you read from the DHT).

@@ -26,7 +26,7 @@ identical (parameters after a synchronous step) the median distance is ~0, and p
 With one or two senders there is no majority to define "outlier", so the reducer returns the plain weighted mean of
 the finite contributions (non-finite ones are still dropped) and gives no verdict (``EXCLUDED``: a verdict of
 "accepted" would reset an attacker's streak every time it lands in a pair). A group of two is guarded on the
-receiving side instead (``peer.swarm.averagers``): a peer does not apply a round whose average has a norm more than
+receiving side instead (``peer.swarm.overrides``): a peer does not apply a round whose average has a norm more than
 ``round_norm_ratio`` times its own over *all* its tensors — honest copies of one model's gradients or parameters
 never do that, a ×1000 attacker always does — and that check is the pair's verdict on the other peer (``CLIPPED``
 when it fails, else ``ACCEPTED``).
@@ -311,3 +311,31 @@ class CenteredClipReducer(TensorPartReducer):
                 self.on_round_outcomes(self.outcomes())
             except Exception:  # the ledger must never break an all-reduce round
                 logger.exception("could not record the round's outcomes")
+
+
+@dataclass
+class RoundNormCheck:
+    """The whole-round guard (what protects groups with two usable senders): a round's updates are held back, then
+    applied only if ``‖local + update‖ ≤ ratio × ‖local‖`` over all tensors together.
+
+    Why whole-round: two honest copies of one model's gradients (or parameters) have comparable norms as vectors,
+    while single parts of them do not (a key bias's gradient is 0 on one peer and 1e-10 on the other; word-embedding
+    rows one batch used and the other did not differ 100×). An average of ours with a ×1000 copy has ~500× our norm.
+    Why hold back rather than undo: the updates arrive tensor by tensor; keeping them costs one copy of the averaged
+    tensors per robust round. Not applying is safe: it is what a peer does when it finds no group."""
+
+    ratio: float
+    held: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def hold(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
+        self.held.append((tensor, update))
+
+    def norms(self) -> tuple[float, float]:
+        """(‖local‖, ‖local + update‖) over every held tensor, in float64."""
+        local = sum(float(t.double().square().sum()) for t, _ in self.held)
+        averaged = sum(float((t.double() + u.double()).square().sum()) for t, u in self.held)
+        return local**0.5, averaged**0.5
+
+    def passes(self) -> bool:
+        local, averaged = self.norms()
+        return local == 0.0 or averaged <= self.ratio * local

@@ -20,7 +20,6 @@ from peer.coordinator_api import RunAnswer, get_answer
 from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.records import config_key, metrics_key
-from peer.swarm.averagers import AveragerKinds
 from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
 from peer.swarm.ddp import PeerGroup, SetupReport
@@ -29,6 +28,7 @@ from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.membership import Membership, authenticate_peer
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
+from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.swarm.training_inputs import load_tokenizer, training_inputs

@@ -30,6 +30,7 @@ from peer.logs import progress_on
 from peer.modeling import PretrainingModels
 from peer.run.download import download
 from peer.swarm.averaging import SwarmOptimizer
+from peer.swarm.overrides.state_download import StateDownloadClient
 from peer.swarm.resume import (
     SwarmState,
     apply_swarm_state,
@@ -70,18 +71,6 @@ def waiting_bar(description: str, timeout: float | None) -> Iterator[None]:
         done.set()
         thread.join()
         bar.close()
-
-
-class _StateDownloadClient(DecentralizedAverager):
-    """Client side of hivemind.Optimizer's state download. hivemind names RPC handlers after the servicer's class
-    (``<prefix>::TrainingStateAverager.rpc_download_state``), so the client must carry that class name; its own
-    handler cache keeps it from reusing a parent's stub built under another name."""
-
-    _rpc_handlers = None
-    _stub_type = None
-
-
-_StateDownloadClient.__name__ = "TrainingStateAverager"
 
 
 def parameter_order(params: Sequence[torch.Tensor], optimizer_factory: Callable) -> list[int]:
@@ -232,7 +221,7 @@ def load_state_from_swarm(
     order, structure = optimizer_layout([p for _, p in named], cfg)
     names = [named[i][0] for i in order]
     with signal_handlers_kept():  # hivemind sets SIGINT to ignored while it starts the averager
-        averager = _StateDownloadClient(
+        averager = StateDownloadClient(
             averaged_tensors=[torch.zeros(1)],
             dht=dht,
             prefix=cfg.run_id + STATE_AVERAGER_SUFFIX,

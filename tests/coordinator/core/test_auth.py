@@ -40,10 +40,10 @@ from peer.errors import UserError
 from peer.run.members import member_validators, members_key, publish_member_record
 from peer.run.tokens import public_key_from_text, sign_token, token_from_bytes, token_problem
 from peer.swarm.authorizers import LocalTokenAuthorizer, dht_auth_rejections
-from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.dht import start_dht
 from peer.swarm.membership import MembershipGate, authenticate_peer
 from peer.swarm.metrics import make_validators
+from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
 from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "auth-run"

@@ -17,8 +17,8 @@ from coordinator.store import BanRow, PeerObservation, Store
 from peer.records import BanList, BanReport, LocalMetrics, MetricsSchema, reports_key
 from peer.run.revocations import Revoked
 from peer.run.tokens import key_fingerprint
-from peer.swarm.averagers import RoundOutcomes
 from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports, publish_ban_list
+from peer.swarm.round_evidence import RoundOutcomes
 
 RUN = "bans-test"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -66,7 +66,7 @@ def test_a_catching_up_peer_calls_off_its_state_round_stuck_without_a_group_and_
         round_control = _round_control(averager)
         assert round_control.stage == AveragingStage.LOOKING_FOR_GROUP
 
-        with caplog.at_level(logging.INFO, logger="peer.swarm.averagers"):
+        with caplog.at_level(logging.INFO, logger="peer.swarm.overrides.optimizer"):
             opt.opt.load_state_from_peers()  # hivemind's catch-up path: waits for delayed updates, then downloads
 
         assert round_control.cancelled()

@@ -2,9 +2,10 @@
 
 from types import SimpleNamespace
 
-from peer.swarm.averagers import GRADIENTS, STATE, AveragerGuard, EvidenceGrace, GuardedAveragerMixin, RoundOutcomes
 from peer.swarm.bans import RejectionLedger
+from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.robust import ClipSettings, Outcome
+from peer.swarm.round_evidence import GRADIENTS, STATE, EvidenceGrace, RoundOutcomes
 
 CLIPPED, ACCEPTED, EXCLUDED = Outcome.CLIPPED.value, Outcome.ACCEPTED.value, Outcome.EXCLUDED.value
 

@@ -12,7 +12,7 @@ import threading
 import hivemind
 import pytest
 
-from peer.swarm.progress import ThrottledProgressTracker
+from peer.swarm.overrides.progress import ThrottledProgressTracker
 
 
 @pytest.fixture

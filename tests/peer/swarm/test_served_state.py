@@ -10,7 +10,7 @@ import hivemind
 import pytest
 import torch
 
-from peer.swarm.averagers import AveragerGuard, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager
 
 
 class GatedSGD(torch.optim.SGD):

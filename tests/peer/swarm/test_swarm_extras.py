@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from peer.swarm.averagers import AveragerGuard, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager
 from tests.peer.swarm.loopback import two_dht_nodes
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from hivemind.averaging import DecentralizedAverager
 
-from peer.swarm.averagers import AveragerGuard, GuardedAveragerMixin, OutcomeChannel
+from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.robust import ClipSettings
+from peer.swarm.round_evidence import OutcomeChannel
 from tests.peer.swarm.loopback import two_dht_nodes
 
 

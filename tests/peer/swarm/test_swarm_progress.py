@@ -1,5 +1,5 @@
-"""The rate-limited progress tracker (peer.swarm.progress) on a real hivemind DHT: per-step records are held back
-for ``min_report_interval``, a new epoch goes out at once."""
+"""The rate-limited progress tracker (peer.swarm.overrides.progress) on a real hivemind DHT: per-step records are
+held back for ``min_report_interval``, a new epoch goes out at once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hivemind.utils.timed_storage import get_dht_time
 from peer.config import SwarmSpec
 from peer.errors import UserError
 from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.progress import ThrottledProgressTracker
+from peer.swarm.overrides.progress import ThrottledProgressTracker
 
 PREFIX = "progress-test"
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from hivemind.p2p import PeerID
 
-from peer.swarm.averagers import RoundNormCheck, RoundOutcomes
 from peer.swarm.bans import RejectionLedger
 from peer.swarm.gate import AllGates, OpenGate
-from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome, cap_weights, centered_clip
+from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome, RoundNormCheck, cap_weights, centered_clip
+from peer.swarm.round_evidence import RoundOutcomes
 
 
 def _honest(n: int, dim: int = 4096, seed: int = 0, spread: float = 1.0) -> list[torch.Tensor]:

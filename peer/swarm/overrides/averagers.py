@@ -1,5 +1,8 @@
 """hivemind averagers that ask a ``PeerGate`` before averaging with anyone and reduce their parts robustly.
 
+Replaces (hivemind 1.1.12): see each class (``GuardedAveragerMixin``, ``RoundCheckedDownload``,
+``CancellableRounds``, ``GuardedStateAverager``).
+
 Plugged in without touching hivemind: the gradient averager through ``hivemind.Optimizer(grad_averager_factory=)``,
 the state averager (parameters: diloco's averaging, sync mode's periodic state averaging) through an Optimizer
 subclass overriding ``_make_state_averager``. Both averagers run in their own forked process, so everything here
@@ -19,79 +22,34 @@ What changes against hivemind's averager, per round:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import multiprocessing as mp
-import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import AsyncIterator  # noqa: UP035 - hivemind's ServicerBase only recognises typing's alias for streams
 
 import hivemind
 import torch
-from hivemind.averaging.allreduce import AllReduceRunner, AveragingMode
+from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.group_info import GroupInfo
-from hivemind.averaging.partition import BannedException
-from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
-from hivemind.p2p import P2PContext, PeerID
+from hivemind.p2p import P2PContext
 from hivemind.proto import averaging_pb2
-from hivemind.utils.asyncio import amap_in_executor, as_aiter, azip
+from hivemind.utils.asyncio import as_aiter, azip
 from hivemind.utils.timed_storage import get_dht_time
 
 from peer.memory import map_large_allocations, release_free_memory, start_memory_trace
-from peer.swarm.codecs import reply_codec
 from peer.swarm.gate import OpenGate, PeerGate
-from peer.swarm.progress import ThrottledProgressTracker
-from peer.swarm.robust import INCRIMINATING, CenteredClipReducer, ClipSettings, Outcome
+from peer.swarm.overrides.allreduce import GatedAllReduceRunner
+from peer.swarm.robust import ClipSettings, Outcome, RoundNormCheck
+from peer.swarm.round_evidence import GRADIENTS, STATE, EvidenceGrace, OutcomeChannel, RoundOutcomes
 from peer.swarm.state_check import state_problem
 
 logger = logging.getLogger(__name__)
-
-GRADIENTS = "gradients"
-STATE = "state"
-
-
-@dataclass(frozen=True)
-class RoundOutcomes:
-    """One all-reduce round as this peer's reducer saw it: each sender's worst outcome, by libp2p peer id."""
-
-    kind: str  # GRADIENTS or STATE: streaks are counted per kind (an attacker may corrupt only one of them)
-    outcomes: dict[str, str]
-
-
-class OutcomeChannel:
-    """Carries ``RoundOutcomes`` from the averagers' forked processes to the training process.
-
-    Created before the averagers fork; ``put`` never blocks the averager's event loop (a full or broken queue
-    drops the report with a log line: losing one round's evidence is better than stalling an all-reduce)."""
-
-    def __init__(self) -> None:
-        self._queue: mp.Queue = mp.Queue()
-        self._queue.cancel_join_thread()  # an averager process must be able to exit with reports unsent
-
-    def put(self, report: RoundOutcomes) -> None:
-        try:
-            self._queue.put_nowait(report)
-        except (queue.Full, ValueError, OSError) as e:
-            logger.warning("dropping a round's outcomes: %s", e)
-
-    def drain(self) -> list[RoundOutcomes]:
-        reports = []
-        while True:
-            try:
-                reports.append(self._queue.get_nowait())
-            except (queue.Empty, EOFError, OSError):
-                return reports
-
-    def close(self) -> None:
-        self._queue.close()
 
 
 @dataclass
@@ -102,131 +60,6 @@ class AveragerGuard:
     robust: bool = True
     clip: ClipSettings = field(default_factory=ClipSettings)
     channel: OutcomeChannel | None = None
-
-
-class GatedAllReduceRunner(AllReduceRunner):
-    """hivemind's butterfly all-reduce with the gate consulted for every groupmate and, when ``clip`` is given,
-    ``CenteredClipReducer`` in place of the running mean."""
-
-    def __init__(
-        self,
-        *,
-        gate: PeerGate,
-        clip: ClipSettings | None,
-        on_outcomes: Callable[[dict[str, str]], None] | None = None,
-        **kwargs,
-    ):
-        self._on_outcomes = on_outcomes  # first: a reducer may report while the rest of this runs
-        super().__init__(**kwargs)
-        self.gate = gate
-        if clip is not None:
-            plain = self.tensor_part_reducer
-            plain.finished.set()  # retire hivemind's reducer before it saw any part (its finalize would warn)
-            self.tensor_part_reducer = CenteredClipReducer(
-                plain.part_shapes, plain.num_senders, clip, on_round_outcomes=self._report_outcomes
-            )
-        for peer_id in self.sender_peer_ids:
-            if peer_id != self.peer_id and not gate.admits(peer_id):
-                logger.warning("not averaging with %s: %s", peer_id, gate.why_not(peer_id))
-                self.banned_senders.add(peer_id)
-                self.tensor_part_reducer.on_sender_failed(self.sender_peer_ids.index(peer_id))
-
-    def _report_outcomes(self, by_sender: dict[int, Outcome]) -> None:
-        if self._on_outcomes is not None and by_sender:
-            self._on_outcomes({str(self.sender_peer_ids[i]): outcome.value for i, outcome in by_sender.items()})
-
-    async def _communicate_with_peer(self, peer_id: PeerID):
-        if peer_id != self.peer_id and not self.gate.admits(peer_id):
-            # a refused peer never sees our parts nor reduces them: we keep our local values for its share
-            self.tensor_part_container.register_failed_reducer(self.ordered_peer_ids.index(peer_id))
-            return
-        await super()._communicate_with_peer(peer_id)
-
-    async def _accumulate_parts_streaming(self, stream: AsyncIterator[averaging_pb2.AveragingData], sender_index: int):
-        """hivemind's reducer loop for one sender, with one change: the averaged delta sent back is encoded by
-        ``peer.swarm.codecs.reply_codec`` for the sender's wire type. Why: hivemind encodes it with its registry's
-        codec for that type, and for ``UNIFORM_8BIT`` that is the ±3σ codec that clamps a heavy-tailed tensor's
-        largest entries, whatever codec the sender used (measured: two peers' 8-bit outer momenta 0.1 apart, at
-        |m| ≤ 0.16, after three rounds)."""
-        part_index = 0
-        loop = asyncio.get_event_loop()
-        try:
-            decoded = amap_in_executor(
-                lambda message: (deserialize_torch_tensor(message.tensor_part), message.weight, message.tensor_part),
-                stream,
-                max_prefetch=self.tensor_part_container.prefetch,
-            )
-            async for part, weight, wire in decoded:
-                try:
-                    averaged = await self.tensor_part_reducer.accumulate_part(sender_index, part_index, part, weight)
-                except BannedException:
-                    break  # this sender was banned: nothing more to reduce for it
-                part_index += 1
-                delta = averaged - part
-                encode = partial(reply_codec(wire.compression).compress, delta, CompressionInfo.from_tensor(delta))
-                reply = await loop.run_in_executor(None, encode)
-                yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=reply)
-        finally:
-            if part_index != self.tensor_part_reducer.num_parts:
-                await self._ban_sender(self.sender_peer_ids[sender_index])
-
-    async def rpc_aggregate_part(
-        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
-    ) -> AsyncIterator[averaging_pb2.AveragingData]:
-        if not self.gate.admits(context.remote_id):
-            logger.warning("refusing parts from %s: %s", context.remote_id, self.gate.why_not(context.remote_id))
-            if context.remote_id in self.sender_peer_ids:
-                await self._ban_sender(context.remote_id)
-            yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
-            return
-        async for message in super().rpc_aggregate_part(stream, context):
-            yield message
-
-
-@dataclass
-class RoundNormCheck:
-    """The whole-round guard (what protects groups with two usable senders): a round's updates are held back, then
-    applied only if ``‖local + update‖ ≤ ratio × ‖local‖`` over all tensors together.
-
-    Why whole-round: two honest copies of one model's gradients (or parameters) have comparable norms as vectors,
-    while single parts of them do not (a key bias's gradient is 0 on one peer and 1e-10 on the other; word-embedding
-    rows one batch used and the other did not differ 100×). An average of ours with a ×1000 copy has ~500× our norm.
-    Why hold back rather than undo: the updates arrive tensor by tensor; keeping them costs one copy of the averaged
-    tensors per robust round. Not applying is safe: it is what a peer does when it finds no group."""
-
-    ratio: float
-    held: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-    def hold(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
-        self.held.append((tensor, update))
-
-    def norms(self) -> tuple[float, float]:
-        """(‖local‖, ‖local + update‖) over every held tensor, in float64."""
-        local = sum(float(t.double().square().sum()) for t, _ in self.held)
-        averaged = sum(float((t.double() + u.double()).square().sum()) for t, u in self.held)
-        return local**0.5, averaged**0.5
-
-    def passes(self) -> bool:
-        local, averaged = self.norms()
-        return local == 0.0 or averaged <= self.ratio * local
-
-
-@dataclass
-class EvidenceGrace:
-    """Turns incriminating outcomes into ``EXCLUDED`` (no evidence either way) for the first ``rounds`` rounds it
-    sees; after that passes them on. Used for state rounds (``ClipSettings.state_grace_rounds``): the reducer still
-    clips, only the ban evidence waits until the peers' parameters have had rounds to agree."""
-
-    rounds: int
-    seen: int = 0
-
-    def filter(self, outcomes: dict[str, str]) -> dict[str, str]:
-        self.seen += 1
-        if self.seen > self.rounds:
-            return outcomes
-        return {
-            peer: Outcome.EXCLUDED.value if outcome in INCRIMINATING else outcome for peer, outcome in outcomes.items()
-        }
 
 
 class GuardedAveragerMixin:
@@ -552,123 +385,3 @@ class AveragerKinds:
 
     gradient: type[GuardedGradientAverager] = GuardedGradientAverager
     state: type[GuardedStateAverager] = GuardedStateAverager
-
-
-class GuardedOptimizer(hivemind.Optimizer):
-    """``hivemind.Optimizer`` whose gradient and state averagers are guarded (gate + robust reduction), and whose
-    progress records are rate-limited (``peer.swarm.progress``)."""
-
-    def __init__(
-        self,
-        *,
-        guard: AveragerGuard,
-        kinds: AveragerKinds = AveragerKinds(),
-        average_extras: bool = True,
-        progress_report_interval: float = 1.0,
-        **kwargs,
-    ):
-        self._guard, self._kinds, self._average_extras = guard, kinds, average_extras
-        self._progress_report_interval = progress_report_interval
-        self.after_state_load: list[Callable[[], None]] = []  # run after every state download, hivemind's included
-        # sync mode: global steps that loaded gradients, and those that fell back to this peer's own (no group, a
-        # failed round): a swarm that keeps stepping alone is training N separate models, so benches report it
-        self.gradient_steps = self.gradient_steps_local = 0
-        if not kwargs.get("use_local_updates", False):
-            kwargs["grad_averager_factory"] = partial(kinds.gradient, guard=guard)
-        super().__init__(**kwargs)
-
-    def local_update_step(self, batch_size: int) -> None:
-        """``step(batch_size=...)`` for local updates whose state averaging hivemind never starts (DiLoCo rounds in
-        the background, ``average_state_every`` NEVER): the same bookkeeping in the same order, with the inner
-        optimizer stepped in this thread under hivemind's optimizer lock.
-
-        Why: hivemind hands every local step to the state averager's executor thread and waits for it, and checks
-        for delayed updates and scheduled averaging that this mode never has; on small models that was most of the
-        per-step overhead (cProfile: the executor round-trip 80 % of ``step``). Anything else (out of sync with the
-        swarm, an AMP scaler, auxiliary peers) goes through hivemind's ``step``."""
-        assert self.use_local_updates and not self.auxiliary and not self.delay_optimizer_step
-        if self._should_load_state_from_peers():
-            super().step(batch_size=batch_size)  # hivemind's path: "Peer is out of sync", download the state
-            return
-        progress = self.tracker.local_progress
-        self.tracker.report_local_progress(self.local_epoch, progress.samples_accumulated + batch_size)
-        with self.state_averager.lock_optimizer:
-            self.state_averager.optimizer.step()
-        if self.tracker.ready_to_update_epoch:
-            self._update_global_epoch(None)
-
-    def _load_averaged_gradients_into_optimizer_(self) -> None:
-        self.gradient_steps += 1  # every global step of gradient averaging ends here, the local fallback included
-        super()._load_averaged_gradients_into_optimizer_()
-
-    def _load_local_gradients_into_optimizer(self) -> None:
-        self.gradient_steps_local += 1
-        super()._load_local_gradients_into_optimizer()
-
-    def load_state_from_peers(self, **kwargs) -> None:
-        """hivemind's download, then ``after_state_load``. Why: hivemind also calls this by itself when the peer is
-        out of sync with the swarm, and DiLoCo's anchor must then follow the downloaded parameters, or the next
-        outer step would take the whole jump to the new state as this peer's pseudo-gradient. A background state
-        round stuck looking for a group is called off first (``CancellableRounds``): hivemind would wait it out.
-        Patience: a healthy group assembles once its leader has waited ``matchmaking_time`` (hivemind's
-        ``min_matchmaking_time``); 2 s more covers the join messages on a loaded machine. Every second of it adds
-        to a survivor's delay after a kill (which then also waits out one gradient round, ``averaging_timeout``)."""
-        patience = self.matchmaking_time + 2.0
-        cancelled = self.state_averager.cancel_stuck_rounds(patience)
-        if cancelled:
-            logger.info(
-                "called off %d state round(s) that found no group in %.0f s: downloading the state instead",
-                cancelled,
-                patience,
-            )
-        super().load_state_from_peers(**kwargs)
-        for callback in self.after_state_load:
-            callback()
-
-    def _make_progress_tracker(self, target_batch_size: int, **kwargs) -> ThrottledProgressTracker:
-        # the same arguments as hivemind.Optimizer._make_progress_tracker, with the per-step records rate-limited
-        return ThrottledProgressTracker(
-            dht=self.dht,
-            prefix=self.run_id,
-            target_batch_size=target_batch_size,
-            client_mode=self.client_mode,
-            status_loglevel=self.status_loglevel,
-            start=True,
-            min_report_interval=self._progress_report_interval,
-            **kwargs,
-        )
-
-    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
-        """The same arguments as hivemind.Optimizer._make_state_averager, plus the guard, and with background state
-        rounds applied by the delta rule in sync mode too.
-
-        Why the delta rule: hivemind (``delay_state_averaging``, its default) applies a background round's result by
-        copying the averaged parameters and optimizer statistics, as they were when the round began, over ours. A
-        round that ended after the next optimizer step had begun thus undid that step, on each peer by its own
-        timing: in the ``peer_kill`` fault scenario 10 of 13 rounds did, and peers of the same round ended a step
-        apart (73 of 80 tensors 3.5e-4 apart at every sampled step). With the delta rule (hivemind's own for local
-        updates) a round adds ``average - ours when it began``, and hivemind then also waits for a round still under
-        way before the next optimizer step (``TrainingStateAverager.step``: ``should_wait``), after that step's
-        gradient all-reduce: so no step is undone, every peer of a round applies it before the same step, and a
-        failed round adds nothing. Waiting before the gradient all-reduce instead (tried first) put the two rounds
-        one after the other: 3.9 s per epoch in the scenario against 2.8 s with this and 2.9-3.1 s before. The
-        cost: one more copy of the averaged tensors while a round runs."""
-        if self.delay_state_averaging:
-            kwargs["delta_rule_averaging"] = True
-        return self._kinds.state(
-            guard=self._guard,
-            average_extras=self._average_extras,
-            dht=self.dht,
-            prefix=f"{self.run_id}_state_averager",
-            min_matchmaking_time=self.matchmaking_time,
-            allreduce_timeout=self.allreduce_timeout,
-            shutdown_timeout=self.shutdown_timeout,
-            offload_optimizer=self.offload_optimizer,
-            custom_gradients=self.offload_optimizer,
-            status_loglevel=self.status_loglevel,
-            next_chunk_timeout=self.next_chunk_timeout,
-            client_mode=self.client_mode,
-            auxiliary=self.auxiliary,
-            start=True,
-            **kwargs,
-        )
