@@ -51,7 +51,7 @@ from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
-from peer.records import config_key
+from peer.run.records import config_key
 from peer.swarm.dht import READY_GRACE_S, run_dht
 
 logger = logging.getLogger(__name__)

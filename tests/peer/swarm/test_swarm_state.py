@@ -20,7 +20,7 @@ from hivemind.averaging import DecentralizedAverager
 
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
-from peer.records import LocalMetrics
+from peer.run.records import LocalMetrics
 from peer.swarm.averagers import AveragerKinds, GuardedStateAverager
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
