@@ -19,9 +19,9 @@ import hivemind
 import torch
 
 from peer.config import ConfigError, RunConfig, config_from_dict
-from peer.coordinator_api import RunAnswer, get_answer
 from peer.errors import UserError
 from peer.modeling import PretrainingModels
+from peer.run.coordinator_client import RunAnswer, get_answer
 from peer.run.records import config_key, metrics_key
 from peer.swarm.auth import Membership, authenticate_peer
 from peer.swarm.averagers import AveragerKinds
