@@ -13,7 +13,7 @@ re-hashing every manifest: a corrupt checkpoint is renamed ``*.corrupt`` (kept f
 Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_pretrained`` loads its root) plus
 ``training_state.json`` {"step", "samples", "run_id"} and, for checkpoints pulled from the swarm,
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
-resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.swarm.resume``). The manifest lists
+resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
 One process writes (the coordinator); readers list and verify.
 """

@@ -170,7 +170,7 @@ class CheckpointSaver:
         from transformers import AutoTokenizer
 
         from peer.modeling import load_models, save_models
-        from peer.swarm.resume import checkpoint_training_state, write_optimizer_file
+        from peer.run.state_format import checkpoint_training_state, write_optimizer_file
         from peer.swarm.state import load_state_from_swarm
 
         latest = self.ckpts.latest()

@@ -14,8 +14,8 @@ from coordinator.service import CheckpointSaver, CoordinatorSpec
 from coordinator.store import Store
 from peer.config import ModelSpec, RunConfig, SwarmSpec, TrainSpec
 from peer.modeling import build_models, load_models, save_models
+from peer.run.state_format import OPTIMIZER_FILE, run_optimizer_factories, wire_names
 from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.resume import OPTIMIZER_FILE, run_optimizer_factories, wire_names
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.trainer.optim import param_groups
 

@@ -219,7 +219,7 @@ def test_a_resumable_checkpoint_loads_in_plain_transformers_and_its_manifest_cov
 
     from peer.config import ModelSpec
     from peer.modeling import build_models, load_models, save_models
-    from peer.swarm.resume import (
+    from peer.run.state_format import (
         OPTIMIZER_FILE,
         SwarmState,
         checkpoint_training_state,

@@ -8,9 +8,9 @@ import pytest
 
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
+from peer.run.state_format import run_optimizer_factories
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
-from peer.swarm.resume import run_optimizer_factories
 from peer.swarm.state import peers_hold_state
 from peer.trainer import param_groups
 

@@ -1,4 +1,4 @@
-"""``peer.swarm.resume``: hivemind's state-download layout decoded by parameter name, a checkpoint's
+"""``peer.run.state_format``: hivemind's state-download layout decoded by parameter name, a checkpoint's
 ``optimizer.safetensors`` round trip, and loading it into a DiLoCo peer (Adam moments and outer momentum)."""
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import torch
 from peer.config import RunConfig, SwarmSpec
 from peer.errors import UserError
 from peer.modeling import build_models, load_models, save_models
-from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.dht import start_dht
-from peer.swarm.resume import (
+from peer.run.state_format import (
     OPTIMIZER_FILE,
     TRAINING_STATE_FILE,
     SwarmState,
@@ -27,6 +25,8 @@ from peer.swarm.resume import (
     wire_names,
     write_optimizer_file,
 )
+from peer.swarm.averaging import build_swarm_optimizer
+from peer.swarm.dht import start_dht
 from peer.swarm.state import StartingPoint, resume_swarm_state
 from peer.trainer import param_groups
 

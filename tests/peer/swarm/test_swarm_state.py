@@ -21,11 +21,11 @@ from hivemind.averaging import DecentralizedAverager
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.run.records import LocalMetrics
+from peer.run.state_format import run_optimizer_factories, wire_names
 from peer.swarm.averagers import AveragerKinds, GuardedStateAverager
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
-from peer.swarm.resume import run_optimizer_factories, wire_names
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
 
