@@ -32,11 +32,11 @@ from safetensors.torch import load_file, save_file
 
 from peer.config import RunConfig
 from peer.errors import UserError
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_FILE = "optimizer.safetensors"
-TRAINING_STATE_FILE = "training_state.json"
 _OPTIMIZER_PREFIX = "optimizer/"
 _MOMENTUM_PREFIX = "outer_momentum/"
 

@@ -12,9 +12,9 @@ import torch
 from peer.config import RunConfig, SwarmSpec
 from peer.errors import UserError
 from peer.modeling import build_models, load_models, save_models
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 from peer.run.state_format import (
     OPTIMIZER_FILE,
-    TRAINING_STATE_FILE,
     SwarmState,
     check_shapes,
     checkpoint_training_state,
