@@ -1,7 +1,7 @@
 """Checkpoint save time and size for a run's model, with and without the optimizer state the swarm resumes from.
 
 Does what ``coordinator.service.CheckpointSaver`` does after a pull: the run's models decoded from the swarm, the
-optimizer state keyed by parameter name (``peer.swarm.resume``), then ``CheckpointDir.save`` (tmp dir, every file
+optimizer state keyed by parameter name (``peer.run.state_format``), then ``CheckpointDir.save`` (tmp dir, every file
 written, fsynced and hashed, manifest, rename, dir fsync). The models are random-initialised at the config's sizes
 (the same tensors and bytes as grown ones, without the growth step), and the optimizer state is the run's own
 optimizer (``run_optimizer_factories``) after one step on random gradients, so every moment is a real, non-zero
@@ -25,13 +25,9 @@ from hivemind.optim.state_averager import initialize_optimizer_state_
 from coordinator.checkpoints import CheckpointDir
 from peer.config import load_config
 from peer.modeling import build_models, save_models
-from peer.swarm.resume import (
-    SwarmState,
-    checkpoint_training_state,
-    run_optimizer_factories,
-    write_optimizer_file,
-)
+from peer.run.state_format import SwarmState, checkpoint_training_state, write_optimizer_file
 from peer.trainer import param_groups
+from peer.trainer.recipe import run_optimizer_factories
 
 
 def swarm_state(models, cfg) -> SwarmState:

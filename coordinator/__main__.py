@@ -19,7 +19,7 @@ from peer.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from peer.coordinator_api import CheckpointsAnswer, PeersAnswer, ProgressAnswer
+    from peer.run.coordinator_client import CheckpointsAnswer, PeersAnswer, ProgressAnswer
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -81,7 +81,7 @@ def _status(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
 
-    from peer.coordinator_api import CheckpointsAnswer, PeersAnswer, ProgressAnswer, get_answer
+    from peer.run.coordinator_client import CheckpointsAnswer, PeersAnswer, ProgressAnswer, get_answer
 
     with httpx.Client(timeout=args.timeout) as client:
         progress = get_answer(args.url, ProgressAnswer, timeout=args.timeout, client=client)
@@ -152,7 +152,7 @@ def _allowlist(args: argparse.Namespace) -> int:
 
     if args.action == "add":
         if args.url is not None:  # checked before the key is made: the line printed once must be right
-            from peer.coordinator_api import coordinator_base_url
+            from peer.run.coordinator_client import coordinator_base_url
 
             coordinator_base_url(args.url, "--url")
         secret = add_volunteer(args.file, args.name)

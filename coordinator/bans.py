@@ -31,7 +31,7 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 
 from coordinator.store import BanRow, Store
-from peer.records import BanEntry, BanList, BanReport, LocalMetrics, bans_key
+from peer.run.records import BanEntry, BanList, BanReport, LocalMetrics, bans_key
 from peer.run.revocations import Revoked
 from peer.run.tokens import key_fingerprint
 from peer.swarm.authorizers import dht_revoked

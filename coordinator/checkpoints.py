@@ -13,7 +13,7 @@ re-hashing every manifest: a corrupt checkpoint is renamed ``*.corrupt`` (kept f
 Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_pretrained`` loads its root) plus
 ``training_state.json`` {"step", "samples", "run_id"} and, for checkpoints pulled from the swarm,
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
-resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.swarm.resume``). The manifest lists
+resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
 One process writes (the coordinator); readers list and verify.
 """
@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,31 +32,18 @@ from pathlib import Path
 
 from coordinator.store import CheckpointRow, FileEntry, Store
 from peer.errors import UserError
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE, checkpoint_name, parse_step
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-TRAINING_STATE = "training_state.json"
 TMP_SUFFIX = ".tmp"
 CORRUPT_SUFFIX = ".corrupt"
-_NAME_RE = re.compile(r"^ckpt-(\d{6,})$")
 _HASH_CHUNK = 1 << 20
 
 
 class CorruptCheckpoint(UserError):
     """A checkpoint whose files do not match its manifest (or that has no valid manifest)."""
-
-
-def checkpoint_name(step: int) -> str:
-    if step < 0:
-        raise ValueError(f"a checkpoint step must be >= 0, got {step}")
-    return f"ckpt-{step:06d}"
-
-
-def parse_step(name: str) -> int | None:
-    """The step of a checkpoint dir name, or None for anything that is not ``ckpt-<digits>``."""
-    match = _NAME_RE.match(name)
-    return int(match.group(1)) if match else None
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -222,7 +208,7 @@ class CheckpointDir:
             shutil.rmtree(tmp)
         tmp.mkdir()
         write_files(tmp)
-        _write_json_durably(tmp / TRAINING_STATE, {**training_state, "step": step})
+        _write_json_durably(tmp / TRAINING_STATE_FILE, {**training_state, "step": step})
         files: list[FileEntry] = []
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()

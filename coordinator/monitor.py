@@ -2,7 +2,7 @@
 each volunteer's contribution, and writes both to the store.
 
 Trust comes from the DHT itself: the coordinator's node validates every record it stores or receives with
-``SchemaValidator`` (shape and bounds, ``peer.records``) and ``RSASignatureValidator`` (only the holder of the key
+``SchemaValidator`` (shape and bounds, ``peer.run.records``) and ``RSASignatureValidator`` (only the holder of the key
 in the subkey may write it). Each validator is wrapped in a ``RejectionCounter`` that counts, by reason, the records
 of this run it refuses; the counts live in the DHT's process and the monitor collects them every pass.
 
@@ -36,9 +36,9 @@ from hivemind.utils.crypto import RSAPrivateKey
 from coordinator.bans import BanCourt
 from coordinator.rates import DEFAULT_RATE_WINDOW, CounterWindow
 from coordinator.store import PeerObservation, Store
-from peer.records import LocalMetrics, MetricsSchema, bans_key, config_key, metrics_key, reports_key
+from peer.run.record_limits import REASON_OVERSIZED, RecordSizeLimit
+from peer.run.records import LocalMetrics, MetricsSchema, bans_key, config_key, metrics_key, reports_key
 from peer.swarm.bans import ban_validators
-from peer.swarm.record_limits import REASON_OVERSIZED, RecordSizeLimit
 
 logger = logging.getLogger(__name__)
 

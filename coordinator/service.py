@@ -54,7 +54,8 @@ from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
-from peer.records import config_key
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run.records import config_key
 from peer.swarm.dht import READY_GRACE_S, run_dht
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def copy_model_dir(src: Path) -> Callable[[Path], None]:
     def write(out: Path) -> None:
         for path in sorted(src.rglob("*")):
             rel = path.relative_to(src)
-            if path.is_dir() or rel.as_posix() in ("manifest.json", "training_state.json"):
+            if path.is_dir() or rel.as_posix() in ("manifest.json", TRAINING_STATE_FILE):
                 continue
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)
@@ -155,7 +156,7 @@ class CheckpointSaver:
         from transformers import AutoTokenizer
 
         from peer.modeling import load_models, save_models
-        from peer.swarm.resume import checkpoint_training_state, write_optimizer_file
+        from peer.run.state_format import checkpoint_training_state, write_optimizer_file
         from peer.swarm.state import load_state_from_swarm
 
         latest = self.ckpts.latest()

@@ -23,7 +23,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import MSGPackSerializer, get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.records import LocalMetrics, metrics_key
+from peer.run.records import LocalMetrics, metrics_key
 
 OVERSIZED_PAD = 256 * 1024  # bytes of padding: 4x the limit, well under p2pd's 4 MiB message cap
 

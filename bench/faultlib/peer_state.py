@@ -26,7 +26,8 @@ from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils import MSGPackSerializer
 from hivemind.utils.streaming import combine_from_streaming
 
-from peer.swarm.state import STATE_AVERAGER_SUFFIX, _StateDownloadClient
+from peer.swarm.overrides.state_download import StateDownloadClient
+from peer.swarm.state import STATE_AVERAGER_SUFFIX
 
 
 @dataclass
@@ -58,7 +59,7 @@ def max_abs_diff(a: ServedState, b: ServedState, start: int = 0, stop: int | Non
 
 async def _download_one(p2p, prefix: str, peer_id: str, timeout: float) -> tuple[str, dict, list[bytes]] | None:
     """Runs in the DHT's process: (peer id, metadata, each tensor as serialised ``runtime_pb2.Tensor`` bytes)."""
-    stub = _StateDownloadClient.get_stub(p2p, PeerID.from_base58(peer_id), namespace=prefix)
+    stub = StateDownloadClient.get_stub(p2p, PeerID.from_base58(peer_id), namespace=prefix)
     metadata, parts, tensors = None, [], []
 
     async def read() -> None:

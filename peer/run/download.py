@@ -26,9 +26,9 @@ from urllib.parse import quote, urlparse
 import grpc
 from tqdm import tqdm
 
-from peer.coordinator_api import CheckpointsAnswer, CoordinatorUnavailable, NotACoordinator, get_answer
 from peer.errors import UserError
 from peer.run.checkpoint_manifest import MANIFEST, CheckpointManifest, FileDigest, check_relative_path
+from peer.run.coordinator_client import CheckpointsAnswer, CoordinatorUnavailable, NotACoordinator, get_answer
 from peer.run.writable_dir import check_writable_dir
 from protos.warmswarm.v1 import coordinator_pb2 as pb
 from protos.warmswarm.v1 import coordinator_pb2_grpc as pb_grpc

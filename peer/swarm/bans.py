@@ -30,7 +30,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 
-from peer.records import BanList, BanReport, BansSchema, bans_key, reports_key
+from peer.run.records import BanList, BanReport, BansSchema, bans_key, reports_key
 from peer.swarm.robust import INCRIMINATING, Outcome
 from peer.swarm.round_evidence import RoundOutcomes
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from peer.errors import UserError
 from peer.logs import progress_on
 from peer.memory import PeriodicRelease
-from peer.records import LocalMetrics
+from peer.run.records import LocalMetrics
 from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
 from peer.swarm.metrics import MetricsPublisher, RecordSigning, fetch_metrics, publish_metrics

@@ -1,6 +1,6 @@
 """Signed, schema-validated ``LocalMetrics`` records under ``<run_id>_metrics`` (subkey = this peer's public key).
 
-Every DHT node validates each record with ``SchemaValidator`` (field types and bounds from ``peer.records``) and
+Every DHT node validates each record with ``SchemaValidator`` (field types and bounds from ``peer.run.records``) and
 ``RSASignatureValidator`` (only the key's holder can write its subkey), so the coordinator can trust who did what.
 Records expire after ``SwarmSpec.metrics_expiration`` seconds; a live peer refreshes its record every few seconds.
 With an identity file, the signing key (``peer.swarm.record_key``) and the samples count (``peer.swarm.sample_count``)
@@ -22,9 +22,9 @@ from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils import get_dht_time
 
 from peer.config import RunConfig
-from peer.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.run.record_limits import RecordSizeLimit
+from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
-from peer.swarm.record_limits import RecordSizeLimit
 from peer.swarm.sample_count import SampleCount, sample_count_path
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def make_validators(run_id: str, identity_path: str | None = None) -> RecordSign
     """Size + schema + signature validators for ``run_id``'s records. The RSA key is hivemind's process key: with
     ``identity_path``, the volunteer's own, loaded from (or first written to) ``<identity_path>.records.der``
     (``peer.swarm.record_key``), and its samples count goes on from ``<identity_path>.samples.json``; without, a
-    fresh key and a count from 0. The size limit (``peer.swarm.record_limits``) runs first and drops oversized
+    fresh key and a count from 0. The size limit (``peer.run.record_limits``) runs first and drops oversized
     records from anyone."""
     count = None
     if identity_path:

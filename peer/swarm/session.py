@@ -16,10 +16,10 @@ from pathlib import Path
 import hivemind
 
 from peer.config import ConfigError, RunConfig, config_from_dict
-from peer.coordinator_api import RunAnswer, get_answer
 from peer.data import seed_from_bytes
 from peer.errors import UserError
-from peer.records import config_key, metrics_key
+from peer.run.coordinator_client import RunAnswer, get_answer
+from peer.run.records import config_key, metrics_key
 from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
 from peer.swarm.ddp import PeerGroup, SetupReport
@@ -32,7 +32,8 @@ from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.swarm.training_inputs import load_tokenizer, training_inputs
-from peer.trainer import make_optimizer, make_scheduler, param_groups, resolve_device
+from peer.trainer import param_groups, resolve_device
+from peer.trainer.recipe import run_optimizer_factories
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +141,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             cfg.run_id,
             cfg.swarm,
             param_groups(params, cfg.train.weight_decay),
-            lambda p: make_optimizer(p, cfg.train),
-            lambda o: make_scheduler(o, cfg.train),
+            *run_optimizer_factories(cfg),
             batch_size=cfg.train.batch_size * (group.world_size if group is not None else 1),
             gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
             open_run=private is None,

@@ -2,7 +2,7 @@
 
 ``pull_state_from_peers`` is a joining peer's download: bounded by ``SwarmSpec.load_state_timeout`` and stopped by
 Ctrl-C. ``load_state_from_swarm`` is the coordinator's: the same hivemind state-download protocol, without joining
-any averaging round. Both decode parameters, optimizer state, outer momentum and step (``peer.swarm.resume``).
+any averaging round. Both decode parameters, optimizer state, outer momentum and step (``peer.run.state_format``).
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from peer.errors import UserError
 from peer.logs import progress_on
 from peer.modeling import PretrainingModels
 from peer.run.download import download
-from peer.swarm.averaging import SwarmOptimizer
-from peer.swarm.overrides.state_download import StateDownloadClient
-from peer.swarm.resume import (
+from peer.run.state_format import (
     SwarmState,
     apply_swarm_state,
     check_shapes,
     decode_wire_state,
-    optimizer_layout,
     read_checkpoint_state,
     wire_names,
 )
+from peer.swarm.averaging import SwarmOptimizer
+from peer.swarm.overrides.state_download import StateDownloadClient
 from peer.swarm.shutdown import signal_handlers_kept
 from peer.swarm.state_check import missing_tensors, state_problem
+from peer.trainer.recipe import optimizer_layout
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,12 @@ import torch
 
 from peer.errors import UserError
 from peer.modeling import PretrainingModels, load_models, save_models
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE, checkpoint_name, parse_step
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.pt"
-TRAINING_STATE_FILE = "training_state.json"
-_NAME = re.compile(r"^ckpt-(\d{6,})$")
 
 
 @dataclass
@@ -44,7 +42,7 @@ def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / CHECKPOINTS_SUBDIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    found = [(step, p) for p in root.iterdir() if (step := parse_step(p.name)) is not None and p.is_dir()]
     return [p for _, p in sorted(found) if (p / TRAINER_STATE_FILE).is_file()]
 
 
@@ -61,7 +59,7 @@ def save_checkpoint(
 ) -> Path:
     """Writes checkpoint ``state.step`` atomically and keeps the newest ``keep``; returns its path."""
     root = Path(out_dir) / CHECKPOINTS_SUBDIR
-    final = root / f"ckpt-{state.step:06d}"
+    final = root / checkpoint_name(state.step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_models(models, tmp, tokenizer=tokenizer)

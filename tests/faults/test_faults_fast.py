@@ -29,8 +29,8 @@ from bench.faultlib.scenarios import (
     coordinator_kill,
     peer_kill,
 )
-from peer.records import metrics_key
-from peer.swarm.record_limits import MAX_RECORD_BYTES, RecordSizeLimit
+from peer.run.record_limits import MAX_RECORD_BYTES, RecordSizeLimit
+from peer.run.records import metrics_key
 
 logger = logging.getLogger(__name__)
 

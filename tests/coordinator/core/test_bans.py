@@ -14,7 +14,7 @@ from coordinator.bans import BanCourt, counted_reports, decide_bans
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import make_validators
 from coordinator.store import BanRow, PeerObservation, Store
-from peer.records import BanList, BanReport, LocalMetrics, MetricsSchema, reports_key
+from peer.run.records import BanList, BanReport, LocalMetrics, MetricsSchema, reports_key
 from peer.run.revocations import Revoked
 from peer.run.tokens import key_fingerprint
 from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports, publish_ban_list

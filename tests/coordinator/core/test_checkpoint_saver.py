@@ -14,10 +14,11 @@ from coordinator.service import CheckpointSaver, CoordinatorSpec
 from coordinator.store import Store
 from peer.config import ModelSpec, RunConfig, SwarmSpec, TrainSpec
 from peer.modeling import build_models, load_models, save_models
+from peer.run.state_format import OPTIMIZER_FILE, wire_names
 from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.resume import OPTIMIZER_FILE, run_optimizer_factories, wire_names
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.trainer.optim import param_groups
+from peer.trainer.recipe import run_optimizer_factories
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 SLOTS = ("exp_avg", "exp_avg_sq", "step")

@@ -15,13 +15,13 @@ import pytest
 from coordinator.checkpoints import (
     CORRUPT_SUFFIX,
     MANIFEST,
-    TRAINING_STATE,
     CheckpointDir,
     CorruptCheckpoint,
     sync_store,
     verify_checkpoint,
 )
 from coordinator.store import Store
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -42,8 +42,13 @@ def test_save_writes_manifest_and_training_state(tmp_path):
     assert row.name == "ckpt-000007" and d.is_dir() and not list(ckpts.root.glob("*.tmp"))
     manifest = json.loads((d / MANIFEST).read_text())
     assert manifest["step"] == 7
-    assert sorted(f["path"] for f in manifest["files"]) == ["part0.bin", "part2.bin", "sub/part1.bin", TRAINING_STATE]
-    assert json.loads((d / TRAINING_STATE).read_text()) == {"step": 7, "samples": 64, "run_id": "r"}
+    assert sorted(f["path"] for f in manifest["files"]) == [
+        "part0.bin",
+        "part2.bin",
+        "sub/part1.bin",
+        TRAINING_STATE_FILE,
+    ]
+    assert json.loads((d / TRAINING_STATE_FILE).read_text()) == {"step": 7, "samples": 64, "run_id": "r"}
     assert verify_checkpoint(d).files == row.files
     # saving the same step again is a no-op that returns the existing checkpoint
     assert ckpts.save(7, _write_blobs(1, 5, 9), {"samples": 0, "run_id": "r"}).files == row.files
@@ -219,7 +224,7 @@ def test_a_resumable_checkpoint_loads_in_plain_transformers_and_its_manifest_cov
 
     from peer.config import ModelSpec
     from peer.modeling import build_models, load_models, save_models
-    from peer.swarm.resume import (
+    from peer.run.state_format import (
         OPTIMIZER_FILE,
         SwarmState,
         checkpoint_training_state,
@@ -241,8 +246,8 @@ def test_a_resumable_checkpoint_loads_in_plain_transformers_and_its_manifest_cov
     ckpts = CheckpointDir(tmp_path / "checkpoints")
     row = ckpts.save(9, write, {"samples": 1, "run_id": "r", **checkpoint_training_state(state)})
     d = ckpts.path(row.name)
-    assert OPTIMIZER_FILE in {f.path for f in row.files} and TRAINING_STATE in {f.path for f in row.files}
-    assert json.loads((d / TRAINING_STATE).read_text())["optimizer_state"] == ["exp_avg", "step"]
+    assert OPTIMIZER_FILE in {f.path for f in row.files} and TRAINING_STATE_FILE in {f.path for f in row.files}
+    assert json.loads((d / TRAINING_STATE_FILE).read_text())["optimizer_state"] == ["exp_avg", "step"]
     AutoModel.from_pretrained(d)  # the extra files do not get in plain transformers' way
     back = read_checkpoint_state(d, list(load_models(d).named_parameters()))
     assert back.step == 9 and all(torch.equal(back.optimizer[n]["exp_avg"], moments[n]["exp_avg"]) for n, _ in named)

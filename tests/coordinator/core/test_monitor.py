@@ -12,7 +12,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.monitor import REASON_BAD_SIGNATURE, REASON_MALFORMED, Monitor, aggregate, make_validators, peer_id_of
 from coordinator.store import Store
-from peer.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 
 RUN = "monitor-test"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

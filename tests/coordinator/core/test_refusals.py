@@ -246,7 +246,7 @@ def test_allowlist_add_refuses_a_url_that_is_not_one_and_writes_nothing(tmp_path
 def test_the_client_checks_every_answer_in_one_place(coordinator, other_server, kind):
     """Each path of the API, read from a real coordinator (accepted) and from a server that is not one (refused,
     whatever way it differs); an unreachable one is told apart from both."""
-    from peer.coordinator_api import (
+    from peer.run.coordinator_client import (
         CheckpointsAnswer,
         CoordinatorUnavailable,
         NotACoordinator,
@@ -276,7 +276,7 @@ def test_status_text_when_the_coordinator_knows_nothing_yet():
     from rich.console import Console
 
     from coordinator.__main__ import print_status
-    from peer.coordinator_api import CheckpointsAnswer, PeerEntry, PeersAnswer, ProgressAnswer
+    from peer.run.coordinator_client import CheckpointsAnswer, PeerEntry, PeersAnswer, ProgressAnswer
 
     progress = ProgressAnswer(run_id="r", global_step=0, alive_peers=0)
     peers = PeersAnswer(peers=[PeerEntry(name="[red]x", short_id="ab12", samples=0, alive=False)])
@@ -292,7 +292,7 @@ def test_grpc_server_that_is_not_a_coordinator(tmp_path):
 
     import grpc
 
-    from peer.coordinator_api import NotACoordinator
+    from peer.run.coordinator_client import NotACoordinator
     from peer.run.download import download
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # serves no service at all

@@ -11,7 +11,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.records import LocalMetrics, MetricsSchema, config_key, metrics_key
+from peer.run.records import LocalMetrics, MetricsSchema, config_key, metrics_key
 from tests.coordinator.core.coordinator_proc import Coordinator, coordinator_cli, write_tiny_model
 
 RUN = "service-test"

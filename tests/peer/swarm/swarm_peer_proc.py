@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from peer.config import SwarmSpec
-from peer.records import LocalMetrics
+from peer.run.records import LocalMetrics
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.loop import LoopOptions, LoopParts, train_loop

@@ -37,7 +37,7 @@ def test_a_peer_learns_of_its_own_ban_only_from_the_coordinator(monkeypatch):
     stops with one line instead of training alone and asking refusing donors for the state many times a second."""
     import time
 
-    from peer.records import BanEntry, BanList, BanReport
+    from peer.run.records import BanEntry, BanList, BanReport
     from peer.swarm import bans
 
     own = BanReport(peer_id="me", rejected={"other": 3}, banned={"other": "clipped state"}, counts={}, time=1.0)

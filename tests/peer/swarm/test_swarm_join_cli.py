@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from peer.__main__ import main as peer_main
 from peer.config import SwarmSpec, load_config
 from peer.modeling import build_models, save_models
-from peer.records import LocalMetrics
+from peer.run.records import LocalMetrics
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
 

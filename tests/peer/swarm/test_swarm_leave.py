@@ -10,9 +10,9 @@ from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
-from peer.swarm.resume import run_optimizer_factories
 from peer.swarm.state import peers_hold_state
 from peer.trainer import param_groups
+from peer.trainer.recipe import run_optimizer_factories
 
 
 def tiny_config(run_id: str, averaging: str) -> RunConfig:

@@ -13,7 +13,7 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peer.config import RunConfig, SwarmSpec
-from peer.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import (
     MetricsPublisher,

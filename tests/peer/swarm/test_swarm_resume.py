@@ -1,4 +1,4 @@
-"""``peer.swarm.resume``: hivemind's state-download layout decoded by parameter name, a checkpoint's
+"""``peer.run.state_format``: hivemind's state-download layout decoded by parameter name, a checkpoint's
 ``optimizer.safetensors`` round trip, and loading it into a DiLoCo peer (Adam moments and outer momentum)."""
 
 from __future__ import annotations
@@ -12,23 +12,22 @@ import torch
 from peer.config import RunConfig, SwarmSpec
 from peer.errors import UserError
 from peer.modeling import build_models, load_models, save_models
-from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.dht import start_dht
-from peer.swarm.resume import (
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run.state_format import (
     OPTIMIZER_FILE,
-    TRAINING_STATE_FILE,
     SwarmState,
     check_shapes,
     checkpoint_training_state,
     decode_wire_state,
-    optimizer_layout,
     read_checkpoint_state,
-    run_optimizer_factories,
     wire_names,
     write_optimizer_file,
 )
+from peer.swarm.averaging import build_swarm_optimizer
+from peer.swarm.dht import start_dht
 from peer.swarm.state import StartingPoint, resume_swarm_state
 from peer.trainer import param_groups
+from peer.trainer.recipe import optimizer_layout, run_optimizer_factories
 
 SLOTS = ("exp_avg", "exp_avg_sq", "step")
 

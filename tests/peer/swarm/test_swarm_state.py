@@ -20,14 +20,15 @@ from hivemind.averaging import DecentralizedAverager
 
 from peer.config import RunConfig, SwarmSpec
 from peer.modeling import build_models
-from peer.records import LocalMetrics
+from peer.run.records import LocalMetrics
+from peer.run.state_format import wire_names
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
 from peer.swarm.overrides.averagers import AveragerKinds, GuardedStateAverager
-from peer.swarm.resume import run_optimizer_factories, wire_names
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
+from peer.trainer.recipe import run_optimizer_factories
 
 REPO = Path(__file__).resolve().parents[3]
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

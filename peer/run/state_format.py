@@ -26,17 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hivemind.optim.state_averager import initialize_optimizer_state_
 from hivemind.utils.nested import nested_flatten, nested_pack
 from safetensors.torch import load_file, save_file
 
-from peer.config import RunConfig
 from peer.errors import UserError
+from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_FILE = "optimizer.safetensors"
-TRAINING_STATE_FILE = "training_state.json"
 _OPTIMIZER_PREFIX = "optimizer/"
 _MOMENTUM_PREFIX = "outer_momentum/"
 
@@ -51,38 +49,6 @@ class SwarmState:
     parameters: dict[str, torch.Tensor]
     optimizer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     outer_momentum: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def run_optimizer_factories(cfg: RunConfig):
-    """The optimizer and scheduler factories every peer hands hivemind. The coordinator decodes the peers' optimizer
-    state with the same recipe, so both sides must take them from here."""
-    from peer.trainer import make_optimizer, make_scheduler
-
-    def optimizer_factory(params):
-        return make_optimizer(params, cfg.train)
-
-    def scheduler_factory(optimizer):
-        return make_scheduler(optimizer, cfg.train)
-
-    return optimizer_factory, scheduler_factory
-
-
-def optimizer_layout(params: Sequence[torch.Tensor], cfg: RunConfig) -> tuple[list[int], dict]:
-    """(order, structure) of the run's optimizer over ``params``: ``order`` lists the indices of ``params`` as the
-    optimizer's groups list them (the wire order of the state download), ``structure`` is the ``state_dict()`` of
-    an initialised optimizer + scheduler, whose shape decodes ``optimizer_metadata``. Built on one-element stand-ins
-    grouped as the real parameters are, so it costs nothing for a large model."""
-    from peer.trainer import param_groups
-
-    optimizer_factory, scheduler_factory = run_optimizer_factories(cfg)
-    index = {id(p): i for i, p in enumerate(params)}
-    groups = param_groups(list(params), cfg.train.weight_decay)
-    order = [index[id(p)] for group in groups for p in group["params"]]
-    stand_ins = [dict(group, params=[torch.zeros(1, requires_grad=True) for _ in group["params"]]) for group in groups]
-    template = optimizer_factory(stand_ins)
-    scheduler_factory(template)  # adds "initial_lr" to every group, as on the peers
-    initialize_optimizer_state_(template)
-    return order, template.state_dict()
 
 
 def decode_optimizer_state(
