@@ -1,6 +1,17 @@
-"""The swarm layer of a peer: DHT start, hivemind.Optimizer set-up, state download, metrics, the training loop.
+"""The swarm layer of a peer: everything that runs while a peer is part of a run. One job per module:
 
-Modules, one job each: ``dht`` (start the DHT with an identity and the record validators), ``records`` publishing
-in ``metrics``, ``averaging`` (the hivemind.Optimizer for the "sync" and "diloco" modes), ``state`` (late joiners:
-peers, then the coordinator's checkpoint, then step 0), ``shutdown`` (signals), ``loop`` (the training recipe).
+- ``session`` — one volunteer's session: run config, DHT, starting state, training, leaving; ``training_inputs`` —
+  the tokenizer, loss and batches it trains on; ``loop`` — the training loop; ``shutdown`` — signals.
+- ``dht`` — the DHT with an identity and the record validators; ``record_key`` — the key records are signed with;
+  ``metrics`` — this peer's signed progress records and the run fingerprint; ``sample_count`` — samples across
+  sessions.
+- ``averaging`` — the hivemind.Optimizer of the "sync" and "diloco" modes; ``overlap`` — DiLoCo rounds in the
+  background; ``codecs`` — wire compression; ``robust`` — the robust reducer and the whole-round guard;
+  ``round_evidence`` — what each round's reducer saw; ``bans`` — local bans and signed reports; ``gate`` — who
+  may average with this peer.
+- ``authorizers``, ``membership`` — a private run inside a peer (DHT authorizers, the membership gate).
+- ``state`` — state download (peers, then the coordinator's checkpoint, then step 0); ``state_check`` — checks a
+  downloaded state.
+- ``ddp``, ``follower`` — a multi-GPU peer (the group's collectives; a follower rank's session).
+- ``overrides/`` — the hivemind subclasses that override hivemind's private methods, all in one place.
 """
