@@ -467,10 +467,6 @@ class Store:
             BanRow(r["peer_id"], r["store_peer_id"], r["name"], r["reason"], r["reporters"], r["time"]) for r in rows
         ]
 
-    def banned_peer_ids(self) -> set[str]:
-        """libp2p ids of the banned peers."""
-        return {b.peer_id for b in self.bans()}
-
     def banned_names(self) -> set[str]:
         """Volunteer names of the banned peers (the allowlist issues them no more tokens)."""
         return {b.name for b in self.bans() if b.name}

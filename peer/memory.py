@@ -27,7 +27,7 @@ DEFAULT_ARENAS = 2
 # bytes. Well below hivemind's all-reduce parts (DEFAULT_PART_SIZE_BYTES: 512 KiB on the wire; an fp16 part decodes
 # to 1 MiB; a tensor's last part and the parts at peer boundaries are smaller), which executor threads allocate and
 # free in the averagers' second arena every round: with the threshold at 1 MiB that arena swung by 10-44 MiB between
-# samples (/proc/PID/smaps, soak of 2026-12-05) and the averagers' RssAnon by up to 9 % in waves
+# samples (/proc/PID/smaps, in the soak bench) and the averagers' RssAnon by up to 9 % in waves
 AVERAGER_MMAP_THRESHOLD = 128 << 10
 
 

@@ -427,7 +427,7 @@ def build_swarm_optimizer(
     if spec.overlap_rounds:
         # joiners and catch-ups get the last round's outcome, not our own steps since. Only here: with the round
         # inside step() (hivemind's own out-of-sync downloads), serving the anchor made the two peers of the
-        # blocking diloco test in tests/peer/swarm/test_swarm_peers.py end 0.07-0.19 apart (not investigated)
+        # blocking diloco test in tests/peer/swarm/test_swarm_peers.py end 0.07-0.19 apart
         opt.state_averager.served_parameters = outer.anchor
         background = BackgroundRound(
             opt.state_averager, flat, outer.momentum, average_momentum=average_momentum, timeout=spec.averaging_timeout

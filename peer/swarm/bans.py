@@ -54,7 +54,7 @@ class RejectionLedger:
     in every round of the other kind). A round where the peer was accepted resets that kind's streak; ``ban_after``
     in a row bans it here for ``ban_seconds``.
 
-    Why local bans expire: one peer's view can be wrong. In the attack bench (2026-12-05, ``ban_after`` 2) an honest
+    Why local bans expire: one peer's view can be wrong. In the attack bench (``ban_after`` 2) an honest
     peer was banned by one other 30 s in, for "clipped gradients in 2 rounds in a row" while rounds were partial
     (the attacker's parts being refused); a ban for the run would have split that pair for good, and over a month
     such mistakes add up. A ban a majority agrees on is the coordinator's and lasts for the run (``BanGate`` keeps
@@ -189,10 +189,6 @@ def fetch_ban_list(dht: hivemind.DHT, run_id: str, authority: bytes) -> BanList 
     except Exception as e:
         logger.debug("unparsable ban list: %s", e)
         return None
-
-
-def publish_ban_list(dht: hivemind.DHT, run_id: str, subkey: bytes, bans: BanList, expiration: float) -> bool:
-    return dht.store(bans_key(run_id), subkey=subkey, value=bans.dict(), expiration_time=get_dht_time() + expiration)
 
 
 class BanGate:

@@ -46,7 +46,7 @@ class LoopOptions:
     save_params: str | None = None  # write the parameters here on leaving (safetensors), to compare peers or ranks
     # the coordinator's reason if it banned this peer, else None (``BanGate.coordinator_ban``); asked at the metrics
     # cadence. Why: a banned peer cannot average; left running it trained alone and, falling behind, asked every
-    # donor for the state ~24 times a second, each refused (soak, 2026-12-05)
+    # donor for the state ~24 times a second, each refused (the soak bench)
     own_ban: Callable[[], str | None] | None = None
     # seconds between returning the allocator's free pages to the OS (peer.memory.PeriodicRelease)
     release_memory_every: float = 60.0

@@ -106,14 +106,14 @@ class ClipSettings:
     evidence_floor: float = 0.05  # ...counting only distance beyond max(τ, this × ‖aggregate‖) per part
     # a state averager's first rounds are no evidence (clipping still applies): peers that start together take their
     # first steps alone, each on its own gradients, and their parameters agree only after a few state rounds. An
-    # honest peer of a 4-peer soak was banned for "clipped state in 3 rounds in a row" 26 s after start (2026-12-05)
+    # honest peer of a 4-peer soak was banned for "clipped state in 3 rounds in a row" 26 s after start
     state_grace_rounds: int = 10
     # whether a round that clipped a sender counts against it (CLIPPED); off in state rounds (``for_state``). A state
     # round also carries the optimizer statistics (``sync_optimizer_state``), where an honest peer can be any multiple
     # of the aggregate away: peers whose gradient rounds succeed hold identical Adam moments, one whose rounds failed
     # holds moments of its own gradients, and in rows the others' batches never touched theirs are ~0 and its are not.
     # No evidence floor tells that peer from an attacker: two honest soak peers were banned for "clipped state in 3
-    # rounds in a row" two minutes in (2026-12-05, with the floor at 5 % and again at 50 % of the aggregate's norm)
+    # rounds in a row" two minutes in (with the floor at 5 % and again at 50 % of the aggregate's norm)
     clipping_is_evidence: bool = True
 
     def for_state(self) -> ClipSettings:

@@ -37,7 +37,7 @@ def missing_tensors(metadata: object, tensors: Sequence[torch.Tensor], num_leadi
     optimizer tensor that hivemind's ``optimizer_metadata`` points at (``{"type": "tensor", "index": i}``).
 
     Why: a state stream that ends early (a p2p stream cut under load) arrives without an error, just short. Decoded,
-    it read as a malformed state and the joiner exited (the peer_kill scenario, 2026-12-05: index 238 past the
+    it read as a malformed state and the joiner exited (the peer_kill scenario: index 238 past the
     end); a short download is a failed attempt to retry, not a config error."""
     entries = metadata.get("optimizer_metadata") if isinstance(metadata, dict) else None
     indices = [

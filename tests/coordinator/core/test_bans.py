@@ -14,10 +14,10 @@ from coordinator.bans import BanCourt, counted_reports, decide_bans
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import make_validators
 from coordinator.store import BanRow, PeerObservation, Store
-from peer.run.records import BanList, BanReport, LocalMetrics, MetricsSchema, reports_key
+from peer.run.records import BanList, BanReport, LocalMetrics, MetricsSchema, bans_key, reports_key
 from peer.run.revocations import Revoked
 from peer.run.tokens import key_fingerprint
-from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports, publish_ban_list
+from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports
 from peer.swarm.round_evidence import RoundOutcomes
 
 RUN = "bans-test"
@@ -83,7 +83,7 @@ def test_bans_survive_a_restart_and_mark_the_volunteer(tmp_path):
             ("QmX", "reported by 3 of 3 peers"),
             ("QmY", "metrics not seen yet"),
         ]
-        assert store.banned_names() == {"mallory", "trudy"} and store.banned_peer_ids() == {"QmX", "QmY"}
+        assert store.banned_names() == {"mallory", "trudy"} and {b.peer_id for b in store.bans()} == {"QmX", "QmY"}
         rows = {p.name: p for p in store.peers()}
         assert rows["mallory"].banned and rows["mallory"].ban_reason == "reported by 3 of 3 peers"
         assert rows["trudy"].banned and rows["trudy"].ban_reason == "metrics not seen yet"
@@ -135,7 +135,8 @@ def test_reports_to_signed_ban_list_to_peer_gate_through_real_dht(tmp_path):
             dht.store(reports_key(RUN), ledger.report(str(dht.peer_id)).dict(), _in(60), subkey=key)
         # X accuses A, and forges a "ban list" under its own key
         x.store(reports_key(RUN), _report(ids["x"], {ids["a"]: "clipped"}).dict(), _in(60), subkey=x_key)
-        publish_ban_list(x, RUN, x_key, BanList(bans=[{"peer_id": ids["a"], "reason": "forged"}], time=1.0), 60)
+        forged = BanList(bans=[{"peer_id": ids["a"], "reason": "forged"}], time=1.0)
+        x.store(bans_key(RUN), forged.dict(), _in(60), subkey=x_key)
 
         def record(name):
             return LocalMetrics(
