@@ -148,7 +148,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _allowlist(args: argparse.Namespace) -> int:
-    from coordinator.auth import add_volunteer, list_volunteers, remove_volunteer
+    from coordinator.allowlist import add_volunteer, list_volunteers, remove_volunteer
 
     if args.action == "add":
         if args.url is not None:  # checked before the key is made: the line printed once must be right

@@ -27,22 +27,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import logging
-import os
-import re
-import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coordinator.allowlist import NAME_RE, Allowlist
+from coordinator.issued_keys import IssuedKeys
 from coordinator.signing_key import load_or_create_signing_key
 from peer.errors import UserError
 
@@ -59,8 +53,6 @@ logger = logging.getLogger(__name__)
 AUTHORITY_KEY_NAME = "token_authority_key.der"
 ISSUED_KEYS_NAME = "issued_keys.sqlite"
 DEFAULT_TOKEN_TTL = 3600.0
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # also a dashboard display name (<= 64 characters)
-HEADER = "# warmswarm allowlist: NAME<TAB>SHA256_OF_SECRET_HEX<TAB>ADDED_UTC (secrets are never stored)\n"
 
 # reasons a token request is refused (labels of warmswarm_rejected_records_total)
 NOT_ALLOWLISTED = "not_allowlisted"
@@ -70,143 +62,6 @@ MALFORMED = "malformed"
 OVERSIZED = "oversized"
 MAX_REQUEST_BYTES = 16 << 10
 REVOCATION_EXPIRATION = 600.0  # seconds the <run_id>_revoked record lives unless republished
-
-
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class AllowlistEntry:
-    name: str
-    sha256: str
-    added: str = ""
-
-
-def parse_allowlist(text: str, source: str = "allowlist") -> dict[str, AllowlistEntry]:
-    """Entries by name; UserError naming the first bad line."""
-    entries: dict[str, AllowlistEntry] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.rstrip("\n").split("\t")
-        if len(fields) not in (2, 3):
-            raise UserError(f"{source} line {number}: expected NAME<TAB>SHA256[<TAB>ADDED], got {len(fields)} fields")
-        name, digest = fields[0].strip(), fields[1].strip().lower()
-        if not NAME_RE.fullmatch(name):
-            raise UserError(f"{source} line {number}: bad volunteer name {name!r} (letters, digits, _.@- ; <= 64)")
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise UserError(f"{source} line {number}: {name}'s key hash is not 64 hex digits")
-        if name in entries:
-            raise UserError(f"{source} line {number}: {name} is listed twice")
-        entries[name] = AllowlistEntry(name, digest, fields[2].strip() if len(fields) == 3 else "")
-    return entries
-
-
-def format_allowlist(entries: dict[str, AllowlistEntry]) -> str:
-    return HEADER + "".join(f"{e.name}\t{e.sha256}\t{e.added}\n" for e in entries.values())
-
-
-class Allowlist:
-    """The allowlist file, re-read when it changes on disk. ``check`` answers token requests."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(
-                f"allowlist file not found: {self.path} (create it with `python -m coordinator allowlist add`)"
-            )
-        self._stamp: tuple[int, int] | None = None
-        self._entries: dict[str, AllowlistEntry] = {}
-        self.reload(strict=True)
-
-    def reload(self, strict: bool = False) -> bool:
-        """Re-reads the file; returns whether it changed. ``strict``: raise on a bad file instead of keeping the old
-        list (at start, where there is no old list)."""
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return False
-            entries = parse_allowlist(self.path.read_text(), str(self.path))
-        except (OSError, UserError) as e:
-            if strict:
-                raise UserError(str(e)) from None
-            logger.error("allowlist not reloaded, keeping the previous %d names: %s", len(self._entries), e)
-            return False
-        self._stamp, self._entries = stamp, entries
-        logger.info("allowlist %s: %d volunteers", self.path, len(entries))
-        return True
-
-    def names(self) -> list[str]:
-        self.reload()
-        return sorted(self._entries)
-
-    def grants(self) -> dict[str, str]:
-        """Each listed name's grant: the hash of its secret (re-adding a name issues a new one)."""
-        self.reload()
-        return {name: entry.sha256 for name, entry in self._entries.items()}
-
-    def check(self, name: str, secret: str) -> bool:
-        """Whether ``name`` is listed with this secret (constant-time comparison of the hashes)."""
-        self.reload()
-        entry = self._entries.get(name)
-        expected = entry.sha256 if entry is not None else secret_hash("")  # compare anyway: same time either way
-        return hmac.compare_digest(expected, secret_hash(secret)) and entry is not None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Editing the file (``python -m coordinator allowlist``)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _read_entries(path: Path) -> dict[str, AllowlistEntry]:
-    return parse_allowlist(path.read_text(), str(path)) if path.is_file() else {}
-
-
-def _write_entries(path: Path, entries: dict[str, AllowlistEntry]) -> None:
-    """Atomic replace, so a coordinator reading the file mid-write sees the old list or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(format_allowlist(entries))
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
-
-
-def add_volunteer(path: str | Path, name: str) -> str:
-    """Adds ``name`` with a new random secret and returns the secret (the only time it exists in clear)."""
-    path = Path(path)
-    if not NAME_RE.fullmatch(name):
-        raise UserError(f"bad volunteer name {name!r}: letters, digits and _.@- only, at most 64 characters")
-    entries = _read_entries(path)
-    if name in entries:
-        raise UserError(f"{name} is already in {path}; remove it first to issue a new key")
-    secret = secrets.token_urlsafe(32)
-    added = datetime.now(UTC).replace(microsecond=0).isoformat()
-    entries[name] = AllowlistEntry(name, secret_hash(secret), added)
-    _write_entries(path, entries)
-    return secret
-
-
-def remove_volunteer(path: str | Path, name: str) -> None:
-    path = Path(path)
-    entries = _read_entries(path)
-    if name not in entries:
-        raise UserError(f"{name} is not in {path}")
-    del entries[name]
-    _write_entries(path, entries)
-
-
-def list_volunteers(path: str | Path) -> list[AllowlistEntry]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"allowlist file not found: {path}")
-    return list(_read_entries(path).values())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Issuing tokens
-# ---------------------------------------------------------------------------------------------------------------
 
 
 class TokenIssueRefused(Exception):
@@ -222,116 +77,6 @@ def store_banned_names(store) -> Callable[[], set[str]]:
     from a store that does not track bans."""
     banned = getattr(store, "banned_names", None)
     return (lambda: set(banned())) if callable(banned) else set
-
-
-REMOVED_REASON = "removed from the allowlist"
-BANNED_REASON = "banned"
-
-
-class IssuedKeys:
-    """What the authority handed out, per volunteer: the keys it issued tokens to (``key_fingerprint``, hex) and the
-    libp2p ids seen in their member records, each with the allowlist grant it was issued under, until when a token
-    may still admit it, and whether it is revoked. One small SQLite file of its own (the store's tables are the
-    monitor's); thread-safe (the HTTP handler records keys, the wait loop revokes)."""
-
-    KEY, PEER = "key", "peer"
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS issued (
-        run_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        value TEXT NOT NULL,
-        name TEXT NOT NULL,
-        grant_hash TEXT NOT NULL,
-        expires REAL NOT NULL,
-        revoked REAL,
-        reason TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (run_id, kind, value)
-    );
-    """
-
-    def __init__(self, path: str | Path, run_id: str):
-        self.path, self.run_id = Path(path), run_id
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")  # as the store: durable commits without a sync each
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            with self._db:
-                self._db.executescript(self.SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"cannot open the issued-keys database {self.path}: {e}") from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def record(self, kind: str, value: str, name: str, grant: str, expires: float) -> None:
-        """Remembers ``value`` (a key fingerprint in hex, or a libp2p id) for ``name`` under ``grant``; a later token
-        only pushes ``expires`` back. The first grant stays: a key issued under an old secret stays that secret's."""
-        self.record_many(kind, [(value, name, grant, expires)])
-
-    def record_many(self, kind: str, rows: list[tuple[str, str, str, float]]) -> None:
-        """``record`` for many (value, name, grant, expires) in one transaction (the member ids of every pass)."""
-        if not rows:
-            return
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT INTO issued (run_id, kind, value, name, grant_hash, expires) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (run_id, kind, value) DO UPDATE SET expires = MAX(expires, excluded.expires)",
-                [(self.run_id, kind, value, name, grant, float(expires)) for value, name, grant, expires in rows],
-            )
-
-    def is_revoked(self, kind: str, value: str) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT revoked FROM issued WHERE run_id = ? AND kind = ? AND value = ?", (self.run_id, kind, value)
-            ).fetchone()
-        return row is not None and row[0] is not None
-
-    def revoke_departed(self, grants: dict[str, str], banned: set[str], now: float | None = None) -> set[str]:
-        """Revokes every entry whose volunteer is no longer listed under the grant it was issued with, or is banned;
-        returns the names newly revoked."""
-        now = time.time() if now is None else now
-        with self._lock, self._db:
-            rows = self._db.execute(
-                "SELECT DISTINCT name, grant_hash FROM issued WHERE run_id = ? AND revoked IS NULL", (self.run_id,)
-            ).fetchall()
-            revoked = set()
-            for name, grant in rows:
-                if name in banned:
-                    reason = BANNED_REASON
-                elif grants.get(name) != grant:
-                    reason = REMOVED_REASON
-                else:
-                    continue
-                self._db.execute(
-                    "UPDATE issued SET revoked = ?, reason = ? "
-                    "WHERE run_id = ? AND name = ? AND grant_hash = ? AND revoked IS NULL",
-                    (now, reason, self.run_id, name, grant),
-                )
-                revoked.add(name)
-        return revoked
-
-    def revoked(self, now: float) -> tuple[list[bytes], list[str]]:
-        """(key fingerprints, libp2p ids) revoked and still able to matter: some token issued for them has not
-        expired at ``now``. The published list holds only these, so it stays small."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT kind, value FROM issued WHERE run_id = ? AND revoked IS NOT NULL AND expires > ? "
-                "ORDER BY revoked DESC",
-                (self.run_id, now),
-            ).fetchall()
-        keys = [bytes.fromhex(value) for kind, value in rows if kind == self.KEY]
-        return keys, [value for kind, value in rows if kind == self.PEER]
-
-    def entries(self) -> list[tuple[str, str, str, str]]:
-        """(kind, value, name, reason or "") of every entry, for the operator and tests."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT kind, value, name, reason FROM issued WHERE run_id = ? ORDER BY name, kind, value",
-                (self.run_id,),
-            ).fetchall()
-        return [tuple(row) for row in rows]
 
 
 @dataclass

@@ -41,9 +41,10 @@ from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils import get_dht_time
 from hivemind.utils.auth import AuthorizerBase
 
+from coordinator.allowlist import Allowlist
 from coordinator.api.grpc_server import start_grpc_server
 from coordinator.api.http import RunInfo, create_http_app, start_http_server
-from coordinator.auth import Allowlist, PrivateRun
+from coordinator.auth import PrivateRun
 from coordinator.bans import BanCourt, ban_authority_info
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.metrics import CoordinatorMetrics

@@ -659,7 +659,8 @@ def bad_tokens(work: Path, settings: TokenSettings = TokenSettings()) -> list[Ro
     from hivemind.utils.crypto import RSAPrivateKey
 
     from bench.faultlib.bad_tokens import tampered, try_join
-    from coordinator.auth import AUTHORITY_KEY_NAME, add_volunteer
+    from coordinator.allowlist import add_volunteer
+    from coordinator.auth import AUTHORITY_KEY_NAME
     from coordinator.signing_key import load_or_create_signing_key
     from peer.run.tokens import Credentials, request_token, sign_token
 

@@ -18,19 +18,21 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.auth import (
-    BANNED,
-    MALFORMED,
-    NOT_ALLOWLISTED,
-    OVERSIZED,
+from coordinator.allowlist import (
     Allowlist,
-    TokenAuthority,
-    TokenIssueRefused,
     add_volunteer,
     list_volunteers,
     parse_allowlist,
     remove_volunteer,
     secret_hash,
+)
+from coordinator.auth import (
+    BANNED,
+    MALFORMED,
+    NOT_ALLOWLISTED,
+    OVERSIZED,
+    TokenAuthority,
+    TokenIssueRefused,
     store_banned_names,
     token_response,
 )

@@ -14,17 +14,9 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.auth import (
-    BANNED_REASON,
-    REMOVED_REASON,
-    REVOKED_KEY,
-    Allowlist,
-    IssuedKeys,
-    TokenAuthority,
-    TokenIssueRefused,
-    add_volunteer,
-    remove_volunteer,
-)
+from coordinator.allowlist import Allowlist, add_volunteer, remove_volunteer
+from coordinator.auth import REVOKED_KEY, TokenAuthority, TokenIssueRefused
+from coordinator.issued_keys import BANNED_REASON, REMOVED_REASON, IssuedKeys
 from peer.config import SwarmSpec
 from peer.run.members import member_validators
 from peer.run.revocations import sign_revocations, verified_revocations

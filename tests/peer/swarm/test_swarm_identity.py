@@ -41,7 +41,7 @@ TINY = {
 def coordinator(request, tmp_path_factory):
     """A coordinator of an open run, or of a private one whose allowlist holds the volunteer (its access tokens are
     bound to the key that signs its records: the kept key must get them too)."""
-    from coordinator.auth import add_volunteer
+    from coordinator.allowlist import add_volunteer
     from coordinator.service import CoordinatorSpec, start_coordinator
 
     root = tmp_path_factory.mktemp("identity")
