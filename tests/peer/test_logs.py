@@ -44,7 +44,9 @@ def logs():
         configure_logging(LogSettings(verbose=verbose, stream=stream))
         return stream
 
+    hook = sys.excepthook
     yield configure
+    sys.excepthook = hook
     root.handlers[:] = saved[0]
     logging.captureWarnings(False)
     root.setLevel(saved[1])
@@ -276,3 +278,22 @@ def test_hivemind_is_routed_when_imported_later_not_imported_by_the_set_up():
 def test_no_progress_bars_without_a_terminal():
     """Under pytest stdout and stderr are captured, not terminals."""
     assert progress_on() is False
+
+
+def test_an_uncaught_pipe_handover_to_an_exited_process_is_one_line_other_uncaught_errors_keep_their_traceback(logs):
+    """multiprocessing's resource sharer reports through ``sys.excepthook``: the demo's SIGKILLed peer left a
+    ConnectionResetError traceback from its averager process (``answer_challenge``) on the peer's output."""
+    out = logs(verbose=False)
+
+    def answer_challenge():  # the frame multiprocessing.connection raises from
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    for raiser in (answer_challenge, lambda: int("x")):
+        try:
+            raiser()
+        except Exception:
+            sys.excepthook(*sys.exc_info())
+    lines = out.getvalue().splitlines()
+    assert "WARNING peer.uncaught: pipe handover to a process that has exited" in lines[0]
+    assert "Traceback" not in lines[0] and "ERROR peer.uncaught: uncaught exception" in lines[1]
+    assert "Traceback (most recent call last)" in out.getvalue() and "ValueError" in out.getvalue()
