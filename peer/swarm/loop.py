@@ -88,57 +88,20 @@ def grads_are_finite(params: list[torch.Tensor]) -> bool:
 
 
 class GoodState:
-    """CPU copies of the parameters and of the optimizer's per-parameter state (Adam's moments) after the last
-    healthy global step; ``restore_into`` puts them back, into the model, hivemind's main parameters *and* the
-    optimizer's own (offloaded) copies, after a step that left the parameters non-finite.
+    """A CPU copy of the parameters after the last healthy global step (what hivemind's albert example keeps)."""
 
-    Why all of them (hivemind's albert example restores the model's parameters only): in sync mode the optimizer
-    steps offloaded copies and hivemind copies those into the model after every step, so a non-finite copy, or a
-    non-finite or negative second moment, outlives a restore of the model and makes every later step non-finite
-    again. In the attack bench (sign flip x1000 at 1 of 4, defences on) the honest peers' parameters were
-    non-finite after every global step from step 2 on, each time "restored", and they never trained (loss 44.4
-    against the clean run's 37.4)."""
-
-    def __init__(self, params: list[torch.Tensor], opt: SwarmOptimizer | None = None) -> None:
+    def __init__(self, params: list[torch.Tensor]) -> None:
         self.copies = [p.detach().to("cpu", copy=True) for p in params]
-        self._by_id = {id(p): copy for p, copy in zip(params, self.copies, strict=True)}
-        self.optimizer_state: list[dict[str, torch.Tensor]] | None = None
-        if opt is not None:
-            averager = opt.opt.state_averager
-            with averager.lock_optimizer:
-                self.optimizer_state = [
-                    {
-                        k: v.detach().to("cpu", copy=True)
-                        for k, v in averager.optimizer.state[p].items()
-                        if torch.is_tensor(v)
-                    }
-                    for p in _optimizer_params(averager.optimizer)
-                ]
 
     @torch.no_grad()
     def restore_into(self, opt: SwarmOptimizer, params: list[torch.Tensor]) -> None:
-        averager = opt.opt.state_averager
-        with averager.lock_optimizer:
-            for target, copy in zip(params, self.copies, strict=True):
+        targets = [params]
+        main = list(opt.opt.state_averager.main_parameters)
+        if main and main[0] is not params[0]:
+            targets.append(main)  # offloaded master copies live in the state averager
+        for group in targets:
+            for target, copy in zip(group, self.copies, strict=True):
                 target.copy_(copy.to(target.device))
-            # hivemind pairs its main parameters with the optimizer's copies by position (_apply_optimizer_parameters_)
-            for main, own in zip(averager.main_parameters, _optimizer_params(averager.optimizer), strict=True):
-                copy = self._by_id.get(id(main))
-                if copy is None:
-                    continue  # not a parameter of this loop (none today)
-                main.copy_(copy.to(main.device))
-                own.copy_(copy.to(own.device))
-            if self.optimizer_state is None:
-                return
-            for param, saved in zip(_optimizer_params(averager.optimizer), self.optimizer_state, strict=True):
-                state = averager.optimizer.state[param]
-                for key, value in saved.items():
-                    if torch.is_tensor(state.get(key)):
-                        state[key].copy_(value.to(state[key].device))
-
-
-def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def train_loop(
@@ -155,7 +118,7 @@ def train_loop(
     (see ``peer.swarm.ddp``); the collectives below are matched one for one by ``follower.follow_loop``."""
     params, group = parts.params, parts.group
     world = group.world_size if group is not None else 1
-    good = GoodState(params, opt)
+    good = GoodState(params)
     start = last_metrics = time.monotonic()
     compute = step_total = 0.0
     publisher = MetricsPublisher(dht, run_id, signing, options.metrics_expiration)
@@ -222,7 +185,7 @@ def train_loop(
             was_restored = False
             if advanced:
                 if params_are_finite(params):
-                    good = GoodState(params, opt)
+                    good = GoodState(params)
                 else:
                     logger.error(
                         "non-finite parameters after global step %d: restoring the last good state", opt.global_step
