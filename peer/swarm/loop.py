@@ -351,11 +351,14 @@ def limit_reached(opt: SwarmOptimizer, options: LoopOptions, start: float) -> bo
 def wait_for_peers(
     dht: hivemind.DHT, run_id: str, signing: RecordSigning, opt: SwarmOptimizer, options: LoopOptions, stop: StopSignal
 ) -> None:
-    """Publishes this peer's record (no loss yet: NaN, which the coordinator leaves out of its mean) until
-    ``options.wait_for_peers`` peers of the run are present, or a stop/limit. Why: a peer that starts alone takes
-    global steps alone until the others arrive; scheduled starts, benchmarks and tests want every peer in every
-    round from the first one."""
+    """Publishes this peer's record (no loss yet: NaN, which the coordinator leaves out of its mean) and its
+    progress-tracker record until ``options.wait_for_peers`` peers of the run are present in both, or a stop/limit.
+    Why: a peer that starts alone takes global steps alone until the others arrive; scheduled starts, benchmarks and
+    tests want every peer in every round from the first one. Why both: the metrics records are ours, but hivemind's
+    tracker decides when a global step is due, and it saw a peer only once that peer had samples; peers then took
+    solo steps at the start and ended an epoch apart."""
     start = time.monotonic()
+    tracker = opt.opt.tracker
     logger.info("waiting for %d peers of run %s before training", options.wait_for_peers, run_id)
     while not stop.is_set() and not limit_reached(opt, options, start):
         stop.reassert()
@@ -372,10 +375,15 @@ def wait_for_peers(
             peer_id=str(dht.peer_id),
         )
         publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
+        tracker.announce()
         present = len(fetch_metrics(dht, run_id))
         if present >= options.wait_for_peers:
-            logger.info("%d peers present: training", present)
-            return
+            # the records say they are here; hivemind's tracker, which decides when a global step is due, must see
+            # them too, or each peer counts only its own samples until its next read (ThrottledProgressTracker.announce)
+            tracked = tracker.refresh_now(timeout=5.0)
+            if tracked >= options.wait_for_peers:
+                logger.info("%d peers present, %d in the progress tracker: training", present, tracked)
+                return
         stop.wait(1.0)
 
 

@@ -82,3 +82,29 @@ class ThrottledProgressTracker(ProgressTracker):
                 time=get_dht_time(),
             )
         )
+
+    def announce(self) -> None:
+        """Stores this peer's progress record now, with no samples yet.
+
+        Why: hivemind's reporter stores a record only once the peer has reported samples (``last_report_epoch`` in
+        ``ProgressTracker._progress_reporter``), so at start-up every peer's tracker sees no one but itself, counts
+        only its own samples, and can take global steps alone before the others' first records arrive. Two peers
+        that did ended an epoch apart and averaged gradients across the two epochs until hivemind called one out of
+        sync (the peer_kill fault scenario). ``peer.swarm.loop.wait_for_peers`` announces each peer and waits until
+        the trackers see each other, so the first global step counts every present peer's samples."""
+        self.dht.store(
+            key=self.training_progress_key,
+            subkey=self._local_public_key,
+            value=self.local_progress.dict(),
+            expiration_time=get_dht_time() + self.metadata_expiration,
+        )
+
+    def refresh_now(self, timeout: float) -> int:
+        """Makes the fetcher read the swarm's progress now instead of at its next scheduled time (up to
+        ``max_refresh_period`` away) and waits for that read; returns the number of peers the tracker sees."""
+        with self.lock_global_progress:
+            self.fetched_global_progress_this_epoch.clear()
+            self.global_progress.next_fetch_time = get_dht_time()
+        self.global_state_updated.set()  # wakes the fetcher, which then finds its next fetch due
+        self.fetched_global_progress_this_epoch.wait(timeout)
+        return self.global_progress.num_peers

@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 from peer.config import SwarmSpec
-from peer.run.records import LocalMetrics
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.loop import LoopOptions, LoopParts, train_loop
-from peer.swarm.metrics import fetch_metrics, make_validators, publish_metrics
+from peer.swarm.metrics import make_validators
 from peer.swarm.shutdown import StopSignal
 
 RUN_ID = "swarmtest"
@@ -88,15 +87,9 @@ def main() -> int:
         (out / "loaded.json").write_text(json.dumps({"step": opt.global_step}))
     if os.environ.get("EXTRA_STEPS"):
         steps = opt.global_step + int(os.environ["EXTRA_STEPS"])  # take part in this many more rounds
-    min_peers, deadline = int(os.environ.get("MIN_PEERS", "1")), time.monotonic() + 60
-    hello = LocalMetrics(
-        step=0, samples_per_second=0.0, samples_accumulated=0, samples_total=0, loss=0.0, mini_steps=0, time=time.time()
-    )
-    while time.monotonic() < deadline:  # start together, so every peer contributes to every round
-        publish_metrics(dht, RUN_ID, signing, hello, expiration=60)
-        if len(fetch_metrics(dht, RUN_ID)) >= min_peers:
-            break
-        time.sleep(0.2)
+    # start together (the loop waits until the others are in its progress tracker), so every peer contributes to
+    # every round
+    min_peers = int(os.environ.get("MIN_PEERS", "1"))
     gen = torch.Generator().manual_seed(int(os.environ.get("PEER_SEED", "1")))
     w_true = torch.randn(16, 1, generator=torch.Generator().manual_seed(42))
     sleep = float(os.environ.get("STEP_SLEEP", "0.05"))
@@ -121,7 +114,7 @@ def main() -> int:
             opt,
             parts,
             stop,
-            LoopOptions(max_global_steps=steps, metrics_every=1.0, show_status=False),
+            LoopOptions(max_global_steps=steps, metrics_every=1.0, show_status=False, wait_for_peers=min_peers),
         )
         opt.finish_round(timeout=60.0)
         if spec.delay_optimizer_step:  # the last global step ran in the background: apply it, as shutdown would
