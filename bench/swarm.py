@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from peer.children import Child, ProcessSet  # noqa: E402
+
 HUB = "wsb-hub"
 SUBNET = "10.77.0"
 CGROUP_V1 = Path("/sys/fs/cgroup")  # cgroup v1: the "cpu" and "cpuacct" hierarchies
@@ -157,10 +160,10 @@ class CpuSampler:
         return at(end) - at(start) if self.samples else float("nan")
 
 
-def start_worker(i: int, args: list[str], out: Path, budget: CpuBudget | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    log = open(out / f"peer{i}.log", "w")  # noqa: SIM115 - lives as long as the worker
-    return subprocess.Popen(
+def start_worker(procs: ProcessSet, i: int, args: list[str], budget: CpuBudget | None = None) -> Child:
+    """Worker ``i`` in its namespace (and cgroup), in a session of its own, logging to ``procs.work/peer<i>.log``."""
+    return procs.start(
+        f"peer{i}",
         [
             "ip",
             "netns",
@@ -172,41 +175,29 @@ def start_worker(i: int, args: list[str], out: Path, budget: CpuBudget | None = 
             "--index",
             str(i),
             "--out",
-            str(out),
+            str(procs.work),
             *args,
         ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
         cwd=REPO,
-        start_new_session=True,  # so that stop_workers can end the worker and its p2pd together
-        preexec_fn=(lambda: budget.enter(i)) if budget is not None else None,  # noqa: PLW1509 - no threads here
+        preexec=(lambda: budget.enter(i)) if budget is not None else None,
     )
 
 
-def stop_workers(procs: list[subprocess.Popen], timeout: float = 180.0) -> None:
-    """Waits for the workers to leave the swarm on their own (slow on a loaded machine), then kills what is left
-    of each one's session, p2pd included."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
+def workers(out: Path) -> ProcessSet:
+    """The workers of one phase. Leaving the set early (Ctrl-C, a failed worker) kills every worker's session at
+    once (p2pd included), without waiting for the others to leave the swarm; after a phase, ``procs.wait(180)``
+    gives them time to leave on their own (slow on a loaded machine) first."""
+    return ProcessSet(out, grace=0)
 
 
-def wait_file(path: Path, procs: list[subprocess.Popen], timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-            raise RuntimeError(f"no {path.name}; see the peer logs in {path.parent}")
-        time.sleep(0.3)
-    return json.loads(path.read_text())
+def wait_file(procs: ProcessSet, path: Path, timeout: float) -> dict:
+    """The JSON file a worker writes; fails when a worker exits with an error, with its log tail."""
+
+    def found() -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return procs.wait_until(found, timeout, f"no {path.name} (peer logs in {path.parent})", retry_on=(ValueError,))
 
 
 def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: CpuBudget | None) -> list[dict]:
@@ -238,18 +229,17 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: Cp
         *(["--verbose"] if opts.verbose else []),
     ]
     sampler = CpuSampler(budget, n) if budget else None
-    procs = [start_worker(0, common, out, budget)]
-    try:
-        boot = wait_file(out / "maddrs0.json", procs, 300)["maddrs"]
-        procs += [start_worker(i, [*common, "--initial", *boot], out, budget) for i in range(1, n)]
-        results = [wait_file(out / f"result{i}.json", procs, seconds + 300) for i in range(n)]
-    except BaseException:  # Ctrl-C or a failed worker: do not wait for the others to leave the swarm
-        stop_workers(procs, timeout=0)
-        raise
-    finally:
-        if sampler:
-            sampler.stop()
-    stop_workers(procs)
+    with workers(out) as procs:
+        try:
+            start_worker(procs, 0, common, budget)
+            boot = wait_file(procs, out / "maddrs0.json", 300)["maddrs"]
+            for i in range(1, n):
+                start_worker(procs, i, [*common, "--initial", *boot], budget)
+            results = [wait_file(procs, out / f"result{i}.json", seconds + 300) for i in range(n)]
+        finally:
+            if sampler:
+                sampler.stop()
+        procs.wait(180)
     for i, r in enumerate(results):
         r["cpu_seconds"] = sampler.between(i, r["train_start"], r["train_end"]) if sampler else float("nan")
     return results
@@ -258,16 +248,13 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: Cp
 def state_download(opts: argparse.Namespace, out: Path) -> dict:
     out.mkdir(parents=True)
     common = ["--mode", "sync", "--peers", "2", "--hidden", str(opts.state_hidden), "--role"]
-    procs = [start_worker(0, [*common, "donor"], out)]
-    try:
-        boot = wait_file(out / "maddrs0.json", procs, 300)["maddrs"]
-        procs.append(start_worker(1, [*common, "joiner", "--initial", *boot], out))
-        result = wait_file(out / "result1.json", procs, 300)
-    except BaseException:
-        stop_workers(procs, timeout=0)
-        raise
-    (out / "done").write_text("1")
-    stop_workers(procs)
+    with workers(out) as procs:
+        start_worker(procs, 0, [*common, "donor"])
+        boot = wait_file(procs, out / "maddrs0.json", 300)["maddrs"]
+        start_worker(procs, 1, [*common, "joiner", "--initial", *boot])
+        result = wait_file(procs, out / "result1.json", 300)
+        (out / "done").write_text("1")
+        procs.wait(180)
     return result
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,15 +24,19 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from peer.children import Child, ChildExited, ProcessSet  # noqa: E402
+
 COLORS = {"coordinator": "\033[36m", "peer-1": "\033[32m", "peer-2": "\033[33m"}
 RESET = "\033[0m"
 
 
-def _pump(name: str, proc: subprocess.Popen, color: bool) -> None:
+def _pump(name: str, child: Child, color: bool) -> None:
     """Prefixes a child's output. Progress bars redraw with \\r and no newline, so their latest state is shown
     at most every few seconds instead of being lost until the next newline."""
     prefix = f"{COLORS.get(name, '')}[{name}]{RESET} " if color else f"[{name}] "
-    fd = proc.stdout.fileno()
+    fd = child.proc.stdout.fileno()
     pending, last_bar = b"", 0.0
     while True:
         chunk = os.read(fd, 65536)
@@ -54,23 +57,17 @@ def _pump(name: str, proc: subprocess.Popen, color: bool) -> None:
         sys.stdout.flush()
 
 
-def _start(name: str, args: list[str], env: dict, color: bool, pumps: list[threading.Thread]) -> subprocess.Popen:
-    """Starts one child in its own session, its output pumped with a ``[name]`` prefix by a thread added to
+def _start(
+    procs: ProcessSet, name: str, args: list[str], env: dict, color: bool, pumps: list[threading.Thread]
+) -> Child:
+    """Starts ``python ARGS`` in its own session, its output pumped with a ``[name]`` prefix by a thread added to
     ``pumps``, and says its pid."""
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    pump = threading.Thread(target=_pump, args=(name, proc, color), daemon=True)
+    child = procs.start(name, [sys.executable, *args], env=env, cwd=ROOT, pipe=True)
+    pump = threading.Thread(target=_pump, args=(name, child, color), daemon=True)
     pump.start()
     pumps.append(pump)
-    print(f"started {name} (pid {proc.pid})", flush=True)
-    return proc
+    print(f"started {name} (pid {child.pid})", flush=True)
+    return child
 
 
 def _check_free(port: int, what: str) -> None:
@@ -83,41 +80,26 @@ def _check_free(port: int, what: str) -> None:
             raise SystemExit(f"error: {what} port {port} is in use (another coordinator?); {hint}") from None
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the coordinator exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.load(response)
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"error: the coordinator did not answer at {url} within {timeout:.0f} s")
+def _wait_http(url: str, coordinator: Child, timeout: float) -> dict:
+    def answer() -> dict:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)
+
+    try:
+        return coordinator.wait_until(answer, timeout, "not ready", retry_on=(OSError,), every=0.5)
+    except ChildExited:
+        code = coordinator.proc.returncode
+        raise SystemExit(f"error: the coordinator exited with code {code} before it was ready") from None
+    except TimeoutError:
+        raise SystemExit(f"error: the coordinator did not answer at {url} within {timeout:.0f} s") from None
 
 
-def _stop(procs: dict[str, subprocess.Popen], grace: float = 30.0) -> None:
-    """SIGINT to every child (peers first, so they leave the DHT before the coordinator goes), then SIGKILL to each
-    child's whole process group. Only the Python process gets SIGINT: it stops its own p2pd daemon on the way out,
-    which it cannot do if the daemon was killed under it."""
-    for name in sorted(procs, key=lambda n: n == "coordinator"):
-        proc = procs[name]
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:  # e.g. a peer still in an averaging round with a peer that is gone
-            print(f"{name} did not stop within {grace:.0f} s of SIGINT: killing it", flush=True)
-    for proc in procs.values():
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group: p2pd children included
-        except ProcessLookupError:
-            pass
+def _stop(procs: ProcessSet) -> None:
+    """SIGINT to every child (the last started first: peers leave the DHT before the coordinator goes), then SIGKILL
+    to every process left in each child's session. Only the Python process gets SIGINT: it stops its own p2pd daemon
+    on the way out, which it cannot do if the daemon was killed under it."""
+    for child in procs.close():  # e.g. a peer still in an averaging round with a peer that is gone
+        print(f"{child.name} did not stop within {procs.grace:.0f} s of SIGINT: killing it", flush=True)
 
 
 def main() -> int:
@@ -141,7 +123,8 @@ def main() -> int:
     env["PYTHONUNBUFFERED"] = "1"
     color = sys.stdout.isatty()
     url = f"http://127.0.0.1:{args.http_port}"
-    procs: dict[str, subprocess.Popen] = {}
+    procs = ProcessSet(Path(args.data_dir), grace=30.0, stop_signal=signal.SIGINT)
+    children: dict[str, Child] = {}
     pumps: list[threading.Thread] = []
     stopping = threading.Event()
     verbose = ["--verbose"] if args.verbose else []
@@ -154,7 +137,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
     try:
-        procs["coordinator"] = _start(
+        children["coordinator"] = _start(
+            procs,
             "coordinator",
             [
                 "-m",
@@ -181,9 +165,10 @@ def main() -> int:
             color,
             pumps,
         )
-        _wait_http(f"{url}/api/v1/run", procs["coordinator"], timeout=300)
+        _wait_http(f"{url}/api/v1/run", children["coordinator"], timeout=300)
         for i in range(1, args.peers + 1):
-            procs[f"peer-{i}"] = _start(
+            children[f"peer-{i}"] = _start(
+                procs,
                 f"peer-{i}",
                 [
                     "-m",
@@ -210,14 +195,14 @@ def main() -> int:
         while not stopping.is_set():
             if args.duration and time.monotonic() - started > args.duration:
                 break
-            for name in sorted(n for n, p in procs.items() if p.poll() is not None and n not in gone):
+            for name in sorted(n for n, c in children.items() if not c.alive() and n not in gone):
                 gone.add(name)
                 going_on = "" if name == "coordinator" else "; the other peers go on without it"
-                print(f"{name} exited with code {procs[name].returncode}{going_on}", flush=True)
+                print(f"{name} exited with code {children[name].proc.returncode}{going_on}", flush=True)
             if "coordinator" in gone:
                 print("error: the coordinator is gone; stopping the demo", flush=True)
                 return 1
-            if gone >= set(procs) - {"coordinator"}:
+            if gone >= set(children) - {"coordinator"}:
                 print("error: every peer is gone; stopping the demo", flush=True)
                 return 1
             time.sleep(0.5)

@@ -11,9 +11,7 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.faultlib.procs import ROOT, free_port, prepare_run
+from bench.faultlib.procs import ROOT, LogFollower, free_port, prepare_run
+from peer.children import Child, ProcessSet
 
 PREFIX = re.compile(r"^\[(coordinator|peer-\d+)\] ")
 OUR_LINE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
@@ -36,38 +35,20 @@ STARTED = re.compile(r"^started (peer-\d+) \(pid (\d+)\)")
 
 
 class DemoOutput:
-    """Reads the demo's stdout+stderr line by line in a thread; tests wait on what has been seen so far."""
+    """The demo's stdout+stderr, read line by line from its log file; tests wait on what has been seen so far."""
 
-    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
+    def __init__(self, demo: Child) -> None:
+        self.demo = demo
         self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc, log), daemon=True)
-        self._thread.start()
+        self._log = LogFollower(demo.log, from_end=False)
 
-    def _read(self, proc: subprocess.Popen, log: Path) -> None:
-        with log.open("w") as out:
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                out.write(line + "\n")
-                out.flush()
-                with self._changed:
-                    self.lines.append(line)
-                    self._changed.notify_all()
+    def read(self) -> list[str]:
+        self.lines += self._log.new_lines()
+        return self.lines
 
     def wait_for(self, predicate, timeout: float, what: str):
-        """The first non-None ``predicate(lines)`` within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while (found := predicate(self.lines)) is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    tail = "\n".join(self.lines[-40:])
-                    raise AssertionError(f"not seen within {timeout:.0f} s: {what}\n--- last lines ---\n{tail}")
-                self._changed.wait(min(left, 1.0))
-            return found
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        """The first non-None ``predicate(lines)`` within ``timeout`` seconds; fails at once if the demo exits."""
+        return self.demo.wait_until(lambda: predicate(self.read()), timeout, f"not seen: {what}")
 
 
 def global_steps(lines: list[str]) -> dict[str, int]:
@@ -138,7 +119,7 @@ def wait_until(check, timeout: float, what: str, output: DemoOutput):
     deadline = time.monotonic() + timeout
     while (found := check()) is None:
         if time.monotonic() > deadline:
-            tail = "\n".join(output.lines[-40:])
+            tail = "\n".join(output.read()[-40:])
             raise AssertionError(f"not within {timeout:.0f} s: {what}\n--- last lines ---\n{tail}")
         time.sleep(1.0)
     return found
@@ -160,12 +141,10 @@ def test_demo_with_a_killed_peer_prints_no_traceback(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "-c", str(config), "--init_from", str(init_dir)]
     cmd += ["--data_dir", str(tmp_path / "data"), "--peers", "3", "--checkpoint_every", "3"]
     cmd += [arg for name, port in ports.items() for arg in (f"--{name}_port", str(port))]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    output = DemoOutput(proc, tmp_path / "demo.log")
-    try:
+    # leaving the set early (a failed wait) SIGKILLs the demo and the sessions of its coordinator and peers
+    with ProcessSet(tmp_path, grace=0) as procs:
+        demo = procs.start("demo", cmd, env={"PYTHONUNBUFFERED": "1"}, cwd=ROOT)  # output to tmp_path/demo.log
+        output = DemoOutput(demo)
         pids = output.wait_for(
             lambda lines: pids if len(pids := started_peers(lines)) == 3 else None, 240, "the three peers started"
         )
@@ -184,14 +163,9 @@ def test_demo_with_a_killed_peer_prints_no_traceback(tmp_path):
             240,
             f"a progress line past global step {at_kill} from each survivor",
         )
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops every child cleanly
-        assert proc.wait(timeout=120) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-        output.join(30)
-    lines = output.lines
+        demo.proc.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops every child cleanly
+        assert demo.proc.wait(timeout=120) == 0
+    lines = output.read()
     text = "\n".join(lines)
     assert any(line.startswith("demo stopped after") for line in lines), text[-3000:]
     tracebacks = [i for i, line in enumerate(lines) if "Traceback" in line]

@@ -11,7 +11,8 @@ import time
 import psutil
 import pytest
 
-from bench.faultlib.procs import TRAINING, Child, Coordinator, ProcessSet, prepare_run, session_pids, start_peer
+from bench.faultlib.procs import TRAINING, Coordinator, prepare_run, start_peer
+from peer.children import Child, ProcessSet, session_pids
 
 GONE_WITHIN_S = 10.0
 

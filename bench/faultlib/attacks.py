@@ -142,7 +142,8 @@ def run_attack_scenario(
     loss over the last ``window`` steps and who ended banned. ``lr`` is high enough that the tiny model's loss
     visibly moves in a dozen steps (so that an attack has something to spoil). Every process is reaped on return
     or failure."""
-    from bench.faultlib.procs import Coordinator, ProcessSet, TinyModel, prepare_run, start_peer
+    from bench.faultlib.procs import Coordinator, TinyModel, prepare_run, start_peer
+    from peer.children import ProcessSet
 
     began = time.monotonic()
     workdir = Path(workdir)
@@ -196,8 +197,11 @@ def run_attack_scenario(
 
 
 def _start_attacker(procs, name: str, coordinator, attack: str, *extra: str):
+    from bench.faultlib.procs import start_python
+
     work = procs.work / name
-    return procs.start(
+    return start_python(
+        procs,
         name,
         ["-m", "bench.faultlib.attacks", "--attack", attack, "join", "--coordinator", coordinator.url, "--no_status",
          "--peer_name", name, "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),

@@ -1,33 +1,29 @@
-"""Real coordinator and peer processes for fault injection: start them, kill them, read them, and always reap them.
+"""Real coordinator and peer processes for fault injection: a tiny run, its coordinator and peers, and reading them.
 
-Why a module of its own: every scenario (and the soak, and the fast tests) needs the same three things — a tiny run
-that starts in seconds on a loaded 2-core machine, children that can be SIGKILLed one at a time, and a guarantee that
-nothing (a peer, its p2pd, a hivemind fork) outlives the scenario even when it crashes or is interrupted. Each child
-runs in its own session, so its process group holds its p2pd and hivemind children; ``ProcessSet.close`` sends
-SIGTERM to each Python process and then SIGKILL to every group.
+Every scenario (and the soak, and the fast tests) needs a tiny run that starts in seconds on a loaded 2-core machine,
+and children that can be SIGKILLed one at a time with nothing (a peer, its p2pd, a hivemind fork) outliving the
+scenario even when it crashes or is interrupted. The children themselves are ``peer.children``'s: each in its own
+session, reaped whole when the scenario's ``ProcessSet`` is left; here they are started with the scenarios' settings
+(:func:`start_python`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import logging
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from peer.children import Child, ProcessSet
+
 ROOT = Path(__file__).resolve().parents[2]
-logger = logging.getLogger(__name__)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -95,107 +91,22 @@ def prepare_run(root: Path, run_id: str, model: TinyModel = TinyModel(), swarm: 
     return RunFiles(run_id=run_id, config=config, init_dir=init)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the harness dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
-    so a killed bench run does not leave a swarm training in the background. SIGTERM lets the peer stop its p2pd."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+"""Added to every child's environment: offline, one thread per process (several children share 2 cores), unbuffered
+logs."""
 
 
-def child_env() -> dict[str, str]:
-    """Offline, one thread per process (several children share 2 cores), unbuffered logs."""
-    return dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-
-
-@dataclass
-class Child:
-    """One started process (leader of its own session) and its log file."""
-
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.text()[-chars:]
-
-    def wait_for_line(self, needle: str | re.Pattern, timeout: float) -> re.Match | bool:
-        """Waits until the log contains ``needle``; raises if the child exits or the time runs out first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.text()
-            if isinstance(needle, re.Pattern):
-                found = needle.search(text)
-                if found:
-                    return found
-            elif needle in text:
-                return True
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {needle!r} within {timeout:.0f} s:\n{self.tail()}")
-            time.sleep(0.3)
-
-    def kill_group(self, signum: int = signal.SIGKILL) -> None:
-        """Signals the whole session (the Python process, its p2pd and hivemind forks) and reaps the leader."""
-        try:
-            os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
-        if signum == signal.SIGKILL:
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) did not die after SIGKILL", self.name, self.pid)
-
-
-def session_pids(sid: int) -> list[int]:
-    """Every live process in session ``sid`` (its leader, p2pd, hivemind forks), read from /proc."""
-    return sessions_pids([sid])[sid]
-
-
-def sessions_pids(sids: list[int]) -> dict[int, list[int]]:
-    """Every live process of each session in ``sids``, from one walk of /proc (a walk costs ~10 ms here; the soak
-    samples every couple of seconds)."""
-    out: dict[int, list[int]] = {sid: [] for sid in sids}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            sid = int(fields[3])  # fields: state ppid pgrp session ...
-            if sid in out and fields[0] != "Z":
-                out[sid].append(int(entry.name))
-    return out
-
-
-def process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
+def start_python(procs: ProcessSet, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+    """``python ARGV`` from the repository root with :data:`CHILD_ENV` (and ``env``), logging to
+    ``procs.work/<name>.log``; it gets SIGTERM when this process dies, even by SIGKILL, so a killed bench run does not
+    leave a swarm training in the background (SIGTERM lets a peer stop its p2pd)."""
+    return procs.start(name, [sys.executable, *argv], env=CHILD_ENV | (env or {}), cwd=ROOT, die_with_parent=True)
 
 
 def rss_bytes(pid: int) -> int:
@@ -216,76 +127,6 @@ def anon_bytes(pid: int) -> int:
     except (OSError, IndexError, ValueError):
         pass
     return 0
-
-
-@dataclass
-class ProcessSet:
-    """Children of one scenario. A context manager: leaving it (normally, by an exception or by KeyboardInterrupt)
-    stops and reaps every child and its whole session, so no p2pd is left behind."""
-
-    work: Path
-    children: list[Child] = field(default_factory=list)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        log = self.work / f"{name}.log"
-        if log.exists():  # a restarted child keeps its earlier log for the post-mortem
-            log.rename(self.work / f"{name}.{int(time.time() * 1000)}.log")
-        with open(log, "w") as f:
-            proc = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=ROOT,
-                env=child_env() | (env or {}),
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
-
-    def close(self, grace: float = 20.0) -> None:
-        """SIGTERM to every live Python leader (so it stops its own p2pd), then SIGKILL to every session."""
-        for child in self.children:
-            if child.alive():
-                try:
-                    child.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        for child in self.children:
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for child in self.children:
-            child.kill_group(signal.SIGKILL)
-        # A SIGKILLed process is listed (state R/S/D) until the kernel has torn it down, which takes a moment after
-        # kill() returns, longer on a loaded machine: a grandchild orphaned by its parent's exit (reparented, so not
-        # reaped by us) was still listed right after close() returned in 1 run of 6 of the fast test. So: until the
-        # sessions are empty, SIGKILL what is left (members that left the group but not the session too) and look
-        # again.
-        deadline = time.monotonic() + 30.0
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-        if left:
-            logger.warning("processes %s still listed 30 s after SIGKILL", left)
-
-    def leftovers(self) -> list[int]:
-        return [pid for child in self.children for pid in session_pids(child.pid)]
-
-    def __enter__(self) -> ProcessSet:
-        self.work.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass
@@ -311,7 +152,8 @@ class Coordinator:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 240.0) -> Child:
-        self.child = self.procs.start(
+        self.child = start_python(
+            self.procs,
             "coordinator",
             ["-m", "coordinator", "start", "-c", str(self.run.config), "--data_dir", str(self.data_dir),
              "--host", "127.0.0.1", "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
@@ -320,18 +162,10 @@ class Coordinator:
              "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout),
              *self.extra_args],
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.get("/api/v1/run")
-                return self.child
-            except OSError:
-                if not self.child.alive():
-                    raise RuntimeError(f"coordinator exited:\n{self.child.tail()}") from None
-                if time.monotonic() > deadline:
-                    tail = self.child.tail()
-                    raise TimeoutError(f"coordinator did not answer within {timeout:.0f} s:\n{tail}") from None
-                time.sleep(0.5)
+        self.child.wait_until(
+            lambda: self.get("/api/v1/run"), timeout, "no answer at /api/v1/run", retry_on=(OSError,), every=0.5
+        )
+        return self.child
 
     def get(self, path: str, timeout: float = 30.0, tries: int = 3) -> dict:
         """A JSON API call; a slow answer is retried (a coordinator busy pulling state on a loaded machine can take
@@ -395,7 +229,8 @@ def start_peer(
     "Transitioning to epoch N") tell a scenario when a peer is inside an averaging round."""
     work = procs.work / name
     env = {"HIVEMIND_LOGLEVEL": "DEBUG", "GOLOG_LOG_LEVEL": "info"} if debug_averaging else None  # not p2pd
-    return procs.start(
+    return start_python(
+        procs,
         name,
         ["-m", "peer", "join", "--coordinator", coordinator.url, "--no_status", "--peer_name", name,
          "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),

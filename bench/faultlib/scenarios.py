@@ -17,15 +17,14 @@ from bench.faultlib.peer_state import ServedState, download_states, max_abs_diff
 from bench.faultlib.procs import (
     PEER_ID,
     TRAINING,
-    Child,
     Coordinator,
     LogFollower,
-    ProcessSet,
     TinyModel,
     log_timestamp,
     prepare_run,
     start_peer,
 )
+from peer.children import Child, ProcessSet
 from peer.config import load_config
 
 logger = logging.getLogger(__name__)

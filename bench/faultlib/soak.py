@@ -31,18 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.faultlib.procs import (
-    Child,
-    Coordinator,
-    ProcessSet,
-    TinyModel,
-    anon_bytes,
-    prepare_run,
-    process_name,
-    rss_bytes,
-    sessions_pids,
-    start_peer,
-)
+from bench.faultlib.procs import Coordinator, TinyModel, anon_bytes, prepare_run, rss_bytes, start_peer
+from peer.children import Child, ProcessSet, process_name, sessions_pids
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from peer.__main__ import main as peer_main
+from peer.children import Child, ProcessSet, sessions_pids
 from peer.config import load_config
 from peer.modeling import build_models, save_models
 from peer.swarm.ddp import RankInfo, _buckets, rank_from_env
@@ -55,76 +56,35 @@ def run_files(tmp_path_factory):
     return root
 
 
-def process_table() -> list[tuple[int, int, int]]:
-    """(pid, parent pid, process group) of every process."""
-    rows = []
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
                 continue
-            rows.append((int(entry.name), int(fields[1]), int(fields[2])))
-    return rows
+    return found
 
 
-def sessions_under(pid: int) -> set[int]:
-    """Process groups of ``pid`` and all its descendants: torchrun starts every rank in a session of its own, so
-    killing torchrun's group would leave the ranks (and rank 0's p2pd) running."""
-    table = process_table()
-    tree, groups = {pid}, set()
-    for _ in range(8):
-        tree |= {p for p, parent, _ in table if parent in tree}
-    for p, _, group in table:
-        if p in tree:
-            groups.add(group)
-    return groups | {pid}
-
-
-def alive_in(groups: set[int]) -> list[int]:
-    return [p for p, _, group in process_table() if group in groups]
-
-
-class Procs:
-    """Every process in its own session; at the end every session it or its children made is killed whole."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen] = []
-        self.groups: set[int] = set()
-
-    def watch(self, proc: subprocess.Popen) -> set[int]:
-        """Remembers the sessions of ``proc``'s tree now (ranks, p2pd) for the orphan check and the clean-up."""
-        found = sessions_under(proc.pid)
-        self.groups |= found
-        return found
-
-    def start(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen, Path]:
-        log = self.root / f"{name}.log"
-        with open(log, "w") as f:
-            env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.procs.append(proc)
-        return proc, log
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.watch(proc)
-        for group in self.groups | {p.pid for p in self.procs}:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for proc in self.procs:
-            proc.wait()
+def alive_in(sessions: set[int]) -> list[int]:
+    return [p for pids in sessions_pids(sessions).values() for p in pids]
 
 
 @pytest.fixture
 def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
+    """torchrun starts every rank in a session of its own, so killing torchrun's session alone would leave the ranks
+    (and rank 0's p2pd) running: ``Child.watch`` records the ranks' sessions, and the set reaps them all at the end
+    (SIGKILL at once)."""
+    with ProcessSet(tmp_path, grace=0) as p:
+        yield p
+
+
+def start(procs: ProcessSet, name: str, cmd: list[str]) -> Child:
+    """``cmd`` from the repository root, logging to ``<tmp>/<name>.log``."""
+    return procs.start(name, cmd, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, cwd=REPO)
 
 
 def join_cmd(run_files: Path, work: Path, *extra: str, group: bool) -> list[str]:
@@ -144,28 +104,18 @@ def join_cmd(run_files: Path, work: Path, *extra: str, group: bool) -> list[str]
     ]
 
 
-def wait_for(log: Path, proc: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = re.search(pattern, log.read_text())
-        if found:
-            return found
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.3)
-
-
-def finish(proc: subprocess.Popen, log: Path, groups: set[int], timeout: float = 120) -> str:
-    """Waits for exit 0; then nothing may be left in any session the process tree had (``Procs.watch``)."""
+def finish(child: Child, sessions: set[int], timeout: float = 120) -> str:
+    """Waits for exit 0; then nothing may be left in any session the process tree had (``Child.watch``)."""
     try:
-        rc = proc.wait(timeout)
+        rc = child.proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"hung: {log.read_text()[-4000:]}") from None
-    assert rc == 0, log.read_text()[-4000:]
+        raise AssertionError(f"hung: {child.tail(4000)}") from None
+    assert rc == 0, child.tail(4000)
     deadline = time.monotonic() + 10  # hivemind's DHT child and p2pd may take a moment after the parent's exit
-    while alive_in(groups) and time.monotonic() < deadline:
+    while alive_in(sessions) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert alive_in(groups) == [], "a rank, p2pd or helper outlived the peer"
-    return log.read_text()
+    assert alive_in(sessions) == [], "a rank, p2pd or helper outlived the peer"
+    return child.text()
 
 
 def test_rank_from_env_and_buckets():
@@ -184,19 +134,19 @@ def test_two_rank_peer_trains_with_a_normal_peer_and_all_end_identical(run_files
     steps = 4
     both = ("--max_steps", str(steps), "--wait_for_peers", "2")  # every global step with both peers
     saved = {name: tmp_path / f"{name}.safetensors" for name in ("group", "peer")}
-    group, glog = procs.start(
-        "group", join_cmd(run_files, tmp_path / "g", *both, "--save_params", str(saved["group"]), group=True)
+    group = start(
+        procs, "group", join_cmd(run_files, tmp_path / "g", *both, "--save_params", str(saved["group"]), group=True)
     )
-    maddr = wait_for(glog, group, r"visible at (\S+)", 300).group(1)
-    groups = procs.watch(group)
-    assert len(groups) >= 3, groups  # torchrun's session and one per rank
+    maddr = group.wait_for_line(re.compile(r"visible at (\S+)"), 300).group(1)
+    sessions = group.watch()
+    assert len(sessions) >= 3, sessions  # torchrun's session and one per rank
     argv = join_cmd(
         run_files, tmp_path / "p", *both, "--initial_peers", maddr, "--save_params", str(saved["peer"]), group=False
     )
     assert peer_main(argv[3:]) == 0  # drop "python -m peer"
     peer_text = capsys.readouterr().out
     # after its last step the group may wait out a round (2 x 60 s) with the peer that already left: seen in CI
-    group_text = finish(group, glog, groups, 300)
+    group_text = finish(group, sessions, 300)
     p_step, p_local, _, _ = LEFT.search(peer_text).groups()
     g_step, g_local, g_samples, g_digest = LEFT.search(group_text).groups()
     f_step, f_local, f_digest = FOLLOWED.search(group_text).groups()
@@ -218,14 +168,14 @@ def test_two_rank_peer_trains_with_a_normal_peer_and_all_end_identical(run_files
 def test_a_signal_to_one_rank_stops_the_whole_group_cleanly(run_files, procs, tmp_path):
     """SIGTERM to the follower alone: the stop travels to rank 0 in the next step, both leave after the same step,
     rank 0 leaves the DHT, torchrun and both ranks exit 0, and no p2pd or rank is left in the session."""
-    group, glog = procs.start("group", join_cmd(run_files, tmp_path / "g", group=True))
-    wait_for(glog, group, r"starting at global step", 300)
+    group = start(procs, "group", join_cmd(run_files, tmp_path / "g", group=True))
+    group.wait_for_line("starting at global step", 300)
     time.sleep(3)  # a few local steps
-    groups = procs.watch(group)
-    followers = [pid for pid, parent, _ in process_table() if parent == group.pid and rank_of(pid) == "1"]
-    assert len(followers) == 1, process_table()
+    sessions = group.watch()
+    followers = [pid for pid in children_of(group.pid) if rank_of(pid) == "1"]
+    assert len(followers) == 1, [(pid, rank_of(pid)) for pid in children_of(group.pid)]
     os.kill(followers[0], signal.SIGTERM)
-    text = finish(group, glog, groups, 120)
+    text = finish(group, sessions, 120)
     assert "another rank of this peer was asked to stop" in text
     g_step, g_local, _, g_digest = LEFT.search(text).groups()
     f_step, f_local, f_digest = FOLLOWED.search(text).groups()

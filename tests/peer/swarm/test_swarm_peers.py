@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,82 +12,52 @@ from pathlib import Path
 import pytest
 import torch
 
+from peer.children import Child, ProcessSet, process_name, session_pids
+
 REPO = Path(__file__).resolve().parents[3]
 PEER = Path(__file__).with_name("swarm_peer_proc.py")
 
 
 class Swarm:
-    """Starts peer processes in their own sessions and kills every one (and its p2pd) at the end."""
+    """Peer processes (peer.children), each logging to ``<root>/<name>/log.txt``; at the end every one still running
+    is killed with its p2pd (SIGKILL at once: a peer still in a round would only delay the next test)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen] = []
+    def __init__(self, procs: ProcessSet) -> None:
+        self.procs = procs
 
-    def start(self, name: str, mode: str, initial: list[str], **env: str) -> tuple[subprocess.Popen, Path]:
-        out = self.root / name
+    def start(self, name: str, mode: str, initial: list[str], **env: str) -> tuple[Child, Path]:
+        out = self.procs.work / name
         out.mkdir()
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", VERBOSE="1", **env)
-        log = open(out / "log.txt", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
+        child = self.procs.start(
+            name,
             [sys.executable, str(PEER), str(out), mode, *initial],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env=dict(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", VERBOSE="1", **env),
             cwd=REPO,
+            log=out / "log.txt",
         )
-        self.procs.append(proc)
-        return proc, out
+        return child, out
 
-    def wait_maddrs(self, out: Path, timeout: float = 90) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (out / "maddrs.json").is_file():
-                return json.loads((out / "maddrs.json").read_text())
-            time.sleep(0.2)
-        raise AssertionError(f"peer in {out} did not start: {(out / 'log.txt').read_text()[-2000:]}")
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # p2pd children left in the session
-            except ProcessLookupError:
-                pass
+    def wait_maddrs(self, peer: Child, timeout: float = 90) -> list[str]:
+        return read_json_when(peer.log.with_name("maddrs.json"), peer, timeout)
 
 
 @pytest.fixture
 def swarm(tmp_path):
-    s = Swarm(tmp_path)
-    yield s
-    s.close()
+    with ProcessSet(tmp_path, grace=0) as procs:
+        yield Swarm(procs)
 
 
-def wait_ok(proc: subprocess.Popen, out: Path, timeout: float = 180) -> dict:
+def wait_ok(peer: Child, out: Path, timeout: float = 180) -> dict:
     try:
-        rc = proc.wait(timeout)
+        rc = peer.proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"peer hung: {(out / 'log.txt').read_text()[-3000:]}") from None
-    assert rc == 0, (out / "log.txt").read_text()[-3000:]
+        raise AssertionError(f"peer hung: {peer.tail()}") from None
+    assert rc == 0, peer.tail()
     return torch.load(out / "result.pt")
 
 
 def max_diff(a: dict, b: dict) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a["params"], b["params"], strict=True))
-
-
-def session_processes(pgid: int) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except (ProcessLookupError, OSError):
-                continue
-    return found
 
 
 @pytest.mark.slow
@@ -103,7 +72,7 @@ def test_peers_take_global_steps_and_end_equal(swarm, mode, compression, tol):
     # after which the two finish one local round apart (seen once in the full runs of 2026-11-23); two misses fail.
     for attempt in range(2):
         a, out_a = swarm.start(f"a{attempt}", mode, [], PEER_SEED="1", **env)
-        b, out_b = swarm.start(f"b{attempt}", mode, swarm.wait_maddrs(out_a), PEER_SEED="2", **env)
+        b, out_b = swarm.start(f"b{attempt}", mode, swarm.wait_maddrs(a), PEER_SEED="2", **env)
         ra, rb = wait_ok(a, out_a), wait_ok(b, out_b)
         assert ra["step"] >= 3 and rb["step"] >= 3
         # the peers saw different data (PEER_SEED), so equal parameters mean they averaged every round
@@ -150,7 +119,7 @@ def test_sync_state_rounds_never_undo_an_optimizer_step(swarm, delay_step):
     # is run again, once, and a second one fails.
     for attempt in range(2):
         a, out_a = swarm.start(f"a{attempt}", "sync", [], PEER_SEED="1", EXTRA_PARAMS="1000000", **env)
-        initial = swarm.wait_maddrs(out_a)
+        initial = swarm.wait_maddrs(a)
         b, out_b = swarm.start(f"b{attempt}", "sync", initial, PEER_SEED="2", EXTRA_PARAMS="1000000", **env)
         results = {"a": wait_ok(a, out_a), "b": wait_ok(b, out_b)}
         together = {name: (r["optimizer_steps"], r["step"]) for name, r in results.items()}
@@ -182,7 +151,7 @@ def test_overlapped_diloco_rounds_make_the_anchors_equal_while_peers_keep_traini
     diffs = []
     for attempt in range(2):  # one bounded retry, as above: a round missed under load on 2 shared cores
         a, out_a = swarm.start(f"a{attempt}", "diloco", [], PEER_SEED="1", **env)
-        b, out_b = swarm.start(f"b{attempt}", "diloco", swarm.wait_maddrs(out_a), PEER_SEED="2", **env)
+        b, out_b = swarm.start(f"b{attempt}", "diloco", swarm.wait_maddrs(a), PEER_SEED="2", **env)
         ra, rb = wait_ok(a, out_a), wait_ok(b, out_b)
         assert ra["step"] >= 3 and rb["step"] >= 3
         assert all(torch.isfinite(p).all() for p in ra["params"] + rb["params"])
@@ -211,7 +180,7 @@ def test_a_peer_that_misses_an_overlapped_round_loads_a_state_where_it_landed(sw
     diffs = []
     for attempt in range(2):  # one bounded retry: under load on 2 shared cores a or b may miss a round too
         a, out_a = swarm.start(f"a{attempt}", "diloco", [], PEER_SEED="1", **env)
-        first = swarm.wait_maddrs(out_a)
+        first = swarm.wait_maddrs(a)
         b, out_b = swarm.start(f"b{attempt}", "diloco", first, PEER_SEED="2", **env)
         c, out_c = swarm.start(f"c{attempt}", "diloco", first, PEER_SEED="3", MISS_ROUND="2", **env)
         ra, rb, rc = wait_ok(a, out_a, 400), wait_ok(b, out_b, 400), wait_ok(c, out_c, 400)
@@ -226,14 +195,13 @@ def test_a_peer_that_misses_an_overlapped_round_loads_a_state_where_it_landed(sw
     assert diffs[-1] <= 2e-3, f"c's anchor or momentum differs from the others' after every attempt: {diffs}"
 
 
-def read_json_when(path: Path, proc: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file():
-            return json.loads(path.read_text())
-        assert proc.poll() is None, (path.parent / "log.txt").read_text()[-3000:]
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {path}: {(path.parent / 'log.txt').read_text()[-3000:]}")
+def read_json_when(path: Path, peer: Child, timeout: float) -> dict:
+    """The JSON file the peer writes, once it is there (a half-written file counts as not yet)."""
+
+    def found() -> dict | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return peer.wait_until(found, timeout, f"no {path.name}", retry_on=(ValueError,), every=0.2)
 
 
 def log_count(out: Path, text: str) -> int:
@@ -248,16 +216,15 @@ def test_kill9_mid_round_then_late_joiner_gets_state_and_contributes(swarm):
     the next rounds; SIGTERM ends the survivors cleanly."""
     env = dict(TARGET="96", STEP_SLEEP="0.2", MIN_PEERS="3", COMPRESSION="none", STEPS="1000")
     a, out_a = swarm.start("a", "sync", [], PEER_SEED="1", **env)
-    boot = swarm.wait_maddrs(out_a)
+    boot = swarm.wait_maddrs(a)
     b, out_b = swarm.start("b", "sync", boot, PEER_SEED="2", **env)
     c, out_c = swarm.start("c", "sync", boot, PEER_SEED="3", **env)
     # kill c while it is inside an averaging round (hivemind logs the round's start at verbose level)
     deadline = time.monotonic() + 180
     while log_count(out_c, "Beginning optimizer step #1") == 0:
-        assert time.monotonic() < deadline and c.poll() is None, (out_c / "log.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline and c.alive(), c.tail()
         time.sleep(0.05)
-    os.killpg(c.pid, signal.SIGKILL)
-    c.wait()
+    c.kill_group(signal.SIGKILL)
     # a round is bounded by matchmaking (4 s) + averaging_timeout (30 s) in swarm_peer_proc
     steps_before = [log_count(out, "Transitioning to epoch") for out in (out_a, out_b)]
     deadline = time.monotonic() + 2 * (4 + 30)
@@ -281,10 +248,11 @@ def test_kill9_mid_round_then_late_joiner_gets_state_and_contributes(swarm):
     assert all(torch.isfinite(p).all() for p in rd["params"])
 
 
-def stop_with_sigterm(proc: subprocess.Popen, out: Path) -> dict:
+def stop_with_sigterm(peer: Child, out: Path) -> dict:
     """SIGTERM: the peer finishes its step, leaves, exits 0, and leaves no p2pd behind in its session."""
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(90) == 0, (out / "log.txt").read_text()[-3000:]
+    peer.proc.send_signal(signal.SIGTERM)
+    assert peer.proc.wait(90) == 0, peer.tail()
     time.sleep(1.0)
-    assert session_processes(proc.pid) == [], "p2pd or helpers left behind after SIGTERM"
+    left = session_pids(peer.pid)
+    assert left == [], f"p2pd or helpers left behind after SIGTERM: {[process_name(p) for p in left]}"
     return torch.load(out / "result.pt")
