@@ -33,10 +33,10 @@ from pathlib import Path
 from coordinator.store import CheckpointRow, FileEntry, Store
 from peer.errors import UserError
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE, checkpoint_name, parse_step
+from peer.run.checkpoint_manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 TMP_SUFFIX = ".tmp"
 CORRUPT_SUFFIX = ".corrupt"
 _HASH_CHUNK = 1 << 20

@@ -56,6 +56,7 @@ from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run.checkpoint_manifest import MANIFEST
 from peer.run.records import config_key
 from peer.swarm.dht import READY_GRACE_S, run_dht
 
@@ -126,7 +127,7 @@ def copy_model_dir(src: Path) -> Callable[[Path], None]:
     def write(out: Path) -> None:
         for path in sorted(src.rglob("*")):
             rel = path.relative_to(src)
-            if path.is_dir() or rel.as_posix() in ("manifest.json", TRAINING_STATE_FILE):
+            if path.is_dir() or rel.as_posix() in (MANIFEST, TRAINING_STATE_FILE):
                 continue
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)

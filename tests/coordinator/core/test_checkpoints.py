@@ -14,7 +14,6 @@ import pytest
 
 from coordinator.checkpoints import (
     CORRUPT_SUFFIX,
-    MANIFEST,
     CheckpointDir,
     CorruptCheckpoint,
     sync_store,
@@ -22,6 +21,7 @@ from coordinator.checkpoints import (
 )
 from coordinator.store import Store
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run.checkpoint_manifest import MANIFEST
 
 REPO = Path(__file__).resolve().parents[3]
 
