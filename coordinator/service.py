@@ -48,7 +48,7 @@ from coordinator.auth import PrivateRun
 from coordinator.bans import BanCourt, ban_authority_info
 from coordinator.checkpoints import CheckpointDir, sync_store
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.monitor import Monitor, make_validators
+from coordinator.monitor import Monitor, counting_validators
 from coordinator.preflight import refuse_early
 from coordinator.signing_key import load_or_create_signing_key
 from coordinator.store import Store
@@ -395,7 +395,7 @@ def start_coordinator(
             logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
             ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
 
-        signature, validators = make_validators(cfg.run_id, signing_key)
+        signature, validators = counting_validators(cfg.run_id, signing_key)
         dht = start_coordinator_dht(
             cfg,
             spec,
