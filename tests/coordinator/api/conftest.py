@@ -78,7 +78,8 @@ def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
         http.stop()
 
 
-# As the service builds it for a private run behind a long public host name (the line must wrap, not widen the page).
+# As coordinator.serving builds it for a private run behind a long public host name (the line must wrap, not widen the
+# page).
 JOIN_COMMAND = (
     "python -m peer join --coordinator http://warmswarm-coordinator.compute.example-university.edu:8080 "
     "--auth_key NAME:KEY"
