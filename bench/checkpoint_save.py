@@ -1,8 +1,8 @@
 """Checkpoint save time and size for a run's model, with and without the optimizer state the swarm resumes from.
 
-Does what ``coordinator.service.CheckpointSaver`` does after a pull: the run's models decoded from the swarm, the
-optimizer state keyed by parameter name (``peer.run.state_format``), then ``CheckpointDir.save`` (tmp dir, every file
-written, fsynced and hashed, manifest, rename, dir fsync). The models are random-initialised at the config's sizes
+Does what ``coordinator.checkpoint_saver.CheckpointSaver`` does after a pull: the run's models decoded from the swarm,
+the optimizer state keyed by parameter name (``peer.run.state_format``), then ``CheckpointDir.save`` (tmp dir, every
+file written, fsynced and hashed, manifest, rename, dir fsync). The models are random-initialised at the config's sizes
 (the same tensors and bytes as grown ones, without the growth step), and the optimizer state is the run's own
 optimizer (``run_optimizer_factories``) after one step on random gradients, so every moment is a real, non-zero
 tensor. Prints a Markdown table of the median over ``--repeats`` saves (1 MB = 10^6 bytes).

@@ -32,7 +32,8 @@ def _start(args: argparse.Namespace) -> int:
         raise UserError("--checkpoint_every and --keep_last must be at least 1")
     ports = {"--http_port": args.http_port, "--grpc_port": args.grpc_port, "--dht_port": args.dht_port}
     refuse_early(Path(args.data_dir), args.host, ports)
-    from coordinator.service import CoordinatorSpec, start_coordinator
+    from coordinator.deployment import CoordinatorSpec
+    from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
         data_dir=Path(args.data_dir),

@@ -15,7 +15,8 @@ Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_p
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
 resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
-One process writes (the coordinator); readers list and verify.
+One process writes (the coordinator); readers list and verify. The manifest's type and its one reader are
+``peer.run.checkpoint_manifest``'s, which the download servers (``coordinator.api.checkpoint_files``) read with too.
 """
 
 from __future__ import annotations
@@ -30,20 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.store import CheckpointRow, FileEntry, Store
+from coordinator.store import CheckpointRow, Store
 from peer.errors import UserError
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE, checkpoint_name, parse_step
+from peer.run.checkpoint_manifest import MANIFEST, CheckpointManifest, CorruptCheckpoint, FileDigest, read_manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 TMP_SUFFIX = ".tmp"
 CORRUPT_SUFFIX = ".corrupt"
 _HASH_CHUNK = 1 << 20
-
-
-class CorruptCheckpoint(UserError):
-    """A checkpoint whose files do not match its manifest (or that has no valid manifest)."""
 
 
 def _fsync_path(path: Path, directory: bool = False) -> None:
@@ -81,33 +78,18 @@ def _write_json_durably(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_manifest(ckpt_dir: Path) -> tuple[int, float, list[FileEntry]]:
-    """(step, created, files) from ``manifest.json``; raises CorruptCheckpoint if missing or ill-formed."""
-    path = ckpt_dir / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-        files = [FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
-        step = int(data["step"])
-        created = float(data.get("created", path.stat().st_mtime))
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{ckpt_dir.name}: no {MANIFEST}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CorruptCheckpoint(f"{ckpt_dir.name}: unreadable {MANIFEST} ({e})") from None
-    for f in files:
-        parts = Path(f.path).parts
-        if Path(f.path).is_absolute() or ".." in parts or not parts or f.path == MANIFEST:
-            raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest lists an unsafe path {f.path!r}")
-    return step, created, files
+def _row(manifest: CheckpointManifest) -> CheckpointRow:
+    return CheckpointRow(name=manifest.name, step=manifest.step, created=manifest.created, files=list(manifest.files))
 
 
 def verify_checkpoint(ckpt_dir: Path) -> CheckpointRow:
     """Re-hashes every file listed in the manifest; returns the checkpoint or raises CorruptCheckpoint naming the
     first file that differs."""
-    step, created, files = read_manifest(ckpt_dir)
+    manifest = read_manifest(ckpt_dir)
     expected = parse_step(ckpt_dir.name)
-    if expected is not None and expected != step:
-        raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest says step {step}")
-    for f in files:
+    if expected is not None and expected != manifest.step:
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest says step {manifest.step}")
+    for f in manifest.files:
         path = ckpt_dir / f.path
         if not path.is_file():
             raise CorruptCheckpoint(f"{ckpt_dir.name}: missing file {f.path}")
@@ -116,7 +98,7 @@ def verify_checkpoint(ckpt_dir: Path) -> CheckpointRow:
             raise CorruptCheckpoint(f"{ckpt_dir.name}: {f.path} has {size} bytes, manifest says {f.size}")
         if _sha256(path) != f.sha256:
             raise CorruptCheckpoint(f"{ckpt_dir.name}: {f.path} does not match its sha256")
-    return CheckpointRow(name=ckpt_dir.name, step=step, created=created, files=files)
+    return _row(manifest)
 
 
 @dataclass
@@ -151,11 +133,9 @@ class CheckpointDir:
         rows = []
         for p in self._dirs():
             try:
-                step, created, files = read_manifest(p)
+                rows.append(_row(read_manifest(p)))
             except CorruptCheckpoint as e:
                 logger.warning("skipping %s", e)
-                continue
-            rows.append(CheckpointRow(name=p.name, step=step, created=created, files=files))
         return rows
 
     def latest(self) -> CheckpointRow | None:
@@ -209,17 +189,17 @@ class CheckpointDir:
         tmp.mkdir()
         write_files(tmp)
         _write_json_durably(tmp / TRAINING_STATE_FILE, {**training_state, "step": step})
-        files: list[FileEntry] = []
+        files: list[FileDigest] = []
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
             if rel == MANIFEST:
                 raise UserError(f"write_files must not write {MANIFEST}")
             size, sha = _hash_and_fsync(path)
-            files.append(FileEntry(rel, size, sha))
+            files.append(FileDigest(rel, size, sha))
         for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             _fsync_path(d, directory=True)
         created = time.time()
-        manifest = {"step": step, "created": created, "files": [f.__dict__ for f in files]}
+        manifest = {"step": step, "created": created, "files": [f.to_dict() for f in files]}
         _write_json_durably(tmp / MANIFEST, manifest)
         _fsync_path(tmp, directory=True)
         os.rename(tmp, final)

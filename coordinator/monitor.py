@@ -77,9 +77,12 @@ class RejectionCounter(RecordValidatorBase):
         return self.inner.merge_with(other)
 
 
-def make_validators(run_id: str, private_key: RSAPrivateKey) -> tuple[RSASignatureValidator, list[RejectionCounter]]:
+def counting_validators(
+    run_id: str, private_key: RSAPrivateKey
+) -> tuple[RSASignatureValidator, list[RejectionCounter]]:
     """The coordinator's record validators for ``run_id``: the signature validator (signing with the coordinator's
-    persistent key) and both validators wrapped to count rejections of this run's keys."""
+    persistent key) and every validator wrapped in a ``RejectionCounter`` that counts rejections of this run's keys.
+    (A peer's own validators are ``peer.swarm.metrics.make_validators``.)"""
     signature = RSASignatureValidator(private_key)
     keys = (metrics_key(run_id), config_key(run_id), reports_key(run_id), bans_key(run_id))
     watched = [DHTID.generate(source=key).to_bytes() for key in keys]
@@ -102,8 +105,9 @@ async def _rejection_totals(dht: hivemind.DHT, node) -> dict[str, int]:
     return dict(totals)
 
 
-def peer_id_of(public_key: bytes) -> str:
-    """A stable, printable id for a peer: sha256 of the public-key subkey its records are stored under."""
+def volunteer_id(public_key: bytes) -> str:
+    """A volunteer's row in the store and on the leaderboard: the hex sha256 of the public key that signs its records
+    (the subkey they are stored under), the same across its sessions. Not its libp2p id (``peer.run.members``)."""
     return hashlib.sha256(public_key).hexdigest()
 
 
@@ -216,7 +220,7 @@ class Monitor:
             except Exception:  # the DHT validates records, but a node without validators can still answer a get
                 locally_rejected[REASON_MALFORMED] += 1
                 continue
-            pid = peer_id_of(subkey)
+            pid = volunteer_id(subkey)
             fingerprint = (record.time, record.step, record.samples_total)
             if self._last_record.get(pid) == fingerprint:
                 continue  # unchanged since the last pass

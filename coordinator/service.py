@@ -14,181 +14,54 @@ Start order (each step needs the ones before it), stopped in reverse on SIGINT/S
      averagers must be started from the main thread: they install signal handlers);
   5. the HTTP and gRPC servers, then the line a volunteer copies to join.
 
-Coordinator settings that belong to one deployment rather than to the run (where data lives, cadence of
-checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-line flags; the run itself is the
-``RunConfig`` every peer receives.
+Each step's work is in a module of its own: ``coordinator.deployment`` (the ``CoordinatorSpec`` of flags),
+``coordinator.initial_checkpoint`` (checkpoint 0), ``coordinator.dht_node`` (the DHT node, its known peers and the
+config record), ``coordinator.checkpoint_saver`` (the pull-and-save) and ``coordinator.serving`` (the servers and the
+join line). This module starts them in order, runs the main thread's loop and stops them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import multiprocessing
-import shutil
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import hivemind
-from hivemind.dht.validation import RecordValidatorBase
-from hivemind.utils import get_dht_time
-from hivemind.utils.auth import AuthorizerBase
 
 from coordinator.allowlist import Allowlist
-from coordinator.api.grpc_server import start_grpc_server
-from coordinator.api.http import RunInfo, create_http_app, start_http_server
 from coordinator.auth import PrivateRun
-from coordinator.bans import BanCourt, ban_authority_info
+from coordinator.bans import BanCourt
+from coordinator.checkpoint_saver import CheckpointSaver
 from coordinator.checkpoints import CheckpointDir, sync_store
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.monitor import Monitor, make_validators
+from coordinator.deployment import CoordinatorSpec, listen_ports, public_host_of
+from coordinator.dht_node import (
+    CONFIG_RECORD_TTL,
+    publish_config,
+    save_known_peers,
+    start_coordinator_dht,
+    visible_maddrs,
+)
+from coordinator.initial_checkpoint import copy_model_dir, grow_initial_state
+from coordinator.monitor import Monitor, counting_validators
 from coordinator.preflight import refuse_early
+from coordinator.serving import start_servers
 from coordinator.signing_key import load_or_create_signing_key
 from coordinator.store import Store
 from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
-from peer.run.checkpoint_layout import TRAINING_STATE_FILE
-from peer.run.records import config_key
-from peer.swarm.dht import READY_GRACE_S, run_dht
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "coordinator.db"
 CHECKPOINTS_SUBDIR = "checkpoints"
 SIGNING_KEY_NAME = "coordinator_signing_key.der"
-IDENTITY_NAME = "dht_identity.key"
-CONFIG_RECORD_TTL = 3600.0
-KNOWN_PEERS_NAME = "known_peers.json"
-KNOWN_PEERS_MAX = 64
-DHT_STARTUP_TIMEOUT_S = 15.0  # p2pd start-up and bootstrap (hivemind's default)
-CARRIED_FILES = ("growth.json",)  # provenance files copied from the previous checkpoint into each new one
-
-
-@dataclass
-class CoordinatorSpec:
-    """One coordinator deployment: where it keeps its data, what it listens on, how often it checkpoints."""
-
-    data_dir: Path
-    host: str = "0.0.0.0"
-    http_port: int = 8080
-    grpc_port: int = 50051
-    dht_port: int = 31337
-    identity_path: Path | None = None  # default: <data_dir>/dht_identity.key
-    public_host: str | None = None  # the address volunteers use to reach this machine (default: guessed)
-    checkpoint_every: int = 100  # global steps between checkpoints
-    keep_last: int = 3
-    alive_window: float = 60.0
-    monitor_interval: float = 5.0
-    state_timeout: float = 300.0  # how long one pull of the averaged state from the peers may take
-    init_from: Path | None = None  # an existing model dir to use as checkpoint 0 instead of growing one
-    allowlist: Path | None = None  # a private run: only volunteers in this file get access tokens (None: open run)
-    token_ttl: float = 3600.0  # seconds an access token stays valid (peers renew at a quarter left)
-    extra_join_args: list[str] = field(default_factory=list)
-
-
-def guess_public_host() -> str:
-    """The address other machines most likely reach this one at (the source address of the default route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, only a route is chosen
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-
-
-def grow_initial_state(cfg: RunConfig, out_dir: Path) -> None:
-    """Writes checkpoint 0's model files with the growth recipe (``peer.growth``) into ``out_dir``.
-
-    The growth writes into a fresh subdirectory first (it keeps its own temp dir beside its target, which must stay
-    inside our ``*.tmp`` checkpoint dir so that a crash leaves nothing in the checkpoints root) and is moved up."""
-    from peer.growth.artifact import grow_run_initial_state
-
-    grown = out_dir / "grown"
-    grow_run_initial_state(cfg, grown)
-    for item in sorted(grown.iterdir()):
-        item.rename(out_dir / item.name)
-    grown.rmdir()
-
-
-def copy_model_dir(src: Path) -> Callable[[Path], None]:
-    """A checkpoint writer that copies an existing model dir (its own manifest/training state excluded)."""
-    if not (src / "config.json").is_file():
-        raise UserError(f"--init_from {src} is not a model dir (no config.json)")
-
-    def write(out: Path) -> None:
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if path.is_dir() or rel.as_posix() in ("manifest.json", TRAINING_STATE_FILE):
-                continue
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out / rel)
-
-    return write
-
-
-class CheckpointSaver:
-    """Every ``checkpoint_every`` global steps, pulls the swarm's state (``load_state_from_swarm``: parameters,
-    optimizer state, DiLoCo outer momentum, step) into a model loaded from the latest checkpoint and saves it as a
-    new checkpoint: the HF model dir plus ``optimizer.safetensors`` and the resume fields of ``training_state.json``,
-    so a swarm that every peer left resumes from it with its Adam moments, not only its weights.
-
-    The latest checkpoint is the template because it holds exactly the run's architecture and tokenizer; pulling
-    into it also means a failed pull leaves nothing half-updated on disk."""
-
-    def __init__(self, cfg: RunConfig, spec: CoordinatorSpec, dht: hivemind.DHT, store: Store, ckpts: CheckpointDir):
-        self.cfg, self.spec, self.dht, self.store, self.ckpts = cfg, spec, dht, store, ckpts
-
-    def due(self) -> bool:
-        latest = self.ckpts.latest()
-        last = latest.step if latest is not None else 0
-        return self.store.progress().global_step >= last + self.spec.checkpoint_every
-
-    def save_from_swarm(self, stop: threading.Event | None = None) -> int | None:
-        """One pull-and-save; returns the saved step, or None if no peer answered, the state is not newer, or
-        ``stop`` was set during the pull (Ctrl-C must not wait for a download that may never end)."""
-        from transformers import AutoTokenizer
-
-        from peer.modeling import load_models, save_models
-        from peer.run.state_format import checkpoint_training_state, write_optimizer_file
-        from peer.swarm.state import load_state_from_swarm
-
-        latest = self.ckpts.latest()
-        if latest is None:
-            raise UserError("no checkpoint to use as the template for the swarm's state")
-        template = self.ckpts.path(latest.name)
-        models = load_models(template)
-        logger.info("pulling the swarm's state for a checkpoint (at most %.0f s)", self.spec.state_timeout)
-        state = load_state_from_swarm(self.dht, self.cfg, models, timeout=self.spec.state_timeout, stop=stop)
-        if state is None:
-            if stop is not None and stop.is_set():
-                logger.info("stopping: abandoned the pull of the swarm's state")
-            else:
-                logger.warning("no peer sent its state within %.0f s; will retry", self.spec.state_timeout)
-            return None
-        if state.step <= latest.step:
-            logger.info("swarm state is at step %d, not newer than checkpoint %s", state.step, latest.name)
-            return None
-        tokenizer = AutoTokenizer.from_pretrained(template)
-
-        def write(out: Path) -> None:
-            save_models(models, out, tokenizer)
-            write_optimizer_file(state, out)
-            for name in CARRIED_FILES:
-                if (template / name).is_file():
-                    shutil.copyfile(template / name, out / name)
-
-        samples = self.store.progress().samples_total
-        training_state = {"samples": samples, "run_id": self.cfg.run_id, **checkpoint_training_state(state)}
-        self.ckpts.save(state.step, write, training_state, store=self.store)
-        return state.step
 
 
 @contextmanager
@@ -267,99 +140,10 @@ class RunningCoordinator:
             child.join(5.0)
 
 
-def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
-    """Stores the run config under ``<run_id>_config`` with the coordinator's public key as subkey: the DHT's
-    ``RSASignatureValidator`` signs it, so only this coordinator can write or replace it."""
-    return bool(
-        dht.store(config_key(cfg.run_id), config_to_dict(cfg), get_dht_time() + CONFIG_RECORD_TTL, subkey=subkey)
-    )
-
-
 def lock_data_dir(data: Path) -> Callable[[], None]:
     """Takes the data dir's exclusive lock (one coordinator, one writer per data dir); returns its release. The lock
     of a coordinator that was killed is taken over (``ProcessLock``), so the same command starts again."""
     return ProcessLock(data / ".lock", f"data dir {data} is in use by another running coordinator").acquire().release
-
-
-def start_coordinator_dht(
-    cfg: RunConfig,
-    spec: CoordinatorSpec,
-    validators: Sequence[RecordValidatorBase],
-    authorizer: AuthorizerBase | None = None,
-) -> hivemind.DHT:
-    """The coordinator's DHT node on a fixed port with a persistent identity (the peer id in the join line stays
-    the same across restarts). It bootstraps from ``cfg.swarm.initial_peers`` and from the peers it was connected to
-    before a restart (``known_peers.json``): peers that joined through the coordinator know no one else to dial, so
-    after a restart the coordinator must dial them, or it would sit alone beside a running swarm."""
-    identity = spec.identity_path or Path(spec.data_dir) / IDENTITY_NAME
-    known = read_known_peers(Path(spec.data_dir))
-    attempts = [list(cfg.swarm.initial_peers) + known] + ([list(cfg.swarm.initial_peers)] if known else [])
-    for i, initial_peers in enumerate(attempts):
-        try:
-            kwargs = dict(
-                initial_peers=initial_peers or None,
-                host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
-                announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
-                identity_path=str(identity),
-                use_relay=cfg.swarm.use_relay,
-                record_validators=list(validators),
-                authorizer=authorizer,  # a private run: tokens on every DHT message, ours signed by ourselves
-                startup_timeout=DHT_STARTUP_TIMEOUT_S,
-                start=False,
-            )
-            return run_dht(partial(hivemind.DHT, **kwargs), DHT_STARTUP_TIMEOUT_S + READY_GRACE_S)
-        except UserError:  # the DHT process died or hung: no other bootstrap list would help
-            raise
-        except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
-            text = " ".join(str(e).split())[:300] or type(e).__name__
-            if i + 1 < len(attempts):
-                logger.warning(
-                    "none of the %d previously known peers answered (%s); starting without them", len(known), text
-                )
-                continue
-            raise UserError(f"could not start the DHT on {spec.host}:{spec.dht_port}: {text}") from None
-    raise AssertionError("unreachable")
-
-
-async def _connected_peer_maddrs(dht: hivemind.DHT, node) -> list[str]:
-    """Runs inside the DHT process: full multiaddrs (with /p2p/<id>) of the peers the node is connected to."""
-    infos = await node.p2p.list_peers()
-    return [f"{addr}/p2p/{info.peer_id}" for info in infos for addr in info.addrs if "/p2p-circuit" not in str(addr)]
-
-
-def save_known_peers(dht: hivemind.DHT, data_dir: Path) -> int:
-    """Remembers the currently connected peers for the next start (the file is rewritten only when they changed, so
-    calling it every few seconds costs one query to the DHT process); returns how many addresses it holds."""
-    maddrs = sorted(set(dht.run_coroutine(_connected_peer_maddrs)))
-    path, text = data_dir / KNOWN_PEERS_NAME, json.dumps(maddrs, indent=1)
-    if maddrs and (not path.is_file() or path.read_text() != text):
-        tmp = data_dir / (KNOWN_PEERS_NAME + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(data_dir / KNOWN_PEERS_NAME)
-    return len(maddrs)
-
-
-def read_known_peers(data_dir: Path) -> list[str]:
-    try:
-        maddrs = json.loads((data_dir / KNOWN_PEERS_NAME).read_text())
-    except (OSError, ValueError):
-        return []
-    return [m for m in maddrs if isinstance(m, str)][:KNOWN_PEERS_MAX] if isinstance(maddrs, list) else []
-
-
-def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:
-    """The ports the coordinator's servers listen on, by the flag that sets each (0: any free port)."""
-    return {"--http_port": spec.http_port, "--grpc_port": spec.grpc_port, "--dht_port": spec.dht_port}
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _dht_maddrs(host: str, port: int) -> list[str]:
-    return [f"/ip6/{host}/tcp/{port}"] if ":" in host else [f"/ip4/{host}/tcp/{port}"]
 
 
 def start_coordinator(
@@ -394,7 +178,7 @@ def start_coordinator(
             logger.info("creating checkpoint 0 (%s)", f"from {spec.init_from}" if spec.init_from else "growth")
             ckpts.save(0, writer, {"samples": 0, "run_id": cfg.run_id}, store=store)
 
-        signature, validators = make_validators(cfg.run_id, signing_key)
+        signature, validators = counting_validators(cfg.run_id, signing_key)
         dht = start_coordinator_dht(
             cfg,
             spec,
@@ -406,12 +190,8 @@ def start_coordinator(
             private.attach(dht, signing_key)  # our member record, so that donors let our state pulls in
         if not publish_config(dht, cfg, signature.local_public_key):
             logger.warning("the DHT did not accept the run config record")
-        public_host = spec.public_host or (spec.host if spec.host not in ("0.0.0.0", "::") else guess_public_host())
-        initial_peers = [
-            str(a).replace("/ip4/0.0.0.0/", f"/ip4/{public_host}/")
-            for a in dht.get_visible_maddrs()
-            if "/p2p-circuit" not in str(a)
-        ]
+        public_host = public_host_of(spec)
+        initial_peers = visible_maddrs(dht, public_host)
 
         court = BanCourt(dht, store, cfg.run_id, signature.local_public_key)
         monitor = Monitor(
@@ -437,21 +217,9 @@ def start_coordinator(
             )
             stoppers.append(private.authority.issued.close)
 
-        metrics = CoordinatorMetrics(store)
-        http_port = spec.http_port or _free_port(spec.host)  # the join line needs the port before the app exists
-        join = " ".join(
-            ["python -m peer join --coordinator", f"http://{public_host}:{http_port}", *spec.extra_join_args]
-            + (["--auth_key", "NAME:KEY"] if private else [])  # the key `coordinator allowlist add` printed
+        servers = start_servers(
+            cfg, spec, store, ckpts.root, public_host, initial_peers, signature.local_public_key, private, stoppers
         )
-        run_info = RunInfo(cfg.run_id, config_to_dict(cfg), initial_peers, join)
-        run_info = dataclasses.replace(run_info, bans=ban_authority_info(signature.local_public_key))
-        if private is not None:
-            run_info = dataclasses.replace(run_info, auth=private.run_info_auth())
-        app = create_http_app(store, ckpts.root, run_info, metrics, authority=private.authority if private else None)
-        http = start_http_server(app, host=spec.host, port=http_port)
-        stoppers.append(http.stop)
-        grpc = start_grpc_server(store, ckpts.root, host=spec.host, port=spec.grpc_port, metrics=metrics)
-        stoppers.append(grpc.stop)
         for thread in threads:
             thread.start()
     except OSError as e:
@@ -466,11 +234,11 @@ def start_coordinator(
         store=store,
         ckpts=ckpts,
         dht=dht,
-        http_port=http.port,
-        grpc_port=grpc.port,
+        http_port=servers.http.port,
+        grpc_port=servers.grpc.port,
         public_host=public_host,
         initial_peers=initial_peers,
-        join_command=join,
+        join_command=servers.join_command,
         signing_public_key=signature.local_public_key,
         private=private,
         saver=saver,

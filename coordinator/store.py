@@ -24,6 +24,7 @@ from pathlib import Path
 from coordinator.rates import ETA_WINDOW, eta_seconds
 from coordinator.store_migrations import SCHEMA_VERSION, migrate, stored_version
 from peer.errors import UserError
+from peer.run.checkpoint_manifest import FileDigest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -163,18 +164,11 @@ class HistoryPoint:
 
 
 @dataclass(frozen=True)
-class FileEntry:
-    path: str  # relative to the checkpoint dir, '/'-separated
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class CheckpointRow:
     name: str  # ckpt-000120
     step: int
     created: float
-    files: list[FileEntry] = field(default_factory=list)
+    files: list[FileDigest] = field(default_factory=list)
     save_seconds: float | None = None
 
     @property
@@ -582,7 +576,7 @@ class Store:
                 name=r["name"],
                 step=r["step"],
                 created=r["created"],
-                files=[FileEntry(**f) for f in json.loads(r["files_json"])],
+                files=[FileDigest(**f) for f in json.loads(r["files_json"])],
                 save_seconds=r["save_seconds"],
             )
             for r in rows

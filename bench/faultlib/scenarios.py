@@ -361,7 +361,8 @@ def kill_inside_save(coordinator: Coordinator, root: Path, timeout: float) -> tu
 
 def audit_checkpoints(root: Path, listed: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(leftover tmp/corrupt entries, checkpoints that fail verification, differences from the API's list)."""
-    from coordinator.checkpoints import CorruptCheckpoint, verify_checkpoint
+    from coordinator.checkpoints import verify_checkpoint
+    from peer.run.checkpoint_manifest import CorruptCheckpoint
 
     leftovers = sorted(p.name for p in root.iterdir() if p.name.endswith((".tmp", ".corrupt")))
     bad = []

@@ -1,10 +1,10 @@
 """The coordinator's one HTTP server: dashboard page, JSON API, ``/metrics`` and checkpoint files.
 
-Built from objects the service constructs (store, checkpoints dir, run info, metrics) — no globals — so tests and
-the service run as many apps side by side as they like. Checkpoint files are served with ``Range`` and a strong
-``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut transfer and
-``If-Range`` guards against resuming onto a different file. Every route that sends an ETag (the page, its static
-files, checkpoint files) answers a request whose ``If-None-Match`` already names it with 304 and no body.
+Built from objects ``coordinator.serving`` constructs (store, checkpoints dir, run info, metrics) — no globals — so
+tests and the coordinator run as many apps side by side as they like. Checkpoint files are served with ``Range`` and
+a strong ``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut
+transfer and ``If-Range`` guards against resuming onto a different file. Every route that sends an ETag (the page,
+its static files, checkpoint files) answers a request whose ``If-None-Match`` already names it with 304 and no body.
 """
 
 from __future__ import annotations

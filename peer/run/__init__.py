@@ -5,7 +5,8 @@
 - ``state_format`` — the swarm's resumable state by parameter name: the state download's wire order, the optimizer
   recipe that decodes it, ``optimizer.safetensors`` and the resume fields of ``training_state.json``.
 - ``checkpoint_layout`` — the names both checkpoint layouts share (``ckpt-<step:06d>``, ``training_state.json``).
-- ``checkpoint_manifest`` — a checkpoint's manifest (files, sizes, sha256) and the path checks both sides run.
+- ``checkpoint_manifest`` — a checkpoint's manifest (files, sizes, sha256), its one reader and the path checks both
+  sides run.
 - ``coordinator_client`` — the coordinator's JSON API as its readers see it, each answer checked.
 - ``download`` — the client that downloads and verifies a coordinator's checkpoints.
 - ``writable_dir`` — the one check of a directory a process is told to write into.

@@ -2,8 +2,9 @@
 time and every file with its size and sha256.
 
 The coordinator writes it last (a checkpoint without one is not listed or served) and serves the files it names;
-a downloader verifies every file against it. File paths in it are checked for traversal (``check_relative_path``)
-on both sides.
+a downloader verifies every file against it. ``read_manifest`` is the one reader of a manifest on disk: the
+coordinator's checkpoint directory (listing, re-verifying after a crash) and its download servers both call it.
+File paths in it are checked for traversal (``check_relative_path``) on both sides.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ MANIFEST = "manifest.json"
 
 class CheckpointNotFound(UserError):
     """No such checkpoint, or no such file in it."""
+
+
+class CorruptCheckpoint(CheckpointNotFound):
+    """A checkpoint dir whose manifest is missing, unreadable or lists an unsafe path, or whose files do not match
+    it. To a reader it holds no checkpoint: the coordinator sets it aside, its servers answer "not found"."""
 
 
 class UnsafePath(UserError):
@@ -67,15 +73,29 @@ def check_relative_path(path: str) -> str:
     return "/".join(parts)
 
 
-def read_manifest(ckpt_dir: Path) -> CheckpointManifest:
-    """Parses ``<ckpt_dir>/manifest.json``; raises CheckpointNotFound if it is missing or malformed."""
+def _listable(path: str) -> bool:
+    """Whether a manifest may list ``path``: a safe relative path, and not the manifest itself."""
     try:
-        data = json.loads((ckpt_dir / MANIFEST).read_text())
+        return check_relative_path(path) != MANIFEST
+    except UnsafePath:
+        return False
+
+
+def read_manifest(ckpt_dir: Path) -> CheckpointManifest:
+    """Parses ``<ckpt_dir>/manifest.json``: its step, its ``created`` time (the manifest's mtime if it has none) and
+    its files, every path checked with ``check_relative_path``. Raises CorruptCheckpoint if the manifest is missing,
+    malformed, or lists an unsafe path or itself. Does not re-hash the files."""
+    path = ckpt_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text())
         files = tuple(FileDigest(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
         step = int(data["step"])
-        created = (ckpt_dir / MANIFEST).stat().st_mtime
+        created = float(data.get("created", path.stat().st_mtime))
     except FileNotFoundError:
-        raise CheckpointNotFound(f"checkpoint {ckpt_dir.name} has no manifest") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointNotFound(f"checkpoint {ckpt_dir.name} has a malformed manifest: {e}") from None
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: no {MANIFEST}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"{ckpt_dir.name}: unreadable {MANIFEST} ({e})") from None
+    for f in files:
+        if not _listable(f.path):
+            raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest lists an unsafe path {f.path!r}")
     return CheckpointManifest(name=ckpt_dir.name, step=step, created=created, files=files)

@@ -28,6 +28,7 @@ from peer.config import RunConfig
 from peer.errors import UserError
 from peer.logs import progress_on
 from peer.modeling import PretrainingModels
+from peer.run.checkpoint_manifest import MANIFEST
 from peer.run.download import download
 from peer.run.state_format import (
     SwarmState,
@@ -268,7 +269,7 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
         return None
     latest = checkpoints[-1]
     target = out_dir / latest["name"]
-    if (target / "manifest.json").is_file():
+    if (target / MANIFEST).is_file():
         return target, int(latest["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{latest['name']}.", suffix=".tmp", dir=out_dir))
@@ -277,7 +278,7 @@ def download_latest_checkpoint(coordinator_url: str, out_dir: Path, timeout: flo
         try:
             tmp.rename(target)
         except OSError:  # another process sharing out_dir finished first: use its copy if complete
-            if not (target / "manifest.json").is_file():
+            if not (target / MANIFEST).is_file():
                 raise
         return target, int(result.step)
     finally:

@@ -20,7 +20,8 @@ from api_fixtures import (
 from coordinator.api.grpc_server import GrpcServer, start_grpc_server
 from coordinator.api.http import HttpServer, RunInfo, create_http_app, start_http_server
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.store import CheckpointRow, FileEntry, Store
+from coordinator.store import CheckpointRow, Store
+from peer.run.checkpoint_manifest import FileDigest
 
 
 @dataclass
@@ -57,7 +58,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "data" / "coordinator.db", alive_window=60.0)
     populate_store(s, time.time())
     for step, secs in ((60, 0.8), (120, 1.7)):
-        s.record_checkpoint(CheckpointRow(f"ckpt-{step:06d}", step, time.time(), [FileEntry("config.json", 1, "0")],
+        s.record_checkpoint(CheckpointRow(f"ckpt-{step:06d}", step, time.time(), [FileDigest("config.json", 1, "0")],
                                           save_seconds=secs))  # fmt: skip
     yield s
     s.close()
@@ -77,7 +78,8 @@ def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
         http.stop()
 
 
-# As the service builds it for a private run behind a long public host name (the line must wrap, not widen the page).
+# As coordinator.serving builds it for a private run behind a long public host name (the line must wrap, not widen the
+# page).
 JOIN_COMMAND = (
     "python -m peer join --coordinator http://warmswarm-coordinator.compute.example-university.edu:8080 "
     "--auth_key NAME:KEY"

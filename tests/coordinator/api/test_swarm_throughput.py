@@ -22,7 +22,7 @@ from prometheus_proc import instant, running_prometheus
 
 from coordinator.api.http import RunInfo, create_http_app, start_http_server
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.monitor import Monitor, make_validators
+from coordinator.monitor import Monitor, counting_validators
 from coordinator.store import Store
 
 pytestmark = pytest.mark.requires_tool("prometheus")
@@ -67,7 +67,7 @@ def stop_peers(peers: list[subprocess.Popen]) -> None:
 def test_samples_per_second_agrees_with_prometheus_rate_of_the_samples_counter(tmp_path):
     store = Store(tmp_path / "coordinator.db", alive_window=30)
     store.open_run(RUN, {"run_id": RUN})
-    _, validators = make_validators(RUN, RSAPrivateKey())
+    _, validators = counting_validators(RUN, RSAPrivateKey())
     dht = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
     monitor = Monitor(dht, store, RUN, alive_window=30, interval=0.5, rate_window=WINDOW)
     stop = threading.Event()

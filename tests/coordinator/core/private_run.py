@@ -12,7 +12,8 @@ def write_fake_checkpoint(cfg: RunConfig, out: Path) -> None:
 
 def start_private_coordinator(run_id: str, data_dir: Path, allowlist: Path, token_ttl: float):
     """``coordinator.service.start_coordinator`` on free loopback ports, no checkpoints pulled, a fast monitor."""
-    from coordinator.service import CoordinatorSpec, start_coordinator
+    from coordinator.deployment import CoordinatorSpec
+    from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
         data_dir=data_dir,

@@ -12,7 +12,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.bans import BanCourt, counted_reports, decide_bans
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.monitor import make_validators
+from coordinator.monitor import counting_validators
 from coordinator.store import BanRow, PeerObservation, Store
 from peer.run.records import BanList, BanReport, LocalMetrics, MetricsSchema, bans_key, reports_key
 from peer.run.revocations import Revoked
@@ -119,7 +119,7 @@ def test_reports_to_signed_ban_list_to_peer_gate_through_real_dht(tmp_path):
     store = Store(tmp_path / "c.db", alive_window=60)
     store.open_run(RUN, {"run_id": RUN})
     try:
-        signature, validators = make_validators(RUN, RSAPrivateKey())
+        signature, validators = counting_validators(RUN, RSAPrivateKey())
         coordinator = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
         dhts.append(coordinator)
         initial = [str(a) for a in coordinator.get_visible_maddrs()]

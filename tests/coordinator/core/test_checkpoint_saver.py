@@ -9,8 +9,9 @@ import hivemind
 import pytest
 import torch
 
+from coordinator.checkpoint_saver import CheckpointSaver
 from coordinator.checkpoints import CheckpointDir, verify_checkpoint
-from coordinator.service import CheckpointSaver, CoordinatorSpec
+from coordinator.deployment import CoordinatorSpec
 from coordinator.store import Store
 from peer.config import ModelSpec, RunConfig, SwarmSpec, TrainSpec
 from peer.modeling import build_models, load_models, save_models

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.api.checkpoint_files import CheckpointFiles
 from coordinator.checkpoints import (
     CORRUPT_SUFFIX,
-    MANIFEST,
     CheckpointDir,
-    CorruptCheckpoint,
     sync_store,
     verify_checkpoint,
 )
 from coordinator.store import Store
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run.checkpoint_manifest import MANIFEST, CheckpointNotFound, CorruptCheckpoint
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -89,6 +89,18 @@ def test_manifest_with_unsafe_path_is_corrupt(tmp_path):
     m.write_text(json.dumps(data))
     with pytest.raises(CorruptCheckpoint, match="unsafe path"):
         verify_checkpoint(ckpts.path("ckpt-000001"))
+    # the download servers read it with the same reader: not a checkpoint to list or serve
+    assert CheckpointFiles(ckpts.root).list() == []
+    with pytest.raises(CheckpointNotFound, match="unsafe path"):
+        CheckpointFiles(ckpts.root).manifest("ckpt-000001")
+
+
+def test_the_servers_see_what_the_checkpoint_dir_wrote(tmp_path):
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=5)
+    for step in (0, 10):
+        ckpts.save(step, _write_blobs(2, 100, step), {"samples": step, "run_id": "r"})
+    served = [(m.name, m.step, m.created, list(m.files)) for m in CheckpointFiles(ckpts.root).list()]
+    assert served == [(r.name, r.step, r.created, r.files) for r in ckpts.list()]
 
 
 def test_keep_last_never_deletes_the_newest_verified(tmp_path):

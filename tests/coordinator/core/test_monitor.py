@@ -10,7 +10,14 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.monitor import REASON_BAD_SIGNATURE, REASON_MALFORMED, Monitor, aggregate, make_validators, peer_id_of
+from coordinator.monitor import (
+    REASON_BAD_SIGNATURE,
+    REASON_MALFORMED,
+    Monitor,
+    aggregate,
+    counting_validators,
+    volunteer_id,
+)
 from coordinator.store import Store
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 
@@ -47,7 +54,7 @@ def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(t
     store = Store(tmp_path / "c.db", alive_window=60)
     store.open_run(RUN, {"run_id": RUN})
     try:
-        _, validators = make_validators(RUN, RSAPrivateKey())
+        _, validators = counting_validators(RUN, RSAPrivateKey())
         coordinator = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
         dhts.append(coordinator)
         initial = [str(a) for a in coordinator.get_visible_maddrs()]
@@ -107,7 +114,7 @@ def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(t
         peers = {p.name: p for p in store.peers()}
         assert set(peers) == {"alice", "bob"}  # neither the forger's nor the malformed record made a peer
         assert peers["alice"].samples == 1280 and peers["bob"].samples == 1960
-        assert peers["bob"].peer_id == peer_id_of(bob_key)
+        assert peers["bob"].peer_id == volunteer_id(bob_key)
         assert store.progress().global_step == 14
     finally:
         for dht in reversed(dhts):
@@ -275,6 +282,6 @@ def test_a_record_naming_another_volunteers_libp2p_id_gets_a_row_of_its_own(tmp_
     monitor.poll(now=0)
     rows = {p.name: (p.peer_id, p.samples) for p in store.peers(now=0)}
     assert rows == {
-        "honest": (peer_id_of(b"[owner:honest]"), 100),
-        "impostor": (peer_id_of(b"[owner:impostor]"), 10**6),
+        "honest": (volunteer_id(b"[owner:honest]"), 100),
+        "impostor": (volunteer_id(b"[owner:impostor]"), 10**6),
     }

@@ -2,8 +2,9 @@
 
 import pytest
 
-from coordinator.store import CheckpointRow, FileEntry, PeerObservation, Store, credited_samples
+from coordinator.store import CheckpointRow, PeerObservation, Store, credited_samples
 from peer.errors import UserError
+from peer.run.checkpoint_manifest import FileDigest
 
 
 def _obs(peer_id, t, samples_total, step=1, name="", loss=2.0, sps=10.0):
@@ -73,7 +74,7 @@ def test_progress_history_eta_and_rejections_survive_reopen(tmp_path):
         assert store.samples_total() == 64
         store.add_rejected({"malformed": 2, "bad_signature": 1})
         store.add_rejected({"malformed": 1, "bad_signature": 0})
-        files = [FileEntry("config.json", 10, "ab" * 32)]
+        files = [FileDigest("config.json", 10, "ab" * 32)]
         store.record_checkpoint(CheckpointRow("ckpt-000020", 20, 121.0, files, 0.5))
         store.record_checkpoint(CheckpointRow("ckpt-000000", 0, 50.0, files, 0.4))
     with Store(path, readonly=True) as reader:

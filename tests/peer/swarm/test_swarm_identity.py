@@ -42,7 +42,8 @@ def coordinator(request, tmp_path_factory):
     """A coordinator of an open run, or of a private one whose allowlist holds the volunteer (its access tokens are
     bound to the key that signs its records: the kept key must get them too)."""
     from coordinator.allowlist import add_volunteer
-    from coordinator.service import CoordinatorSpec, start_coordinator
+    from coordinator.deployment import CoordinatorSpec
+    from coordinator.service import start_coordinator
 
     root = tmp_path_factory.mktemp("identity")
     cfg = config_from_dict(TINY)

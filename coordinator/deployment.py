@@ -1,0 +1,55 @@
+"""Where and how one coordinator runs, as opposed to what the run is.
+
+Settings that belong to one deployment rather than to the run (where data lives, what it listens on, cadence of
+checkpoints, how many to keep) are a ``CoordinatorSpec`` filled from command-line flags; the run itself is the
+``RunConfig`` every peer receives.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class CoordinatorSpec:
+    """One coordinator deployment: where it keeps its data, what it listens on, how often it checkpoints."""
+
+    data_dir: Path
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int = 50051
+    dht_port: int = 31337
+    identity_path: Path | None = None  # default: <data_dir>/dht_identity.key
+    public_host: str | None = None  # the address volunteers use to reach this machine (default: guessed)
+    checkpoint_every: int = 100  # global steps between checkpoints
+    keep_last: int = 3
+    alive_window: float = 60.0
+    monitor_interval: float = 5.0
+    state_timeout: float = 300.0  # how long one pull of the averaged state from the peers may take
+    init_from: Path | None = None  # an existing model dir to use as checkpoint 0 instead of growing one
+    allowlist: Path | None = None  # a private run: only volunteers in this file get access tokens (None: open run)
+    token_ttl: float = 3600.0  # seconds an access token stays valid (peers renew at a quarter left)
+    extra_join_args: list[str] = field(default_factory=list)
+
+
+def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:
+    """The ports the coordinator's servers listen on, by the flag that sets each (0: any free port)."""
+    return {"--http_port": spec.http_port, "--grpc_port": spec.grpc_port, "--dht_port": spec.dht_port}
+
+
+def guess_public_host() -> str:
+    """The address other machines most likely reach this one at (the source address of the default route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, only a route is chosen
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def public_host_of(spec: CoordinatorSpec) -> str:
+    """The address volunteers reach this coordinator at: ``--public_host``, else ``--host`` unless it is a wildcard,
+    else the guess."""
+    return spec.public_host or (spec.host if spec.host not in ("0.0.0.0", "::") else guess_public_host())
