@@ -147,6 +147,7 @@ _CHILD = textwrap.dedent(
     for step in range(start, start + 10_000):
         store.record_progress(global_step=step, alive_peers=1, samples_per_second=1.0, loss=1.0)
         ckpts.save(step, writer(step), {"samples": step, "run_id": "r"}, store=store)
+        (data / "running").touch()  # one checkpoint and its history row are in: the kills below land after it
     """
 )
 
@@ -194,10 +195,18 @@ def test_sigkill_mid_checkpoint_leaves_nothing_half_written_and_keeps_history(tm
     n = _assert_consistent_after_crash(data, 0)
     assert [r.name for r in CheckpointDir(data / "checkpoints", keep_last=2).list()] == ["ckpt-000001", "ckpt-000002"]
     # 2) kills at arbitrary moments (hashing, fsync, manifest, rename, prune) never expose a half checkpoint
-    for delay in (0.9, 1.3, 1.7):
+    # Each delay counts from the child's first finished checkpoint, not from its start: on a loaded machine (load 14
+    # on 2 cores) its imports alone took longer than a fixed 0.9 s, it was killed before writing anything, and the
+    # history check below failed.
+    for delay in (0.0, 0.4, 0.8):
         (data / "paused").unlink(missing_ok=True)
+        (data / "running").unlink(missing_ok=True)
         proc = _spawn(data, pause_at=-1)
         try:
+            deadline = time.time() + 60
+            while not (data / "running").exists():
+                assert proc.poll() is None and time.time() < deadline, "child wrote no checkpoint"
+                time.sleep(0.01)
             time.sleep(delay)
         finally:
             _kill(proc)
