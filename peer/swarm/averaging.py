@@ -349,6 +349,7 @@ def build_swarm_optimizer(
     verbose: bool = False,
     gate: PeerGate | None = None,
     open_run: bool = True,
+    client_mode: bool = False,
     kinds: AveragerKinds | None = None,
 ) -> SwarmOptimizer:
     """The peer's optimizer for ``spec.averaging``; ``batch_size`` = samples per local step (all DDP ranks).
@@ -357,7 +358,8 @@ def build_swarm_optimizer(
     copies as groups, so the grouping must be decided here, not inside the factory.
 
     ``gate`` decides who may average with this peer (None: everyone); ``open_run`` resolves the robust switch (see
-    ``robust_enabled``); ``kinds`` substitutes averager classes (the fault-injection bench's attackers)."""
+    ``robust_enabled``); ``client_mode`` is the peer's own (``PeerSettings.client_mode``: its averagers accept no
+    incoming connections); ``kinds`` substitutes averager classes (the fault-injection bench's attackers)."""
     params = list(params)
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     compression = make_compression(spec.compression)
@@ -387,7 +389,7 @@ def build_swarm_optimizer(
         matchmaking_time=spec.matchmaking_time,
         averaging_timeout=spec.averaging_timeout,
         load_state_timeout=spec.load_state_timeout,
-        client_mode=spec.client_mode,
+        client_mode=client_mode,
         verbose=verbose,
         progress_report_interval=spec.progress_report_interval,
         tracker_opts=dict(
