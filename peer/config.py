@@ -178,7 +178,8 @@ class PeerSettings:
     - ``coordinator_url``: where this peer got the run from (``--coordinator``); None for a run config file.
 
     The peer's own compute settings (device, precision, micro-batch) belong here too, for the same reason: what one
-    volunteer's machine can do is not the run's to decide.
+    volunteer's machine can do is not the run's to decide. A setting that moves here from the run config adds its
+    old ``section.key`` and its flag to ``MOVED_TO_PEER``.
     """
 
     initial_peers: list[str] = field(default_factory=list)
@@ -195,20 +196,20 @@ class PeerSettings:
 
 
 MOVED_TO_PEER = {
-    "initial_peers": "--initial_peers",
-    "host_maddrs": "--host_maddrs",
-    "announce_maddrs": "--announce_maddrs",
-    "identity_path": "--identity_path",
-    "client_mode": "--client_mode",
-    "use_relay": "--no_relay",
-    "use_auto_relay": "--use_auto_relay",
-    "auth_key": "--auth_key",
-    "authority_public_key": "--authority_public_key",
-    "peer_name": "--peer_name",
-    "coordinator_url": "--coordinator",
+    "swarm.initial_peers": "--initial_peers",
+    "swarm.host_maddrs": "--host_maddrs",
+    "swarm.announce_maddrs": "--announce_maddrs",
+    "swarm.identity_path": "--identity_path",
+    "swarm.client_mode": "--client_mode",
+    "swarm.use_relay": "--no_relay",
+    "swarm.use_auto_relay": "--use_auto_relay",
+    "swarm.auth_key": "--auth_key",
+    "swarm.authority_public_key": "--authority_public_key",
+    "swarm.peer_name": "--peer_name",
+    "swarm.coordinator_url": "--coordinator",
 }
-"""``swarm.<key>`` settings that were in the run config before they became ``PeerSettings``, and the flag that sets
-each now (an old config file that holds one gets this flag in its error)."""
+"""Run config keys (``section.key``) that became ``PeerSettings``, and the flag that sets each now: a config file
+that still holds one gets that flag in its error, a published config from an older coordinator has it dropped."""
 
 
 @dataclass
@@ -286,10 +287,10 @@ def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     unknown = sorted(set(data) - names)
     prefix = f"{where}." if where else ""
     for key in unknown:
-        if cls is SwarmSpec and key in MOVED_TO_PEER:
+        if f"{prefix}{key}" in MOVED_TO_PEER:
             raise ConfigError(
                 f"{prefix}{key} is no longer part of the run config (each peer's own setting, PeerSettings): "
-                f"give it on the command line as {MOVED_TO_PEER[key]}"
+                f"give it on the command line as {MOVED_TO_PEER[prefix + key]}"
             )
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
@@ -304,18 +305,19 @@ def config_from_dict(data: dict) -> RunConfig:
 
 
 def without_peer_keys(data: dict) -> tuple[dict, list[str]]:
-    """A published run config (``data``, as ``config_to_dict`` wrote it) without the ``swarm`` keys that are
-    ``PeerSettings`` now, and those keys. Why: a coordinator from before the split publishes its own addresses,
+    """A published run config (``data``, as ``config_to_dict`` wrote it) without the keys that are ``PeerSettings``
+    now (``MOVED_TO_PEER``), and those keys. Why: a coordinator from before the split publishes its own addresses,
     identity path and relay settings in the config; a peer ignores them (its own come from its flags) rather than
-    refuse to join such a run."""
-    swarm = data.get("swarm") if isinstance(data, dict) else None
-    if not isinstance(swarm, dict):
+    refuse to join such a run. ``data`` itself is left as it was."""
+    if not isinstance(data, dict):
         return data, []
-    dropped = sorted(key for key in swarm if key in MOVED_TO_PEER)
-    if not dropped:
-        return data, []
-    kept = {key: value for key, value in swarm.items() if key not in MOVED_TO_PEER}
-    return {**data, "swarm": kept}, [f"swarm.{key}" for key in dropped]
+    kept, dropped = dict(data), []
+    for path in MOVED_TO_PEER:
+        section, key = path.split(".")
+        if isinstance(kept.get(section), dict) and key in kept[section]:
+            kept[section] = {k: v for k, v in kept[section].items() if k != key}
+            dropped.append(path)
+    return (kept, sorted(dropped)) if dropped else (data, [])
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
