@@ -26,6 +26,7 @@ from coordinator.checkpoints import CheckpointDir
 from peer.config import load_config
 from peer.modeling import build_models, save_models
 from peer.run.state_format import SwarmState, checkpoint_training_state, write_optimizer_file
+from peer.swarm.averaging import averaging_mode
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
 
@@ -42,7 +43,7 @@ def swarm_state(models, cfg) -> SwarmState:
     optimizer.step()
     name_of = {id(p): name for name, p in named}
     optimizer_state = {name_of[id(p)]: dict(state) for p, state in optimizer.state.items()}
-    momentum = {n: torch.randn_like(p) for n, p in named} if cfg.swarm.averaging == "diloco" else {}
+    momentum = {n: torch.randn_like(p) for n, p in named} if averaging_mode(cfg.swarm).extras_per_parameter else {}
     return SwarmState(step=1, parameters=dict(named), optimizer=optimizer_state, outer_momentum=momentum)
 
 

@@ -415,7 +415,7 @@ def worker(opts: argparse.Namespace) -> None:
     """One peer inside its namespace: the real swarm stack on an MLP (compute without data loading)."""
     import torch
 
-    from peer.config import SwarmSpec
+    from peer.config import PeerSettings, SwarmSpec
     from peer.run.records import LocalMetrics
     from peer.swarm.averaging import build_swarm_optimizer
     from peer.swarm.dht import start_dht, visible_maddrs
@@ -428,9 +428,8 @@ def worker(opts: argparse.Namespace) -> None:
     out, i, n = Path(opts.out), opts.index, opts.peers[0]
     run_id = f"bench-{opts.mode}-{n}-{'state' if opts.role != 'train' else 'train'}"
     b = opts.batch
+    peer = PeerSettings(initial_peers=opts.initial, host_maddrs=[f"/ip4/{SUBNET}.{i + 1}/tcp/0"])
     spec = SwarmSpec(
-        initial_peers=opts.initial,
-        host_maddrs=[f"/ip4/{SUBNET}.{i + 1}/tcp/0"],
         target_batch_size=b * n,
         averaging="sync" if opts.mode == "sync" else "diloco",
         overlap_rounds=opts.mode == "overlap",
@@ -444,7 +443,7 @@ def worker(opts: argparse.Namespace) -> None:
         load_state_timeout=300.0,
     )
     signing = make_validators(run_id)
-    dht = start_dht(spec, signing.validators)
+    dht = start_dht(peer, signing.validators)
     (out / f"maddrs{i}.json").write_text(json.dumps({"maddrs": visible_maddrs(dht)}))
     torch.manual_seed(0)
     h = opts.hidden

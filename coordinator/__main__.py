@@ -51,6 +51,8 @@ def _start(args: argparse.Namespace) -> int:
         init_from=Path(args.init_from) if args.init_from else None,
         allowlist=Path(args.allowlist) if args.allowlist else None,
         token_ttl=args.token_ttl,
+        initial_peers=list(args.initial_peers),
+        use_relay=args.use_relay,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -185,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--grpc_port", type=int, default=50051)
     start.add_argument("--dht_port", type=int, default=31337)
     start.add_argument("--identity_path", default=None, help="DHT identity file (default: DATA_DIR/dht_identity.key)")
+    start.add_argument(
+        "--initial_peers", nargs="*", default=[], metavar="MULTIADDR", help="nodes of the swarm to bootstrap from"
+    )
+    start.add_argument("--no_relay", action="store_false", dest="use_relay", help="do not use libp2p circuit relays")
     start.add_argument("--checkpoint_every", type=int, default=100, help="global steps between checkpoints")
     start.add_argument("--keep_last", type=int, default=3, help="checkpoints to keep")
     start.add_argument("--alive_window", type=float, default=60.0, help="seconds a silent peer still counts alive")

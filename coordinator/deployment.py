@@ -32,6 +32,9 @@ class CoordinatorSpec:
     allowlist: Path | None = None  # a private run: only volunteers in this file get access tokens (None: open run)
     token_ttl: float = 3600.0  # seconds an access token stays valid (peers renew at a quarter left)
     extra_join_args: list[str] = field(default_factory=list)
+    # this coordinator's own DHT node, like a peer's PeerSettings (not the run's, so not in the published config)
+    initial_peers: list[str] = field(default_factory=list)  # other nodes of the swarm to bootstrap from
+    use_relay: bool = True
 
 
 def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:

@@ -38,12 +38,12 @@ def start_coordinator_dht(
     authorizer: AuthorizerBase | None = None,
 ) -> hivemind.DHT:
     """The coordinator's DHT node on a fixed port with a persistent identity (the peer id in the join line stays
-    the same across restarts). It bootstraps from ``cfg.swarm.initial_peers`` and from the peers it was connected to
+    the same across restarts). It bootstraps from ``spec.initial_peers`` and from the peers it was connected to
     before a restart (``known_peers.json``): peers that joined through the coordinator know no one else to dial, so
     after a restart the coordinator must dial them, or it would sit alone beside a running swarm."""
     identity = spec.identity_path or Path(spec.data_dir) / IDENTITY_NAME
     known = read_known_peers(Path(spec.data_dir))
-    attempts = [list(cfg.swarm.initial_peers) + known] + ([list(cfg.swarm.initial_peers)] if known else [])
+    attempts = [list(spec.initial_peers) + known] + ([list(spec.initial_peers)] if known else [])
     for i, initial_peers in enumerate(attempts):
         try:
             kwargs = dict(
@@ -51,7 +51,7 @@ def start_coordinator_dht(
                 host_maddrs=_dht_maddrs(spec.host, spec.dht_port),
                 announce_maddrs=_dht_maddrs(spec.public_host, spec.dht_port) if spec.public_host else None,
                 identity_path=str(identity),
-                use_relay=cfg.swarm.use_relay,
+                use_relay=spec.use_relay,
                 record_validators=list(validators),
                 authorizer=authorizer,  # a private run: tokens on every DHT message, ours signed by ourselves
                 startup_timeout=DHT_STARTUP_TIMEOUT_S,

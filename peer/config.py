@@ -1,8 +1,10 @@
-"""Typed run configuration: one ``RunConfig`` composed of small specs, loadable from YAML and overridable by flags.
+"""Typed configuration: the run's ``RunConfig`` (composed of small specs, loadable from YAML, overridable by flags)
+and one peer's own ``PeerSettings``.
 
 Every part of a peer (growth, objective, data, trainer, swarm) and the coordinator reads its own spec from here, so a
-run is described by a single file that the coordinator can publish and every peer can verify. Unknown keys are an
-error, not a warning: a typo in a month-long run's config must fail at start, not silently use a default.
+run is described by a single file that the coordinator can publish and every peer can verify. What is one peer's
+own business (its addresses, identity, keys, name) is a separate type that never travels (``PeerSettings``). Unknown
+keys are an error, not a warning: a typo in a month-long run's config must fail at start, not silently use a default.
 """
 
 from __future__ import annotations
@@ -98,13 +100,9 @@ class TrainSpec:
 
 @dataclass
 class SwarmSpec:
-    initial_peers: list[str] = field(default_factory=list)
-    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
-    announce_maddrs: list[str] = field(default_factory=list)
-    identity_path: str | None = None
-    client_mode: bool = False
-    use_relay: bool = True
-    use_auto_relay: bool = False
+    """How the run's peers average: the same for every peer of the run, published by the coordinator with the rest
+    of the ``RunConfig``. A peer's own network and identity settings are ``PeerSettings``."""
+
     target_batch_size: int = 4096
     averaging: Literal["sync", "diloco"] = "sync"
     inner_steps: int = 100  # DiLoCo: local steps between outer averaging rounds
@@ -146,13 +144,6 @@ class SwarmSpec:
     # own samples until its next read: with global steps of a few seconds (small swarms, tests) it can take global
     # steps alone, without averaging, before that read.
     progress_refresh_max: float = 10.0
-    # Private runs (issue 6): the volunteer's "NAME:SECRET" from the organiser's allowlist (also env
-    # WARMSWARM_AUTH_KEY), and the coordinator's token-signing key (OpenSSH text; normally read from the
-    # coordinator's /api/v1/run, set here to pin it). Both None: an open run, no tokens.
-    auth_key: str | None = None
-    authority_public_key: str | None = None
-    peer_name: str = ""  # display name on the dashboard (private runs default to the allowlisted name)
-    coordinator_url: str | None = None
     # Robust averaging (issue 6, peer.swarm.robust): CenteredClip per averaged part, non-finite results kept local.
     # None: on in an open run (no allowlist), off in a private one unless set. clip_factor: clipping radius in
     # median distances to the centre; ban_after: rounds in a row a peer's contribution is clipped or non-finite
@@ -162,6 +153,63 @@ class SwarmSpec:
     clip_factor: float = 2.0
     ban_after: int = 3
     local_ban_seconds: float = 1800.0
+
+
+@dataclass
+class PeerSettings:
+    """One peer's own settings: how this process reaches the swarm and who it is. The coordinator never publishes
+    them and they are not in the run's fingerprint; ``peer join`` fills them from its flags (hivemind's names), and
+    a run config file that still holds one of them is refused with the flag to use instead (``MOVED_TO_PEER``).
+
+    Why each is the peer's and not the run's:
+
+    - ``initial_peers``: whom this process dials first. A joiner through ``--coordinator`` gets the coordinator's
+      addresses from ``GET /api/v1/run`` (next to the config, not inside it); inside the published config the list
+      was the coordinator's own bootstrap list, which told a peer nothing.
+    - ``host_maddrs``, ``announce_maddrs``, ``client_mode``, ``use_relay``, ``use_auto_relay``: this machine's ports,
+      public address and NAT; published, the coordinator's network settings became every peer's.
+    - ``identity_path``, ``auth_key``, ``peer_name``: who this peer is: its key file, its "NAME:SECRET" from the
+      organiser's allowlist (also env ``WARMSWARM_AUTH_KEY``), its name on the dashboard (private runs default to
+      the allowlisted name).
+    - ``authority_public_key``: the key (OpenSSH text) this peer checks access tokens with. It is the run's key,
+      but which key to trust is the peer's decision: normally the coordinator's ``/api/v1/run`` says it, and
+      ``--authority_public_key`` pins it; a copy inside the published config would come from the party it checks.
+      None with no ``auth_key``: an open run, no tokens.
+    - ``coordinator_url``: where this peer got the run from (``--coordinator``); None for a run config file.
+
+    The peer's own compute settings (device, precision, micro-batch) belong here too, for the same reason: what one
+    volunteer's machine can do is not the run's to decide. A setting that moves here from the run config adds its
+    old ``section.key`` and its flag to ``MOVED_TO_PEER``.
+    """
+
+    initial_peers: list[str] = field(default_factory=list)
+    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    announce_maddrs: list[str] = field(default_factory=list)
+    identity_path: str | None = None
+    client_mode: bool = False
+    use_relay: bool = True
+    use_auto_relay: bool = False
+    auth_key: str | None = None
+    authority_public_key: str | None = None
+    peer_name: str = ""
+    coordinator_url: str | None = None
+
+
+MOVED_TO_PEER = {
+    "swarm.initial_peers": "--initial_peers",
+    "swarm.host_maddrs": "--host_maddrs",
+    "swarm.announce_maddrs": "--announce_maddrs",
+    "swarm.identity_path": "--identity_path",
+    "swarm.client_mode": "--client_mode",
+    "swarm.use_relay": "--no_relay",
+    "swarm.use_auto_relay": "--use_auto_relay",
+    "swarm.auth_key": "--auth_key",
+    "swarm.authority_public_key": "--authority_public_key",
+    "swarm.peer_name": "--peer_name",
+    "swarm.coordinator_url": "--coordinator",
+}
+"""Run config keys (``section.key``) that became ``PeerSettings``, and the flag that sets each now: a config file
+that still holds one gets that flag in its error, a published config from an older coordinator has it dropped."""
 
 
 @dataclass
@@ -237,8 +285,14 @@ def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    prefix = f"{where}." if where else ""
+    for key in unknown:
+        if f"{prefix}{key}" in MOVED_TO_PEER:
+            raise ConfigError(
+                f"{prefix}{key} is no longer part of the run config (each peer's own setting, PeerSettings): "
+                f"give it on the command line as {MOVED_TO_PEER[prefix + key]}"
+            )
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -248,6 +302,22 @@ def config_from_dict(data: dict) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError("a run config must be a YAML mapping")
     return _from_dict(RunConfig, data)
+
+
+def without_peer_keys(data: dict) -> tuple[dict, list[str]]:
+    """A published run config (``data``, as ``config_to_dict`` wrote it) without the keys that are ``PeerSettings``
+    now (``MOVED_TO_PEER``), and those keys. Why: a coordinator from before the split publishes its own addresses,
+    identity path and relay settings in the config; a peer ignores them (its own come from its flags) rather than
+    refuse to join such a run. ``data`` itself is left as it was."""
+    if not isinstance(data, dict):
+        return data, []
+    kept, dropped = dict(data), []
+    for path in MOVED_TO_PEER:
+        section, key = path.split(".")
+        if isinstance(kept.get(section), dict) and key in kept[section]:
+            kept[section] = {k: v for k, v in kept[section].items() if k != key}
+            dropped.append(path)
+    return (kept, sorted(dropped)) if dropped else (data, [])
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -95,11 +95,12 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
     register_join(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg, from_coordinator = resolve_config(args)
+    cfg, peer, from_coordinator = resolve_config(args)
     stop = StopSignal().install()
     try:
-        options = join_options(args, cfg, from_coordinator, show_status=False, averagers=attacker_kinds(args.attack))
-        result = join_swarm(cfg, options, stop)
+        kinds = attacker_kinds(args.attack)
+        options = join_options(args, cfg, peer, from_coordinator, show_status=False, averagers=kinds)
+        result = join_swarm(cfg, peer, options, stop)
     finally:
         stop.restore()
     print(f"attacker ({args.attack}) left the swarm at global step {result.global_step}")

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from peer.config import RunConfig, load_config
+from peer.config import PeerSettings, RunConfig, load_config
 from peer.errors import UserError
 from peer.run.tokens import AUTH_KEY_ENV
 from peer.swarm.ddp import (
@@ -72,12 +72,29 @@ def register(subparsers) -> None:
         default=None,
         help="do not accept incoming connections (peers behind NAT/firewall)",
     )
+    p.add_argument(
+        "--no_relay",
+        action="store_false",
+        dest="use_relay",
+        help="do not use libp2p circuit relays to reach peers behind NAT (on by default)",
+    )
+    p.add_argument(
+        "--use_auto_relay",
+        action="store_true",
+        help="look for libp2p relays by itself to become reachable from behind NAT/firewall",
+    )
     p.add_argument("--peer_name", default="", help="display name on the coordinator's dashboard")
     p.add_argument(
         "--auth_key",
         default=None,
         metavar="NAME:SECRET",
         help="your key for a private run, as the organiser sent it (default: env WARMSWARM_AUTH_KEY)",
+    )
+    p.add_argument(
+        "--authority_public_key",
+        default=None,
+        metavar="KEY",
+        help="a private run's token-signing key (OpenSSH text) to trust instead of the one the coordinator sends",
     )
     p.add_argument(
         "--init_dir",
@@ -135,43 +152,49 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, bool]:
-    """The run config with the command-line flags applied; True if it came from a coordinator."""
-    if args.coordinator:
-        run = fetch_run(args.coordinator)
-        cfg = run.config
-        cfg.run_id = run.run_id
-        if not args.initial_peers:
-            cfg.swarm.initial_peers = run.initial_peers
-        cfg.swarm.coordinator_url = args.coordinator
-        if args.overrides:
-            raise UserError("--set is only for -c configs: a coordinator's run config is fixed for all peers")
-    else:
-        cfg = load_config(args.config, args.overrides)
+def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PeerSettings, bool]:
+    """The run config (the coordinator's, or a file with ``--set`` applied), this peer's own settings from its
+    flags, and True if the run came from a coordinator."""
+    peer = PeerSettings()
     for name in ("initial_peers", "host_maddrs", "announce_maddrs", "identity_path", "client_mode"):
         value = getattr(args, name)
         if value is not None:
-            setattr(cfg.swarm, name, value)
-    cfg.swarm.auth_key = args.auth_key or os.environ.get(AUTH_KEY_ENV) or cfg.swarm.auth_key
-    cfg.swarm.peer_name = args.peer_name or cfg.swarm.peer_name or allowlisted_name(cfg.swarm.auth_key)
-    return cfg, bool(args.coordinator)
+            setattr(peer, name, value)
+    peer.use_relay, peer.use_auto_relay = args.use_relay, args.use_auto_relay
+    peer.auth_key = args.auth_key or os.environ.get(AUTH_KEY_ENV) or None
+    peer.authority_public_key = args.authority_public_key
+    peer.peer_name = args.peer_name or allowlisted_name(peer.auth_key)
+    if args.coordinator:
+        if args.overrides:
+            raise UserError("--set is only for -c configs: a coordinator's run config is fixed for all peers")
+        run = fetch_run(args.coordinator, pinned_authority_key=peer.authority_public_key)
+        cfg = run.config
+        cfg.run_id = run.run_id
+        if not args.initial_peers:
+            peer.initial_peers = run.initial_peers
+        peer.coordinator_url = args.coordinator
+        peer.authority_public_key = run.authority_public_key
+    else:
+        cfg = load_config(args.config, args.overrides)
+    return cfg, peer, bool(args.coordinator)
 
 
-def join_options(args: argparse.Namespace, cfg: RunConfig, from_coordinator: bool, **overrides) -> JoinOptions:
+def join_options(
+    args: argparse.Namespace, cfg: RunConfig, peer: PeerSettings, from_coordinator: bool, **overrides
+) -> JoinOptions:
     """``JoinOptions`` from this command's parsed arguments; ``overrides`` (``group``, ``averagers``, ``loop``
     fields such as ``show_status``) are what a caller — a torchrun rank, the fault bench's attacker — sets itself."""
     loop_fields = {name: overrides.pop(name) for name in list(overrides) if name in LoopOptions.__dataclass_fields__}
     loop = LoopOptions(
         max_global_steps=args.max_steps,
         max_seconds=args.max_seconds,
-        peer_name=cfg.swarm.peer_name,
+        peer_name=peer.peer_name,
         show_status=not args.no_status,
         log_every=cfg.train.log_every,
         wait_for_peers=args.wait_for_peers,
         save_params=args.save_params,
     )
     return JoinOptions(
-        coordinator_url=cfg.swarm.coordinator_url,
         config_from_coordinator=from_coordinator,
         init_dir=args.init_dir,
         work_dir=args.work_dir,
@@ -183,7 +206,7 @@ def join_options(args: argparse.Namespace, cfg: RunConfig, from_coordinator: boo
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg, from_coordinator = resolve_config(args)
+    cfg, peer, from_coordinator = resolve_config(args)
     rank = rank_from_env()  # set by torchrun: this process is one rank of a multi-GPU peer
     stop = StopSignal().install()
     group = start_group(rank, cfg) if rank is not None else None
@@ -197,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 f"params {followed.params_digest}"
             )
             return 0
-        result = join_swarm(cfg, join_options(args, cfg, from_coordinator, group=group), stop)
+        options = join_options(args, cfg, peer, from_coordinator, group=group)
+        result = join_swarm(cfg, peer, options, stop)
     except BaseException as e:
         if group is not None and group.is_leader:  # followers wait for the leader's set-up: tell them it failed
             group.report_setup(SetupReport(ok=False, error=str(e).splitlines()[0] if str(e) else type(e).__name__))

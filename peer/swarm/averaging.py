@@ -1,4 +1,5 @@
-"""The hivemind.Optimizer of a peer, in one of the two averaging modes of ``SwarmSpec.averaging``.
+"""The hivemind.Optimizer of a peer, in one of the averaging modes of ``SwarmSpec.averaging``, each an
+``AveragingMode`` object (``MODES``):
 
 "sync": hivemind's default. Peers accumulate gradients until the swarm together reaches ``target_batch_size``
 samples, all-reduce them (``compression`` applied to what is sent) and all take the same optimizer step, so N peers
@@ -27,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import hivemind
 import torch
@@ -149,6 +151,12 @@ class SwarmOptimizer:
     @property
     def global_step(self) -> int:
         return self.opt.local_epoch
+
+    @property
+    def changes_every_step(self) -> bool:
+        """Whether parameters change outside global steps: each local step updates them (diloco's inner steps) or a
+        delayed optimizer step lands later. A multi-GPU peer's followers then need them after every step."""
+        return self.outer is not None or bool(getattr(self.opt, "delay_optimizer_step", False))
 
     def step(self, batch_size: int) -> bool:
         """Reports ``batch_size`` samples and steps; returns True when a global step (epoch) was taken."""
@@ -338,6 +346,110 @@ def robust_enabled(spec: SwarmSpec, open_run: bool) -> bool:
     return open_run if spec.robust_averaging is None else spec.robust_averaging
 
 
+class AveragingMode(Protocol):
+    """What differs between the averaging modes of ``SwarmSpec.averaging``: one object per mode in ``MODES``, found
+    by ``averaging_mode``. The rest of the peer asks it instead of testing the mode's name: how the optimizer is built
+    (``build``), how many tensors the state carries beside each parameter (``extras_per_parameter``: the extra
+    tensors of hivemind's state download, a checkpoint's ``outer_momentum/``), and what peers of one run must agree
+    on (``fingerprint``). A new mode is a class here, its entry in ``MODES``, and its name (and settings) in
+    ``peer.config.SwarmSpec``."""
+
+    name: str
+    extras_per_parameter: int
+
+    def build(self, spec: SwarmSpec, shared: dict, outcomes: OutcomeChannel | None) -> SwarmOptimizer:
+        """The peer's optimizer. ``shared`` holds the ``GuardedOptimizer`` arguments every mode passes (DHT, run_id,
+        ``params`` (maybe param groups), the ``optimizer`` and ``scheduler`` factories, timeouts, the averagers'
+        guard, ...); ``outcomes`` is where the robust reducer's verdicts arrive (None: robust averaging off)."""
+        ...
+
+    def fingerprint(self, spec: SwarmSpec) -> dict:
+        """This mode's part of ``peer.swarm.metrics.swarm_fingerprint``: the settings whose mismatch makes peers send
+        tensors of the wrong shape or meaning. Changing it for an existing mode splits running swarms."""
+        return {"averaging": self.name, "target_batch_size": spec.target_batch_size}
+
+
+class SyncMode(AveragingMode):
+    """"sync" (see the module docstring): gradients averaged towards ``target_batch_size``, one optimizer step for
+    all; the state carries parameters and optimizer state only."""
+
+    name = "sync"
+    extras_per_parameter = 0
+
+    def build(self, spec: SwarmSpec, shared: dict, outcomes: OutcomeChannel | None) -> SwarmOptimizer:
+        compression = make_compression(spec.compression)
+        statistics = optimizer_statistics(shared["optimizer"]) if spec.sync_optimizer_state else ()
+        opt = GuardedOptimizer(
+            target_batch_size=spec.target_batch_size,
+            grad_compression=compression,
+            # the statistics travel uncompressed: Adam's second moment (1e-10 and below) underflows fp16 to 0
+            state_averaging_compression=RoleAdaptiveCompression(optimizer=NoCompression(), default=compression),
+            average_opt_statistics=statistics,
+            delay_optimizer_step=spec.delay_optimizer_step,
+            offload_optimizer=True,
+            **shared,
+        )
+        return SwarmOptimizer(opt, None, outcomes)
+
+
+class DiLoCoMode(AveragingMode):
+    """"diloco" (see the module docstring): local inner steps, parameters averaged every ``inner_steps *
+    target_batch_size`` samples and the outer Nesterov step on the result, in the background with
+    ``overlap_rounds``; the state carries one outer-momentum buffer per parameter."""
+
+    name = "diloco"
+    extras_per_parameter = 1
+
+    def build(self, spec: SwarmSpec, shared: dict, outcomes: OutcomeChannel | None) -> SwarmOptimizer:
+        params = shared["params"]
+        flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+        outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
+        average_momentum = momentum_sync(spec) == "average"
+        opt = GuardedOptimizer(
+            target_batch_size=spec.target_batch_size * spec.inner_steps,
+            use_local_updates=True,
+            delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
+            # overlapped rounds are started by SwarmOptimizer (peer.swarm.overlap), so hivemind never averages itself
+            average_state_every=NEVER if spec.overlap_rounds else 1,
+            state_averaging_compression=make_state_compression(spec),
+            extra_tensors=outer.momentum,
+            # "average": in every round (with fp16 parameters and 8-bit momentum 1.5x the bytes of the parameters
+            # alone). Not averaged without a catch-up for missed rounds, two peers ended 0.18-0.49 apart after the
+            # last outer step of tests/peer/swarm/test_swarm_peers.py (diloco); "catch_up" is that rule
+            # (SwarmOptimizer)
+            average_extras=average_momentum,
+            **shared,
+        )
+        background = None
+        if spec.overlap_rounds:
+            # joiners and catch-ups get the last round's outcome, not our own steps since. Only here: with the round
+            # inside step() (hivemind's own out-of-sync downloads), serving the anchor made the two peers of the
+            # blocking diloco test in tests/peer/swarm/test_swarm_peers.py end 0.07-0.19 apart
+            opt.state_averager.served_parameters = outer.anchor
+            background = BackgroundRound(
+                opt.state_averager,
+                flat,
+                outer.momentum,
+                average_momentum=average_momentum,
+                timeout=spec.averaging_timeout,
+            )
+        return SwarmOptimizer(opt, outer, outcomes, background=background, catch_up=not average_momentum)
+
+
+MODES: dict[str, AveragingMode] = {mode.name: mode for mode in (SyncMode(), DiLoCoMode())}
+"""Every averaging mode by its ``SwarmSpec.averaging`` name (``peer.config`` lists the same names, so that a
+config file with another one fails when it is read)."""
+
+
+def averaging_mode(spec: SwarmSpec) -> AveragingMode:
+    """The mode ``spec.averaging`` names; UserError in one line for a name no mode has."""
+    mode = MODES.get(spec.averaging)
+    if mode is None:
+        known = ", ".join(repr(name) for name in MODES)
+        raise UserError(f"swarm.averaging: {spec.averaging!r} is not an averaging mode (known: {known})")
+    return mode
+
+
 def build_swarm_optimizer(
     dht: hivemind.DHT,
     run_id: str,
@@ -349,18 +461,20 @@ def build_swarm_optimizer(
     verbose: bool = False,
     gate: PeerGate | None = None,
     open_run: bool = True,
+    client_mode: bool = False,
     kinds: AveragerKinds | None = None,
 ) -> SwarmOptimizer:
-    """The peer's optimizer for ``spec.averaging``; ``batch_size`` = samples per local step (all DDP ranks).
+    """The peer's optimizer for ``spec.averaging`` (its ``AveragingMode`` builds it from the arguments every mode
+    shares); ``batch_size`` = samples per local step (all DDP ranks).
 
     ``params`` may be param groups (e.g. decay / no-decay): hivemind hands the optimizer factory its offloaded
     copies as groups, so the grouping must be decided here, not inside the factory.
 
     ``gate`` decides who may average with this peer (None: everyone); ``open_run`` resolves the robust switch (see
-    ``robust_enabled``); ``kinds`` substitutes averager classes (the fault-injection bench's attackers)."""
+    ``robust_enabled``); ``client_mode`` is the peer's own (``PeerSettings.client_mode``: its averagers accept no
+    incoming connections); ``kinds`` substitutes averager classes (the fault-injection bench's attackers)."""
+    mode = averaging_mode(spec)
     params = list(params)
-    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
-    compression = make_compression(spec.compression)
     if not spec.progress_report_interval >= 0:
         raise UserError(f"need swarm.progress_report_interval >= 0, got {spec.progress_report_interval}")
     if not spec.progress_refresh_max >= 0.5:  # hivemind's min_refresh_period
@@ -375,7 +489,7 @@ def build_swarm_optimizer(
     guard = AveragerGuard(
         gate=gate or OpenGate(), robust=robust, clip=ClipSettings(clip_factor=spec.clip_factor), channel=outcomes
     )
-    common = dict(
+    shared = dict(
         guard=guard,
         kinds=kinds or AveragerKinds(),
         dht=dht,
@@ -387,49 +501,11 @@ def build_swarm_optimizer(
         matchmaking_time=spec.matchmaking_time,
         averaging_timeout=spec.averaging_timeout,
         load_state_timeout=spec.load_state_timeout,
-        client_mode=spec.client_mode,
+        client_mode=client_mode,
         verbose=verbose,
         progress_report_interval=spec.progress_report_interval,
         tracker_opts=dict(
             max_refresh_period=spec.progress_refresh_max, default_refresh_period=min(3.0, spec.progress_refresh_max)
         ),
     )
-    if spec.averaging == "sync":
-        statistics = optimizer_statistics(optimizer_factory) if spec.sync_optimizer_state else ()
-        opt = GuardedOptimizer(
-            target_batch_size=spec.target_batch_size,
-            grad_compression=compression,
-            # the statistics travel uncompressed: Adam's second moment (1e-10 and below) underflows fp16 to 0
-            state_averaging_compression=RoleAdaptiveCompression(optimizer=NoCompression(), default=compression),
-            average_opt_statistics=statistics,
-            delay_optimizer_step=spec.delay_optimizer_step,
-            offload_optimizer=True,
-            **common,
-        )
-        return SwarmOptimizer(opt, None, outcomes)
-    outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
-    average_momentum = momentum_sync(spec) == "average"
-    opt = GuardedOptimizer(
-        target_batch_size=spec.target_batch_size * spec.inner_steps,
-        use_local_updates=True,
-        delay_state_averaging=False,  # the outer step needs the averaged parameters when step() returns
-        # overlapped rounds are started by SwarmOptimizer (peer.swarm.overlap), so hivemind never averages itself
-        average_state_every=NEVER if spec.overlap_rounds else 1,
-        state_averaging_compression=make_state_compression(spec),
-        extra_tensors=outer.momentum,
-        # "average": in every round (with fp16 parameters and 8-bit momentum 1.5x the bytes of the parameters
-        # alone). Not averaged without a catch-up for missed rounds, two peers ended 0.18-0.49 apart after the last
-        # outer step of tests/peer/swarm/test_swarm_peers.py (diloco); "catch_up" is that rule (SwarmOptimizer)
-        average_extras=average_momentum,
-        **common,
-    )
-    background = None
-    if spec.overlap_rounds:
-        # joiners and catch-ups get the last round's outcome, not our own steps since. Only here: with the round
-        # inside step() (hivemind's own out-of-sync downloads), serving the anchor made the two peers of the
-        # blocking diloco test in tests/peer/swarm/test_swarm_peers.py end 0.07-0.19 apart
-        opt.state_averager.served_parameters = outer.anchor
-        background = BackgroundRound(
-            opt.state_averager, flat, outer.momentum, average_momentum=average_momentum, timeout=spec.averaging_timeout
-        )
-    return SwarmOptimizer(opt, outer, outcomes, background=background, catch_up=not average_momentum)
+    return mode.build(spec, shared, outcomes)

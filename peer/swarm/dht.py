@@ -15,7 +15,7 @@ import hivemind
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils.auth import AuthorizerBase
 
-from peer.config import SwarmSpec
+from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
 
@@ -34,12 +34,13 @@ def lock_identity(identity_path: str) -> ProcessLock:
 
 
 def start_dht(
-    spec: SwarmSpec,
+    peer: PeerSettings,
     validators: Sequence[RecordValidatorBase] = (),
     startup_timeout: float = 60.0,
     authorizer: AuthorizerBase | None = None,
 ) -> hivemind.DHT:
-    """Starts and returns a running DHT joined to ``spec.initial_peers`` (a new swarm if there are none).
+    """Starts and returns a running DHT with this peer's network settings, joined to ``peer.initial_peers`` (a new
+    swarm if there are none).
 
     ``authorizer`` (a private run's ``peer.swarm.authorizers.CoordinatorTokenAuthorizer``) signs every DHT request and
     response with this peer's token and refuses messages without a valid one; None for an open run.
@@ -47,25 +48,25 @@ def start_dht(
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.
     """
     kwargs: dict = dict(
-        initial_peers=list(spec.initial_peers) or None,
-        host_maddrs=list(spec.host_maddrs),
-        announce_maddrs=list(spec.announce_maddrs) or None,
-        client_mode=spec.client_mode,
-        use_relay=spec.use_relay,
-        use_auto_relay=spec.use_auto_relay,
+        initial_peers=list(peer.initial_peers) or None,
+        host_maddrs=list(peer.host_maddrs),
+        announce_maddrs=list(peer.announce_maddrs) or None,
+        client_mode=peer.client_mode,
+        use_relay=peer.use_relay,
+        use_auto_relay=peer.use_auto_relay,
         record_validators=list(validators),
         startup_timeout=startup_timeout,
         authorizer=authorizer,
         start=False,
     )
-    if spec.identity_path:
-        kwargs["identity_path"] = spec.identity_path
+    if peer.identity_path:
+        kwargs["identity_path"] = peer.identity_path
     try:
         dht = run_dht(lambda: hivemind.DHT(**kwargs), startup_timeout + READY_GRACE_S)
     except UserError:
         raise
     except Exception as e:  # hivemind re-raises the p2pd child's error types; the message is what matters
-        raise UserError(_explain_dht_failure(e, spec)) from None
+        raise UserError(_explain_dht_failure(e, peer)) from None
     logger.info("DHT started, peer id %s", dht.peer_id)
     return dht
 
@@ -136,13 +137,13 @@ def _stop_child(dht: hivemind.DHT) -> None:
         dht.join(STOP_GRACE_S)
 
 
-def _explain_dht_failure(e: Exception, spec: SwarmSpec) -> str:
+def _explain_dht_failure(e: Exception, peer: PeerSettings) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if "bootstrap" in text or "connect" in text.lower():
-        peers = ", ".join(spec.initial_peers)
+        peers = ", ".join(peer.initial_peers)
         return f"cannot reach any initial peer ({peers}): check the address, the port and the firewall ({text[:200]})"
     if "already taken" in text:
-        return f"identity file {spec.identity_path} is already used by another peer in the swarm"
+        return f"identity file {peer.identity_path} is already used by another peer in the swarm"
     if "multiaddr" in text.lower() or "invalid" in text.lower():
         return f"bad multiaddr in --initial_peers/--host_maddrs/--announce_maddrs: {text[:200]}"
     return f"could not start the DHT: {text[:300]}"

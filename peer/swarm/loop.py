@@ -187,9 +187,7 @@ def train_loop(
     loss_value = float("nan")
     ema_rate = 0.0
     published_samples = 0  # samples_total of the last record handed to the publisher
-    # parameters change outside global steps when each local step updates them (diloco's inner steps) or when a
-    # delayed optimizer step lands later; then followers must get them after every step
-    changes_every_step = opt.outer is not None or bool(getattr(opt.opt, "delay_optimizer_step", False))
+    changes_every_step = opt.changes_every_step  # then followers must get the parameters after every step
     if options.wait_for_peers > 1:
         wait_for_peers(dht, run_id, signing, opt, options, stop)
     if group is not None:

@@ -27,7 +27,7 @@ from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
 
-from peer.config import RunConfig
+from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.run.members import fetch_member_entries, member_validators, members_key, publish_member_record, read_members
 from peer.run.revocations import Revoked, fetch_revocations
@@ -193,30 +193,31 @@ class Membership:
         self.gate.close()
 
 
-def authenticate_peer(cfg: RunConfig, coordinator_url: str | None, signing: RecordSigning) -> PrivatePeer | None:
-    """Join step one of a private run (None for an open run): get a token for the key that signs this peer's
-    records, and add the member-record schema to its validators. Must run before the DHT starts."""
+def authenticate_peer(run_id: str, peer: PeerSettings, signing: RecordSigning) -> PrivatePeer | None:
+    """Join step one of a private run (None for an open run): get a token from ``peer.coordinator_url`` for the key
+    that signs this peer's records, and add the member-record schema to its validators. Must run before the DHT
+    starts."""
     private_key = RSAPrivateKey.process_wide()  # hivemind's default signer: the one ``signing`` was built with
     if owner_subkey(private_key.get_public_key().to_bytes()) != signing.public_key:
         raise RuntimeError("the record signer is not the process-wide key; the token would be bound to another key")
-    auth = authenticate(cfg.run_id, coordinator_url, cfg.swarm.auth_key, cfg.swarm.authority_public_key, private_key)
+    auth = authenticate(run_id, peer.coordinator_url, peer.auth_key, peer.authority_public_key, private_key)
     if auth is None:
         return None
-    ensure_identity(cfg)
-    signing.validators.extend(member_validators(cfg.run_id))
+    ensure_identity(peer)
+    signing.validators.extend(member_validators(run_id))
     logger.info("access token for %s until %s", auth.credentials.name, auth.token.expiration_time)
     return PrivatePeer(auth, signing.public_key)
 
 
-def ensure_identity(cfg: RunConfig) -> str:
+def ensure_identity(peer: PeerSettings) -> str:
     """A private run's peer proves its libp2p id with the identity file's key, so it needs one: without
     ``--identity_path``, a fresh path in a private temporary folder (removed at exit), where p2pd's start writes a new
     identity (a new peer id, as without a file)."""
-    if not cfg.swarm.identity_path:
+    if not peer.identity_path:
         folder = tempfile.mkdtemp(prefix="warmswarm-identity-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        cfg.swarm.identity_path = os.path.join(folder, "identity.key")
-    return cfg.swarm.identity_path
+        peer.identity_path = os.path.join(folder, "identity.key")
+    return peer.identity_path
 
 
 @dataclass

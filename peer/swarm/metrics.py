@@ -24,6 +24,7 @@ from hivemind.utils import get_dht_time
 from peer.config import RunConfig
 from peer.run.record_limits import RecordSizeLimit
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.swarm.averaging import averaging_mode
 from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
 from peer.swarm.sample_count import SampleCount, sample_count_path
 
@@ -77,13 +78,11 @@ def make_validators(run_id: str, identity_path: str | None = None) -> RecordSign
 
 
 def swarm_fingerprint(cfg: RunConfig) -> str:
-    """A short hash of what must match between peers of one run (model sizes, objective, averaging mode): a peer
-    whose fingerprint differs would send tensors of the wrong shapes or meaning."""
+    """A short hash of what must match between peers of one run (model sizes, objective, and the averaging mode's
+    part, ``AveragingMode.fingerprint``): a peer whose fingerprint differs would send tensors of the wrong shapes or
+    meaning."""
     relevant = dict(
-        model=vars(cfg.model),
-        objective=cfg.objective.name,
-        averaging=cfg.swarm.averaging,
-        target_batch_size=cfg.swarm.target_batch_size,
+        model=vars(cfg.model), objective=cfg.objective.name, **averaging_mode(cfg.swarm).fingerprint(cfg.swarm)
     )
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

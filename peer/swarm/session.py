@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hivemind
 
-from peer.config import ConfigError, RunConfig, config_from_dict
+from peer.config import ConfigError, PeerSettings, RunConfig, config_from_dict, without_peer_keys
 from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.run.coordinator_client import RunAnswer, get_answer
@@ -43,23 +43,32 @@ class CoordinatorRun:
     run_id: str
     config: RunConfig
     initial_peers: list[str]
+    authority_public_key: str | None = None  # the key to check access tokens with (None: an open run, no pin)
 
 
-def fetch_run(url: str, timeout: float = 30.0) -> CoordinatorRun:
-    """``GET /api/v1/run`` of a coordinator: the run config and the swarm's initial peers (UserError in one line if
-    the URL is not a reachable warmswarm coordinator, or its run config is not one this peer can use)."""
+def fetch_run(url: str, timeout: float = 30.0, pinned_authority_key: str | None = None) -> CoordinatorRun:
+    """``GET /api/v1/run`` of a coordinator: the run config, the swarm's initial peers and, for a private run, the
+    key its access tokens are signed with (``pinned_authority_key`` wins over the coordinator's). UserError in one
+    line if the URL is not a reachable warmswarm coordinator, or its run config is not one this peer can use.
+
+    Per-peer keys in the published config (a coordinator from before ``PeerSettings``) are ignored, with one log
+    line: this peer's own settings come from its flags."""
     base = url.rstrip("/")
     run = get_answer(base, RunAnswer, timeout=timeout)
+    published, ignored = without_peer_keys(run.config)
+    if ignored:
+        logger.info("ignoring the per-peer keys in the run config from %s: %s", base, ", ".join(ignored))
     try:
-        cfg = config_from_dict(run.config)
+        cfg = config_from_dict(published)
     except ConfigError as e:
         raise UserError(f"the coordinator at {base} sent a run config this peer cannot use: {e}") from None
+    authority = pinned_authority_key
     auth = run.auth or {}
-    if auth.get("required"):  # a private run: the key its access tokens are signed with (a pinned one wins)
-        cfg.swarm.authority_public_key = cfg.swarm.authority_public_key or auth.get("authority_public_key")
-        if not cfg.swarm.authority_public_key:
+    if auth.get("required"):  # a private run: the key its access tokens are signed with
+        authority = authority or auth.get("authority_public_key")
+        if not authority:
             raise UserError(f"the coordinator at {base} runs a private run but sent no authority_public_key")
-    return CoordinatorRun(run_id=run.run_id, config=cfg, initial_peers=list(run.initial_peers))
+    return CoordinatorRun(run.run_id, cfg, list(run.initial_peers), authority)
 
 
 def check_run_is_live(dht: hivemind.DHT, cfg: RunConfig, timeout: float) -> None:
@@ -91,7 +100,6 @@ def check_fingerprint(dht: hivemind.DHT, cfg: RunConfig) -> None:
 
 @dataclass
 class JoinOptions:
-    coordinator_url: str | None = None
     config_from_coordinator: bool = False
     init_dir: str | None = None
     work_dir: str | None = None  # None: ~/.cache/warmswarm/<run_id>, outside whatever directory the user is in
@@ -102,32 +110,33 @@ class JoinOptions:
     group: PeerGroup | None = None  # this process is rank 0 of a torchrun group: the one that talks to the swarm
 
 
-def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopResult:
-    """Runs one peer until stopped (or a loop limit) and leaves the swarm; raises UserError on bad input."""
+def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: StopSignal) -> LoopResult:
+    """Runs one peer (its own settings ``peer``) in run ``cfg`` until stopped (or a loop limit) and leaves the
+    swarm; raises UserError on bad input."""
 
-    lock = lock_identity(cfg.swarm.identity_path) if cfg.swarm.identity_path else None
+    lock = lock_identity(peer.identity_path) if peer.identity_path else None
     dht: hivemind.DHT | None = None
     opt: SwarmOptimizer | None = None
     membership: Membership | None = None
     try:
-        signing: RecordSigning = make_validators(cfg.run_id, cfg.swarm.identity_path)  # the volunteer's key
+        signing: RecordSigning = make_validators(cfg.run_id, peer.identity_path)  # the volunteer's key
         signing.validators.extend(ban_validators(cfg.run_id))
-        private = authenticate_peer(cfg, options.coordinator_url, signing)  # a private run: a token before the DHT
+        private = authenticate_peer(cfg.run_id, peer, signing)  # a private run: a token before the DHT
         dht = start_dht(
-            cfg.swarm,
+            peer,
             signing.validators,
             startup_timeout=options.startup_timeout,
             authorizer=private.authorizer() if private else None,
         )
         membership = private.join(dht, on_revoked=lambda why: stop.set()) if private else None
         logger.info("visible at %s", " ".join(visible_maddrs(dht)))
-        if cfg.swarm.initial_peers and not options.config_from_coordinator:
+        if peer.initial_peers and not options.config_from_coordinator:
             check_run_is_live(dht, cfg, options.join_timeout)
         check_fingerprint(dht, cfg)
         tokenizer = load_tokenizer(cfg, options.init_dir)
         work_dir = Path(options.work_dir) if options.work_dir else Path.home() / ".cache" / "warmswarm" / cfg.run_id
         work_dir.mkdir(parents=True, exist_ok=True)
-        start = starting_point(cfg, dht, options.coordinator_url, options.init_dir, work_dir, tokenizer)
+        start = starting_point(cfg, dht, peer.coordinator_url, options.init_dir, work_dir, tokenizer)
         models = start.models
         group = options.group  # rank 0 of a multi-GPU peer (peer.swarm.ddp), else None
         device = group.device if group is not None else resolve_device(cfg.train)
@@ -135,7 +144,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         seed = seed_from_bytes(signing.data_seed_material)
         loss_fn, batches = training_inputs(cfg, models, tokenizer, seed, device)
         params = models.parameters()
-        ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(options.coordinator_url))
+        ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(peer.coordinator_url))
         opt = build_swarm_optimizer(
             dht,
             cfg.run_id,
@@ -145,6 +154,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
             batch_size=cfg.train.batch_size * (group.world_size if group is not None else 1),
             gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
             open_run=private is None,
+            client_mode=peer.client_mode,
             kinds=options.averagers,
         )
         opt.bans = BanBook(
@@ -152,7 +162,7 @@ def join_swarm(cfg: RunConfig, options: JoinOptions, stop: StopSignal) -> LoopRe
         )
         stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
         # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
-        resume_swarm_state(opt, start, cfg, dht, stop, options.coordinator_url, work_dir)
+        resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir)
         logger.info("starting at global step %d", opt.global_step)
         if group is not None:
             group.report_setup(SetupReport(ok=True, seed=seed, shapes=tuple(tuple(p.shape) for p in params)))

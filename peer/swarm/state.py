@@ -38,7 +38,7 @@ from peer.run.state_format import (
     read_checkpoint_state,
     wire_names,
 )
-from peer.swarm.averaging import SwarmOptimizer
+from peer.swarm.averaging import SwarmOptimizer, averaging_mode
 from peer.swarm.overrides.state_download import StateDownloadClient
 from peer.swarm.shutdown import signal_handlers_kept
 from peer.swarm.state_check import missing_tensors, state_problem
@@ -240,7 +240,7 @@ def load_state_from_swarm(
     if problem is not None:  # e.g. the coordinator's checkpoint pull: such a state must never become a checkpoint
         logger.warning("not using the swarm's state: %s", problem)
         return None
-    num_extras = len(names) if cfg.swarm.averaging == "diloco" else 0
+    num_extras = averaging_mode(cfg.swarm).extras_per_parameter * len(names)
     state = decode_wire_state(metadata, tensors, names, structure, num_extras)
     check_shapes(state, {name: p.shape for name, p in named})
     with torch.no_grad():

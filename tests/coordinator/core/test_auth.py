@@ -37,7 +37,7 @@ from coordinator.auth import (
     token_response,
 )
 from coordinator.store import BanRow
-from peer.config import RunConfig, SwarmSpec
+from peer.config import PeerSettings, RunConfig
 from peer.errors import UserError
 from peer.run.members import member_validators, members_key, publish_member_record
 from peer.run.tokens import public_key_from_text, sign_token, token_from_bytes, token_problem
@@ -221,18 +221,18 @@ def rejected(url: str, reason: str) -> float:
     return 0.0
 
 
-def peer_config(coordinator, url: str, auth_key: str | None) -> RunConfig:
+def peer_config(coordinator, url: str, auth_key: str | None) -> tuple[RunConfig, PeerSettings]:
     from peer.swarm.session import fetch_run
 
     run = fetch_run(url)
-    cfg = run.config
-    cfg.swarm = SwarmSpec(
+    peer = PeerSettings(
         initial_peers=run.initial_peers,
         host_maddrs=["/ip4/127.0.0.1/tcp/0"],
         auth_key=auth_key,
-        authority_public_key=cfg.swarm.authority_public_key,
+        authority_public_key=run.authority_public_key,
+        coordinator_url=url,
     )
-    return cfg
+    return run.config, peer
 
 
 @pytest.mark.timeout(300)  # fixture start included; generous for a loaded 2-core CI
@@ -270,11 +270,11 @@ class GatedAverager(GuardedAveragerMixin, DecentralizedAverager):
 @pytest.mark.timeout(300)  # fixture start included; generous for a loaded 2-core CI
 def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_members(private_coordinator, tmp_path):
     coordinator, url, secret = private_coordinator
-    cfg = peer_config(coordinator, url, f"alice:{secret}")
+    cfg, peer = peer_config(coordinator, url, f"alice:{secret}")
     signing = make_validators(cfg.run_id)
-    private = authenticate_peer(cfg, url, signing)
+    private = authenticate_peer(cfg.run_id, peer, signing)
     assert private is not None and private.auth.token.username == "alice"
-    dht = start_dht(cfg.swarm, signing.validators, authorizer=private.authorizer(), startup_timeout=60)
+    dht = start_dht(peer, signing.validators, authorizer=private.authorizer(), startup_timeout=60)
     membership = donor = client_dht = client = None
     try:
         membership = private.join(dht)
@@ -296,9 +296,9 @@ def test_allowlisted_peer_joins_its_record_is_stored_and_the_gate_admits_only_me
         outsider_token = coordinator.private.authority.sign("outsider", outsider_key.get_public_key().to_bytes())
         outsider_signature = RSASignatureValidator(outsider_key)
         client_dht = start_dht(
-            SwarmSpec(
+            PeerSettings(
                 host_maddrs=["/ip4/127.0.0.1/tcp/0"],
-                initial_peers=cfg.swarm.initial_peers,
+                initial_peers=peer.initial_peers,
                 identity_path=str(tmp_path / "outsider.id"),  # its member record proves this libp2p id
             ),
             [outsider_signature, *member_validators(RUN)],
@@ -343,7 +343,7 @@ def test_a_forged_token_at_the_coordinators_node_is_refused_and_shows_in_metrics
     before = rejected(url, "bad_token")
     with pytest.raises(UserError, match="cannot reach any initial peer"):
         start_dht(
-            SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=coordinator.initial_peers),
+            PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=coordinator.initial_peers),
             authorizer=LocalTokenAuthorizer(RUN, fake_authority.get_public_key(), forger, lambda _: forged),
             startup_timeout=30,
         )

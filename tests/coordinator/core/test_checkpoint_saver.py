@@ -52,7 +52,7 @@ def test_a_new_peer_resumes_the_swarms_optimizer_state_from_the_coordinators_che
         run_id="saver-test",
         model=ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64),
         train=TrainSpec(lr=1e-2, warmup_steps=0, total_steps=100),
-        swarm=SwarmSpec(host_maddrs=LOOPBACK, target_batch_size=4, matchmaking_time=0.5, load_state_timeout=5),
+        swarm=SwarmSpec(target_batch_size=4, matchmaking_time=0.5, load_state_timeout=5),
     )
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     store = Store(tmp_path / "c.db")

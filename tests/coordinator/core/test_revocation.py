@@ -17,7 +17,7 @@ from hivemind.utils.crypto import RSAPrivateKey
 from coordinator.allowlist import Allowlist, add_volunteer, remove_volunteer
 from coordinator.auth import REVOKED_KEY, TokenAuthority, TokenIssueRefused
 from coordinator.issued_keys import BANNED_REASON, REMOVED_REASON, IssuedKeys
-from peer.config import SwarmSpec
+from peer.config import PeerSettings
 from peer.run.members import member_validators
 from peer.run.revocations import sign_revocations, verified_revocations
 from peer.run.tokens import REVOKED, key_fingerprint, owner_subkey, token_expires_at
@@ -108,7 +108,7 @@ class Volunteer:
     def join(cls, coordinator, url: str, name: str, secret: str, identity_path) -> Volunteer:
         key = RSAPrivateKey()
         auth = authenticate(RUN, url, f"{name}:{secret}", coordinator.private.authority.public_key_text(), key)
-        spec = SwarmSpec(
+        spec = PeerSettings(
             host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=coordinator.initial_peers, identity_path=identity_path
         )
         validators = [RSASignatureValidator(key), *member_validators(RUN)]

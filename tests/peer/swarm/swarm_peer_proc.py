@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from peer.config import SwarmSpec
+from peer.config import PeerSettings, SwarmSpec
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.loop import LoopOptions, LoopParts, train_loop
@@ -41,8 +41,6 @@ def main() -> int:
     torch.set_num_threads(1)
     steps = int(os.environ.get("STEPS", "3"))
     spec = SwarmSpec(
-        initial_peers=initial,
-        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
         target_batch_size=int(os.environ.get("TARGET", "64")),
         averaging=mode,
         inner_steps=1,
@@ -61,7 +59,7 @@ def main() -> int:
     )
     stop = StopSignal().install()
     signing = make_validators(RUN_ID)
-    dht = start_dht(spec, signing.validators)
+    dht = start_dht(PeerSettings(initial_peers=initial, host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
     (out / "maddrs.json").write_text(json.dumps(visible_maddrs(dht)))
     torch.manual_seed(0)  # same initial model on every peer, as after a download of step 0
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))

@@ -24,7 +24,6 @@ MATCHMAKING = 1.0  # so a stuck round is called off after matchmaking_time + 2 s
 
 def _spec() -> SwarmSpec:
     return SwarmSpec(
-        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
         compression="none",
         matchmaking_time=MATCHMAKING,
         averaging_timeout=ROUND_TIMEOUT,

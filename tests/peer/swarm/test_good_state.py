@@ -31,7 +31,7 @@ def swarm_opt():
     params = list(model.parameters())
 
     def build():
-        spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=4, matchmaking_time=1.0)
+        spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0)
         factory = lambda p: make_optimizer(p, TrainSpec(optimizer="adamw", warmup_steps=0))  # noqa: E731
         opts.append(build_swarm_optimizer(dht, "good-state", spec, params, factory, None, 4))
         return opts[-1], model, params

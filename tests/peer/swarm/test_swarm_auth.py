@@ -12,7 +12,7 @@ from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.config import SwarmSpec
+from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.run.members import (
     load_identity,
@@ -194,7 +194,7 @@ class FixedTokenAuthorizer(RunTokenAuthorizer):
 
 
 def private_node(key: RSAPrivateKey, token: AccessToken, initial_peers=(), validators=(), identity=None, **kwargs):
-    spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=list(initial_peers), identity_path=identity)
+    spec = PeerSettings(host_maddrs=LOOPBACK, initial_peers=list(initial_peers), identity_path=identity)
     return start_dht(spec, list(validators), authorizer=FixedTokenAuthorizer(token, key), **kwargs)
 
 
@@ -296,5 +296,5 @@ def test_a_node_without_any_token_cannot_join(private_dht):
     first = private_dht[0]
     before = dht_auth_rejections(first).get(MISSING_TOKEN, 0)
     with pytest.raises(UserError, match="cannot reach any initial peer"):
-        start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(first)), startup_timeout=30)
+        start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(first)), startup_timeout=30)
     assert dht_auth_rejections(first).get(MISSING_TOKEN, 0) > before

@@ -34,7 +34,6 @@ TINY = {
     "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100},
     # no compression: peers that averaged the same gradients end bit-identical, which the digests check
     "swarm": {
-        "host_maddrs": ["/ip4/127.0.0.1/tcp/0"],
         "target_batch_size": 48,
         "matchmaking_time": 5,  # rounds on 2 loaded cores: a 2 s matchmaking window sometimes missed the other peer
         "averaging_timeout": 60,
@@ -100,6 +99,8 @@ def join_cmd(run_files: Path, work: Path, *extra: str, group: bool) -> list[str]
         "--work_dir",
         str(work),
         "--no_status",
+        "--host_maddrs",
+        "/ip4/127.0.0.1/tcp/0",
         *extra,
     ]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hivemind.utils.auth import AuthorizerBase
 
-from peer.config import SwarmSpec
+from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.swarm.dht import READY_GRACE_S, START_ATTEMPTS, start_dht, visible_maddrs
 
@@ -61,13 +61,13 @@ def p2pd_pids() -> set[int]:
 
 @pytest.mark.timeout(300)
 def test_a_dht_process_that_dies_while_starting_gives_one_line_within_the_timeout():
-    bootstrap = start_dht(SwarmSpec(host_maddrs=LOOPBACK))
+    bootstrap = start_dht(PeerSettings(host_maddrs=LOOPBACK))
     try:
         before = p2pd_pids()
         started = time.monotonic()
         with pytest.raises(UserError, match=r"the DHT process died while starting \(exit code 7\) \(tried 3 times\)"):
             start_dht(
-                SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(bootstrap)),
+                PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(bootstrap)),
                 authorizer=DiesOnFirstRequest(),
                 startup_timeout=30,
             )
@@ -82,11 +82,11 @@ def test_a_dht_process_that_dies_while_starting_gives_one_line_within_the_timeou
 
 @pytest.mark.timeout(300)
 def test_a_dht_process_that_died_while_starting_is_replaced_and_the_new_one_joins(tmp_path):
-    bootstrap = start_dht(SwarmSpec(host_maddrs=LOOPBACK))
+    bootstrap = start_dht(PeerSettings(host_maddrs=LOOPBACK))
     try:
         tally = tmp_path / "deaths"
         dht = start_dht(
-            SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(bootstrap)),
+            PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(bootstrap)),
             authorizer=DiesOnFirstRequest(tally, deaths=1),
             startup_timeout=30,
         )

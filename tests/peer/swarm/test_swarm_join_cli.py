@@ -15,7 +15,7 @@ import yaml
 from transformers import AutoTokenizer
 
 from peer.__main__ import main as peer_main
-from peer.config import SwarmSpec, load_config
+from peer.config import PeerSettings, load_config
 from peer.modeling import build_models, save_models
 from peer.run.records import LocalMetrics
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
@@ -28,7 +28,7 @@ TINY = {
     "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
     "data": {"seq_len": 32},
     "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100},
-    "swarm": {"host_maddrs": ["/ip4/127.0.0.1/tcp/0"], "target_batch_size": 16, "matchmaking_time": 2},
+    "swarm": {"target_batch_size": 16, "matchmaking_time": 2},
 }
 
 
@@ -46,7 +46,7 @@ def run_files(tmp_path_factory):
 def live_swarm():
     """A DHT node of run ``clitest`` whose one peer publishes a fingerprint no tiny config has."""
     signing = make_validators(RUN)
-    dht = start_dht(SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
+    dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
     hello = LocalMetrics(
         step=4,
         samples_per_second=1.0,
@@ -75,6 +75,8 @@ def join_in_process(root: Path, capsys, *extra: str) -> tuple[int, str]:
         "--no_status",
         "--startup_timeout",
         "30",
+        "--host_maddrs",
+        "/ip4/127.0.0.1/tcp/0",
         *extra,
     ]
     code = peer_main(argv)
@@ -156,6 +158,8 @@ def test_join_trains_and_a_signal_leaves_cleanly_without_orphans(run_files, tmp_
         "--no_status",
         "--identity_path",
         str(tmp_path / "peer.id"),
+        "--host_maddrs",
+        "/ip4/127.0.0.1/tcp/0",
     ]
     log = tmp_path / "log.txt"
     with open(log, "w") as f:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from peer.config import RunConfig, SwarmSpec
+from peer.config import PeerSettings, RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
@@ -14,12 +14,14 @@ from peer.swarm.state import peers_hold_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
 
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
 
 def tiny_config(run_id: str, averaging: str) -> RunConfig:
     cfg = RunConfig(run_id=run_id)
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.ffn_size = 32, 1, 2, 64
     cfg.model.max_position_embeddings = 32
-    cfg.swarm = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], averaging=averaging, target_batch_size=4)
+    cfg.swarm = SwarmSpec(averaging=averaging, target_batch_size=4)
     return cfg
 
 
@@ -36,8 +38,8 @@ def _eventually(condition, seconds: float) -> bool:
 @pytest.mark.parametrize("averaging", ["sync", "diloco"])
 def test_a_peer_leaving_cleanly_is_no_longer_a_state_donor(averaging):
     cfg = tiny_config(f"leave-{averaging}", averaging)
-    donor_dht = start_dht(cfg.swarm)
-    observer = start_dht(SwarmSpec(host_maddrs=cfg.swarm.host_maddrs, initial_peers=donor_dht_maddrs(donor_dht)))
+    donor_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK))
+    observer = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=donor_dht_maddrs(donor_dht)))
     opt = None
     try:
         models = build_models(cfg.model, vocab_size=100, seed=1)

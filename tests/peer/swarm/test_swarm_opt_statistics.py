@@ -33,7 +33,7 @@ def test_the_sync_state_averager_averages_adams_moments_unless_switched_off(enab
     dht = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     opt = None
     try:
-        spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], sync_optimizer_state=enabled)
+        spec = SwarmSpec(sync_optimizer_state=enabled)
         model = torch.nn.Linear(4, 2)
         factory = lambda p: make_optimizer(p, TrainSpec(optimizer="adamw"))  # noqa: E731
         opt = build_swarm_optimizer(dht, "opt-stats", spec, list(model.parameters()), factory, None, 4)
@@ -57,7 +57,6 @@ def test_one_state_round_makes_two_peers_adam_moments_equal_only_when_averaged(e
     first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     second = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())
     spec = SwarmSpec(
-        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
         sync_optimizer_state=enabled,
         compression="none",
         matchmaking_time=2.0,

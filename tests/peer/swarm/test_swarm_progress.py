@@ -116,7 +116,7 @@ def test_the_peers_reads_of_swarm_progress_are_at_most_progress_refresh_max_apar
     (hivemind would wait its 10 s maximum) reads the swarm's progress again within the configured bound, and a peer
     that sees no one retries as often. Why it matters: until that read, a peer that started a moment before the
     others' first record counts only its own samples and can take global steps alone."""
-    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=10**9, progress_refresh_max=1.5)
+    spec = SwarmSpec(target_batch_size=10**9, progress_refresh_max=1.5)
     model = torch.nn.Linear(4, 1)
     opt = build_swarm_optimizer(
         dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
@@ -148,7 +148,7 @@ def test_the_peers_reads_of_swarm_progress_are_at_most_progress_refresh_max_apar
 
 
 def test_a_progress_refresh_below_hiveminds_minimum_is_refused_before_anything_starts(dht):
-    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], progress_refresh_max=0.1)
+    spec = SwarmSpec(progress_refresh_max=0.1)
     model = torch.nn.Linear(4, 1)
     with pytest.raises(UserError, match=r"need swarm.progress_refresh_max >= 0.5 \(seconds\), got 0.1"):
         build_swarm_optimizer(
@@ -159,7 +159,7 @@ def test_a_progress_refresh_below_hiveminds_minimum_is_refused_before_anything_s
 def test_a_lone_sync_peer_counts_its_global_steps_as_taken_on_its_own_gradients(dht):
     """``GuardedOptimizer.gradient_steps_local`` is what ``bench/swarm.py`` reports as "alone": a peer with nobody to
     average with takes each global step on its own gradients, and the counters say so."""
-    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], target_batch_size=8, matchmaking_time=1.0)
+    spec = SwarmSpec(target_batch_size=8, matchmaking_time=1.0)
     model = torch.nn.Linear(4, 1)
     opt = build_swarm_optimizer(
         dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4

@@ -12,7 +12,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.config import RunConfig, SwarmSpec
+from peer.config import PeerSettings, RunConfig
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import (
@@ -49,11 +49,11 @@ def other_signer() -> RecordSigning:
 @pytest.fixture(scope="module")
 def two_dhts():
     honest = make_validators(RUN)
-    spec = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    spec = PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     first = start_dht(spec, honest.validators)
     forger = other_signer()
     second = start_dht(
-        SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=visible_maddrs(first)), forger.validators
+        PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=visible_maddrs(first)), forger.validators
     )
     yield first, honest, second, forger
     second.shutdown()

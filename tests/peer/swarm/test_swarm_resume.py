@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from peer.config import RunConfig, SwarmSpec
+from peer.config import PeerSettings, RunConfig, SwarmSpec
 from peer.errors import UserError
 from peer.modeling import build_models, load_models, save_models
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
@@ -37,7 +37,7 @@ def diloco_config(run_id: str) -> RunConfig:
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.ffn_size = 32, 1, 2, 64
     cfg.model.max_position_embeddings = 32
     cfg.train.warmup_steps = 0
-    cfg.swarm = SwarmSpec(host_maddrs=["/ip4/127.0.0.1/tcp/0"], averaging="diloco", inner_steps=4, target_batch_size=4)
+    cfg.swarm = SwarmSpec(averaging="diloco", inner_steps=4, target_batch_size=4)
     return cfg
 
 
@@ -62,7 +62,7 @@ def state_of(opt, models) -> tuple[dict, dict]:
 @pytest.mark.timeout(180)
 def test_diloco_state_survives_wire_decode_checkpoint_and_resume(tmp_path):
     cfg = diloco_config("resume-diloco")
-    dht = start_dht(cfg.swarm)
+    dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]))
     models = build_models(cfg.model, vocab_size=100, seed=1)
     opt = resumed_opt = None
     try:

