@@ -137,12 +137,14 @@ def _download(args: argparse.Namespace) -> int:
     from peer.run.download import download
 
     started = time.perf_counter()
-    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout)
+    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout,
+                      include=args.include, exclude=args.exclude)  # fmt: skip
     seconds = time.perf_counter() - started
     print(
         f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "
         f"{result.bytes_fetched / 1e6:.1f} MB fetched, {result.bytes_reused / 1e6:.1f} MB reused, "
-        f"sha256 verified, {seconds:.1f} s"
+        + (f"{result.skipped} files skipped, " if result.skipped else "")
+        + f"sha256 verified, {seconds:.1f} s"
     )
     return 0
 
@@ -226,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--checkpoint", default="latest", help="checkpoint name (default: the newest)")
     download.add_argument("--retries", type=int, default=3)
     download.add_argument("--timeout", type=float, default=60.0)
+    download.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fetch only files matching GLOB (repeatable), e.g. '*.json' 'model.safetensors'",
+    )
+    download.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                          help="skip files matching GLOB (repeatable), e.g. 'optimizer.*' 'generator/*'")  # fmt: skip
     download.set_defaults(func=_download)
     return parser
 
