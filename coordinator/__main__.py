@@ -1,4 +1,5 @@
-"""``python -m coordinator start | status | download | allowlist``: the organiser's and the researcher's entry point.
+"""``python -m coordinator start | status | download | export | allowlist``: the organiser's and the researcher's
+entry point.
 
 Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
 """
@@ -149,6 +150,28 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from coordinator.export.build import ExportOptions, check_options, check_out
+
+    options = ExportOptions(
+        form=args.form, fraction=args.fraction, steps=args.steps, config=args.config, seed=args.seed,
+        batch_size=args.batch_size, batches=args.batches,
+    )  # fmt: skip
+    check_options(options)  # before the heavy imports: bad input is one line, at once, with nothing written
+    check_out(Path(args.out))
+    if not Path(args.src).is_dir():
+        raise UserError(f"SRC {args.src} is not a directory (give a checkpoint dir or a `peer grow` output)")
+    from coordinator.export.build import export
+
+    note = export(args.src, options, args.out)
+    source = note.source
+    print(
+        f"wrote {args.form} of {source.path.name} ({source.kind}, step {source.step}) to {args.out}: "
+        f"{note.result.get('weight_bytes', 0) / 1e6:.1f} MB of weights, {note.seconds:.1f} s"
+    )
+    return 0
+
+
 def _allowlist(args: argparse.Namespace) -> int:
     from coordinator.allowlist import add_volunteer, list_volunteers, remove_volunteer
 
@@ -238,6 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                           help="skip files matching GLOB (repeatable), e.g. 'optimizer.*' 'generator/*'")  # fmt: skip
     download.set_defaults(func=_download)
+
+    export = sub.add_parser("export", help="write a deployable form of a checkpoint (bf16, int8, bert2bert, ...)")
+    export.add_argument("src", metavar="SRC", help="a checkpoint dir or a `peer grow` output")
+    export.add_argument("--form", required=True, help="bf16 | int8 | bert2bert | pruned | distilled")
+    export.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    export.add_argument("--fraction", type=float, default=0.25, help="pruned: share of attention heads to remove")
+    export.add_argument("--steps", type=int, default=200, help="distilled: training steps of the student")
+    export.add_argument("-c", "--config", default=None, help="run config YAML: its corpus and objective (pruned, "
+                        "distilled); default: the built-in defaults (the embedded corpus)")  # fmt: skip
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--batch_size", type=int, default=8, help="pruned, distilled: sequences per batch")
+    export.add_argument("--batches", type=int, default=8, help="pruned: batches the head importance averages over")
+    export.set_defaults(func=_export)
     return parser
 
 
