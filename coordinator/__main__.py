@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "distilled); default: the built-in defaults (the embedded corpus)")  # fmt: skip
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--batch_size", type=int, default=8, help="pruned, distilled: sequences per batch")
-    export.add_argument("--batches", type=int, default=8, help="pruned: batches the head importance averages over")
+    export.add_argument(
+        "--batches",
+        type=int,
+        default=8,
+        help="pruned: batches the head importance averages over; distilled: held-out batches it is scored on",
+    )
     export.set_defaults(func=_export)
     return parser
 

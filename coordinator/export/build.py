@@ -35,7 +35,7 @@ class ExportOptions:
     config: str | None = None  # run config YAML: the corpus (data) and the objective; None = the defaults
     seed: int = 0
     batch_size: int = 8  # pruned (importance) and distilled (training) batches
-    batches: int = 8  # pruned: batches the head importance is averaged over
+    batches: int = 8  # pruned: batches the head importance is averaged over; distilled: held-out batches scored
     lr: float = 1e-4  # distilled
     temperature: float = 2.0  # distilled: of the soft targets
 

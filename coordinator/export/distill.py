@@ -102,7 +102,7 @@ def write_distilled(models, tokenizer, cfg, out: Path, options) -> dict:
                         last["loss"], last["soft_loss"], last["cosine_loss"], seconds)  # fmt: skip
     student.eval()
     student.save_pretrained(out)
-    heldout = build_heldout_batches(cfg.data, tokenizer, options.batch_size, "electra", max(1, options.batches // 2))
+    heldout = build_heldout_batches(cfg.data, tokenizer, options.batch_size, "electra", options.batches)
     held = {}
     for name, disc in (("teacher", teacher), ("student", student)):
         metrics = build_objective(cfg, PretrainingModels(disc, models.generator), tokenizer.mask_token_id,
