@@ -1,4 +1,5 @@
-"""``python -m coordinator start | status | download | allowlist``: the organiser's and the researcher's entry point.
+"""``python -m coordinator start | status | download | export | allowlist``: the organiser's and the researcher's
+entry point.
 
 Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
 """
@@ -140,12 +141,36 @@ def _download(args: argparse.Namespace) -> int:
     from peer.run.download import download
 
     started = time.perf_counter()
-    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout)
+    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout,
+                      include=args.include, exclude=args.exclude)  # fmt: skip
     seconds = time.perf_counter() - started
     print(
         f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "
         f"{result.bytes_fetched / 1e6:.1f} MB fetched, {result.bytes_reused / 1e6:.1f} MB reused, "
-        f"sha256 verified, {seconds:.1f} s"
+        + (f"{result.skipped} files skipped, " if result.skipped else "")
+        + f"sha256 verified, {seconds:.1f} s"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from coordinator.export.build import ExportOptions, check_options, check_out
+
+    options = ExportOptions(
+        form=args.form, fraction=args.fraction, steps=args.steps, config=args.config, seed=args.seed,
+        batch_size=args.batch_size, batches=args.batches,
+    )  # fmt: skip
+    check_options(options)  # before the heavy imports: bad input is one line, at once, with nothing written
+    check_out(Path(args.out))
+    if not Path(args.src).is_dir():
+        raise UserError(f"SRC {args.src} is not a directory (give a checkpoint dir or a `peer grow` output)")
+    from coordinator.export.build import export
+
+    note = export(args.src, options, args.out)
+    source = note.source
+    print(
+        f"wrote {args.form} of {source.path.name} ({source.kind}, step {source.step}) to {args.out}: "
+        f"{note.result.get('weight_bytes', 0) / 1e6:.1f} MB of weights, {note.seconds:.1f} s"
     )
     return 0
 
@@ -233,7 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--checkpoint", default="latest", help="checkpoint name (default: the newest)")
     download.add_argument("--retries", type=int, default=3)
     download.add_argument("--timeout", type=float, default=60.0)
+    download.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fetch only files matching GLOB (repeatable), e.g. '*.json' 'model.safetensors'",
+    )
+    download.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                          help="skip files matching GLOB (repeatable), e.g. 'optimizer.*' 'generator/*'")  # fmt: skip
     download.set_defaults(func=_download)
+
+    export = sub.add_parser("export", help="write a deployable form of a checkpoint (bf16, int8, bert2bert, ...)")
+    export.add_argument("src", metavar="SRC", help="a checkpoint dir or a `peer grow` output")
+    export.add_argument("--form", required=True, help="bf16 | int8 | bert2bert | pruned | distilled")
+    export.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    export.add_argument("--fraction", type=float, default=0.25, help="pruned: share of attention heads to remove")
+    export.add_argument("--steps", type=int, default=200, help="distilled: training steps of the student")
+    export.add_argument("-c", "--config", default=None, help="run config YAML: its corpus and objective (pruned, "
+                        "distilled); default: the built-in defaults (the embedded corpus)")  # fmt: skip
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--batch_size", type=int, default=8, help="pruned, distilled: sequences per batch")
+    export.add_argument(
+        "--batches",
+        type=int,
+        default=8,
+        help="pruned: batches the head importance averages over; distilled: held-out batches it is scored on",
+    )
+    export.set_defaults(func=_export)
     return parser
 
 

@@ -57,14 +57,28 @@ def generator_logits_at(generator: torch.nn.Module, batch: dict[str, torch.Tenso
     return generator.generator_lm_head(generator.generator_predictions(gather_rows(hidden, index)))
 
 
-def electra_forward(
+@dataclass
+class Corruption:
+    """The discriminator's input for one batch: the generator's samples put in at the masked positions."""
+
+    positions: MaskedPositions
+    mlm_logits: torch.Tensor  # [B, K, V] generator logits on the masked rows only
+    mlm_labels: torch.Tensor  # [B, K] original tokens at those rows
+    sampled: torch.Tensor  # [B, K] the generator's Gumbel-max samples
+    disc_input: torch.Tensor  # [B, L] the original ids with the samples at the masked positions
+    candidates: torch.Tensor  # [B, L] bool: real, non-special tokens
+
+
+def corrupt(
     models: PretrainingModels,
     batch: dict[str, torch.Tensor],
     rng: torch.Generator,
     mask_prob: float,
     mask_token_id: int,
     static: bool = True,
-) -> ElectraStep:
+) -> Corruption:
+    """The generator's half of an ELECTRA step (what the discriminator is then asked about); also the input that
+    a distilled discriminator learns on (``coordinator.export``)."""
     input_ids = batch["input_ids"]
     cand = candidate_mask(batch)
     positions = sample_token_positions(cand, mask_prob, rng, static=static)
@@ -73,12 +87,24 @@ def electra_forward(
     mlm_logits = generator_logits_at(models.generator, batch, masked_ids, positions.index)
     with torch.autocast(device_type=input_ids.device.type, enabled=False):
         sampled = gumbel_max_sample(mlm_logits, rng)
-    disc_input = scatter_at(input_ids, positions, sampled)
-    disc_labels = (disc_input != input_ids) & cand
+    return Corruption(positions, mlm_logits, mlm_labels, sampled, scatter_at(input_ids, positions, sampled), cand)
+
+
+def electra_forward(
+    models: PretrainingModels,
+    batch: dict[str, torch.Tensor],
+    rng: torch.Generator,
+    mask_prob: float,
+    mask_token_id: int,
+    static: bool = True,
+) -> ElectraStep:
+    c = corrupt(models, batch, rng, mask_prob, mask_token_id, static)
+    disc_labels = (c.disc_input != batch["input_ids"]) & c.candidates
     disc_logits = models.discriminator(
-        input_ids=disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+        input_ids=c.disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
     ).logits
-    return ElectraStep(positions, mlm_logits, mlm_labels, sampled, disc_logits, disc_labels, cand.float())
+    return ElectraStep(c.positions, c.mlm_logits, c.mlm_labels, c.sampled, disc_logits, disc_labels,
+                       c.candidates.float())  # fmt: skip
 
 
 class ElectraObjective(Objective):

@@ -9,6 +9,7 @@ that is a corrupt copy on the server, not something a retry fixes.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.client
 import json
@@ -55,6 +56,7 @@ class DownloadResult:
     files: int
     bytes_fetched: int  # transferred in this call
     bytes_reused: int  # already on disk (complete files, or .part prefixes resumed from)
+    skipped: int = 0  # files of the checkpoint left out by include/exclude globs
 
 
 class _Source:
@@ -273,6 +275,18 @@ def _fetch_file(
     return fetched, reused
 
 
+def select_files(
+    files: tuple[FileDigest, ...], include: list[str] | None, exclude: list[str] | None
+) -> tuple[FileDigest, ...]:
+    """The files whose path matches one of ``include`` (all when it is empty) and none of ``exclude``: shell globs
+    over the whole '/'-separated path (``*`` crosses '/', so ``generator/*`` or ``*.json`` work as expected)."""
+
+    def matches(path: str, globs: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(path, g) for g in globs)
+
+    return tuple(f for f in files if (not include or matches(f.path, include)) and not matches(f.path, exclude or []))
+
+
 def download(
     source: str,
     out_dir: str | Path,
@@ -281,10 +295,14 @@ def download(
     timeout: float = 60.0,
     progress: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> DownloadResult:
     """Downloads one checkpoint (``latest`` by default) from ``http(s)://HOST:PORT`` or ``grpc://HOST:PORT`` into
     ``out_dir``: every file of its manifest, verified, then ``manifest.json`` itself, so ``out_dir`` is a
     checkpoint directory that ``peer.modeling.load_models`` and ``from_pretrained`` read.
+    ``include`` / ``exclude`` globs (``select_files``) leave files out, e.g. ``exclude=["optimizer.*"]`` for an
+    inference user; the ``manifest.json`` written then lists only the files fetched, and ``excluded`` the others.
     ``on_bytes(n)`` is told of every n bytes that reach the disk (after the progress bar)."""
     out = Path(out_dir)
     check_writable_dir(out, "--out")  # before the network: a bad --out is refused at once, with nothing fetched
@@ -293,11 +311,17 @@ def download(
         manifest = src.manifest(checkpoint)
         for entry in manifest.files:
             check_relative_path(entry.path)  # a hostile manifest must not write outside out_dir
+        wanted = select_files(manifest.files, include, exclude)
+        if not wanted:
+            raise DownloadError(
+                f"--include/--exclude leave no file of {manifest.name} to fetch "
+                f"(it has: {', '.join(f.path for f in manifest.files)})"
+            )
         out.mkdir(parents=True, exist_ok=True)
         # manifest.json is written last and marks a complete checkpoint: drop an older one before touching files.
         (out / MANIFEST).unlink(missing_ok=True)
         total_fetched = total_reused = 0
-        with tqdm(total=manifest.size_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
+        with tqdm(total=sum(f.size for f in wanted), unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
                   desc=f"{manifest.name} via {urlparse(source).scheme}") as bar:  # fmt: skip
 
             def tick(n: int) -> None:
@@ -305,12 +329,14 @@ def download(
                 if on_bytes is not None:
                     on_bytes(n)
 
-            for entry in manifest.files:
+            for entry in wanted:
                 bar.set_postfix_str(entry.path, refresh=False)
                 fetched, reused = _fetch_file(src, manifest.name, entry, out / entry.path, retries, tick)
                 total_fetched += fetched
                 total_reused += reused
-        record = {"files": [f.to_dict() for f in manifest.files], "step": manifest.step}
+        record = {"files": [f.to_dict() for f in wanted], "step": manifest.step}
+        if len(wanted) < len(manifest.files):
+            record["excluded"] = [f.to_dict() for f in manifest.files if f not in wanted]
         (out / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:  # the local disk (the sources turn their network errors into their own exceptions)
         raise DownloadError(
@@ -319,4 +345,5 @@ def download(
         ) from None
     finally:
         src.close()
-    return DownloadResult(manifest.name, manifest.step, out, len(manifest.files), total_fetched, total_reused)
+    return DownloadResult(manifest.name, manifest.step, out, len(wanted), total_fetched, total_reused,
+                          len(manifest.files) - len(wanted))  # fmt: skip

@@ -172,3 +172,39 @@ def test_grpc_download_rides_out_a_coordinator_restart(coordinator, tmp_path):
             server.stop(0)
     assert restarted and result.bytes_fetched == sum((src / rel).stat().st_size for rel in FILES)  # nothing twice
     assert_same_checkpoint(tmp_path / "out", src)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_exclude_and_include_globs_skip_files_and_the_rest_still_verifies(coordinator, tmp_path, protocol):
+    src = write_checkpoint(coordinator.checkpoints_dir, 300, {**checkpoint_payload(300, big_bytes=1 << 16),
+                                                              "optimizer.safetensors": b"\1" * (1 << 20)})  # fmt: skip
+    source = coordinator.url if protocol == "http" else f"grpc://{coordinator.grpc_target}"
+    out = tmp_path / "out"
+    result = download(source, out, progress=False, exclude=["optimizer.*", "generator/*"])
+    assert (result.files, result.skipped) == (3, 2)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "config.json", "manifest.json", "model.safetensors", "training_state.json"]  # fmt: skip
+    for rel in ("config.json", "model.safetensors", "training_state.json"):
+        assert filecmp.cmp(out / rel, src / rel, shallow=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["config.json", "model.safetensors", "training_state.json"]
+    assert [f["path"] for f in manifest["excluded"]] == ["generator/config.json", "optimizer.safetensors"]
+    assert result.bytes_fetched < (1 << 20)  # the optimizer state never crossed the wire
+
+    only = download(source, tmp_path / "only", progress=False, include=["*.json"], exclude=["training_state.json"])
+    assert (only.files, only.skipped) == (2, 3)  # config.json and generator/config.json: '*' crosses '/'
+    with pytest.raises(DownloadError, match="leave no file of ckpt-000300"):
+        download(source, tmp_path / "none", progress=False, include=["*.bin"])
+
+
+def test_cli_download_exclude(coordinator, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "coordinator", "download", "--from", coordinator.url, "--out", str(out),
+           "--checkpoint", "ckpt-000120", "--exclude", "model.*", "--exclude", "generator/*"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 files skipped" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "training_state.json"]

@@ -1,0 +1,133 @@
+"""Exports of the demo-sized model (MiniLM grown 2x wide by configs/demo.yaml: a 768x6 ELECTRA discriminator)
+against its fp32 weights: size on disk, parameters and CPU latency at batch 1 x 128 tokens.
+
+Grows the model once into ``--work`` (kept for the next run), writes the int8, distilled and pruned exports with
+``coordinator.export`` on the embedded corpus (the demo's data), loads each export the way a user does (int8 and
+pruned through the code they carry) and times a forward pass. The models take turns within each round, so a busy
+machine slows them all alike; the figure is the median over ``--runs`` rounds after ``--warmup``.
+
+    .venv/bin/python bench/exports.py --runs 20 --distill_steps 30
+
+Score changes need ``coordinator evaluate`` (issue 23, not built yet): nothing here measures quality except the
+distilled student's held-out discriminator loss/AUC next to the teacher's after its few steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def grow_demo(work: Path) -> Path:
+    from peer.config import load_config
+    from peer.growth.artifact import grow_to_dir
+
+    out = work / "grown"
+    if not (out / "growth.json").is_file():
+        cfg = load_config(ROOT / "configs" / "demo.yaml")
+        grow_to_dir(cfg.growth.source, cfg.model, cfg.growth, out)
+    return out
+
+
+def make_exports(grown: Path, work: Path, fractions: list[float], steps: int) -> dict[str, dict]:
+    from coordinator.export import ExportOptions, export
+
+    config = str(ROOT / "configs" / "demo.yaml")
+    wanted = {"int8": ExportOptions(form="int8")}
+    wanted["distilled"] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4)
+    for f in fractions:
+        wanted[f"pruned-{f:g}"] = ExportOptions(form="pruned", fraction=f, config=config, batch_size=8, batches=4)
+    notes = {}
+    for name, options in wanted.items():
+        out = work / name
+        if not (out / "export.json").is_file():
+            export(grown, options, out)
+        notes[name] = json.loads((out / "export.json").read_text())
+    return notes
+
+
+def weight_bytes(d: Path) -> int:
+    return (d / "model.safetensors").stat().st_size
+
+
+def time_models(models: dict, runs: int, warmup: int, seq: int) -> dict[str, float]:
+    import torch
+
+    torch.manual_seed(0)
+    x = {"input_ids": torch.randint(1000, 20000, (1, seq)), "attention_mask": torch.ones(1, seq, dtype=torch.long)}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for r in range(warmup + runs):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model(**x)
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/warmswarm-bench-exports", help="kept between runs (grown model, exports)")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    p.add_argument("--distill_steps", type=int, default=30)
+    p.add_argument("--json", default=None, help="write the results here too")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
+
+    import torch
+    from transformers import AutoModelForPreTraining
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    grown = grow_demo(work)
+    notes = make_exports(grown, work, args.fractions, args.distill_steps)
+    dirs = {"fp32": grown, **{name: work / name for name in notes}}
+    models = {
+        name: AutoModelForPreTraining.from_pretrained(d, trust_remote_code=name != "fp32").eval()
+        for name, d in dirs.items()
+    }
+    latency = time_models(models, args.runs, args.warmup, args.seq)
+    fp32_bytes, fp32_params = weight_bytes(grown), sum(p.numel() for p in models["fp32"].parameters())
+    rows = []
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for b in model.buffers() if b.dtype == torch.int8
+        )
+        rows.append({
+            "model": name,
+            "weight_mb": weight_bytes(dirs[name]) / 1e6,
+            "size_ratio": weight_bytes(dirs[name]) / fp32_bytes,
+            "parameters_m": params / 1e6,
+            "params_ratio": params / fp32_params,
+            "latency_ms": latency[name],
+            "speedup": latency["fp32"] / latency[name],
+            "heads": notes.get(name, {}).get("result", {}).get("heads_after"),
+        })  # fmt: skip
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1 x {args.seq} tokens, "
+          f"median of {args.runs} rounds")  # fmt: skip
+    print("| model | weights MB | size vs fp32 | params (M) | params vs fp32 | heads | latency ms | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [r["model"], f"{r['weight_mb']:.1f}", f"{r['size_ratio']:.1%}", f"{r['parameters_m']:.1f}"]
+        cells += [f"{r['params_ratio']:.1%}", str(r["heads"] or "-"), f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+    held = notes["distilled"]["result"]["heldout"]
+    print(f"distilled after {args.distill_steps} steps, held-out: {json.dumps(held)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "distilled_heldout": held, "args": vars(args)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
