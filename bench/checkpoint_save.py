@@ -26,7 +26,7 @@ from coordinator.checkpoints import CheckpointDir
 from peer.config import load_config
 from peer.modeling import build_models, save_models
 from peer.run.state_format import SwarmState, checkpoint_training_state, write_optimizer_file
-from peer.swarm.averaging import averaging_mode
+from peer.swarm.modes import averaging_mode
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
 

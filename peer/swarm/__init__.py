@@ -5,10 +5,12 @@
 - ``dht`` — the DHT with an identity and the record validators; ``record_key`` — the key records are signed with;
   ``metrics`` — this peer's signed progress records and the run fingerprint; ``sample_count`` — samples across
   sessions.
-- ``averaging`` — the hivemind.Optimizer and the averaging modes ("sync", "diloco"), each an ``AveragingMode``;
-  ``overlap`` — DiLoCo rounds in the background; ``codecs`` — wire compression; ``robust`` — the robust reducer and
-  the whole-round guard; ``round_evidence`` — what each round's reducer saw; ``bans`` — local bans and signed
-  reports; ``gate`` — who may average with this peer.
+- ``averaging`` — builds the peer's optimizer (``swarm_optimizer``: hivemind.Optimizer plus the outer step, background
+  rounds and catch-up) for its averaging mode; ``modes/`` — one module per mode ("sync", "diloco"), each an
+  ``AveragingMode``; ``outer`` — DiLoCo's outer Nesterov step; ``overlap`` — DiLoCo rounds in the background;
+  ``codecs`` — wire compression; ``robust`` — the robust reducer and the whole-round guard; ``round_evidence`` —
+  what each round's reducer saw; ``bans`` — local bans and signed reports; ``gate`` — who may average with this
+  peer.
 - ``authorizers``, ``membership`` — a private run inside a peer (DHT authorizers, the membership gate).
 - ``state`` — state download (peers, then the coordinator's checkpoint, then step 0); ``state_check`` — checks a
   downloaded state.

@@ -24,10 +24,10 @@ from peer.errors import UserError
 from peer.logs import progress_on
 from peer.memory import PeriodicRelease
 from peer.run.records import LocalMetrics
-from peer.swarm.averaging import SwarmOptimizer
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
 from peer.swarm.metrics import MetricsPublisher, RecordSigning, fetch_metrics, publish_metrics
 from peer.swarm.shutdown import StopSignal
+from peer.swarm.swarm_optimizer import SwarmOptimizer
 
 logger = logging.getLogger(__name__)
 

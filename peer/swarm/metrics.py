@@ -24,7 +24,7 @@ from hivemind.utils import get_dht_time
 from peer.config import RunConfig
 from peer.run.record_limits import RecordSizeLimit
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
-from peer.swarm.averaging import averaging_mode
+from peer.swarm.modes import averaging_mode
 from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
 from peer.swarm.sample_count import SampleCount, sample_count_path
 

@@ -20,7 +20,7 @@ from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.run.coordinator_client import RunAnswer, get_answer
 from peer.run.records import config_key, metrics_key
-from peer.swarm.averaging import SwarmOptimizer, build_swarm_optimizer
+from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
 from peer.swarm.ddp import PeerGroup, SetupReport
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
@@ -31,6 +31,7 @@ from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, sw
 from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
+from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.swarm.training_inputs import load_tokenizer, training_inputs
 from peer.trainer import param_groups, resolve_device
 from peer.trainer.recipe import run_optimizer_factories

@@ -38,10 +38,11 @@ from peer.run.state_format import (
     read_checkpoint_state,
     wire_names,
 )
-from peer.swarm.averaging import SwarmOptimizer, averaging_mode
+from peer.swarm.modes import averaging_mode
 from peer.swarm.overrides.state_download import StateDownloadClient
 from peer.swarm.shutdown import signal_handlers_kept
 from peer.swarm.state_check import missing_tensors, state_problem
+from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.trainer.recipe import optimizer_layout
 
 logger = logging.getLogger(__name__)

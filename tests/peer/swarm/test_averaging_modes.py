@@ -1,4 +1,4 @@
-"""The averaging modes behind one protocol (``peer.swarm.averaging.AveragingMode``): looked up by name, and the parts
+"""The averaging modes behind one protocol (``peer.swarm.modes``): looked up by name, and the parts
 every peer of a run must agree on (the fingerprint, the state's extra tensors) unchanged by the move to objects."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 
 from peer.config import RunConfig, SwarmSpec, load_config
 from peer.errors import UserError
-from peer.swarm.averaging import MODES, DiLoCoMode, SyncMode, averaging_mode, build_swarm_optimizer
+from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.metrics import swarm_fingerprint
+from peer.swarm.modes import MODES, DiLoCoMode, SyncMode, averaging_mode
 
 DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from peer.config import SwarmSpec, TrainSpec
-from peer.swarm.averaging import build_swarm_optimizer, optimizer_statistics
+from peer.swarm.averaging import build_swarm_optimizer
+from peer.swarm.modes.sync import optimizer_statistics
 from peer.trainer import make_optimizer
 
 

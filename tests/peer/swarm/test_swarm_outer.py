@@ -2,8 +2,8 @@
 
 import torch
 
-from peer.swarm.averaging import OuterNesterov
 from peer.swarm.codecs import make_compression
+from peer.swarm.outer import OuterNesterov
 
 
 def test_outer_step_with_lr_one_and_no_momentum_keeps_the_averaged_parameters():
@@ -85,7 +85,7 @@ def test_state_compression_uses_8_bits_for_the_momentum_only():
     from hivemind.compression import CompressionInfo, TensorRole
 
     from peer.config import SwarmSpec
-    from peer.swarm.averaging import make_state_compression
+    from peer.swarm.modes.diloco import make_state_compression
 
     codec = make_state_compression(SwarmSpec(compression="fp16"))
     t = torch.randn(100)
@@ -100,7 +100,7 @@ def test_momentum_sync_defaults_to_catch_up_only_with_background_rounds():
 
     from peer.config import SwarmSpec
     from peer.errors import UserError
-    from peer.swarm.averaging import momentum_sync
+    from peer.swarm.modes.diloco import momentum_sync
 
     assert momentum_sync(SwarmSpec(averaging="diloco", overlap_rounds=True)) == "catch_up"
     assert momentum_sync(SwarmSpec(averaging="diloco")) == "average"
