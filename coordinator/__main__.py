@@ -154,14 +154,15 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from coordinator.export.build import ExportOptions, check_options, check_out
+    from coordinator.export.build import ExportOptions, check_options
+    from peer.run.writable_dir import check_empty_out
 
     options = ExportOptions(
         form=args.form, fraction=args.fraction, steps=args.steps, config=args.config, seed=args.seed,
         batch_size=args.batch_size, batches=args.batches,
     )  # fmt: skip
     check_options(options)  # before the heavy imports: bad input is one line, at once, with nothing written
-    check_out(Path(args.out))
+    check_empty_out(Path(args.out), "--out")
     if not Path(args.src).is_dir():
         raise UserError(f"SRC {args.src} is not a directory (give a checkpoint dir or a `peer grow` output)")
     from coordinator.export.build import export

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +17,7 @@ from pathlib import Path
 
 from coordinator.export.source import ExportSource, read_source
 from peer.errors import UserError
-from peer.run.writable_dir import check_writable_dir
+from peer.run.writable_dir import check_empty_out, staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +72,6 @@ def check_options(options: ExportOptions) -> None:
         raise UserError(f"config file not found: {options.config}")
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} already exists and is not an empty dir")
-    check_writable_dir(out, "--out")
-
-
 def export(
     src: str | Path, options: ExportOptions, out: str | Path, write_card: CardWriter | None = None
 ) -> ExportNote:
@@ -88,7 +80,7 @@ def export(
     atomic rename."""
     out = Path(out)
     check_options(options)
-    check_out(out)
+    check_empty_out(out, "--out")
     source = read_source(src)
     _check_form_fits(options.form, source)
     started = time.perf_counter()
@@ -97,23 +89,13 @@ def export(
 
     cfg = load_config(options.config)
     cfg.model.architecture = cfg.objective.name = source.architecture
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_dir(out) as tmp:
         result = _write_form(options, models, tokenizer, cfg, tmp)
         tokenizer.save_pretrained(tmp)
         note = ExportNote(options.form, source, options, result, time.perf_counter() - started)
         (tmp / NOTE_FILE).write_text(json.dumps(note.to_dict(), indent=2, sort_keys=True) + "\n")
         if write_card is not None:
             write_card(tmp, note)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote the %s export of %s to %s in %.1f s", options.form, source.path, out, note.seconds)
     return note
 

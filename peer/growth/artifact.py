@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from peer.growth.source import load_source, resolve_source
 from peer.growth.verify import measure_preservation, probe_batch
 from peer.modeling import GENERATOR_SUBDIR, PretrainingModels, save_models
 from peer.objectives import build_objective
+from peer.run.writable_dir import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +73,11 @@ def grow_to_dir(
     progress("measuring the step-0 loss before and after the depth change (held-out batches)")
     before = width_only.models.to(torch.float32)  # fp32 like the written model (and 2x cheaper than fp64 on a CPU)
     record["step0_loss"] = step0_loss_change(before, result.models, spec, growth.seed, tokenizer)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        progress("writing")
+    progress("writing")
+    with staged_dir(out) as tmp:
         save_models(result.models, tmp, tokenizer)
         record["sha256"] = {name: sha256_file(tmp / name) for name in WEIGHT_FILES if (tmp / name).is_file()}
         (tmp / GROWTH_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 
