@@ -359,20 +359,33 @@ def kill_inside_save(coordinator: Coordinator, root: Path, timeout: float) -> tu
     raise TimeoutError(f"no checkpoint write began within {timeout:.0f} s:\n{coordinator.child.tail()}")
 
 
-def audit_checkpoints(root: Path, listed: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(leftover tmp/corrupt entries, checkpoints that fail verification, differences from the API's list)."""
+def audit_checkpoints(
+    root: Path, list_checkpoints: Callable[[], list[str]], killed: set[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(half writes still visible, checkpoints that fail verification, differences from the API's list), while the
+    coordinator keeps saving and pruning.
+
+    Why not one read of each: the disk and the API are two reads at two moments, and a save or a prune that lands
+    between them is no fault (seen: ckpt-000021 saved and ckpt-000000 pruned in the same second, between the API's
+    list and the disk scan, counted as one "unlisted" checkpoint). So the API is read before and after the scan and
+    only a difference from both counts; a live write's ``.tmp`` is not a half write, only a killed one (``killed``)
+    still there or a ``.corrupt`` is; a checkpoint that fails verification because it was pruned meanwhile is gone,
+    not corrupt."""
     from coordinator.checkpoints import verify_checkpoint
     from peer.run.checkpoint_manifest import CorruptCheckpoint
 
-    leftovers = sorted(p.name for p in root.iterdir() if p.name.endswith((".tmp", ".corrupt")))
+    before = set(list_checkpoints())
+    leftovers = sorted(p.name for p in root.iterdir() if p.name.endswith(".corrupt") or p.name in killed)
     bad = []
     on_disk = sorted(p.name for p in root.iterdir() if p.is_dir() and re.fullmatch(r"ckpt-\d+", p.name))
     for name in on_disk:
         try:
             verify_checkpoint(root / name)
-        except CorruptCheckpoint as e:
-            bad.append(str(e))
-    mismatch = sorted(set(on_disk) ^ set(listed))
+        except (CorruptCheckpoint, OSError) as e:
+            if (root / name).exists():
+                bad.append(str(e))
+    after = set(list_checkpoints())
+    mismatch = sorted((set(on_disk) ^ before) & (set(on_disk) ^ after))
     return leftovers, bad, mismatch
 
 
@@ -389,6 +402,11 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
         members = [start_peer(procs, f"peer{i}", coordinator) for i in range(settings.peers)]
         for member in members:
             member.wait_for_line(TRAINING, PATIENCE)
+        killed: set[str] = set()  # the names of the writes the kills interrupted
+
+        def listed_by_api() -> list[str]:
+            return [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]
+
         for k in range(settings.kills):
             history = coordinator.get("/api/v1/history")["history"]
             tmp, held = kill_inside_save(coordinator, root, timeout=PATIENCE)
@@ -400,8 +418,8 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
             before = {p.name for p in root.iterdir() if re.fullmatch(r"ckpt-\d+", p.name)}
             restarted = time.monotonic()
             coordinator.start()
-            listed = [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]
-            left, bad, mismatch = audit_checkpoints(root, listed)
+            killed.add(tmp)
+            left, bad, mismatch = audit_checkpoints(root, listed_by_api, killed)
             leftovers += left
             corrupt += bad
             mismatched += mismatch
@@ -418,8 +436,7 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
                     resume_s.append(time.monotonic() - restarted)
                     break
                 time.sleep(1)
-        listed = [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]
-        left, bad, mismatch = audit_checkpoints(root, listed)
+        left, bad, mismatch = audit_checkpoints(root, listed_by_api, killed)
     n = settings.kills
     return [
         Row(name, "kills inside a checkpoint write (tmp dir with files, no manifest)", f"{inside}/{n}",
