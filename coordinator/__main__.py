@@ -1,4 +1,5 @@
-"""``python -m coordinator start | status | download | allowlist``: the organiser's and the researcher's entry point.
+"""``python -m coordinator start | status | download | evaluate | allowlist``: the organiser's and the researcher's
+entry point.
 
 Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
 """
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coordinator.evaluation import cli as evaluate_cli
 from peer.entry import run_cli
 from peer.errors import UserError
 
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--retries", type=int, default=3)
     download.add_argument("--timeout", type=float, default=60.0)
     download.set_defaults(func=_download)
+
+    evaluate_cli.register(sub)
     return parser
 
 
