@@ -103,11 +103,16 @@ def _evaluate(checkpoint: Path, spec):
         return evaluate_checkpoint(checkpoint, spec, progress=logger.info)
     with tqdm(total=spec.units(), desc="evaluate", unit="unit", dynamic_ncols=True) as bar:
 
-        def progress(what: str) -> None:  # counts units as they start
-            bar.update(1)
+        started = 0
+
+        def progress(what: str) -> None:  # a unit starts: the ones before it are done
+            nonlocal started
+            bar.update(started - bar.n)
             bar.set_description(what)
+            started += 1
 
         report = evaluate_checkpoint(checkpoint, spec, progress=progress)
+        bar.update(bar.total - bar.n)
     return report
 
 

@@ -19,9 +19,9 @@ class FinetuneBudget:
     encoder layers stay frozen, so their outputs are computed once per model and task, and every seed trains only
     the top ``train_layers`` layers and the head (0: a probe on frozen features; ``lee`` is then scored zero-shot)."""
 
-    steps: int = 30
+    steps: int = 20  # defaults sized for the demo model on a 2-core CPU: bench/README.md, "Downstream evaluation"
     batch_size: int = 16
-    max_length: int = 128
+    max_length: int = 96
     train_layers: int = 1
     lr: float = 1e-4  # the trained encoder layers
     head_lr: float = 2e-3  # the classification head
