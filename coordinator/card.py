@@ -255,7 +255,7 @@ def _evaluation_section(report: EvaluationReport | None) -> str:
             "## Evaluation",
             "",
             f"Downstream tasks fine-tuned with {len(report.seeds)} seeds (mean ± sd over seeds), {b.steps} steps of "
-            f"{b.batch_size}, max length {b.max_length}, the top {b.train_layers} encoder layers and a head trained; "
+            f"{b.batch_size}, max length {b.max_length}, the top {b.train_layers} encoder layer(s) and a head trained; "
             f"held-out rows: the pretraining objective on the run's held-out split. Models: {names}.",
             "",
             *table,

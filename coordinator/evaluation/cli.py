@@ -102,7 +102,6 @@ def _evaluate(checkpoint: Path, spec):
     if not progress_on():
         return evaluate_checkpoint(checkpoint, spec, progress=logger.info)
     with tqdm(total=spec.units(), desc="evaluate", unit="unit", dynamic_ncols=True) as bar:
-
         started = 0
 
         def progress(what: str) -> None:  # a unit starts: the ones before it are done
