@@ -1,5 +1,5 @@
-"""``python -m coordinator start | status | download | export | allowlist``: the organiser's and the researcher's
-entry point.
+"""``python -m coordinator start | status | download | evaluate | export | allowlist``: the organiser's and the
+researcher's entry point.
 
 Same error handling as ``python -m peer``: a ``UserError`` prints ``error: <one line>`` and exits 2.
 """
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coordinator.evaluation import cli as evaluate_cli
 from peer.entry import run_cli
 from peer.errors import UserError
 
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pruned: batches the head importance averages over; distilled: held-out batches it is scored on",
     )
     export.set_defaults(func=_export)
+    evaluate_cli.register(sub)
     return parser
 
 

@@ -11,7 +11,8 @@ and deletion renames to ``*.tmp`` first. So after a crash there is at most a ``*
 re-hashing every manifest: a corrupt checkpoint is renamed ``*.corrupt`` (kept for inspection, never served).
 
 Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_pretrained`` loads its root) plus
-``training_state.json`` {"step", "samples", "run_id"} and, for checkpoints pulled from the swarm,
+``training_state.json`` {"step", "samples", "run_id"}, its model card ``README.md`` (``coordinator.card``) and, for
+checkpoints pulled from the swarm,
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
 resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.store import CheckpointRow, Store
+from peer.config import DataSpec
 from peer.errors import UserError
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE, checkpoint_name, parse_step
 from peer.run.checkpoint_manifest import MANIFEST, CheckpointManifest, CorruptCheckpoint, FileDigest, read_manifest
@@ -111,13 +113,15 @@ class RecoveryReport:
 
 
 class CheckpointDir:
-    """``<data_dir>/checkpoints``: the one writer of checkpoints. ``keep_last`` >= 1 checkpoints are kept."""
+    """``<data_dir>/checkpoints``: the one writer of checkpoints. ``keep_last`` >= 1 checkpoints are kept. ``data``,
+    the run's corpus, is named in each checkpoint's model card (None: the card says it is not recorded)."""
 
-    def __init__(self, root: str | Path, keep_last: int = 3):
+    def __init__(self, root: str | Path, keep_last: int = 3, data: DataSpec | None = None):
         if keep_last < 1:
             raise UserError(f"keep_last must be at least 1, got {keep_last}")
         self.root = Path(root)
         self.keep_last = keep_last
+        self.data = data
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -172,7 +176,8 @@ class CheckpointDir:
         self, step: int, write_files: Callable[[Path], None], training_state: dict, store: Store | None = None
     ) -> CheckpointRow:
         """Saves checkpoint ``step`` atomically. ``write_files(dir)`` writes the model files into ``dir`` (an empty
-        directory); ``training_state`` is written as ``training_state.json``. If the checkpoint exists already it
+        directory); ``training_state`` is written as ``training_state.json`` and, when ``dir`` is a model dir, the
+        model card as ``README.md`` (replacing any copied in). If the checkpoint exists already it
         is returned unchanged (saves are idempotent per step). Records the checkpoint in ``store`` if given and
         then applies keep-last-N."""
         name = checkpoint_name(step)
@@ -189,6 +194,8 @@ class CheckpointDir:
         tmp.mkdir()
         write_files(tmp)
         _write_json_durably(tmp / TRAINING_STATE_FILE, {**training_state, "step": step})
+        if (tmp / "config.json").is_file():
+            self._write_card(tmp)
         files: list[FileDigest] = []
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
@@ -212,6 +219,15 @@ class CheckpointDir:
             store.record_checkpoint(row)
         self.prune(store)
         return row
+
+    def _write_card(self, model_dir: Path) -> None:
+        """A card that cannot be written (an unreadable growth.json, say) is a warning, never a lost checkpoint."""
+        from coordinator.card import write_model_card  # here: the card pulls in transformers and peer.growth
+
+        try:
+            write_model_card(model_dir, data=self.data)
+        except (OSError, ValueError, UserError) as e:
+            logger.warning("%s saved without a model card: %s", model_dir.name.removesuffix(TMP_SUFFIX), e)
 
     def prune(self, store: Store | None = None) -> list[str]:
         """Deletes all but the newest ``keep_last`` checkpoints, never the newest one that verifies: if the newest

@@ -167,7 +167,8 @@ def start_coordinator(
         signing_key = load_or_create_signing_key(data / SIGNING_KEY_NAME)
         private = PrivateRun.open(cfg.run_id, spec.allowlist, data, store, spec.token_ttl) if spec.allowlist else None
 
-        ckpts = CheckpointDir(data / CHECKPOINTS_SUBDIR, keep_last=spec.keep_last)
+        # data: each checkpoint's model card names the run's corpus
+        ckpts = CheckpointDir(data / CHECKPOINTS_SUBDIR, keep_last=spec.keep_last, data=cfg.data)
         report = ckpts.recover()
         for name in report.removed_tmp:
             logger.warning("removed an interrupted checkpoint write: %s", name)
