@@ -314,6 +314,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-threads", type=int, default=2)
     p.add_argument("--cpu-steps", type=int, default=5)
     p.add_argument("--cpu-warmup", type=int, default=2)
+    p.add_argument(
+        "--cpu-config",
+        default=str(DEMO_CONFIG),
+        help="run config whose model, seq_len and batch the CPU row times (default: configs/demo.yaml; "
+        "bench/gpu_check.sh --dry-run gives a tiny one)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)  # fmt: skip
 
@@ -358,16 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         torch.set_num_threads(args.cpu_threads)
         device = torch.device("cpu")
-        demo = load_config(DEMO_CONFIG)
+        cpu_config = Path(args.cpu_config)
+        demo = load_config(cpu_config)
         peak = measure_peak(device)
         header.update(cpu_threads=args.cpu_threads, cpu_peak_flops=peak, load_average=os.getloadavg())
         print(
             f"# CPU ({args.cpu_threads} threads), measured fp32 peak {peak / 1e9:.0f} GFLOP/s, eager fp32, demo size "
-            f"from {DEMO_CONFIG.relative_to(ROOT)}: {demo.model.hidden_size}x{demo.model.num_layers}, "
+            f"from {cpu_config}: {demo.model.hidden_size}x{demo.model.num_layers}, "
             f"generator x{demo.model.generator_fraction}; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        row = Row("demo", "cpu", demo.train.batch_size, demo.data.seq_len, compiled=False, bf16=False)
+        row = Row(cpu_config.stem, "cpu", demo.train.batch_size, demo.data.seq_len, compiled=False, bf16=False)
         rows.append(bench_row(demo.model, row, device, Timing(args.cpu_steps, args.cpu_warmup, None), peak))
         print_row(row)
         write_json(outputs, header, rows)

@@ -139,11 +139,20 @@ def print_status(
 
 
 def _download(args: argparse.Namespace) -> int:
+    from peer.logs import progress_on
     from peer.run.download import download
 
     started = time.perf_counter()
-    result = download(args.source, args.out, checkpoint=args.checkpoint, retries=args.retries, timeout=args.timeout,
-                      include=args.include, exclude=args.exclude)  # fmt: skip
+    result = download(
+        args.source,
+        args.out,
+        checkpoint=args.checkpoint,
+        retries=args.retries,
+        timeout=args.timeout,
+        include=args.include,
+        exclude=args.exclude,
+        progress=progress_on(),  # a bar on a terminal only: journald and CI logs read lines, not \r redraws
+    )
     seconds = time.perf_counter() - started
     print(
         f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "

@@ -10,6 +10,7 @@
 - ``coordinator_client`` — the coordinator's JSON API as its readers see it, each answer checked.
 - ``download`` — the client that downloads and verifies a coordinator's checkpoints.
 - ``writable_dir`` — the one check of a directory a process is told to write into.
+- ``work_dir`` — where a peer keeps its downloads and grown state: ``--work_dir``, else under ``$XDG_CACHE_HOME``.
 - ``tokens``, ``members``, ``revocations`` — a private run's access contract: what the coordinator signs and
   publishes, and every peer checks (the parts that run inside a peer, the DHT authorizers and the membership gate,
   are in ``peer.swarm``).

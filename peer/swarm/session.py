@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import hivemind
 
@@ -20,6 +19,7 @@ from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.run.coordinator_client import RunAnswer, get_answer
 from peer.run.records import config_key, metrics_key
+from peer.run.work_dir import peer_work_dir
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
 from peer.swarm.ddp import PeerGroup, SetupReport
@@ -135,7 +135,7 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             check_run_is_live(dht, cfg, options.join_timeout)
         check_fingerprint(dht, cfg)
         tokenizer = load_tokenizer(cfg, options.init_dir)
-        work_dir = Path(options.work_dir) if options.work_dir else Path.home() / ".cache" / "warmswarm" / cfg.run_id
+        work_dir = peer_work_dir(cfg.run_id, options.work_dir)  # --work_dir, else $XDG_CACHE_HOME/warmswarm/RUN_ID
         work_dir.mkdir(parents=True, exist_ok=True)
         start = starting_point(cfg, dht, peer.coordinator_url, options.init_dir, work_dir, tokenizer)
         models = start.models

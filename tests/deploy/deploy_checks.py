@@ -292,6 +292,18 @@ def read_dockerfile(path: Path) -> list[Instruction]:
     return instructions
 
 
+def dockerfile_env(instructions: list[Instruction]) -> dict[str, str]:
+    """The environment the final stage's ``ENV`` lines set (``KEY=value`` forms; ``$VAR`` left as written)."""
+    last = max(i.stage for i in instructions)
+    env = {}
+    for instruction in instructions:
+        if instruction.stage == last and instruction.keyword == "ENV":
+            for item in shlex.split(instruction.value):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
 def exec_form(value: str) -> list[str] | None:
     """The JSON array of an exec-form ENTRYPOINT/CMD, or None for the shell form."""
     try:
@@ -348,3 +360,25 @@ def ignored_by(patterns: list[str], relative: str) -> bool:
         if any(regex.fullmatch(prefix) for prefix in prefixes):
             excluded = not negate
     return excluded
+
+
+# ------------------------------------------------------------------------------------------------------ sizes
+
+_K8S_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_COMPOSE_SUFFIXES = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def k8s_bytes(quantity: str | int) -> int:
+    """A Kubernetes memory quantity (``8Gi``, ``512M``, ``1000``) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", str(quantity))
+    if not match or match.group(2) not in (*_K8S_SUFFIXES, ""):
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    return int(float(match.group(1)) * _K8S_SUFFIXES.get(match.group(2), 1))
+
+
+def compose_bytes(size: str | int) -> int:
+    """A Compose byte value (``shm_size: 6gb``, ``64m``, a plain number of bytes) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", str(size).lower())
+    if not match or match.group(2) not in (*_COMPOSE_SUFFIXES, ""):
+        raise ValueError(f"not a byte value: {size!r}")
+    return int(float(match.group(1)) * _COMPOSE_SUFFIXES.get(match.group(2), 1))

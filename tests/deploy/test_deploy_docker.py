@@ -17,7 +17,9 @@ import yaml
 from deploy_checks import (
     DEPLOY,
     ROOT,
+    compose_bytes,
     copy_sources,
+    dockerfile_env,
     dockerignore_patterns,
     exec_form,
     ignored_by,
@@ -25,6 +27,8 @@ from deploy_checks import (
     read_dockerfile,
 )
 from system_tools import require_tool
+
+from peer.run.work_dir import peer_work_dir
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -163,6 +167,19 @@ def test_compose_ports_addresses_and_volumes_agree(compose, parsers):
                 assert (DEPLOY / source).exists(), f"bind mount {source} -> {target}: no such file"
             else:
                 assert source in named, f"volume {source} is not declared"
+
+
+def test_compose_peers_keep_their_work_dir_on_a_volume_and_have_room_in_dev_shm(compose, parsers, steps):
+    """Docker's /dev/shm is 64 MB unless ``shm_size`` says otherwise; hivemind's averagers keep their tensors there."""
+    image_env = {"HOME": "/home/warmswarm"} | dockerfile_env(steps)
+    named = set(compose.get("volumes") or {})
+    for name in ("peer-1", "peer-2"):
+        service = compose["services"][name]
+        peer = parse_command(parsers, service["command"])
+        work = peer_work_dir("RUN", peer.work_dir, image_env | (service.get("environment") or {}))
+        assert _under(str(work), _mount_targets(service)) in named, f"{name}: work dir {work} is not on a volume"
+        assert compose_bytes(service["shm_size"]) >= 2 * 2**30, f"{name}: shm_size {service['shm_size']}"
+    assert compose_bytes(compose["services"]["coordinator"]["shm_size"]) >= 2**30
 
 
 def test_compose_prometheus_and_grafana_point_at_the_right_services(compose, parsers):

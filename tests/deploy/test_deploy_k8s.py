@@ -10,10 +10,11 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from deploy_checks import DEPLOY, parse_command, read_dockerfile
+from deploy_checks import DEPLOY, dockerfile_env, k8s_bytes, parse_command, read_dockerfile
 from system_tools import require_tool
 
 from peer.config import config_from_dict
+from peer.run.work_dir import peer_work_dir
 
 K8S = DEPLOY / "k8s"
 
@@ -71,6 +72,44 @@ def _mount_of(container: dict, path: str) -> dict | None:
         if Path(path) == Path(mount["mountPath"]) or Path(mount["mountPath"]) in Path(path).parents:
             return mount
     return None
+
+
+def _volume(spec: dict, name: str) -> dict:
+    (volume,) = [v for v in spec["volumes"] if v["name"] == name]
+    return volume
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """The environment the container runs with: the image's ``ENV`` (its user's home as HOME), then the manifest's."""
+    image = dockerfile_env(read_dockerfile(DEPLOY / "Dockerfile"))
+    return {"HOME": "/home/warmswarm"} | image | {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def test_peer_work_dir_is_on_a_writable_volume_under_the_read_only_root(objects, parsers):
+    spec, container = _pod(objects[("Deployment", "warmswarm-peer")])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    args = parse_command(parsers, container["args"])
+    env = container_env(container)
+    assert env.get("XDG_CACHE_HOME"), "the work dir's default follows XDG_CACHE_HOME"
+    work = peer_work_dir("RUN", args.work_dir, env)
+    mount = _mount_of(container, str(work))
+    assert mount and not mount.get("readOnly"), f"work dir {work} is on the read-only root"
+    assert mount["mountPath"] not in ("/tmp", "/dev/shm"), f"work dir {work} belongs on a volume of its own"
+    volume = _volume(spec, mount["name"])
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume, volume
+    assert env["HF_HOME"].startswith(mount["mountPath"] + "/"), "downloads of the growth source belong there too"
+
+
+@pytest.mark.parametrize("key", [("StatefulSet", "warmswarm-coordinator"), ("Deployment", "warmswarm-peer")])
+def test_dev_shm_is_a_memory_volume_sized_within_the_memory_limit(objects, key):
+    """A container's own /dev/shm is 64 MiB; hivemind's averagers keep their tensors there."""
+    spec, container = _pod(objects[key])
+    mount = _mount_of(container, "/dev/shm")
+    assert mount and mount["mountPath"] == "/dev/shm", f"{key}: no volume mounted at /dev/shm"
+    empty = _volume(spec, mount["name"]).get("emptyDir", {})
+    assert empty.get("medium") == "Memory", f"{key}: /dev/shm must be memory-backed"
+    size = k8s_bytes(empty["sizeLimit"])  # without a limit a memory emptyDir may grow to the node's memory
+    assert 2**30 <= size < k8s_bytes(container["resources"]["limits"]["memory"]), f"{key}: sizeLimit {size}"
 
 
 def test_coordinator_args_parse_and_its_state_is_on_the_persistent_volume(objects, parsers):

@@ -84,12 +84,24 @@ def test_the_contract_metrics_are_exported(exported):
     assert exported["warmswarm_download_bytes"].labels == {"protocol"}
 
 
-def test_dashboard_uses_the_provisioned_datasource_and_provider_path(dashboard):
+def test_dashboard_datasource_is_an_import_input_that_provisioning_resolves_too(dashboard):
+    """Import (Grafana's "Import dashboard", grafana.com) fills ``${DS_PROMETHEUS}`` from ``__inputs``; file
+    provisioning ignores ``__inputs``, so a datasource variable of the same name resolves it there, to the
+    provisioned default Prometheus (grafana/grafana#10786)."""
+    (wanted,) = [i for i in dashboard["__inputs"] if i["type"] == "datasource"]
+    assert (wanted["name"], wanted["pluginId"]) == ("DS_PROMETHEUS", "prometheus")
+    ref = "${DS_PROMETHEUS}"
+    used = {(t["datasource"]["type"], t["datasource"]["uid"]) for _, t in dashboard_targets(dashboard)}
+    used |= {(p["datasource"]["type"], p["datasource"]["uid"]) for p in dashboard["panels"] if "datasource" in p}
+    assert used == {("prometheus", ref)}, f"every panel and query names {ref}: {used}"
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "DS_PROMETHEUS"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
     provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
-    uids = {d["uid"] for d in provisioned["datasources"] if d["type"] == "prometheus"}
-    used = {t["datasource"]["uid"] for _, t in dashboard_targets(dashboard)}
-    used |= {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
-    assert used and used <= uids, f"dashboard refers to datasources {used - uids}; provisioned: {uids}"
+    defaults = [d for d in provisioned["datasources"] if d.get("isDefault")]
+    assert [d["type"] for d in defaults] == ["prometheus"], "the variable's default must be the provisioned Prometheus"
+
+
+def test_dashboard_provider_reads_the_mounted_folder(dashboard):
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/warmswarm.yml").read_text())
     paths = {p["options"]["path"] for p in provider["providers"]}
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())

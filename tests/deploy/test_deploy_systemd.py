@@ -12,7 +12,10 @@ import pytest
 from deploy_checks import DEPLOY, after_python_m, expand_exec, parse_command, read_unit, unit_environment
 from system_tools import require_tool
 
+from peer.run.work_dir import peer_work_dir
+
 UNITS = {role: DEPLOY / f"systemd/warmswarm-{role}.service" for role in ("coordinator", "peer")}
+HOME = "/var/lib/warmswarm"  # the warmswarm user's home (deploy/README.md: useradd --home-dir)
 
 
 def _command(unit: dict) -> list[str]:
@@ -58,6 +61,32 @@ def test_peer_unit_command_parses_with_its_default_environment(parsers):
     (exec_start,) = unit["Service"]["ExecStart"]
     extra = parse_command(parsers, after_python_m(expand_exec(exec_start, env)))
     assert extra.client_mode is True and extra.peer_name == "lab-gpu-1"
+
+
+def unit_writable_dirs(unit: dict) -> list[Path]:
+    """What ProtectSystem=strict leaves writable to the service besides /tmp (PrivateTmp) and /dev: its StateDirectory
+    and CacheDirectory."""
+    service = unit["Service"]
+    return [Path("/var/lib") / d for d in service.get("StateDirectory", [])] + [
+        Path("/var/cache") / d for d in service.get("CacheDirectory", [])
+    ]
+
+
+@pytest.mark.parametrize("role", sorted(UNITS))
+def test_caches_go_to_the_cache_directory_not_the_read_only_home(role):
+    unit = read_unit(UNITS[role])
+    service = unit["Service"]
+    assert service["ProtectSystem"] == ["strict"] and service["PrivateTmp"] == ["yes"]
+    cache = Path(unit_environment(unit)["XDG_CACHE_HOME"])
+    assert cache == Path("/var/cache") / service["CacheDirectory"][0]
+
+
+def test_peer_work_dir_is_one_the_unit_may_write(parsers):
+    unit = read_unit(UNITS["peer"])
+    args = parse_command(parsers, after_python_m(_command(unit)))
+    work = peer_work_dir("RUN", args.work_dir, {"HOME": HOME} | unit_environment(unit))
+    writable = unit_writable_dirs(unit)
+    assert any(w in work.parents for w in writable), f"work dir {work} is outside {writable}: read-only there"
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path):

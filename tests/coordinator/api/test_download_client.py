@@ -139,6 +139,17 @@ def test_cli_download_reports_a_corrupt_checkpoint_in_one_line(coordinator, tmp_
     assert last.startswith("error: config.json of ckpt-000120 failed verification"), out.stderr
 
 
+def test_cli_download_without_a_terminal_draws_no_progress_bar(coordinator, tmp_path):
+    """journald and container logs keep every ``\\r`` redraw of a bar as a line of its own."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "coordinator", "download", "--from", coordinator.url, "--out", str(tmp_path / "o")]
+    out = subprocess.run(cmd, capture_output=True, timeout=120)  # bytes: text mode would turn \r into \n
+    assert out.returncode == 0, out.stderr
+    assert b"\r" not in out.stderr + out.stdout and b"%|" not in out.stderr, out.stderr
+
+
 def test_a_failed_download_never_leaves_a_stale_manifest(coordinator, tmp_path):
     out = tmp_path / "out"
     download(coordinator.url, out, checkpoint="ckpt-000060", progress=False)
