@@ -106,7 +106,8 @@ def register(subparsers) -> None:
         "--work_dir",
         default=None,
         metavar="DIR",
-        help="where downloaded checkpoints and the grown step-0 state are kept (default: ~/.cache/warmswarm/RUN_ID)",
+        help="where downloaded checkpoints and the grown step-0 state are kept (default: "
+        "$XDG_CACHE_HOME/warmswarm/RUN_ID, or ~/.cache/warmswarm/RUN_ID when XDG_CACHE_HOME is unset)",
     )
     p.add_argument("--max_steps", type=int, default=None, help="leave once the swarm reaches this global step")
     p.add_argument("--max_seconds", type=float, default=None, help="leave after this many seconds of training")

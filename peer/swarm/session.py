@@ -103,7 +103,7 @@ def check_fingerprint(dht: hivemind.DHT, cfg: RunConfig) -> None:
 class JoinOptions:
     config_from_coordinator: bool = False
     init_dir: str | None = None
-    work_dir: str | None = None  # None: ~/.cache/warmswarm/<run_id>, outside whatever directory the user is in
+    work_dir: str | None = None  # None: peer.run.work_dir (XDG cache), outside the cwd
     join_timeout: float = 60.0
     startup_timeout: float = 60.0
     loop: LoopOptions | None = None
