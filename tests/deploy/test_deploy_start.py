@@ -57,6 +57,7 @@ class Recipe:
     read_only: list[str]  # recipe paths under the writable ones' parents that must stay read-only (the home)
     shm_bytes: int | None = None  # a /dev/shm of this size; None: the host's
     paths: dict[str, Path] = field(default_factory=dict)
+    stage: Path | None = None  # where this checkout and its venv wait while /tmp is replaced, if they live there
 
     def local(self, path: str) -> Path:
         """A recipe path (or one under it) as the directory that stands for it here; the longest prefix wins."""
@@ -77,7 +78,19 @@ class Recipe:
         for path in self.writable:  # a bind inside a read-only bind comes out read-only: remount it rw
             local = shlex.quote(str(self.local(path)))
             script.append(f"mount --bind {local} {local}; mount -o remount,bind,rw {local}")
+        # The checkout and its venv stand for the image's /opt/warmswarm; a clean clone in /tmp (CI's may be one)
+        # would vanish under the private /tmp, so each is bound aside first and moved back on top of it.
+        keep = sorted({q for q in (ROOT.resolve(), Path(sys.prefix).resolve()) if Path("/tmp") in q.parents})
+        keep = [q for q in keep if not any(other in q.parents for other in keep)]
+        if keep and self.stage is None:
+            raise AssertionError(f"{keep} lie under /tmp and the recipe has no stage dir to keep them in")
+        for i, path in enumerate(keep):
+            stage = shlex.quote(str(self.stage / f"keep{i}"))
+            script.append(f"mkdir -p {stage}; mount --bind {shlex.quote(str(path))} {stage}")
         script.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+        for i, path in enumerate(keep):
+            stage, path = shlex.quote(str(self.stage / f"keep{i}")), shlex.quote(str(path))
+            script.append(f"mkdir -p {path}; mount --move {stage} {path}")
         if self.shm_bytes:
             script.append(f"mount -t tmpfs -o mode=1777,size={self.shm_bytes} tmpfs /dev/shm")
         script.append("mount -o remount,bind,ro /")
@@ -123,6 +136,7 @@ def systemd_recipe(scratch: Path, coordinator_url: str) -> Recipe:
         writable=state + cache,
         read_only=[home],
         paths={home: scratch / "home", **{c: scratch / "cache" / c.strip("/").replace("/", "_") for c in cache}},
+        stage=scratch / "keep",
     )
 
 
@@ -156,6 +170,7 @@ def k8s_recipe(scratch: Path, coordinator_url: str) -> Recipe:
         read_only=[home],
         shm_bytes=shm,
         paths=paths,
+        stage=scratch / "keep",
     )
 
 
