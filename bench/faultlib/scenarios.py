@@ -8,7 +8,7 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -334,11 +334,17 @@ class CoordinatorKillSettings:
     # ~50 MB of safetensors, so that a save takes long enough on disk to be killed inside it
     model: TinyModel = TinyModel(hidden_size=256, num_layers=4, num_heads=4, ffn_size=1024, target_batch_size=16)
     peers: int = 2
+    # seconds for each wait (peers training, a write to kill, a checkpoint after the restart): a test sets it so
+    # that the waits end inside its own timeout and their error, with the processes' logs, is what it reports
+    patience: float = PATIENCE
 
 
-def kill_inside_save(coordinator: Coordinator, root: Path, timeout: float) -> tuple[str, list[str]]:
+def kill_inside_save(
+    coordinator: Coordinator, root: Path, timeout: float, members: Sequence[Child] = ()
+) -> tuple[str, list[str]]:
     """Polls the checkpoints dir every 2 ms; as soon as a ``ckpt-*.tmp`` holds a file but no manifest yet (the
-    write is under way), SIGKILLs the coordinator's session. Returns the tmp dir's name and what it held."""
+    write is under way), SIGKILLs the coordinator's session. Returns the tmp dir's name and what it held; on
+    timeout, the error holds the coordinator's and the peers' last log lines (why no write began)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for tmp in root.glob("ckpt-*.tmp"):
@@ -356,7 +362,9 @@ def kill_inside_save(coordinator: Coordinator, root: Path, timeout: float) -> tu
         if not coordinator.child.alive():
             raise RuntimeError(f"coordinator died on its own:\n{coordinator.child.tail()}")
         time.sleep(0.002)
-    raise TimeoutError(f"no checkpoint write began within {timeout:.0f} s:\n{coordinator.child.tail()}")
+    tails = "".join(f"\n--- {m.name} ---\n{m.tail()}" for m in members)
+    raise TimeoutError(f"no checkpoint write began within {timeout:.0f} s:\n--- coordinator ---\n"
+                       f"{coordinator.child.tail()}{tails}")  # fmt: skip
 
 
 def audit_checkpoints(
@@ -401,7 +409,7 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
         coordinator.start()
         members = [start_peer(procs, f"peer{i}", coordinator) for i in range(settings.peers)]
         for member in members:
-            member.wait_for_line(TRAINING, PATIENCE)
+            member.wait_for_line(TRAINING, settings.patience)
         killed: set[str] = set()  # the names of the writes the kills interrupted
 
         def listed_by_api() -> list[str]:
@@ -409,7 +417,7 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
 
         for k in range(settings.kills):
             history = coordinator.get("/api/v1/history")["history"]
-            tmp, held = kill_inside_save(coordinator, root, timeout=PATIENCE)
+            tmp, held = kill_inside_save(coordinator, root, timeout=settings.patience, members=members)
             inside += 1
             held_at_kill = held
             logger.info("kill %d: coordinator SIGKILLed while writing %s holding %s", k + 1, tmp, held)
@@ -428,7 +436,7 @@ def coordinator_kill(work: Path, settings: CoordinatorKillSettings = Coordinator
             history_lost += sum((h["time"], h["step"]) not in kept for h in history)
             # the run goes on: a checkpoint newer than every one from before the kill is saved and verifies
             newest = max((int(n.split("-")[1]) for n in before), default=-1)
-            deadline = time.monotonic() + PATIENCE
+            deadline = time.monotonic() + settings.patience
             while time.monotonic() < deadline:
                 names = [c["name"] for c in coordinator.get("/api/v1/checkpoints")["checkpoints"]]
                 if any(int(n.split("-")[1]) > newest for n in names):

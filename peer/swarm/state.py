@@ -206,6 +206,33 @@ def pull_state_from_peers(
     return True
 
 
+CLIENT_START_TIMEOUT = 120.0  # seconds a state download client may take to start before the pull is abandoned
+
+
+def start_download_client(dht: hivemind.DHT, prefix: str, timeout: float) -> StateDownloadClient | None:
+    """A started client-mode averager for one state download, or None (logged) if its process is not ready within
+    ``timeout`` seconds; such a process is killed, so the caller simply retries later.
+
+    Why bounded: hivemind's own start waits for the forked averager without a limit, and the coordinator forks it
+    from a process busy with HTTP, gRPC and monitor threads. A start that never completes would stop every later
+    checkpoint without a word in the log (CI, 2026-12-07: a coordinator wrote no checkpoint in 900 s)."""
+    averager = StateDownloadClient(
+        averaged_tensors=[torch.zeros(1)], dht=dht, prefix=prefix, client_mode=True, start=False
+    )
+    with signal_handlers_kept():  # hivemind sets SIGINT to ignored while it starts the averager
+        try:
+            averager.run_in_background(await_ready=True, timeout=timeout)
+            return averager
+        except TimeoutError:
+            logger.warning("the state download client did not start within %.0f s; killed it, will retry", timeout)
+        except Exception as e:  # its start failed in the child (e.g. the DHT's daemon went away): retried later
+            logger.warning("the state download client failed to start: %s; will retry", e)
+    if averager.is_alive():
+        averager.kill()
+        averager.join(5.0)
+    return None
+
+
 def load_state_from_swarm(
     dht: hivemind.DHT,
     cfg: RunConfig,
@@ -222,14 +249,9 @@ def load_state_from_swarm(
     named = list(models.named_parameters())
     order, structure = optimizer_layout([p for _, p in named], cfg)
     names = [named[i][0] for i in order]
-    with signal_handlers_kept():  # hivemind sets SIGINT to ignored while it starts the averager
-        averager = StateDownloadClient(
-            averaged_tensors=[torch.zeros(1)],
-            dht=dht,
-            prefix=cfg.run_id + STATE_AVERAGER_SUFFIX,
-            client_mode=True,
-            start=True,
-        )
+    averager = start_download_client(dht, cfg.run_id + STATE_AVERAGER_SUFFIX, min(timeout, CLIENT_START_TIMEOUT))
+    if averager is None:
+        return None
     try:
         loaded = fetch_state(averager, timeout, stop)
     finally:

@@ -135,6 +135,30 @@ def test_no_peer_with_state_gives_none_within_the_timeout():
 
 
 @pytest.mark.timeout(120)
+def test_a_download_client_that_never_starts_is_killed_and_the_pull_gives_none(monkeypatch):
+    """hivemind waits for a forked averager without a limit; a coordinator whose client never came up would write
+    no checkpoint again. Here the client's process never gets ready: the pull ends at the start timeout, says so,
+    and leaves no process behind."""
+    import multiprocessing
+
+    from peer.swarm import state
+    from peer.swarm.overrides.state_download import StateDownloadClient
+
+    monkeypatch.setattr(StateDownloadClient, "run", lambda self: time.sleep(3600))  # the forked child hangs
+    monkeypatch.setattr(state, "CLIENT_START_TIMEOUT", 2.0)
+    cfg = tiny_config()
+    dht = start_dht(PeerSettings(host_maddrs=LOOPBACK))
+    try:
+        before = set(multiprocessing.active_children())
+        started = time.monotonic()
+        assert load_state_from_swarm(dht, cfg, build_models(cfg.model, vocab_size=100, seed=2), timeout=30) is None
+        assert time.monotonic() - started < 20
+        assert not [c for c in multiprocessing.active_children() if c not in before and c.is_alive()]
+    finally:
+        dht.shutdown()
+
+
+@pytest.mark.timeout(120)
 def test_a_listed_peer_that_never_answers_is_given_up_after_the_timeout_or_on_stop():
     """hivemind's own download loop retries without bound here; ours ends at the deadline, and at once on stop."""
     cfg = tiny_config("silentstate")
