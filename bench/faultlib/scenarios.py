@@ -345,7 +345,7 @@ def kill_inside_save(
     """Polls the checkpoints dir every 2 ms; as soon as a ``ckpt-*.tmp`` holds a file but no manifest yet (the
     write is under way), SIGKILLs the coordinator's session. Returns the tmp dir's name and what it held; on
     timeout, the error holds the coordinator's and the peers' last log lines (why no write began)."""
-    deadline = time.monotonic() + timeout
+    deadline, next_check = time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
         for tmp in root.glob("ckpt-*.tmp"):
             try:
@@ -361,6 +361,11 @@ def kill_inside_save(
                 return tmp.name, held
         if not coordinator.child.alive():
             raise RuntimeError(f"coordinator died on its own:\n{coordinator.child.tail()}")
+        if time.monotonic() >= next_check:  # a peer that died makes no more steps: no checkpoint would ever be due
+            next_check = time.monotonic() + 1.0
+            for member in members:
+                if not member.alive():
+                    raise RuntimeError(f"{member.name} died before a checkpoint write began:\n{member.tail()}")
         time.sleep(0.002)
     tails = "".join(f"\n--- {m.name} ---\n{m.tail()}" for m in members)
     raise TimeoutError(f"no checkpoint write began within {timeout:.0f} s:\n--- coordinator ---\n"
