@@ -142,6 +142,7 @@ class Coordinator:
     monitor_interval: float = 1.0
     state_timeout: float = 60.0
     extra_args: list[str] = field(default_factory=list)  # e.g. ["--allowlist", FILE] for a private run
+    host: str = "127.0.0.1"  # where it listens (HTTP, gRPC, DHT): e.g. a veth address that a netns peer reaches
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     dht_port: int = field(default_factory=free_port)
@@ -149,14 +150,14 @@ class Coordinator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     def start(self, timeout: float = 240.0) -> Child:
         self.child = start_python(
             self.procs,
             "coordinator",
             ["-m", "coordinator", "start", "-c", str(self.run.config), "--data_dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
+             "--host", self.host, "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
              "--dht_port", str(self.dht_port), "--init_from", str(self.run.init_dir),
              "--checkpoint_every", str(self.checkpoint_every), "--keep_last", str(self.keep_last),
              "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout),

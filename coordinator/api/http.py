@@ -30,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from coordinator.api.checkpoint_files import CheckpointFiles
 from coordinator.auth import TokenAuthority, token_response
 from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
+from coordinator.reachability import BadReachabilityRequest, DialBack, ReachabilityRequest
 from coordinator.store import Store
 from peer.run.checkpoint_manifest import CheckpointNotFound, UnsafePath
 
@@ -156,6 +157,24 @@ def create_http_app(
         if refused:
             store.add_rejected({refused: 1})
         return JSONResponse(payload, status_code=status)
+
+    dial_back = DialBack()
+
+    @app.post("/api/v1/reachability")
+    async def reachability(request: Request) -> JSONResponse:
+        """{ports: [TCP port, ...]} -> {address, reachable: {port: bool}}: whether this coordinator can open a
+        connection back to the caller's own address at those ports (``coordinator.reachability``); 400 with a
+        one-line ``detail`` for a malformed body."""
+        if int(request.headers.get("content-length") or 0) > MAX_AUTH_BODY:
+            return JSONResponse({"detail": "request body too large"}, status_code=413)
+        try:
+            wanted = ReachabilityRequest.parse(await request.json())
+        except (BadReachabilityRequest, ValueError) as e:
+            return JSONResponse({"detail": str(e).splitlines()[0] or "invalid JSON"}, status_code=400)
+        if request.client is None:
+            return JSONResponse({"detail": "the caller's address is unknown"}, status_code=400)
+        # a blocking dial of up to DIAL_TIMEOUT seconds: in a worker thread, never on the event loop
+        return JSONResponse(await asyncio.to_thread(dial_back.check, request.client.host, wanted))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:

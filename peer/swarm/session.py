@@ -29,6 +29,7 @@ from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.membership import Membership, authenticate_peer
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
 from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.swarm.swarm_optimizer import SwarmOptimizer
@@ -131,6 +132,8 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         )
         membership = private.join(dht, on_revoked=lambda why: stop.set()) if private else None
         logger.info("visible at %s", " ".join(visible_maddrs(dht)))
+        if peer.coordinator_url and not (peer.client_mode or peer.use_auto_relay):  # relays make it reachable
+            check_reachable(peer.coordinator_url, visible_maddrs(dht))
         if peer.initial_peers and not options.config_from_coordinator:
             check_run_is_live(dht, cfg, options.join_timeout)
         check_fingerprint(dht, cfg)
