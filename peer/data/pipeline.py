@@ -60,6 +60,12 @@ def _sentence_end_ids(tokenizer) -> np.ndarray:
     return np.asarray([i for i in ids if i is not None and i != tokenizer.unk_token_id], dtype=np.int64)
 
 
+def iter_documents(spec: DataSpec, heldout: bool) -> Iterator[str]:
+    """The run's documents in corpus order, of one side of the held-out split: raw text for a task built on the
+    corpus (e.g. ``bench/seq2seq_warm_start.py``), split exactly as the training and held-out batches are."""
+    return _documents(spec, heldout, shuffle_seed=None, epoch=0)
+
+
 def _documents(spec: DataSpec, heldout: bool, shuffle_seed: int | None, epoch: int) -> Iterator[str]:
     ds, column = open_source(spec)
     if shuffle_seed is not None:
