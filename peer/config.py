@@ -85,7 +85,7 @@ class TrainSpec:
     adam_eps: float = 1e-6
     clip_norm: float = 1.0
     optimizer: Literal["adamw", "lamb"] = "adamw"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     eval_every: int = 500
     eval_batches: int = 20
