@@ -77,18 +77,16 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 
 
 def device_summary(device: torch.device) -> str:
-    """The device's name and memory, e.g. ``cuda (NVIDIA H100, 79.1 GiB)`` or ``cpu (8 threads, 31.2 GiB)``."""
+    """The device's name and memory, e.g. ``cuda (NVIDIA H100, 79.1 GiB)`` or ``cpu (31.2 GiB)``."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     if device.type == "mps":
         return "mps (Apple GPU, unified memory)"
-    memory = ""
     try:
-        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB"
+        return f"cpu ({os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB)"
     except (ValueError, OSError, AttributeError):  # not every OS names these
-        pass
-    return f"cpu ({torch.get_num_threads()} threads{memory})"
+        return "cpu"
 
 
 @dataclass(frozen=True)
