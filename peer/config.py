@@ -196,7 +196,7 @@ class PeerSettings:
     coordinator_url: str | None = None
     # this machine's training step; None keeps the run config's train.<name> (a default every peer may override,
     # ``PEER_TRAIN_KEYS``). What auto means for device and precision: ``peer.trainer.hardware``.
-    batch_size: int | None = None
+    batch_size: int | Literal["auto"] | None = None  # auto: fitted to this machine (peer.trainer.batch_fit)
     grad_accum: int | None = None
     device: str | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
@@ -225,14 +225,18 @@ def peer_train_overrides(items: list[str]) -> dict[str, Any]:
                 f"--set {key}: a coordinator's run config is the same for every peer; with --coordinator only this "
                 f"peer's own settings may be set ({allowed})"
             )
+        if name == "batch_size" and raw.strip() == "auto":
+            values[name] = "auto"
+            continue
         values[name] = _coerce(yaml.safe_load(raw) if raw.strip() else raw, hints[name], key)
     return values
 
 
 def with_peer_train(cfg: RunConfig, peer: PeerSettings) -> RunConfig:
     """``cfg`` with this peer's own training-step settings in ``cfg.train`` (those it set; the others stay the
-    run's), checked: what the rest of the peer reads."""
-    changes = {k: getattr(peer, k) for k in PEER_TRAIN_KEYS if getattr(peer, k) is not None}
+    run's), checked: what the rest of the peer reads. A ``batch_size`` of ``auto`` leaves the run's in place until
+    the session has fitted one (``peer.swarm.training_inputs.fit_micro_batch``)."""
+    changes = {k: getattr(peer, k) for k in PEER_TRAIN_KEYS if getattr(peer, k) not in (None, "auto")}
     train = dataclasses.replace(cfg.train, **changes)
     for name in ("batch_size", "grad_accum"):
         if getattr(train, name) < 1:

@@ -139,7 +139,13 @@ def register(subparsers) -> None:
         "peer's own train.batch_size, train.grad_accum, train.device, train.precision, train.compile",
     )
     mine = p.add_argument_group("this machine's training step (default: the run config's train.*)")
-    mine.add_argument("--batch_size", type=int, default=None, metavar="N", help="samples per micro-batch")
+    mine.add_argument(
+        "--batch_size",
+        type=batch_size_arg,
+        default=None,
+        metavar="N|auto",
+        help="samples per micro-batch; auto: the largest that fits the GPU's memory, on CPU the fastest (probe steps)",
+    )
     mine.add_argument(
         "--grad_accum", type=int, default=None, metavar="N", help="micro-batches accumulated into each local step"
     )
@@ -166,6 +172,15 @@ def register(subparsers) -> None:
         help="on leaving, write this peer's parameters to FILE (safetensors), e.g. to check that replicas agree",
     )
     p.set_defaults(func=run)
+
+
+def batch_size_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PeerSettings, bool]:

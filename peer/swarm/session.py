@@ -7,6 +7,7 @@ every peer can rebuild bit for bit because growth is deterministic and seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.swarm.swarm_optimizer import SwarmOptimizer
-from peer.swarm.training_inputs import heldout_evaluation, load_tokenizer, training_inputs
+from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
 from peer.trainer import compile_models, param_groups, resolve_device, step_spec
 from peer.trainer.hardware import StartupFacts, startup_line
 from peer.trainer.recipe import run_optimizer_factories
@@ -158,6 +159,11 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         device = group.device if group is not None else resolve_device(cfg.train)
         models.to(device).train()
         seed = seed_from_bytes(signing.data_seed_material)
+        if peer.batch_size == "auto":
+            if group is not None:
+                raise UserError("--batch_size auto is for a one-process peer: give a torchrun group's ranks a number")
+            fitted = fit_micro_batch(cfg, models, tokenizer, seed, device)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=fitted))
         objective, batches = training_inputs(cfg, models, tokenizer, seed)
         evaluate = heldout_evaluation(cfg, objective, tokenizer)
         params = models.parameters()

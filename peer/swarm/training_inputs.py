@@ -6,10 +6,13 @@ which differ only in their seeds; its own module so that neither imports the oth
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from peer.config import RunConfig
@@ -18,6 +21,11 @@ from peer.errors import UserError
 from peer.growth import resolve_source
 from peer.modeling import PretrainingModels
 from peer.objectives import Objective, build_objective
+from peer.trainer import step_spec
+from peer.trainer.batch_fit import fit_batch_size, step_probe
+from peer.trainer.step import TrainStep
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(cfg: RunConfig, init_dir: str | None):
@@ -57,3 +65,33 @@ def heldout_evaluation(cfg: RunConfig, objective: Objective, tokenizer) -> Calla
     if not heldout:
         return None
     return partial(objective.evaluate, heldout)
+
+
+def fit_micro_batch(
+    cfg: RunConfig,
+    models: PretrainingModels,
+    tokenizer,
+    seed: int,
+    device: torch.device,
+    by_throughput: bool | None = None,
+) -> int:
+    """``--batch_size auto``: the micro-batch ``peer.trainer.batch_fit`` picks for ``models`` on ``device`` (by
+    throughput on a CPU, by memory elsewhere, unless ``by_throughput`` says), probed with the training step itself
+    on one batch of the run's data. The probes run their own objective and batches (discarded after), so the peer's
+    training draws the same masks and data as with a number given."""
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1, grad_accum=1))
+    objective, batches = training_inputs(one, models, tokenizer, seed)
+    step = TrainStep(objective, models.parameters(), step_spec(one.train, device))
+
+    def run(batch: dict) -> None:
+        try:
+            step.backward(iter([batch]))
+        finally:
+            for module in models.modules():
+                module.zero_grad(set_to_none=True)
+
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    by_throughput = device.type == "cpu" if by_throughput is None else by_throughput
+    size = fit_batch_size(step_probe(run, next(batches), synchronize), by_throughput=by_throughput)
+    logger.info("micro-batch %d: the %s on %s", size, "fastest" if by_throughput else "largest that fits", device.type)
+    return size

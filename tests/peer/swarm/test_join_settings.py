@@ -148,3 +148,12 @@ def test_a_file_joiners_flags_override_its_config_file_too(tmp_path):
     path.write_text(yaml.safe_dump({"run_id": "filed", "train": {"batch_size": 32, "device": "cuda"}}))
     cfg, _, _ = resolve_config(parse("-c", str(path), "--set", "train.lr=0.01", "--batch_size", "4", "--device", "cpu"))
     assert (cfg.train.batch_size, cfg.train.device, cfg.train.lr) == (4, "cpu", 0.01)
+
+
+def test_batch_size_auto_is_kept_for_the_session_to_fit_and_anything_else_is_refused(monkeypatch):
+    coordinator_run(monkeypatch, {"batch_size": 64})
+    for argv in (("--batch_size", "auto"), ("--set", "train.batch_size=auto")):
+        cfg, peer, _ = resolve_config(parse("--coordinator", URL, *argv))
+        assert peer.batch_size == "auto" and cfg.train.batch_size == 64, "the run's size until the session fits one"
+    with pytest.raises(SystemExit):
+        parse("--coordinator", URL, "--batch_size", "big")
