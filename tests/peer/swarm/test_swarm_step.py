@@ -1,5 +1,6 @@
 """``peer join``'s loop runs the one training step (peer.trainer.step): the gradients hivemind's optimizer reads are
-clipped at ``train.clip_norm``, and the peer's record carries the clipped norm and the objective's metrics.
+clipped at ``train.clip_norm``, and the peer's record carries the clipped norm, the objective's metrics and the last
+held-out evaluation's.
 
 One real peer: a hivemind DHT with the run's validators, a real sync ``SwarmOptimizer`` over a tiny linear model,
 and ``train_loop`` itself; the only addition is a wrapper around the optimizer's ``step`` that measures the
@@ -59,7 +60,16 @@ def test_the_gradients_peer_join_sends_are_clipped_and_its_record_carries_the_no
             hits = (err.abs() < 1.0).float().mean()
             return ObjectiveOutput(1e4 * err.pow(2).mean(), {"accuracy": hits.detach()})
 
-        parts = LoopParts(params, objective, batches(), 4, step=StepSpec(grad_accum=2, clip_norm=CLIP))
+        evaluations: list[int] = []
+
+        def evaluate() -> dict[str, float]:  # held-out metrics of the current parameters
+            evaluations.append(1)
+            with torch.no_grad():
+                x = torch.ones(2, 8)
+                return {"loss": float((model(x) - 800.0).pow(2).mean()), "auc": float("nan")}
+
+        step = StepSpec(grad_accum=2, clip_norm=CLIP)
+        parts = LoopParts(params, objective, batches(), 4, step=step, evaluate=evaluate, eval_every=1)
         options = LoopOptions(max_global_steps=2, metrics_every=0.0, show_status=False)
         result = train_loop(dht, RUN, signing, opt, parts, StopSignal(), options)
         assert result.local_steps >= 2 and result.samples == 8 * result.local_steps, "2 micro-batches of 4 per step"
@@ -69,6 +79,8 @@ def test_the_gradients_peer_join_sends_are_clipped_and_its_record_carries_the_no
         assert record.metrics["grad_norm_unclipped"] > 100 * CLIP, "the signal was huge before clipping"
         assert 0.0 <= record.metrics["accuracy"] <= 1.0, "the objective's metrics are published with the loss"
         assert record.mini_steps == result.local_steps
+        assert len(evaluations) == result.local_steps, "eval_every=1: one held-out evaluation per local step"
+        assert record.metrics["eval_loss"] > 0 and "eval_auc" not in record.metrics, "published when finite"
     finally:
         if opt is not None:
             opt.shutdown()
