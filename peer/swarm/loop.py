@@ -75,12 +75,12 @@ class LoopResult:
 @dataclass
 class LoopParts:
     """What the loop trains: the parameters, the objective of a batch (an ``ObjectiveOutput``, or a bare loss), the
-    micro-batches, samples per micro-batch, and how a step is computed (``peer.trainer.step``)."""
+    micro-batches, and how a step is computed (``peer.trainer.step``). Samples are counted from the micro-batches
+    themselves (a multi-GPU peer reports its rank's samples x world_size)."""
 
     params: list[torch.nn.Parameter]
     objective: StepObjective
     batches: Iterator[dict]
-    batch_size: int  # samples per micro-batch of this process; a local step is grad_accum of them on every rank
     group: PeerGroup | None = None  # set on rank 0 of a torchrun group (peer.swarm.ddp)
     step: StepSpec = field(default_factory=StepSpec)  # accumulation, clipping, precision
     # held-out metrics of the current parameters (the objective's ``evaluate`` over the held-out batches), run every

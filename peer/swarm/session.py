@@ -202,7 +202,6 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             params=params,
             objective=objective,
             batches=batches,
-            batch_size=cfg.train.batch_size,
             group=group,
             step=spec,
             evaluate=evaluate,

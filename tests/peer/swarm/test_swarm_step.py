@@ -69,7 +69,7 @@ def test_the_gradients_peer_join_sends_are_clipped_and_its_record_carries_the_no
                 return {"loss": float((model(x) - 800.0).pow(2).mean()), "auc": float("nan")}
 
         step = StepSpec(grad_accum=2, clip_norm=CLIP)
-        parts = LoopParts(params, objective, batches(), 4, step=step, evaluate=evaluate, eval_every=1)
+        parts = LoopParts(params, objective, batches(), step=step, evaluate=evaluate, eval_every=1)
         options = LoopOptions(max_global_steps=2, metrics_every=0.0, show_status=False)
         result = train_loop(dht, RUN, signing, opt, parts, StopSignal(), options)
         assert result.local_steps >= 2 and result.samples == 8 * result.local_steps, "2 micro-batches of 4 per step"
