@@ -506,7 +506,7 @@ def worker(opts: argparse.Namespace) -> None:
             run_id,
             signing,
             counted,
-            LoopParts(params, loss_fn, batches(), b),
+            LoopParts(params, loss_fn, batches()),
             StopSignal(),
             LoopOptions(max_seconds=opts.seconds, show_status=False, metrics_every=opts.metrics_every),
         )

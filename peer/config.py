@@ -85,7 +85,7 @@ class TrainSpec:
     adam_eps: float = 1e-6
     clip_norm: float = 1.0
     optimizer: Literal["adamw", "lamb"] = "adamw"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     eval_every: int = 500
     eval_batches: int = 20
@@ -177,8 +177,9 @@ class PeerSettings:
       None with no ``auth_key``: an open run, no tokens.
     - ``coordinator_url``: where this peer got the run from (``--coordinator``); None for a run config file.
 
-    The peer's own compute settings (device, precision, micro-batch) belong here too, for the same reason: what one
-    volunteer's machine can do is not the run's to decide. A setting that moves here from the run config adds its
+    The peer's own compute settings (device, precision, micro-batch, accumulation, compile) belong here too, for the
+    same reason: what one volunteer's machine can do is not the run's to decide. Their run config keys stay, as the
+    run's suggested defaults (``PEER_TRAIN_KEYS``). A setting that moves here from the run config for good adds its
     old ``section.key`` and its flag to ``MOVED_TO_PEER``.
     """
 
@@ -193,6 +194,54 @@ class PeerSettings:
     authority_public_key: str | None = None
     peer_name: str = ""
     coordinator_url: str | None = None
+    # this machine's training step; None keeps the run config's train.<name> (a default every peer may override,
+    # ``PEER_TRAIN_KEYS``). What auto means for device and precision: ``peer.trainer.hardware``.
+    batch_size: int | Literal["auto"] | None = None  # auto: fitted to this machine (peer.trainer.batch_fit)
+    grad_accum: int | None = None
+    device: str | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    compile: bool | None = None
+
+
+PEER_TRAIN_KEYS = ("batch_size", "grad_accum", "device", "precision", "compile")
+"""``train.*`` keys that are each peer's own choice (``PeerSettings`` fields of the same names): the run config
+holds their default, and a peer overrides them for itself alone — with its flags, or with ``--set train.KEY=VALUE``
+even when it joins through a coordinator. They change how fast a peer computes its gradients, never what the swarm
+averages (the run's fingerprint leaves ``train`` out)."""
+
+
+def peer_train_overrides(items: list[str]) -> dict[str, Any]:
+    """The ``--set train.KEY=VALUE`` items of a peer that joins through a coordinator, checked and typed; any other
+    key is refused in one line, because a coordinator's run config must be the same for every peer."""
+    hints = typing.get_type_hints(TrainSpec)
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        section, _, name = key.partition(".")
+        if not sep or section != "train" or name not in PEER_TRAIN_KEYS:
+            allowed = ", ".join(f"train.{k}" for k in PEER_TRAIN_KEYS)
+            raise ConfigError(
+                f"--set {key}: a coordinator's run config is the same for every peer; with --coordinator only this "
+                f"peer's own settings may be set ({allowed})"
+            )
+        if name == "batch_size" and raw.strip() == "auto":
+            values[name] = "auto"
+            continue
+        values[name] = _coerce(yaml.safe_load(raw) if raw.strip() else raw, hints[name], key)
+    return values
+
+
+def with_peer_train(cfg: RunConfig, peer: PeerSettings) -> RunConfig:
+    """``cfg`` with this peer's own training-step settings in ``cfg.train`` (those it set; the others stay the
+    run's), checked: what the rest of the peer reads. A ``batch_size`` of ``auto`` leaves the run's in place until
+    the session has fitted one (``peer.swarm.training_inputs.fit_micro_batch``)."""
+    changes = {k: getattr(peer, k) for k in PEER_TRAIN_KEYS if getattr(peer, k) not in (None, "auto")}
+    train = dataclasses.replace(cfg.train, **changes)
+    for name in ("batch_size", "grad_accum"):
+        if getattr(train, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
+    return dataclasses.replace(cfg, train=train)
 
 
 MOVED_TO_PEER = {

@@ -9,8 +9,7 @@ import os
 
 import torch
 
-from peer.config import PeerSettings, RunConfig, load_config
-from peer.errors import UserError
+from peer.config import PEER_TRAIN_KEYS, PeerSettings, RunConfig, load_config, peer_train_overrides, with_peer_train
 from peer.run.tokens import AUTH_KEY_ENV
 from peer.swarm.ddp import (
     PeerGroup,
@@ -136,7 +135,29 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set swarm.averaging=diloco (repeatable)",
+        help="override a config value, e.g. --set swarm.averaging=diloco (repeatable); with --coordinator only this "
+        "peer's own train.batch_size, train.grad_accum, train.device, train.precision, train.compile",
+    )
+    mine = p.add_argument_group("this machine's training step (default: the run config's train.*)")
+    mine.add_argument(
+        "--batch_size",
+        type=batch_size_arg,
+        default=None,
+        metavar="N|auto",
+        help="samples per micro-batch; auto: the largest that fits the GPU's memory, on CPU the fastest (probe steps)",
+    )
+    mine.add_argument(
+        "--grad_accum", type=int, default=None, metavar="N", help="micro-batches accumulated into each local step"
+    )
+    mine.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    mine.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default=None,
+        help="auto: bf16 on a CUDA card that has it, fp16 with loss scaling on older cards, fp32 on mps and cpu",
+    )
+    mine.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the model (slow start, faster steps)"
     )
     p.add_argument(
         "--no_status",
@@ -153,9 +174,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def batch_size_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PeerSettings, bool]:
-    """The run config (the coordinator's, or a file with ``--set`` applied), this peer's own settings from its
-    flags, and True if the run came from a coordinator."""
+    """The run config (the coordinator's, or a file with ``--set`` applied) with this peer's own training-step
+    settings in ``train`` (``PEER_TRAIN_KEYS``: its flags, else its ``--set train.KEY``), this peer's own settings
+    from its flags, and True if the run came from a coordinator."""
     peer = PeerSettings()
     for name in ("initial_peers", "host_maddrs", "announce_maddrs", "identity_path", "client_mode"):
         value = getattr(args, name)
@@ -165,9 +196,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PeerSettings, b
     peer.auth_key = args.auth_key or os.environ.get(AUTH_KEY_ENV) or None
     peer.authority_public_key = args.authority_public_key
     peer.peer_name = args.peer_name or allowlisted_name(peer.auth_key)
+    own = peer_train_overrides(args.overrides) if args.coordinator else {}  # refused before any network
+    for name in PEER_TRAIN_KEYS:
+        value = getattr(args, name)
+        setattr(peer, name, value if value is not None else own.get(name))
     if args.coordinator:
-        if args.overrides:
-            raise UserError("--set is only for -c configs: a coordinator's run config is fixed for all peers")
         run = fetch_run(args.coordinator, pinned_authority_key=peer.authority_public_key)
         cfg = run.config
         cfg.run_id = run.run_id
@@ -177,7 +210,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, PeerSettings, b
         peer.authority_public_key = run.authority_public_key
     else:
         cfg = load_config(args.config, args.overrides)
-    return cfg, peer, bool(args.coordinator)
+    return with_peer_train(cfg, peer), peer, bool(args.coordinator)
 
 
 def join_options(
@@ -246,7 +279,7 @@ def start_group(rank: RankInfo, cfg: RunConfig) -> PeerGroup:
     on CPU."""
     from peer.trainer import resolve_device
 
-    device = resolve_device(cfg.train)
+    device = resolve_device(cfg.train)  # this peer's --device (or the run's train.device)
     if device.type == "cuda":
         device = torch.device("cuda", rank.local_rank)
     timeout = collective_timeout(cfg.swarm.load_state_timeout, cfg.swarm.averaging_timeout, cfg.swarm.matchmaking_time)

@@ -23,7 +23,8 @@ from peer.errors import UserError
 from peer.logs import progress_on
 from peer.modeling import PretrainingModels, build_models, load_models
 from peer.objectives import build_objective
-from peer.trainer import StepReport, checkpoint_dirs, compile_models, resolve_device, train
+from peer.trainer import StepReport, checkpoint_dirs, compile_models, resolve_device, step_spec, train
+from peer.trainer.hardware import StartupFacts, startup_line
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +104,16 @@ def run(args: argparse.Namespace) -> int:
         compile_models(models)
     objective = build_objective(cfg, models, mask_token_id=tokenizer.mask_token_id)
     stop = min(cfg.train.total_steps, args.max_steps) if args.max_steps else cfg.train.total_steps
-    n_params = sum(p.numel() for p in models.parameters())
-    logger.info(
-        "training %s (%.1fM parameters) on %s, %d steps of %d x %d sequences of %d tokens",
-        cfg.model.architecture,
-        n_params / 1e6,
-        device,
-        stop,
-        bsz,
-        cfg.train.grad_accum,
-        cfg.data.seq_len,
+    facts = StartupFacts(
+        model=f"{cfg.model.architecture} {cfg.model.hidden_size}x{cfg.model.num_layers}",
+        parameters=sum(p.numel() for p in models.parameters()),
+        device=device,
+        precision=step_spec(cfg.train, device).precision,
+        micro_batch=bsz,
+        grad_accum=cfg.train.grad_accum,
+        averaging="none (one process)",
     )
+    logger.info("%s; %d steps of %d-token sequences", startup_line(facts), stop, cfg.data.seq_len)
     show_bar = progress_on()
     bar = tqdm(total=stop, desc="train", unit="step", dynamic_ncols=True, disable=not show_bar)
     meter = RateMeter()

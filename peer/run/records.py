@@ -15,6 +15,8 @@ MAX_SAMPLES_PER_SECOND = 1e7
 MAX_STEP = 10**12
 MAX_PEER_ID_CHARS = 128  # a base58 libp2p id is ~46-53 characters
 MAX_REPORTED_PEERS = 256  # a report naming more peers than a swarm plausibly has is malformed
+MAX_RECORD_METRICS = 32  # an ELECTRA peer publishes ~20 (its step's metrics, gradient norms, held-out metrics)
+MAX_METRIC_NAME_CHARS = 48
 
 
 class LocalMetrics(pydantic.BaseModel):
@@ -33,6 +35,27 @@ class LocalMetrics(pydantic.BaseModel):
     fingerprint: pydantic.constr(max_length=64) = ""
     # the peer's libp2p id (base58): how the coordinator maps a ban (by peer id) to a volunteer's record
     peer_id: pydantic.constr(max_length=MAX_PEER_ID_CHARS) = ""
+    # the objective's metrics of the peer's last step (e.g. disc_accuracy, mlm_accuracy, sop_accuracy), the norm of
+    # the gradients it sent after clipping (grad_norm) and before (grad_norm_unclipped), and its last held-out
+    # evaluation (eval_<name>). Defaulted: a record from a peer that publishes none (an older one) stays valid.
+    metrics: dict[pydantic.constr(min_length=1, max_length=MAX_METRIC_NAME_CHARS), pydantic.StrictFloat] = {}
+
+    @pydantic.validator("metrics")
+    def _few_metrics(cls, value: dict) -> dict:
+        if len(value) > MAX_RECORD_METRICS:
+            raise ValueError(f"a record may hold at most {MAX_RECORD_METRICS} metrics")
+        return value
+
+    def dict(self, **kwargs) -> dict:
+        """The record's fields, without ``metrics`` when it is empty. Why: hivemind's ``SchemaValidator`` accepts a
+        record only if parsing it changes nothing, so a record written without the field (by a peer from before it)
+        must parse back without it too; and a record with no metrics stays readable by nodes from before it.
+        A record *with* metrics is dropped by such older nodes (they ignore the field, so parsing changes it): the
+        coordinator, the run's first DHT node, must be upgraded before its peers."""
+        data = super().dict(**kwargs)
+        if not data.get("metrics"):
+            data.pop("metrics", None)
+        return data
 
 
 class MetricsSchema(pydantic.BaseModel):

@@ -17,6 +17,8 @@ from peer.memory import PeriodicRelease
 from peer.modeling import build_models, load_models
 from peer.swarm.ddp import Decision, PeerGroup, SetupReport, params_digest
 from peer.swarm.training_inputs import load_tokenizer, training_inputs
+from peer.trainer import compile_models, step_spec
+from peer.trainer.step import StepObjective, StepSpec, TrainStep
 
 
 @dataclass
@@ -33,38 +35,39 @@ class FollowResult:
 
 def follow_loop(
     params: list[torch.nn.Parameter],
-    loss_fn: Callable[[dict], torch.Tensor],
+    objective: StepObjective,
     batches: Iterator[dict],
-    batch_size: int,
+    spec: StepSpec,
     group: PeerGroup,
     stop_requested: Callable[[], bool],
 ) -> FollowResult:
-    """A follower's side of ``train_loop``: compute, send gradients and flags, obey the leader's decision."""
+    """A follower's side of ``train_loop``: compute the same step (``peer.trainer.step``: accumulation, the finite
+    guard, its own fp16 un-scaling), send gradients and flags, obey the leader's decision. The leader clips the
+    group's mean gradient."""
     start = time.monotonic()
     compute = 0.0
     local_steps = samples = skipped = 0
+    step = TrainStep(objective, params, spec)
     group.sync_params(params)  # the state the leader joined the swarm with
     decision = Decision(skipped=False, stop=False, params_changed=False, global_step=0, mean_loss=float("nan"))
     releaser = PeriodicRelease()  # the leader's loop does the same (peer.swarm.loop)
     while True:
         t0 = time.perf_counter()
-        loss = loss_fn(next(batches))
-        healthy = bool(torch.isfinite(loss))
-        if healthy:
-            loss.backward()
-            healthy = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+        computed = step.backward(batches)
+        healthy = step.unscale(computed)
         compute += time.perf_counter() - t0
-        group.reduce_step(params, float(loss.item()) if healthy else 0.0, healthy, stop_requested())
+        group.reduce_step(params, computed.loss if healthy else 0.0, healthy, stop_requested())
         decision = group.decide(None)
         for p in params:
             p.grad = None
+        step.update_scale()
         if decision.params_changed:
             group.sync_params(params)
         if decision.skipped:
             skipped += 1 if not decision.stop else 0  # a dismissal is not a skipped batch
         else:
             local_steps += 1
-            samples += batch_size
+            samples += computed.samples
         if decision.stop:
             break
         releaser.maybe()
@@ -104,5 +107,7 @@ def follow_swarm(cfg, init_dir: str | None, group: PeerGroup, stop_requested: Ca
     params = models.parameters()
     check_rank_shapes(report, params)
     seed = derive_seed(report.seed, "rank", group.info.rank)  # each rank its own data order and masks
-    loss_fn, batches = training_inputs(cfg, models, tokenizer, seed, group.device)
-    return follow_loop(params, loss_fn, batches, cfg.train.batch_size, group, stop_requested)
+    objective, batches = training_inputs(cfg, models, tokenizer, seed)
+    if cfg.train.compile:
+        compile_models(models)
+    return follow_loop(params, objective, batches, step_spec(cfg.train, group.device), group, stop_requested)

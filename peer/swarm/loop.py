@@ -1,8 +1,10 @@
-"""The peer's training recipe: batch → loss → backward → hivemind step, guarded, with metrics and a status line.
+"""The peer's training recipe: the training step (``peer.trainer.step``: micro-batches, the finite guard, clipping)
+→ hivemind step, guarded, with metrics, periodic held-out evaluation and a status line.
 
-Reads like the single-machine loop on purpose; everything swarm-specific is behind ``SwarmOptimizer.step``. The two
+Reads like the single-machine loop on purpose; everything swarm-specific is behind ``SwarmOptimizer.step``. The three
 guards that keep one bad peer from poisoning the swarm: a non-finite loss or gradient is never reported to hivemind
-(the batch is skipped), and non-finite parameters after a global step are replaced by the last good copy.
+(the step is skipped), the gradients it is given are clipped at ``train.clip_norm``, and non-finite parameters after
+a global step are replaced by the last good copy.
 
 On rank 0 of a multi-GPU peer (``LoopParts.group``) the same loop also leads the other ranks: one collective after
 each backward pass, one decision after each step, and the parameters whenever they may have changed
@@ -12,9 +14,10 @@ each backward pass, one decision after each step, and the parameters whenever th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hivemind
 import torch
@@ -23,11 +26,12 @@ from tqdm import tqdm
 from peer.errors import UserError
 from peer.logs import progress_on
 from peer.memory import PeriodicRelease
-from peer.run.records import LocalMetrics
+from peer.run.records import MAX_METRIC_NAME_CHARS, MAX_RECORD_METRICS, LocalMetrics
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
 from peer.swarm.metrics import MetricsPublisher, RecordSigning, fetch_metrics, publish_metrics
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.swarm_optimizer import SwarmOptimizer
+from peer.trainer.step import StepObjective, StepSpec, TrainStep, eval_due, grads_are_finite
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +74,23 @@ class LoopResult:
 
 @dataclass
 class LoopParts:
-    """What the loop trains: the parameters, a loss function of a batch, the batches, samples per batch."""
+    """What the loop trains: the parameters, the objective of a batch (an ``ObjectiveOutput``, or a bare loss), the
+    micro-batches, and how a step is computed (``peer.trainer.step``). Samples are counted from the micro-batches
+    themselves (a multi-GPU peer reports its rank's samples x world_size)."""
 
     params: list[torch.nn.Parameter]
-    loss_fn: Callable[[dict], torch.Tensor]
+    objective: StepObjective
     batches: Iterator[dict]
-    batch_size: int  # samples per local step of this process (a multi-GPU peer reports batch_size x world_size)
     group: PeerGroup | None = None  # set on rank 0 of a torchrun group (peer.swarm.ddp)
+    step: StepSpec = field(default_factory=StepSpec)  # accumulation, clipping, precision
+    # held-out metrics of the current parameters (the objective's ``evaluate`` over the held-out batches), run every
+    # ``eval_every`` local steps and published with the next record as ``eval_<name>``; None: no evaluation
+    evaluate: Callable[[], dict[str, float]] | None = None
+    eval_every: int = 0
 
 
 def params_are_finite(params: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in params)
-
-
-def grads_are_finite(params: list[torch.Tensor]) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
 
 
 class GoodState:
@@ -185,7 +191,10 @@ def train_loop(
     releaser = PeriodicRelease(options.release_memory_every)
     local_steps = samples = samples_since_step = skipped = restored = 0
     loss_value = float("nan")
+    step_metrics: dict[str, float] = {}  # the last step's objective metrics and gradient norms
+    eval_metrics: dict[str, float] = {}  # the last held-out evaluation's
     ema_rate = 0.0
+    train_step = TrainStep(parts.objective, params, parts.step)
     published_samples = 0  # samples_total of the last record handed to the publisher
     changes_every_step = opt.changes_every_step  # then followers must get the parameters after every step
     if options.wait_for_peers > 1:
@@ -202,17 +211,9 @@ def train_loop(
                     group.dismiss(params, opt.global_step)
                 break
             t0 = time.perf_counter()
-            batch = next(parts.batches)
-            loss = parts.loss_fn(batch)
-            healthy = bool(torch.isfinite(loss))
-            if not healthy:
-                logger.warning("non-finite loss %s: skipping this batch, nothing sent to the swarm", loss.item())
-            else:
-                loss.backward()
-                healthy = grads_are_finite(params)
-                if not healthy:
-                    logger.warning("non-finite gradients: skipping this batch, nothing sent to the swarm")
-            step_loss = float(loss.item()) if healthy else 0.0
+            computed = train_step.backward(parts.batches)
+            healthy = train_step.unscale(computed)
+            step_loss = computed.loss if healthy else 0.0
             compute += time.perf_counter() - t0
             others_stop = False
             if group is not None:
@@ -223,22 +224,27 @@ def train_loop(
                 healthy = healthy and grads_are_finite(params)
             if not healthy:
                 opt.zero_grad()
+                train_step.update_scale()
                 skipped += 1
                 if group is not None:
                     group.decide(Decision(True, others_stop, False, opt.global_step, step_loss))
                 if others_stop:
                     break
                 continue
+            norm, clipped_norm = train_step.clip()  # the group's mean gradient on a multi-GPU peer
+            step_samples = computed.samples * world
             t_step = time.perf_counter()
-            advanced = opt.step(parts.batch_size * world)
+            advanced = opt.step(step_samples)
             opt.zero_grad()
+            train_step.update_scale()
             step_seconds = time.perf_counter() - t_step
             step_total += step_seconds
             local_steps += 1
-            samples += parts.batch_size * world
-            samples_since_step = 0 if advanced else samples_since_step + parts.batch_size * world
+            samples += step_samples
+            samples_since_step = 0 if advanced else samples_since_step + step_samples
             loss_value = step_loss
-            rate = parts.batch_size * world / max(1e-9, time.perf_counter() - t0)
+            step_metrics = {**computed.metrics, "grad_norm": clipped_norm, "grad_norm_unclipped": norm}
+            rate = step_samples / max(1e-9, time.perf_counter() - t0)
             ema_rate = rate if ema_rate == 0 else 0.9 * ema_rate + 0.1 * rate
             was_restored = False
             if advanced:
@@ -261,6 +267,9 @@ def train_loop(
             logger.debug(
                 "local step %d took %.3fs (optimizer %.3fs)", local_steps, time.perf_counter() - t0, step_seconds
             )
+            if parts.evaluate is not None and eval_due(local_steps, parts.eval_every):
+                eval_metrics = {f"eval_{k}": v for k, v in parts.evaluate().items()}
+                logger.info("local step %d held-out: %s", local_steps, _fmt(eval_metrics))
             releaser.maybe()
             if show_bar:
                 bar.update(1)
@@ -271,7 +280,17 @@ def train_loop(
             if time.monotonic() - last_metrics >= options.metrics_every or advanced:
                 last_metrics = time.monotonic()
                 publisher.publish(
-                    local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps)
+                    local_metrics(
+                        dht,
+                        opt,
+                        options,
+                        ema_rate,
+                        samples_since_step,
+                        samples,
+                        loss_value,
+                        local_steps,
+                        {**step_metrics, **eval_metrics},
+                    )
                 )
                 published_samples = samples
                 ban = options.own_ban() if options.own_ban is not None else None
@@ -284,7 +303,17 @@ def train_loop(
         bar.close()
     if samples > published_samples:  # trained since the last record: the coordinator credits only what it reads
         publisher.publish(
-            local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps)
+            local_metrics(
+                dht,
+                opt,
+                options,
+                ema_rate,
+                samples_since_step,
+                samples,
+                loss_value,
+                local_steps,
+                {**step_metrics, **eval_metrics},
+            )
         )
     if not publisher.flush(timeout=5.0):  # the coordinator sees this peer's last samples
         logger.info("the last metrics record was still being stored when the loop ended")
@@ -324,8 +353,10 @@ def local_metrics(
     samples: int,
     loss: float,
     local_steps: int,
+    metrics: dict[str, float] | None = None,
 ) -> LocalMetrics:
-    """This peer's metrics record as of now."""
+    """This peer's metrics record as of now; ``metrics`` (the objective's, the gradient norms, the last held-out
+    evaluation's) keep their finite values only, at most ``MAX_RECORD_METRICS`` of them."""
     return LocalMetrics(
         step=opt.global_step,
         samples_per_second=float(min(rate, 1e7)),
@@ -337,7 +368,19 @@ def local_metrics(
         peer_name=options.peer_name,
         fingerprint=options.fingerprint,
         peer_id=str(dht.peer_id),
+        metrics=record_metrics(metrics or {}),
     )
+
+
+def record_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The finite entries of ``metrics`` that fit a record (``peer.run.records``' bounds), in their order. Why
+    finite only: an AUC over a batch without a replaced token is NaN, which says nothing a dashboard can plot."""
+    kept = {k: float(v) for k, v in metrics.items() if len(k) <= MAX_METRIC_NAME_CHARS and math.isfinite(v)}
+    return dict(list(kept.items())[:MAX_RECORD_METRICS])
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
 def limit_reached(opt: SwarmOptimizer, options: LoopOptions, start: float) -> bool:

@@ -7,6 +7,7 @@ every peer can rebuild bit for bit because growth is deterministic and seeded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -33,9 +34,11 @@ from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.state import resume_swarm_state, starting_point
 from peer.swarm.swarm_optimizer import SwarmOptimizer
-from peer.swarm.training_inputs import load_tokenizer, training_inputs
-from peer.trainer import param_groups, resolve_device
+from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
+from peer.trainer import compile_models, param_groups, resolve_device, step_spec
+from peer.trainer.hardware import StartupFacts, startup_line
 from peer.trainer.recipe import run_optimizer_factories
+from peer.trainer.step import StepSpec
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +115,19 @@ class JoinOptions:
     group: PeerGroup | None = None  # this process is rank 0 of a torchrun group: the one that talks to the swarm
 
 
+def startup_facts(cfg: RunConfig, params, device, spec: StepSpec) -> StartupFacts:
+    mode = cfg.swarm.averaging + (" with overlapped rounds" if cfg.swarm.overlap_rounds else "")
+    return StartupFacts(
+        model=f"{cfg.model.architecture} {cfg.model.hidden_size}x{cfg.model.num_layers}",
+        parameters=sum(p.numel() for p in params),
+        device=device,
+        precision=spec.precision,
+        micro_batch=cfg.train.batch_size,
+        grad_accum=spec.grad_accum,
+        averaging=mode,
+    )
+
+
 def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: StopSignal) -> LoopResult:
     """Runs one peer (its own settings ``peer``) in run ``cfg`` until stopped (or a loop limit) and leaves the
     swarm; raises UserError on bad input."""
@@ -146,8 +162,19 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         device = group.device if group is not None else resolve_device(cfg.train)
         models.to(device).train()
         seed = seed_from_bytes(signing.data_seed_material)
-        loss_fn, batches = training_inputs(cfg, models, tokenizer, seed, device)
+        if peer.batch_size == "auto":
+            if group is not None:
+                raise UserError("--batch_size auto is for a one-process peer: give a torchrun group's ranks a number")
+            fitted = fit_micro_batch(cfg, models, tokenizer, seed, device)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=fitted))
+        objective, batches = training_inputs(cfg, models, tokenizer, seed)
+        evaluate = heldout_evaluation(cfg, objective, tokenizer)
         params = models.parameters()
+        world = group.world_size if group is not None else 1
+        spec = step_spec(cfg.train, device)
+        logger.info(startup_line(startup_facts(cfg, params, device, spec)))
+        if cfg.train.compile:
+            compile_models(models)
         ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(peer.coordinator_url))
         opt = build_swarm_optimizer(
             dht,
@@ -155,7 +182,7 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             cfg.swarm,
             param_groups(params, cfg.train.weight_decay),
             *run_optimizer_factories(cfg),
-            batch_size=cfg.train.batch_size * (group.world_size if group is not None else 1),
+            batch_size=cfg.train.batch_size * cfg.train.grad_accum * world,
             gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
             open_run=private is None,
             client_mode=peer.client_mode,
@@ -174,7 +201,15 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         loop_options.fingerprint = swarm_fingerprint(cfg)
         loop_options.metrics_expiration = cfg.swarm.metrics_expiration
         loop_options.own_ban = partial(ban_gate.coordinator_ban, dht.peer_id)
-        parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches, batch_size=cfg.train.batch_size, group=group)
+        parts = LoopParts(
+            params=params,
+            objective=objective,
+            batches=batches,
+            group=group,
+            step=spec,
+            evaluate=evaluate,
+            eval_every=cfg.train.eval_every,
+        )
         return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
     finally:
         if opt is not None:

@@ -1,5 +1,6 @@
-"""The single-process training loop: the same step the swarm runs, with gradient accumulation, clipping, the
-warmup+decay schedule, bf16 autocast on GPU, periodic held-out evaluation and checkpoint/resume.
+"""The single-process training loop: the step the swarm runs too (``peer.trainer.step``: accumulation, clipping,
+the finite guard, the precision fitted to the device), with the warmup+decay schedule, periodic held-out evaluation
+and checkpoint/resume.
 
 Read ``train`` top to bottom: it is the recipe. Everything it needs (models on their device, the objective, the
 data) is built by the caller (``peer.cli.train``), so tests drive it with tiny models and hand-made batches.
@@ -7,9 +8,7 @@ data) is built by the caller (``peer.cli.train``), so tests drive it with tiny m
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +19,11 @@ from peer.config import RunConfig, TrainSpec
 from peer.errors import UserError
 from peer.modeling import PretrainingModels
 from peer.objectives import Objective
+from peer.trainer import hardware
 from peer.trainer.checkpoint import TrainerState, checkpoint_dirs, restore_checkpoint, save_checkpoint
 from peer.trainer.optim import make_optimizer
 from peer.trainer.schedule import make_scheduler
+from peer.trainer.step import StepSpec, TrainStep, run_step
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +54,23 @@ class TrainResult:
 
 
 def resolve_device(spec: TrainSpec) -> torch.device:
-    """``auto`` = CUDA when present, else CPU; an explicit device must exist."""
-    if spec.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device is {spec.device!r} but no CUDA device is available")
-    return device
+    """``train.device`` on this machine (``auto``: CUDA > MPS > CPU, ``peer.trainer.hardware``)."""
+    return hardware.resolve_device(spec.device)
 
 
 def autocast_dtype(spec: TrainSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on GPU by default (``auto``), fp32 on CPU unless ``bf16`` is asked for explicitly."""
-    if spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The autocast dtype ``train.precision`` means on ``device`` (None: fp32)."""
+    return hardware.resolve_precision(spec.precision, device).dtype
+
+
+def step_spec(spec: TrainSpec, device: torch.device) -> StepSpec:
+    """The training step ``spec`` asks for on ``device``: its accumulation, clipping and precision."""
+    return StepSpec(
+        grad_accum=spec.grad_accum,
+        clip_norm=spec.clip_norm,
+        device_type=device.type,
+        precision=hardware.resolve_precision(spec.precision, device),
+    )
 
 
 def compile_models(models: PretrainingModels, mode: str | None = None) -> None:
@@ -96,8 +100,8 @@ def train(
     if spec.grad_accum < 1 or spec.batch_size < 1:
         raise UserError("train.batch_size and train.grad_accum must be ≥ 1")
     device = objective.device
-    amp = autocast_dtype(spec, device)
     params = models.parameters()
+    step = TrainStep(objective, params, step_spec(spec, device))
     optimizer = make_optimizer(params, spec)
     scheduler = make_scheduler(optimizer, spec)
     state = TrainerState()
@@ -114,27 +118,25 @@ def train(
     stop = min(spec.total_steps, max_steps) if max_steps is not None else spec.total_steps
     models.train()
     start, start_samples = time.perf_counter(), state.samples
-    while state.step < stop:
-        sums: dict[str, float] = {}
-        for _ in range(spec.grad_accum):
-            batch = next(train_batches)
+
+    def counted() -> Iterator[dict[str, torch.Tensor]]:
+        for batch in train_batches:
             state.batches_consumed += 1
-            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-                out = objective(batch)
-            (out.loss / spec.grad_accum).backward()
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / spec.grad_accum
-            state.samples += int(batch["input_ids"].shape[0])
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.clip_norm))
-        if math.isfinite(grad_norm) and math.isfinite(sums.get("loss", 0.0)):
-            optimizer.step()
-        else:
+            yield batch
+
+    batches = counted()
+    while state.step < stop:
+        outcome = run_step(step, batches, optimizer.step)
+        state.samples += outcome.computed.samples
+        if not outcome.stepped:
             result.skipped_steps += 1
             logger.warning("step %d: non-finite loss or gradient, update skipped", state.step)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        sums = {"loss": outcome.computed.loss, **outcome.computed.metrics}
+        grad_norm = outcome.grad_norm
         report = StepReport(state.step, state.samples, lr, grad_norm, sums)
         result.last_metrics = sums
         if heldout_batches and spec.eval_every > 0 and (state.step % spec.eval_every == 0 or state.step == stop):

@@ -103,7 +103,7 @@ def main() -> int:
             return sum(p.sum() for p in params)
         return torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
 
-    parts = LoopParts(params=params, loss_fn=loss_fn, batches=batches(), batch_size=8)
+    parts = LoopParts(params=params, objective=loss_fn, batches=batches())
     try:
         result = train_loop(
             dht,

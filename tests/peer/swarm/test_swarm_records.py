@@ -69,6 +69,22 @@ def test_valid_record_is_stored_and_read_back_by_another_node(two_dhts):
 
 
 @pytest.mark.timeout(120)
+def test_a_record_with_the_steps_metrics_and_one_without_them_are_both_valid(two_dhts):
+    """A peer of this version publishes the objective's metrics and gradient norms; one of an older version does
+    not, and its record must stay valid for the nodes and the coordinator that read both."""
+    first, honest, second, _ = two_dhts
+    metrics = {"disc_accuracy": 0.9, "grad_norm": 1.0, "eval_disc_auc": 0.75}
+    assert publish_metrics(first, RUN, honest, record(step=4, metrics=metrics), expiration=60)
+    assert fetch_metrics(second, RUN)[honest.public_key].metrics == metrics
+    older = record(step=5).dict()
+    assert "metrics" not in older, "a record without metrics is written as a peer from before the field wrote it"
+    stored = first.store(metrics_key(RUN), subkey=honest.public_key, value=older, expiration_time=get_dht_time() + 60)
+    assert stored
+    found = fetch_metrics(second, RUN)[honest.public_key]
+    assert found.step == 5 and found.metrics == {}
+
+
+@pytest.mark.timeout(120)
 def test_forged_record_under_someone_elses_key_is_rejected(two_dhts):
     first, honest, second, forger = two_dhts
     publish_metrics(first, RUN, honest, record(step=5), expiration=60)
@@ -82,7 +98,18 @@ def test_forged_record_under_someone_elses_key_is_rejected(two_dhts):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("bad", [dict(step=-1), dict(samples_per_second=1e12), dict(loss="low"), None])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(step=-1),
+        dict(samples_per_second=1e12),
+        dict(loss="low"),
+        None,
+        dict(metrics={f"m{i}": 0.5 for i in range(33)}),  # more metrics than a record may hold
+        dict(metrics={"x" * 49: 0.5}),  # a metric name longer than MAX_METRIC_NAME_CHARS
+        dict(metrics={"disc_accuracy": "high"}),
+    ],
+)
 def test_malformed_record_is_rejected(two_dhts, bad):
     _, _, second, forger = two_dhts
     value = record().dict()
