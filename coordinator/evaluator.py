@@ -34,14 +34,13 @@ import time
 from pathlib import Path
 
 from coordinator.deployment import EvaluationSettings
-from coordinator.evaluation.results import EvaluationReport
+from coordinator.evaluation.results import EVALUATION_FILE, EvaluationReport, read_side_file
 from coordinator.evaluation.worker import EvaluationJob
 from coordinator.store import CheckpointRow, EvaluationScore, Store
 from peer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-EVALUATION_FILE = "evaluation.json"
 HELDOUT_TASK = "heldout"
 STOP_GRACE_S = 5.0
 
@@ -61,18 +60,6 @@ def report_scores(report: EvaluationReport, checkpoint: str, step: int) -> list[
                 rows.append(EvaluationScore(checkpoint, step, model.role, task.task, metric,
                                             statistics.fmean(scores), sd, list(task.seeds), list(scores)))  # fmt: skip
     return rows
-
-
-def read_side_file(checkpoint_dir: Path) -> EvaluationReport | None:
-    """The checkpoint's ``evaluation.json``, or None if it has none or it cannot be read."""
-    path = checkpoint_dir / EVALUATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        return EvaluationReport.from_json(path)
-    except UserError as e:
-        logger.warning("ignoring %s: %s", path, e)
-        return None
 
 
 def _one_line(log: Path, returncode: int) -> str:

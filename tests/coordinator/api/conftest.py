@@ -12,6 +12,7 @@ from api_fixtures import (
     RUN_ID,
     checkpoint_payload,
     populate_crowded_store,
+    populate_evaluations,
     populate_store,
     write_checkpoint,
     write_crowded_checkpoints,
@@ -66,9 +67,14 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
+    populate_evaluations(store, checkpoints_dir)
     metrics = CoordinatorMetrics(store)
-    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"],
-                   "python -m peer join --coordinator http://127.0.0.1:8080")
+    info = RunInfo(
+        RUN_ID,
+        {"run_id": RUN_ID},
+        ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"],
+        "python -m peer join --coordinator http://127.0.0.1:8080",
+    )
     http = start_http_server(create_http_app(store, checkpoints_dir, info, metrics), "127.0.0.1", 0)
     grpc_server = start_grpc_server(store, checkpoints_dir, "127.0.0.1", 0, metrics=metrics)
     try:

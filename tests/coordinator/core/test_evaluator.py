@@ -24,7 +24,8 @@ import pytest
 
 from coordinator.checkpoints import CheckpointDir, sync_store, verify_checkpoint
 from coordinator.deployment import EvaluationSettings
-from coordinator.evaluator import EVALUATION_FILE, BackgroundEvaluator
+from coordinator.evaluation.results import EVALUATION_FILE
+from coordinator.evaluator import BackgroundEvaluator
 from coordinator.store import Store
 from peer.config import DataSpec, ModelSpec, RunConfig, config_to_dict
 from peer.run.checkpoint_manifest import read_manifest
