@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coordinator.card import build_model_card
 from coordinator.evaluation.results import read_side_file
+from coordinator.evaluation.tasks import TASK_INFO
 from coordinator.store import EvaluationAttempts, EvaluationScore, Store
 from peer.config import DataSpec, config_from_dict
 from peer.errors import UserError
@@ -32,13 +33,24 @@ def _entry(attempts: EvaluationAttempts, scores: list[EvaluationScore]) -> dict:
         "attempts": attempts.attempts,
         "error": attempts.error,
         "seconds": attempts.seconds,
-        "scores": [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("checkpoint", "step")} for s in scores],
-    }
+        "scores": [
+            {**{k: v for k, v in dataclasses.asdict(s).items() if k not in ("checkpoint", "step")},
+             "headline": _headline(s)}
+            for s in scores
+        ],
+    }  # fmt: skip
+
+
+def _headline(score: EvaluationScore) -> bool:
+    """Whether this is its task's headline metric (what the dashboard plots and the card's model-index gives)."""
+    info = TASK_INFO.get(score.task)
+    return info is not None and info.metric == score.metric
 
 
 def evaluation_entries(store: Store) -> dict[str, dict]:
     """Every checkpoint whose evaluation finished or failed, pruned ones included, by name (oldest step first):
-    ``{checkpoint, step, done, attempts, error, seconds, scores: [{role, task, metric, mean, sd, seeds, scores}]}``.
+    ``{checkpoint, step, done, attempts, error, seconds, scores: [{role, task, metric, mean, sd, seeds, scores,
+    headline}]}``.
     A checkpoint not listed has not been evaluated yet."""
     by_name: dict[str, list[EvaluationScore]] = {}
     for score in store.evaluations():

@@ -42,7 +42,7 @@ def evaluation_to_proto(entry: dict) -> pb.Evaluation:
     """An ``evaluation_entries`` value as its message (None scores, not numbers, as NaN)."""
     scores = [
         pb.Score(role=x["role"], task=x["task"], metric=x["metric"], mean=_num(x["mean"]), sd=_num(x["sd"]),
-                 seeds=x["seeds"], scores=[_num(v) for v in x["scores"]])
+                 seeds=x["seeds"], scores=[_num(v) for v in x["scores"]], headline=x["headline"])
         for x in entry["scores"]
     ]  # fmt: skip
     return pb.Evaluation(

@@ -49,8 +49,8 @@ def test_evaluations_match_the_json_api_and_ride_on_each_checkpoint(coordinator,
     assert [(e.checkpoint, e.step, e.done, e.attempts, e.error) for e in answer] == [
         (e["checkpoint"], e["step"], e["done"], e["attempts"], e["error"]) for e in http]  # fmt: skip
     for got, want in zip(answer, http, strict=True):
-        assert [(x.role, x.task, x.metric, list(x.seeds)) for x in got.scores] == [
-            (x["role"], x["task"], x["metric"], x["seeds"]) for x in want["scores"]]  # fmt: skip
+        assert [(x.role, x.task, x.metric, list(x.seeds), x.headline) for x in got.scores] == [
+            (x["role"], x["task"], x["metric"], x["seeds"], x["headline"]) for x in want["scores"]]  # fmt: skip
         assert [x.mean for x in got.scores] == pytest.approx([x["mean"] for x in want["scores"]])
         assert [list(x.scores) for x in got.scores] == [pytest.approx(x["scores"]) for x in want["scores"]]
     listed = {c.name: c for c in stub.ListCheckpoints(pb.ListCheckpointsRequest(), timeout=10).checkpoints}

@@ -73,6 +73,8 @@ def test_evaluations_api_and_each_checkpoints_entry_carry_the_scores(coordinator
     polarity = next(x for x in evaluations[0]["scores"] if x["task"] == "polarity")
     assert polarity["mean"] == pytest.approx(0.6)  # pruned ckpt-000030: still in the history
     assert (polarity["metric"], polarity["seeds"], polarity["role"]) == ("accuracy", [0, 1], "checkpoint")
+    headlines = {(x["task"], x["metric"]) for x in evaluations[0]["scores"] if x["headline"]}
+    assert headlines == {("polarity", "accuracy"), ("newsgroups", "accuracy"), ("lee", "spearman")}
     failed = evaluations[2]
     assert (failed["attempts"], failed["error"], failed["scores"]) == (1, "killed by SIGKILL", [])
     assert ckpts["ckpt-000060"]["evaluation"] == evaluations[1]
