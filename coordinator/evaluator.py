@@ -81,8 +81,8 @@ def _one_line(log: Path, returncode: int) -> str:
 class BackgroundEvaluator:
     """Evaluates the store's checkpoints one at a time until stopped (``run`` in a thread of its own).
 
-    ``checkpoints_dir`` is where the checkpoints live, ``work_dir`` where job files, worker logs and reports in
-    progress go, ``run_config`` the run's config as a dict (the held-out split and objective)."""
+    ``checkpoints_dir`` is where the checkpoints live, ``work_dir`` where job files, reports in progress and the
+    logs of failed workers go, ``run_config`` the run's config as a dict (the held-out split and objective)."""
 
     def __init__(
         self,
@@ -154,6 +154,7 @@ class BackgroundEvaluator:
                     break
         finally:
             self.worker_pid = None
+        job_file.unlink(missing_ok=True)
         if proc.returncode == 0 and not timed_out:
             try:
                 report = EvaluationReport.from_json(out)
@@ -161,8 +162,12 @@ class BackgroundEvaluator:
                 return self._failed(row, f"its report is unreadable: {e}")
             self._write_side_file(row, out)
             self._record(row, report)
+            log.unlink(missing_ok=True)  # a failed worker's log stays, for whoever reads the WARNING line
             logger.info("evaluated %s (step %d) in %.0f s", row.name, row.step, time.monotonic() - started)
             return True
+        if not (self.checkpoints_dir / row.name).is_dir():  # pruned under the worker: nothing to retry, no failure
+            logger.info("%s was pruned during its evaluation", row.name)
+            return False
         error = f"timed out after {self.settings.timeout:.0f} s" if timed_out else _one_line(log, proc.returncode)
         return self._failed(row, error)
 

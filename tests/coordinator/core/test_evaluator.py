@@ -128,6 +128,7 @@ def test_newest_first_scores_in_the_store_and_beside_the_verified_files_and_a_re
         assert json.loads(side.read_text())["step"] == step
         assert EVALUATION_FILE not in {f.path for f in read_manifest(ckpts.path(name)).files}
         verify_checkpoint(ckpts.path(name))  # the verified files are as they were saved
+    assert list((tmp_path / "evaluations").iterdir()) == []  # no job files or logs pile up
     assert ckpts.recover().corrupt == []  # and a restart's re-verification agrees
 
     # a restart: nothing is redone; a new checkpoint is next
