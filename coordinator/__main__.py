@@ -78,6 +78,13 @@ def _start(args: argparse.Namespace) -> int:
         print(f"  gRPC        port {coordinator.grpc_port}")
         print(f"  DHT         {', '.join(coordinator.initial_peers)}")
         print(f"  history     global step {progress.global_step}, latest checkpoint {latest.name if latest else '-'}")
+        e = spec.evaluation
+        print(
+            f"  evaluation  each new checkpoint, in the background: {', '.join(e.tasks) or 'all tasks'}, {e.seeds} "
+            f"seeds, {e.steps} steps (logs in {spec.data_dir}/evaluations)"
+            if e.enabled
+            else "  evaluation  off (--no_eval)"
+        )
         if coordinator.private is not None:
             names = coordinator.private.authority.allowlist.names()
             print(f"  private     {len(names)} volunteers in {spec.allowlist}; tokens valid {spec.token_ttl:.0f} s")

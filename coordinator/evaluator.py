@@ -138,6 +138,7 @@ class BackgroundEvaluator:
             proc = subprocess.Popen(
                 [self.python, "-m", "coordinator.evaluation.worker", str(job_file)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._worker_env(),
+                start_new_session=True,  # a Ctrl-C in the coordinator's terminal is the coordinator's to handle
             )  # fmt: skip
         self.worker_pid = proc.pid
         logger.info("evaluation worker of %s is pid %d (nice +%d)", row.name, proc.pid, self.settings.niceness)
@@ -165,6 +166,8 @@ class BackgroundEvaluator:
             log.unlink(missing_ok=True)  # a failed worker's log stays, for whoever reads the WARNING line
             logger.info("evaluated %s (step %d) in %.0f s", row.name, row.step, time.monotonic() - started)
             return True
+        if stop.is_set():  # it ended as the coordinator stops: the next start evaluates it
+            return False
         if not (self.checkpoints_dir / row.name).is_dir():  # pruned under the worker: nothing to retry, no failure
             logger.info("%s was pruned during its evaluation", row.name)
             return False
