@@ -138,3 +138,13 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
     result = _cli("status", "--url", "http://127.0.0.1:9", timeout=60)
     assert result.returncode == 2 and "error: cannot reach the coordinator at http://127.0.0.1:9" in result.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text(CONFIG)
+    refused = {
+        ("--eval_tasks", "polarity,sentiment"): "error: unknown task 'sentiment' (known: polarity, newsgroups, lee)",
+        ("--eval_seeds", "0"): "error: --seeds must be at least 1",
+    }
+    for flags, line in refused.items():
+        result = _cli("start", "-c", str(config), "--data_dir", str(tmp_path / "d"), *flags)
+        assert result.returncode == 2 and result.stderr.strip() == line, result.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was written
