@@ -152,6 +152,18 @@ def print_status(
     console.print(
         f"{len(listed)} checkpoints" + (f", latest {escape(latest.name)} (step {latest.step})" if latest else "")
     )
+    evaluated = [c for c in listed if c.evaluation is not None and c.evaluation.done]
+    if evaluated:
+        c = evaluated[-1]
+        scores = ", ".join(
+            f"{escape(s.task)} {s.metric} {_number(s.mean, '.3f')} ± {_number(s.sd, '.3f')}"
+            for s in c.evaluation.scores
+            if s.role == "checkpoint" and s.headline
+        )
+        console.print(f"evaluated {escape(c.name)} (step {c.step}): {scores or 'no downstream task'}")
+    if latest is not None and latest.evaluation is not None and not latest.evaluation.done:
+        e = latest.evaluation
+        console.print(f"evaluation of {escape(latest.name)} failed {e.attempts} times: {escape(e.error)}")
 
 
 def _download(args: argparse.Namespace) -> int:
