@@ -52,7 +52,7 @@ NOT_A_COORDINATOR = {
                 "peers": {"a": 1},
                 "checkpoints": [{"name": 1}],
             }
-        ),  # fmt: skip
+        ),
     ),
 }
 
