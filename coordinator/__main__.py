@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coordinator.deployment import EvaluationSettings
 from coordinator.evaluation import cli as evaluate_cli
 from peer.entry import run_cli
 from peer.errors import UserError
@@ -34,7 +35,14 @@ def _start(args: argparse.Namespace) -> int:
         raise UserError("--checkpoint_every and --keep_last must be at least 1")
     ports = {"--http_port": args.http_port, "--grpc_port": args.grpc_port, "--dht_port": args.dht_port}
     refuse_early(Path(args.data_dir), args.host, ports)
-    from coordinator.deployment import CoordinatorSpec
+    from coordinator.deployment import CoordinatorSpec, EvaluationSettings
+    from coordinator.evaluation.worker import evaluation_spec
+
+    evaluation = EvaluationSettings(
+        enabled=args.eval, tasks=evaluate_cli.names(args.eval_tasks), seeds=args.eval_seeds, steps=args.eval_steps
+    )
+    if evaluation.enabled:
+        evaluation_spec(evaluation, {}).check()  # an unknown task or a bad count is refused before anything starts
     from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
@@ -55,6 +63,7 @@ def _start(args: argparse.Namespace) -> int:
         token_ttl=args.token_ttl,
         initial_peers=list(args.initial_peers),
         use_relay=args.use_relay,
+        evaluation=evaluation,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,6 +78,13 @@ def _start(args: argparse.Namespace) -> int:
         print(f"  gRPC        port {coordinator.grpc_port}")
         print(f"  DHT         {', '.join(coordinator.initial_peers)}")
         print(f"  history     global step {progress.global_step}, latest checkpoint {latest.name if latest else '-'}")
+        e = spec.evaluation
+        print(
+            f"  evaluation  each new checkpoint, in the background: {', '.join(e.tasks) or 'all tasks'}, {e.seeds} "
+            f"seeds, {e.steps} steps (logs in {spec.data_dir}/evaluations)"
+            if e.enabled
+            else "  evaluation  off (--no_eval)"
+        )
         if coordinator.private is not None:
             names = coordinator.private.authority.allowlist.names()
             print(f"  private     {len(names)} volunteers in {spec.allowlist}; tokens valid {spec.token_ttl:.0f} s")
@@ -136,6 +152,18 @@ def print_status(
     console.print(
         f"{len(listed)} checkpoints" + (f", latest {escape(latest.name)} (step {latest.step})" if latest else "")
     )
+    evaluated = [c for c in listed if c.evaluation is not None and c.evaluation.done]
+    if evaluated:
+        c = evaluated[-1]
+        scores = ", ".join(
+            f"{escape(s.task)} {s.metric} {_number(s.mean, '.3f')} ± {_number(s.sd, '.3f')}"
+            for s in c.evaluation.scores
+            if s.role == "checkpoint" and s.headline
+        )
+        console.print(f"evaluated {escape(c.name)} (step {c.step}): {scores or 'no downstream task'}")
+    if latest is not None and latest.evaluation is not None and not latest.evaluation.done:
+        e = latest.evaluation
+        console.print(f"evaluation of {escape(latest.name)} failed {e.attempts} times: {escape(e.error)}")
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -241,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
         "re-read when it changes or on SIGHUP",
     )
     start.add_argument("--token_ttl", type=float, default=3600.0, help="seconds an access token stays valid")
+    light = EvaluationSettings()
+    start.add_argument("--no_eval", action="store_false", dest="eval",
+                       help="do not evaluate each new checkpoint in the background")  # fmt: skip
+    start.add_argument("--eval_tasks", default="", metavar="TASKS",
+                       help="comma-separated downstream tasks of the background evaluation (default: all)")  # fmt: skip
+    start.add_argument("--eval_seeds", type=int, default=light.seeds,
+                       help="fine-tuning seeds per task, background evaluation (default: %(default)s)")  # fmt: skip
+    start.add_argument("--eval_steps", type=int, default=light.steps,
+                       help="fine-tuning steps per seed, background evaluation (default: %(default)s)")  # fmt: skip
     start.set_defaults(func=_start)
 
     allow = sub.add_parser("allowlist", help="add, remove or list the volunteers of a private run")

@@ -13,6 +13,30 @@ from pathlib import Path
 
 
 @dataclass
+class EvaluationSettings:
+    """The coordinator's background evaluation of each new checkpoint (``coordinator.evaluator``): which tasks, how
+    many seeds and fine-tuning steps, and how gently it runs. Defaults are sized for the demo model on a shared
+    2-core CPU: the checkpoint alone, no references (checkpoint 0 is the source model grown function-preservingly,
+    so the first point of each score's history is the source's score), 2 seeds (an sd), 20 steps, 4 held-out
+    batches, one torch thread at nice 19, so training and serving keep the other core and win every contest for
+    this one. ``python -m coordinator evaluate`` gives the full comparison with references."""
+
+    enabled: bool = True
+    tasks: tuple[str, ...] = ()  # empty: every task of coordinator.evaluation
+    seeds: int = 2
+    steps: int = 20
+    batch_size: int = 16
+    max_length: int = 96
+    train_layers: int = 1
+    heldout_batches: int = 4
+    max_attempts: int = 3  # failed evaluations of one checkpoint before it is given up (kept across restarts)
+    niceness: int = 19  # added to the evaluation process's nice value
+    threads: int = 1  # torch threads of the evaluation process
+    timeout: float = 4 * 3600.0  # seconds one evaluation may take before it counts as failed
+    poll_interval: float = 5.0  # seconds between looks for a new checkpoint
+
+
+@dataclass
 class CoordinatorSpec:
     """One coordinator deployment: where it keeps its data, what it listens on, how often it checkpoints."""
 
@@ -35,6 +59,7 @@ class CoordinatorSpec:
     # this coordinator's own DHT node, like a peer's PeerSettings (not the run's, so not in the published config)
     initial_peers: list[str] = field(default_factory=list)  # other nodes of the swarm to bootstrap from
     use_relay: bool = True
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
 
 def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:

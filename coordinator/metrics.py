@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.evaluation.spec import CHECKPOINT
 from coordinator.rates import DEFAULT_RATE_WINDOW
 from coordinator.store import Store
 from peer.errors import UserError
@@ -73,6 +74,35 @@ class _StoreCollector(Collector):
         for reason, count in sorted(self.store.rejected_contribution_counts().items()):
             contributions.add_metric([reason], count)
         yield contributions
+        yield from self._evaluation()
+
+    def _evaluation(self) -> Iterable[Metric]:
+        """The newest evaluated checkpoint's scores (the background evaluation, ``coordinator.evaluator``): one
+        series per task and metric, held-out pretraining metrics as task "heldout"; NaN where a score was not a
+        number."""
+        latest = [s for s in self.store.latest_evaluation() if s.role == CHECKPOINT]
+        step = GaugeMetricFamily(
+            "warmswarm_eval_step", "Global step of the newest evaluated checkpoint (-1: none yet)",
+            value=latest[0].step if latest else -1,
+        )  # fmt: skip
+        mean = GaugeMetricFamily(
+            "warmswarm_eval_score", "Score of the newest evaluated checkpoint: mean over fine-tuning seeds",
+            labels=["task", "metric"],
+        )  # fmt: skip
+        sd = GaugeMetricFamily(
+            "warmswarm_eval_score_sd", "Sample standard deviation of warmswarm_eval_score over its seeds",
+            labels=["task", "metric"],
+        )  # fmt: skip
+        for score in latest:
+            mean.add_metric([score.task, score.metric], _or_nan(score.mean))
+            sd.add_metric([score.task, score.metric], _or_nan(score.sd))
+        failures = sum(a.attempts for a in self.store.evaluation_attempts().values())
+        yield step
+        yield mean
+        yield sd
+        yield CounterMetricFamily(
+            "warmswarm_eval_failures", "Background evaluations that crashed, were killed or timed out", value=failures
+        )
 
 
 def _or_nan(x: float | None) -> float:

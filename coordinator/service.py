@@ -9,9 +9,10 @@ Start order (each step needs the ones before it), stopped in reverse on SIGINT/S
   2. checkpoint 0 from the growth recipe if the run has no checkpoint yet (or from ``--init_from``);
   3. the DHT node: persistent identity (stable peer id, so the join line survives a restart) and fixed port;
      the run config published under ``<run_id>_config``, signed with the coordinator's persistent RSA key;
-  4. the monitor thread (DHT metrics -> store); the saver runs in the caller's (main) thread inside ``wait``: every
-     ``checkpoint_every`` global steps it pulls the averaged state from the peers and saves a checkpoint (hivemind
-     averagers must be started from the main thread: they install signal handlers);
+  4. the monitor thread (DHT metrics -> store), the background evaluator's thread (``coordinator.evaluator``: each
+     new checkpoint evaluated in a low-priority process of its own); the saver runs in the caller's (main) thread
+     inside ``wait``: every ``checkpoint_every`` global steps it pulls the averaged state from the peers and saves a
+     checkpoint (hivemind averagers must be started from the main thread: they install signal handlers);
   5. the HTTP and gRPC servers, then the line a volunteer copies to join.
 
 Each step's work is in a module of its own: ``coordinator.deployment`` (the ``CoordinatorSpec`` of flags),
@@ -47,6 +48,7 @@ from coordinator.dht_node import (
     start_coordinator_dht,
     visible_maddrs,
 )
+from coordinator.evaluator import BackgroundEvaluator
 from coordinator.initial_checkpoint import copy_model_dir, grow_initial_state
 from coordinator.monitor import Monitor, counting_validators
 from coordinator.preflight import refuse_early
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 DB_NAME = "coordinator.db"
 CHECKPOINTS_SUBDIR = "checkpoints"
+EVALUATIONS_SUBDIR = "evaluations"  # the background evaluator's job files, worker logs and reports in progress
 SIGNING_KEY_NAME = "coordinator_signing_key.der"
 
 
@@ -96,6 +99,7 @@ class RunningCoordinator:
     _threads: list[threading.Thread]
     _stoppers: list[Callable[[], None]]
     private: PrivateRun | None = None  # the allowlist and token authority of a private run
+    evaluator: BackgroundEvaluator | None = None  # None: --no_eval
 
     def reload_allowlist(self) -> None:
         """Re-reads the allowlist now (SIGHUP); it is also re-read on its own whenever the file changes."""
@@ -208,6 +212,13 @@ def start_coordinator(
         threads = [
             threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
         ]
+        evaluator = None
+        if spec.evaluation.enabled:
+            # its own thread, which only starts and watches the worker process that does the work
+            evaluator = BackgroundEvaluator(
+                spec.evaluation, store, ckpts.root, data / EVALUATIONS_SUBDIR, config_to_dict(cfg)
+            )
+            threads.append(threading.Thread(target=evaluator.run, args=(stop,), name="evaluator", daemon=True))
         if private is not None:
             # its own thread, not the main loop's: a checkpoint pull blocks that loop for up to state_timeout, and a
             # revocation (an allowlist edit, a ban) must reach the swarm within seconds
@@ -243,6 +254,7 @@ def start_coordinator(
         signing_public_key=signature.local_public_key,
         private=private,
         saver=saver,
+        evaluator=evaluator,
         _stop=stop,
         _threads=threads,
         _stoppers=stoppers,

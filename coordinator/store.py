@@ -6,15 +6,18 @@ threads, or other processes opening the same file); WAL lets readers proceed dur
 committed transaction durable across a SIGKILL. Every writer method is one transaction.
 
 Read API (what ``coordinator.api`` calls): ``progress()``, ``peers()``, ``history(since)``, ``checkpoints()``,
-``rejected_counts()``, ``run_config()``. Writer API (what the monitor and the checkpoint saver call):
-``open_run``, ``observe_peer``, ``set_peer_rates``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
-``remove_checkpoint``, ``set_banned``, ``add_ban``, ``record_contribution_rejections``. All reads are for the store's
+``rejected_counts()``, ``run_config()``, ``evaluations()``, ``evaluation_attempts()``. Writer API (what the
+monitor, the checkpoint saver and the background evaluator call): ``open_run``, ``observe_peer``,
+``set_peer_rates``, ``record_progress``, ``add_rejected``, ``record_checkpoint``, ``remove_checkpoint``,
+``set_banned``, ``add_ban``, ``record_contribution_rejections``, ``record_evaluation``,
+``record_evaluation_failure``. All reads are for the store's
 run (the ``run_id`` given to ``open_run``, or the most recently opened run when a reader opens the file without one).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -22,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.rates import ETA_WINDOW, eta_seconds
-from coordinator.store_migrations import SCHEMA_VERSION, migrate, stored_version
+from coordinator.store_migrations import EVALUATION_TABLES, SCHEMA_VERSION, migrate, stored_version
 from peer.errors import UserError
 from peer.run.checkpoint_manifest import FileDigest
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -100,6 +104,8 @@ CREATE TABLE IF NOT EXISTS contribution_rejections (
     PRIMARY KEY (run_id, reporter, reason)
 );
 """
+    + EVALUATION_TABLES
+)
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,38 @@ class CheckpointRow:
     @property
     def size_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class EvaluationScore:
+    """One metric of one evaluated model of a checkpoint: ``mean`` and ``sd`` over ``seeds`` (``scores[i]`` with
+    ``seeds[i]``); a held-out pretraining metric is ``task`` "heldout" with no seeds and sd 0. ``role`` is
+    "checkpoint", or a reference ("source", "random_init") when those were evaluated beside it. ``mean`` None: the
+    metric was not a number (a NaN, which SQLite cannot store)."""
+
+    checkpoint: str
+    step: int
+    role: str
+    task: str
+    metric: str
+    mean: float | None
+    sd: float | None
+    seeds: list[int] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvaluationAttempts:
+    """Where the evaluation of one checkpoint stands: ``done`` once its scores are recorded; otherwise the failed
+    ``attempts`` so far and the last one's one-line ``error``."""
+
+    checkpoint: str
+    step: int
+    done: bool
+    attempts: int
+    error: str
+    seconds: float | None
+    updated: float
 
 
 @dataclass(frozen=True)
@@ -451,7 +489,97 @@ class Store:
                     (run_id, reporter, reason, int(total)),
                 )
 
+    def record_evaluation(
+        self, checkpoint: str, step: int, scores: list[EvaluationScore], seconds: float, now: float | None = None
+    ) -> None:
+        """Records a checkpoint's evaluation (replacing any earlier one of it) and marks it done, in one
+        transaction: a crash leaves either the whole evaluation or none of it."""
+        run_id = self._run()
+        now = time.time() if now is None else now
+        rows = [
+            (run_id, checkpoint, step, s.role, s.task, s.metric, _real(s.mean), _real(s.sd), json.dumps(s.seeds),
+             json.dumps([_real(x) for x in s.scores]), now)
+            for s in scores
+        ]  # fmt: skip
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM evaluations WHERE run_id = ? AND checkpoint = ?", (run_id, checkpoint))
+            self._db.executemany(
+                "INSERT INTO evaluations (run_id, checkpoint, step, role, task, metric, mean, sd, seeds_json, "
+                "scores_json, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._db.execute(
+                "INSERT INTO evaluation_attempts (run_id, checkpoint, step, done, attempts, error, seconds, updated) "
+                "VALUES (?, ?, ?, 1, 0, '', ?, ?) ON CONFLICT (run_id, checkpoint) DO UPDATE SET done = 1, "
+                "error = '', seconds = excluded.seconds, updated = excluded.updated",
+                (run_id, checkpoint, step, seconds, now),
+            )
+
+    def record_evaluation_failure(self, checkpoint: str, step: int, error: str, now: float | None = None) -> int:
+        """Counts one failed evaluation of ``checkpoint`` (kept across restarts, so retries stay bounded); returns
+        the failures so far."""
+        run_id = self._run()
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO evaluation_attempts (run_id, checkpoint, step, done, attempts, error, updated) "
+                "VALUES (?, ?, ?, 0, 1, ?, ?) ON CONFLICT (run_id, checkpoint) DO UPDATE SET "
+                "attempts = attempts + 1, error = excluded.error, updated = excluded.updated",
+                (run_id, checkpoint, step, error, now),
+            )
+            return self._db.execute(
+                "SELECT attempts FROM evaluation_attempts WHERE run_id = ? AND checkpoint = ?", (run_id, checkpoint)
+            ).fetchone()[0]
+
     # ---------------------------------------------------------------- readers
+
+    def evaluations(self, checkpoint: str | None = None) -> list[EvaluationScore]:
+        """Recorded scores (of every checkpoint, or of one), by step, then role, task and metric. Scores outlive
+        their checkpoint's pruning: they are the run's quality over its steps."""
+        run_id = self._run()
+        where, args = ("AND checkpoint = ?", (run_id, checkpoint)) if checkpoint else ("", (run_id,))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM evaluations WHERE run_id = ? {where} ORDER BY step, role, task, metric", args
+            ).fetchall()
+        return [
+            EvaluationScore(
+                checkpoint=r["checkpoint"],
+                step=r["step"],
+                role=r["role"],
+                task=r["task"],
+                metric=r["metric"],
+                mean=r["mean"],
+                sd=r["sd"],
+                seeds=json.loads(r["seeds_json"]),
+                scores=json.loads(r["scores_json"]),
+            )  # fmt: skip
+            for r in rows
+        ]
+
+    def evaluation_attempts(self) -> dict[str, EvaluationAttempts]:
+        """Every checkpoint whose evaluation finished or failed at least once, by name."""
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM evaluation_attempts WHERE run_id = ? ORDER BY step", (run_id,)
+            ).fetchall()
+        return {
+            r["checkpoint"]: EvaluationAttempts(
+                r["checkpoint"], r["step"], bool(r["done"]), r["attempts"], r["error"], r["seconds"], r["updated"]
+            )
+            for r in rows
+        }
+
+    def latest_evaluation(self) -> list[EvaluationScore]:
+        """The scores of the newest evaluated checkpoint (by step); empty before any."""
+        run_id = self._run()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT checkpoint FROM evaluation_attempts WHERE run_id = ? AND done = 1 ORDER BY step DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+        return self.evaluations(row[0]) if row else []
 
     def bans(self) -> list[BanRow]:
         run_id = self._run()
@@ -587,3 +715,8 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT reason, count FROM rejected WHERE run_id = ?", (run_id,)).fetchall()
         return {r["reason"]: r["count"] for r in rows}
+
+
+def _real(x: float | None) -> float | None:
+    """SQLite stores a NaN as NULL; say so explicitly (None) rather than rely on it."""
+    return None if x is None or math.isnan(x) else float(x)

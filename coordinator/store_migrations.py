@@ -4,7 +4,13 @@ Why: a coordinator keeps its history across restarts and upgrades (a month-long 
 file records the ``schema_version`` it was written with; opening it applies, in one transaction, the steps from
 that version up to the code's, and refuses a file from a newer version, which the code cannot read safely, with one
 line and without writing to it. A change to ``store._SCHEMA`` that existing files need (a new column, a changed
-key) bumps ``SCHEMA_VERSION`` and adds its step here; a new table needs none (``CREATE TABLE IF NOT EXISTS``)."""
+key) bumps ``SCHEMA_VERSION`` and adds its step here; a new table needs none (``CREATE TABLE IF NOT EXISTS``).
+
+Version 2 adds the checkpoint evaluations (``evaluations``: scores; ``evaluation_attempts``: done or failed, with
+the failures counted so retries stay bounded across restarts). They are new tables, but the version still moves:
+evaluations are what a file records about its checkpoints, and an older warmswarm run on a version-2 file would
+prune and save checkpoints without their evaluations and leave the dashboard's score history with holes nobody
+explains; it is refused in one line instead, as for any newer file."""
 
 from __future__ import annotations
 
@@ -13,11 +19,46 @@ from collections.abc import Callable, Mapping
 
 from peer.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+EVALUATION_TABLES = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT NOT NULL,
+    checkpoint TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    mean REAL,
+    sd REAL,
+    seeds_json TEXT NOT NULL,
+    scores_json TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, checkpoint, role, task, metric)
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_step ON evaluations (run_id, step);
+CREATE TABLE IF NOT EXISTS evaluation_attempts (
+    run_id TEXT NOT NULL,
+    checkpoint TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    seconds REAL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (run_id, checkpoint)
+);
+"""
+
+
+def _add_evaluations(db: sqlite3.Connection) -> None:
+    for statement in filter(str.strip, EVALUATION_TABLES.split(";")):
+        db.execute(statement)  # not executescript: that would commit the migration's transaction half-way
+
 
 Migration = Callable[[sqlite3.Connection], None]
-# MIGRATIONS[v] takes a file from version v to v + 1. Version 1 is the first released schema: none yet.
-MIGRATIONS: Mapping[int, Migration] = {}
+# MIGRATIONS[v] takes a file from version v to v + 1. Version 1 is the first released schema.
+MIGRATIONS: Mapping[int, Migration] = {1: _add_evaluations}
 
 
 def stored_version(db: sqlite3.Connection) -> int | None:

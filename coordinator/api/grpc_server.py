@@ -1,4 +1,5 @@
 """The coordinator's gRPC server (``protos/warmswarm/v1/coordinator.proto``), with grpc.health.v1 and reflection.
+``ListEvaluations`` and each ``ListCheckpoints`` entry's ``evaluation`` answer what ``/api/v1/evaluations`` does.
 
 ``Download`` follows google.bytestream: the client asks for (offset, limit) and gets the bytes in chunks tagged with
 their offset, so a cut transfer resumes from the bytes it already holds; the digest (sha256 + size) comes from the
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.checkpoint_files import CheckpointFiles
+from coordinator.api.evaluations import evaluation_entries
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import Store
 from peer.run.checkpoint_manifest import CheckpointManifest, CheckpointNotFound, UnsafePath
@@ -34,6 +36,23 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 def manifest_to_proto(m: CheckpointManifest) -> pb.Manifest:
     files = [pb.FileEntry(path=f.path, digest=pb.Digest(sha256=f.sha256, size_bytes=f.size)) for f in m.files]
     return pb.Manifest(name=m.name, step=m.step, created=m.created, files=files)
+
+
+def evaluation_to_proto(entry: dict) -> pb.Evaluation:
+    """An ``evaluation_entries`` value as its message (None scores, not numbers, as NaN)."""
+    scores = [
+        pb.Score(role=x["role"], task=x["task"], metric=x["metric"], mean=_num(x["mean"]), sd=_num(x["sd"]),
+                 seeds=x["seeds"], scores=[_num(v) for v in x["scores"]], headline=x["headline"])
+        for x in entry["scores"]
+    ]  # fmt: skip
+    return pb.Evaluation(
+        checkpoint=entry["checkpoint"], step=entry["step"], done=entry["done"], attempts=entry["attempts"],
+        error=entry["error"], seconds=entry["seconds"] or 0.0, scores=scores,
+    )  # fmt: skip
+
+
+def _num(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
@@ -71,7 +90,18 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.ListPeersResponse(peers=peers)
 
     def ListCheckpoints(self, request, context: grpc.ServicerContext) -> pb.ListCheckpointsResponse:
-        return pb.ListCheckpointsResponse(checkpoints=[manifest_to_proto(m) for m in self.files.list()])
+        evaluated = evaluation_entries(self.store)
+        listed = []
+        for m in self.files.list():
+            message = manifest_to_proto(m)
+            if m.name in evaluated:
+                message.evaluation.CopyFrom(evaluation_to_proto(evaluated[m.name]))
+            listed.append(message)
+        return pb.ListCheckpointsResponse(checkpoints=listed)
+
+    def ListEvaluations(self, request, context: grpc.ServicerContext) -> pb.ListEvaluationsResponse:
+        entries = evaluation_entries(self.store).values()
+        return pb.ListEvaluationsResponse(evaluations=[evaluation_to_proto(e) for e in entries])
 
     def GetManifest(self, request: pb.GetManifestRequest, context: grpc.ServicerContext) -> pb.Manifest:
         try:

@@ -22,16 +22,18 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.staticfiles import NotModifiedResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from coordinator.api.checkpoint_files import CheckpointFiles
+from coordinator.api.evaluations import evaluation_entries, run_data, served_card
 from coordinator.auth import TokenAuthority, token_response
 from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
 from coordinator.reachability import BadReachabilityRequest, DialBack, ReachabilityRequest
 from coordinator.store import Store
+from peer.errors import UserError
 from peer.run.checkpoint_manifest import CheckpointNotFound, UnsafePath
 
 logger = logging.getLogger(__name__)
@@ -146,7 +148,27 @@ def create_http_app(
 
     @app.get("/api/v1/checkpoints")
     def checkpoints() -> dict:
-        return {"checkpoints": [m.to_dict() for m in files.list()]}
+        # "evaluation": the checkpoint's scores once evaluated in the background (GET /api/v1/evaluations), else None
+        evaluated = evaluation_entries(store)
+        return {"checkpoints": [{**m.to_dict(), "evaluation": evaluated.get(m.name)} for m in files.list()]}
+
+    @app.get("/api/v1/evaluations")
+    def evaluations() -> dict:
+        """Every evaluated checkpoint, pruned ones too (the scores are the run's quality over its steps), oldest
+        first."""
+        return {"evaluations": list(evaluation_entries(store).values())}
+
+    @app.get("/api/v1/checkpoints/{name}/card", response_class=PlainTextResponse)
+    def card(name: str) -> PlainTextResponse:
+        """The checkpoint's model card (markdown) with its evaluation as ``model-index`` once it has one."""
+        try:
+            manifest = files.manifest(name)
+            text = served_card(files.root / manifest.name, run_data(run_info.config))
+        except CheckpointNotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        except UserError as e:  # not a model dir (a checkpoint of some other layout)
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
     @app.post("/api/v1/auth/token")
     async def auth_token(request: Request) -> JSONResponse:

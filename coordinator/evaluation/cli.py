@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _names(text: str) -> tuple[str, ...]:
+def names(text: str) -> tuple[str, ...]:
     return tuple(n for n in (s.strip() for s in text.split(",")) if n and n != "none")
 
 
@@ -76,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
         head_lr=args.head_lr,
     )
     spec = EvaluationSpec(
-        tasks=_names(args.tasks),
+        tasks=names(args.tasks),
         seeds=args.seeds,
         budget=budget,
-        references=_names(args.references),
+        references=names(args.references),
         source=args.source,
         run_config=load_config(args.config),
         heldout_batches=args.heldout_batches,

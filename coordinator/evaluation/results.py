@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -17,7 +18,11 @@ from pathlib import Path
 from coordinator.evaluation.spec import CHECKPOINT, RANDOM_INIT, SOURCE, FinetuneBudget
 from peer.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 ROLE_TITLES = {CHECKPOINT: "checkpoint", SOURCE: "source", RANDOM_INIT: "random init"}
+# A checkpoint's report, written by the coordinator's background evaluation beside (not among) its verified files.
+EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass
@@ -95,6 +100,18 @@ class EvaluationReport:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read the evaluation report {path}: {e}") from None
+
+
+def read_side_file(checkpoint_dir: str | Path) -> EvaluationReport | None:
+    """The checkpoint's ``evaluation.json``, or None if it has none or it cannot be read (logged)."""
+    path = Path(checkpoint_dir) / EVALUATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return EvaluationReport.from_json(path)
+    except UserError as e:
+        logger.warning("ignoring %s: %s", path, e)
+        return None
 
 
 def mean_sd(scores: TaskScores | None) -> str:

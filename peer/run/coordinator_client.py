@@ -83,11 +83,30 @@ class FileEntry(pydantic.BaseModel):
     sha256: str
 
 
+class ScoreEntry(pydantic.BaseModel):
+    role: str
+    task: str
+    metric: str
+    mean: float | None = None
+    sd: float | None = None
+    headline: bool = False
+
+
+class EvaluationEntry(pydantic.BaseModel):
+    """A checkpoint's background evaluation: ``done`` with its scores, or failed ``attempts`` times so far."""
+
+    done: bool
+    attempts: int = 0
+    error: str = ""
+    scores: list[ScoreEntry] = []
+
+
 class CheckpointEntry(pydantic.BaseModel):
     name: str
     step: int
     created: float
     files: list[FileEntry]
+    evaluation: EvaluationEntry | None = None  # None: not evaluated yet, or a coordinator that does not evaluate
 
 
 class CheckpointsAnswer(_Answer):

@@ -107,10 +107,10 @@ _SERIES_SUFFIXES = {
 
 @contextlib.contextmanager
 def coordinator_metrics(tmp_dir: Path) -> Iterator[CoordinatorMetrics]:
-    """A real ``CoordinatorMetrics`` over a real store holding one run with progress, a checkpoint, a rejected
-    record and a download, so that every family (labelled ones included) has samples to show."""
+    """A real ``CoordinatorMetrics`` over a real store holding one run with progress, a checkpoint and its
+    evaluation, a rejected record and a download, so that every family (labelled ones included) has samples to show."""
     from coordinator.metrics import CoordinatorMetrics
-    from coordinator.store import CheckpointRow, Store
+    from coordinator.store import CheckpointRow, EvaluationScore, Store
 
     store = Store(tmp_dir / "metrics-store.sqlite")
     try:
@@ -118,6 +118,8 @@ def coordinator_metrics(tmp_dir: Path) -> Iterator[CoordinatorMetrics]:
         store.record_progress(global_step=120, alive_peers=2, samples_per_second=50.0, loss=3.25)
         store.record_checkpoint(CheckpointRow(name="ckpt-000120", step=120, created=time.time(), save_seconds=1.5))
         store.add_rejected({"bad_signature": 1})
+        score = EvaluationScore("ckpt-000120", 120, "checkpoint", "lee", "spearman", 0.63, 0.004, [0, 1], [0.63, 0.63])
+        store.record_evaluation("ckpt-000120", 120, [score], seconds=100.0)
         metrics = CoordinatorMetrics(store)
         metrics.add_download_bytes("http", 1)
         yield metrics

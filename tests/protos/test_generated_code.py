@@ -24,5 +24,5 @@ def test_generated_stubs_target_the_installed_grpcio_and_the_contract_package():
     service = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"]
     assert service.full_name == "warmswarm.v1.Coordinator"
     methods = {m.name for m in service.methods}
-    assert methods == {"GetProgress", "ListPeers", "ListCheckpoints", "GetManifest", "Download"}
+    assert methods == {"GetProgress", "ListPeers", "ListCheckpoints", "GetManifest", "Download", "ListEvaluations"}
     assert service.methods_by_name["Download"].server_streaming

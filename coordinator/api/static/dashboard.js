@@ -1,5 +1,5 @@
-// The coordinator dashboard: polls the JSON API and redraws the join line, the tiles, three uPlot charts and two
-// tables. uPlot is vendored under /static/vendor/ and nothing is fetched from anywhere but this coordinator, so the
+// The coordinator dashboard: polls the JSON API and redraws the join line, the tiles, four uPlot charts (three over
+// time, the checkpoints' downstream scores over global steps) and two tables. uPlot is vendored under /static/vendor/ and nothing is fetched from anywhere but this coordinator, so the
 // page works on an offline cluster.
 "use strict";
 
@@ -100,6 +100,76 @@ function renderHistory(charts, history) {
   });
 }
 
+// The background evaluation's scores: one line per downstream task (its headline metric) of the checkpoints over
+// global steps. Held-out pretraining metrics stay out (losses, on another scale); so do failed evaluations.
+const SCORE_COLORS = ["#7048e8", "#0c8599", "#e67700", "#c2255c", "#5c940d", "#1864ab"];
+
+function scoreColumns(evaluations) {
+  const done = evaluations.filter((e) => e.done).sort((a, b) => a.step - b.step);
+  const keys = [];
+  for (const e of done) {
+    for (const s of e.scores) {
+      const key = `${s.task} ${s.metric}`;
+      if (s.role === "checkpoint" && s.headline && !keys.includes(key)) keys.push(key);
+    }
+  }
+  const cols = [done.map((e) => e.step), ...keys.map((key) => done.map((e) => {
+    const s = e.scores.find((x) => x.role === "checkpoint" && `${x.task} ${x.metric}` === key);
+    return s && s.mean != null ? s.mean : null;
+  }))];
+  return { keys, cols };
+}
+
+// uPlot's series are fixed when a chart is made, so the chart is made anew when the set of tasks changes (the first
+// evaluation arrives, or the coordinator is restarted with other tasks).
+function makeScoreChart(host, keys) {
+  const axis = { size: 48, values: (u, splits) => splits.map(fmtAxis), grid: { stroke: "#e9ecef" } };
+  const chart = new uPlot({
+    width: host.clientWidth,
+    height: CHART_HEIGHT,
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: false }, y: { auto: true } },
+    axes: [{ values: (u, splits) => splits.map(fmtAxis), grid: { stroke: "#e9ecef" } }, axis],
+    series: [
+      { label: "step", value: (u, v) => (v == null ? "–" : fmtInt(v)) },
+      ...keys.map((key, i) => ({ label: key, stroke: SCORE_COLORS[i % SCORE_COLORS.length], width: 2,
+        spanGaps: true, points: { show: true, size: 6 }, value: (u, v) => fmtNum(v, 3) })),
+    ],
+  }, [[], ...keys.map(() => [])], host);
+  return chart;
+}
+
+function renderScores(state, evaluations) {
+  const host = $("scores-chart");
+  const { keys, cols } = scoreColumns(evaluations);
+  if (!state.chart || state.keys !== keys.join("|")) {
+    if (state.chart) state.chart.destroy();
+    state.chart = makeScoreChart(host, keys);
+    if (!state.observer) {
+      state.observer = new ResizeObserver(() => state.chart.setSize({ width: host.clientWidth, height: CHART_HEIGHT }));
+      state.observer.observe(host);
+    }
+    state.keys = keys.join("|");
+    host.dataset.colors = keys.map((_, i) => SCORE_COLORS[i % SCORE_COLORS.length]).join(" ");
+  }
+  host.classList.toggle("no-data", cols[0].length === 0);
+  host.dataset.steps = cols[0].join(" ");  // what is drawn, for a reader of the page's source (and its tests)
+  state.chart.setData(cols);
+}
+
+// A checkpoint's scores cell: its tasks' headline means, "pending" before, or the failures with the last error.
+function scoresCell(evaluation) {
+  if (!evaluation) return el("td", "pending", "scores muted");
+  if (!evaluation.done) {
+    const td = el("td", `failed ×${evaluation.attempts}`, "scores failed");
+    td.title = evaluation.error;
+    return td;
+  }
+  const parts = evaluation.scores.filter((s) => s.role === "checkpoint" && s.headline)
+    .map((s) => `${s.task} ${fmtNum(s.mean, 3)}`);
+  return el("td", parts.join(" · ") || "–", "scores");
+}
+
 function renderRun(run) {
   $("join-cmd").textContent = run.join_command || "(this coordinator printed no join line)";
 }
@@ -149,7 +219,7 @@ function renderCheckpoints(ckpts) {
   body.replaceChildren(...ckpts.slice().reverse().map((c) => {
     const tr = el("tr");
     tr.append(el("td", c.name), el("td", fmtInt(c.step), "num"), el("td", fmtWhen(c.created)));
-    tr.append(el("td", fmtBytes(c.files.reduce((s, f) => s + f.size, 0)), "num"));
+    tr.append(el("td", fmtBytes(c.files.reduce((s, f) => s + f.size, 0)), "num"), scoresCell(c.evaluation));
     const files = el("details"), list = el("ul", null, "files");
     files.append(el("summary", `${c.files.length} files`), list);
     for (const f of c.files) {
@@ -168,19 +238,19 @@ async function getJSON(path) {
   return r.json();
 }
 
-async function refresh(charts) {
+async function refresh(charts, scores) {
   try {
-    const [run, p, h, peers, ck] = await Promise.all(["/api/v1/run", "/api/v1/progress", "/api/v1/history",
-      "/api/v1/peers", "/api/v1/checkpoints"].map(getJSON));
+    const [run, p, h, peers, ck, ev] = await Promise.all(["/api/v1/run", "/api/v1/progress", "/api/v1/history",
+      "/api/v1/peers", "/api/v1/checkpoints", "/api/v1/evaluations"].map(getJSON));
     renderRun(run); renderProgress(p); renderHistory(charts, h.history); renderPeers(peers.peers);
-    renderCheckpoints(ck.checkpoints);
+    renderCheckpoints(ck.checkpoints); renderScores(scores, ev.evaluations);
     $("status").textContent = "live";
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   } catch (e) {
     $("status").textContent = `coordinator unreachable (${e.message})`;
   } finally {
-    setTimeout(() => refresh(charts), REFRESH_MS);
+    setTimeout(() => refresh(charts, scores), REFRESH_MS);
   }
 }
 
-refresh(CHART_SPECS.map((spec) => makeChart($(spec.id), spec)));
+refresh(CHART_SPECS.map((spec) => makeChart($(spec.id), spec)), { chart: null, keys: null });

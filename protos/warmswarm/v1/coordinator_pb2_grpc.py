@@ -59,6 +59,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadChunk.FromString,
                 _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/warmswarm.v1.Coordinator/ListEvaluations',
+                request_serializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -101,6 +106,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvaluations(self, request, context):
+        """The background evaluation of the checkpoints: per checkpoint, done or failed, and its scores; oldest step first,
+        pruned checkpoints included (the scores are the run's quality over its steps).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadRequest.FromString,
                     response_serializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadChunk.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +283,33 @@ class Coordinator:
             '/warmswarm.v1.Coordinator/Download',
             protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadRequest.SerializeToString,
             protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/warmswarm.v1.Coordinator/ListEvaluations',
+            protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsRequest.SerializeToString,
+            protos_dot_warmswarm_dot_v1_dot_coordinator__pb2.ListEvaluationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,3 +111,38 @@ def populate_crowded_store(store: Store, now: float) -> None:
         sps = sum(30.0 * (p + 1) for p in alive)
         store.record_progress(i * 4, len(alive), sps, 3.0 - i / 100 + 0.05 * math.sin(i), now=t)
     store.set_banned(ids[1], reason="gradient 40x the aggregate's norm in 3 rounds (reported by 4 of 5 peers)")
+
+
+def evaluation_report(step: int, quality: float):
+    """A background evaluation's report of checkpoint ``step`` (the checkpoint alone, 2 seeds), scores rising with
+    ``quality`` in [0, 1]."""
+    from coordinator.evaluation.results import EvaluationReport, ModelEvaluation, TaskScores
+    from coordinator.evaluation.spec import FinetuneBudget
+    from coordinator.evaluation.tasks import TASK_INFO
+
+    def scores(name: str, base: float, other: dict | None = None) -> TaskScores:
+        info = TASK_INFO[name]
+        return TaskScores(info.name, info.title, info.task_type, info.dataset, info.metric, [0, 1],
+                          [base + 0.2 * quality - 0.01, base + 0.2 * quality + 0.01], other or {})  # fmt: skip
+
+    model = ModelEvaluation(
+        "checkpoint", f"ckpt-{step:06d}", 66_000_000,
+        heldout={"disc_auc": 0.55 + 0.3 * quality, "mlm_loss": 10.0 - 4.0 * quality},
+        tasks=[scores("polarity", 0.6), scores("newsgroups", 0.7),
+               scores("lee", 0.5, {"pearson": [0.45 + 0.2 * quality, 0.47 + 0.2 * quality]})],
+    )  # fmt: skip
+    return EvaluationReport(f"ckpt-{step:06d}", step, [0, 1], FinetuneBudget(), {}, [model], seconds=42.0)
+
+
+def populate_evaluations(store: Store, checkpoints_dir: Path) -> None:
+    """Evaluations as the background evaluator leaves them: ckpt-000030 (pruned since: its scores are in the store
+    only) and ckpt-000060 done, the latter's report also beside its files; ckpt-000120 failed once so far."""
+    from coordinator.evaluation.results import EVALUATION_FILE
+    from coordinator.evaluator import report_scores
+
+    for step, quality in ((30, 0.0), (60, 0.5)):
+        report = evaluation_report(step, quality)
+        name = f"ckpt-{step:06d}"
+        store.record_evaluation(name, step, report_scores(report, name, step), report.seconds)
+    evaluation_report(60, 0.5).to_json(checkpoints_dir / "ckpt-000060" / EVALUATION_FILE)
+    store.record_evaluation_failure("ckpt-000120", 120, "killed by SIGKILL")

@@ -11,7 +11,9 @@ import pytest
 from api_fixtures import (
     RUN_ID,
     checkpoint_payload,
+    evaluation_report,
     populate_crowded_store,
+    populate_evaluations,
     populate_store,
     write_checkpoint,
     write_crowded_checkpoints,
@@ -19,6 +21,7 @@ from api_fixtures import (
 
 from coordinator.api.grpc_server import GrpcServer, start_grpc_server
 from coordinator.api.http import HttpServer, RunInfo, create_http_app, start_http_server
+from coordinator.evaluator import report_scores
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store import CheckpointRow, Store
 from peer.run.checkpoint_manifest import FileDigest
@@ -66,9 +69,14 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def coordinator(store: Store, checkpoints_dir: Path) -> Iterator[Coordinator]:
+    populate_evaluations(store, checkpoints_dir)
     metrics = CoordinatorMetrics(store)
-    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"],
-                   "python -m peer join --coordinator http://127.0.0.1:8080")
+    info = RunInfo(
+        RUN_ID,
+        {"run_id": RUN_ID},
+        ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"],
+        "python -m peer join --coordinator http://127.0.0.1:8080",
+    )
     http = start_http_server(create_http_app(store, checkpoints_dir, info, metrics), "127.0.0.1", 0)
     grpc_server = start_grpc_server(store, checkpoints_dir, "127.0.0.1", 0, metrics=metrics)
     try:
@@ -109,7 +117,10 @@ def crowded(tmp_path: Path) -> Iterator[CrowdedCoordinator]:
     store = Store(tmp_path / "crowded" / "coordinator.db", alive_window=60.0)
     populate_crowded_store(store, now)
     root = tmp_path / "crowded" / "checkpoints"
-    write_crowded_checkpoints(root)
+    for i, ckpt in enumerate(write_crowded_checkpoints(root)):  # the scores column and chart filled too
+        step = int(ckpt.name.split("-")[1])
+        report = evaluation_report(step, i / 5)
+        store.record_evaluation(ckpt.name, step, report_scores(report, ckpt.name, step), report.seconds)
     info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"], JOIN_COMMAND)
     http = start_http_server(create_http_app(store, root, info), "127.0.0.1", 0)
     try:

@@ -39,6 +39,18 @@ LINE_COLUMNS = """(id) => {
   return cols;
 }"""
 
+# Counts the pixels of one colour (#rrggbb) on a chart's canvas (the scores chart draws a line per task).
+COLOR_PIXELS = """([id, hex]) => {
+  const c = document.getElementById(id).querySelector("canvas");
+  const [r, g, b] = hex.match(/[0-9a-f]{2}/gi).map((h) => parseInt(h, 16));
+  const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < px.length; i += 4) {
+    if (px[i + 3] > 200 && Math.abs(px[i] - r) < 8 && Math.abs(px[i + 1] - g) < 8 && Math.abs(px[i + 2] - b) < 8) n++;
+  }
+  return n;
+}"""
+
 # The device-pixel column of each unix time on a chart: uPlot's plotting area is its .u-over element, and its x
 # scale spans the history's first to last time.
 TIME_TO_COLUMN = """([id, first, last, times]) => {
@@ -121,6 +133,42 @@ def test_dashboard_shows_live_numbers_and_draws_the_charts(coordinator, open_pag
     assert not errors, errors
 
 
+def test_scores_chart_draws_each_task_over_steps_and_follows_new_evaluations(coordinator, open_page):
+    """The fixture's evaluations: ckpt-000030 (pruned since) and ckpt-000060 done, ckpt-000120 failed once."""
+    from api_fixtures import evaluation_report
+
+    from coordinator.evaluator import report_scores
+
+    page = open_page(1400)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    load(page, coordinator.url, refresh_ms=300)
+    assert page.get_attribute("#scores-chart", "data-steps") == "30 60"
+    legend = page.text_content("#scores-chart .u-legend")
+    for key in ("polarity accuracy", "newsgroups accuracy", "lee spearman"):
+        assert key in legend, legend
+    assert "pearson" not in legend and "heldout" not in legend  # headline metrics only, no held-out losses
+    colors = page.get_attribute("#scores-chart", "data-colors").split()
+    assert len(colors) == 3 and len(set(colors)) == 3
+    for color in colors:
+        assert page.evaluate(COLOR_PIXELS, ["scores-chart", color]) > 100, color  # two points and a line each
+    rows = {r.locator("td").first.text_content(): r for r in page.locator("#checkpoints tbody tr").all()}
+    assert "polarity 0.700" in rows["ckpt-000060"].locator("td.scores").text_content()
+    failed = rows["ckpt-000120"].locator("td.scores")
+    assert failed.text_content() == "failed ×1" and failed.get_attribute("title") == "killed by SIGKILL"
+
+    report = evaluation_report(120, 1.0)  # the retry succeeds
+    coordinator.store.record_evaluation("ckpt-000120", 120, report_scores(report, "ckpt-000120", 120), 40.0)
+    page.wait_for_function("document.getElementById('scores-chart').dataset.steps === '30 60 120'", timeout=30_000)
+    cell = page.locator("#checkpoints tbody tr").first.locator("td.scores")  # newest first
+    page.wait_for_function(
+        "document.querySelector('#checkpoints tbody tr td.scores').textContent.includes('polarity 0.800')",
+        timeout=30_000,
+    )
+    assert "lee 0.700" in cell.text_content()
+    assert not errors, errors
+
+
 def test_dashboard_says_when_the_coordinator_is_gone(coordinator, open_page):
     page = open_page()
     page.goto(f"{coordinator.url}/?refresh=300", wait_until="load")
@@ -197,6 +245,7 @@ def test_a_fresh_run_shows_empty_charts_and_no_eta(tmp_path, open_page):
         for chart in CHARTS:
             assert "no-data" in page.get_attribute(f"#{chart}", "class")  # says "no data yet"
             assert sum(page.evaluate(LINE_COLUMNS, chart)) == 0
+        assert "no-data" in page.get_attribute("#scores-chart", "class")  # no checkpoint evaluated yet
         assert page.locator("#leaderboard tbody tr").count() == 0 and page.locator("#checkpoints tbody tr").count() == 0
         assert not errors, errors
     finally:

@@ -40,6 +40,51 @@ def test_progress_peers_and_checkpoints_match_the_store(coordinator, channel):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_evaluations_match_the_json_api_and_ride_on_each_checkpoint(coordinator, channel):
+    import httpx
+
+    stub = pb_grpc.CoordinatorStub(channel)
+    answer = stub.ListEvaluations(pb.ListEvaluationsRequest(), timeout=10).evaluations
+    http = httpx.get(f"{coordinator.url}/api/v1/evaluations", timeout=10).json()["evaluations"]
+    assert [(e.checkpoint, e.step, e.done, e.attempts, e.error) for e in answer] == [
+        (e["checkpoint"], e["step"], e["done"], e["attempts"], e["error"]) for e in http]  # fmt: skip
+    for got, want in zip(answer, http, strict=True):
+        assert [(x.role, x.task, x.metric, list(x.seeds), x.headline) for x in got.scores] == [
+            (x["role"], x["task"], x["metric"], x["seeds"], x["headline"]) for x in want["scores"]]  # fmt: skip
+        assert [x.mean for x in got.scores] == pytest.approx([x["mean"] for x in want["scores"]])
+        assert [list(x.scores) for x in got.scores] == [pytest.approx(x["scores"]) for x in want["scores"]]
+    listed = {c.name: c for c in stub.ListCheckpoints(pb.ListCheckpointsRequest(), timeout=10).checkpoints}
+    assert listed["ckpt-000060"].evaluation == answer[1] and listed["ckpt-000060"].HasField("evaluation")
+    assert listed["ckpt-000120"].evaluation.attempts == 1 and not listed["ckpt-000120"].evaluation.done
+    assert not stub.GetManifest(pb.GetManifestRequest(name="ckpt-000060"), timeout=10).HasField("evaluation")
+
+
+def test_an_old_client_reads_the_new_checkpoint_listing(coordinator, channel):
+    """A client built before evaluations (a Manifest without field 5) still parses ListCheckpoints: proto3 keeps the
+    unknown field aside."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(file)
+    file.name = "old_coordinator.proto"  # in a pool of its own: the same package, the old Manifest
+    manifest = next(m for m in file.message_type if m.name == "Manifest")
+    del manifest.field[4]  # evaluation
+    assert [f.name for f in manifest.field] == ["name", "step", "created", "files"]
+    keep = {"Manifest", "ListCheckpointsResponse", "Digest", "FileEntry"}
+    for i in reversed(range(len(file.message_type))):
+        if file.message_type[i].name not in keep:
+            del file.message_type[i]
+    del file.service[:]
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    old = message_factory.GetMessageClass(pool.FindMessageTypeByName("warmswarm.v1.ListCheckpointsResponse"))
+    raw = pb_grpc.CoordinatorStub(channel).ListCheckpoints(pb.ListCheckpointsRequest(), timeout=10)
+    assert any(c.HasField("evaluation") for c in raw.checkpoints)  # something the old client does not know
+    parsed = old.FromString(raw.SerializeToString())
+    assert [(c.name, c.step, len(c.files)) for c in parsed.checkpoints] == [
+        (c.name, c.step, len(c.files)) for c in raw.checkpoints]  # fmt: skip
+
+
 def test_download_streams_bounded_chunks_from_an_offset(coordinator, channel):
     stub = pb_grpc.CoordinatorStub(channel)
     data = (coordinator.checkpoints_dir / "ckpt-000120" / "model.safetensors").read_bytes()

@@ -47,7 +47,55 @@ def test_metrics_endpoint_exports_the_contract_names(coordinator):
     for line in expected:
         assert line in text, line
     label_names = set(re.findall(r"[{,](\w+)=", text))
-    assert label_names <= {"reason", "protocol", "le"}, label_names  # no per-peer labels
+    assert label_names <= {"reason", "protocol", "le", "task", "metric"}, label_names  # no per-peer labels
+
+
+def test_metrics_carry_the_newest_evaluated_checkpoints_scores(coordinator):
+    """ckpt-000060 is the newest evaluated one (ckpt-000120's evaluation failed once): its scores by task, metric."""
+    text = httpx.get(f"{coordinator.url}/metrics", timeout=10).text
+    values = dict(re.findall(r"^(warmswarm_eval_\S+) (\S+)$", text, re.MULTILINE))
+    assert float(values["warmswarm_eval_step"]) == 60
+    assert float(values['warmswarm_eval_score{metric="accuracy",task="polarity"}']) == pytest.approx(0.7)
+    assert float(values['warmswarm_eval_score_sd{metric="accuracy",task="polarity"}']) == pytest.approx(0.01414, 1e-3)
+    assert float(values['warmswarm_eval_score{metric="spearman",task="lee"}']) == pytest.approx(0.6)
+    assert float(values['warmswarm_eval_score{metric="pearson",task="lee"}']) == pytest.approx(0.56)
+    assert float(values['warmswarm_eval_score{metric="disc_auc",task="heldout"}']) == pytest.approx(0.7)
+    assert float(values["warmswarm_eval_failures_total"]) == 1
+    assert len([k for k in values if k.startswith("warmswarm_eval_score{")]) == 6  # 3 tasks, Pearson, 2 held-out
+
+
+def test_evaluations_api_and_each_checkpoints_entry_carry_the_scores(coordinator):
+    with httpx.Client(base_url=coordinator.url, timeout=10) as c:
+        evaluations = c.get("/api/v1/evaluations").json()["evaluations"]
+        ckpts = {k["name"]: k for k in c.get("/api/v1/checkpoints").json()["checkpoints"]}
+    assert [(e["checkpoint"], e["step"], e["done"]) for e in evaluations] == [
+        ("ckpt-000030", 30, True), ("ckpt-000060", 60, True), ("ckpt-000120", 120, False)]  # fmt: skip
+    polarity = next(x for x in evaluations[0]["scores"] if x["task"] == "polarity")
+    assert polarity["mean"] == pytest.approx(0.6)  # pruned ckpt-000030: still in the history
+    assert (polarity["metric"], polarity["seeds"], polarity["role"]) == ("accuracy", [0, 1], "checkpoint")
+    headlines = {(x["task"], x["metric"]) for x in evaluations[0]["scores"] if x["headline"]}
+    assert headlines == {("polarity", "accuracy"), ("newsgroups", "accuracy"), ("lee", "spearman")}
+    failed = evaluations[2]
+    assert (failed["attempts"], failed["error"], failed["scores"]) == (1, "killed by SIGKILL", [])
+    assert ckpts["ckpt-000060"]["evaluation"] == evaluations[1]
+    assert ckpts["ckpt-000120"]["evaluation"] == failed
+
+
+def test_the_served_card_has_the_scores_and_the_verified_card_is_untouched(coordinator):
+    ckpt = coordinator.checkpoints_dir / "ckpt-000060"
+    (ckpt / "README.md").write_text("the card saved with the checkpoint\n")  # as if listed in the manifest
+    with httpx.Client(base_url=coordinator.url, timeout=10) as c:
+        card = c.get("/api/v1/checkpoints/ckpt-000060/card")
+        assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+        assert "model-index:" in card.text and "accuracy (mean of 2 seeds" in card.text
+        assert "value: 0.7\n" in card.text  # polarity's mean, as the model-index's metric value
+        unevaluated = c.get("/api/v1/checkpoints/ckpt-000120/card")
+        assert unevaluated.status_code == 200 and "model-index" not in unevaluated.text
+        assert "Not evaluated yet" in unevaluated.text
+        assert c.get("/api/v1/checkpoints/latest/card").text == unevaluated.text
+        assert c.get("/api/v1/checkpoints/ckpt-000999/card").status_code == 404
+        assert c.get("/checkpoints/ckpt-000060/evaluation.json").status_code == 404  # not a checkpoint file
+    assert (ckpt / "README.md").read_text() == "the card saved with the checkpoint\n"
 
 
 def test_range_requests_resume_and_etag_is_the_manifest_sha256(coordinator):

@@ -22,6 +22,8 @@ def test_prometheus_scrapes_the_live_values(coordinator, prometheus):
     assert query(prometheus, "warmswarm_global_step", 445.0) == 445.0
     assert query(prometheus, 'warmswarm_rejected_records_total{reason="bad_signature"}', 3.0) == 3.0
     assert query(prometheus, "warmswarm_checkpoint_save_seconds_count", 2.0) == 2.0
+    assert query(prometheus, "warmswarm_eval_step", 60.0) == 60.0
+    assert query(prometheus, 'round(1000 * warmswarm_eval_score{task="lee",metric="spearman"})', 600.0) == 600.0
     # A new figure from the monitor shows up on the next scrape.
     coordinator.store.record_progress(450, 3, 300.0, 2.5)
     assert query(prometheus, "warmswarm_alive_peers", 3.0) == 3.0

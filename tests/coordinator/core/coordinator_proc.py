@@ -50,11 +50,18 @@ def write_tiny_model(out: Path) -> Path:
 class Coordinator:
     """A ``python -m coordinator start`` child on free loopback ports; reads its stdout until the join line."""
 
-    def __init__(self, data_dir: Path, config: Path, init_from: Path, startup_timeout: float = 120):
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path,
+        init_from: Path,
+        startup_timeout: float = 120,
+        extra_args: tuple[str, ...] = ("--no_eval",),  # tests of other things spend no CPU on evaluations
+    ):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator", "start", "-c", str(config), "--data_dir", str(data_dir),
              "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--dht_port", "0",
-             "--init_from", str(init_from), "--monitor_interval", "0.5", "--alive_window", "30"],
+             "--init_from", str(init_from), "--monitor_interval", "0.5", "--alive_window", "30", *extra_args],
             env=child_env(), cwd=REPO, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.lines: list[str] = []

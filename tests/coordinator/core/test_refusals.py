@@ -41,8 +41,18 @@ NOT_A_COORDINATOR = {
     "schema": (  # every expected field, none of the expected types
         200,
         "application/json",
-        json.dumps({"run_id": 7, "config": "x", "initial_peers": 3, "global_step": "many", "alive_peers": None,
-                    "samples_per_second": [], "peers": {"a": 1}, "checkpoints": [{"name": 1}]}),  # fmt: skip
+        json.dumps(
+            {
+                "run_id": 7,
+                "config": "x",
+                "initial_peers": 3,
+                "global_step": "many",
+                "alive_peers": None,
+                "samples_per_second": [],
+                "peers": {"a": 1},
+                "checkpoints": [{"name": 1}],
+            }
+        ),
     ),
 }
 
@@ -285,6 +295,32 @@ def test_status_text_when_the_coordinator_knows_nothing_yet():
     text = console.export_text()
     assert "run r: step 0, 0 alive peers, - samples/s, loss -\n" in text
     assert "[red]x" in text and "0 checkpoints\n" in text
+
+
+def test_status_text_names_the_newest_evaluated_checkpoint_and_a_failing_one():
+    from rich.console import Console
+
+    from coordinator.__main__ import print_status
+    from peer.run.coordinator_client import CheckpointsAnswer, PeersAnswer, ProgressAnswer
+
+    def entry(name: str, evaluation: dict | None) -> dict:
+        return {"name": name, "step": int(name[5:]), "created": 0.0, "files": [], "evaluation": evaluation}
+
+    scores = [
+        {"role": "checkpoint", "task": "polarity", "metric": "accuracy", "mean": 0.719, "sd": 0.009, "headline": True},
+        {"role": "checkpoint", "task": "lee", "metric": "pearson", "mean": 0.6, "sd": 0.0, "headline": False},
+        {"role": "checkpoint", "task": "heldout", "metric": "disc_auc", "mean": 0.55, "sd": 0.0, "headline": False},
+        {"role": "checkpoint", "task": "lee", "metric": "spearman", "mean": None, "sd": None, "headline": True},
+    ]
+    answer = CheckpointsAnswer.model_validate({"checkpoints": [
+        entry("ckpt-000100", {"done": True, "attempts": 0, "error": "", "scores": scores}),
+        entry("ckpt-000200", {"done": False, "attempts": 2, "error": "killed by SIGKILL", "scores": []}),
+    ]})  # fmt: skip
+    console = Console(record=True, width=200, force_terminal=False)
+    print_status(console, ProgressAnswer(run_id="r", global_step=0, alive_peers=0), PeersAnswer(peers=[]), answer)
+    text = console.export_text()
+    assert "evaluated ckpt-000100 (step 100): polarity accuracy 0.719 ± 0.009, lee spearman - ± -\n" in text
+    assert "evaluation of ckpt-000200 failed 2 times: killed by SIGKILL\n" in text
 
 
 def test_grpc_server_that_is_not_a_coordinator(tmp_path):

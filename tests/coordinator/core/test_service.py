@@ -1,5 +1,6 @@
 """``python -m coordinator start`` as a real process: checkpoint 0, signed config in the DHT, monitor fed by a real
-peer record, HTTP API, ``status`` and ``download`` CLIs, clean SIGTERM, and a restart that keeps the history."""
+peer record, HTTP API, ``status`` and ``download`` CLIs, checkpoint 0 evaluated in the background, clean SIGTERM,
+and a restart that keeps the history and redoes no evaluation."""
 
 import json
 import time
@@ -19,7 +20,10 @@ CONFIG = f"""
 run_id: {RUN}
 model: {{hidden_size: 32, num_layers: 2, num_heads: 2, ffn_size: 64, max_position_embeddings: 64}}
 train: {{total_steps: 1000}}
+data: {{seq_len: 32}}
 """
+# the background evaluation at its tiniest: one task, one seed, one step
+EVAL_ARGS = ("--eval_tasks", "polarity", "--eval_seeds", "1", "--eval_steps", "1")
 _cli = coordinator_cli
 
 
@@ -28,13 +32,13 @@ def tiny_model_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(500)
 def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_path, tiny_model_dir):
     config = tmp_path / "run.yaml"
     config.write_text(CONFIG)
     data = tmp_path / "data"
     peer = None
-    coord = Coordinator(data, config, tiny_model_dir)
+    coord = Coordinator(data, config, tiny_model_dir, extra_args=EVAL_ARGS)
     try:
         assert coord.join.startswith("python -m peer join --coordinator http://127.0.0.1:")
         run = coord.get("/api/v1/run")
@@ -82,6 +86,18 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
 
         history_points = len(coord.get("/api/v1/history")["history"])
         assert history_points >= 1
+
+        # checkpoint 0 is evaluated in the background, by a worker process at nice +19
+        deadline = time.time() + 240
+        while not (evaluations := coord.get("/api/v1/evaluations")["evaluations"]) and time.time() < deadline:
+            time.sleep(1.0)
+        (evaluation,) = evaluations
+        assert (evaluation["checkpoint"], evaluation["done"], evaluation["attempts"]) == ("ckpt-000000", True, 0)
+        polarity = next(x for x in evaluation["scores"] if x["task"] == "polarity")
+        assert polarity["seeds"] == [0] and 0.0 <= polarity["mean"] <= 1.0
+        assert coord.get("/api/v1/checkpoints")["checkpoints"][0]["evaluation"] == evaluation
+        side_file = data / "checkpoints" / "ckpt-000000" / "evaluation.json"
+        evaluated_at = side_file.stat().st_mtime
         assert coord.terminate() == 0
     except BaseException:
         if peer is not None:
@@ -92,7 +108,7 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
 
     # restart on the same data dir: same history, same checkpoint, same DHT identity (same join addresses), and it
     # dials the peer it knew, so the running peer's next record reaches it although the peer knows no one else
-    coord2 = Coordinator(data, config, tiny_model_dir)
+    coord2 = Coordinator(data, config, tiny_model_dir, extra_args=EVAL_ARGS)
     try:
         progress = coord2.get("/api/v1/progress")
         assert progress["global_step"] == 42
@@ -106,6 +122,8 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         assert len(coord2.get("/api/v1/history")["history"]) > history_points
         assert [p["name"] for p in coord2.get("/api/v1/peers")["peers"]] == ["tester"]
         assert [c["name"] for c in coord2.get("/api/v1/checkpoints")["checkpoints"]] == ["ckpt-000000"]
+        assert coord2.get("/api/v1/evaluations")["evaluations"] == [evaluation]  # kept, and not redone:
+        assert side_file.stat().st_mtime == evaluated_at  # no worker ran on it again
         assert (
             coord2.get("/api/v1/run")["initial_peers"][0].split("/p2p/")[1] == run["initial_peers"][0].split("/p2p/")[1]
         )
@@ -120,3 +138,13 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
     result = _cli("status", "--url", "http://127.0.0.1:9", timeout=60)
     assert result.returncode == 2 and "error: cannot reach the coordinator at http://127.0.0.1:9" in result.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text(CONFIG)
+    refused = {
+        ("--eval_tasks", "polarity,sentiment"): "error: unknown task 'sentiment' (known: polarity, newsgroups, lee)",
+        ("--eval_seeds", "0"): "error: --seeds must be at least 1",
+    }
+    for flags, line in refused.items():
+        result = _cli("start", "-c", str(config), "--data_dir", str(tmp_path / "d"), *flags)
+        assert result.returncode == 2 and result.stderr.strip() == line, result.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was written

@@ -111,3 +111,35 @@ def test_ban_and_clear_errors(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="cannot open coordinator database"):
         Store(tmp_path / "junk.db")
+
+
+def test_evaluations_are_recorded_whole_replace_earlier_ones_and_outlive_their_checkpoint(tmp_path):
+    from coordinator.store import CheckpointRow, EvaluationScore
+
+    path = tmp_path / "c.sqlite"
+    with Store(path) as store:
+        store.open_run("r", {"run_id": "r"})
+        for step in (10, 20):
+            store.record_checkpoint(CheckpointRow(f"ckpt-{step:06d}", step, 1.0))
+        assert store.record_evaluation_failure("ckpt-000020", 20, "worker exited with code -9") == 1
+        assert store.record_evaluation_failure("ckpt-000020", 20, "no space left on device") == 2
+        lee = EvaluationScore("ckpt-000010", 10, "checkpoint", "lee", "spearman", 0.61, 0.02, [0, 1], [0.6, 0.62])
+        nan = EvaluationScore("ckpt-000010", 10, "checkpoint", "heldout", "disc_auc", float("nan"), 0.0)
+        store.record_evaluation("ckpt-000010", 10, [lee, nan], seconds=12.5, now=5.0)
+        assert store.latest_evaluation()[0].checkpoint == "ckpt-000010"  # 20 failed: not evaluated
+        better = EvaluationScore("ckpt-000010", 10, "checkpoint", "lee", "spearman", 0.7, 0.0, [0], [0.7])
+        store.record_evaluation("ckpt-000010", 10, [better], seconds=1.0)
+        store.remove_checkpoint("ckpt-000010")  # pruned: its scores stay, they are the run's history
+    with Store(path) as store:  # and survive a restart
+        assert store.evaluations() == [better]
+        attempts = store.evaluation_attempts()
+        assert attempts["ckpt-000010"].done and attempts["ckpt-000010"].seconds == 1.0
+        twenty = attempts["ckpt-000020"]
+        assert not twenty.done and twenty.attempts == 2 and twenty.error == "no space left on device"
+        ok = EvaluationScore("ckpt-000020", 20, "checkpoint", "lee", "spearman", 0.8, 0.0, [0], [0.8])
+        store.record_evaluation("ckpt-000020", 20, [ok], seconds=2.0)
+        assert store.latest_evaluation() == [ok] and store.evaluations("ckpt-000010") == [better]
+    with Store(path) as store:
+        nan = EvaluationScore("ckpt-000030", 30, "checkpoint", "heldout", "disc_auc", float("nan"), None)
+        store.record_evaluation("ckpt-000030", 30, [nan], seconds=1.0)
+        assert store.evaluations("ckpt-000030")[0].mean is None  # NaN is stored as "not a number", explicitly

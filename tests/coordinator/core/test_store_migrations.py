@@ -81,3 +81,28 @@ def test_a_missing_step_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(UserError, match="no upgrade from schema version 2"):
         migrate(db, "old.sqlite", target=3, migrations={1: lambda d: d.execute("ALTER TABLE peers ADD COLUMN x")})
     assert stored_version(db) == 1 and _columns(db) == ["peer_id"]
+
+
+def test_a_version_1_file_gains_the_evaluation_tables_and_keeps_its_history(tmp_path):
+    """A coordinator data dir from before evaluations (schema 1) opens with its run, checkpoints and history intact,
+    and records evaluations afterwards."""
+    from coordinator.store import CheckpointRow, EvaluationScore
+
+    path = tmp_path / "v1.sqlite"
+    with Store(path) as store:
+        store.open_run("r", {"run_id": "r"})
+        store.record_progress(5, 1, 2.0, 3.0, now=100.0)
+        store.record_checkpoint(CheckpointRow("ckpt-000005", 5, 100.0))
+    db = sqlite3.connect(path)  # as schema 1 left it: no evaluation tables, version 1
+    with db:
+        db.execute("DROP TABLE evaluations")
+        db.execute("DROP TABLE evaluation_attempts")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    with Store(path) as store:
+        assert stored_version(store._db) == SCHEMA_VERSION == 2
+        assert [c.name for c in store.checkpoints()] == ["ckpt-000005"] and store.progress().global_step == 5
+        assert store.evaluations() == [] and store.evaluation_attempts() == {}
+        score = EvaluationScore("ckpt-000005", 5, "checkpoint", "lee", "spearman", 0.5, 0.1, [0, 1], [0.4, 0.6])
+        store.record_evaluation("ckpt-000005", 5, [score], seconds=3.0)
+        assert store.evaluations() == [score]
