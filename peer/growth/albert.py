@@ -14,7 +14,7 @@ layers, applied the source's number of times, which is exactly the source functi
 
 Heads the source lacks (BERT has no SOP head, MiniLM no MLM head) are drawn at SOURCE width from the seeded
 generator and grown, so the grown model still computes what the source (with those heads) computes. A fresh MLM
-head starts near uniform, not worse (``peer.growth.pair`` explains the gain and the lens dense).
+head starts near uniform (``peer.growth.pair`` explains the gain and the lens dense).
 """
 
 from __future__ import annotations
