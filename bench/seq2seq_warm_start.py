@@ -257,7 +257,7 @@ def main() -> None:
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     f = summary["final_heldout_loss"]
-    title = (f"{model}; sentence denoising, {opts.steps} steps x {opts.batch_size}, seeds {opts.seeds}\n"
+    title = (f"{model}\nsentence denoising, {opts.steps} steps x {opts.batch_size}, seeds {opts.seeds}\n"
              f"final held-out loss: warm {f['warm']['mean']:.3f}±{f['warm']['sd']:.3f}, "
              f"random {f['random']['mean']:.3f}±{f['random']['sd']:.3f}")  # fmt: skip
     plot(runs, opts.out.with_suffix(".png"), title)
