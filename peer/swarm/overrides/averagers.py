@@ -327,26 +327,6 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
     def _count_optimizer_step(self, *_) -> None:
         self.optimizer_steps += 1
 
-    # set by GuardedOptimizer._update_global_epoch while hivemind decides whether this epoch starts a state round
-    settle_rounds = False
-
-    @property
-    def averaging_in_progress(self) -> bool:
-        """hivemind's "a round is under way", except while an epoch transition asks (``settle_rounds``) with the
-        delta rule: then a round still running is waited for (at most the all-reduce timeout) before answering.
-
-        Why: hivemind starts a state round at an epoch only if none is in progress, and each peer asks at its own
-        moment. A peer whose previous round was ending 10-20 ms after it asked skipped the round at epoch E and
-        started one at E+1, which matchmaking paired with a groupmate's round from E: the average mixed parameters
-        one optimizer step apart, half a step off on both (tests/peer/swarm/test_swarm_peers.py, never_undo: 0.025
-        off a travel of 0.4665 in 3 of 4 runs on a quiet machine; one peer logged "Waiting for delayed updates"
-        for the old round only after it had decided). Waiting costs nothing extra here: the optimizer step that
-        follows at once waits for that round anyway (the delta rule's ``should_wait``)."""
-        if self.settle_rounds and self.delta_rule_averaging and self.lock_averaging.locked():
-            if self.lock_averaging.acquire(timeout=self._allreduce_timeout or 60.0):
-                self.lock_averaging.release()
-        return self.lock_averaging.locked()
-
     def _apply_averaging_results_(self):
         """hivemind's application of a finished round, under the optimizer's lock: with ``delay_optimizer_step``
         hivemind steps the optimizer in its executor while the training thread applies a round here, and the two

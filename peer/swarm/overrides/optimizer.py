@@ -63,18 +63,6 @@ class GuardedOptimizer(hivemind.Optimizer):
         if self.tracker.ready_to_update_epoch:
             self._update_global_epoch(None)
 
-    def _update_global_epoch(self, grad_scaler) -> None:
-        """hivemind's epoch transition, with the state averager waiting for a round that is still ending before it
-        says whether one is in progress (``GuardedStateAverager.averaging_in_progress``: why)."""
-        settle = hasattr(self.state_averager, "settle_rounds")
-        if settle:
-            self.state_averager.settle_rounds = True
-        try:
-            super()._update_global_epoch(grad_scaler)
-        finally:
-            if settle:
-                self.state_averager.settle_rounds = False
-
     def _load_averaged_gradients_into_optimizer_(self) -> None:
         self.gradient_steps += 1  # every global step of gradient averaging ends here, the local fallback included
         super()._load_averaged_gradients_into_optimizer_()
