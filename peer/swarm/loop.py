@@ -201,6 +201,12 @@ def train_loop(
         wait_for_peers(dht, run_id, signing, opt, options, stop)
     if group is not None:
         group.sync_params(params)  # followers start from the state this peer joined the swarm with
+
+    def current_record() -> LocalMetrics:
+        """This peer's progress record as of now (periodic, and the last one when the loop ends)."""
+        metrics = {**step_metrics, **eval_metrics}
+        return local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps, metrics)
+
     show_bar = options.show_status and progress_on()
     bar = tqdm(desc="swarm", unit="batch", disable=not show_bar, dynamic_ncols=True)
     try:
@@ -279,19 +285,7 @@ def train_loop(
             publisher.poll()
             if time.monotonic() - last_metrics >= options.metrics_every or advanced:
                 last_metrics = time.monotonic()
-                publisher.publish(
-                    local_metrics(
-                        dht,
-                        opt,
-                        options,
-                        ema_rate,
-                        samples_since_step,
-                        samples,
-                        loss_value,
-                        local_steps,
-                        {**step_metrics, **eval_metrics},
-                    )
-                )
+                publisher.publish(current_record())
                 published_samples = samples
                 ban = options.own_ban() if options.own_ban is not None else None
                 if ban:
@@ -302,19 +296,7 @@ def train_loop(
     finally:
         bar.close()
     if samples > published_samples:  # trained since the last record: the coordinator credits only what it reads
-        publisher.publish(
-            local_metrics(
-                dht,
-                opt,
-                options,
-                ema_rate,
-                samples_since_step,
-                samples,
-                loss_value,
-                local_steps,
-                {**step_metrics, **eval_metrics},
-            )
-        )
+        publisher.publish(current_record())
     if not publisher.flush(timeout=5.0):  # the coordinator sees this peer's last samples
         logger.info("the last metrics record was still being stored when the loop ended")
     if options.save_params:
