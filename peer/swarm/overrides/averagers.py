@@ -165,6 +165,10 @@ class GuardedAveragerMixin:
             async for _ in runner:
                 raise ValueError("aux peers should not receive averaged tensors")
             return
+        if not self._round_applies(group_info):
+            async for _ in runner:  # our parts are still reduced and sent: the others' rounds end as they expect
+                pass
+            return
         senders = sum(mode != AveragingMode.AUX for mode in runner.modes)
         # every robust round is checked as a whole, not only groups of two: a group of three where one peer has
         # weight 0 leaves two usable senders, which the reducer averages plainly (seen: an honest peer's loss went
@@ -199,6 +203,11 @@ class GuardedAveragerMixin:
                     "not applying a %s round of %d peers: the average's norm %.3g is over %g x ours (%.3g); "
                     "kept ours", self.outcome_kind, senders, averaged, check.ratio, local,
                 )  # fmt: skip
+
+    def _round_applies(self, group_info: GroupInfo) -> bool:
+        """Whether this round's result is applied to our tensors at all (every member decides the same: the group's
+        metadata is the same for all). By default every round is."""
+        return True
 
     def _apply_update(self, tensor: torch.Tensor, update: torch.Tensor) -> None:
         tensor.add_(update, alpha=self._averaging_alpha)
@@ -370,6 +379,27 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
             tensors = [*anchors, *tensors[n:]]
         return metadata, tensors, infos
 
+    def _round_applies(self, group_info: GroupInfo) -> bool:
+        """With the delta rule (sync mode's background state rounds), a round whose senders began it at different
+        epochs is not applied, by any of them.
+
+        Why: each peer decides at its own epoch transition whether to begin a state round (hivemind's
+        ``_update_global_epoch`` skips it while its previous round is still ending), and matchmaking does not look
+        at the epoch. A peer whose last round ended a few ms too late began its round one epoch later, with a
+        snapshot taken one optimizer step later, and the group's average then mixed parameters and Adam moments one
+        step apart: a peer ended half an Adam step off the travel of its steps (0.025 of 0.47 in
+        ``test_sync_state_rounds_never_undo_an_optimizer_step``, 2 to 3 runs in 6 on a quiet machine). The epochs
+        are what hivemind gathers for a state round (``gather=local_epoch``); an aux peer sends nothing, so its epoch
+        does not count. Not applied, the averaged buffers stay our snapshot and the delta rule adds nothing."""
+        if not self.delta_rule_averaging:
+            return True
+        epochs = gathered_epochs(group_info.gathered, self.serializer)
+        if len(set(epochs)) <= 1:
+            return True
+        logger.info("not applying a state round that mixes epochs %s: its peers began it at different steps",
+                    sorted(set(epochs), key=str))  # fmt: skip
+        return False
+
     def _local_tensors(self):
         tensors = tuple(super()._local_tensors())
         return iter(tensors if self._average_extras else tensors[: len(tensors) - len(self.extra_tensors)])
@@ -377,6 +407,19 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
     def _init_tensor_infos(self):
         infos = tuple(super()._init_tensor_infos())
         return infos if self._average_extras else infos[: len(infos) - len(self.extra_tensors)]
+
+
+def gathered_epochs(gathered: Sequence[bytes], serializer) -> list:
+    """The epochs a state round's senders gathered (hivemind's per-peer ``[bandwidth, mode, user data]``, the user
+    data being the epoch), aux peers left out; an entry that is not an int (another caller's gather) comes as its
+    repr, so it differs from every epoch."""
+    epochs = []
+    for blob in gathered:
+        _bandwidth, mode, user_data = serializer.loads(blob)
+        if AveragingMode(mode) != AveragingMode.AUX:
+            epoch = serializer.loads(user_data)
+            epochs.append(epoch if isinstance(epoch, int) else repr(epoch))
+    return epochs
 
 
 @dataclass(frozen=True)
