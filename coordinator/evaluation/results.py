@@ -15,12 +15,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.evaluation.spec import CHECKPOINT, RANDOM_INIT, SOURCE, FinetuneBudget
+from coordinator.evaluation.spec import CHECKPOINT, EXPORTED_FROM, RANDOM_INIT, SOURCE, FinetuneBudget
 from peer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-ROLE_TITLES = {CHECKPOINT: "checkpoint", SOURCE: "source", RANDOM_INIT: "random init"}
+ROLE_TITLES = {CHECKPOINT: "checkpoint", SOURCE: "source", RANDOM_INIT: "random init", EXPORTED_FROM: "exported from"}
 # A checkpoint's report, written by the coordinator's background evaluation beside (not among) its verified files.
 EVALUATION_FILE = "evaluation.json"
 

@@ -28,7 +28,14 @@ from coordinator.evaluation.encoders import (
 from coordinator.evaluation.finetune import finetune_classifier, finetune_similarity
 from coordinator.evaluation.heldout import heldout_batches, heldout_metrics
 from coordinator.evaluation.results import EvaluationReport, ModelEvaluation, TaskScores
-from coordinator.evaluation.spec import CHECKPOINT, RANDOM_INIT, SOURCE, EvaluationSpec, FinetuneBudget
+from coordinator.evaluation.spec import (
+    CHECKPOINT,
+    EXPORTED_FROM,
+    RANDOM_INIT,
+    SOURCE,
+    EvaluationSpec,
+    FinetuneBudget,
+)
 from coordinator.evaluation.tasks import ClassificationTask, Task, load_tasks
 from peer.errors import UserError
 from peer.run.state_format import read_checkpoint_step
@@ -40,6 +47,8 @@ def evaluate_checkpoint(
     path: str | Path, spec: EvaluationSpec, progress: Callable[[str], None] = logger.info
 ) -> EvaluationReport:
     spec.check()
+    if EXPORTED_FROM in spec.references:
+        raise UserError(f"--references {EXPORTED_FROM} is an export's reference; {path} is a checkpoint")
     started = time.perf_counter()
     path = Path(path)
     tasks = load_tasks(list(spec.tasks))
@@ -76,6 +85,35 @@ def evaluate_checkpoint(
         seeds=seeds,
         budget=spec.budget,
         heldout_setup=setup,
+        models=results,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def evaluate_models(
+    name: str, step: int, loaders: list[Callable[[], Encoder]], spec: EvaluationSpec, progress=logger.info
+) -> EvaluationReport:
+    """The downstream tasks (no held-out metrics) for models loaded one at a time by ``loaders``, first the one
+    under evaluation, then its references: what an export's evaluation is (``coordinator.export.scores``), where the
+    models are not pretraining checkpoints."""
+    spec.check()
+    started = time.perf_counter()
+    tasks = load_tasks(list(spec.tasks))
+    seeds = list(range(spec.seeds))
+    results = []
+    for load in loaders:
+        model = load()
+        positions = getattr(model.encoder.config, "max_position_embeddings", spec.budget.max_length)
+        if spec.budget.max_length > positions:
+            raise UserError(f"--max-length {spec.budget.max_length} exceeds {model.name}'s {positions} positions")
+        results.append(_evaluate_model(model, tasks, seeds, spec, [], progress))
+        del model
+    return EvaluationReport(
+        checkpoint=name,
+        step=step,
+        seeds=seeds,
+        budget=spec.budget,
+        heldout_setup={},
         models=results,
         seconds=time.perf_counter() - started,
     )

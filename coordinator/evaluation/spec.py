@@ -10,7 +10,8 @@ from peer.config import RunConfig
 from peer.errors import UserError
 
 CHECKPOINT, SOURCE, RANDOM_INIT = "checkpoint", "source", "random_init"
-REFERENCES = (SOURCE, RANDOM_INIT)
+EXPORTED_FROM = "exported_from"  # an export's own checkpoint (fp32), the baseline of its score change
+REFERENCES = (SOURCE, RANDOM_INIT, EXPORTED_FROM)
 
 
 @dataclass
