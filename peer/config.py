@@ -117,7 +117,11 @@ class SwarmSpec:
     sync_optimizer_state: bool = True
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
-    compression: Literal["none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit"] = "fp16"
+    # What peers send: gradients (sync), parameters (diloco), or with "blockwise4bit" (diloco with overlap_rounds
+    # only) the pseudo-gradients in 4 bits with error feedback (peer.swarm.blockwise4bit, peer.swarm.feedback).
+    compression: Literal[
+        "none", "fp16", "scaled_fp16", "uniform8bit", "minmax8bit", "blockwise8bit", "blockwise4bit"
+    ] = "fp16"
     # diloco: the codec of the outer Nesterov momentum in each round (the parameters use ``compression``). Momentum is
     # an average of pseudo-gradients, so 8-bit error lands on the update, not on the weights (INTELLECT-1 sends int8
     # pseudo-gradients); with fp16 parameters a round sends 3 bytes per parameter instead of 4. minmax8bit

@@ -8,7 +8,8 @@
 - ``averaging`` — builds the peer's optimizer (``swarm_optimizer``: hivemind.Optimizer plus the outer step, background
   rounds and catch-up) for its averaging mode; ``modes/`` — one module per mode ("sync", "diloco"), each an
   ``AveragingMode``; ``outer`` — DiLoCo's outer Nesterov step; ``overlap`` — DiLoCo rounds in the background;
-  ``codecs`` — wire compression; ``robust`` — the robust reducer and the whole-round guard; ``round_evidence`` —
+  ``codecs`` — wire compression (``blockwise4bit`` — 4-bit pseudo-gradients; ``feedback`` — their per-peer
+  error feedback); ``robust`` — the robust reducer and the whole-round guard; ``round_evidence`` —
   what each round's reducer saw; ``bans`` — local bans and signed reports; ``gate`` — who may average with this
   peer.
 - ``authorizers``, ``membership`` — a private run inside a peer (DHT authorizers, the membership gate).

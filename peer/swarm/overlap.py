@@ -17,6 +17,12 @@ pseudo-gradient, as the blocking mode does. So does a round that matched peers o
 not look at the epoch, so when rounds outlast a global step (a slow link, a loaded machine) one peer's round ``e``
 can meet another's ``e - 1``; the epochs gathered in the round tell, and such a mixed round is dropped.
 
+With a pseudo-gradient codec (``compression: blockwise4bit``, ``feedback`` set) the buffers carry the pseudo-gradient
+``anchor - params`` plus the residual of earlier rounds, compressed by ``peer.swarm.feedback.ErrorFeedback``, instead
+of the parameters: 4 bits cannot carry parameter values (half a step of a block's largest weight), but can carry
+their change, and the residual carries what they lose. The averaged pseudo-gradient comes back as parameters,
+``anchor - average``, so the outer step is the same.
+
 Costs: one copy of the parameters (the snapshot) while a round runs. What differs from the blocking mode: the inner
 steps taken during the round start from pre-round parameters (a delay of one round's communication, a few seconds
 against minutes of local steps), and two peers' parameters are equal only up to their own steps since the snapshot:
@@ -33,6 +39,8 @@ import torch
 from hivemind.averaging import DecentralizedAverager
 from hivemind.averaging.control import StepControl
 
+from peer.swarm.feedback import ErrorFeedback
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,13 +49,16 @@ class BackgroundRound:
     """At most one outer round in flight for a peer's state averager; see the module docstring.
 
     ``params`` are the model's parameters (what the averager's first buffers mirror), ``momentum`` the outer
-    momentum buffers (the averager's extra tensors, averaged after the parameters when ``average_momentum``)."""
+    momentum buffers (the averager's extra tensors, averaged after the parameters when ``average_momentum``).
+    With ``feedback``, the first buffers carry the compressed pseudo-gradients against ``anchor`` instead."""
 
     averager: DecentralizedAverager
     params: Sequence[torch.Tensor]
     momentum: Sequence[torch.Tensor]
     average_momentum: bool
     timeout: float
+    anchor: Sequence[torch.Tensor] | None = None  # the outer anchor, constant while a round is in flight
+    feedback: ErrorFeedback | None = None
     control: StepControl | None = None
     snapshot: list[torch.Tensor] = field(default_factory=list)
     own_momentum: list[torch.Tensor] = field(default_factory=list)  # ours at the start, while it is averaged
@@ -62,10 +73,15 @@ class BackgroundRound:
 
     @torch.no_grad()
     def start(self, epoch: int) -> None:
-        """Snapshots the parameters into the averager's buffers and starts the all-reduce; returns at once."""
+        """Snapshots the parameters (with ``feedback``: their compressed pseudo-gradients) into the averager's
+        buffers and starts the all-reduce; returns at once."""
         assert self.control is None, "one outer round at a time: finish() the previous one first"
+        sent = list(self.params)
+        if self.feedback is not None:
+            assert self.anchor is not None, "error feedback compresses pseudo-gradients: the anchor is needed"
+            sent = self.feedback.compress([a - p.detach() for a, p in zip(self.anchor, self.params, strict=True)])
         with self.averager.get_tensors() as buffers:
-            local = list(self.params) + (list(self.momentum) if self.average_momentum else [])
+            local = sent + (list(self.momentum) if self.average_momentum else [])
             assert len(buffers) == len(local), "the state averager's tensors do not match the parameters"
             for buffer, tensor in zip(buffers, local, strict=True):
                 buffer.copy_(tensor.detach().to(buffer.device))
@@ -109,11 +125,16 @@ class BackgroundRound:
             logger.info("outer round %d did not average (%s): applying this peer's own pseudo-gradient", self.epoch, e)
         self.control = None
         if mixed:  # our values from the start of the round, as after a round that found no group
+            if self.feedback is not None:
+                self.feedback.drop()  # our raw pseudo-gradient is applied: nothing of this round was lost
             return [s.clone() for s in self.snapshot], ([m.clone() for m in self.own_momentum] or None)
         n = len(self.params)
         with self.averager.get_tensors() as buffers:
             averaged = [b.detach().clone() for b in buffers[:n]]
             momentum = [b.detach().clone() for b in buffers[n:]] if self.average_momentum else None
+        if self.feedback is not None:  # averaged (or, failed, our own compressed) pseudo-gradients: applied
+            self.feedback.commit()
+            averaged = [a - g.to(a.device) for a, g in zip(self.anchor, averaged, strict=True)]
         return averaged, momentum
 
     def cancel(self) -> None:
@@ -122,3 +143,5 @@ class BackgroundRound:
             self.control.cancel()
         self.control = None
         self.snapshot = []
+        if self.feedback is not None:
+            self.feedback.drop()

@@ -140,9 +140,12 @@ class SwarmOptimizer:
 
     def _state_replaced(self) -> None:
         """After any state download (ours or hivemind's catch-up of an out-of-sync peer): the downloaded
-        parameters start the next round, and a round computed from the old ones is dropped."""
+        parameters start the next round, and a round computed from the old ones is dropped, with what error feedback
+        kept from the old trajectory (``peer.swarm.feedback``)."""
         if self.background is not None:
             self.background.cancel()
+            if self.background.feedback is not None:
+                self.background.feedback.reset()
         if self.outer is not None:
             with self.opt.state_averager.lock_averaged_tensors:
                 self.outer.reset_anchor()

@@ -125,6 +125,8 @@ def main() -> int:
                 "anchor": [a.clone() for a in opt.outer.anchor] if opt.outer is not None else None,
                 "momentum": [m.clone() for m in opt.outer.momentum] if opt.outer is not None else None,
                 "rounds_averaged": background.rounds_averaged if background is not None else None,
+                # error feedback's residuals (compression: blockwise4bit), else None
+                "residual": background.feedback.residual if background and background.feedback else None,
                 "catch_ups": opt.catch_ups,
                 "step": result.global_step,
                 "optimizer_steps": opt.opt.state_averager.optimizer_steps,

@@ -42,3 +42,16 @@ def test_fingerprints_are_those_of_peers_from_before_the_modes_were_objects():
     assert swarm_fingerprint(RunConfig()) == "a7b0207704e65b01"
     assert swarm_fingerprint(RunConfig(swarm=SwarmSpec(averaging="diloco"))) == "28fea7497cf8cf79"
     assert swarm_fingerprint(load_config(DEMO)) == "f9456c7f3b679e38"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SwarmSpec(averaging="sync", compression="blockwise4bit"),
+        SwarmSpec(averaging="diloco", compression="blockwise4bit", overlap_rounds=False),
+    ],
+    ids=["sync", "blocking_diloco"],
+)
+def test_4bit_pseudo_gradients_are_refused_where_the_values_averaged_are_not_pseudo_gradients(spec):
+    with pytest.raises(UserError, match="blockwise4bit is for DiLoCo pseudo-gradients"):  # before the DHT
+        build_swarm_optimizer(None, "run", spec, [], lambda p: None, None, 4)
