@@ -28,6 +28,7 @@ from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, attach_event_on_finished
 
+from peer.swarm.blockwise4bit import BLOCKWISE_4BIT
 from peer.swarm.codecs import codec_for, decode_part, replies_with_average, reply_codec
 from peer.swarm.gate import PeerGate
 from peer.swarm.robust import CenteredClipReducer, ClipSettings, Outcome
@@ -83,6 +84,14 @@ class GatedAllReduceRunner(AllReduceRunner):
         part, info = container._input_parts_by_peer[peer_index][part_index]
         return part, codec_for(container.compression, info).compression_type
 
+    def _replies_with_average(self, peer_index: int, part_index: int) -> bool:
+        """Whether our part's reply is the average itself; False once hivemind has finalized the round's parts
+        (a round failing meanwhile), so the other codecs' path never fails on this lookup."""
+        try:
+            return replies_with_average(self._own_part_sent_as(peer_index, part_index)[1])
+        except IndexError:
+            return False
+
     async def _reduce_own_parts(self) -> None:
         """hivemind's path for the parts we reduce ourselves, with the average of a ``replies_with_average`` part
         taken as its senders decode it."""
@@ -92,9 +101,8 @@ class GatedAllReduceRunner(AllReduceRunner):
             averaged = await self.tensor_part_reducer.accumulate_part(
                 sender_index, part_index, tensor_part, weight=self.weight
             )
-            _, wire_type = self._own_part_sent_as(peer_index, part_index)
-            if replies_with_average(wire_type):
-                averaged = reply_codec(wire_type).roundtrip(averaged)
+            if self._replies_with_average(peer_index, part_index):
+                averaged = reply_codec(BLOCKWISE_4BIT).roundtrip(averaged)
             self.tensor_part_container.register_processed_part(peer_index, part_index, averaged - tensor_part)
 
     async def _exchange_parts_with(self, peer_id: PeerID) -> None:
