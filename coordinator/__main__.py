@@ -204,8 +204,11 @@ def _export(args: argparse.Namespace) -> int:
     if not Path(args.src).is_dir():
         raise UserError(f"SRC {args.src} is not a directory (give a checkpoint dir or a `peer grow` output)")
     from coordinator.export.build import export
+    from coordinator.export.card import write_export_card
+    from peer.config import load_config
 
-    note = export(args.src, options, args.out)
+    data = load_config(args.config).data if args.config else None  # None: the card says the corpus is unrecorded
+    note = export(args.src, options, args.out, write_card=lambda tmp, n: write_export_card(tmp, n, data))
     source = note.source
     print(
         f"wrote {args.form} of {source.path.name} ({source.kind}, step {source.step}) to {args.out}: "
