@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordinator.deployment import EvaluationSettings
+from coordinator.deployment import CHEAP_EXPORT_FORMS, EvaluationSettings, ExportSettings
 from coordinator.evaluation import cli as evaluate_cli
 from peer.entry import run_cli
 from peer.errors import UserError
@@ -43,6 +43,7 @@ def _start(args: argparse.Namespace) -> int:
     )
     if evaluation.enabled:
         evaluation_spec(evaluation, {}).check()  # an unknown task or a bad count is refused before anything starts
+    exports = ExportSettings(forms=export_forms(args.export_forms))
     from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
@@ -64,6 +65,7 @@ def _start(args: argparse.Namespace) -> int:
         initial_peers=list(args.initial_peers),
         use_relay=args.use_relay,
         evaluation=evaluation,
+        exports=exports,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +87,11 @@ def _start(args: argparse.Namespace) -> int:
             if e.enabled
             else "  evaluation  off (--no_eval)"
         )
+        print(
+            f"  exports     {', '.join(exports.forms)} of each checkpoint, in the background (download --form)"
+            if exports.forms
+            else "  exports     off (--export_forms none)"
+        )
         if coordinator.private is not None:
             names = coordinator.private.authority.allowlist.names()
             print(f"  private     {len(names)} volunteers in {spec.allowlist}; tokens valid {spec.token_ttl:.0f} s")
@@ -96,6 +103,21 @@ def _start(args: argparse.Namespace) -> int:
         print("stopping...", file=sys.stderr)
         coordinator.stop()
     return 0
+
+
+def export_forms(value: str) -> tuple[str, ...]:
+    """``--export_forms``: comma-separated forms of ``coordinator.export`` (in the order given, once each), or
+    ``none``; an unknown form is one line, before anything starts."""
+    from coordinator.export.build import FORMS
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in FORMS]
+    if unknown or not names:
+        bad = (unknown or [value])[0]
+        raise UserError(f"--export_forms: unknown form {bad!r} (known: {', '.join(FORMS)}, or none)")
+    return tuple(dict.fromkeys(names))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -281,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tuning seeds per task, background evaluation (default: %(default)s)")  # fmt: skip
     start.add_argument("--eval_steps", type=int, default=light.steps,
                        help="fine-tuning steps per seed, background evaluation (default: %(default)s)")  # fmt: skip
+    start.add_argument("--export_forms", default=",".join(CHEAP_EXPORT_FORMS), metavar="FORMS",
+                       help="forms built of each checkpoint in the background and served (`download --form`): "
+                       "comma-separated bf16, int8, bert2bert, pruned, distilled, or none "
+                       "(default: %(default)s)")  # fmt: skip
     start.set_defaults(func=_start)
 
     allow = sub.add_parser("allowlist", help="add, remove or list the volunteers of a private run")
