@@ -189,9 +189,12 @@ def print_status(
 
 
 def _download(args: argparse.Namespace) -> int:
+    from coordinator.export.build import FORMS
     from peer.logs import progress_on
     from peer.run.download import download
 
+    if args.form and args.form not in FORMS:  # before the network: nothing is fetched
+        raise UserError(f"unknown --form {args.form!r} (known: {', '.join(FORMS)}; none: the checkpoint itself)")
     started = time.perf_counter()
     result = download(
         args.source,
@@ -201,11 +204,13 @@ def _download(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         include=args.include,
         exclude=args.exclude,
+        form=args.form,
         progress=progress_on(),  # a bar on a terminal only: journald and CI logs read lines, not \r redraws
     )
     seconds = time.perf_counter() - started
     print(
-        f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "
+        f"downloaded {f'the {result.form} export of ' if result.form else ''}{result.name} (step {result.step}) to "
+        f"{result.out_dir}: {result.files} files, "
         f"{result.bytes_fetched / 1e6:.1f} MB fetched, {result.bytes_reused / 1e6:.1f} MB reused, "
         + (f"{result.skipped} files skipped, " if result.skipped else "")
         + f"sha256 verified, {seconds:.1f} s"
@@ -329,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=10.0)
     status.set_defaults(func=_status)
 
-    download = sub.add_parser("download", help="download a checkpoint (resumable, sha256-verified)")
+    download = sub.add_parser(
+        "download", help="download a checkpoint or one of its exports (resumable, sha256-verified)"
+    )
     download.add_argument("--from", dest="source", required=True, help="http://HOST:PORT or grpc://HOST:PORT")
     download.add_argument("--out", required=True, help="directory to write the checkpoint into")
     download.add_argument("--checkpoint", default="latest", help="checkpoint name (default: the newest)")
@@ -344,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                           help="skip files matching GLOB (repeatable), e.g. 'optimizer.*' 'generator/*'")  # fmt: skip
+    download.add_argument("--form", default="", metavar="FORM",
+                          help="download this export of the checkpoint instead (bf16, int8, bert2bert, pruned, "
+                          "distilled; those the coordinator builds, see its --export_forms): the model in that form, "
+                          "without the optimizer state (default: the checkpoint itself)")  # fmt: skip
     download.set_defaults(func=_download)
 
     export = sub.add_parser("export", help="write a deployable form of a checkpoint (bf16, int8, bert2bert, ...)")
