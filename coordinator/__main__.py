@@ -174,6 +174,8 @@ def print_status(
     console.print(
         f"{len(listed)} checkpoints" + (f", latest {escape(latest.name)} (step {latest.step})" if latest else "")
     )
+    if latest is not None and latest.exports:
+        console.print(f"exports of {escape(latest.name)}: {escape(', '.join(latest.exports))} (download --form FORM)")
     evaluated = [c for c in listed if c.evaluation is not None and c.evaluation.done]
     if evaluated:
         c = evaluated[-1]
