@@ -198,6 +198,22 @@ def test_download_form_fetches_verifies_and_loads_in_a_fresh_process(built, tmp_
     assert loaded[str(bf16)][0] == "torch.bfloat16" and loaded[str(bf16)][1] < 0.05
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_export_download_resumes_a_partial_file(built, tmp_path, protocol):
+    export_dir = built.ckpts.path("ckpt-000040") / EXPORTS_SUBDIR / "int8"
+    data = (export_dir / "model.safetensors").read_bytes()
+    out = tmp_path / "int8"
+    out.mkdir()
+    (out / "model.safetensors.part").write_bytes(data[: len(data) // 2])
+    source = built.url if protocol == "http" else f"grpc://127.0.0.1:{built.grpc.port}"
+    got = download(source, out, form="int8", include=["model.safetensors"], progress=False)
+    assert (got.bytes_reused, got.bytes_fetched) == (len(data) // 2, len(data) - len(data) // 2)
+    assert (out / "model.safetensors").read_bytes() == data and got.skipped == len(read_manifest(export_dir).files) - 1
+    sha = read_manifest(export_dir).file("model.safetensors").sha256
+    r = httpx.get(f"{built.url}/exports/ckpt-000040/int8/model.safetensors", headers={"Range": "bytes=10-19"})
+    assert (r.status_code, r.headers["etag"], r.content) == (206, f'"{sha}"', data[10:20])
+
+
 def test_a_form_not_built_is_404_not_found_and_one_line(built, tmp_path):
     r = httpx.get(f"{built.url}/exports/ckpt-000040/distilled/config.json")
     assert r.status_code == 404
