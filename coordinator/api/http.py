@@ -5,8 +5,8 @@ tests and the coordinator run as many apps side by side as they like. Checkpoint
 a strong ``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut
 transfer and ``If-Range`` guards against resuming onto a different file. A checkpoint's exports (its bf16, int8, ...
 forms, ``coordinator.exports``) are served alike under ``/exports/<checkpoint>/<form>/``, listed per checkpoint in
-``/api/v1/checkpoints``. Every route that sends an ETag (the page,
-its static files, checkpoint files) answers a request whose ``If-None-Match`` already names it with 304 and no body.
+``/api/v1/checkpoints``. Every route that sends an ETag (the page, its static files, checkpoint and export files)
+answers a request whose ``If-None-Match`` already names it with 304 and no body.
 """
 
 from __future__ import annotations
