@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coordinator.deployment import EvaluationSettings
+from coordinator.deployment import CHEAP_EXPORT_FORMS, EvaluationSettings, ExportSettings
 from coordinator.evaluation import cli as evaluate_cli
 from peer.entry import run_cli
 from peer.errors import UserError
@@ -43,6 +43,7 @@ def _start(args: argparse.Namespace) -> int:
     )
     if evaluation.enabled:
         evaluation_spec(evaluation, {}).check()  # an unknown task or a bad count is refused before anything starts
+    exports = ExportSettings(forms=export_forms(args.export_forms))
     from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
@@ -64,6 +65,7 @@ def _start(args: argparse.Namespace) -> int:
         initial_peers=list(args.initial_peers),
         use_relay=args.use_relay,
         evaluation=evaluation,
+        exports=exports,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +87,11 @@ def _start(args: argparse.Namespace) -> int:
             if e.enabled
             else "  evaluation  off (--no_eval)"
         )
+        print(
+            f"  exports     {', '.join(exports.forms)} of each checkpoint, in the background (download --form)"
+            if exports.forms
+            else "  exports     off (--export_forms none)"
+        )
         if coordinator.private is not None:
             names = coordinator.private.authority.allowlist.names()
             print(f"  private     {len(names)} volunteers in {spec.allowlist}; tokens valid {spec.token_ttl:.0f} s")
@@ -96,6 +103,21 @@ def _start(args: argparse.Namespace) -> int:
         print("stopping...", file=sys.stderr)
         coordinator.stop()
     return 0
+
+
+def export_forms(value: str) -> tuple[str, ...]:
+    """``--export_forms``: comma-separated forms of ``coordinator.export`` (in the order given, once each), or
+    ``none``; an unknown form is one line, before anything starts."""
+    from coordinator.export.build import FORMS
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in FORMS]
+    if unknown or not names:
+        bad = (unknown or [value])[0]
+        raise UserError(f"--export_forms: unknown form {bad!r} (known: {', '.join(FORMS)}, or none)")
+    return tuple(dict.fromkeys(names))
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -152,6 +174,8 @@ def print_status(
     console.print(
         f"{len(listed)} checkpoints" + (f", latest {escape(latest.name)} (step {latest.step})" if latest else "")
     )
+    if latest is not None and latest.exports:
+        console.print(f"exports of {escape(latest.name)}: {escape(', '.join(latest.exports))} (download --form FORM)")
     evaluated = [c for c in listed if c.evaluation is not None and c.evaluation.done]
     if evaluated:
         c = evaluated[-1]
@@ -173,9 +197,12 @@ def _evaluate_export(path, spec, progress):
 
 
 def _download(args: argparse.Namespace) -> int:
+    from coordinator.export.build import FORMS
     from peer.logs import progress_on
     from peer.run.download import download
 
+    if args.form and args.form not in FORMS:  # before the network: nothing is fetched
+        raise UserError(f"unknown --form {args.form!r} (known: {', '.join(FORMS)}; none: the checkpoint itself)")
     started = time.perf_counter()
     result = download(
         args.source,
@@ -185,11 +212,13 @@ def _download(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         include=args.include,
         exclude=args.exclude,
+        form=args.form,
         progress=progress_on(),  # a bar on a terminal only: journald and CI logs read lines, not \r redraws
     )
     seconds = time.perf_counter() - started
     print(
-        f"downloaded {result.name} (step {result.step}) to {result.out_dir}: {result.files} files, "
+        f"downloaded {f'the {result.form} export of ' if result.form else ''}{result.name} (step {result.step}) to "
+        f"{result.out_dir}: {result.files} files, "
         f"{result.bytes_fetched / 1e6:.1f} MB fetched, {result.bytes_reused / 1e6:.1f} MB reused, "
         + (f"{result.skipped} files skipped, " if result.skipped else "")
         + f"sha256 verified, {seconds:.1f} s"
@@ -210,8 +239,11 @@ def _export(args: argparse.Namespace) -> int:
     if not Path(args.src).is_dir():
         raise UserError(f"SRC {args.src} is not a directory (give a checkpoint dir or a `peer grow` output)")
     from coordinator.export.build import export
+    from coordinator.export.card import write_export_card
+    from peer.config import load_config
 
-    note = export(args.src, options, args.out)
+    data = load_config(args.config).data if args.config else None  # None: the card says the corpus is unrecorded
+    note = export(args.src, options, args.out, write_card=lambda tmp, n: write_export_card(tmp, n, data))
     source = note.source
     print(
         f"wrote {args.form} of {source.path.name} ({source.kind}, step {source.step}) to {args.out}: "
@@ -284,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tuning seeds per task, background evaluation (default: %(default)s)")  # fmt: skip
     start.add_argument("--eval_steps", type=int, default=light.steps,
                        help="fine-tuning steps per seed, background evaluation (default: %(default)s)")  # fmt: skip
+    start.add_argument("--export_forms", default=",".join(CHEAP_EXPORT_FORMS), metavar="FORMS",
+                       help="forms built of each checkpoint in the background and served (`download --form`): "
+                       "comma-separated bf16, int8, bert2bert, pruned, distilled, or none "
+                       "(default: %(default)s)")  # fmt: skip
     start.set_defaults(func=_start)
 
     allow = sub.add_parser("allowlist", help="add, remove or list the volunteers of a private run")
@@ -306,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=10.0)
     status.set_defaults(func=_status)
 
-    download = sub.add_parser("download", help="download a checkpoint (resumable, sha256-verified)")
+    download = sub.add_parser(
+        "download", help="download a checkpoint or one of its exports (resumable, sha256-verified)"
+    )
     download.add_argument("--from", dest="source", required=True, help="http://HOST:PORT or grpc://HOST:PORT")
     download.add_argument("--out", required=True, help="directory to write the checkpoint into")
     download.add_argument("--checkpoint", default="latest", help="checkpoint name (default: the newest)")
@@ -321,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                           help="skip files matching GLOB (repeatable), e.g. 'optimizer.*' 'generator/*'")  # fmt: skip
+    download.add_argument("--form", default="", metavar="FORM",
+                          help="download this export of the checkpoint instead (bf16, int8, bert2bert, pruned, "
+                          "distilled; those the coordinator builds, see its --export_forms): the model in that form, "
+                          "without the optimizer state (default: the checkpoint itself)")  # fmt: skip
     download.set_defaults(func=_download)
 
     export = sub.add_parser("export", help="write a deployable form of a checkpoint (bf16, int8, bert2bert, ...)")

@@ -114,15 +114,22 @@ def build_model_card(
     training: TrainingSummary | None = None,
     evaluation: EvaluationReport | None = None,
     name: str | None = None,
+    provenance_dir: str | Path | None = None,
+    about: str = "",
+    usage: str | None = None,
+    tags: tuple[str, ...] = (),
 ) -> ModelCard:
     """The card of the model dir ``model_dir`` (see the module docstring); ``training`` defaults to what the dir
-    records. Raises UserError if the dir is not a model dir."""
+    records. A model derived from a checkpoint (an export) names it as ``provenance_dir``, where ``growth.json`` and
+    ``training_state.json`` are read instead, and gives ``about`` (a section after the summary), ``usage`` (its own
+    how-to-load section) and ``tags``. Raises UserError if the dir is not a model dir."""
     model_dir = Path(model_dir)
     config = _json(model_dir / "config.json")
     if config is None:
         raise UserError(f"{model_dir} is not a model dir (no config.json)")
-    growth = _json(model_dir / GROWTH_RECORD)
-    training = training or read_training_summary(model_dir, data)
+    provenance = Path(provenance_dir) if provenance_dir is not None else model_dir
+    growth = _json(provenance / GROWTH_RECORD)
+    training = training or read_training_summary(provenance, data)
     source = source_info(str(growth["source"])) if growth and "source" in growth else None
     arch = str(config.get("model_type", "unknown"))
     name = name or training.run_id or model_dir.name
@@ -133,19 +140,20 @@ def build_model_card(
         library_name="transformers",
         base_model=source.hub_id if source else None,
         datasets=[data.source] if data is not None and _is_hub_dataset(data) else None,
-        tags=[*TAGS, arch],
+        tags=[*TAGS, arch, *tags],
         pipeline_tag="feature-extraction",
         eval_results=_eval_results(evaluation) or None,
     )
     sections = [
         f"# {name}",
         _summary(config, model_dir, source, training),
+        about,
         _growth_section(growth),
         _training_section(training, data),
         _evaluation_section(evaluation),
         _data_section(data),
         _license_section(source),
-        _usage_section(arch, (model_dir / GENERATOR_SUBDIR / "config.json").is_file()),
+        usage if usage is not None else _usage_section(arch, (model_dir / GENERATOR_SUBDIR / "config.json").is_file()),
     ]
     body = "\n\n".join(s for s in sections if s)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")

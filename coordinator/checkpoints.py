@@ -16,6 +16,9 @@ checkpoints pulled from the swarm,
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
 resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
+A checkpoint's exports (``coordinator.exports``: its bf16, int8, ... forms) live in its ``exports/`` subdirectory,
+each with a manifest of its own: not listed in the checkpoint's manifest, so building one later never changes what
+the checkpoint's verification checks, and inside its directory, so deleting the checkpoint deletes them with it.
 One process writes (the coordinator); readers list and verify. The manifest's type and its one reader are
 ``peer.run.checkpoint_manifest``'s, which the download servers (``coordinator.api.checkpoint_files``) read with too.
 """
@@ -78,6 +81,25 @@ def _write_json_durably(path: Path, data: dict) -> None:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_manifest(directory: Path, header: dict) -> list[FileDigest]:
+    """Makes ``directory`` durable and describes it: hashes and fsyncs every file under it, fsyncs its
+    subdirectories, then writes ``manifest.json`` (``header`` + the files' size and sha256) last and fsyncs the
+    directory. The caller renames the directory into place afterwards, so a reader sees either no manifest or one
+    that matches every byte. Shared by checkpoints and their exports (``coordinator.exports``)."""
+    files: list[FileDigest] = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel == MANIFEST:
+            raise UserError(f"{directory} already holds a {MANIFEST}")
+        size, sha = _hash_and_fsync(path)
+        files.append(FileDigest(rel, size, sha))
+    for d in sorted((p for p in directory.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        _fsync_path(d, directory=True)
+    _write_json_durably(directory / MANIFEST, {**header, "files": [f.to_dict() for f in files]})
+    _fsync_path(directory, directory=True)
+    return files
 
 
 def _row(manifest: CheckpointManifest) -> CheckpointRow:
@@ -196,19 +218,10 @@ class CheckpointDir:
         _write_json_durably(tmp / TRAINING_STATE_FILE, {**training_state, "step": step})
         if (tmp / "config.json").is_file():
             self._write_card(tmp)
-        files: list[FileDigest] = []
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(tmp).as_posix()
-            if rel == MANIFEST:
-                raise UserError(f"write_files must not write {MANIFEST}")
-            size, sha = _hash_and_fsync(path)
-            files.append(FileDigest(rel, size, sha))
-        for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            _fsync_path(d, directory=True)
+        if (tmp / MANIFEST).exists():
+            raise UserError(f"write_files must not write {MANIFEST}")
         created = time.time()
-        manifest = {"step": step, "created": created, "files": [f.to_dict() for f in files]}
-        _write_json_durably(tmp / MANIFEST, manifest)
-        _fsync_path(tmp, directory=True)
+        files = write_manifest(tmp, {"step": step, "created": created})
         os.rename(tmp, final)
         _fsync_path(self.root, directory=True)
         row = CheckpointRow(

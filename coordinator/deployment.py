@@ -36,6 +36,26 @@ class EvaluationSettings:
     poll_interval: float = 5.0  # seconds between looks for a new checkpoint
 
 
+CHEAP_EXPORT_FORMS = ("bf16", "int8")  # seconds each on a CPU; the default forms built of every checkpoint
+
+
+@dataclass
+class ExportSettings:
+    """The forms the coordinator builds of each checkpoint in the background (``coordinator.export.background``) and
+    how gently. Default: the cheap forms, bf16 and int8 (a copy in another dtype, seconds each); pruned and distilled
+    read the corpus and train, bert2bert doubles the model, so they are built only when named. No forms: none built.
+    Like the evaluation: one process at a time, at nice 19 with one torch thread, newest checkpoint first."""
+
+    forms: tuple[str, ...] = CHEAP_EXPORT_FORMS
+    fraction: float = 0.25  # pruned: share of attention heads removed
+    steps: int = 200  # distilled: training steps of the student
+    max_attempts: int = 3  # failed builds of one form of one checkpoint before it is given up (kept across restarts)
+    niceness: int = 19
+    threads: int = 1
+    timeout: float = 2 * 3600.0  # seconds one checkpoint's forms may take before the worker counts as failed
+    poll_interval: float = 5.0
+
+
 @dataclass
 class CoordinatorSpec:
     """One coordinator deployment: where it keeps its data, what it listens on, how often it checkpoints."""
@@ -60,6 +80,7 @@ class CoordinatorSpec:
     initial_peers: list[str] = field(default_factory=list)  # other nodes of the swarm to bootstrap from
     use_relay: bool = True
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    exports: ExportSettings = field(default_factory=ExportSettings)
 
 
 def listen_ports(spec: CoordinatorSpec) -> dict[str, int]:

@@ -10,9 +10,11 @@ Start order (each step needs the ones before it), stopped in reverse on SIGINT/S
   3. the DHT node: persistent identity (stable peer id, so the join line survives a restart) and fixed port;
      the run config published under ``<run_id>_config``, signed with the coordinator's persistent RSA key;
   4. the monitor thread (DHT metrics -> store), the background evaluator's thread (``coordinator.evaluator``: each
-     new checkpoint evaluated in a low-priority process of its own); the saver runs in the caller's (main) thread
-     inside ``wait``: every ``checkpoint_every`` global steps it pulls the averaged state from the peers and saves a
-     checkpoint (hivemind averagers must be started from the main thread: they install signal handlers);
+     new checkpoint evaluated in a low-priority process of its own), the background exporter's
+     (``coordinator.export.background``: the ``--export_forms`` of each checkpoint, likewise); the saver runs in the
+     caller's (main) thread inside ``wait``: every ``checkpoint_every`` global steps it pulls the averaged state
+     from the peers and saves a checkpoint (hivemind averagers must be started from the main thread: they install
+     signal handlers);
   5. the HTTP and gRPC servers, then the line a volunteer copies to join.
 
 Each step's work is in a module of its own: ``coordinator.deployment`` (the ``CoordinatorSpec`` of flags),
@@ -49,6 +51,7 @@ from coordinator.dht_node import (
     visible_maddrs,
 )
 from coordinator.evaluator import BackgroundEvaluator
+from coordinator.export.background import BackgroundExporter
 from coordinator.initial_checkpoint import copy_model_dir, grow_initial_state
 from coordinator.monitor import Monitor, counting_validators
 from coordinator.preflight import refuse_early
@@ -64,6 +67,7 @@ logger = logging.getLogger(__name__)
 DB_NAME = "coordinator.db"
 CHECKPOINTS_SUBDIR = "checkpoints"
 EVALUATIONS_SUBDIR = "evaluations"  # the background evaluator's job files, worker logs and reports in progress
+EXPORT_WORK_SUBDIR = "export_work"  # the background exporter's staging dir, job files and worker logs
 SIGNING_KEY_NAME = "coordinator_signing_key.der"
 
 
@@ -100,6 +104,7 @@ class RunningCoordinator:
     _stoppers: list[Callable[[], None]]
     private: PrivateRun | None = None  # the allowlist and token authority of a private run
     evaluator: BackgroundEvaluator | None = None  # None: --no_eval
+    exporter: BackgroundExporter | None = None  # None: --export_forms none
 
     def reload_allowlist(self) -> None:
         """Re-reads the allowlist now (SIGHUP); it is also re-read on its own whenever the file changes."""
@@ -219,6 +224,11 @@ def start_coordinator(
                 spec.evaluation, store, ckpts.root, data / EVALUATIONS_SUBDIR, config_to_dict(cfg)
             )
             threads.append(threading.Thread(target=evaluator.run, args=(stop,), name="evaluator", daemon=True))
+        exporter = None
+        if spec.exports.forms:
+            # like the evaluator: a thread that starts and watches one low-priority worker process at a time
+            exporter = BackgroundExporter(spec.exports, ckpts, data / EXPORT_WORK_SUBDIR, config_to_dict(cfg))
+            threads.append(threading.Thread(target=exporter.run, args=(stop,), name="exporter", daemon=True))
         if private is not None:
             # its own thread, not the main loop's: a checkpoint pull blocks that loop for up to state_timeout, and a
             # revocation (an allowlist edit, a ban) must reach the swarm within seconds
@@ -255,6 +265,7 @@ def start_coordinator(
         private=private,
         saver=saver,
         evaluator=evaluator,
+        exporter=exporter,
         _stop=stop,
         _threads=threads,
         _stoppers=stoppers,

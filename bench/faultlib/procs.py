@@ -146,6 +146,7 @@ class Coordinator:
     # the background evaluation of each checkpoint: off by default here, because a scenario measures how faults are
     # handled, and a worker fine-tuning on the same 2 cores (even at nice 19) only adds noise and time to that
     evaluate: bool = False
+    export: bool = False  # the background exports likewise (start --export_forms none)
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     dht_port: int = field(default_factory=free_port)
@@ -164,7 +165,8 @@ class Coordinator:
              "--dht_port", str(self.dht_port), "--init_from", str(self.run.init_dir),
              "--checkpoint_every", str(self.checkpoint_every), "--keep_last", str(self.keep_last),
              "--monitor_interval", str(self.monitor_interval), "--state_timeout", str(self.state_timeout),
-             *([] if self.evaluate else ["--no_eval"]), *self.extra_args],
+             *([] if self.evaluate else ["--no_eval"]), *([] if self.export else ["--export_forms", "none"]),
+             *self.extra_args],
         )  # fmt: skip
         self.child.wait_until(
             lambda: self.get("/api/v1/run"), timeout, "no answer at /api/v1/run", retry_on=(OSError,), every=0.5

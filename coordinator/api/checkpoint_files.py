@@ -4,6 +4,9 @@ A checkpoint is visible only once its ``manifest.json`` exists (the saver writes
 into place), so a half-written ``ckpt-*.tmp/`` is never listed or served. Only files named in the manifest can be
 fetched: a request path is checked for traversal (``..``, absolute, backslashes) *and* looked up in the manifest, and
 the resolved file must still lie inside the checkpoint directory (no symlink escapes).
+
+A checkpoint's exports (``coordinator.exports``: ``<ckpt>/exports/<form>/`` with a manifest of their own) are served
+the same way, by checkpoint and form; an export is visible once it is published whole, and gone with its checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from coordinator.exports import export_path, list_exports, read_export
 from peer.run.checkpoint_manifest import (
     MANIFEST,
     CheckpointManifest,
@@ -53,15 +57,26 @@ class CheckpointFiles:
             raise CheckpointNotFound(f"no checkpoint named {name!r}")
         return read_manifest(self.root / name)
 
-    def resolve(self, name: str, path: str) -> tuple[Path, FileDigest | None]:
-        """The on-disk path of one file of a checkpoint and its manifest entry (None for manifest.json itself)."""
+    def exports(self, name: str) -> dict[str, CheckpointManifest]:
+        """The published exports of a checkpoint, by form (``latest`` names the newest checkpoint)."""
+        return list_exports(self.root / self.manifest(name).name)
+
+    def export_manifest(self, name: str, form: str) -> CheckpointManifest:
+        """The manifest of ``form``'s export of a checkpoint (named after the checkpoint); CheckpointNotFound, saying
+        which forms are built, when it has none (yet)."""
+        return read_export(self.root / self.manifest(name).name, form)
+
+    def resolve(self, name: str, path: str, form: str = "") -> tuple[Path, FileDigest | None]:
+        """The on-disk path of one file of a checkpoint, or of its ``form`` export when one is named, and its
+        manifest entry (None for manifest.json itself)."""
         rel = check_relative_path(path)
-        manifest = self.manifest(name)
+        manifest = self.export_manifest(name, form) if form else self.manifest(name)
         entry = None if rel == MANIFEST else manifest.file(rel)
-        ckpt_dir = (self.root / manifest.name).resolve()
-        full = (ckpt_dir / rel).resolve()
-        if not full.is_relative_to(ckpt_dir):
+        base = (export_path(self.root / manifest.name, form) if form else self.root / manifest.name).resolve()
+        full = (base / rel).resolve()
+        if not full.is_relative_to(base):
             raise UnsafePath(f"file path {path!r} leaves the checkpoint directory")
         if not full.is_file():
-            raise CheckpointNotFound(f"{rel} of checkpoint {manifest.name} is missing on disk")
+            what = f"the {form} export of checkpoint" if form else "checkpoint"
+            raise CheckpointNotFound(f"{rel} of {what} {manifest.name} is missing on disk")
         return full, entry

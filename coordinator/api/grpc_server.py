@@ -1,5 +1,7 @@
 """The coordinator's gRPC server (``protos/warmswarm/v1/coordinator.proto``), with grpc.health.v1 and reflection.
-``ListEvaluations`` and each ``ListCheckpoints`` entry's ``evaluation`` answer what ``/api/v1/evaluations`` does.
+``ListEvaluations`` and each ``ListCheckpoints`` entry's ``evaluation`` answer what ``/api/v1/evaluations`` does;
+each entry's ``exports``, ``GetManifest(form)`` and ``Download(form)`` serve a checkpoint's exports as the HTTP API's
+``exports`` and ``/exports/<name>/<form>/`` do.
 
 ``Download`` follows google.bytestream: the client asks for (offset, limit) and gets the bytes in chunks tagged with
 their offset, so a cut transfer resumes from the bytes it already holds; the digest (sha256 + size) comes from the
@@ -36,6 +38,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 def manifest_to_proto(m: CheckpointManifest) -> pb.Manifest:
     files = [pb.FileEntry(path=f.path, digest=pb.Digest(sha256=f.sha256, size_bytes=f.size)) for f in m.files]
     return pb.Manifest(name=m.name, step=m.step, created=m.created, files=files)
+
+
+def export_to_proto(form: str, m: CheckpointManifest) -> pb.Export:
+    files = [pb.FileEntry(path=f.path, digest=pb.Digest(sha256=f.sha256, size_bytes=f.size)) for f in m.files]
+    return pb.Export(form=form, created=m.created, files=files)
 
 
 def evaluation_to_proto(entry: dict) -> pb.Evaluation:
@@ -93,7 +100,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         evaluated = evaluation_entries(self.store)
         listed = []
         for m in self.files.list():
+            try:
+                exports = self.files.exports(m.name)
+            except CheckpointNotFound:  # pruned since files.list()
+                continue
             message = manifest_to_proto(m)
+            message.exports.extend(export_to_proto(form, e) for form, e in exports.items())
             if m.name in evaluated:
                 message.evaluation.CopyFrom(evaluation_to_proto(evaluated[m.name]))
             listed.append(message)
@@ -105,6 +117,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     def GetManifest(self, request: pb.GetManifestRequest, context: grpc.ServicerContext) -> pb.Manifest:
         try:
+            if request.form:
+                return manifest_to_proto(self.files.export_manifest(request.name or "latest", request.form))
             return manifest_to_proto(self.files.manifest(request.name or "latest"))
         except CheckpointNotFound as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
@@ -113,7 +127,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         if request.offset < 0 or request.limit < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "offset and limit must be >= 0")
         try:
-            path, _ = self.files.resolve(request.checkpoint or "latest", request.path)
+            path, _ = self.files.resolve(request.checkpoint or "latest", request.path, request.form)
         except UnsafePath as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except CheckpointNotFound as e:

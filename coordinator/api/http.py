@@ -3,8 +3,10 @@
 Built from objects ``coordinator.serving`` constructs (store, checkpoints dir, run info, metrics) — no globals — so
 tests and the coordinator run as many apps side by side as they like. Checkpoint files are served with ``Range`` and
 a strong ``ETag`` (the file's sha256 from the manifest), so ``curl -C -`` and the download client resume a cut
-transfer and ``If-Range`` guards against resuming onto a different file. Every route that sends an ETag (the page,
-its static files, checkpoint files) answers a request whose ``If-None-Match`` already names it with 304 and no body.
+transfer and ``If-Range`` guards against resuming onto a different file. A checkpoint's exports (its bf16, int8, ...
+forms, ``coordinator.exports``) are served alike under ``/exports/<checkpoint>/<form>/``, listed per checkpoint in
+``/api/v1/checkpoints``. Every route that sends an ETag (the page, its static files, checkpoint and export files)
+answers a request whose ``If-None-Match`` already names it with 304 and no body.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from coordinator.metrics import CONTENT_TYPE, CoordinatorMetrics
 from coordinator.reachability import BadReachabilityRequest, DialBack, ReachabilityRequest
 from coordinator.store import Store
 from peer.errors import UserError
-from peer.run.checkpoint_manifest import CheckpointNotFound, UnsafePath
+from peer.run.checkpoint_manifest import CheckpointManifest, CheckpointNotFound, UnsafePath
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,11 @@ class _CountingFileResponse(FileResponse):
                 self._metrics.add_download_bytes("http", sent)
 
 
+def export_entry(m: CheckpointManifest) -> dict:
+    """An export as the checkpoint listing gives it: when it was published and its files."""
+    return {"created": m.created, "files": [f.to_dict() for f in m.files]}
+
+
 def create_http_app(
     store: Store,
     checkpoints_dir: str | Path,
@@ -148,9 +155,25 @@ def create_http_app(
 
     @app.get("/api/v1/checkpoints")
     def checkpoints() -> dict:
-        # "evaluation": the checkpoint's scores once evaluated in the background (GET /api/v1/evaluations), else None
+        # "evaluation": the checkpoint's scores once evaluated in the background (GET /api/v1/evaluations), else None;
+        # "exports": {form: {created, files}} of the forms built so far (GET /exports/<name>/<form>/<path>)
         evaluated = evaluation_entries(store)
-        return {"checkpoints": [{**m.to_dict(), "evaluation": evaluated.get(m.name)} for m in files.list()]}
+        listed = []
+        for m in files.list():
+            try:
+                exports = {form: export_entry(e) for form, e in files.exports(m.name).items()}
+            except CheckpointNotFound:  # pruned since files.list()
+                continue
+            listed.append({**m.to_dict(), "evaluation": evaluated.get(m.name), "exports": exports})
+        return {"checkpoints": listed}
+
+    @app.get("/api/v1/checkpoints/{name}/exports/{form}")
+    def export_manifest(name: str, form: str) -> dict:
+        """One export's manifest; 404 with a one-line ``detail`` (naming the forms built) when there is none yet."""
+        try:
+            return files.export_manifest(name, form).to_dict()
+        except CheckpointNotFound as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
 
     @app.get("/api/v1/evaluations")
     def evaluations() -> dict:
@@ -204,8 +227,16 @@ def create_http_app(
 
     @app.api_route("/checkpoints/{name}/{path:path}", methods=["GET", "HEAD"])
     def checkpoint_file(request: Request, name: str, path: str) -> Response:
+        return serve_file(request, name, path)
+
+    @app.api_route("/exports/{name}/{form}/{path:path}", methods=["GET", "HEAD"])
+    def export_file(request: Request, name: str, form: str, path: str) -> Response:
+        """A file of a checkpoint's export, as checkpoint files are served; 404 for a form not built (yet)."""
+        return serve_file(request, name, path, form)
+
+    def serve_file(request: Request, name: str, path: str, form: str = "") -> Response:
         try:
-            full, entry = files.resolve(name, path)
+            full, entry = files.resolve(name, path, form)
         except UnsafePath as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
         except CheckpointNotFound as e:

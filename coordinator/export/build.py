@@ -58,7 +58,7 @@ class ExportNote:
         }
 
 
-CardWriter = Callable[[Path, ExportNote], None]  # writes README.md into the export dir (not yet in this package)
+CardWriter = Callable[[Path, ExportNote], None]  # writes README.md into the export dir (export.card)
 
 
 def check_options(options: ExportOptions) -> None:

@@ -101,12 +101,20 @@ class EvaluationEntry(pydantic.BaseModel):
     scores: list[ScoreEntry] = []
 
 
+class ExportEntry(pydantic.BaseModel):
+    """One export of a checkpoint (a form such as int8), with its own files."""
+
+    created: float
+    files: list[FileEntry]
+
+
 class CheckpointEntry(pydantic.BaseModel):
     name: str
     step: int
     created: float
     files: list[FileEntry]
     evaluation: EvaluationEntry | None = None  # None: not evaluated yet, or a coordinator that does not evaluate
+    exports: dict[str, ExportEntry] = {}  # by form; empty: none built yet, or a coordinator that builds none
 
 
 class CheckpointsAnswer(_Answer):

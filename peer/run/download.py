@@ -5,6 +5,9 @@ Each file is fetched into ``<name>.part`` from the offset it already holds (HTTP
 its size and sha256 match the manifest. A cut transfer is retried from where it stopped; if it still fails the
 ``.part`` file stays, and the same command later resumes it. A file that does not match is deleted and reported:
 that is a corrupt copy on the server, not something a retry fixes.
+
+A checkpoint's export (``form``: int8, bf16, ... as the coordinator builds and lists them) downloads the same way,
+from its own manifest: the model in that form without the checkpoint's optimizer state.
 """
 
 from __future__ import annotations
@@ -57,15 +60,17 @@ class DownloadResult:
     bytes_fetched: int  # transferred in this call
     bytes_reused: int  # already on disk (complete files, or .part prefixes resumed from)
     skipped: int = 0  # files of the checkpoint left out by include/exclude globs
+    form: str = ""  # the export downloaded; empty: the checkpoint itself
 
 
 class _Source:
     """One coordinator endpoint: reads manifests and byte ranges of checkpoint files."""
 
-    def manifest(self, name: str) -> CheckpointManifest:
+    def manifest(self, name: str, form: str = "") -> CheckpointManifest:
+        """The manifest of checkpoint ``name`` or, with ``form``, of that export of it."""
         raise NotImplementedError
 
-    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
+    def read(self, name: str, entry: FileDigest, offset: int, form: str = "") -> Iterator[bytes]:
         """Yields the file's bytes from ``offset``; raises _TransferCut when the connection breaks."""
         raise NotImplementedError
 
@@ -90,7 +95,7 @@ class _HttpSource(_Source):
         except (urllib.error.URLError, OSError) as e:
             raise _TransferCut(f"cannot reach {self.base}: {getattr(e, 'reason', e)}") from None
 
-    def manifest(self, name: str) -> CheckpointManifest:
+    def manifest(self, name: str, form: str = "") -> CheckpointManifest:
         try:
             listed = get_answer(self.base, CheckpointsAnswer, timeout=self.timeout).checkpoints
         except CoordinatorUnavailable as e:
@@ -100,11 +105,23 @@ class _HttpSource(_Source):
         chosen = listed[-1] if name == "latest" else next((c for c in listed if c.name == name), None)
         if chosen is None:
             raise DownloadError(f"no checkpoint {name!r} at {self.base} (have: {', '.join(c.name for c in listed)})")
-        files = tuple(FileDigest(f.path, f.size, f.sha256) for f in chosen.files)
-        return CheckpointManifest(chosen.name, chosen.step, chosen.created, files)
+        if not form:
+            files = tuple(FileDigest(f.path, f.size, f.sha256) for f in chosen.files)
+            return CheckpointManifest(chosen.name, chosen.step, chosen.created, files)
+        export = chosen.exports.get(form)
+        if export is None:
+            others = [c.name for c in listed if form in c.exports]
+            raise DownloadError(
+                f"checkpoint {chosen.name} at {self.base} has no {form} export (yet; built: "
+                f"{', '.join(chosen.exports) or 'none'})"
+                + (f"; built for {', '.join(others)}: add --checkpoint {others[-1]}" if others else "")
+            )
+        files = tuple(FileDigest(f.path, f.size, f.sha256) for f in export.files)
+        return CheckpointManifest(chosen.name, chosen.step, export.created, files)
 
-    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
-        url = f"{self.base}/checkpoints/{quote(name)}/{quote(entry.path)}"
+    def read(self, name: str, entry: FileDigest, offset: int, form: str = "") -> Iterator[bytes]:
+        where = f"exports/{quote(name)}/{quote(form)}" if form else f"checkpoints/{quote(name)}"
+        url = f"{self.base}/{where}/{quote(entry.path)}"
         headers = {"Range": f"bytes={offset}-", "If-Range": f'"{entry.sha256}"'} if offset else {}
         with self._open(url, headers) as r:
             if r.status == 200 and offset:
@@ -126,20 +143,21 @@ class _GrpcSource(_Source):
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 << 20)])
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
-    def manifest(self, name: str) -> CheckpointManifest:
+    def manifest(self, name: str, form: str = "") -> CheckpointManifest:
         try:
-            m = self.stub.GetManifest(pb.GetManifestRequest(name=name), timeout=self.timeout)
+            m = self.stub.GetManifest(pb.GetManifestRequest(name=name, form=form), timeout=self.timeout)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC server, but not one serving warmswarm.v1
                 raise NotACoordinator(
                     f"grpc://{self.target} is not a warmswarm coordinator (GetManifest: {e.details()})"
                 ) from None
-            raise DownloadError(f"cannot get manifest {name!r} from grpc://{self.target}: {e.details()}") from None
+            what = f"the {form} export of {name!r}" if form else f"manifest {name!r}"
+            raise DownloadError(f"cannot get {what} from grpc://{self.target}: {e.details()}") from None
         files = tuple(FileDigest(f.path, f.digest.size_bytes, f.digest.sha256) for f in m.files)
         return CheckpointManifest(m.name, m.step, m.created, files)
 
-    def read(self, name: str, entry: FileDigest, offset: int) -> Iterator[bytes]:
-        request = pb.DownloadRequest(checkpoint=name, path=entry.path, offset=offset)
+    def read(self, name: str, entry: FileDigest, offset: int, form: str = "") -> Iterator[bytes]:
+        request = pb.DownloadRequest(checkpoint=name, path=entry.path, offset=offset, form=form)
         expected = offset
         try:
             for chunk in self.stub.Download(request, wait_for_ready=False):
@@ -219,7 +237,13 @@ class _Sink:
 
 
 def _fetch_file(
-    src: _Source, name: str, entry: FileDigest, dest: Path, retries: int, on_bytes: Callable[[int], None]
+    src: _Source,
+    name: str,
+    entry: FileDigest,
+    dest: Path,
+    retries: int,
+    on_bytes: Callable[[int], None],
+    form: str = "",
 ) -> tuple[int, int]:
     """Brings ``dest`` to the manifest's content; returns (bytes fetched now, bytes reused from disk)."""
     if dest.is_file() and dest.stat().st_size == entry.size and _sha256_of_prefix(dest).hexdigest() == entry.sha256:
@@ -240,7 +264,7 @@ def _fetch_file(
             held = out.tell()
             while held < entry.size:
                 try:
-                    for data in src.read(name, entry, held):
+                    for data in src.read(name, entry, held, form):
                         if held + len(data) > entry.size:
                             raise DownloadError(f"{entry.path}: server sent more than the manifest's {entry.size} B")
                         sink.put(data)
@@ -297,18 +321,21 @@ def download(
     on_bytes: Callable[[int], None] | None = None,
     include: list[str] | None = None,
     exclude: list[str] | None = None,
+    form: str = "",
 ) -> DownloadResult:
     """Downloads one checkpoint (``latest`` by default) from ``http(s)://HOST:PORT`` or ``grpc://HOST:PORT`` into
     ``out_dir``: every file of its manifest, verified, then ``manifest.json`` itself, so ``out_dir`` is a
     checkpoint directory that ``peer.modeling.load_models`` and ``from_pretrained`` read.
     ``include`` / ``exclude`` globs (``select_files``) leave files out, e.g. ``exclude=["optimizer.*"]`` for an
     inference user; the ``manifest.json`` written then lists only the files fetched, and ``excluded`` the others.
+    ``form`` (e.g. ``int8``) downloads that export of the checkpoint instead, a model dir in that form (its card
+    says how to load it), with ``form`` recorded in the ``manifest.json`` written.
     ``on_bytes(n)`` is told of every n bytes that reach the disk (after the progress bar)."""
     out = Path(out_dir)
     check_writable_dir(out, "--out")  # before the network: a bad --out is refused at once, with nothing fetched
     src = _open_source(source, timeout)
     try:
-        manifest = src.manifest(checkpoint)
+        manifest = src.manifest(checkpoint, form)
         for entry in manifest.files:
             check_relative_path(entry.path)  # a hostile manifest must not write outside out_dir
         wanted = select_files(manifest.files, include, exclude)
@@ -321,8 +348,9 @@ def download(
         # manifest.json is written last and marks a complete checkpoint: drop an older one before touching files.
         (out / MANIFEST).unlink(missing_ok=True)
         total_fetched = total_reused = 0
+        what = f"{manifest.name} {form}" if form else manifest.name
         with tqdm(total=sum(f.size for f in wanted), unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
-                  desc=f"{manifest.name} via {urlparse(source).scheme}") as bar:  # fmt: skip
+                  desc=f"{what} via {urlparse(source).scheme}") as bar:  # fmt: skip
 
             def tick(n: int) -> None:
                 bar.update(n)
@@ -331,10 +359,12 @@ def download(
 
             for entry in wanted:
                 bar.set_postfix_str(entry.path, refresh=False)
-                fetched, reused = _fetch_file(src, manifest.name, entry, out / entry.path, retries, tick)
+                fetched, reused = _fetch_file(src, manifest.name, entry, out / entry.path, retries, tick, form)
                 total_fetched += fetched
                 total_reused += reused
         record = {"files": [f.to_dict() for f in wanted], "step": manifest.step}
+        if form:
+            record["form"] = form
         if len(wanted) < len(manifest.files):
             record["excluded"] = [f.to_dict() for f in manifest.files if f not in wanted]
         (out / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
@@ -346,4 +376,4 @@ def download(
     finally:
         src.close()
     return DownloadResult(manifest.name, manifest.step, out, len(wanted), total_fetched, total_reused,
-                          len(manifest.files) - len(wanted))  # fmt: skip
+                          len(manifest.files) - len(wanted), form)  # fmt: skip

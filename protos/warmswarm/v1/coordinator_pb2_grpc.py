@@ -91,7 +91,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetManifest(self, request, context):
-        """One checkpoint's manifest: every file with its size and sha256.
+        """One checkpoint's manifest, or one of its exports' (`form`): every file with its size and sha256.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,15 +60,17 @@ def test_evaluations_match_the_json_api_and_ride_on_each_checkpoint(coordinator,
 
 
 def test_an_old_client_reads_the_new_checkpoint_listing(coordinator, channel):
-    """A client built before evaluations (a Manifest without field 5) still parses ListCheckpoints: proto3 keeps the
-    unknown field aside."""
+    """A client built before evaluations and exports (a Manifest without fields 5 and 6) still parses
+    ListCheckpoints: proto3 keeps the unknown fields aside."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     file = descriptor_pb2.FileDescriptorProto()
     pb.DESCRIPTOR.CopyToProto(file)
     file.name = "old_coordinator.proto"  # in a pool of its own: the same package, the old Manifest
     manifest = next(m for m in file.message_type if m.name == "Manifest")
-    del manifest.field[4]  # evaluation
+    for i in reversed(range(len(manifest.field))):
+        if manifest.field[i].name in ("evaluation", "exports"):
+            del manifest.field[i]
     assert [f.name for f in manifest.field] == ["name", "step", "created", "files"]
     keep = {"Manifest", "ListCheckpointsResponse", "Digest", "FileEntry"}
     for i in reversed(range(len(file.message_type))):

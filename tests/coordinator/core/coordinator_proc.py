@@ -56,7 +56,8 @@ class Coordinator:
         config: Path,
         init_from: Path,
         startup_timeout: float = 120,
-        extra_args: tuple[str, ...] = ("--no_eval",),  # tests of other things spend no CPU on evaluations
+        # tests of other things spend no CPU on evaluations or exports
+        extra_args: tuple[str, ...] = ("--no_eval", "--export_forms", "none"),
     ):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coordinator", "start", "-c", str(config), "--data_dir", str(data_dir),

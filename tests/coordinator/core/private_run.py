@@ -12,7 +12,7 @@ def write_fake_checkpoint(cfg: RunConfig, out: Path) -> None:
 
 def start_private_coordinator(run_id: str, data_dir: Path, allowlist: Path, token_ttl: float):
     """``coordinator.service.start_coordinator`` on free loopback ports, no checkpoints pulled, a fast monitor."""
-    from coordinator.deployment import CoordinatorSpec, EvaluationSettings
+    from coordinator.deployment import CoordinatorSpec, EvaluationSettings, ExportSettings
     from coordinator.service import start_coordinator
 
     spec = CoordinatorSpec(
@@ -26,5 +26,6 @@ def start_private_coordinator(run_id: str, data_dir: Path, allowlist: Path, toke
         allowlist=allowlist,
         token_ttl=token_ttl,
         evaluation=EvaluationSettings(enabled=False),  # the fake checkpoint 0 is no model to evaluate
+        exports=ExportSettings(forms=()),  # nor to export
     )
     return start_coordinator(RunConfig(run_id=run_id), spec, initial_state=write_fake_checkpoint)

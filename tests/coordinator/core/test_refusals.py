@@ -323,6 +323,26 @@ def test_status_text_names_the_newest_evaluated_checkpoint_and_a_failing_one():
     assert "evaluation of ckpt-000200 failed 2 times: killed by SIGKILL\n" in text
 
 
+def test_status_text_names_the_exports_of_the_newest_checkpoint():
+    from rich.console import Console
+
+    from coordinator.__main__ import print_status
+    from peer.run.coordinator_client import CheckpointsAnswer, PeersAnswer, ProgressAnswer
+
+    export = {"created": 0.0, "files": [{"path": "config.json", "size": 2, "sha256": "00"}]}
+    answer = CheckpointsAnswer.model_validate({"checkpoints": [
+        {"name": "ckpt-000100", "step": 100, "created": 0.0, "files": [], "exports": {"bf16": export}},
+        {"name": "ckpt-000200", "step": 200, "created": 0.0, "files": [], "exports": {"bf16": export, "int8": export}},
+    ]})  # fmt: skip
+    console = Console(record=True, width=200, force_terminal=False)
+    print_status(console, ProgressAnswer(run_id="r", global_step=0, alive_peers=0), PeersAnswer(peers=[]), answer)
+    assert "exports of ckpt-000200: bf16, int8 (download --form FORM)\n" in console.export_text()
+    answer.checkpoints[1].exports = {}  # none built yet: no line
+    console = Console(record=True, width=200, force_terminal=False)
+    print_status(console, ProgressAnswer(run_id="r", global_step=0, alive_peers=0), PeersAnswer(peers=[]), answer)
+    assert "exports of" not in console.export_text()
+
+
 def test_grpc_server_that_is_not_a_coordinator(tmp_path):
     from concurrent import futures
 

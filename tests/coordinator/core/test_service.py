@@ -98,6 +98,14 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         assert coord.get("/api/v1/checkpoints")["checkpoints"][0]["evaluation"] == evaluation
         side_file = data / "checkpoints" / "ckpt-000000" / "evaluation.json"
         evaluated_at = side_file.stat().st_mtime
+
+        # and exported in the default forms, by another worker at nice +19, and served
+        deadline = time.time() + 240
+        while len(coord.get("/api/v1/checkpoints")["checkpoints"][0]["exports"]) < 2 and time.time() < deadline:
+            time.sleep(1.0)
+        assert sorted(coord.get("/api/v1/checkpoints")["checkpoints"][0]["exports"]) == ["bf16", "int8"]
+        dl = _cli("download", "--from", coord.url, "--out", str(tmp_path / "int8"), "--form", "int8")
+        assert dl.returncode == 0 and "the int8 export of ckpt-000000" in dl.stdout, dl.stderr
         assert coord.terminate() == 0
     except BaseException:
         if peer is not None:
@@ -124,6 +132,7 @@ def test_start_serves_monitors_downloads_stops_and_restarts_with_history(tmp_pat
         assert [c["name"] for c in coord2.get("/api/v1/checkpoints")["checkpoints"]] == ["ckpt-000000"]
         assert coord2.get("/api/v1/evaluations")["evaluations"] == [evaluation]  # kept, and not redone:
         assert side_file.stat().st_mtime == evaluated_at  # no worker ran on it again
+        assert sorted(coord2.get("/api/v1/checkpoints")["checkpoints"][0]["exports"]) == ["bf16", "int8"]
         assert (
             coord2.get("/api/v1/run")["initial_peers"][0].split("/p2p/")[1] == run["initial_peers"][0].split("/p2p/")[1]
         )

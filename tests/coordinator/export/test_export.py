@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from export_fixtures import write_corpus_config, write_tiny_checkpoint
+from huggingface_hub import ModelCard
 
 from coordinator.export import FORMS, NOTE_FILE, ExportOptions, export
+from coordinator.export.card import write_export_card
 from peer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -22,14 +24,15 @@ OPTIONS = {"steps": 2, "batches": 2, "batch_size": 4, "fraction": 0.25}
 
 @pytest.fixture(scope="module")
 def electra(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
-    """The tiny ELECTRA checkpoint and its five exports (made in this process: the CLI is tested separately)."""
+    """The tiny ELECTRA checkpoint and its five exports with their model cards (made in this process as the CLI and the
+    coordinator's background exporter make them: the CLI is tested separately)."""
     root = tmp_path_factory.mktemp("export")
     ckpt = write_tiny_checkpoint(root)
     config = write_corpus_config(root)
     outs = {}
     for form in FORMS:
         outs[form] = root / form
-        export(ckpt, ExportOptions(form=form, config=str(config), **OPTIONS), outs[form])
+        export(ckpt, ExportOptions(form=form, config=str(config), **OPTIONS), outs[form], write_card=write_export_card)
     return ckpt, outs
 
 
@@ -92,6 +95,9 @@ def test_each_form_loads_in_a_fresh_process_and_runs(electra, form, tmp_path):
     """
     out = run_fresh(script, tmp_path)
     note = json.loads((outs[form] / NOTE_FILE).read_text())
+    card = ModelCard.load(outs[form] / "README.md")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.license == "apache-2.0"
+    assert f"The `{form}` form of `ckpt-000040` (checkpoint, step 40)" in card.text and "global step 40" in card.text
     assert note["source"]["step"] == 40 and note["source"]["kind"] == "checkpoint" and note["form"] == form
     assert not list(outs[form].rglob("optimizer*")) and not (outs[form] / "training_state.json").exists()
     seq = 10  # [CLS] + 8 words + [SEP]

@@ -42,7 +42,7 @@ def coordinator(request, tmp_path_factory):
     """A coordinator of an open run, or of a private one whose allowlist holds the volunteer (its access tokens are
     bound to the key that signs its records: the kept key must get them too)."""
     from coordinator.allowlist import add_volunteer
-    from coordinator.deployment import CoordinatorSpec, EvaluationSettings
+    from coordinator.deployment import CoordinatorSpec, EvaluationSettings, ExportSettings
     from coordinator.service import start_coordinator
 
     root = tmp_path_factory.mktemp("identity")
@@ -56,7 +56,7 @@ def coordinator(request, tmp_path_factory):
     spec = CoordinatorSpec(
         data_dir=root / "data", host="127.0.0.1", http_port=0, grpc_port=0, dht_port=0, checkpoint_every=10**9,
         monitor_interval=0.5, init_from=root / "init", allowlist=allowlist, token_ttl=300,
-        evaluation=EvaluationSettings(enabled=False),  # the CPU is the volunteers' in this test
+        evaluation=EvaluationSettings(enabled=False), exports=ExportSettings(forms=()),  # the CPU is the volunteers'
     )  # fmt: skip
     running = start_coordinator(cfg, spec)
     try:

@@ -1,0 +1,173 @@
+"""The coordinator's background exports: the forms ``ExportSettings.forms`` names (default bf16 and int8) are built
+of every checkpoint in a low-priority process of its own (``coordinator.export.worker``), one checkpoint at a time,
+and served beside it (``coordinator.exports``, ``coordinator.api``).
+
+What it guarantees, as the background evaluation (``coordinator.evaluator``) does:
+
+- Training and serving never wait on it: the work is a separate OS process at ``nice`` +19 with one torch thread,
+  never inside a checkpoint's save; this thread only starts it and waits for it.
+- Newest first: of the checkpoints with forms still to build, the newest is next.
+- Restarts: what is built is on disk (``<ckpt>/exports/<form>/`` with its manifest), and so are failures
+  (``<form>.failed.json``), so a restarted coordinator builds what is missing and never redoes a finished form.
+- Failures: a form that fails, a worker that crashes, is killed or times out is one WARNING line per form, counted and
+  retried up to ``max_attempts`` times, then given up. A worker stopped because the coordinator stops is no failure.
+- A crash at any moment leaves no half export served: the worker builds in a staging dir (emptied before each job)
+  and publishes each form with one rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from coordinator.checkpoints import CheckpointDir
+from coordinator.deployment import ExportSettings
+from coordinator.export.worker import ExportJob
+from coordinator.exports import failures, list_exports, record_failure
+from coordinator.store import CheckpointRow
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+STAGING = "staging"
+
+
+class BackgroundExporter:
+    """Builds ``settings.forms`` of the checkpoints in ``ckpts`` until stopped (``run`` in a thread of its own).
+    ``work_dir`` (on the checkpoints' filesystem: a form is published by a rename) holds the staging dir, job files
+    and the logs of failed workers; ``run_config`` is the run's config as a dict."""
+
+    def __init__(
+        self,
+        settings: ExportSettings,
+        ckpts: CheckpointDir,
+        work_dir: Path,
+        run_config: dict,
+        python: str = sys.executable,
+    ):
+        self.settings, self.ckpts, self.run_config, self.python = settings, ckpts, run_config, python
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.worker_pid: int | None = None  # the running worker's pid, None between jobs
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                job = self.next_job()
+                if job is not None and self.build(*job, stop):
+                    continue  # at once to the next one; after a failure, a pause first
+            except Exception:  # a bug here must not end the thread: the next pass tries again
+                logger.exception("background export failed; will retry")
+            stop.wait(self.settings.poll_interval)
+
+    def pending(self, row: CheckpointRow) -> list[str]:
+        """The forms of ``row`` neither built nor given up."""
+        ckpt = self.ckpts.path(row.name)
+        built, failed = list_exports(ckpt), failures(ckpt)
+        return [f for f in self.settings.forms if f not in built and
+                (f not in failed or failed[f].attempts < self.settings.max_attempts)]  # fmt: skip
+
+    def next_job(self) -> tuple[CheckpointRow, list[str]] | None:
+        """The newest checkpoint with forms to build, and those forms."""
+        for row in reversed(self.ckpts.list()):
+            forms = self.pending(row)
+            if forms:
+                return row, forms
+        return None
+
+    def build(self, row: CheckpointRow, forms: list[str], stop: threading.Event) -> bool:
+        """Runs one worker on ``row``'s ``forms``; False if any failed or ``stop`` ended it."""
+        ckpt = self.ckpts.path(row.name)
+        staging = self.work_dir / STAGING
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left: never published, never served
+        log = self.work_dir / f"{row.name}.log"
+        job_file = self.work_dir / f"{row.name}.job.json"
+        ExportJob(str(ckpt), tuple(forms), str(staging), os.getpid(), self.settings, self.run_config)\
+            .to_json(job_file)  # fmt: skip
+        started = time.monotonic()
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(
+                [self.python, "-m", "coordinator.export.worker", str(job_file)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._worker_env(),
+                start_new_session=True,  # a Ctrl-C in the coordinator's terminal is the coordinator's to handle
+            )  # fmt: skip
+        self.worker_pid = proc.pid
+        logger.info("export worker of %s (%s) is pid %d (nice +%d)", row.name, ", ".join(forms), proc.pid,
+                    self.settings.niceness)  # fmt: skip
+        timed_out = False
+        try:
+            while proc.poll() is None:
+                if stop.wait(0.5):
+                    _end(proc)
+                    logger.info("stopping: abandoned the exports of %s", row.name)
+                    return False
+                if time.monotonic() - started > self.settings.timeout:
+                    _end(proc)
+                    timed_out = True
+                    break
+        finally:
+            self.worker_pid = None
+        job_file.unlink(missing_ok=True)
+        if stop.is_set():  # it ended as the coordinator stops: the next start builds what is missing
+            return False
+        if not ckpt.is_dir():  # pruned under the worker: nothing to retry, no failure
+            logger.info("%s was pruned during its exports", row.name)
+            return False
+        built = list_exports(ckpt)
+        missing = [f for f in forms if f not in built]
+        if not missing:
+            log.unlink(missing_ok=True)  # a failed worker's log stays, for whoever reads the WARNING line
+            logger.info("exported %s (step %d) as %s in %.0f s", row.name, row.step, ", ".join(forms),
+                        time.monotonic() - started)  # fmt: skip
+            return True
+        for form in missing:
+            error = f"timed out after {self.settings.timeout:.0f} s" if timed_out else _why(log, proc.returncode, form)
+            attempts = record_failure(ckpt, form, error)
+            last = attempts >= self.settings.max_attempts
+            logger.warning("%s export of %s failed (attempt %d of %d): %s; %s (log: %s)", form, row.name, attempts,
+                           self.settings.max_attempts, error, "giving up on it" if last else "will retry",
+                           log)  # fmt: skip
+        return False
+
+    def _worker_env(self) -> dict[str, str]:
+        """The worker runs this coordinator's code: the directory this ``coordinator`` package was imported from
+        goes first on its path, whatever an installed copy elsewhere holds."""
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH", "")
+        return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def _why(log: Path, returncode: int, form: str) -> str:
+    """Why ``form`` was not built, in one line: the worker's ``error: <form>:`` line, else its last line of output
+    or the signal that ended it."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    mine = [line.removeprefix(f"error: {form}: ") for line in lines if line.startswith(f"error: {form}: ")]
+    if mine:
+        return mine[-1][:300]
+    last = (lines or [""])[-1][:300]
+    return f"exited with code {returncode}" + (f": {last}" if last else "")
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after a grace period; reaps the process either way."""
+    proc.terminate()
+    try:
+        proc.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
