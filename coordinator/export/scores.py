@@ -50,7 +50,7 @@ def read_note(path: str | Path) -> dict:
 def load_export_encoder(path: str | Path) -> Encoder:
     """The export's encoder (an HF base model in eval mode) with its tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModelForPreTraining
 
     path = Path(path)
     form = read_note(path)["form"]
@@ -61,7 +61,7 @@ def load_export_encoder(path: str | Path) -> Encoder:
             config = AutoConfig.from_pretrained(path)
             model = _carried_class(form, config.model_type).from_pretrained(path)
         else:
-            model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForPreTraining.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the {form} export {path}: {str(e).splitlines()[0]}") from None
     return Encoder(CHECKPOINT, f"{form} export {path.name}", backbone(model).float().eval(), load_tokenizer(path))
@@ -71,7 +71,8 @@ def _carried_class(form: str, model_type: str):
     from coordinator.export.hf_code import modeling_int8, modeling_pruned
 
     module = modeling_int8 if form == "int8" else modeling_pruned
-    name = f"{'Int8' if form == 'int8' else 'Pruned'}{model_type.capitalize()}Model"
+    # the class the export was saved as (its discriminator head too), so loading reports no unexpected weights
+    name = f"{'Int8' if form == 'int8' else 'Pruned'}{model_type.capitalize()}ForPreTraining"
     if not hasattr(module, name):
         raise UserError(f"a {form} export of a {model_type!r} model is not supported")
     return getattr(module, name)
