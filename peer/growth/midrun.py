@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 
 import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
@@ -31,6 +32,7 @@ from peer.errors import UserError
 from peer.growth.depth import depth_map
 from peer.growth.grow import grow_discriminator_state, target_dims
 from peer.growth.layout import PROJECTION, Dims
+from peer.growth.optimizer_state import grow_adam_state
 from peer.growth.pair import GEN_HEAD, generator_dims
 from peer.growth.width import GrownState, expand_linear, expand_norm, grow_block, width_maps
 from peer.modeling import PretrainingModels, electra_configs, generator_sizes, tie_generator_embeddings
@@ -117,6 +119,19 @@ def stage_layer_map(old: ModelSpec, new: ModelSpec, depth_method: str) -> list[i
 def grow_pair_state(state: State, old: ModelSpec, new: ModelSpec, depth_method: str = "stack") -> State:
     """The next stage's pair state: widths grown exactly, then blocks stacked."""
     return stack_layers(grow_pair_width(state, old, new), stage_layer_map(old, new, depth_method))
+
+
+def grow_stage(
+    models: PretrainingModels, optimizer_state: dict[str, State], old: ModelSpec, new: ModelSpec, depth_method: str
+) -> tuple[PretrainingModels, dict[str, State]]:
+    """The switch from stage ``old`` to ``new`` of one trainer: new modules holding the grown parameters, and the
+    grown optimizer state by parameter name (``peer.growth.optimizer_state``). Nothing is downloaded: every peer
+    computes the same result from the same state."""
+    params = pair_state(models)
+    grown = build_grown_models(models, grow_pair_state(params, old, new, depth_method), new)
+    width = partial(grow_pair_width, old=old, new=new)
+    depth = partial(stack_layers, layer_map=stage_layer_map(old, new, depth_method))
+    return grown, grow_adam_state(optimizer_state, params, width, depth)
 
 
 def pair_state(models: PretrainingModels) -> State:

@@ -35,7 +35,7 @@ function, so nothing stronger holds there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 
@@ -67,7 +67,8 @@ def _transpose_diagonal(width: Map, like: State) -> State:
 def grow_adam_state(states: dict[str, State], params: State, width: Map, depth: Map) -> dict[str, State]:
     """The Adam/AdamW (or LAMB) state of the grown parameters, per parameter name.
 
-    ``states``: per name, the optimizer's ``{"step", "exp_avg", "exp_avg_sq"}`` (``named_optimizer_state``);
+    ``states``: per name, the optimizer's ``{"step", "exp_avg", "exp_avg_sq"}`` (``peer.trainer.optim.
+    named_optimizer_state``);
     ``params``: the source parameters (only their names and shapes matter); ``width``: the exact width growth the
     parameters went through (linear, names kept); ``depth``: the block copy after it (names of copied blocks
     added). A parameter without state (never stepped) gets none."""
@@ -118,33 +119,3 @@ def effective_lr_factors(width: Map, params: State) -> dict[str, float]:
             raise ValueError(f"{name}: growth scales its elements unevenly ({lo:g}..{hi:g})")
         factors[name] = 1.0 / hi
     return factors
-
-
-def named_optimizer_state(
-    optimizer: torch.optim.Optimizer, named: Iterable[tuple[str, torch.nn.Parameter]]
-) -> dict[str, State]:
-    """The optimizer's per-parameter state by parameter name (tensors as they are, not copied)."""
-    return {name: dict(optimizer.state[p]) for name, p in named if optimizer.state.get(p)}
-
-
-def load_named_optimizer_state(
-    optimizer: torch.optim.Optimizer, named: Iterable[tuple[str, torch.nn.Parameter]], states: dict[str, State]
-) -> None:
-    """Puts ``states`` (by parameter name) into ``optimizer``: moments in each parameter's dtype and device,
-    ``step`` as a float32 scalar where torch's AdamW keeps it (on the parameter's device only for fused/capturable
-    optimizers, which is where their ``step`` lives)."""
-    named = dict(named)
-    unknown = sorted(set(states) - set(named))
-    if unknown:
-        raise ValueError(f"optimizer state for {unknown[0]!r}, which the optimizer's parameters do not have")
-    for name, state in states.items():
-        p = named[name]
-        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
-        on_device = bool(group.get("fused") or group.get("capturable"))
-        loaded = {}
-        for key, value in state.items():
-            if key == "step":
-                loaded[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device if on_device else "cpu")
-            else:
-                loaded[key] = value.to(dtype=p.dtype, device=p.device).clone()
-        optimizer.state[p] = loaded

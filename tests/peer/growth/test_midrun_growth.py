@@ -12,21 +12,16 @@ import torch
 from peer.config import ModelSpec, ObjectiveSpec, TrainSpec
 from peer.growth.midrun import (
     build_grown_models,
-    grow_pair_state,
     grow_pair_width,
+    grow_stage,
     pair_state,
     stack_layers,
     stage_layer_map,
 )
-from peer.growth.optimizer_state import (
-    effective_lr_factors,
-    grow_adam_state,
-    load_named_optimizer_state,
-    named_optimizer_state,
-)
+from peer.growth.optimizer_state import effective_lr_factors
 from peer.modeling import build_models
 from peer.objectives.electra import ElectraObjective
-from peer.trainer.optim import make_optimizer
+from peer.trainer.optim import load_named_optimizer_state, make_optimizer, named_optimizer_state
 
 VOCAB, CLS, SEP, MASK = 300, 101, 102, 103
 SMALL = ModelSpec(hidden_size=32, num_heads=2, ffn_size=64, num_layers=2, max_position_embeddings=32,
@@ -70,22 +65,19 @@ def trained():
 
 def grown_pair(trained, new: ModelSpec, moments: str = "grown"):
     """The pair of ``new`` sizes grown from ``trained``, and its optimizer holding the ``moments``: "grown" (the
-    mapping under test), "fresh" (a new optimizer) or "like_weights" (moments grown like the parameters)."""
+    mapping under test, ``grow_stage``), "fresh" (a new optimizer) or "like_weights" (moments grown like the
+    parameters)."""
     models, optimizer = trained
-    state = pair_state(models)
-    grown = build_grown_models(models, grow_pair_state(state, SMALL, new), new)
-    new_optimizer = make_optimizer(grown.parameters(), TRAIN)
-    width = partial(grow_pair_width, old=SMALL, new=new)
-    depth = partial(stack_layers, layer_map=stage_layer_map(SMALL, new, "stack"))
     states = named_optimizer_state(optimizer, models.named_parameters())
-    if moments == "grown":
-        load_named_optimizer_state(
-            new_optimizer, grown.named_parameters(), grow_adam_state(states, state, width, depth)
-        )
-    elif moments == "like_weights":
+    grown, grown_states = grow_stage(models, states, SMALL, new, "stack")
+    new_optimizer = make_optimizer(grown.parameters(), TRAIN)
+    if moments == "like_weights":
+        width = partial(grow_pair_width, old=SMALL, new=new)
+        depth = partial(stack_layers, layer_map=stage_layer_map(SMALL, new, "stack"))
         like = {k: depth(width({n: s[k].double() for n, s in states.items()})) for k in ("exp_avg", "exp_avg_sq")}
-        naive = {n: {"step": states[n]["step"], **{k: like[k][n] for k in like}} for n in like["exp_avg"]}
-        load_named_optimizer_state(new_optimizer, grown.named_parameters(), naive)
+        grown_states = {n: {"step": states[n]["step"], **{k: like[k][n] for k in like}} for n in like["exp_avg"]}
+    if moments != "fresh":
+        load_named_optimizer_state(new_optimizer, grown.named_parameters(), grown_states)
     return grown, new_optimizer
 
 
