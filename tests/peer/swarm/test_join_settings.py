@@ -119,6 +119,16 @@ def test_a_file_joiner_gets_default_peer_settings_and_a_peer_key_in_the_file_nam
         resolve_config(parse("-c", str(path), "--set", "swarm.client_mode=true"))
 
 
+def test_a_swarm_peer_refuses_a_run_with_a_growth_schedule_in_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump({"run_id": "grows", "growth": {"schedule": [{"at_step": 9, "model": {"num_layers": 13}}]}})
+    )
+    with pytest.raises(UserError, match="peers cannot grow mid-run in a swarm yet") as info:
+        join_cli.run(parse("-c", str(path)))
+    assert "\n" not in str(info.value)
+
+
 def coordinator_run(monkeypatch, train: dict | None = None) -> None:
     cfg = RunConfig()
     if train:
