@@ -135,8 +135,9 @@ def grow_stage(
 
 
 def pair_state(models: PretrainingModels) -> State:
-    """The pair's named parameters as detached fp64 tensors (growth's arithmetic precision)."""
-    return {name: p.detach().to(torch.float64) for name, p in models.named_parameters()}
+    """The pair's named parameters as detached fp64 CPU tensors: growth's precision, and its index maps are CPU
+    tensors (``build_grown_models`` puts the result back on the models' device)."""
+    return {name: p.detach().to("cpu", torch.float64) for name, p in models.named_parameters()}
 
 
 def build_grown_models(models: PretrainingModels, state: State, new: ModelSpec) -> PretrainingModels:

@@ -71,9 +71,10 @@ def grow_adam_state(states: dict[str, State], params: State, width: Map, depth: 
     named_optimizer_state``);
     ``params``: the source parameters (only their names and shapes matter); ``width``: the exact width growth the
     parameters went through (linear, names kept); ``depth``: the block copy after it (names of copied blocks
-    added). A parameter without state (never stepped) gets none."""
+    added). A parameter without state (never stepped) gets none. The result is fp64 on the CPU, like growth's
+    parameters (``peer.trainer.optim.load_named_optimizer_state`` puts it on the parameters' device)."""
     d = _transpose_diagonal(width, params)
-    sources = {name: {k: v.detach().to(torch.float64) for k, v in s.items()} for name, s in states.items()}
+    sources = {name: {k: v.detach().to("cpu", torch.float64) for k, v in s.items()} for name, s in states.items()}
     missing = sorted(set(sources) - set(params))
     if missing:
         raise ValueError(f"optimizer state for {missing[0]!r}, which is not a parameter")
