@@ -19,14 +19,14 @@ from peer.trainer.schedule import lr_factor
 from tests.peer.trainer.test_loop import VOCAB, batches, params
 
 
-def setup(out_dir, width_at: int = 3, depth_at: int = 5):
+def setup(out_dir, width_at: int = 3, depth_at: int = 5, optimizer: str = "adamw"):
     cfg = RunConfig()
     cfg.model = ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=32)
     cfg.growth.schedule = [
         GrowthStage(width_at, StageModel(hidden_size=64, num_heads=4, ffn_size=128)),
         GrowthStage(depth_at, StageModel(num_layers=3)),
     ]
-    cfg.train.batch_size, cfg.train.grad_accum = 4, 1
+    cfg.train.batch_size, cfg.train.grad_accum, cfg.train.optimizer = 4, 1, optimizer
     cfg.train.lr, cfg.train.warmup_steps, cfg.train.total_steps = 1e-3, 2, 7
     cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.out_dir = 100, 100, str(out_dir)
     torch.manual_seed(1234)  # dropout draws from the global RNG
@@ -42,8 +42,9 @@ def grow(models, states, old, new):
     return grow_stage(models, states, old, new, "stack")
 
 
-def test_the_trainer_grows_at_each_stage_keeps_the_loss_through_width_and_trains_on(tmp_path):
-    cfg, models, objective = setup(tmp_path / "run")
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_the_trainer_grows_at_each_stage_keeps_the_loss_through_width_and_trains_on(tmp_path, optimizer):
+    cfg, models, objective = setup(tmp_path / "run", optimizer=optimizer)
     lrs = []
     result = train(cfg, models, objective, batches(7), heldout(), on_step=lambda r: lrs.append(r.lr), grow_stage=grow)
     width, depth = result.switches
