@@ -10,6 +10,7 @@ import os
 import torch
 
 from peer.config import PEER_TRAIN_KEYS, PeerSettings, RunConfig, load_config, peer_train_overrides, with_peer_train
+from peer.errors import UserError
 from peer.run.tokens import AUTH_KEY_ENV
 from peer.swarm.ddp import (
     PeerGroup,
@@ -241,6 +242,11 @@ def join_options(
 
 def run(args: argparse.Namespace) -> int:
     cfg, peer, from_coordinator = resolve_config(args)
+    if cfg.growth.schedule:  # a swarm peer cannot grow yet: refuse rather than train past a switch unchanged
+        raise UserError(
+            "this run has a growth.schedule, and peers cannot grow mid-run in a swarm yet (only `peer train` does); "
+            "join a run without one"
+        )
     rank = rank_from_env()  # set by torchrun: this process is one rank of a multi-GPU peer
     stop = StopSignal().install()
     group = start_group(rank, cfg) if rank is not None else None

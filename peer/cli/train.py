@@ -12,6 +12,7 @@ import argparse
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             max_steps=args.max_steps,
             on_step=on_step,
+            grow_stage=stage_growth(cfg),
         )
     finally:
         bar.close()
@@ -175,11 +177,24 @@ def run(args: argparse.Namespace) -> int:
         print("last train: " + _fmt(result.last_metrics))
     if result.eval_metrics:
         print("held-out:   " + _fmt(result.eval_metrics))
+    for switch in result.switches:
+        held = switch.heldout_before.get("loss"), switch.heldout_after.get("loss")
+        loss = f", held-out loss {held[0]:.6g} -> {held[1]:.6g}" if None not in held else ""
+        print(f"grew at step {switch.step}: {switch.before} -> {switch.after} (hidden x heads x ffn x layers){loss}")
     if result.skipped_steps:
         print(f"skipped {result.skipped_steps} non-finite steps")
     if result.checkpoints:
         print(f"latest checkpoint: {result.checkpoints[-1]}")
     return 0
+
+
+def stage_growth(cfg: RunConfig):
+    """The growth a run's schedule switches with (None without a schedule): exact width, ``growth.depth_method``."""
+    if not cfg.growth.schedule:
+        return None
+    from peer.growth.midrun import grow_stage
+
+    return partial(grow_stage, depth_method=cfg.growth.depth_method)
 
 
 @dataclass

@@ -9,6 +9,7 @@ are the volunteer's across restarts, so the coordinator adds a restarted volunte
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -80,10 +81,13 @@ def make_validators(run_id: str, identity_path: str | None = None) -> RecordSign
 def swarm_fingerprint(cfg: RunConfig) -> str:
     """A short hash of what must match between peers of one run (model sizes, objective, and the averaging mode's
     part, ``AveragingMode.fingerprint``): a peer whose fingerprint differs would send tensors of the wrong shapes or
-    meaning."""
+    meaning. A growth schedule is part of it (peers that grow at different steps or to different sizes would too);
+    a run without one keeps the fingerprint it had before schedules existed."""
     relevant = dict(
         model=vars(cfg.model), objective=cfg.objective.name, **averaging_mode(cfg.swarm).fingerprint(cfg.swarm)
     )
+    if cfg.growth.schedule:
+        relevant["growth_schedule"] = [dataclasses.asdict(stage) for stage in cfg.growth.schedule]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -52,6 +52,38 @@ def make_optimizer(params: Iterable, spec: TrainSpec) -> torch.optim.Optimizer:
     raise UserError(f"unknown optimizer {spec.optimizer!r} (known: adamw, lamb)")
 
 
+def named_optimizer_state(
+    optimizer: torch.optim.Optimizer, named: Iterable[tuple[str, torch.nn.Parameter]]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimizer's per-parameter state by parameter name (tensors as they are, not copied)."""
+    return {name: dict(optimizer.state[p]) for name, p in named if optimizer.state.get(p)}
+
+
+def load_named_optimizer_state(
+    optimizer: torch.optim.Optimizer,
+    named: Iterable[tuple[str, torch.nn.Parameter]],
+    states: dict[str, dict[str, torch.Tensor]],
+) -> None:
+    """Puts ``states`` (by parameter name) into ``optimizer``: moments in each parameter's dtype and device,
+    ``step`` as a float32 scalar where torch's AdamW keeps it (on the parameter's device only for fused/capturable
+    optimizers, which is where their ``step`` lives)."""
+    named = dict(named)
+    unknown = sorted(set(states) - set(named))
+    if unknown:
+        raise ValueError(f"optimizer state for {unknown[0]!r}, which the optimizer's parameters do not have")
+    for name, state in states.items():
+        p = named[name]
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        loaded = {}
+        for key, value in state.items():
+            if key == "step":
+                loaded[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device if on_device else "cpu")
+            else:
+                loaded[key] = value.to(dtype=p.dtype, device=p.device).clone()
+        optimizer.state[p] = loaded
+
+
 class Lamb(torch.optim.Optimizer):
     """LAMB (You et al., 2019, "Large Batch Optimization for Deep Learning"), as ALBERT and hivemind's albert
     example train with: an Adam direction (bias-corrected) plus decoupled weight decay, scaled per tensor by the

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 import peer.cli.join as join_cli
 import peer.swarm.session as session
 from peer.cli.join import register, resolve_config
-from peer.config import ConfigError, ModelSpec, PeerSettings, RunConfig, config_to_dict
+from peer.config import ConfigError, GrowthStage, ModelSpec, PeerSettings, RunConfig, StageModel, config_to_dict
 from peer.errors import UserError
 from peer.modeling import build_models
 from peer.run.coordinator_client import RunAnswer
@@ -47,6 +47,30 @@ def test_an_older_coordinators_peer_keys_are_ignored_with_one_log_line(monkeypat
     assert run.config == RunConfig() and run.initial_peers == [MADDR] and run.authority_public_key is None
     (line,) = [r.getMessage() for r in caplog.records if "ignoring the per-peer keys" in r.getMessage()]
     assert "swarm.client_mode, swarm.host_maddrs, swarm.peer_name" in line
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ([{"at_step": 100, "model": {"hidden_size": 512}}], r"schedule\[0\]\.model\.hidden_size 512 is smaller"),
+        (
+            [{"at_step": 100, "model": {"num_layers": 13}}, {"at_step": 50, "model": {"num_layers": 14}}],
+            r"schedule\[1\]\.at_step 50 must be greater",
+        ),
+        ([{"at_step": 100, "model": {"layers": 13}}], r"unknown config key growth\.schedule\[0\]\.model\.layers"),
+        ({"at_step": 100}, r"growth\.schedule: expected a list"),
+    ],
+)
+def test_a_published_config_with_a_malformed_schedule_is_refused_in_one_line(monkeypatch, schedule, message):
+    published = config_to_dict(RunConfig())
+    published["growth"]["schedule"] = schedule
+    monkeypatch.setattr(session, "get_answer", lambda url, kind, timeout: answer(published))
+    with pytest.raises(UserError, match=f"the coordinator at {URL} sent a run config this peer cannot use: .*"
+                       f"{message}") as info:  # fmt: skip
+        fetch_run(URL)
+    assert "\n" not in str(info.value)
+    published["growth"]["schedule"] = [{"at_step": 100, "model": {"num_layers": 13}}]
+    assert fetch_run(URL).config.growth.schedule == [GrowthStage(100, StageModel(num_layers=13))]
 
 
 def test_a_private_runs_key_comes_from_the_coordinator_unless_pinned(monkeypatch):
@@ -93,6 +117,16 @@ def test_a_file_joiner_gets_default_peer_settings_and_a_peer_key_in_the_file_nam
     assert peer == PeerSettings()
     with pytest.raises(ConfigError, match="swarm.client_mode is no longer part of the run config.*--client_mode"):
         resolve_config(parse("-c", str(path), "--set", "swarm.client_mode=true"))
+
+
+def test_a_swarm_peer_refuses_a_run_with_a_growth_schedule_in_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump({"run_id": "grows", "growth": {"schedule": [{"at_step": 9, "model": {"num_layers": 13}}]}})
+    )
+    with pytest.raises(UserError, match="peers cannot grow mid-run in a swarm yet") as info:
+        join_cli.run(parse("-c", str(path)))
+    assert "\n" not in str(info.value)
 
 
 def coordinator_run(monkeypatch, train: dict | None = None) -> None:

@@ -12,7 +12,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.config import PeerSettings, RunConfig
+from peer.config import GrowthStage, PeerSettings, RunConfig, StageModel
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import (
@@ -153,3 +153,16 @@ def test_fingerprint_changes_with_the_model_only_where_it_matters():
     other.model.hidden_size = 512
     assert swarm_fingerprint(base) == swarm_fingerprint(same)
     assert swarm_fingerprint(base) != swarm_fingerprint(other)
+
+
+def test_fingerprint_changes_with_the_growth_schedule():
+    def with_schedule(*entries: tuple[int, int]) -> RunConfig:
+        cfg = RunConfig()
+        cfg.growth.schedule = [GrowthStage(step, StageModel(num_layers=layers)) for step, layers in entries]
+        return cfg
+
+    configs = [RunConfig(), with_schedule((100, 13)), with_schedule((200, 13)), with_schedule((100, 14))]
+    configs.append(with_schedule((100, 13), (200, 14)))
+    prints = {swarm_fingerprint(c) for c in configs}
+    assert len(prints) == 5  # when, to what, and how many stages: peers disagreeing on any would split
+    assert swarm_fingerprint(with_schedule((100, 13))) == swarm_fingerprint(with_schedule((100, 13)))

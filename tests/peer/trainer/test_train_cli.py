@@ -78,3 +78,23 @@ def test_train_cli_bad_corpus_is_one_line_and_writes_nothing(tmp_path, capsys, m
     assert main(["train", "-c", str(path), "--set", f"data.source={missing}", "--set", "train.init=grow"]) == 2
     assert "corpus not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_cli_grows_at_the_schedules_step_and_keeps_the_heldout_loss(tmp_path, capsys):
+    path = write_config(tmp_path, checkpoint_every=100)
+    schedule = "growth.schedule=[{at_step: 2, model: {hidden_size: 64, num_heads: 4, ffn_size: 128}}]"
+    assert main(["train", "-c", str(path), "--set", schedule]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("grew at step 2: 32x2x64x1 -> 64x4x128x1")]
+    before, after = (float(v) for v in line.split("held-out loss ")[1].split(" -> "))
+    assert abs(after / before - 1) < 1e-3
+    assert "done: step 3, 6 samples" in out
+    assert (
+        main(
+            ["train", "-c", str(path), "--no_resume", "--set", schedule.replace("64, num_heads: 4", "48, num_heads: 3")]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "growth.schedule[0].model: hidden_size 48 is not an integer multiple of the previous stage's 32" in err
+    assert "\n" not in err
