@@ -43,11 +43,12 @@ def test_int8_scores_beside_its_checkpoint_on_the_int8_kernel(exports):
     report = evaluate_export(outs["int8"], _spec(), progress=lambda _: None)
     assert [m.role for m in report.models] == ["checkpoint", "exported_from"]
     assert report.models[1].name == str(ckpt) and report.step == 40
-    int8, fp32 = (m.task("lee").mean for m in report.models)
+    int8_lee, fp32_lee = (m.task("lee").mean for m in report.models)
     # zero-shot similarity of mean-pooled features: int8 rounding moves it a little, never to another model's
-    assert abs(int8 - fp32) < 0.05, (int8, fp32)
-    encoder = load_export_encoder(outs["int8"]).encoder
-    assert sum(isinstance(m, Int8Linear) for m in encoder.modules()) >= 4 * 6  # 4 layers x (q, k, v, o, in, out)
+    assert abs(int8_lee - fp32_lee) < 0.05, (int8_lee, fp32_lee)
+    int8 = load_export_encoder(outs["int8"])
+    assert sum(isinstance(m, Int8Linear) for m in int8.encoder.modules()) >= 4 * 6  # 4 layers x (q, k, v, o, in, out)
+    assert report.models[0].encoder_parameters == report.models[1].encoder_parameters == int8.parameters
 
 
 def test_bf16_is_the_checkpoint_rounded_to_bf16_and_computed_in_fp32(exports):
