@@ -75,6 +75,7 @@ class _StoreCollector(Collector):
             contributions.add_metric([reason], count)
         yield contributions
         yield from self._evaluation()
+        yield from self._exports()
 
     def _evaluation(self) -> Iterable[Metric]:
         """The newest evaluated checkpoint's scores (the background evaluation, ``coordinator.evaluator``): one
@@ -103,6 +104,27 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "warmswarm_eval_failures", "Background evaluations that crashed, were killed or timed out", value=failures
         )
+
+
+    def _exports(self) -> Iterable[Metric]:
+        """The background exporter's builds and failures by form, for the whole run (``Store.export_builds``).
+        Counters, not gauges of what is on disk now: pruning takes a checkpoint's exports and failure records with
+        it, and an alert on a form that keeps failing (deploy/prometheus/alerts.yml) needs a count that only grows.
+        A form shows up once it was built or failed at least once."""
+        counts = self.store.export_builds()
+        built = CounterMetricFamily(
+            "warmswarm_exports_built", "Exports the background exporter built and published, by form", labels=["form"]
+        )
+        failed = CounterMetricFamily(
+            "warmswarm_export_failures",
+            "Export builds that failed (error, crash, kill or timeout), by form; a stopping coordinator's is none",
+            labels=["form"],
+        )
+        for form, c in counts.items():
+            built.add_metric([form], c.built)
+            failed.add_metric([form], c.failed)
+        yield built
+        yield failed
 
 
 def _or_nan(x: float | None) -> float:
