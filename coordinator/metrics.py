@@ -4,8 +4,9 @@ Why a collector over the store rather than gauges set by the monitor: the store 
 survives restarts), so a scrape always shows what the JSON API and the dashboard show, and nothing has to remember
 to update a gauge. Naming follows Prometheus practice: prefix ``warmswarm_``, base units, counters end ``_total``,
 and no peer ids in labels (per-peer data is in the JSON API). Counters read from the store (samples, rejected
-records) are monotonic across coordinator restarts; the process-local ones (download bytes, checkpoint saves seen)
-start at zero with the process, which Prometheus's ``rate()`` handles as a counter reset.
+records, export builds and failures) are monotonic across coordinator restarts; the process-local ones (download
+bytes, checkpoint saves seen) start at zero with the process, which Prometheus's ``rate()`` handles as a counter
+reset.
 """
 
 from __future__ import annotations
