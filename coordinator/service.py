@@ -227,7 +227,7 @@ def start_coordinator(
         exporter = None
         if spec.exports.forms:
             # like the evaluator: a thread that starts and watches one low-priority worker process at a time
-            exporter = BackgroundExporter(spec.exports, ckpts, data / EXPORT_WORK_SUBDIR, config_to_dict(cfg))
+            exporter = BackgroundExporter(spec.exports, ckpts, data / EXPORT_WORK_SUBDIR, config_to_dict(cfg), store)
             threads.append(threading.Thread(target=exporter.run, args=(stop,), name="exporter", daemon=True))
         if private is not None:
             # its own thread, not the main loop's: a checkpoint pull blocks that loop for up to state_timeout, and a

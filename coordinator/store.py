@@ -6,11 +6,11 @@ threads, or other processes opening the same file); WAL lets readers proceed dur
 committed transaction durable across a SIGKILL. Every writer method is one transaction.
 
 Read API (what ``coordinator.api`` calls): ``progress()``, ``peers()``, ``history(since)``, ``checkpoints()``,
-``rejected_counts()``, ``run_config()``, ``evaluations()``, ``evaluation_attempts()``. Writer API (what the
-monitor, the checkpoint saver and the background evaluator call): ``open_run``, ``observe_peer``,
-``set_peer_rates``, ``record_progress``, ``add_rejected``, ``record_checkpoint``, ``remove_checkpoint``,
-``set_banned``, ``add_ban``, ``record_contribution_rejections``, ``record_evaluation``,
-``record_evaluation_failure``. All reads are for the store's
+``rejected_counts()``, ``run_config()``, ``evaluations()``, ``evaluation_attempts()``, ``export_builds()``. Writer
+API (what the monitor, the checkpoint saver and the background evaluator and exporter call): ``open_run``,
+``observe_peer``, ``set_peer_rates``, ``record_progress``, ``add_rejected``, ``record_checkpoint``,
+``remove_checkpoint``, ``set_banned``, ``add_ban``, ``record_contribution_rejections``, ``record_evaluation``,
+``record_evaluation_failure``, ``declare_export_forms``, ``count_export_builds``. All reads are for the store's
 run (the ``run_id`` given to ``open_run``, or the most recently opened run when a reader opens the file without one).
 """
 
@@ -95,6 +95,13 @@ CREATE TABLE IF NOT EXISTS bans (
     reporters INTEGER NOT NULL DEFAULT 0,
     time REAL NOT NULL,
     PRIMARY KEY (run_id, peer_id)
+);
+CREATE TABLE IF NOT EXISTS export_builds (
+    run_id TEXT NOT NULL,
+    form TEXT NOT NULL,
+    built INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, form)
 );
 CREATE TABLE IF NOT EXISTS contribution_rejections (
     run_id TEXT NOT NULL,
@@ -198,6 +205,15 @@ class EvaluationScore:
     sd: float | None
     seeds: list[int] = field(default_factory=list)
     scores: list[float | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExportBuilds:
+    """How often the background exporter built one form, of any checkpoint, and how often a build of it failed; all
+    time for the run (a checkpoint's pruning takes its exports and failure records off the disk, not these)."""
+
+    built: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -709,6 +725,34 @@ class Store:
             )
             for r in rows
         ]
+
+    def count_export_builds(self, built: list[str], failed: list[str]) -> None:
+        """Adds one build to each form in ``built`` and one failure to each in ``failed`` (a worker's outcome)."""
+        run_id = self._run()
+        with self._lock, self._db:
+            for forms, column in ((built, "built"), (failed, "failed")):
+                for form in forms:
+                    self._db.execute(
+                        f"INSERT INTO export_builds (run_id, form, {column}) VALUES (?, ?, 1) "
+                        f"ON CONFLICT (run_id, form) DO UPDATE SET {column} = {column} + 1",
+                        (run_id, form),
+                    )
+
+    def declare_export_forms(self, forms: tuple[str, ...] | list[str]) -> None:
+        """Gives each form a count (zero if it has none yet), so a counter exists before its first increment."""
+        run_id = self._run()
+        with self._lock, self._db:
+            for form in forms:
+                self._db.execute("INSERT OR IGNORE INTO export_builds (run_id, form) VALUES (?, ?)", (run_id, form))
+
+    def export_builds(self) -> dict[str, ExportBuilds]:
+        """The run's export builds and failures so far, by form (sorted)."""
+        run_id = self._run()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT form, built, failed FROM export_builds WHERE run_id = ? ORDER BY form", (run_id,)
+            ).fetchall()
+        return {r["form"]: ExportBuilds(r["built"], r["failed"]) for r in rows}
 
     def rejected_counts(self) -> dict[str, int]:
         run_id = self._run()

@@ -28,10 +28,10 @@ from transformers import (
 
 from peer.config import ModelSpec
 from peer.errors import UserError
+from peer.run.checkpoint_layout import GENERATOR_SUBDIR
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_SUBDIR = "generator"
 
 
 @dataclass

@@ -11,6 +11,8 @@ What it guarantees, as the background evaluation (``coordinator.evaluator``) doe
   (``<form>.failed.json``), so a restarted coordinator builds what is missing and never redoes a finished form.
 - Failures: a form that fails, a worker that crashes, is killed or times out is one WARNING line per form, counted and
   retried up to ``max_attempts`` times, then given up. A worker stopped because the coordinator stops is no failure.
+  Each form built and each failure is also counted in the store, for the run (``warmswarm_exports_built_total``,
+  ``warmswarm_export_failures_total``): the on-disk records go with their checkpoint, an operator's alert must not.
 - A crash at any moment leaves no half export served: the worker builds in a staging dir (emptied before each job)
   and publishes each form with one rename.
 """
@@ -31,7 +33,7 @@ from coordinator.checkpoints import CheckpointDir
 from coordinator.deployment import ExportSettings
 from coordinator.export.worker import ExportJob
 from coordinator.exports import failures, list_exports, record_failure
-from coordinator.store import CheckpointRow
+from coordinator.store import CheckpointRow, Store
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +52,19 @@ class BackgroundExporter:
         ckpts: CheckpointDir,
         work_dir: Path,
         run_config: dict,
+        store: Store,
         python: str = sys.executable,
     ):
         self.settings, self.ckpts, self.run_config, self.python = settings, ckpts, run_config, python
+        self.store = store  # counts each form's builds and failures (warmswarm_exports_built_total, ...)
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.worker_pid: int | None = None  # the running worker's pid, None between jobs
 
     def run(self, stop: threading.Event) -> None:
+        # Zero counts first: Prometheus's increase() cannot see a counter's first increment if it is also its first
+        # sample, and the failing-exports alert counts from the first failure.
+        self.store.declare_export_forms(self.settings.forms)
         while not stop.is_set():
             try:
                 job = self.next_job()
@@ -122,6 +129,7 @@ class BackgroundExporter:
             return False
         built = list_exports(ckpt)
         missing = [f for f in forms if f not in built]
+        self.store.count_export_builds([f for f in forms if f in built], missing)
         if not missing:
             log.unlink(missing_ok=True)  # a failed worker's log stays, for whoever reads the WARNING line
             logger.info("exported %s (step %d) as %s in %.0f s", row.name, row.step, ", ".join(forms),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.card import CARD_FILE, build_model_card
+from coordinator.card import build_model_card
 from coordinator.export.build import ExportNote
 from peer.config import DataSpec
+from peer.run.model_card import write_card
 
 WHAT = {
     "bf16": "every weight in bfloat16 (half the bytes of float32)",
@@ -71,6 +72,4 @@ def write_export_card(out: Path, note: ExportNote, data: DataSpec | None = None)
     name = f"{source.run_id or source.path.name}-step{source.step}-{note.form}"
     card = build_model_card(out, data=data, name=name, provenance_dir=source.path, about=_about(note),
                             usage=_usage(note.form), tags=(f"export-{note.form}",))  # fmt: skip
-    path = Path(out) / CARD_FILE
-    path.write_text(str(card))
-    return path
+    return write_card(out, card)

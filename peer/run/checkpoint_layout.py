@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 TRAINING_STATE_FILE = "training_state.json"  # {"step", "samples", "run_id"} (+ the swarm's resume fields)
+GROWTH_RECORD = "growth.json"  # how the model was grown (``peer grow``), carried into every checkpoint
+GENERATOR_SUBDIR = "generator"  # ELECTRA's generator, a model dir of its own inside the discriminator's
 _NAME_RE = re.compile(r"^ckpt-(\d{6,})$")
 
 

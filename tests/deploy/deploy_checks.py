@@ -108,7 +108,8 @@ _SERIES_SUFFIXES = {
 @contextlib.contextmanager
 def coordinator_metrics(tmp_dir: Path) -> Iterator[CoordinatorMetrics]:
     """A real ``CoordinatorMetrics`` over a real store holding one run with progress, a checkpoint and its
-    evaluation, a rejected record and a download, so that every family (labelled ones included) has samples to show."""
+    evaluation, an export built and one failed, a rejected record and a download, so that every family (labelled
+    ones included) has samples to show."""
     from coordinator.metrics import CoordinatorMetrics
     from coordinator.store import CheckpointRow, EvaluationScore, Store
 
@@ -120,6 +121,7 @@ def coordinator_metrics(tmp_dir: Path) -> Iterator[CoordinatorMetrics]:
         store.add_rejected({"bad_signature": 1})
         score = EvaluationScore("ckpt-000120", 120, "checkpoint", "lee", "spearman", 0.63, 0.004, [0, 1], [0.63, 0.63])
         store.record_evaluation("ckpt-000120", 120, [score], seconds=100.0)
+        store.count_export_builds(["bf16"], ["int8"])
         metrics = CoordinatorMetrics(store)
         metrics.add_download_bytes("http", 1)
         yield metrics

@@ -128,6 +128,43 @@ def test_promtool_accepts_the_prometheus_config_and_its_rules():
     assert "1 rule files found" in result.stdout + result.stderr, "alerts.yml must be loaded by the config"
 
 
+def test_exports_failing_alert_fires_for_a_form_that_only_fails(tmp_path):
+    """``promtool test rules`` on the deployed rule: int8 fails 3 times and is never built (fires); bf16 fails 3 times
+    but is built in between (a flaky form that recovers: silent); pruned failed once (a one-off: silent)."""
+    promtool = require_tool("promtool")
+    shutil.copy(ALERTS, tmp_path / ALERTS.name)
+    (rule,) = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+               if r["alert"] == "WarmswarmExportsFailing"]  # fmt: skip
+    fails, built = "warmswarm_export_failures_total", "warmswarm_exports_built_total"
+    series = {  # one sample a minute from 0m; the counters start at zero (Store.declare_export_forms)
+        f'{fails}{{form="int8"}}': "0 0 1 1 2 2 3 3x60", f'{built}{{form="int8"}}': "0x70",
+        f'{fails}{{form="bf16"}}': "0 0 1 1 2 2 3 3x60", f'{built}{{form="bf16"}}': "0 0 0 1 1x66",
+        f'{fails}{{form="pruned"}}': "0 1x68", f'{built}{{form="pruned"}}': "0x70",
+    }  # fmt: skip
+    expected = {"labels": {"alertname": rule["alert"], "form": "int8", **rule["labels"]},
+                "summary": rule["annotations"]["summary"].replace("{{ $labels.form }}", "int8")}  # fmt: skip
+    tests = {
+        "rule_files": [ALERTS.name],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": k, "values": v} for k, v in series.items()],
+            "alert_rule_test": [
+                {"eval_time": "10m", "alertname": rule["alert"], "exp_alerts": []},  # pending: not for 10 minutes yet
+                {"eval_time": "30m", "alertname": rule["alert"], "exp_alerts": [{
+                    "exp_labels": {k: v for k, v in expected["labels"].items() if k != "alertname"},
+                    "exp_annotations": {"summary": expected["summary"]},
+                }]},
+            ],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "alerts-test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_promtool_parses_every_dashboard_query(dashboard, tmp_path):
     promtool = require_tool("promtool")
     queries = _dashboard_queries(dashboard)

@@ -214,6 +214,32 @@ function renderPeers(peers) {
   $("peers-total").textContent = `${peers.length} seen in all`;
 }
 
+// The command that downloads one export (resumable, sha256-verified): shown per form, and for the newest under the
+// table, so a user copies a line instead of composing flags.
+function exportCommand(name, form) {
+  return `python -m coordinator download --from ${location.origin} --checkpoint ${name} --form ${form} --out ./${name}-${form}`;
+}
+
+// A checkpoint's built exports (smaller forms for inference): per form its name and size, opening to the download
+// command and a link per file; "none yet" while the background exporter has built none.
+function exportsCell(c) {
+  const td = el("td", null, "exports");
+  const forms = Object.keys(c.exports || {}).sort();
+  if (!forms.length) td.append(el("span", "none yet", "muted"));
+  for (const form of forms) {
+    const files = c.exports[form].files, size = files.reduce((s, f) => s + f.size, 0);
+    const box = el("details", null, "export"), list = el("ul", null, "files");
+    box.dataset.form = form;
+    box.append(el("summary", `${form} · ${fmtBytes(size)}`), el("code", exportCommand(c.name, form), "cmd"), list);
+    for (const f of files) {
+      const a = el("a", f.path); a.href = `/exports/${c.name}/${form}/${f.path}`; a.title = `sha256 ${f.sha256}`;
+      const li = el("li"); li.append(a, el("span", ` ${fmtBytes(f.size)}`, "muted")); list.append(li);
+    }
+    td.append(box);
+  }
+  return td;
+}
+
 function renderCheckpoints(ckpts) {
   const body = $("checkpoints").tBodies[0];
   body.replaceChildren(...ckpts.slice().reverse().map((c) => {
@@ -226,10 +252,13 @@ function renderCheckpoints(ckpts) {
       const a = el("a", f.path); a.href = `/checkpoints/${c.name}/${f.path}`; a.title = `sha256 ${f.sha256}`;
       const li = el("li"); li.append(a, el("span", ` ${fmtBytes(f.size)}`, "muted")); list.append(li);
     }
-    const cell = el("td"); cell.append(files); tr.append(cell);
+    const cell = el("td"); cell.append(files); tr.append(exportsCell(c), cell);
     return tr;
   }));
   $("download-cmd").textContent = `python -m coordinator download --from ${location.origin} --out ./model`;
+  const exported = ckpts.slice().reverse().find((c) => Object.keys(c.exports || {}).length);
+  $("export-cmd").textContent = exported ? exportCommand(exported.name, Object.keys(exported.exports).sort()[0])
+    : `python -m coordinator download --from ${location.origin} --checkpoint NAME --form FORM --out DIR`;
 }
 
 async function getJSON(path) {

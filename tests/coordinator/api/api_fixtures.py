@@ -28,6 +28,27 @@ def write_checkpoint(root: Path, step: int, files: dict[str, bytes], manifest: b
     return d
 
 
+def write_export(ckpt: Path, form: str, files: dict[str, bytes]) -> Path:
+    """Publishes ``form``'s export of the checkpoint at ``ckpt`` as the background exporter does: built in a staging
+    dir beside it, described by its manifest (``coordinator.exports.stage``), renamed into place (``publish``)."""
+    from coordinator.exports import export_path, publish, stage
+
+    staged = ckpt.parent / f".staging-{ckpt.name}-{form}"
+    for rel, data in files.items():
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staged / rel).write_bytes(data)
+    stage(staged, int(ckpt.name.split("-")[1]), form)
+    assert publish(staged, ckpt, form), f"could not publish {form} into {ckpt}"
+    return export_path(ckpt, form)
+
+
+def export_payload(form: str, step: int, weight_bytes: int) -> dict[str, bytes]:
+    """The files of a small export: config, card, tokenizer and ``weight_bytes`` of weights."""
+    files = {rel: f"{rel} of the {form} export of step {step}\n".encode()
+             for rel in ("config.json", "README.md", "export.json", "tokenizer.json")}  # fmt: skip
+    return {**files, "model.safetensors": random.Random(f"{form}{step}").randbytes(weight_bytes)}
+
+
 def checkpoint_payload(seed: int, big_bytes: int = 3 << 20) -> dict[str, bytes]:
     rng = random.Random(seed)
     return {

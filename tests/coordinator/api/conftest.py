@@ -12,11 +12,13 @@ from api_fixtures import (
     RUN_ID,
     checkpoint_payload,
     evaluation_report,
+    export_payload,
     populate_crowded_store,
     populate_evaluations,
     populate_store,
     write_checkpoint,
     write_crowded_checkpoints,
+    write_export,
 )
 
 from coordinator.api.grpc_server import GrpcServer, start_grpc_server
@@ -48,7 +50,9 @@ class Coordinator:
 def checkpoints_dir(tmp_path: Path) -> Path:
     root = tmp_path / "data" / "checkpoints"
     write_checkpoint(root, 60, checkpoint_payload(60, big_bytes=1 << 20))
-    write_checkpoint(root, 120, checkpoint_payload(120))
+    ckpt = write_checkpoint(root, 120, checkpoint_payload(120))
+    for form, size in (("bf16", 3 << 19), ("int8", 3 << 18)):  # half and a quarter of the weights
+        write_export(ckpt, form, export_payload(form, 120, size))
     (root / "ckpt-000180.tmp").mkdir()  # a save in progress: never listed or served
     write_checkpoint(root, 240, checkpoint_payload(240), manifest=False)  # renamed but no manifest: not visible
     return root
@@ -119,6 +123,8 @@ def crowded(tmp_path: Path) -> Iterator[CrowdedCoordinator]:
     root = tmp_path / "crowded" / "checkpoints"
     for i, ckpt in enumerate(write_crowded_checkpoints(root)):  # the scores column and chart filled too
         step = int(ckpt.name.split("-")[1])
+        for form in ("bert2bert", "bf16", "distilled", "int8", "pruned"):  # every form: the widest exports cell
+            write_export(ckpt, form, export_payload(form, step, 1024))
         report = evaluation_report(step, i / 5)
         store.record_evaluation(ckpt.name, step, report_scores(report, ckpt.name, step), report.seconds)
     info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"], JOIN_COMMAND)

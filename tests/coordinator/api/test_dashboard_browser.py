@@ -169,6 +169,42 @@ def test_scores_chart_draws_each_task_over_steps_and_follows_new_evaluations(coo
     assert not errors, errors
 
 
+def test_checkpoints_show_their_exports_as_downloads_with_the_command(coordinator, open_page):
+    """The fixture's ckpt-000120 has bf16 and int8 exports; ckpt-000060 none yet. A form's summary is its name and
+    size, it opens to the download command for that form and a link per file, and each link serves the file."""
+    page = open_page(1400)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    load(page, coordinator.url)
+    rows = {r.locator("td").first.text_content(): r for r in page.locator("#checkpoints tbody tr").all()}
+    assert rows["ckpt-000060"].locator("td.exports").text_content() == "none yet"
+    listed = {c["name"]: c for c in page.evaluate("fetch('/api/v1/checkpoints').then((r) => r.json())")["checkpoints"]}
+    exports = listed["ckpt-000120"]["exports"]
+    forms = rows["ckpt-000120"].locator("td.exports details")
+    assert [forms.nth(i).get_attribute("data-form") for i in range(forms.count())] == ["bf16", "int8"]
+    for i, form in enumerate(("bf16", "int8")):
+        box = forms.nth(i)
+        size = sum(f["size"] for f in exports[form]["files"])  # 3 << 19 or 3 << 18 weight bytes + 4 small files
+        shown = f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size / 1024:.1f} KiB"
+        assert box.locator("summary").text_content() == f"{form} · {shown}"
+        box.locator("summary").click()
+        command = f"python -m coordinator download --from {coordinator.url} --checkpoint ckpt-000120 --form {form}"
+        assert box.locator("code").text_content() == f"{command} --out ./ckpt-000120-{form}"
+        links = box.locator("a")
+        hrefs = sorted(links.nth(j).get_attribute("href") for j in range(links.count()))
+        assert hrefs == sorted(f"/exports/ckpt-000120/{form}/{f['path']}" for f in exports[form]["files"])
+    weights = forms.nth(1).locator("a", has_text="model.safetensors")
+    assert weights.is_visible()
+    got = page.evaluate("(u) => fetch(u).then((r) => r.arrayBuffer()).then((b) => b.byteLength)",
+                        weights.get_attribute("href"))  # fmt: skip
+    assert got == 3 << 18
+    assert page.text_content("#export-cmd") == (
+        f"python -m coordinator download --from {coordinator.url} --checkpoint ckpt-000120 --form bf16 "
+        "--out ./ckpt-000120-bf16"
+    )
+    assert not errors, errors
+
+
 def test_dashboard_says_when_the_coordinator_is_gone(coordinator, open_page):
     page = open_page()
     page.goto(f"{coordinator.url}/?refresh=300", wait_until="load")
@@ -186,6 +222,8 @@ def test_no_sideways_page_scroll_with_long_names_and_many_checkpoints(crowded, o
     page.on("pageerror", lambda e: errors.append(str(e)))
     load(page, crowded.url)
     assert page.locator("#checkpoints tbody tr").count() == 6 and page.locator("#leaderboard tbody tr").count() == 8
+    assert page.locator("#checkpoints td.exports details").count() == 6 * 5
+    page.locator("#checkpoints tbody tr").first.locator("td.exports summary").first.click()  # a command shown
     layout = page.evaluate(LAYOUT)
     if os.environ.get("WARMSWARM_DASHBOARD_PNG_DIR") and width in SCREENSHOT_WIDTHS:
         page.screenshot(path=str(Path(os.environ["WARMSWARM_DASHBOARD_PNG_DIR"]) / f"dashboard-{width}.png"),

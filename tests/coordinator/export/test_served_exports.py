@@ -30,7 +30,7 @@ from coordinator.checkpoints import CheckpointDir, verify_checkpoint
 from coordinator.deployment import ExportSettings
 from coordinator.export.background import STAGING, BackgroundExporter
 from coordinator.exports import EXPORTS_SUBDIR, failures, list_exports, record_failure
-from coordinator.store import Store
+from coordinator.store import ExportBuilds, Store
 from peer.errors import UserError
 from peer.run.checkpoint_manifest import read_manifest
 from peer.run.download import DownloadError, download
@@ -71,6 +71,7 @@ class Served:
     writer: Callable[[Path], None]
     ckpts: CheckpointDir
     exporter: BackgroundExporter
+    store: Store
     http: HttpServer
     grpc: GrpcServer
 
@@ -96,11 +97,11 @@ def _served(root: Path, writer, keep_last: int, python: str = sys.executable) ->
     store = Store(root / "coordinator.db")
     store.open_run(RUN_ID, {"run_id": RUN_ID})
     ckpts = CheckpointDir(root / "checkpoints", keep_last=keep_last)
-    exporter = BackgroundExporter(SETTINGS, ckpts, root / "export_work", {}, python=python)
+    exporter = BackgroundExporter(SETTINGS, ckpts, root / "export_work", {}, store, python=python)
     http = start_http_server(create_http_app(store, ckpts.root, RunInfo(RUN_ID, {"run_id": RUN_ID})), "127.0.0.1", 0)
     grpc_server = start_grpc_server(store, ckpts.root, "127.0.0.1", 0)
     try:
-        yield Served(root, writer, ckpts, exporter, http, grpc_server)
+        yield Served(root, writer, ckpts, exporter, store, http, grpc_server)
     finally:
         grpc_server.stop(0)
         http.stop()
@@ -263,6 +264,7 @@ def test_a_worker_killed_mid_export_leaves_nothing_served_and_the_next_pass_buil
         assert {f: (x.attempts, x.error) for f, x in failures(ckpt).items()} == {
             "bf16": (1, "killed by SIGKILL"), "int8": (1, "killed by SIGKILL")}  # fmt: skip
         verify_checkpoint(ckpt)
+        assert served.store.export_builds() == {"bf16": ExportBuilds(0, 1), "int8": ExportBuilds(0, 1)}
 
         served.exporter.python = sys.executable  # the coordinator restarted with a worker that does not crash
         assert served.build_next()
@@ -270,6 +272,7 @@ def test_a_worker_killed_mid_export_leaves_nothing_served_and_the_next_pass_buil
         listed = httpx.get(f"{served.url}/api/v1/checkpoints").json()["checkpoints"][0]["exports"]
         assert sorted(listed) == ["bf16", "int8"]
         assert httpx.get(f"{served.url}/exports/ckpt-000040/bf16/model.safetensors").status_code == 200
+        assert served.store.export_builds() == {"bf16": ExportBuilds(1, 1), "int8": ExportBuilds(1, 1)}
 
 
 def test_pruning_a_checkpoint_removes_its_exports_and_the_newest_goes_first(tmp_path, writer):
@@ -334,5 +337,5 @@ def test_the_coordinator_stopping_ends_a_worker_without_counting_a_failure(tmp_p
         stop.set()  # the coordinator stops as the worker starts
         assert not served.build_next(stop)
         assert served.exporter.worker_pid is None
-        assert failures(ckpt) == {} and list_exports(ckpt) == {}
+        assert failures(ckpt) == {} and list_exports(ckpt) == {} and served.store.export_builds() == {}
         assert served.exporter.pending(served.ckpts.list()[0]) == ["bf16", "int8"]  # built on the next start
