@@ -237,7 +237,7 @@ def train_loop(
                 if others_stop:
                     break
                 continue
-            norm, clipped_norm = train_step.clip()  # the group's mean gradient on a multi-GPU peer
+            norm, clipped_norm = train_step.clip(measure_again=group is not None)  # a multi-GPU peer: the mean
             step_samples = computed.samples * world
             t_step = time.perf_counter()
             advanced = opt.step(step_samples)
