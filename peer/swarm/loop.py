@@ -90,7 +90,8 @@ class LoopParts:
 
 
 def params_are_finite(params: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)
+    """Every parameter finite, read from the device once for all of them (after each global step)."""
+    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 class GoodState:
