@@ -85,8 +85,9 @@ class CopyFence:
     """The point after which every asynchronous copy issued so far on the current CUDA stream has finished.
 
     ``mark()`` after issuing copies (an event recorded on the stream: no wait), ``wait()`` before the host reads or
-    writes a buffer those copies use. Waits only for what was queued before ``mark``, and only once per mark; on a
-    non-CUDA device both are no-ops."""
+    writes a buffer those copies use. Waits only for what was queued before the last ``mark``; the event is kept,
+    so that every thread that waits (the optimizer's executor, the training thread) waits for it, the second at no
+    cost. On a non-CUDA device both are no-ops."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -100,6 +101,6 @@ class CopyFence:
             self._event = event
 
     def wait(self) -> None:
-        event, self._event = self._event, None
+        event = self._event
         if event is not None:
             event.synchronize()
