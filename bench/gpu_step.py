@@ -21,6 +21,7 @@ keeps what it measured. Needs only torch, transformers and pyyaml (no hivemind, 
     python3 bench/gpu_step.py                                   # GPU rows + CPU demo row (one device-tool call)
     python3 bench/gpu_step.py --compile-mode reduce-overhead    # the same with CUDA graphs
     .venv/bin/python bench/gpu_step.py --cpu-only               # no GPU needed: the CPU demo row alone
+    .venv/bin/python bench/gpu_step.py --cpu-only --cpu-config configs/minilm-768x12-fineweb-edu.yaml --cpu-batch 4
 """
 
 from __future__ import annotations
