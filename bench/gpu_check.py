@@ -4,6 +4,9 @@ What it measures and where each figure comes from:
 
 - the training-step table (HF ELECTRA step vs ours: sequences/s, MFU) — ``bench/gpu_step.py``, written to
   ``OUT/gpu_step.json``;
+- sync mode's offloaded optimizer: whether the host buffers that cross to the GPU are pinned, and the gradient
+  (device -> host) and parameter (host -> device) copies' time per global step, against a pageable copy of the same
+  gradients — ``bench/offload_copies.py``, written to ``OUT/offload_copies.json``;
 - the swarm: two real ``python -m peer join`` processes on the same GPU (``-c`` a run config written here, the
   second joining through the first's address), diloco with overlapped rounds, for ``--seconds`` of training each.
   Per peer: samples / the seconds between its "starting at global step" line and its exit, the last rate it logged,
@@ -69,6 +72,8 @@ class Plan:
     compile: bool
     gpu_step_args: list[str] = field(default_factory=list)
     gpu_step_timeout: float = 300.0
+    offload_args: list[str] = field(default_factory=list)  # bench/offload_copies.py
+    offload_timeout: float = 120.0
 
 
 GPU_PLAN = Plan(
@@ -82,6 +87,7 @@ GPU_PLAN = Plan(
     precision="bf16",
     compile=True,
     gpu_step_args=["--device", "cuda", "--no-cpu"],  # the CPU row is measured on the dev machine (bench/README)
+    offload_args=["--device", "cuda", "--size", "demo", "--steps", "5", "--batch", "32", "--seq", "128"],
 )
 DRY_PLAN = Plan(
     device="cpu",
@@ -92,6 +98,7 @@ DRY_PLAN = Plan(
     compile=False,  # inductor's C++ build would take the dry run's whole minute
     gpu_step_args=["--cpu-only", "--cpu-steps", "2", "--cpu-warmup", "1"],
     gpu_step_timeout=120.0,
+    offload_args=["--device", "cpu", "--size", "tiny", "--steps", "3", "--batch", "4", "--seq", "32"],
 )
 
 
@@ -209,6 +216,24 @@ def run_gpu_step(plan: Plan, out: Path, tiny_config: Path | None) -> dict:
     except subprocess.TimeoutExpired as e:
         (out / "gpu_step.log").write_text(str(e.stdout or "") + str(e.stderr or ""))
         error = f"gpu_step.py ran past {plan.gpu_step_timeout:.0f} s"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    return {**result, "seconds": time.monotonic() - started, "error": error}
+
+
+def run_offload_copies(plan: Plan, out: Path) -> dict:
+    """``bench/offload_copies.py`` as a child: sync mode's offloaded buffers (pinned or not) and its host <-> device
+    copy times per global step; its JSON or the error."""
+    path = out / "offload_copies.json"
+    argv = [sys.executable, str(ROOT / "bench" / "offload_copies.py"), *plan.offload_args, "--json", str(path)]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=plan.offload_timeout, cwd=ROOT)
+        (out / "offload_copies.log").write_text(done.stdout + done.stderr)
+        print(done.stdout, end="", flush=True)
+        error = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-500:]}"
+    except subprocess.TimeoutExpired as e:
+        (out / "offload_copies.log").write_text(str(e.stdout or "") + str(e.stderr or ""))
+        error = f"offload_copies.py ran past {plan.offload_timeout:.0f} s"
     result = json.loads(path.read_text()) if path.exists() else {}
     return {**result, "seconds": time.monotonic() - started, "error": error}
 
@@ -346,6 +371,16 @@ def summary(report: dict) -> list[str]:
         )
     if step.get("error"):
         lines.append(f"gpu_step failed: {step['error']}")
+    offload = report.get("offload_copies") or {}
+    if offload.get("error"):
+        lines.append(f"offload_copies failed: {offload['error']}")
+    elif offload:
+        lines.append(
+            f"sync mode's offloaded buffers: all pinned {offload['all_pinned']} ({offload['offloaded_buffers']}); "
+            f"per global step gradients D2H {offload['d2h_median_seconds'] * 1e3:.1f} ms "
+            f"(pageable {offload['d2h_pageable_seconds'] * 1e3:.1f} ms), parameters H2D "
+            f"{offload['h2d_median_seconds'] * 1e3:.1f} ms, {offload['bytes_each_way'] / 2**20:.0f} MiB each way"
+        )
     swarm = report.get("swarm") or {}
     for peer in swarm.get("peers", []):
         lines.append(
@@ -399,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg(),
         },  # fmt: skip
         "gpu_step": None,
+        "offload_copies": None,
         "swarm": None,
         "swarm_mfu": None,
     }
@@ -410,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         tiny = out / "dry-run.yaml"
         shutil.copyfile(run.config, tiny)
     report["gpu_step"] = run_gpu_step(plan, out, tiny)
+    write(out, report)
+    report["offload_copies"] = run_offload_copies(plan, out)
     write(out, report)
 
     seconds = args.seconds or plan.swarm_seconds
@@ -425,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary(report):
         print(line)
     print(f"wrote {out / 'gpu_check.json'} ({report['elapsed_seconds']:.0f} s)")
-    ok = report["gpu_step"]["error"] is None and all(p["exit_code"] == 0 for p in swarm["peers"])
+    ok = (
+        report["gpu_step"]["error"] is None
+        and report["offload_copies"]["error"] is None
+        and all(p["exit_code"] == 0 for p in swarm["peers"])
+    )
     return 0 if ok and swarm["samples_per_second"] else 1
 
 

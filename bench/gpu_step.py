@@ -21,6 +21,7 @@ keeps what it measured. Needs only torch, transformers and pyyaml (no hivemind, 
     python3 bench/gpu_step.py                                   # GPU rows + CPU demo row (one device-tool call)
     python3 bench/gpu_step.py --compile-mode reduce-overhead    # the same with CUDA graphs
     .venv/bin/python bench/gpu_step.py --cpu-only               # no GPU needed: the CPU demo row alone
+    .venv/bin/python bench/gpu_step.py --cpu-only --cpu-config configs/minilm-768x12-fineweb-edu.yaml --cpu-batch 4
 """
 
 from __future__ import annotations
@@ -320,6 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run config whose model, seq_len and batch the CPU row times (default: configs/demo.yaml; "
         "bench/gpu_check.sh --dry-run gives a tiny one)",
     )
+    p.add_argument(
+        "--cpu-batch",
+        type=int,
+        default=None,
+        help="the CPU row's batch instead of the config's (a CPU volunteer runs a realistic config at a few sequences)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)  # fmt: skip
 
@@ -333,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.sizes.split(",") if s not in GPU_SIZES]
     if unknown:
         print(f"error: unknown size {unknown[0]!r} (known: {', '.join(GPU_SIZES)})", file=sys.stderr)
+        return 2
+    if args.cpu_batch is not None and args.cpu_batch < 1:
+        print(f"error: --cpu-batch must be >= 1, got {args.cpu_batch}", file=sys.stderr)
         return 2
     gpu = cuda and not args.cpu_only and args.device != "cpu"
     if not gpu and not args.cpu:
@@ -374,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             f"generator x{demo.model.generator_fraction}; load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        row = Row(cpu_config.stem, "cpu", demo.train.batch_size, demo.data.seq_len, compiled=False, bf16=False)
+        batch = args.cpu_batch or demo.train.batch_size
+        row = Row(cpu_config.stem, "cpu", batch, demo.data.seq_len, compiled=False, bf16=False)
         rows.append(bench_row(demo.model, row, device, Timing(args.cpu_steps, args.cpu_warmup, None), peak))
         print_row(row)
         write_json(outputs, header, rows)

@@ -28,6 +28,18 @@ class ObjectiveOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def metrics_to_floats(metrics: dict) -> dict[str, float]:
+    """The metrics as Python floats, read from the device in one transfer. Why one: each ``float(tensor)`` of a GPU
+    tensor waits for the device, and an objective reports several metrics every micro-batch."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    if not keys:
+        return {k: float(v) for k, v in metrics.items()}
+    device = metrics[keys[0]].device
+    values = torch.stack([metrics[k].detach().reshape(()).to(device, torch.float64) for k in keys]).tolist()
+    read = dict(zip(keys, values, strict=True))
+    return {k: read[k] if k in read else float(v) for k, v in metrics.items()}
+
+
 class Objective(ABC):
     """A callable ``objective(batch) -> ObjectiveOutput`` over a Batch-contract dict of (CPU or device) tensors."""
 
@@ -42,7 +54,7 @@ class Objective(ABC):
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         out = self.forward(self.to_device(batch), self.rng)
-        out.metrics = {k: float(v) for k, v in out.metrics.items()}
+        out.metrics = metrics_to_floats(out.metrics)
         return out
 
     @abstractmethod

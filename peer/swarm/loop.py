@@ -90,7 +90,8 @@ class LoopParts:
 
 
 def params_are_finite(params: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in params)
+    """Every parameter finite, read from the device once for all of them (after each global step)."""
+    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
 class GoodState:
@@ -237,7 +238,7 @@ def train_loop(
                 if others_stop:
                     break
                 continue
-            norm, clipped_norm = train_step.clip()  # the group's mean gradient on a multi-GPU peer
+            norm, clipped_norm = train_step.clip(measure_again=group is not None)  # a multi-GPU peer: the mean
             step_samples = computed.samples * world
             t_step = time.perf_counter()
             advanced = opt.step(step_samples)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peer.objectives import ObjectiveOutput
+from peer.objectives.base import metrics_to_floats
 from peer.trainer.hardware import Precision
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,15 @@ class _ParamsAsOptimizer:
         self.param_groups = [{"params": list(params)}]
 
 
+def _all_finite(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Whether every gradient is finite, as a 0-d device tensor (no wait for the device)."""
+    return torch.stack([torch.isfinite(g).all() for g in grads]).all()
+
+
 def grads_are_finite(params: Sequence[torch.Tensor]) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+    """Every gradient finite: one read from the device for all of them (one per tensor waited once per tensor)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(_all_finite(grads))
 
 
 @torch.no_grad()
@@ -90,6 +98,8 @@ class TrainStep:
         self.spec = spec
         self.scaler = torch.amp.GradScaler(spec.device_type) if spec.precision.scaled else None
         self._as_optimizer = _ParamsAsOptimizer(self.params)
+        # the gradients' norm as ``unscale`` read it with the finite check (device tensor, value); ``clip`` uses it
+        self._measured: tuple[torch.Tensor, float] | None = None
 
     def backward(self, batches: Iterator[dict]) -> Computed:
         """``grad_accum`` micro-batches from ``batches`` forward and backward; the gradient of their mean loss is
@@ -103,39 +113,63 @@ class TrainStep:
             samples += _batch_samples(batch)
             out = self._forward(batch)
             loss = out.loss
-            if not bool(torch.isfinite(loss)):
-                logger.warning("non-finite loss %s: skipping this step, nothing sent to the optimizer", loss.item())
+            loss_value = float(loss.detach())  # the finite guard's one wait for the device, before any backward
+            if not math.isfinite(loss_value):
+                logger.warning("non-finite loss %s: skipping this step, nothing sent to the optimizer", loss_value)
                 return Computed(float("nan"), {}, samples, healthy=False)
             scaled = loss / n
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            loss_sum += float(loss.detach())
-            for key, value in out.metrics.items():
+            loss_sum += loss_value
+            for key, value in metrics_to_floats(out.metrics).items():
                 sums[key] = sums.get(key, 0.0) + float(value) / n
         sums.pop("loss", None)  # the mean loss is Computed.loss
         return Computed(loss_sum / n, sums, samples, healthy=True)
 
     def unscale(self, computed: Computed) -> bool:
         """Un-scales the gradients (fp16) and checks them: True when the step may go on. A rank of a multi-GPU
-        peer calls it before the gradients are reduced, so each rank's scale stays its own business."""
+        peer calls it before the gradients are reduced, so each rank's scale stays its own business.
+
+        The check and the gradients' norm (kept for ``clip``) are read from the device together: the step's one wait
+        after the backward pass."""
+        self._measured = None
         if self.scaler is not None:
             self.scaler.unscale_(self._as_optimizer)
         if not computed.healthy:
             return False
-        if not grads_are_finite(self.params):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        finite = True
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, 2.0)
+            finite_flag, norm_value = torch.stack([_all_finite(grads).to(norm.dtype), norm]).tolist()
+            finite = bool(finite_flag)
+            self._measured = (norm, norm_value)
+        if not finite:
             what = "gradients overflowed in fp16: lowering the loss scale" if self.scaler else "non-finite gradients"
             logger.warning("%s; skipping this step, nothing sent to the optimizer", what)
             return False
         return True
 
-    def clip(self) -> tuple[float, float]:
+    def clip(self, measure_again: bool = False) -> tuple[float, float]:
         """Clips the gradients (the group's mean on a multi-GPU peer) to ``clip_norm``; returns their norm before
-        and after, the latter measured on the gradients the optimizer will read."""
-        if self.spec.clip_norm > 0:
-            before = float(torch.nn.utils.clip_grad_norm_(self.params, self.spec.clip_norm))
-        else:
-            before = grad_norm(self.params)
-        after = grad_norm(self.params) if self.spec.clip_norm > 0 and before > self.spec.clip_norm else before
-        return before, after
+        and after.
+
+        The norm is the one ``unscale`` read with its finite check, unless ``measure_again`` (a multi-GPU peer's
+        gradients were reduced since) or there is none. The clipping is ``clip_grad_norm_``'s own (its two halves,
+        ``get_total_norm`` then ``clip_grads_with_norm_``: the same gradients to the bit), and the norm after is
+        the norm before times the factor the gradients were multiplied by (equal up to rounding), so a step waits
+        for the device once, not three times."""
+        measured, self._measured = self._measured, None
+        if measure_again or measured is None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if not grads:
+                return 0.0, 0.0
+            norm = torch.nn.utils.get_total_norm(grads, 2.0)
+            measured = (norm, float(norm))
+        norm, before = measured
+        if self.spec.clip_norm <= 0:
+            return before, before
+        torch.nn.utils.clip_grads_with_norm_(self.params, self.spec.clip_norm, norm)
+        return before, before * min(1.0, self.spec.clip_norm / (before + 1e-6))
 
     def update_scale(self) -> None:
         """After the step (taken or skipped): fp16's loss scale goes down after an overflow, up after a run of

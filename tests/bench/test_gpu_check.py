@@ -30,6 +30,10 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert step["error"] is None and step["cpu_peak_flops"] > 0
     (row,) = step["rows"]
     assert row["device"] == "cpu" and row["ours_seq_per_s"] > 0 and row["ours_mfu"] > 0
+    offload = report["offload_copies"]
+    assert offload["error"] is None and offload["global_steps"] >= 2, offload
+    assert offload["offloaded_buffers"]["parameters"] > 0 and offload["all_pinned"] is False, "CPU: nothing pinned"
+    assert offload["d2h_median_seconds"] > 0 and offload["h2d_median_seconds"] > 0
     swarm = report["swarm"]
     assert [p["name"] for p in swarm["peers"]] == ["peer0", "peer1"]
     for peer in swarm["peers"]:
@@ -41,6 +45,7 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert 0 < report["swarm_mfu"] < 1
     lines = done.stdout.splitlines()
     assert any(line.startswith("swarm total:") and "samples/s" in line and "MFU" in line for line in lines), lines
+    assert any(line.startswith("sync mode's offloaded buffers: all pinned False") for line in lines), lines
 
 
 def test_usage_errors_are_one_line(tmp_path):

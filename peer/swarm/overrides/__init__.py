@@ -5,7 +5,8 @@ upgrade is checked here and nowhere else. Each module's docstring names the hive
 
 - ``allreduce``: ``GatedAllReduceRunner`` (the gate on every part, robust reduction);
 - ``averagers``: the gradient and state averagers (the gate on joins and downloads, the guarded round, the served
-  state, the delta rule's application under the optimizer lock, stuck rounds called off);
+  state, the delta rule's application under the optimizer lock, stuck rounds called off, the offloaded optimizer's
+  host buffers pinned on CUDA);
 - ``optimizer``: ``GuardedOptimizer`` (plugs the above in);
 - ``progress``: ``ThrottledProgressTracker`` (rate-limited progress records, a clean event-loop shutdown);
 - ``state_download``: ``StateDownloadClient`` (the coordinator's state download under hivemind's handler name).

@@ -44,6 +44,7 @@ from hivemind.utils.timed_storage import get_dht_time
 
 from peer.memory import map_large_allocations, release_free_memory, start_memory_trace
 from peer.swarm.gate import OpenGate, PeerGate
+from peer.swarm.host_buffers import CopyFence, pin_shared, pinned_copy
 from peer.swarm.overrides.allreduce import GatedAllReduceRunner
 from peer.swarm.robust import ClipSettings, Outcome, RoundNormCheck
 from peer.swarm.round_evidence import GRADIENTS, STATE, EvidenceGrace, OutcomeChannel, RoundOutcomes
@@ -216,7 +217,43 @@ class GuardedAveragerMixin:
 
 
 class GuardedGradientAverager(GuardedAveragerMixin, GradientAverager):
+    """The gradient averager; with a model on CUDA its averaged gradients (the buffers the accumulated gradients
+    cross into every global step, and the offloaded optimizer's ``.grad``) are page-locked in place
+    (``peer.swarm.host_buffers``) and filled by asynchronous copies with one wait."""
+
     outcome_kind = GRADIENTS
+
+    def __init__(self, parameters, *args, **kwargs):
+        parameters = tuple(parameters)
+        self._copies = CopyFence(parameters[0].device if parameters else "cpu")
+        super().__init__(parameters, *args, **kwargs)
+
+    def run_in_background(self, *args, **kwargs) -> None:
+        """hivemind's start of the averager's process, then (CUDA) the averaged gradients page-locked: only after the
+        fork, which must map them (the driver may leave registered pages out of a forked child)."""
+        super().run_in_background(*args, **kwargs)
+        if self._copies.active:
+            with self.get_tensors() as averaged_grads:
+                pinned = pin_shared(averaged_grads)
+            logger.debug("page-locked %d of %d averaged gradient buffers", pinned, len(averaged_grads))
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self):
+        """hivemind 1.1.12 ``GradientAverager.load_accumulators_into_averager_`` (copy each accumulator into its
+        averaged buffer, then scale it by 1 / accumulations on the host) with every copy issued before one wait.
+
+        Why the wait: hivemind scales each buffer right after its ``copy_(non_blocking=True)``, which is safe only
+        because a copy into pageable memory is synchronous; into the pinned buffers it is not, and the host would
+        scale, and the averager send, what was there before. On CPU the same copies and products in another order:
+        the same values."""
+        grad_scale = (1.0 / self.local_times_accumulated) if self.local_times_accumulated != 0 else 0.0
+        with self.get_tensors() as averaged_grads:
+            for grad_acc, averaged_grad in zip(self._grad_accumulators(), averaged_grads, strict=True):
+                averaged_grad.copy_(grad_acc, non_blocking=True)
+            self._copies.mark()
+            self._copies.wait()
+            for averaged_grad in averaged_grads:
+                averaged_grad.mul_(grad_scale)
 
 
 LANDED_ROUND = "warmswarm_landed_round"  # key of a served state's metadata: its last averaged outer round
@@ -336,13 +373,76 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
     def _count_optimizer_step(self, *_) -> None:
         self.optimizer_steps += 1
 
+    def _init_components(self, param_groups, optimizer_or_factory, scheduler_or_factory, initialize_optimizer):
+        """hivemind 1.1.12 ``TrainingStateAverager._init_components``, with (CUDA, offloaded optimizer) the optimizer
+        built on page-locked copies of its parameters, and every optimizer step waiting for the copies out of them.
+
+        Why at construction: the copies hivemind hands the factory are the parameters the optimizer keeps, its state
+        is keyed by, and ``_apply_optimizer_parameters_`` copies to the model every global step; pinned before the
+        factory sees them, nothing has to be re-keyed. (With ``reuse_tensors`` they are the shared averaged tensors,
+        pinned in place once the averager's process has started: ``run_in_background``.)"""
+        main = self.main_parameters
+        self.host_copies = CopyFence(main[0].device if main else "cpu")
+        is_factory = callable(optimizer_or_factory) and not isinstance(optimizer_or_factory, torch.optim.Optimizer)
+        if self.host_copies.active and self.offload_optimizer and not self.reuse_tensors and is_factory:
+            make_optimizer = optimizer_or_factory
+
+            def optimizer_or_factory(groups):
+                pinned = [dict(group, params=[pinned_copy(p) for p in group["params"]]) for group in groups]
+                return make_optimizer(pinned)
+
+        optimizer, scheduler = super()._init_components(
+            param_groups, optimizer_or_factory, scheduler_or_factory, initialize_optimizer
+        )
+        if self.offload_optimizer:
+            optimizer.register_step_pre_hook(lambda *_: self.host_copies.wait())
+        return optimizer, scheduler
+
+    def run_in_background(self, *args, **kwargs) -> None:
+        """hivemind's start of the averager's process, then (CUDA, offloaded optimizer reusing the averaged tensors)
+        the optimizer's shared parameters page-locked in place, after the fork (as the gradient averager's)."""
+        super().run_in_background(*args, **kwargs)
+        if self.host_copies.active and self.offload_optimizer and self.reuse_tensors:
+            pin_shared(p for group in self.optimizer.param_groups for p in group["params"])
+
+    def offloaded_buffers_pinned(self) -> dict[str, int]:
+        """How many of the host buffers that cross to the device are page-locked (for ``bench/gpu_check.py``):
+        the offloaded optimizer's parameters and their gradients, of how many."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]] if self.offload_optimizer else []
+        grads = [p.grad for p in params if p.grad is not None]
+        return {
+            "parameters": len(params),
+            "parameters_pinned": sum(p.is_pinned() for p in params),
+            "gradients": len(grads),
+            "gradients_pinned": sum(g.is_pinned() for g in grads),
+        }
+
+    @torch.no_grad()
+    def _apply_optimizer_parameters_(self):
+        """hivemind 1.1.12 ``TrainingStateAverager._apply_optimizer_parameters_`` (offloaded parameters copied to the
+        model, ``non_blocking``), then a mark on ``host_copies`` instead of a wait.
+
+        Why no wait here: the model's next kernels follow the copies on the same stream, so the device needs none,
+        and the host goes on (the next batch, the progress record) while the copies run. The host waits only before
+        it next writes those parameters: the optimizer step (a pre-hook), an averaged round, a downloaded state."""
+        super()._apply_optimizer_parameters_()
+        self.host_copies.mark()
+
     def _apply_averaging_results_(self):
         """hivemind's application of a finished round, under the optimizer's lock: with ``delay_optimizer_step``
         hivemind steps the optimizer in its executor while the training thread applies a round here, and the two
         must not interleave on the same tensors. (Why rounds apply by the delta rule:
-        ``GuardedOptimizer._make_state_averager``.)"""
+        ``GuardedOptimizer._make_state_averager``.) A copy of the parameters to the model still running must
+        finish before the round changes them (``host_copies``)."""
         with self.lock_optimizer:
+            self.host_copies.wait()
             super()._apply_averaging_results_()
+
+    def load_state_from_peers(self, **kwargs):
+        """hivemind's download into the optimizer's parameters, once a copy out of them still running has finished
+        (``host_copies``)."""
+        self.host_copies.wait()
+        return super().load_state_from_peers(**kwargs)
 
     def step(self, *args, **kwargs):
         with self._serving:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from peer.objectives import ObjectiveOutput
 from peer.trainer.hardware import Precision
@@ -145,3 +146,58 @@ def test_the_single_process_trainer_clips_through_the_same_step():
     outcome = run_step(step, itertools.islice(iter(lambda: data(4), None), 2), lambda: seen.append(grad_norm(params)))
     assert outcome.stepped and outcome.grad_norm > 1e3
     assert seen[0] == pytest.approx(0.5, rel=1e-4) and outcome.clipped_norm == pytest.approx(0.5, rel=1e-4)
+
+
+class DeviceReads(TorchFunctionMode):
+    """Counts the tensor reads that make the host wait for the device (on a GPU): ``float``, ``bool``, ``int``,
+    ``.item()``, ``.tolist()``, ``.cpu()``."""
+
+    READS = {"__float__", "__bool__", "__int__", "__index__", "item", "tolist", "cpu"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def mlp_with_metrics(layers: int, metrics: int):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(layers)])
+
+    def objective(batch: dict) -> ObjectiveOutput:
+        err = model(batch["x"]).sum(1, keepdim=True) - batch["y"]
+        loss = 1e3 * err.pow(2).mean()
+        return ObjectiveOutput(loss, {f"m{i}": err.abs().mean().detach() * i for i in range(metrics)})
+
+    return model, objective
+
+
+@pytest.mark.parametrize("layers,metrics", [(1, 1), (6, 5)])
+def test_a_step_waits_for_the_device_once_per_micro_batch_for_its_loss_and_metrics_and_once_after_backward(
+    layers, metrics
+):
+    model, objective = mlp_with_metrics(layers, metrics)
+    step = TrainStep(objective, list(model.parameters()), StepSpec(grad_accum=2, clip_norm=1.0))
+    with DeviceReads() as counted:
+        outcome = run_step(step, split(data(8), 2), lambda: None)
+    assert outcome.stepped and outcome.grad_norm > 1.0 >= outcome.clipped_norm * (1 - 1e-6), "it clipped"
+    # per micro-batch: the loss (the finite guard) and the metrics in one read; after backward: the gradients'
+    # finite check and norm in one read; none per parameter tensor or per metric, none for clipping
+    assert len(counted.reads) == 2 * 2 + 1, counted.reads
+
+
+def test_clipping_with_the_norm_read_by_the_finite_check_is_clip_grad_norm_to_the_bit():
+    model, objective = mlp_with_metrics(3, 1)
+    reference, reference_objective = mlp_with_metrics(3, 1)
+    step = TrainStep(objective, list(model.parameters()), StepSpec(clip_norm=0.5))
+    assert step.unscale(step.backward(iter([data(8)])))
+    before, _ = step.clip()
+    TrainStep(reference_objective, list(reference.parameters()), StepSpec()).backward(iter([data(8)]))
+    expected = float(torch.nn.utils.clip_grad_norm_(list(reference.parameters()), 0.5))
+    assert before == expected
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
