@@ -30,6 +30,7 @@ from peer.run.state_format import SwarmState, apply_swarm_state, wire_names
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.stage_keys import Stages
 from peer.swarm.swarm_optimizer import SwarmOptimizer
+from peer.trainer.stages import loaded_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ BuildOptimizer = Callable[[int, list[torch.nn.Parameter]], SwarmOptimizer]
 
 
 def sizes_text(models: PretrainingModels) -> str:
-    c = models.discriminator.config
-    return f"{c.hidden_size}x{c.num_attention_heads}x{c.intermediate_size}x{c.num_hidden_layers}"
+    """hidden x heads x FFN x layers, as ``peer train`` reports a switch."""
+    return "x".join(map(str, loaded_sizes(models)))
 
 
 def named_optimizer_state(opt: SwarmOptimizer, models: PretrainingModels) -> dict[str, dict[str, torch.Tensor]]:
