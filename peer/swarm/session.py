@@ -223,13 +223,13 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after, cfg.swarm.local_ban_seconds)
         )  # the run's, not a stage's: local bans and reports go on across a growth switch
 
-        def build(stage: int, params: list) -> SwarmOptimizer:
-            """The optimizer of growth stage ``stage`` (its DHT prefix: the run_id itself for stage 0)."""
+        def build(index: int, stage_params: list) -> SwarmOptimizer:
+            """The optimizer of growth stage ``index`` (its DHT prefix: the run_id itself for stage 0)."""
             built = build_swarm_optimizer(
                 dht,
-                stage_prefix(cfg.run_id, stage),
+                stage_prefix(cfg.run_id, index),
                 cfg.swarm,
-                param_groups(params, cfg.train.weight_decay),
+                param_groups(stage_params, cfg.train.weight_decay),
                 *run_optimizer_factories(cfg),
                 batch_size=cfg.train.batch_size * cfg.train.grad_accum * world,
                 gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,

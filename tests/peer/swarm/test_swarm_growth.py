@@ -20,10 +20,11 @@ from peer.modeling import build_models, save_models
 
 REPO = Path(__file__).resolve().parents[3]
 RUN = "growtest"
-# the late joiner arrives about 10 global steps after the switch (its interpreter's start-up, on 2 loaded cores) and
-# leaves 3 steps before the first two, so that their last rounds, two-peer rounds with a state round in each, end
-# the test as the rounds before it joined did (a three-peer round under that load may return partial results)
-AT_STEP, JOINER_LAST, LAST_STEP = 3, 13, 16
+# The late joiner arrives about 7 global steps after the switch (its interpreter's start-up on 2 loaded cores) and
+# leaves once it holds the stage's state (its --max_steps is already behind the step it loads). Why it takes no
+# round: a three-peer round under that load now and then returns partial results to one peer, which left the first
+# two 1e-3 to 3e-3 apart at the end in 2 of 4 attempts where it trained two steps with them (no partial round: 4e-9).
+AT_STEP, LAST_STEP = 3, 16
 GROWING = {
     "run_id": RUN,
     "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
@@ -85,7 +86,8 @@ def test_two_peers_grow_at_the_same_step_stay_equal_and_a_late_joiner_starts_in_
     """Two sync peers cross ``at_step``: both grow there (nothing downloaded), train on under the stage's keys and
     end with equal parameters of the grown shapes (they saw different data, so equal means they averaged every
     round of the new stage); a third peer started after the switch reads the stage off the swarm's step, builds the
-    grown model and downloads the stage's state from its peers.
+    grown model and downloads the stage's state from its peers (then leaves: see the note at AT_STEP; a stage-1 peer
+    training on is tests/peer/swarm/test_stage_switch.py's).
 
     Fails on the code before the switch: ``peer join`` refused a run with a growth schedule."""
     root, grown_shapes = run_files
@@ -98,12 +100,12 @@ def test_two_peers_grow_at_the_same_step_stay_equal_and_a_late_joiner_starts_in_
             maddrs = [a.wait_for_line(re.compile(r"visible at (\S+)"), 120).group(1)]
             b = start_peer(procs, root, f"b{attempt}", LAST_STEP, maddrs, "--wait_for_peers", "2")
             a.wait_for_line("stage 1 started", 180)
-            c = start_peer(procs, root, f"c{attempt}", JOINER_LAST, maddrs)
+            c = start_peer(procs, root, f"c{attempt}", AT_STEP + 1, maddrs)
             pa, pb, pc = finish(a), finish(b), finish(c)
             logs = {p.name[0]: p.text() for p in (a, b, c)}
         switched = {name: SWITCH.findall(logs[name]) for name in "ab"}
         assert switched == {"a": [str(AT_STEP)], "b": [str(AT_STEP)]}, f"not one switch at step {AT_STEP}: {switched}"
-        for name, last in (("a", LAST_STEP), ("b", LAST_STEP), ("c", JOINER_LAST)):
+        for name, last in (("a", LAST_STEP), ("b", LAST_STEP), ("c", AT_STEP + 1)):
             left = LEFT.search(logs[name])
             assert left and int(left.group(1)) >= last, logs[name][-3000:]
         for params in (pa, pb, pc):
