@@ -242,12 +242,8 @@ def join_options(
 
 def run(args: argparse.Namespace) -> int:
     cfg, peer, from_coordinator = resolve_config(args)
-    if cfg.growth.schedule:  # a swarm peer cannot grow yet: refuse rather than train past a switch unchanged
-        raise UserError(
-            "this run has a growth.schedule, and peers cannot grow mid-run in a swarm yet (only `peer train` does); "
-            "join a run without one"
-        )
     rank = rank_from_env()  # set by torchrun: this process is one rank of a multi-GPU peer
+    check_growth_schedule(cfg, multi_rank=rank is not None)
     stop = StopSignal().install()
     group = start_group(rank, cfg) if rank is not None else None
     try:
@@ -278,6 +274,22 @@ def run(args: argparse.Namespace) -> int:
         f"{result.skipped_batches} batches skipped, {result.restored} restores, params {result.params_digest}"
     )
     return 0
+
+
+def check_growth_schedule(cfg: RunConfig, multi_rank: bool) -> None:
+    """A swarm peer grows mid-run in sync mode, as one process (``peer.swarm.stage_switch``); anything else with a
+    growth.schedule is refused in one line rather than trained past a switch unchanged. Why not diloco: its outer
+    momentum and anchor would have to grow with the parameters, which nothing does yet; nor torchrun ranks: the
+    followers would have to rebuild their models at the switch."""
+    if not cfg.growth.schedule:
+        return
+    if cfg.swarm.averaging != "sync":
+        raise UserError(
+            f"this run has a growth.schedule, and swarm peers grow mid-run in sync averaging only, not "
+            f"{cfg.swarm.averaging!r}"
+        )
+    if multi_rank:
+        raise UserError("this run has a growth.schedule, and a multi-GPU (torchrun) peer cannot grow mid-run yet")
 
 
 def start_group(rank: RankInfo, cfg: RunConfig) -> PeerGroup:

@@ -17,6 +17,7 @@ MAX_PEER_ID_CHARS = 128  # a base58 libp2p id is ~46-53 characters
 MAX_REPORTED_PEERS = 256  # a report naming more peers than a swarm plausibly has is malformed
 MAX_RECORD_METRICS = 32  # an ELECTRA peer publishes ~20 (its step's metrics, gradient norms, held-out metrics)
 MAX_METRIC_NAME_CHARS = 48
+MAX_STAGES = 64  # growth stages of one run (a schedule is a handful of entries)
 
 
 class LocalMetrics(pydantic.BaseModel):
@@ -39,6 +40,10 @@ class LocalMetrics(pydantic.BaseModel):
     # the gradients it sent after clipping (grad_norm) and before (grad_norm_unclipped), and its last held-out
     # evaluation (eval_<name>). Defaulted: a record from a peer that publishes none (an older one) stays valid.
     metrics: dict[pydantic.constr(min_length=1, max_length=MAX_METRIC_NAME_CHARS), pydantic.StrictFloat] = {}
+    # the growth stage the peer trains (0: the run's first; ``growth.schedule``'s entry k is stage k+1), so that the
+    # coordinator can tell the stages apart. Defaulted and left out at 0: a run without a schedule sends the records
+    # it sent before stages existed
+    stage: pydantic.conint(ge=0, le=MAX_STAGES, strict=True) = 0
 
     @pydantic.validator("metrics")
     def _few_metrics(cls, value: dict) -> dict:
@@ -47,14 +52,16 @@ class LocalMetrics(pydantic.BaseModel):
         return value
 
     def dict(self, **kwargs) -> dict:
-        """The record's fields, without ``metrics`` when it is empty. Why: hivemind's ``SchemaValidator`` accepts a
-        record only if parsing it changes nothing, so a record written without the field (by a peer from before it)
-        must parse back without it too; and a record with no metrics stays readable by nodes from before it.
-        A record *with* metrics is dropped by such older nodes (they ignore the field, so parsing changes it): the
-        coordinator, the run's first DHT node, must be upgraded before its peers."""
+        """The record's fields, without ``metrics`` when it is empty (nor ``stage`` when 0). Why: hivemind's
+        ``SchemaValidator`` accepts a record only if parsing it changes nothing, so a record written without the
+        field (by a peer from before it) must parse back without it too; and a record with no metrics stays readable
+        by nodes from before it. A record *with* metrics (or a stage) is dropped by such older nodes (they ignore the
+        field, so parsing changes it): the coordinator, the run's first DHT node, must be upgraded before its peers."""
         data = super().dict(**kwargs)
         if not data.get("metrics"):
             data.pop("metrics", None)
+        if not data.get("stage"):  # the same rule for the stage: stage 0 is written as before stages existed
+            data.pop("stage", None)
         return data
 
 

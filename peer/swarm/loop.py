@@ -30,6 +30,7 @@ from peer.run.records import MAX_METRIC_NAME_CHARS, MAX_RECORD_METRICS, LocalMet
 from peer.swarm.ddp import Decision, PeerGroup, params_digest
 from peer.swarm.metrics import MetricsPublisher, RecordSigning, fetch_metrics, publish_metrics
 from peer.swarm.shutdown import StopSignal
+from peer.swarm.stage_switch import StageSwitcher
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.trainer.step import StepObjective, StepSpec, TrainStep, eval_due, grads_are_finite
 
@@ -87,6 +88,9 @@ class LoopParts:
     # ``eval_every`` local steps and published with the next record as ``eval_<name>``; None: no evaluation
     evaluate: Callable[[], dict[str, float]] | None = None
     eval_every: int = 0
+    # a run with a growth schedule: where this peer is in it and the switch at each stage's global step
+    # (``peer.swarm.stage_switch``); None without a schedule, and the loop is then exactly the one-stage loop
+    stages: StageSwitcher | None = None
 
 
 def params_are_finite(params: list[torch.Tensor]) -> bool:
@@ -206,7 +210,10 @@ def train_loop(
     def current_record() -> LocalMetrics:
         """This peer's progress record as of now (periodic, and the last one when the loop ends)."""
         metrics = {**step_metrics, **eval_metrics}
-        return local_metrics(dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps, metrics)
+        stage = parts.stages.index if parts.stages is not None else 0
+        return local_metrics(
+            dht, opt, options, ema_rate, samples_since_step, samples, loss_value, local_steps, metrics, stage
+        )
 
     show_bar = options.show_status and progress_on()
     bar = tqdm(desc="swarm", unit="batch", disable=not show_bar, dynamic_ncols=True)
@@ -266,6 +273,17 @@ def train_loop(
                         logger.warning("reset %d optimizer-state entries that were non-finite or negative", healed)
                     restored += 1
                     was_restored = True
+            while parts.stages is not None and parts.stages.due(opt.global_step):
+                # the swarm reached the next stage's step (by this step, or by a state download): grow, and go on
+                # at the same step with the new stage's optimizer (every peer does so at the same step)
+                opt = parts.stages.switch(opt, stop)
+                params = parts.stages.params()
+                scaler = train_step.scaler
+                train_step = TrainStep(parts.objective, params, parts.step)
+                train_step.scaler = scaler
+                good = GoodState(params)
+                changes_every_step = opt.changes_every_step
+                samples_since_step = 0
             if group is not None:
                 changed = advanced or was_restored or changes_every_step
                 group.decide(Decision(False, others_stop, changed, opt.global_step, loss_value))
@@ -337,9 +355,11 @@ def local_metrics(
     loss: float,
     local_steps: int,
     metrics: dict[str, float] | None = None,
+    stage: int = 0,
 ) -> LocalMetrics:
     """This peer's metrics record as of now; ``metrics`` (the objective's, the gradient norms, the last held-out
-    evaluation's) keep their finite values only, at most ``MAX_RECORD_METRICS`` of them."""
+    evaluation's) keep their finite values only, at most ``MAX_RECORD_METRICS`` of them; ``stage``: the growth
+    stage it trains (``peer.swarm.stage_switch``)."""
     return LocalMetrics(
         step=opt.global_step,
         samples_per_second=float(min(rate, 1e7)),
@@ -352,6 +372,7 @@ def local_metrics(
         fingerprint=options.fingerprint,
         peer_id=str(dht.peer_id),
         metrics=record_metrics(metrics or {}),
+        stage=stage,
     )
 
 

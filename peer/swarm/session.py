@@ -15,7 +15,15 @@ from functools import partial
 
 import hivemind
 
-from peer.config import ConfigError, PeerSettings, RunConfig, config_from_dict, without_peer_keys
+from peer.config import (
+    ConfigError,
+    ModelSpec,
+    PeerSettings,
+    RunConfig,
+    config_from_dict,
+    model_stages,
+    without_peer_keys,
+)
 from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.run.coordinator_client import RunAnswer, get_answer
@@ -32,7 +40,9 @@ from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, sw
 from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
-from peer.swarm.state import resume_swarm_state, starting_point
+from peer.swarm.stage_keys import stage_at, stage_prefix, swarm_step
+from peer.swarm.stage_switch import StageSwitcher
+from peer.swarm.state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point, wait_for_stage_state
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
 from peer.trainer import compile_models, param_groups, resolve_device, step_spec
@@ -103,6 +113,32 @@ def check_fingerprint(dht: hivemind.DHT, cfg: RunConfig) -> None:
         )
 
 
+def joining_stage(dht: hivemind.DHT, cfg: RunConfig, stages: list[tuple[int, ModelSpec]]) -> int:
+    """The growth stage this peer joins in: the one the swarm's global step (the highest step the run's peers
+    publish) is in (``peer.swarm.stage_keys``). 0 for a run without a schedule, without reading anything."""
+    if len(stages) == 1:
+        return 0
+    mine = swarm_fingerprint(cfg)
+    step = swarm_step(m.step for m in fetch_metrics(dht, cfg.run_id).values() if m.fingerprint == mine)
+    stage = stage_at(stages, step)
+    if stage:
+        logger.info("the swarm is at global step %d: joining growth stage %d", step, stage)
+    return stage
+
+
+def stage_start(
+    cfg: RunConfig, stage: int, spec: ModelSpec, dht: hivemind.DHT, tokenizer, init_dir: str | None, stop: StopSignal
+) -> StartingPoint:
+    """A joiner's models after the run's first switch: the stage's shapes, whose values the stage's peers send
+    (``resume_stage_state``). Why not a checkpoint or ``--init_dir``: those hold the first stage's model."""
+    from peer.modeling import build_models
+
+    if init_dir:
+        logger.info("--init_dir holds the first stage's model: stage %d's state comes from its peers", stage)
+    wait_for_stage_state(dht, stage_prefix(cfg.run_id, stage), stage, cfg.swarm.load_state_timeout, stop)
+    return StartingPoint(build_models(spec, len(tokenizer), tokenizer.pad_token_id or 0, seed=cfg.growth.seed), None)
+
+
 @dataclass
 class JoinOptions:
     config_from_coordinator: bool = False
@@ -136,6 +172,7 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
     dht: hivemind.DHT | None = None
     opt: SwarmOptimizer | None = None
     membership: Membership | None = None
+    switcher: StageSwitcher | None = None
     try:
         signing: RecordSigning = make_validators(cfg.run_id, peer.identity_path)  # the volunteer's key
         signing.validators.extend(ban_validators(cfg.run_id))
@@ -156,7 +193,12 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         tokenizer = load_tokenizer(cfg, options.init_dir)
         work_dir = peer_work_dir(cfg.run_id, options.work_dir)  # --work_dir, else $XDG_CACHE_HOME/warmswarm/RUN_ID
         work_dir.mkdir(parents=True, exist_ok=True)
-        start = starting_point(cfg, dht, peer.coordinator_url, options.init_dir, work_dir, tokenizer)
+        stages = model_stages(cfg)
+        stage = joining_stage(dht, cfg, stages)
+        if stage == 0:
+            start = starting_point(cfg, dht, peer.coordinator_url, options.init_dir, work_dir, tokenizer)
+        else:
+            start = stage_start(cfg, stage, stages[stage][1], dht, tokenizer, options.init_dir, stop)
         models = start.models
         group = options.group  # rank 0 of a multi-GPU peer (peer.swarm.ddp), else None
         device = group.device if group is not None else resolve_device(cfg.train)
@@ -172,28 +214,43 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         params = models.parameters()
         world = group.world_size if group is not None else 1
         spec = step_spec(cfg.train, device)
-        logger.info(startup_line(startup_facts(cfg, params, device, spec)))
+        staged = dataclasses.replace(cfg, model=stages[stage][1])  # the model line says the stage's sizes
+        logger.info(startup_line(startup_facts(staged, params, device, spec)))
         if cfg.train.compile:
             compile_models(models)
         ban_gate = BanGate(dht, cfg.run_id, signing.public_key, fetch_ban_authority(peer.coordinator_url))
-        opt = build_swarm_optimizer(
-            dht,
-            cfg.run_id,
-            cfg.swarm,
-            param_groups(params, cfg.train.weight_decay),
-            *run_optimizer_factories(cfg),
-            batch_size=cfg.train.batch_size * cfg.train.grad_accum * world,
-            gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
-            open_run=private is None,
-            client_mode=peer.client_mode,
-            kinds=options.averagers,
-        )
-        opt.bans = BanBook(
+        bans = BanBook(
             dht, cfg.run_id, signing.public_key, RejectionLedger(cfg.swarm.ban_after, cfg.swarm.local_ban_seconds)
-        )
-        stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
-        # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
-        resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir)
+        )  # the run's, not a stage's: local bans and reports go on across a growth switch
+
+        def build(index: int, stage_params: list) -> SwarmOptimizer:
+            """The optimizer of growth stage ``index`` (its DHT prefix: the run_id itself for stage 0)."""
+            built = build_swarm_optimizer(
+                dht,
+                stage_prefix(cfg.run_id, index),
+                cfg.swarm,
+                param_groups(stage_params, cfg.train.weight_decay),
+                *run_optimizer_factories(cfg),
+                batch_size=cfg.train.batch_size * cfg.train.grad_accum * world,
+                gate=AllGates([ban_gate, membership.gate]) if membership else ban_gate,
+                open_run=private is None,
+                client_mode=peer.client_mode,
+                kinds=options.averagers,
+            )
+            built.bans = bans
+            stop.reassert()  # starting hivemind's averagers set SIGINT to ignored; Ctrl-C must still stop this peer
+            return built
+
+        opt = build(stage, params)
+        if stage == 0:
+            # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
+            resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir)
+        else:
+            resume_stage_state(opt, models, dht, stage_prefix(cfg.run_id, stage), cfg.swarm.load_state_timeout, stop)
+        if len(stages) > 1:
+            switcher = StageSwitcher(
+                stages, stage, models, build, cfg.growth.depth_method, cfg.swarm.averaging_timeout, current=opt
+            )
         logger.info("starting at global step %d", opt.global_step)
         if group is not None:
             group.report_setup(SetupReport(ok=True, seed=seed, shapes=tuple(tuple(p.shape) for p in params)))
@@ -209,9 +266,12 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             step=spec,
             evaluate=evaluate,
             eval_every=cfg.train.eval_every,
+            stages=switcher,
         )
         return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
     finally:
+        if switcher is not None:
+            opt = switcher.current  # the stage's optimizer the loop ended with (None: a switch failed between them)
         if opt is not None:
             opt.shutdown()
         if membership is not None:

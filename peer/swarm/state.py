@@ -384,6 +384,33 @@ def resume_swarm_state(
     apply_swarm_state(opt, names, checkpoint_state(fallback_checkpoint(cfg, coordinator_url, work_dir)))
 
 
+def wait_for_stage_state(dht: hivemind.DHT, prefix: str, stage: int, timeout: float, stop: Stoppable) -> None:
+    """Waits until a peer of growth stage ``stage`` (hivemind prefix ``prefix``) declares state to share; UserError in
+    one line if none does within ``timeout`` s. Why wait: a joiner that read a step past the switch may arrive while
+    the peers are still growing; and why fail rather than fall back: the coordinator's checkpoints and step 0 hold
+    the first stage's model (a stage-aware checkpoint is the coordinator's part of mid-run growth)."""
+    deadline = time.monotonic() + timeout
+    while not peers_hold_state(dht, prefix):
+        if _stopped(stop, 1.0):
+            return
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"the swarm is in growth stage {stage}, and no peer of that stage shared its state within "
+                f"{timeout:.0f} s: try again later"
+            )
+
+
+def resume_stage_state(
+    opt: SwarmOptimizer, models: PretrainingModels, dht: hivemind.DHT, prefix: str, timeout: float, stop: Stoppable
+) -> None:
+    """A joiner after the run's first switch: the stage's state from its peers (parameters, optimizer state, step),
+    as ``resume_swarm_state`` downloads it; UserError in one line if none arrives within ``timeout``."""
+    with waiting_bar("state from peers", timeout):
+        pulled = pull_state_from_peers(opt, list(models.named_parameters()), dht, prefix, timeout, stop)
+    if not pulled and not stop.is_set():
+        raise UserError(f"no peer of this growth stage ({prefix}) sent its state within {timeout:.0f} s: try again")
+
+
 def checkpoint_state(checkpoint_dir: Path) -> SwarmState:
     """A checkpoint's full state, its parameters read from disk again: the in-memory models may no longer hold them,
     because hivemind's optimizer initialisation (a zero-gradient step) applies weight decay to the parameters it

@@ -14,8 +14,17 @@ from transformers import AutoTokenizer
 
 import peer.cli.join as join_cli
 import peer.swarm.session as session
-from peer.cli.join import register, resolve_config
-from peer.config import ConfigError, GrowthStage, ModelSpec, PeerSettings, RunConfig, StageModel, config_to_dict
+from peer.cli.join import check_growth_schedule, register, resolve_config
+from peer.config import (
+    ConfigError,
+    GrowthStage,
+    ModelSpec,
+    PeerSettings,
+    RunConfig,
+    StageModel,
+    config_to_dict,
+    load_config,
+)
 from peer.errors import UserError
 from peer.modeling import build_models
 from peer.run.coordinator_client import RunAnswer
@@ -119,14 +128,17 @@ def test_a_file_joiner_gets_default_peer_settings_and_a_peer_key_in_the_file_nam
         resolve_config(parse("-c", str(path), "--set", "swarm.client_mode=true"))
 
 
-def test_a_swarm_peer_refuses_a_run_with_a_growth_schedule_in_one_line(tmp_path):
+def test_a_swarm_peer_refuses_a_growth_schedule_outside_sync_averaging_in_one_line(tmp_path):
+    """Swarm peers grow mid-run in sync mode (peer.swarm.stage_switch); diloco's outer state does not grow yet."""
     path = tmp_path / "run.yaml"
-    path.write_text(
-        yaml.safe_dump({"run_id": "grows", "growth": {"schedule": [{"at_step": 9, "model": {"num_layers": 13}}]}})
-    )
-    with pytest.raises(UserError, match="peers cannot grow mid-run in a swarm yet") as info:
+    run = {"run_id": "grows", "growth": {"schedule": [{"at_step": 9, "model": {"num_layers": 13}}]}}
+    path.write_text(yaml.safe_dump(run | {"swarm": {"averaging": "diloco"}}))
+    with pytest.raises(UserError, match="grow mid-run in sync averaging only, not 'diloco'") as info:
         join_cli.run(parse("-c", str(path)))
     assert "\n" not in str(info.value)
+    check_growth_schedule(load_config(path, ["swarm.averaging=sync"]), multi_rank=False)  # sync: accepted
+    with pytest.raises(UserError, match="multi-GPU"):
+        check_growth_schedule(load_config(path, ["swarm.averaging=sync"]), multi_rank=True)
 
 
 def coordinator_run(monkeypatch, train: dict | None = None) -> None:

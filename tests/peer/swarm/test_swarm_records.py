@@ -85,6 +85,17 @@ def test_a_record_with_the_steps_metrics_and_one_without_them_are_both_valid(two
 
 
 @pytest.mark.timeout(120)
+def test_a_record_says_its_growth_stage_and_a_first_stage_record_is_written_as_before_stages(two_dhts):
+    """The coordinator tells the stages of a growing run apart by the records' ``stage``; a run without a growth
+    schedule (always stage 0) must keep writing the records it wrote before the field existed."""
+    first, honest, second, _ = two_dhts
+    assert "stage" not in record(step=6).dict()
+    assert publish_metrics(first, RUN, honest, record(step=7, stage=1), expiration=60)
+    found = fetch_metrics(second, RUN)[honest.public_key]
+    assert found.step == 7 and found.stage == 1
+
+
+@pytest.mark.timeout(120)
 def test_forged_record_under_someone_elses_key_is_rejected(two_dhts):
     first, honest, second, forger = two_dhts
     publish_metrics(first, RUN, honest, record(step=5), expiration=60)
@@ -108,6 +119,9 @@ def test_forged_record_under_someone_elses_key_is_rejected(two_dhts):
         dict(metrics={f"m{i}": 0.5 for i in range(33)}),  # more metrics than a record may hold
         dict(metrics={"x" * 49: 0.5}),  # a metric name longer than MAX_METRIC_NAME_CHARS
         dict(metrics={"disc_accuracy": "high"}),
+        dict(stage=-1),  # a growth stage below the first
+        dict(stage=1.0),  # not an integer
+        dict(stage=10**6),  # more stages than a run may have
     ],
 )
 def test_malformed_record_is_rejected(two_dhts, bad):
