@@ -59,6 +59,7 @@ from peer.trainer import StepReport, train
 
 logger = logging.getLogger("bench.midrun_growth")
 SETUPS = ("midrun", "grown0", "random")
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the FLOPs budget, where the setups' held-out losses are compared
 LABELS = {
     "midrun": "MiniLM size, grown 2x mid-run",
     "grown0": "grown 2x from MiniLM at step 0 (default)",
@@ -156,17 +157,41 @@ def flops_to_reach(curve: list[dict], loss: float) -> float | None:
     return tokens_to_reach([{"tokens": p["flops"], "loss": p["loss"]} for p in curve], loss).interpolated
 
 
+def flops_to_stay(curve: list[dict], loss: float) -> float | None:
+    """Training FLOPs after which ``curve`` stays at or below ``loss`` at every later evaluation (the crossing out
+    of its last evaluation above it, interpolated the same way): the reading that a noisy held-out curve touching
+    the target once cannot flatter. None if its last evaluation is above."""
+    above = [i for i, p in enumerate(curve) if p["loss"] > loss]
+    return flops_to_reach(curve[above[-1] :] if above else curve, loss)
+
+
+def loss_at(curve: list[dict], flops: float) -> float:
+    """Held-out loss of ``curve`` at ``flops`` training FLOPs, linear between the evaluations around it (the setups
+    are evaluated at different FLOPs); past the last evaluation, the last loss (midrun's total is within one large
+    step of the budget)."""
+    for a, b in zip(curve, curve[1:], strict=False):
+        if a["flops"] <= flops <= b["flops"]:
+            return a["loss"] + (flops - a["flops"]) / (b["flops"] - a["flops"]) * (b["loss"] - a["loss"])
+    return curve[-1]["loss"]
+
+
 def compare(runs: dict[str, dict]) -> dict:
     """One seed: each setup's final held-out loss and total FLOPs; the FLOPs ``midrun`` (and ``random``) need to reach
     ``grown0``'s final loss, and grown0's total / those FLOPs (None: never reached within the budget)."""
     target = runs["grown0"]["curve"][-1]["loss"]
     out = {"final_loss": {s: r["curve"][-1]["loss"] for s, r in runs.items()},
            "total_flops": {s: r["total_flops"] for s, r in runs.items()}, "target": target,
-           "flops_to_target": {}, "saving": {}}  # fmt: skip
+           "flops_to_target": {}, "saving": {},
+           "flops_to_stay": {}, "saving_to_stay": {},
+           "loss_at_budget_fraction": {str(f): {s: loss_at(r["curve"], f * runs["grown0"]["total_flops"])
+                                                for s, r in runs.items()} for f in FRACTIONS}}  # fmt: skip
     for s in ("midrun", "random"):
         f = flops_to_reach(runs[s]["curve"], target)
         out["flops_to_target"][s] = f
         out["saving"][s] = runs["grown0"]["total_flops"] / f if f else None
+        f = flops_to_stay(runs[s]["curve"], target)
+        out["flops_to_stay"][s] = f
+        out["saving_to_stay"][s] = runs["grown0"]["total_flops"] / f if f else None
     return out
 
 
@@ -178,11 +203,18 @@ def spread(values: list[float | None]) -> dict:
 
 
 def aggregate(per_seed: dict[str, dict]) -> dict:
-    """Mean, min and max over seeds of every setup's final loss, and of midrun's and random's saving."""
+    """Mean, min and max over seeds of every setup's final loss (and its MLM and discriminator parts), its loss at
+    fractions of the budget, and midrun's and random's saving."""
     cmp = [s["compare"] for s in per_seed.values()]
     return {
         "final_loss": {s: spread([c["final_loss"][s] for c in cmp]) for s in SETUPS},
+        "final_parts": {s: {k: spread([r["runs"][s]["curve"][-1][k] for r in per_seed.values()])
+                            for k in ("mlm_loss", "disc_loss")} for s in SETUPS},
+        "loss_at_budget_fraction": {f: {s: spread([c["loss_at_budget_fraction"][f][s] for c in cmp]) for s in SETUPS}
+                                    for f in map(str, FRACTIONS)},
         "saving_to_grown0_final": {s: spread([c["saving"][s] for c in cmp]) for s in ("midrun", "random")},
+        "saving_to_stay_below_grown0_final": {s: spread([c["saving_to_stay"][s] for c in cmp])
+                                              for s in ("midrun", "random")},  # fmt: skip
         "switch_rel_change": [abs(r["runs"]["midrun"]["switch"]["after"]["loss"]
                                   / r["runs"]["midrun"]["switch"]["before"]["loss"] - 1) for r in per_seed.values()],
     }  # fmt: skip
@@ -305,11 +337,18 @@ def finish(summary: dict, out: Path) -> None:
     for s in SETUPS:
         a = agg["final_loss"][s]
         print(f"  {s:>7}: {a['mean']:.4f} [{a['min']:.4f}, {a['max']:.4f}]")
+    print("held-out loss at fractions of the budget (interpolated), mean [min, max]:")
+    for f, row in agg["loss_at_budget_fraction"].items():
+        cells = "  ".join(f"{s} {a['mean']:.3f} [{a['min']:.3f}, {a['max']:.3f}]" for s, a in row.items())
+        print(f"  {float(f):.0%}: {cells}")
     for s, a in agg["saving_to_grown0_final"].items():
         print(
             f"  {s} reaches grown0's final loss in {a['reached']} seeds; grown0's FLOPs / its FLOPs to get there "
             f"(seeds that do): mean {_fmt(a['mean'], '.2f')} [{_fmt(a['min'], '.2f')}, {_fmt(a['max'], '.2f')}]"
         )
+    for s, a in agg["saving_to_stay_below_grown0_final"].items():
+        print(f"  {s} stays at or below it from then on: grown0's FLOPs / its FLOPs, mean {_fmt(a['mean'], '.2f')} "
+              f"[{_fmt(a['min'], '.2f')}, {_fmt(a['max'], '.2f')}] ({a['reached']} seeds)")  # fmt: skip
     print(f"held-out loss change across the switch: max rel {max(agg['switch_rel_change']):.2e}")
     print(f"wrote {out} and {out.with_suffix('.json')}")
 

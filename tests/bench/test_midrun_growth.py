@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from bench.midrun_growth import SETUPS, compare, flops_to_reach, main, plan
+from bench.midrun_growth import SETUPS, compare, flops_to_reach, flops_to_stay, loss_at, main, plan
 from peer.growth import DEFAULT_SOURCE, resolve_source
 
 
@@ -70,3 +70,9 @@ def test_compare_reads_midrun_against_grown0s_final_loss():
     assert c["target"] == 6.0 and c["flops_to_target"]["midrun"] == pytest.approx(30.0)  # halfway from 20 to 40
     assert c["saving"]["midrun"] == pytest.approx(100.0 / 30.0)
     assert c["saving"]["random"] is None and flops_to_reach(runs["random"]["curve"], 6.0) is None
+    assert c["loss_at_budget_fraction"]["0.5"] == {"grown0": 8.0, "midrun": pytest.approx(4.5), "random": 9.0}
+    assert loss_at(runs["midrun"]["curve"], 100.0) == 4.0  # past its last evaluation: its last loss
+    assert c["saving_to_stay"]["midrun"] == c["saving"]["midrun"]  # a monotone curve stays once it gets there
+    bouncy = [{"flops": f, "loss": v} for f, v in [(0, 10.0), (10, 5.0), (20, 7.0), (30, 5.0)]]
+    assert flops_to_reach(bouncy, 6.0) == pytest.approx(8.0) and flops_to_stay(bouncy, 6.0) == pytest.approx(25.0)
+    assert flops_to_stay(bouncy[:3], 6.0) is None
