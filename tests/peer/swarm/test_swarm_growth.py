@@ -87,7 +87,7 @@ def test_two_peers_grow_at_the_same_step_stay_equal_and_a_late_joiner_starts_in_
     end with equal parameters of the grown shapes (they saw different data, so equal means they averaged every
     round of the new stage); a third peer started after the switch reads the stage off the swarm's step, builds the
     grown model and downloads the stage's state from its peers (then leaves: see the note at AT_STEP; a stage-1 peer
-    training on is tests/peer/swarm/test_stage_switch.py's).
+    training on is tests/peer/swarm/test_swarm_stage_switch.py's).
 
     Fails on the code before the switch: ``peer join`` refused a run with a growth schedule."""
     root, grown_shapes = run_files
