@@ -272,12 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "midrun_growth.png"))
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these runs' JSONs (one seed each) into --out")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("peer").setLevel(logging.WARNING)
     out = Path(args.out)
     if args.merge:
         return merge(args.merge, out)
-    torch.set_num_threads(1)  # 2 threads were ~6x slower on the loaded 2 cores (bench/README.md, warm start)
 
     src_dir = resolve_source(args.source)
     source = load_source(src_dir)
@@ -369,4 +366,9 @@ def merge(paths: list[str], out: Path) -> dict:
 
 
 if __name__ == "__main__":
+    # process-wide settings, so here and not in main(): the smoke test calls main() inside pytest's process, where a
+    # "peer" logger left at WARNING silenced a later test's INFO lines (tests/peer/test_logs.py failed in CI)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("peer").setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # 2 threads were ~6x slower on the loaded 2 cores (bench/README.md, warm start)
     main()
