@@ -28,6 +28,10 @@ IDENTITY_NAME = "dht_identity.key"
 CONFIG_RECORD_TTL = 3600.0
 KNOWN_PEERS_NAME = "known_peers.json"
 KNOWN_PEERS_MAX = 64
+# How long the coordinator waits for its DHT process to list the connected peers. A healthy one answers in
+# milliseconds; one whose p2p daemon is gone never answers, and the coordinator's main thread must not wait on it
+# forever (it did: a coordinator whose p2pd had closed ignored SIGTERM, its main thread parked in this query).
+KNOWN_PEERS_QUERY_TIMEOUT_S = 10.0
 DHT_STARTUP_TIMEOUT_S = 15.0  # p2pd start-up and bootstrap (hivemind's default)
 
 
@@ -71,12 +75,19 @@ def start_coordinator_dht(
     raise AssertionError("unreachable")
 
 
-def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes) -> bool:
+def publish_config(dht: hivemind.DHT, cfg: RunConfig, subkey: bytes, timeout: float = 60.0) -> bool:
     """Stores the run config under ``<run_id>_config`` with the coordinator's public key as subkey: the DHT's
     ``RSASignatureValidator`` signs it, so only this coordinator can write or replace it."""
-    return bool(
-        dht.store(config_key(cfg.run_id), config_to_dict(cfg), get_dht_time() + CONFIG_RECORD_TTL, subkey=subkey)
+    future = dht.store(
+        config_key(cfg.run_id), config_to_dict(cfg), get_dht_time() + CONFIG_RECORD_TTL, subkey=subkey,
+        return_future=True,
     )
+    try:
+        return bool(future.result(timeout=timeout))
+    except TimeoutError:  # a DHT process that no longer answers (see KNOWN_PEERS_QUERY_TIMEOUT_S)
+        future.cancel()
+        logger.warning("the DHT process did not store the run config within %.0f s; will try again", timeout)
+        return False
 
 
 async def _connected_peer_maddrs(dht: hivemind.DHT, node) -> list[str]:
@@ -85,10 +96,18 @@ async def _connected_peer_maddrs(dht: hivemind.DHT, node) -> list[str]:
     return [f"{addr}/p2p/{info.peer_id}" for info in infos for addr in info.addrs if "/p2p-circuit" not in str(addr)]
 
 
-def save_known_peers(dht: hivemind.DHT, data_dir: Path) -> int:
+def save_known_peers(dht: hivemind.DHT, data_dir: Path, timeout: float = KNOWN_PEERS_QUERY_TIMEOUT_S) -> int | None:
     """Remembers the currently connected peers for the next start (the file is rewritten only when they changed, so
-    calling it every few seconds costs one query to the DHT process); returns how many addresses it holds."""
-    maddrs = sorted(set(dht.run_coroutine(_connected_peer_maddrs)))
+    calling it every few seconds costs one query to the DHT process); returns how many addresses it holds, or None
+    when the DHT process did not answer within ``timeout`` (one WARNING line; the file is left as it was)."""
+    future = dht.run_coroutine(_connected_peer_maddrs, return_future=True)
+    try:
+        maddrs = sorted(set(future.result(timeout=timeout)))
+    except TimeoutError:
+        future.cancel()
+        logger.warning("the DHT process did not list its connected peers within %.0f s; known peers not updated",
+                       timeout)  # fmt: skip
+        return None
     path, text = data_dir / KNOWN_PEERS_NAME, json.dumps(maddrs, indent=1)
     if maddrs and (not path.is_file() or path.read_text() != text):
         tmp = data_dir / (KNOWN_PEERS_NAME + ".tmp")
