@@ -3,6 +3,7 @@
 missing instead of skipping, so CI cannot go green without its real-component tests (see system_tools.py)."""
 
 import os
+import signal
 
 import pytest
 from system_tools import in_ci, require_tool
@@ -13,7 +14,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `kill`, a supervisor) stops the run the way Ctrl-C does: pytest then tears down the
+    # fixtures still set up, and they stop the coordinators and peers they started. By default SIGTERM ends the
+    # interpreter at once and those children, each in a session of its own, ran on (seen 2026-12-07: a killed
+    # scenario run left a coordinator and a peer of its attack fixture running).
+    signal.signal(signal.SIGTERM, _interrupt)
     config.addinivalue_line(
         "markers",
         "requires_tool(*names): the test drives these commands of scripts/system-deps.txt; without one it fails "
