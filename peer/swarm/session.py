@@ -37,6 +37,7 @@ from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.membership import Membership, authenticate_peer
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
+from peer.swarm.modes import averaging_mode
 from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
@@ -152,7 +153,6 @@ class JoinOptions:
 
 
 def startup_facts(cfg: RunConfig, params, device, spec: StepSpec) -> StartupFacts:
-    mode = cfg.swarm.averaging + (" with overlapped rounds" if cfg.swarm.overlap_rounds else "")
     return StartupFacts(
         model=f"{cfg.model.architecture} {cfg.model.hidden_size}x{cfg.model.num_layers}",
         parameters=sum(p.numel() for p in params),
@@ -160,7 +160,7 @@ def startup_facts(cfg: RunConfig, params, device, spec: StepSpec) -> StartupFact
         precision=spec.precision,
         micro_batch=cfg.train.batch_size,
         grad_accum=spec.grad_accum,
-        averaging=mode,
+        averaging=averaging_mode(cfg.swarm).describe(cfg.swarm),
     )
 
 
