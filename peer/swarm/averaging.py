@@ -15,7 +15,8 @@ from peer.errors import UserError
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.modes import averaging_mode
 from peer.swarm.modes.base import OptimizerFactory, SchedulerFactory
-from peer.swarm.overrides.averagers import AveragerGuard, AveragerKinds
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.guard import AveragerGuard
 from peer.swarm.robust import ClipSettings
 from peer.swarm.round_evidence import OutcomeChannel
 from peer.swarm.swarm_optimizer import SwarmOptimizer

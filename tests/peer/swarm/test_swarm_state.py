@@ -24,7 +24,8 @@ from peer.run.state_format import wire_names
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
-from peer.swarm.overrides.averagers import AveragerKinds, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
