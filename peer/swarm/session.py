@@ -43,7 +43,8 @@ from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.stage_keys import stage_at, stage_prefix, swarm_step
 from peer.swarm.stage_switch import StageSwitcher
-from peer.swarm.state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point, wait_for_stage_state
+from peer.swarm.starting_state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point
+from peer.swarm.state import wait_for_stage_state
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
 from peer.trainer import compile_models, param_groups, resolve_device, step_spec
