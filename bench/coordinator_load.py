@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from peer.children import Child, ProcessSet  # noqa: E402
 from peer.config import ModelSpec, config_to_dict, load_config  # noqa: E402
 from peer.modeling import build_models, save_models  # noqa: E402
 
@@ -88,21 +87,16 @@ def main() -> int:
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.growth.source))
     save_models(build_models(spec, tokenizer.vocab_size, seed=0), work / "init", tokenizer)
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     http = free_port()
-    procs: list[subprocess.Popen] = []
-    logs = []
 
-    def start(name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(work / f"{name}.log", "w")
-        logs.append(log)
-        proc = subprocess.Popen(
-            [sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        procs.append(proc)
-        return proc
+    # peer.children: each child in its own session, logging to work/<name>.log; leaving the set stops the peers,
+    # then the coordinator (SIGTERM, 60 s, then SIGKILL to every process of their sessions)
+    with ProcessSet(work, grace=60) as procs:
 
-    try:
+        def start(name: str, argv: list[str]) -> Child:
+            return procs.start(name, [sys.executable, *argv], env=env, cwd=ROOT)
+
         coord = start(
             "coordinator",
             ["-m", "coordinator", "start", "-c", str(work / "run.yaml"), "--data_dir", str(work / "data"),
@@ -117,7 +111,7 @@ def main() -> int:
                 urllib.request.urlopen(f"{url}/api/v1/run", timeout=2).read()
                 break
             except OSError:
-                if coord.poll() is not None or time.monotonic() > deadline:
+                if not coord.alive() or time.monotonic() > deadline:
                     raise SystemExit(f"coordinator did not start; see {work / 'coordinator.log'}") from None
                 time.sleep(1)
         for i in range(args.peers):
@@ -155,21 +149,6 @@ def main() -> int:
         wall = time.monotonic() - t0
         progress = json.load(urllib.request.urlopen(f"{url}/api/v1/progress", timeout=5))
         checkpoints = json.load(urllib.request.urlopen(f"{url}/api/v1/checkpoints", timeout=5))["checkpoints"]
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for log in logs:
-            log.close()
 
     mib = 1 << 20
     print(f"\ncoordinator with {args.peers} peers, {wall:.0f} s window, global steps {step0} -> "

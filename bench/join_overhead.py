@@ -21,39 +21,36 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from peer.children import ProcessSet  # noqa: E402 - standard library only: --help stays instant
+
 TRAIN_STEP = re.compile(r"\bstep (\d+)\b.*\bloss\b")  # peer train: "step N | ... loss ..."
 JOIN_STEP = re.compile(r"local step (\d+):")
 
 
 def timed_steps(argv: list[str], pattern: re.Pattern, last: int, env: dict, log: Path) -> dict[int, float]:
-    """Runs ``argv``; returns {step: time its line arrived}, up to step ``last``, then stops the process."""
+    """Runs ``argv`` (``peer.children``, its output through a pipe, copied to ``log``); returns {step: time its line
+    arrived}, up to step ``last``, then stops the process: SIGTERM (a peer leaves cleanly and stops its p2pd), up to
+    120 s, then SIGKILL to everything left in its session."""
     seen: dict[int, float] = {}
-    with log.open("w") as out, subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    ) as proc:
-        try:
-            for line in proc.stdout:
-                now = time.monotonic()
-                out.write(line)
-                found = pattern.search(line)
-                if found and int(found.group(1)) not in seen:
-                    seen[int(found.group(1))] = now
-                    if int(found.group(1)) >= last:
-                        break
-        finally:
-            if proc.poll() is None:
-                proc.terminate()  # SIGTERM: a peer leaves cleanly and stops its p2pd
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with ProcessSet(log.parent, grace=120) as procs, log.open("w") as out:
+        child = procs.start(log.stem, argv, env=env, cwd=ROOT, pipe=True)
+        for raw in child.proc.stdout:
+            now = time.monotonic()
+            line = raw.decode(errors="replace")
+            out.write(line)
+            found = pattern.search(line)
+            if found and int(found.group(1)) not in seen:
+                seen[int(found.group(1))] = now
+                if int(found.group(1)) >= last:
+                    break
     if last not in seen:
         raise SystemExit(f"{argv[2]} stopped before step {last}; see {log}")
     return seen
@@ -81,7 +78,7 @@ def main() -> None:
     samples = cfg.train.batch_size * cfg.train.grad_accum
     work = opts.work or Path(tempfile.mkdtemp(prefix="join-overhead-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                         "OMP_NUM_THREADS": str(opts.threads), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     common = ["--set", "train.log_every=1"]
     grown = work / "train" / "initial"

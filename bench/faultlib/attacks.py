@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from peer.swarm.overrides.averagers import AveragerKinds, GuardedGradientAverager, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.gradient_averager import GuardedGradientAverager
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from peer.swarm.ddp import (
 from peer.swarm.follower import follow_swarm
 from peer.swarm.loop import LoopOptions
 from peer.swarm.membership import allowlisted_name
+from peer.swarm.modes import averaging_mode
 from peer.swarm.session import JoinOptions, fetch_run, join_swarm
 from peer.swarm.shutdown import StopSignal
 
@@ -277,13 +278,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_growth_schedule(cfg: RunConfig, multi_rank: bool) -> None:
-    """A swarm peer grows mid-run in sync mode, as one process (``peer.swarm.stage_switch``); anything else with a
-    growth.schedule is refused in one line rather than trained past a switch unchanged. Why not diloco: its outer
-    momentum and anchor would have to grow with the parameters, which nothing does yet; nor torchrun ranks: the
-    followers would have to rebuild their models at the switch."""
+    """A swarm peer grows mid-run as one process in a mode that can (``AveragingMode.grows_mid_run``: sync, through
+    ``peer.swarm.stage_switch``); anything else with a growth.schedule is refused in one line rather than trained past
+    a switch unchanged. Why not torchrun ranks: the followers would have to rebuild their models at the switch."""
     if not cfg.growth.schedule:
         return
-    if cfg.swarm.averaging != "sync":
+    if not averaging_mode(cfg.swarm).grows_mid_run:
         raise UserError(
             f"this run has a growth.schedule, and swarm peers grow mid-run in sync averaging only, not "
             f"{cfg.swarm.averaging!r}"

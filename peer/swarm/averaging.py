@@ -12,11 +12,11 @@ import torch
 
 from peer.config import SwarmSpec
 from peer.errors import UserError
-from peer.swarm.codecs import PSEUDO_GRADIENT_ONLY
 from peer.swarm.gate import OpenGate, PeerGate
 from peer.swarm.modes import averaging_mode
 from peer.swarm.modes.base import OptimizerFactory, SchedulerFactory
-from peer.swarm.overrides.averagers import AveragerGuard, AveragerKinds
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.guard import AveragerGuard
 from peer.swarm.robust import ClipSettings
 from peer.swarm.round_evidence import OutcomeChannel
 from peer.swarm.swarm_optimizer import SwarmOptimizer
@@ -64,11 +64,7 @@ def build_swarm_optimizer(
         raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
     if not spec.local_ban_seconds > 0:
         raise UserError(f"need swarm.local_ban_seconds > 0, got {spec.local_ban_seconds}")
-    if spec.compression in PSEUDO_GRADIENT_ONLY and not (spec.averaging == "diloco" and spec.overlap_rounds):
-        raise UserError(
-            f"swarm.compression: {spec.compression} is for DiLoCo pseudo-gradients with error feedback and needs "
-            "swarm.averaging: diloco with swarm.overlap_rounds: true (otherwise it would quantise the values averaged)"
-        )
+    mode.check(spec)
     robust = robust_enabled(spec, open_run)
     outcomes = OutcomeChannel() if robust else None
     guard = AveragerGuard(

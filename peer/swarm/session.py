@@ -37,12 +37,14 @@ from peer.swarm.gate import AllGates
 from peer.swarm.loop import LoopOptions, LoopParts, LoopResult, train_loop
 from peer.swarm.membership import Membership, authenticate_peer
 from peer.swarm.metrics import RecordSigning, fetch_metrics, make_validators, swarm_fingerprint
+from peer.swarm.modes import averaging_mode
 from peer.swarm.overrides.averagers import AveragerKinds
 from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.stage_keys import stage_at, stage_prefix, swarm_step
 from peer.swarm.stage_switch import StageSwitcher
-from peer.swarm.state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point, wait_for_stage_state
+from peer.swarm.starting_state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point
+from peer.swarm.state import wait_for_stage_state
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
 from peer.trainer import compile_models, param_groups, resolve_device, step_spec
@@ -152,7 +154,6 @@ class JoinOptions:
 
 
 def startup_facts(cfg: RunConfig, params, device, spec: StepSpec) -> StartupFacts:
-    mode = cfg.swarm.averaging + (" with overlapped rounds" if cfg.swarm.overlap_rounds else "")
     return StartupFacts(
         model=f"{cfg.model.architecture} {cfg.model.hidden_size}x{cfg.model.num_layers}",
         parameters=sum(p.numel() for p in params),
@@ -160,7 +161,7 @@ def startup_facts(cfg: RunConfig, params, device, spec: StepSpec) -> StartupFact
         precision=spec.precision,
         micro_batch=cfg.train.batch_size,
         grad_accum=spec.grad_accum,
-        averaging=mode,
+        averaging=averaging_mode(cfg.swarm).describe(cfg.swarm),
     )
 
 

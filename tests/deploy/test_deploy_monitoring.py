@@ -28,6 +28,8 @@ from deploy_checks import (
 )
 from system_tools import require_tool
 
+from peer.children import ProcessSet
+
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "warmswarm.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -214,21 +216,15 @@ def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(
         config.write_text(yaml.safe_dump(deployed))
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        argv = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+        procs = ProcessSet(tmp_path, grace=20)
         try:
+            prom = procs.start("prometheus", argv)
             # rate() needs two samples inside its window.
             deadline = time.monotonic() + 90
             while True:
-                assert proc.poll() is None, f"prometheus exited: {proc.stderr.read().decode()[-2000:]}"
+                assert prom.alive(), f"prometheus exited: {prom.tail(2000)}"
                 try:
                     ready = _query(base, "count_over_time(warmswarm_alive_peers[1m]) >= 2")["data"]["result"]
                 except OSError:
@@ -258,10 +254,5 @@ def test_real_prometheus_answers_every_dashboard_query_from_coordinator_metrics(
             broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
             assert not broken, broken
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            procs.close()
             server.stop()

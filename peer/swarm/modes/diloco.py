@@ -28,7 +28,7 @@ from peer.config import SwarmSpec
 from peer.errors import UserError
 from peer.swarm.codecs import PSEUDO_GRADIENT_ONLY, make_compression
 from peer.swarm.feedback import ErrorFeedback
-from peer.swarm.modes.base import AveragingMode
+from peer.swarm.modes.base import AveragingMode, refuse_pseudo_gradient_codec
 from peer.swarm.outer import OuterNesterov
 from peer.swarm.overlap import BackgroundRound
 from peer.swarm.overrides.optimizer import GuardedOptimizer
@@ -70,12 +70,21 @@ class DiLoCoMode(AveragingMode):
 
     name = "diloco"
     extras_per_parameter = 1
+    # its outer momentum and anchor would have to grow with the parameters, which nothing does yet
+    grows_mid_run = False
+
+    def check(self, spec: SwarmSpec) -> None:
+        if not spec.overlap_rounds:
+            refuse_pseudo_gradient_codec(spec)  # the blocking round is hivemind's own, which averages the parameters
+
+    def describe(self, spec: SwarmSpec) -> str:
+        return self.name + (" with overlapped rounds" if spec.overlap_rounds else "")
 
     def build(self, spec: SwarmSpec, shared: dict, outcomes: OutcomeChannel | None) -> SwarmOptimizer:
         params = shared["params"]
         flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
         outer = OuterNesterov(flat, lr=spec.outer_lr, momentum_factor=spec.outer_momentum)
-        # 4-bit pseudo-gradients (build_swarm_optimizer checked overlap_rounds): one residual per parameter
+        # 4-bit pseudo-gradients (check() refused them without overlap_rounds): one residual per parameter
         feedback = ErrorFeedback(flat) if spec.compression in PSEUDO_GRADIENT_ONLY else None
         if feedback is not None:
             logger.info("error feedback for %s: %.1f MB of residuals", spec.compression, feedback.nbytes / 1e6)

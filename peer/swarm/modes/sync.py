@@ -11,7 +11,7 @@ from hivemind.compression import NoCompression, RoleAdaptiveCompression
 
 from peer.config import SwarmSpec
 from peer.swarm.codecs import make_compression
-from peer.swarm.modes.base import AveragingMode, OptimizerFactory
+from peer.swarm.modes.base import AveragingMode, OptimizerFactory, refuse_pseudo_gradient_codec
 from peer.swarm.overrides.optimizer import GuardedOptimizer
 from peer.swarm.round_evidence import OutcomeChannel
 from peer.swarm.swarm_optimizer import SwarmOptimizer
@@ -36,6 +36,10 @@ class SyncMode(AveragingMode):
 
     name = "sync"
     extras_per_parameter = 0
+    grows_mid_run = True
+
+    def check(self, spec: SwarmSpec) -> None:
+        refuse_pseudo_gradient_codec(spec)  # the rounds send gradients
 
     def build(self, spec: SwarmSpec, shared: dict, outcomes: OutcomeChannel | None) -> SwarmOptimizer:
         compression = make_compression(spec.compression)

@@ -4,9 +4,12 @@ Why one place: these depend on hivemind's internals (1.1.12, pinned in requireme
 upgrade is checked here and nowhere else. Each module's docstring names the hivemind methods it replaces:
 
 - ``allreduce``: ``GatedAllReduceRunner`` (the gate on every part, robust reduction);
-- ``averagers``: the gradient and state averagers (the gate on joins and downloads, the guarded round, the served
-  state, the delta rule's application under the optimizer lock, stuck rounds called off, the offloaded optimizer's
-  host buffers pinned on CUDA);
+- ``guard``: ``GuardedAveragerMixin``, what both averagers share (the gate on joins, parts and downloads, the
+  guarded round, robust reduction);
+- ``gradient_averager``: ``GuardedGradientAverager`` (its averaged gradients pinned on CUDA);
+- ``state_averager``: ``GuardedStateAverager`` (the served state, checked downloads, the delta rule's application
+  under the optimizer lock, stuck rounds called off, the offloaded optimizer's host buffers pinned on CUDA);
+- ``averagers``: ``AveragerKinds``, the averager classes a peer uses;
 - ``optimizer``: ``GuardedOptimizer`` (plugs the above in);
 - ``progress``: ``ThrottledProgressTracker`` (rate-limited progress records, a clean event-loop shutdown);
 - ``state_download``: ``StateDownloadClient`` (the coordinator's state download under hivemind's handler name).

@@ -14,7 +14,8 @@ from functools import partial
 import hivemind
 from hivemind.optim.state_averager import TrainingStateAverager
 
-from peer.swarm.overrides.averagers import AveragerGuard, AveragerKinds
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.guard import AveragerGuard
 from peer.swarm.overrides.progress import ThrottledProgressTracker
 
 logger = logging.getLogger(__name__)

@@ -1,16 +1,17 @@
 """A real Prometheus (Debian's ``prometheus``) for the tests: started on a free loopback port, scraping one target
-every second, read back through its HTTP query API, and always stopped."""
+every second, read back through its HTTP query API, and always stopped (``peer.children``)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from peer.children import ProcessSet
 
 
 def free_port() -> int:
@@ -29,40 +30,21 @@ def running_prometheus(target_port: int, workdir: Path) -> Iterator[str]:
         "scrape_configs:\n"
         f"  - job_name: warmswarm\n    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
     )
-    log_path = workdir / "prometheus.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below, after the process
-    proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc, log_path)
+    argv = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    with ProcessSet(workdir, grace=15) as procs:
+        procs.start("prometheus", argv, ready=lambda _: ready(base), timeout=90)
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
-def wait_ready(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 90.0) -> None:
-    """Waits for ``/-/ready``: until its TSDB is open Prometheus listens but answers queries with a plain-text 503
-    ("Service Unavailable"), which is not an answer to assert on."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"prometheus exited {proc.returncode}: {log_path.read_text()[-2000:]}"
-        try:
-            if httpx.get(f"{base}/-/ready", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.25)
-    raise AssertionError(f"prometheus not ready after {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+def ready(base: str) -> bool | None:
+    """True once ``/-/ready`` answers: until its TSDB is open Prometheus listens but answers queries with a plain-text
+    503 ("Service Unavailable"), which is not an answer to assert on."""
+    try:
+        return True if httpx.get(f"{base}/-/ready", timeout=5).status_code == 200 else None
+    except httpx.TransportError:
+        return None  # not listening yet
 
 
 def instant(base: str, expr: str, at: float | None = None) -> float | None:

@@ -6,9 +6,6 @@ samples counter, ``rate(warmswarm_samples_total[W])``, over the same window: the
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +22,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import Monitor, counting_validators
 from coordinator.rates import DEFAULT_RATE_WINDOW
 from coordinator.store import Store
+from peer.children import Child, ProcessSet
 
 pytestmark = pytest.mark.requires_tool("prometheus")
 
@@ -39,32 +37,17 @@ WINDOW = int(DEFAULT_RATE_WINDOW)
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
-def start_peer(out: Path, initial: list[str], seed: int) -> subprocess.Popen:
+def start_peer(procs: ProcessSet, out: Path, initial: list[str], seed: int) -> Child:
     """A sync peer that trains until stopped: 0.1 s of "compute" per batch of 8, a global step every 128 samples
     (8 local steps each), then an averaging round of a few seconds in which no samples are made. Such uneven steps
     are what a per-step rate gets wrong."""
     out.mkdir()
     env = {
-        **os.environ, "PYTHONPATH": str(REPO), "STEPS": "100000", "MIN_PEERS": "2", "TARGET": "128",
+        "PYTHONPATH": str(REPO), "STEPS": "100000", "MIN_PEERS": "2", "TARGET": "128",
         "STEP_SLEEP": "0.1", "MATCHMAKING": "2", "PEER_SEED": str(seed), "LINGER": "0",
     }  # fmt: skip
-    log = open(out / "log.txt", "w")  # noqa: SIM115 - the child holds it; closed with the test's tmp dir
-    return subprocess.Popen(
-        [sys.executable, str(PEER), str(out), "sync", *initial], cwd=REPO, env=env, stdout=log, stderr=log,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def stop_peers(peers: list[subprocess.Popen]) -> None:
-    for p in peers:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in peers:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    argv = [sys.executable, str(PEER), str(out), "sync", *initial]
+    return procs.start(out.name, argv, env=env, cwd=REPO, log=out / "log.txt")
 
 
 @pytest.mark.slow
@@ -81,16 +64,18 @@ def test_samples_per_second_agrees_with_prometheus_rate_of_the_samples_counter(t
     metrics = CoordinatorMetrics(store)
     http = start_http_server(create_http_app(store, tmp_path / "ckpts", RunInfo(RUN, {}), metrics), "127.0.0.1", 0)
     initial = [str(a) for a in dht.get_visible_maddrs()]
-    peers: list[subprocess.Popen] = []
+    outs = [tmp_path / f"peer{i}" for i in range(2)]
+    procs = ProcessSet(tmp_path, grace=60)
     try:
         with running_prometheus(http.port, tmp_path) as prom:
-            peers = [start_peer(tmp_path / f"peer{i}", initial, seed=i + 1) for i in range(2)]
-            deadline = time.monotonic() + 180
-            while not (store.progress().alive_peers == 2 and store.progress().global_step >= 1):
-                for p in peers:
-                    assert p.poll() is None, (Path(p.args[2]) / "log.txt").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the peers took no global step in 180 s"
-                time.sleep(0.5)
+            for i, out in enumerate(outs):
+                start_peer(procs, out, initial, seed=i + 1)
+            procs.wait_until(
+                lambda: True if store.progress().alive_peers == 2 and store.progress().global_step >= 1 else None,
+                180,
+                "the peers took no global step",
+                every=0.5,
+            )
             time.sleep(WINDOW + 5)  # a full window of training, in the monitor's history and in Prometheus's
             rate = f"rate(warmswarm_samples_total[{WINDOW}s])"
             rates, ratios = [], []
@@ -108,14 +93,14 @@ def test_samples_per_second_agrees_with_prometheus_rate_of_the_samples_counter(t
             assert min(rates) > 5.0, summary  # both peers were training throughout
             assert all(0.9 <= r <= 1.1 for r in ratios), summary
         # the counter itself is true: once the peers left, it holds every sample they trained, no more
-        stop_peers(peers)
-        trained = sum(torch.load(Path(p.args[2]) / "result.pt")["samples"] for p in peers)
+        procs.close()  # SIGTERM: each peer leaves the swarm and writes its result
+        trained = sum(torch.load(out / "result.pt")["samples"] for out in outs)
         deadline = time.monotonic() + 30
         while store.samples_total() != trained and time.monotonic() < deadline:
             time.sleep(0.5)
         assert store.samples_total() == trained
     finally:
-        stop_peers(peers)
+        procs.close()
         stop.set()
         thread.join(30)
         http.stop()

@@ -1,14 +1,17 @@
 """``python -m coordinator`` as real child processes, for the tests that drive its CLI: a running coordinator read
-up to its join line, one-shot subcommands, and a tiny model dir to use as checkpoint 0 (``--init_from``)."""
+up to its join line (``peer.children``: its own session, a log file, every process of it reaped), one-shot
+subcommands, and a tiny model dir to use as checkpoint 0 (``--init_from``)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from peer.children import ChildExited, ProcessSet
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -47,8 +50,11 @@ def write_tiny_model(out: Path) -> Path:
     return out
 
 
+JOIN_LINE = re.compile(r"^volunteers join with:\n(.+)\n", re.M)
+
+
 class Coordinator:
-    """A ``python -m coordinator start`` child on free loopback ports; reads its stdout until the join line."""
+    """A ``python -m coordinator start`` child on free loopback ports; reads its log until the join line."""
 
     def __init__(
         self,
@@ -59,38 +65,37 @@ class Coordinator:
         # tests of other things spend no CPU on evaluations or exports
         extra_args: tuple[str, ...] = ("--no_eval", "--export_forms", "none"),
     ):
-        self.proc = subprocess.Popen(
+        # the log beside the data dir, so that two coordinators of one test (a restart) keep both logs
+        self.procs = ProcessSet(data_dir.parent, grace=0)
+        self.child = self.procs.start(
+            "coordinator",
             [sys.executable, "-m", "coordinator", "start", "-c", str(config), "--data_dir", str(data_dir),
              "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--dht_port", "0",
              "--init_from", str(init_from), "--monitor_interval", "0.5", "--alive_window", "30", *extra_args],
-            env=child_env(), cwd=REPO, stdout=subprocess.PIPE, text=True,
+            env=child_env(), cwd=REPO, log=data_dir.parent / f"{data_dir.name}-coordinator.log",
         )  # fmt: skip
-        self.lines: list[str] = []
-        deadline = time.time() + startup_timeout
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line.rstrip())
-            if line.startswith("volunteers join with:"):
-                self.join = self.proc.stdout.readline().strip()
-                self.url = self.join.split("--coordinator ")[1].split()[0]
-                self.http_port = int(self.url.rsplit(":", 1)[1])
-                self.grpc_port = int(next(x for x in self.lines if x.strip().startswith("gRPC")).split()[-1])
-                self.initial_peers = next(x for x in self.lines if "DHT" in x).split()[1].split(",")
-                self.dht_port = int(self.initial_peers[0].split("/tcp/")[1].split("/")[0])
-                return
-        self.kill()
-        raise AssertionError("coordinator did not start:\n" + "\n".join(self.lines))
+        self.proc = self.child.proc
+        try:
+            found = self.child.wait_for_line(JOIN_LINE, startup_timeout)
+        except (ChildExited, TimeoutError) as e:  # both end with the log tail
+            self.kill()
+            raise AssertionError(f"coordinator did not start: {e}") from None
+        self.lines = self.child.text()[: found.start()].splitlines()
+        self.join = found.group(1).strip()
+        self.url = self.join.split("--coordinator ")[1].split()[0]
+        self.http_port = int(self.url.rsplit(":", 1)[1])
+        self.grpc_port = int(next(x for x in self.lines if x.startswith("  gRPC ")).split()[-1])
+        self.initial_peers = next(x for x in self.lines if x.startswith("  DHT ")).split()[1].split(",")
+        self.dht_port = int(self.initial_peers[0].split("/tcp/")[1].split("/")[0])
 
     def get(self, path):
         return httpx.get(self.url + path, timeout=10).raise_for_status().json()
 
     def terminate(self) -> int:
+        self.child.watch()  # the sessions of its evaluation and export workers, reaped by kill()
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        """SIGKILL to whatever is left of the coordinator's sessions (nothing after a clean ``terminate``)."""
+        self.procs.close()

@@ -45,7 +45,7 @@ from peer.swarm.authorizers import LocalTokenAuthorizer, dht_auth_rejections
 from peer.swarm.dht import start_dht
 from peer.swarm.membership import MembershipGate, authenticate_peer
 from peer.swarm.metrics import make_validators
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
+from peer.swarm.overrides.guard import AveragerGuard, GuardedAveragerMixin
 from tests.coordinator.core.private_run import start_private_coordinator
 
 RUN = "auth-run"

@@ -17,7 +17,7 @@ from peer.config import ModelSpec, RunConfig, SwarmSpec, TrainSpec
 from peer.modeling import build_models, load_models, save_models
 from peer.run.state_format import OPTIMIZER_FILE, wire_names
 from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.state import resume_swarm_state, starting_point
+from peer.swarm.starting_state import resume_swarm_state, starting_point
 from peer.trainer.optim import param_groups
 from peer.trainer.recipe import run_optimizer_factories
 

@@ -2,9 +2,6 @@
 plain transformers."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -20,6 +17,7 @@ from coordinator.checkpoints import (
     verify_checkpoint,
 )
 from coordinator.store import Store
+from peer.children import Child, ProcessSet
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 from peer.run.checkpoint_manifest import MANIFEST, CheckpointNotFound, CorruptCheckpoint
 
@@ -152,15 +150,14 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _spawn(data: Path, pause_at: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(pause_at)], env=env, cwd=REPO)
+def _spawn(procs: ProcessSet, data: Path, pause_at: int) -> Child:
+    """The checkpoint writer, SIGKILLed with its session when ``procs`` (``grace=0``) is left."""
+    argv = [sys.executable, "-c", _CHILD, str(data), str(pause_at)]
+    return procs.start("writer", argv, env={"PYTHONPATH": str(REPO)}, cwd=REPO)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+def _appears(path: Path):
+    return lambda: True if path.exists() else None
 
 
 def _assert_consistent_after_crash(data: Path, history_before: int) -> int:
@@ -183,14 +180,8 @@ def test_sigkill_mid_checkpoint_leaves_nothing_half_written_and_keeps_history(tm
     data = tmp_path / "data"
     data.mkdir()
     # 1) deterministic: killed while the model files of step 3 are half written
-    proc = _spawn(data, pause_at=3)
-    try:
-        deadline = time.time() + 60
-        while not (data / "paused").exists():
-            assert proc.poll() is None and time.time() < deadline, "child did not reach the pause point"
-            time.sleep(0.05)
-    finally:
-        _kill(proc)
+    with ProcessSet(tmp_path / "logs", grace=0) as procs:
+        _spawn(procs, data, pause_at=3).wait_until(_appears(data / "paused"), 60, "the pause point", every=0.05)
     assert (data / "checkpoints" / "ckpt-000003.tmp").is_dir()
     n = _assert_consistent_after_crash(data, 0)
     assert [r.name for r in CheckpointDir(data / "checkpoints", keep_last=2).list()] == ["ckpt-000001", "ckpt-000002"]
@@ -201,15 +192,9 @@ def test_sigkill_mid_checkpoint_leaves_nothing_half_written_and_keeps_history(tm
     for delay in (0.0, 0.4, 0.8):
         (data / "paused").unlink(missing_ok=True)
         (data / "running").unlink(missing_ok=True)
-        proc = _spawn(data, pause_at=-1)
-        try:
-            deadline = time.time() + 60
-            while not (data / "running").exists():
-                assert proc.poll() is None and time.time() < deadline, "child wrote no checkpoint"
-                time.sleep(0.01)
+        with ProcessSet(tmp_path / "logs", grace=0) as procs:
+            _spawn(procs, data, pause_at=-1).wait_until(_appears(data / "running"), 60, "no checkpoint", every=0.01)
             time.sleep(delay)
-        finally:
-            _kill(proc)
         n = _assert_consistent_after_crash(data, n)
 
 

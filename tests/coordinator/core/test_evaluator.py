@@ -10,9 +10,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -27,6 +27,7 @@ from coordinator.deployment import EvaluationSettings
 from coordinator.evaluation.results import EVALUATION_FILE
 from coordinator.evaluator import BackgroundEvaluator
 from coordinator.store import Store
+from peer.children import ProcessSet
 from peer.config import DataSpec, ModelSpec, RunConfig, config_to_dict
 from peer.run.checkpoint_manifest import read_manifest
 
@@ -227,18 +228,12 @@ def test_the_worker_dies_with_its_coordinator(tmp_path, tiny_writer):
     store.close()
     settings = {**dataclasses.asdict(SETTINGS), "steps": 100_000}
     script = PARENT % (settings, RUN_CONFIG)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
-    worker = None
-    try:
-        worker = psutil.Process(int(parent.stdout.readline()))
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(30)
+    with ProcessSet(tmp_path / "logs", grace=0) as procs:  # reaps the worker's session too, should it outlive
+        argv = [sys.executable, "-c", script, str(tmp_path)]
+        parent = procs.start("coordinator", argv, env={"PYTHONPATH": str(REPO)})
+        worker = psutil.Process(int(parent.wait_for_line(re.compile(r"^(\d+)$", re.M), 300).group(1)))
+        parent.watch()
+        parent.proc.send_signal(signal.SIGKILL)  # the leader alone, as a crash: its worker must go by itself
+        parent.proc.wait(30)
         worker.wait(30)  # psutil.TimeoutExpired if it outlived its coordinator
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        if worker is not None and worker.is_running():
-            worker.kill()
     shutil.rmtree(tmp_path / "evaluations", ignore_errors=True)

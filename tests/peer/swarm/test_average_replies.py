@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from peer.swarm.blockwise4bit import Blockwise4BitQuantization
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager
+from peer.swarm.overrides.guard import AveragerGuard
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 from tests.peer.swarm.loopback import two_dht_nodes
 
 SIZES = (5000, 300)  # not whole blocks; each peer reduces a part of the 5000 (butterfly)

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from peer.swarm.bans import RejectionLedger
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
+from peer.swarm.overrides.guard import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.robust import ClipSettings, Outcome
 from peer.swarm.round_evidence import GRADIENTS, STATE, EvidenceGrace, RoundOutcomes
 

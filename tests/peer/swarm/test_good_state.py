@@ -11,7 +11,7 @@ import torch
 
 from peer.config import SwarmSpec, TrainSpec
 from peer.swarm.averaging import build_swarm_optimizer
-from peer.swarm.loop import GoodState, heal_optimizer_state, params_are_finite
+from peer.swarm.good_state import GoodState, heal_optimizer_state, params_are_finite
 from peer.trainer import make_optimizer
 
 

@@ -17,7 +17,9 @@ from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
 from peer.swarm.host_buffers import CopyFence, host_buffers_pinned
 from peer.swarm.metrics import make_validators
-from peer.swarm.overrides.averagers import AveragerKinds, GuardedGradientAverager, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.gradient_averager import GuardedGradientAverager
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 from peer.trainer import make_optimizer
 
 

@@ -12,7 +12,8 @@ import torch
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.utils.serializer import MSGPackSerializer
 
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager, gathered_epochs
+from peer.swarm.overrides.guard import AveragerGuard
+from peer.swarm.overrides.state_averager import GuardedStateAverager, gathered_epochs
 from tests.peer.swarm.loopback import two_dht_nodes
 
 

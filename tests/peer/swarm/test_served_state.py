@@ -10,7 +10,8 @@ import hivemind
 import pytest
 import torch
 
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager
+from peer.swarm.overrides.guard import AveragerGuard
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 
 
 class GatedSGD(torch.optim.SGD):

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedStateAverager
+from peer.swarm.overrides.guard import AveragerGuard
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 from tests.peer.swarm.loopback import two_dht_nodes
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from transformers import AutoTokenizer
 
 from peer.__main__ import main as peer_main
+from peer.children import ProcessSet
 from peer.config import PeerSettings, load_config
 from peer.modeling import build_models, save_models
 from peer.run.records import LocalMetrics
@@ -89,13 +89,6 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def kill_session(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_unreachable_initial_peers_fail_with_one_line(run_files, capsys):
@@ -161,25 +154,18 @@ def test_join_trains_and_a_signal_leaves_cleanly_without_orphans(run_files, tmp_
         "--host_maddrs",
         "/ip4/127.0.0.1/tcp/0",
     ]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while "starting at global step" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+    with ProcessSet(tmp_path, grace=0) as procs:  # SIGKILL to whatever is left of the peer's session
+        peer = procs.start("peer", cmd, cwd=REPO, log=tmp_path / "log.txt")
+        peer.wait_for_line("starting at global step", 180)
         time.sleep(5)  # a few local steps
-        proc.send_signal(signum)
-        assert proc.wait(90) == 0, log.read_text()[-3000:]
-        text = log.read_text()
+        peer.proc.send_signal(signum)
+        assert peer.proc.wait(90) == 0, peer.tail()
+        text = peer.text()
         assert "left the swarm at global step" in text
         local_steps = int(text.split("left the swarm at global step")[1].split(":")[1].split("local steps")[0])
         assert local_steps > 0
         time.sleep(1)
-        assert not session_alive(proc.pid), "a p2pd or helper process outlived the peer"
-    finally:
-        kill_session(proc.pid)
+        assert not session_alive(peer.pid), "a p2pd or helper process outlived the peer"
 
 
 def session_alive(pgid: int) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hivemind.averaging import DecentralizedAverager
 
-from peer.swarm.overrides.averagers import AveragerGuard, GuardedAveragerMixin
+from peer.swarm.overrides.guard import AveragerGuard, GuardedAveragerMixin
 from peer.swarm.robust import ClipSettings
 from peer.swarm.round_evidence import OutcomeChannel
 from tests.peer.swarm.loopback import two_dht_nodes

@@ -25,7 +25,7 @@ from peer.run.state_format import (
 )
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
-from peer.swarm.state import StartingPoint, resume_swarm_state
+from peer.swarm.starting_state import StartingPoint, resume_swarm_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import optimizer_layout, run_optimizer_factories
 

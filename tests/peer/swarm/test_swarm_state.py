@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import torch
 import yaml
 from hivemind.averaging import DecentralizedAverager
 
+from peer.children import ProcessSet
 from peer.config import PeerSettings, RunConfig, SwarmSpec
 from peer.modeling import build_models
 from peer.run.records import LocalMetrics
@@ -24,7 +24,8 @@ from peer.run.state_format import wire_names
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
-from peer.swarm.overrides.averagers import AveragerKinds, GuardedStateAverager
+from peer.swarm.overrides.averagers import AveragerKinds
+from peer.swarm.overrides.state_averager import GuardedStateAverager
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
@@ -230,27 +231,19 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
     cmd = [sys.executable, "-m", "peer", "join", "-c", str(tmp_path / "run.yaml"), "--init_dir", str(tmp_path / "init")]
     cmd += ["--work_dir", str(tmp_path / "work"), "--no_status", "--host_maddrs", *LOOPBACK]
     cmd += ["--initial_peers", *visible_maddrs(server_dht)]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine
-        while "downloading the swarm's state from peers" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(3)  # well inside the download's wait
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0, log.read_text()[-3000:]
-        assert time.monotonic() - sent < 30, f"took {time.monotonic() - sent:.1f} s to stop"
-        assert "left the swarm at global step 0" in log.read_text()
-        time.sleep(1)
-        assert not session_alive(proc.pid), "a p2pd or helper process outlived the peer"
+        with ProcessSet(tmp_path, grace=0) as procs:  # SIGKILL to whatever is left of the peer's session
+            peer = procs.start("peer", cmd, cwd=REPO, log=tmp_path / "log.txt")
+            peer.wait_for_line("downloading the swarm's state from peers", 300)  # start-up on a loaded 2-core machine
+            time.sleep(3)  # well inside the download's wait
+            sent = time.monotonic()
+            peer.proc.send_signal(signal.SIGINT)
+            assert peer.proc.wait(60) == 0, peer.tail()
+            assert time.monotonic() - sent < 30, f"took {time.monotonic() - sent:.1f} s to stop"
+            assert "left the swarm at global step 0" in peer.text()
+            time.sleep(1)
+            assert not session_alive(peer.pid), "a p2pd or helper process outlived the peer"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         stop_silent_server(server)
         server_dht.shutdown()
 
@@ -275,46 +268,36 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
     cmd += ["--data_dir", str(tmp_path / "data"), "--init_from", str(tmp_path / "init"), "--host", "127.0.0.1"]
     cmd += ["--http_port", "0", "--grpc_port", "0", "--dht_port", "0", "--monitor_interval", "0.5"]
     cmd += ["--checkpoint_every", "2", "--state_timeout", "600"]
-    log = tmp_path / "log.txt"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the join line is printed to stdout
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
+    env = {"PYTHONUNBUFFERED": "1"}  # the join line is printed to stdout
     server = server_dht = None
     try:
-        deadline = time.monotonic() + 300  # start-up on a loaded 2-core machine
-        while "volunteers join with:" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        (dht_line,) = [line.strip() for line in log.read_text().splitlines() if line.strip().startswith("DHT ")]
-        maddrs = [m.strip() for m in dht_line.split(None, 1)[1].split(",")]
-        signing = make_validators(run_id)
-        server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=maddrs), signing.validators)
-        server = start_silent_server(server_dht, run_id)
-        now = time.time()
-        hello = LocalMetrics(
-            step=5, samples_per_second=1.0, samples_accumulated=0, samples_total=80, loss=3.0, mini_steps=20, time=now
-        )
-        assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)
-        deadline = time.monotonic() + 90  # the monitor sees step 5 >= checkpoint_every, the saver starts a pull
-        while "pulling the swarm's state for a checkpoint" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(3)  # inside the pull, which would wait up to 600 s
-        proc.send_signal(signal.SIGINT)
-        abandoned = time.monotonic() + 10  # the pull itself ends at once; the stop after it takes what it takes
-        while "abandoned the pull" not in log.read_text():
-            assert time.monotonic() < abandoned, log.read_text()[-3000:]
-            time.sleep(0.2)
-        assert proc.wait(60) == 0, log.read_text()[-3000:]
-        time.sleep(1)
-        assert not session_alive(proc.pid), "a p2pd or helper process outlived the coordinator"
+        with ProcessSet(tmp_path, grace=0) as procs:  # SIGKILL to whatever is left of the coordinator's session
+            coordinator = procs.start("coordinator", cmd, env=env, cwd=REPO, log=tmp_path / "log.txt")
+            coordinator.wait_for_line("volunteers join with:", 300)  # start-up on a loaded 2-core machine
+            text = coordinator.text()
+            (dht_line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("DHT ")]
+            maddrs = [m.strip() for m in dht_line.split(None, 1)[1].split(",")]
+            signing = make_validators(run_id)
+            server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=maddrs), signing.validators)
+            server = start_silent_server(server_dht, run_id)
+            now = time.time()
+            hello = LocalMetrics(
+                step=5, samples_per_second=1.0, samples_accumulated=0, samples_total=80, loss=3.0, mini_steps=20,
+                time=now,
+            )  # fmt: skip
+            assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)
+            # the monitor sees step 5 >= checkpoint_every, the saver starts a pull
+            coordinator.wait_for_line("pulling the swarm's state for a checkpoint", 90)
+            time.sleep(3)  # inside the pull, which would wait up to 600 s
+            coordinator.proc.send_signal(signal.SIGINT)
+            abandoned = time.monotonic() + 10  # the pull itself ends at once; the stop after it takes what it takes
+            while "abandoned the pull" not in coordinator.text():
+                assert time.monotonic() < abandoned, coordinator.tail()
+                time.sleep(0.2)
+            assert coordinator.proc.wait(60) == 0, coordinator.tail()
+            time.sleep(1)
+            assert not session_alive(coordinator.pid), "a p2pd or helper process outlived the coordinator"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if server is not None:
             stop_silent_server(server)
         if server_dht is not None:
