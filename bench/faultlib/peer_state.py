@@ -97,9 +97,10 @@ def _served_state(peer_id: str, metadata: dict, tensors: list[bytes]) -> ServedS
     catches ``IncompleteReadError`` and stops, hivemind 1.1.12), whichever side closed it and why, so a download can
     stop anywhere without an error (why the serving side closed it, here under load average 25-38, was not traced).
     Cut between two tensors it arrives with fewer tensors than the others' (``states_at_steps`` reads it again); cut
-    inside one, the last tensor cannot be decoded (the ``peer_kill`` fast test, 2026-12-07: "shape '[30522, 32]' is invalid for
-    input of size 442368", the generator's embedding table cut at 45 %). hivemind's own ``load_state_from_peers``
-    drops such a download and asks the next peer; the harness reads it again, the same way."""
+    inside one, the last tensor cannot be decoded (the ``peer_kill`` fast test, 2026-12-07: "shape '[30522, 32]' is
+    invalid for input of size 442368", the generator's embedding table cut at 45 %). hivemind's own
+    ``load_state_from_peers`` drops such a download and asks the next peer; the harness reads it again, the same
+    way."""
     values = tuple(m.get("value") for m in metadata.get("optimizer_metadata", ()) if m.get("type") == "value")
     try:
         decoded = [deserialize_torch_tensor(runtime_pb2.Tensor.FromString(t)) for t in tensors]
