@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from peer.swarm.host_buffers import CopyFence, host_buffers_pinned
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 
 
@@ -29,16 +30,34 @@ class GoodState:
     Why the moments are healed rather than kept: a copy of them after every global step (tried) costs two more
     copies of the parameters per step on the healthy path and changed the timing of the global step enough that a
     state round mixed two step counts (tests/peer/swarm/test_swarm_peers.py's never-undo test failed in 2 of 2 full
-    runs with it, 0 of 3 without). A restore is rare; the healthy path is left exactly as it was."""
+    runs with it, 0 of 3 without). A restore is rare; the healthy path is left exactly as it was.
+
+    Why one set of host buffers, written again after every healthy global step (``save``), rather than a fresh copy:
+    a fresh copy allocated (and the kernel zero-filled) a whole model's worth of host memory per global step, and on
+    a GPU it was a synchronous device -> host copy through pageable memory. The buffers are page-locked on CUDA
+    (``peer.swarm.host_buffers``), so ``save`` queues asynchronous copies on the stream, ordered before any later
+    kernel that writes the parameters, and the host waits for them (``CopyFence``) only in the rare restore."""
 
     def __init__(self, params: list[torch.Tensor]) -> None:
-        self.copies = [p.detach().to("cpu", copy=True) for p in params]
+        device = params[0].device if params else torch.device("cpu")
+        self._fence = CopyFence(device)
+        pinned = host_buffers_pinned(device)
+        self.copies = [torch.empty(p.shape, dtype=p.dtype, device="cpu", pin_memory=pinned) for p in params]
         self._by_id = {id(p): copy for p, copy in zip(params, self.copies, strict=True)}
+        self.save(params)
+
+    @torch.no_grad()
+    def save(self, params: list[torch.Tensor]) -> None:
+        """Keeps ``params`` (the same tensors this state was made for) as the last good state, in the same buffers."""
+        for copy, param in zip(self.copies, params, strict=True):
+            copy.copy_(param.detach(), non_blocking=self._fence.active)
+        self._fence.mark()
 
     @torch.no_grad()
     def restore_into(self, opt: SwarmOptimizer, params: list[torch.Tensor]) -> int:
         """Puts the good parameters back everywhere a step reads them and heals the moments; returns the number of
         optimizer-state entries that were reset (0 when the moments were sound)."""
+        self._fence.wait()  # the last save's copies have landed in the buffers
         averager = opt.opt.state_averager
         with averager.lock_optimizer:  # a delayed step (hivemind's executor) must not run in the middle
             for target, copy in zip(params, self.copies, strict=True):

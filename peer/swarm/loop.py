@@ -182,7 +182,7 @@ def train_loop(
             was_restored = False
             if advanced:
                 if params_are_finite(params):
-                    good = GoodState(params)
+                    good.save(params)
                 else:
                     logger.error(
                         "non-finite parameters after global step %d: restoring the last good state", opt.global_step

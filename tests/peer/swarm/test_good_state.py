@@ -101,3 +101,36 @@ def test_healing_resets_only_the_entries_no_step_recovers_from():
     x.grad = torch.ones(4)
     adam.step()
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.timeout(180)
+def test_save_keeps_the_latest_healthy_step_in_the_same_host_buffers(swarm_opt):
+    """The loop saves after every healthy global step: one set of host buffers, rewritten, and a restore puts back
+    the latest save, not the first."""
+    opt, model, params = swarm_opt()
+    good = GoodState(params)
+    buffers = [c.data_ptr() for c in good.copies]
+    _global_step(opt, model)
+    latest = [p.detach().clone() for p in params]
+    assert not all(torch.equal(p, c) for p, c in zip(latest, good.copies, strict=True)), "the step moved nothing"
+    good.save(params)
+    assert [c.data_ptr() for c in good.copies] == buffers
+    with torch.no_grad():
+        for p in params:
+            p.fill_(float("nan"))
+    good.restore_into(opt, params)
+    assert all(torch.equal(p, want) for p, want in zip(params, latest, strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: page-locked buffers and asynchronous saves")
+def test_on_cuda_the_buffers_are_page_locked_and_a_restore_waits_for_the_last_save():
+    params = [torch.randn(1024, 1024, device="cuda"), torch.randn(4096, device="cuda")]
+    good = GoodState(params)
+    assert all(c.is_pinned() for c in good.copies)
+    want = [p.cpu() for p in params]
+    good.save(params)
+    with torch.no_grad():
+        for p in params:
+            p.zero_()  # queued after the save's copies on the same stream
+    good._fence.wait()
+    assert all(torch.equal(c, w) for c, w in zip(good.copies, want, strict=True))
