@@ -7,6 +7,12 @@ pruned through the code they carry) and times a forward pass. The models take tu
 machine slows them all alike; the figure is the median over ``--runs`` rounds after ``--warmup``.
 
     .venv/bin/python bench/exports.py --runs 20 --distill_steps 30
+    .venv/bin/python bench/exports.py --forms int8 --threads 1 --runs 40 --work /tmp/ex-int8   # int8 vs fp32 only
+
+Two clocks per pass: wall time (what a user waits, on an idle machine) and the CPU time the pass used (with
+``--threads 1`` the calling thread's, ``time.thread_time``, where torch runs every op; with more threads the whole
+process's). On a shared machine wall time mostly measures waiting for a core; CPU time does not, so the CPU-time
+ratio is the firm figure there, and on an idle machine with one thread the two agree.
 
 Score changes need ``coordinator evaluate`` (issue 23, not built yet): nothing here measures quality except the
 distilled student's held-out discriminator loss/AUC next to the teacher's after its few steps.
@@ -35,13 +41,19 @@ def grow_demo(work: Path) -> Path:
     return out
 
 
-def make_exports(grown: Path, work: Path, fractions: list[float], steps: int) -> dict[str, dict]:
+FORMS = ("int8", "distilled", "pruned")
+
+
+def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, forms=FORMS) -> dict[str, dict]:
     from coordinator.export import ExportOptions, export
 
     config = str(ROOT / "configs" / "demo.yaml")
-    wanted = {"int8": ExportOptions(form="int8")}
-    wanted["distilled"] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4)
-    for f in fractions:
+    wanted = {}
+    if "int8" in forms:
+        wanted["int8"] = ExportOptions(form="int8")
+    if "distilled" in forms:
+        wanted["distilled"] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4)
+    for f in fractions if "pruned" in forms else ():
         wanted[f"pruned-{f:g}"] = ExportOptions(form="pruned", fraction=f, config=config, batch_size=8, batches=4)
     notes = {}
     for name, options in wanted.items():
@@ -56,20 +68,26 @@ def weight_bytes(d: Path) -> int:
     return (d / "model.safetensors").stat().st_size
 
 
-def time_models(models: dict, runs: int, warmup: int, seq: int) -> dict[str, float]:
+def time_models(models: dict, runs: int, warmup: int, seq: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(median wall ms, median CPU ms) of one forward pass per model; CPU time is this thread's with one torch
+    thread (torch then runs every op here), else the process's."""
     import torch
 
+    cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     torch.manual_seed(0)
     x = {"input_ids": torch.randint(1000, 20000, (1, seq)), "attention_mask": torch.ones(1, seq, dtype=torch.long)}
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for r in range(warmup + runs):
             for name, model in models.items():
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), cpu_clock()
                 model(**x)
                 if r >= warmup:
-                    times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+                    wall[name].append(time.perf_counter() - started)
+                    cpu[name].append(cpu_clock() - started_cpu)
+    median_ms = lambda t: {name: statistics.median(v) * 1000 for name, v in t.items()}  # noqa: E731
+    return median_ms(wall), median_ms(cpu)
 
 
 def main() -> None:
@@ -80,8 +98,13 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--distill_steps", type=int, default=30)
+    p.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS), help="which exports to make and time")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args()
+    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--runs and --threads must be >= 1, --warmup >= 0")
+    load_at_start = os.getloadavg()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_MODULES_CACHE", str(work / "hf_modules"))
@@ -91,14 +114,16 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     grown = grow_demo(work)
-    notes = make_exports(grown, work, args.fractions, args.distill_steps)
+    notes = make_exports(grown, work, args.fractions, args.distill_steps, args.forms)
     dirs = {"fp32": grown, **{name: work / name for name in notes}}
     models = {
         name: AutoModelForPreTraining.from_pretrained(d, trust_remote_code=name != "fp32").eval()
         for name, d in dirs.items()
     }
-    latency = time_models(models, args.runs, args.warmup, args.seq)
+    latency, cpu_ms = time_models(models, args.runs, args.warmup, args.seq)
     fp32_bytes, fp32_params = weight_bytes(grown), sum(p.numel() for p in models["fp32"].parameters())
     rows = []
     for name, model in models.items():
@@ -113,20 +138,27 @@ def main() -> None:
             "params_ratio": params / fp32_params,
             "latency_ms": latency[name],
             "speedup": latency["fp32"] / latency[name],
+            "cpu_ms": cpu_ms[name],
+            "cpu_speedup": cpu_ms["fp32"] / cpu_ms[name],
             "heads": notes.get(name, {}).get("result", {}).get("heads_after"),
         })  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1 x {args.seq} tokens, "
           f"median of {args.runs} rounds")  # fmt: skip
-    print("| model | weights MB | size vs fp32 | params (M) | params vs fp32 | heads | latency ms | speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | weights MB | size vs fp32 | params (M) | params vs fp32 | heads | latency ms | speed-up "
+          "| CPU ms | CPU speed-up |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [r["model"], f"{r['weight_mb']:.1f}", f"{r['size_ratio']:.1%}", f"{r['parameters_m']:.1f}"]
         cells += [f"{r['params_ratio']:.1%}", str(r["heads"] or "-"), f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"]
+        cells += [f"{r['cpu_ms']:.1f}", f"{r['cpu_speedup']:.2f}x"]
         print("| " + " | ".join(cells) + " |")
-    held = notes["distilled"]["result"]["heldout"]
-    print(f"distilled after {args.distill_steps} steps, held-out: {json.dumps(held)}")
+    held = notes["distilled"]["result"]["heldout"] if "distilled" in notes else None
+    if held is not None:
+        print(f"distilled after {args.distill_steps} steps, held-out: {json.dumps(held)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "distilled_heldout": held, "args": vars(args)}, indent=1))
+        loads = [load_at_start, os.getloadavg()]
+        report = {"rows": rows, "distilled_heldout": held, "args": vars(args), "load_average_start_end": loads}
+        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
