@@ -47,7 +47,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bench.electra_vs_mlm import electra_step_flops
-from bench.warm_start import machine, tokens_to_reach
+from bench.warm_start import fmt_or_never, machine, save_figure, tokens_to_reach
 from peer.cli.train import stage_growth
 from peer.config import DataSpec, GrowthSpec, GrowthStage, ModelSpec, RunConfig, StageModel, TrainSpec
 from peer.data import build_heldout_batches, build_train_batches
@@ -243,14 +243,7 @@ def plot(per_seed: dict[str, dict], path: Path, title: str, switch_flops: float)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=3)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "never" if x is None else format(x, spec)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -341,11 +334,11 @@ def finish(summary: dict, out: Path) -> None:
     for s, a in agg["saving_to_grown0_final"].items():
         print(
             f"  {s} reaches grown0's final loss in {a['reached']} seeds; grown0's FLOPs / its FLOPs to get there "
-            f"(seeds that do): mean {_fmt(a['mean'], '.2f')} [{_fmt(a['min'], '.2f')}, {_fmt(a['max'], '.2f')}]"
+            f"(seeds that do): mean {fmt_or_never(a['mean'])} [{fmt_or_never(a['min'])}, {fmt_or_never(a['max'])}]"
         )
     for s, a in agg["saving_to_stay_below_grown0_final"].items():
-        print(f"  {s} stays at or below it from then on: grown0's FLOPs / its FLOPs, mean {_fmt(a['mean'], '.2f')} "
-              f"[{_fmt(a['min'], '.2f')}, {_fmt(a['max'], '.2f')}] ({a['reached']} seeds)")  # fmt: skip
+        print(f"  {s} stays at or below it from then on: grown0's FLOPs / its FLOPs, mean {fmt_or_never(a['mean'])} "
+              f"[{fmt_or_never(a['min'])}, {fmt_or_never(a['max'])}] ({a['reached']} seeds)")  # fmt: skip
     print(f"held-out loss change across the switch: max rel {max(agg['switch_rel_change']):.2e}")
     print(f"wrote {out} and {out.with_suffix('.json')}")
 

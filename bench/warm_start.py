@@ -195,13 +195,21 @@ def plot(per_seed: dict[str, dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Writes a benchmark's figure to ``path`` (its directory made if missing), laid out tight, and frees it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _fmt(x: float | None, spec: str = ".2f") -> str:
+def fmt_or_never(x: float | None, spec: str = ".2f") -> str:
+    """``x`` formatted, or "never" for a target not reached (None)."""
     return "never" if x is None else format(x, spec)
 
 
@@ -214,10 +222,10 @@ def print_summary(per_seed: dict[str, dict], agg: dict) -> None:
             t = c["tokens_to_target"]
             print(f"{seed:>4} {key:>9} {c['step0']['grown']:>7.3f}/{c['step0']['random']:<7.3f} "
                   f"{c['final']['grown']:>7.3f}/{c['final']['random']:<7.3f} {c['target']['value']:>8.4f} "
-                  f"{t['random']['interpolated']:>10.0f} {_fmt(t['grown']['interpolated'], '.0f'):>10} "
-                  f"{_fmt(c['token_ratio']):>6}")  # fmt: skip
+                  f"{t['random']['interpolated']:>10.0f} {fmt_or_never(t['grown']['interpolated'], '.0f'):>10} "
+                  f"{fmt_or_never(c['token_ratio']):>6}")  # fmt: skip
     for key, a in agg.items():
-        print(f"{key}: ratio mean {_fmt(a['mean'])}, range {_fmt(a['min'])}-{_fmt(a['max'])} "
+        print(f"{key}: ratio mean {fmt_or_never(a['mean'])}, range {fmt_or_never(a['min'])}-{fmt_or_never(a['max'])} "
               f"(grown reached the target in {a['reached']} seeds)")  # fmt: skip
 
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -37,12 +35,12 @@ from coordinator.deployment import EvaluationSettings
 from coordinator.evaluation.results import EVALUATION_FILE, EvaluationReport, read_side_file
 from coordinator.evaluation.worker import EvaluationJob
 from coordinator.store import CheckpointRow, EvaluationScore, Store
+from coordinator.worker_process import Outcome, exit_reason, output_lines, start_worker, wait_worker
 from peer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 HELDOUT_TASK = "heldout"
-STOP_GRACE_S = 5.0
 
 
 def report_scores(report: EvaluationReport, checkpoint: str, step: int) -> list[EvaluationScore]:
@@ -64,18 +62,8 @@ def report_scores(report: EvaluationReport, checkpoint: str, step: int) -> list[
 
 def _one_line(log: Path, returncode: int) -> str:
     """Why a worker failed, in one line: its last ``error:`` line or other output, or the signal that ended it."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    errors = [line for line in lines if line.startswith("error:")]
-    last = (errors or lines or [""])[-1][:300]
-    return f"exited with code {returncode}" + (f": {last}" if last else "")
+    lines = output_lines(log)
+    return exit_reason(returncode, [line for line in lines if line.startswith("error:")] or lines)
 
 
 class BackgroundEvaluator:
@@ -134,27 +122,17 @@ class BackgroundEvaluator:
         EvaluationJob(str(self.checkpoints_dir / row.name), str(out), os.getpid(), self.settings, self.run_config)\
             .to_json(job_file)  # fmt: skip
         started = time.monotonic()
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(
-                [self.python, "-m", "coordinator.evaluation.worker", str(job_file)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._worker_env(),
-                start_new_session=True,  # a Ctrl-C in the coordinator's terminal is the coordinator's to handle
-            )  # fmt: skip
+        proc = start_worker(self.python, "coordinator.evaluation.worker", job_file, log)
         self.worker_pid = proc.pid
         logger.info("evaluation worker of %s is pid %d (nice +%d)", row.name, proc.pid, self.settings.niceness)
         try:
-            timed_out = False
-            while proc.poll() is None:
-                if stop.wait(0.5):
-                    _end(proc)
-                    logger.info("stopping: abandoned the evaluation of %s", row.name)
-                    return False
-                if time.monotonic() - started > self.settings.timeout:
-                    _end(proc)
-                    timed_out = True
-                    break
+            outcome = wait_worker(proc, stop, started, self.settings.timeout)
         finally:
             self.worker_pid = None
+        if outcome is Outcome.STOPPED:
+            logger.info("stopping: abandoned the evaluation of %s", row.name)
+            return False
+        timed_out = outcome is Outcome.TIMED_OUT
         job_file.unlink(missing_ok=True)
         if proc.returncode == 0 and not timed_out:
             try:
@@ -173,13 +151,6 @@ class BackgroundEvaluator:
             return False
         error = f"timed out after {self.settings.timeout:.0f} s" if timed_out else _one_line(log, proc.returncode)
         return self._failed(row, error)
-
-    def _worker_env(self) -> dict[str, str]:
-        """The worker runs this coordinator's code: the directory this ``coordinator`` package was imported from
-        goes first on its path, whatever an installed copy elsewhere holds."""
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH", "")
-        return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
     def _failed(self, row: CheckpointRow, error: str) -> bool:
         attempts = self.store.record_evaluation_failure(row.name, row.step, error)
@@ -208,13 +179,3 @@ class BackgroundEvaluator:
 
     def _record(self, row: CheckpointRow, report: EvaluationReport) -> None:
         self.store.record_evaluation(row.name, row.step, report_scores(report, row.name, row.step), report.seconds)
-
-
-def _end(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after a grace period; reaps the process either way."""
-    proc.terminate()
-    try:
-        proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

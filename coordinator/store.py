@@ -322,6 +322,12 @@ class Store:
                 raise UserError(f"no run recorded in {self.path} yet")
         return self.run_id
 
+    def _select(self, sql: str, *args) -> list[sqlite3.Row]:
+        """The rows of a query of this run: the first ``?`` of ``sql`` is the run id, ``args`` fill the others."""
+        run_id = self._run()
+        with self._lock:
+            return self._db.execute(sql, (run_id, *args)).fetchall()
+
     # ---------------------------------------------------------------- writers
 
     def open_run(self, run_id: str, config: dict, total_steps: int | None = None, now: float | None = None) -> None:
@@ -552,12 +558,9 @@ class Store:
     def evaluations(self, checkpoint: str | None = None) -> list[EvaluationScore]:
         """Recorded scores (of every checkpoint, or of one), by step, then role, task and metric. Scores outlive
         their checkpoint's pruning: they are the run's quality over its steps."""
-        run_id = self._run()
-        where, args = ("AND checkpoint = ?", (run_id, checkpoint)) if checkpoint else ("", (run_id,))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM evaluations WHERE run_id = ? {where} ORDER BY step, role, task, metric", args
-            ).fetchall()
+        where, args = ("AND checkpoint = ?", (checkpoint,)) if checkpoint else ("", ())
+        rows = self._select(f"SELECT * FROM evaluations WHERE run_id = ? {where} ORDER BY step, role, task, metric",
+                            *args)  # fmt: skip
         return [
             EvaluationScore(
                 checkpoint=r["checkpoint"],
@@ -575,11 +578,7 @@ class Store:
 
     def evaluation_attempts(self) -> dict[str, EvaluationAttempts]:
         """Every checkpoint whose evaluation finished or failed at least once, by name."""
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM evaluation_attempts WHERE run_id = ? ORDER BY step", (run_id,)
-            ).fetchall()
+        rows = self._select("SELECT * FROM evaluation_attempts WHERE run_id = ? ORDER BY step")
         return {
             r["checkpoint"]: EvaluationAttempts(
                 r["checkpoint"], r["step"], bool(r["done"]), r["attempts"], r["error"], r["seconds"], r["updated"]
@@ -589,18 +588,13 @@ class Store:
 
     def latest_evaluation(self) -> list[EvaluationScore]:
         """The scores of the newest evaluated checkpoint (by step); empty before any."""
-        run_id = self._run()
-        with self._lock:
-            row = self._db.execute(
-                "SELECT checkpoint FROM evaluation_attempts WHERE run_id = ? AND done = 1 ORDER BY step DESC LIMIT 1",
-                (run_id,),
-            ).fetchone()
-        return self.evaluations(row[0]) if row else []
+        rows = self._select(
+            "SELECT checkpoint FROM evaluation_attempts WHERE run_id = ? AND done = 1 ORDER BY step DESC LIMIT 1"
+        )
+        return self.evaluations(rows[0][0]) if rows else []
 
     def bans(self) -> list[BanRow]:
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM bans WHERE run_id = ? ORDER BY time", (run_id,)).fetchall()
+        rows = self._select("SELECT * FROM bans WHERE run_id = ? ORDER BY time")
         return [
             BanRow(r["peer_id"], r["store_peer_id"], r["name"], r["reason"], r["reporters"], r["time"]) for r in rows
         ]
@@ -611,27 +605,17 @@ class Store:
 
     def rejected_contribution_counts(self) -> dict[str, int]:
         """Contributions the peers' reducers rejected, by reason (clipped, non_finite), summed over reporters."""
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT reason, SUM(total) AS n FROM contribution_rejections WHERE run_id = ? GROUP BY reason",
-                (run_id,),
-            ).fetchall()
+        rows = self._select(
+            "SELECT reason, SUM(total) AS n FROM contribution_rejections WHERE run_id = ? GROUP BY reason"
+        )
         return {r["reason"]: int(r["n"]) for r in rows}
 
     def run_config(self) -> dict:
-        run_id = self._run()
-        with self._lock:
-            row = self._db.execute("SELECT config_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return json.loads(row[0])
+        return json.loads(self._select("SELECT config_json FROM runs WHERE run_id = ?")[0][0])
 
     def samples_total(self) -> int:
         """Samples credited to all volunteers of the run (what ``record_progress`` writes as the run's total)."""
-        run_id = self._run()
-        with self._lock:
-            return self._db.execute(
-                "SELECT COALESCE(SUM(samples), 0) FROM peers WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
+        return self._select("SELECT COALESCE(SUM(samples), 0) FROM peers WHERE run_id = ?")[0][0]
 
     def progress(self, now: float | None = None) -> Progress:
         """The run's figures as of the monitor's last pass. Once that pass is older than the alive window (the
@@ -670,12 +654,8 @@ class Store:
 
     def peers(self, now: float | None = None) -> list[PeerRow]:
         """All peers ever seen in this run, most samples first (the leaderboard order)."""
-        run_id = self._run()
         now = time.time() if now is None else now
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM peers WHERE run_id = ? ORDER BY samples DESC, first_seen ASC", (run_id,)
-            ).fetchall()
+        rows = self._select("SELECT * FROM peers WHERE run_id = ? ORDER BY samples DESC, first_seen ASC")
         return [
             PeerRow(
                 peer_id=r["peer_id"],
@@ -697,24 +677,20 @@ class Store:
 
     def history(self, since: float | None = None, limit: int = 5000) -> list[HistoryPoint]:
         """History points after ``since`` (unix time), oldest first; at most the newest ``limit`` of them."""
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM (SELECT time, step, loss, samples_per_second, alive_peers, samples_total FROM history "
-                "WHERE run_id = ? AND time > ? ORDER BY time DESC LIMIT ?) ORDER BY time ASC",
-                (run_id, -1.0 if since is None else since, limit),
-            ).fetchall()
+        rows = self._select(
+            "SELECT * FROM (SELECT time, step, loss, samples_per_second, alive_peers, samples_total FROM history "
+            "WHERE run_id = ? AND time > ? ORDER BY time DESC LIMIT ?) ORDER BY time ASC",
+            -1.0 if since is None else since,
+            limit,
+        )
         return [HistoryPoint(*r) for r in rows]
 
     def checkpoints(self) -> list[CheckpointRow]:
         """Verified checkpoints on disk, oldest first (newest last, as the HTTP API lists them)."""
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT name, step, created, files_json, save_seconds FROM checkpoints WHERE run_id = ? "
-                "ORDER BY step ASC, created ASC",
-                (run_id,),
-            ).fetchall()
+        rows = self._select(
+            "SELECT name, step, created, files_json, save_seconds FROM checkpoints WHERE run_id = ? "
+            "ORDER BY step ASC, created ASC"
+        )
         return [
             CheckpointRow(
                 name=r["name"],
@@ -747,17 +723,11 @@ class Store:
 
     def export_builds(self) -> dict[str, ExportBuilds]:
         """The run's export builds and failures so far, by form (sorted)."""
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT form, built, failed FROM export_builds WHERE run_id = ? ORDER BY form", (run_id,)
-            ).fetchall()
+        rows = self._select("SELECT form, built, failed FROM export_builds WHERE run_id = ? ORDER BY form")
         return {r["form"]: ExportBuilds(r["built"], r["failed"]) for r in rows}
 
     def rejected_counts(self) -> dict[str, int]:
-        run_id = self._run()
-        with self._lock:
-            rows = self._db.execute("SELECT reason, count FROM rejected WHERE run_id = ?", (run_id,)).fetchall()
+        rows = self._select("SELECT reason, count FROM rejected WHERE run_id = ?")
         return {r["reason"]: r["count"] for r in rows}
 
 

@@ -44,14 +44,18 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
-def _sigkill_main_and_wait(child: Child) -> tuple[list[psutil.Process], list[str], float]:
+def _sigkill_main_leaves_nothing(child: Child, what: str) -> None:
+    """SIGKILLs the main process alone; asserts that it had processes to leave behind (a DHT fork and p2pd) and that
+    none of them is left ``GONE_WITHIN_S`` later."""
     family = _family(child)
     os.kill(child.pid, signal.SIGKILL)  # the main process only: its children are told nothing
     child.proc.wait(30)
     start = time.monotonic()
     while (left := _survivors(child, family)) and time.monotonic() - start < GONE_WITHIN_S:
         time.sleep(0.2)
-    return family, left, time.monotonic() - start
+    took = time.monotonic() - start
+    assert len(family) >= 2, f"the {what} had no DHT fork and p2pd to leave behind: {family}"
+    assert left == [], f"the killed {what}'s processes still run {took:.1f} s later: {left}\n{child.tail()}"
 
 
 @pytest.fixture(scope="module")
@@ -59,35 +63,34 @@ def run(tmp_path_factory):
     return prepare_run(tmp_path_factory.mktemp("sigkill") / "run", "sigkill")
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_a_sigkilled_peer_leaves_nothing_and_the_same_command_starts_again(tmp_path, run):
+@pytest.fixture
+def coordinator(tmp_path, run):
+    """A real coordinator of the run, started; it and every process a test starts beside it (``coordinator.procs``)
+    are stopped and reaped at the end."""
     with ProcessSet(tmp_path / "procs") as procs:
         coordinator = Coordinator(procs, run, tmp_path / "data")
         coordinator.start()
-        peer = start_peer(procs, "peer0", coordinator)
-        peer.wait_for_line(TRAINING, timeout=300)
-
-        family, left, took = _sigkill_main_and_wait(peer)
-        assert len(family) >= 2, f"the peer had no DHT fork and p2pd to leave behind: {family}"
-        assert left == [], f"the killed peer's processes still run {took:.1f} s later: {left}\n{peer.tail()}"
-
-        again = start_peer(procs, "peer0", coordinator)  # the same command: same identity file and work dir
-        again.wait_for_line(TRAINING, timeout=300)
-        assert "already in use" not in again.text()
+        yield coordinator
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_sigkilled_coordinator_leaves_nothing_and_the_same_command_starts_again(tmp_path, run):
-    with ProcessSet(tmp_path / "procs") as procs:
-        coordinator = Coordinator(procs, run, tmp_path / "data")
-        coordinator.start()
+def test_a_sigkilled_peer_leaves_nothing_and_the_same_command_starts_again(coordinator):
+    peer = start_peer(coordinator.procs, "peer0", coordinator)
+    peer.wait_for_line(TRAINING, timeout=300)
 
-        family, left, took = _sigkill_main_and_wait(coordinator.child)
-        assert len(family) >= 2, f"the coordinator had no DHT fork and p2pd to leave behind: {family}"
-        assert left == [], f"the killed coordinator's processes still run {took:.1f} s later: {left}"
+    _sigkill_main_leaves_nothing(peer, "peer")
 
-        coordinator.start()  # the same command: same data dir, identity and ports
-        assert coordinator.get("/api/v1/run")["run_id"] == run.run_id
-        assert "in use by another running coordinator" not in coordinator.child.text()
+    again = start_peer(coordinator.procs, "peer0", coordinator)  # the same command: same identity file and work dir
+    again.wait_for_line(TRAINING, timeout=300)
+    assert "already in use" not in again.text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_sigkilled_coordinator_leaves_nothing_and_the_same_command_starts_again(coordinator, run):
+    _sigkill_main_leaves_nothing(coordinator.child, "coordinator")
+
+    coordinator.start()  # the same command: same data dir, identity and ports
+    assert coordinator.get("/api/v1/run")["run_id"] == run.run_id
+    assert "in use by another running coordinator" not in coordinator.child.text()

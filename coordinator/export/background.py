@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,10 +32,10 @@ from coordinator.deployment import ExportSettings
 from coordinator.export.worker import ExportJob
 from coordinator.exports import failures, list_exports, record_failure
 from coordinator.store import CheckpointRow, Store
+from coordinator.worker_process import REASON_CHARS, Outcome, exit_reason, output_lines, start_worker, wait_worker
 
 logger = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0
 STAGING = "staging"
 
 
@@ -99,28 +97,18 @@ class BackgroundExporter:
         ExportJob(str(ckpt), tuple(forms), str(staging), os.getpid(), self.settings, self.run_config)\
             .to_json(job_file)  # fmt: skip
         started = time.monotonic()
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(
-                [self.python, "-m", "coordinator.export.worker", str(job_file)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._worker_env(),
-                start_new_session=True,  # a Ctrl-C in the coordinator's terminal is the coordinator's to handle
-            )  # fmt: skip
+        proc = start_worker(self.python, "coordinator.export.worker", job_file, log)
         self.worker_pid = proc.pid
         logger.info("export worker of %s (%s) is pid %d (nice +%d)", row.name, ", ".join(forms), proc.pid,
                     self.settings.niceness)  # fmt: skip
-        timed_out = False
         try:
-            while proc.poll() is None:
-                if stop.wait(0.5):
-                    _end(proc)
-                    logger.info("stopping: abandoned the exports of %s", row.name)
-                    return False
-                if time.monotonic() - started > self.settings.timeout:
-                    _end(proc)
-                    timed_out = True
-                    break
+            outcome = wait_worker(proc, stop, started, self.settings.timeout)
         finally:
             self.worker_pid = None
+        if outcome is Outcome.STOPPED:
+            logger.info("stopping: abandoned the exports of %s", row.name)
+            return False
+        timed_out = outcome is Outcome.TIMED_OUT
         job_file.unlink(missing_ok=True)
         if stop.is_set():  # it ended as the coordinator stops: the next start builds what is missing
             return False
@@ -144,38 +132,13 @@ class BackgroundExporter:
                            log)  # fmt: skip
         return False
 
-    def _worker_env(self) -> dict[str, str]:
-        """The worker runs this coordinator's code: the directory this ``coordinator`` package was imported from
-        goes first on its path, whatever an installed copy elsewhere holds."""
-        root = str(Path(__file__).resolve().parents[2])
-        path = os.environ.get("PYTHONPATH", "")
-        return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-
 
 def _why(log: Path, returncode: int, form: str) -> str:
     """Why ``form`` was not built, in one line: the worker's ``error: <form>:`` line, else its last line of output
     or the signal that ended it."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    mine = [line.removeprefix(f"error: {form}: ") for line in lines if line.startswith(f"error: {form}: ")]
-    if mine:
-        return mine[-1][:300]
-    last = (lines or [""])[-1][:300]
-    return f"exited with code {returncode}" + (f": {last}" if last else "")
-
-
-def _end(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after a grace period; reaps the process either way."""
-    proc.terminate()
-    try:
-        proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    lines = output_lines(log)
+    prefix = f"error: {form}: "
+    mine = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+    if mine and returncode >= 0:
+        return mine[-1][:REASON_CHARS]
+    return exit_reason(returncode, lines)

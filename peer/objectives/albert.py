@@ -93,12 +93,9 @@ class AlbertObjective(Objective):
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.models.discriminator.training
-        self.models.eval()
-        rng = self.eval_rng()
         mlm = MaskedLMTally()
         sop_sum = sop_hit = n_seq = 0.0
-        try:
+        with self.evaluating() as rng:
             for raw in batches:
                 s = self.step(self.to_device(raw), rng)
                 mlm.add(s.mlm_logits, s.mlm_labels, s.positions.weight)
@@ -106,8 +103,6 @@ class AlbertObjective(Objective):
                 sop_sum += float(sentence_order_loss(s.sop_logits, s.sop_labels)) * b
                 sop_hit += float((s.sop_logits.argmax(-1) == s.sop_labels).float().sum())
                 n_seq += b
-        finally:
-            self.models.train(was_training)
         if not mlm.rows or not n_seq:
             return {}
         return {

@@ -9,7 +9,8 @@ the same way on every call: the held-out numbers of two evaluations differ only 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +68,17 @@ class Objective(ABC):
 
     def eval_rng(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed + EVAL_SEED_OFFSET)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[torch.Generator]:
+        """What ``evaluate`` runs in: eval mode, and a fresh evaluation generator (the value); the mode the models
+        were in is restored on leaving, also by an exception."""
+        was_training = self.models.discriminator.training
+        self.models.eval()
+        try:
+            yield self.eval_rng()
+        finally:
+            self.models.train(was_training)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"rng_state": self.rng.get_state()}

@@ -34,19 +34,6 @@ from peer.objectives.metrics import MaskedLMTally, masked_accuracy
 ELECTRA_MASK_FRACTION = 0.85
 
 
-@dataclass
-class ElectraStep:
-    """Everything one ELECTRA forward pass produced; the losses and metrics are functions of these tensors."""
-
-    positions: MaskedPositions
-    mlm_logits: torch.Tensor  # [B, K, V] generator logits on the masked rows only
-    mlm_labels: torch.Tensor  # [B, K] original tokens at those rows
-    sampled: torch.Tensor  # [B, K] the generator's Gumbel-max samples
-    disc_logits: torch.Tensor  # [B, L]
-    disc_labels: torch.Tensor  # [B, L] 1 where the discriminator's input differs from the original
-    disc_weight: torch.Tensor  # [B, L] 1 on real, non-special tokens
-
-
 def generator_logits_at(generator: torch.nn.Module, batch: dict[str, torch.Tensor], input_ids, index) -> torch.Tensor:
     """The generator's vocabulary logits at ``index`` only: backbone over the whole sequence, then the prediction
     head and the (tied) output layer on the gathered rows. For ELECTRA-small this skips ~85 % of the generator's
@@ -67,6 +54,16 @@ class Corruption:
     sampled: torch.Tensor  # [B, K] the generator's Gumbel-max samples
     disc_input: torch.Tensor  # [B, L] the original ids with the samples at the masked positions
     candidates: torch.Tensor  # [B, L] bool: real, non-special tokens
+
+
+@dataclass
+class ElectraStep(Corruption):
+    """Everything one ELECTRA forward pass produced (the corruption, and the discriminator's answer to it); the losses
+    and metrics are functions of these tensors."""
+
+    disc_logits: torch.Tensor  # [B, L]
+    disc_labels: torch.Tensor  # [B, L] 1 where the discriminator's input differs from the original
+    disc_weight: torch.Tensor  # [B, L] 1 on real, non-special tokens
 
 
 def corrupt(
@@ -103,8 +100,7 @@ def electra_forward(
     disc_logits = models.discriminator(
         input_ids=c.disc_input, attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
     ).logits
-    return ElectraStep(c.positions, c.mlm_logits, c.mlm_labels, c.sampled, disc_logits, disc_labels,
-                       c.candidates.float())  # fmt: skip
+    return ElectraStep(**vars(c), disc_logits=disc_logits, disc_labels=disc_labels, disc_weight=c.candidates.float())
 
 
 class ElectraObjective(Objective):
@@ -140,14 +136,11 @@ class ElectraObjective(Objective):
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-        was_training = self.models.discriminator.training
-        self.models.eval()
-        rng = self.eval_rng()
         mlm = MaskedLMTally()
         sampled_hit = 0.0
         disc_sum = disc_n = disc_hit = 0.0
         scores, labels = [], []
-        try:
+        with self.evaluating() as rng:
             for raw in batches:
                 s = self.step(self.to_device(raw), rng)
                 mlm.add(s.mlm_logits, s.mlm_labels, s.positions.weight)
@@ -159,8 +152,6 @@ class ElectraObjective(Objective):
                 disc_hit += float(((s.disc_logits > 0) == s.disc_labels)[keep].float().sum())
                 scores.append(s.disc_logits[keep].float().cpu())
                 labels.append(s.disc_labels[keep].cpu())
-        finally:
-            self.models.train(was_training)
         if not mlm.rows or not disc_n:
             return {}
         score, label = torch.cat(scores), torch.cat(labels)

@@ -7,8 +7,13 @@ only be written or replaced by the holder of the key it claims. hivemind validat
 
 from __future__ import annotations
 
+import logging
+from typing import TypeVar
+
 import pydantic.v1 as pydantic
 from hivemind.dht.schema import BytesWithPublicKey
+
+logger = logging.getLogger(__name__)
 
 # Sanity bounds: a record outside them is malformed, not merely surprising.
 MAX_SAMPLES_PER_SECOND = 1e7
@@ -123,3 +128,21 @@ def reports_key(run_id: str) -> str:
 
 def bans_key(run_id: str) -> str:
     return f"{run_id}_bans"
+
+
+Record = TypeVar("Record", bound=pydantic.BaseModel)
+
+
+def parsed_entries(found, model: type[Record]) -> dict[bytes, Record]:
+    """The entries of a DHT dictionary record as ``get`` returns it (None: no record), by subkey, each parsed as
+    ``model``; one that does not parse (written before a schema change, or by a node without our validators) is
+    skipped with a DEBUG line."""
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    parsed = {}
+    for subkey, item in found.value.items():
+        try:
+            parsed[subkey] = model.parse_obj(item.value)
+        except Exception as e:
+            logger.debug("skipping an unparsable %s record: %s", model.__name__, e)
+    return parsed

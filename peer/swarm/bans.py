@@ -30,7 +30,7 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.p2p import PeerID
 from hivemind.utils import get_dht_time
 
-from peer.run.records import BanList, BanReport, BansSchema, bans_key, reports_key
+from peer.run.records import BanList, BanReport, BansSchema, bans_key, parsed_entries, reports_key
 from peer.swarm.robust import INCRIMINATING, Outcome
 from peer.swarm.round_evidence import RoundOutcomes
 
@@ -167,16 +167,7 @@ class BanBook:
 
 def fetch_reports(dht: hivemind.DHT, run_id: str) -> dict[bytes, BanReport]:
     """Every live, valid report of the run, by the reporter's public key (subkey)."""
-    found = dht.get(reports_key(run_id), latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    reports = {}
-    for subkey, item in found.value.items():
-        try:
-            reports[subkey] = BanReport.parse_obj(item.value)
-        except Exception as e:  # written by a node without our validators
-            logger.debug("skipping unparsable report: %s", e)
-    return reports
+    return parsed_entries(dht.get(reports_key(run_id), latest=True), BanReport)
 
 
 def fetch_ban_list(dht: hivemind.DHT, run_id: str, authority: bytes) -> BanList | None:

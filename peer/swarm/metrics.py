@@ -24,7 +24,7 @@ from hivemind.utils import get_dht_time
 
 from peer.config import RunConfig
 from peer.run.record_limits import RecordSizeLimit
-from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.run.records import LocalMetrics, MetricsSchema, metrics_key, parsed_entries
 from peer.swarm.modes import averaging_mode
 from peer.swarm.record_key import load_or_create_record_key, record_key_path, use_as_process_key
 from peer.swarm.sample_count import SampleCount, sample_count_path
@@ -193,13 +193,4 @@ class MetricsPublisher:
 
 def fetch_metrics(dht: hivemind.DHT, run_id: str) -> dict[bytes, LocalMetrics]:
     """All unexpired, valid records of the run, by public key (invalid ones never reach a node's storage)."""
-    found = dht.get(metrics_key(run_id), latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    records = {}
-    for subkey, item in found.value.items():
-        try:
-            records[subkey] = LocalMetrics.parse_obj(item.value)
-        except Exception as e:  # a record written before a schema change, or by a peer without validators
-            logger.debug("skipping unparsable metrics record: %s", e)
-    return records
+    return parsed_entries(dht.get(metrics_key(run_id), latest=True), LocalMetrics)

@@ -138,6 +138,19 @@ def test_a_pipe_from_a_process_that_exited_is_one_line(logs):
     assert "Traceback (most recent call last)" in out.getvalue()
 
 
+def run_unretrieved(coroutine_function) -> None:
+    """Runs a task of ``coroutine_function()`` to its end in a loop of its own and frees it with its exception never
+    retrieved: asyncio itself logs the exception then, as it does for a task of hivemind's that nobody awaited."""
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(coroutine_function())
+        loop.run_until_complete(asyncio.wait([task]))
+        del task
+        gc.collect()
+    finally:
+        loop.close()
+
+
 def test_a_result_for_a_cancelled_round_is_one_line(logs):
     """hivemind's averager sets the result of a step its caller has just cancelled; the task ends with
     InvalidStateError, and asyncio itself logs it ("Task exception was never retrieved") when the task is freed."""
@@ -148,14 +161,7 @@ def test_a_result_for_a_cancelled_round_is_one_line(logs):
         control.set_result(None)
 
     out = logs(verbose=False)
-    loop = asyncio.new_event_loop()
-    try:
-        task = loop.create_task(step())
-        loop.run_until_complete(asyncio.wait([task]))
-        del task
-        gc.collect()
-    finally:
-        loop.close()
+    run_unretrieved(step)
     (line,) = out.getvalue().splitlines()
     assert " WARNING asyncio: round already cancelled by its caller: Task exception was never retrieved" in line
     assert "InvalidStateError" in line
@@ -207,14 +213,9 @@ def test_a_lost_connection_in_a_task_is_one_line(logs):
         os.write(writer, b"part")
 
     out = logs(verbose=False)
-    loop = asyncio.new_event_loop()
     try:
-        task = loop.create_task(write_to_stream())
-        loop.run_until_complete(asyncio.wait([task]))
-        del task
-        gc.collect()
+        run_unretrieved(write_to_stream)
     finally:
-        loop.close()
         os.close(writer)
     (line,) = out.getvalue().splitlines()
     assert " WARNING asyncio: connection to a peer lost (it left, or its network failed): " in line

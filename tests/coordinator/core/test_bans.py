@@ -12,16 +12,15 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from coordinator.bans import BanCourt, counted_reports, decide_bans
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.monitor import counting_validators
 from coordinator.store import BanRow, PeerObservation, Store
 from peer.run.records import BanList, BanReport, LocalMetrics, MetricsSchema, bans_key, reports_key
 from peer.run.revocations import Revoked
 from peer.run.tokens import key_fingerprint
 from peer.swarm.bans import BanGate, RejectionLedger, ban_validators, fetch_reports
 from peer.swarm.round_evidence import RoundOutcomes
+from tests.coordinator.core.coordinator_node import LOOPBACK, coordinator_node
 
 RUN = "bans-test"
-LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
 def _report(reporter: str, banned: dict[str, str], counts: dict[str, int] | None = None) -> BanReport:
@@ -115,14 +114,8 @@ def _wait(predicate, timeout: float = 30.0):
 
 @pytest.mark.timeout(240)
 def test_reports_to_signed_ban_list_to_peer_gate_through_real_dht(tmp_path):
-    dhts: list[hivemind.DHT] = []
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
-    try:
-        signature, validators = counting_validators(RUN, RSAPrivateKey())
-        coordinator = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
-        dhts.append(coordinator)
-        initial = [str(a) for a in coordinator.get_visible_maddrs()]
+    with coordinator_node(tmp_path / "c.db", RUN) as node:
+        store, coordinator, signature, initial, dhts = node.store, node.dht, node.signature, node.initial, node.dhts
         (a, a_key), (b, b_key), (x, x_key) = (_peer_dht(initial) for _ in range(3))
         dhts += [a, b, x]
         ids = {name: str(d.peer_id) for name, d in (("a", a), ("b", b), ("x", x))}
@@ -168,7 +161,3 @@ def test_reports_to_signed_ban_list_to_peer_gate_through_real_dht(tmp_path):
         fooled = BanGate(a, RUN, a_key, authority=x_key)
         fooled.refresh()
         assert not fooled.admits(a.peer_id)
-    finally:
-        store.close()
-        for dht in dhts:
-            dht.shutdown()

@@ -10,22 +10,16 @@ from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from coordinator.monitor import (
-    REASON_BAD_SIGNATURE,
-    REASON_MALFORMED,
-    Monitor,
-    aggregate,
-    counting_validators,
-    volunteer_id,
-)
+from coordinator.monitor import REASON_BAD_SIGNATURE, REASON_MALFORMED, Monitor, aggregate, volunteer_id
 from coordinator.store import Store
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
+from tests.coordinator.core.coordinator_node import LOOPBACK, coordinator_node, run_store
 
 RUN = "monitor-test"
-LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 
 
-def _metrics(step, sps, samples_total, loss, name):
+def _metrics(step, sps, samples_total, loss, name, t: float | None = None) -> dict:
+    """A peer's record (written at ``t``, by default now in DHT time)."""
     return LocalMetrics(
         step=step,
         samples_per_second=sps,
@@ -33,7 +27,7 @@ def _metrics(step, sps, samples_total, loss, name):
         samples_total=samples_total,
         loss=loss,
         mini_steps=1,
-        time=get_dht_time(),
+        time=get_dht_time() if t is None else float(t),
         peer_name=name,
     ).dict()
 
@@ -50,14 +44,8 @@ def test_aggregate_uses_max_step_and_finite_mean_loss():
 
 @pytest.mark.timeout(180)
 def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(tmp_path):
-    dhts: list[hivemind.DHT] = []
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
-    try:
-        _, validators = counting_validators(RUN, RSAPrivateKey())
-        coordinator = hivemind.DHT(host_maddrs=LOOPBACK, record_validators=validators, start=True)
-        dhts.append(coordinator)
-        initial = [str(a) for a in coordinator.get_visible_maddrs()]
+    with coordinator_node(tmp_path / "c.db", RUN) as node:
+        store, coordinator, initial, dhts = node.store, node.dht, node.initial, node.dhts
 
         def honest_peer():
             sig = RSASignatureValidator(RSAPrivateKey())
@@ -116,10 +104,6 @@ def test_monitor_with_real_dht_aggregates_signed_records_and_counts_rejections(t
         assert peers["alice"].samples == 1280 and peers["bob"].samples == 1960
         assert peers["bob"].peer_id == volunteer_id(bob_key)
         assert store.progress().global_step == 14
-    finally:
-        for dht in reversed(dhts):
-            dht.shutdown()
-        store.close()
     # the store survives reopen with everything the monitor wrote
     with Store(tmp_path / "c.db", readonly=True) as reader:
         assert reader.progress().global_step == 14
@@ -144,15 +128,11 @@ class _ServedRecords(Monitor):
 
 
 def _record_at(t: float, step: int, name: str) -> dict:
-    return LocalMetrics(
-        step=step, samples_per_second=1.0, samples_accumulated=0, samples_total=step, loss=1.0, mini_steps=1,
-        time=float(t), peer_name=name,
-    ).dict()  # fmt: skip
+    return _metrics(step, 1.0, step, 1.0, name, t)
 
 
 def test_peers_gone_longer_than_forget_after_are_dropped_and_their_stale_record_does_not_bring_them_back(tmp_path):
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
+    store = run_store(tmp_path / "c.db", RUN)
     monitor = _ServedRecords(store, alive_window=60, forget_after=600)
     stayer, leaver = b"[owner:stayer]", b"[owner:leaver]"
     monitor.served = {stayer: _record_at(0, 1, "stayer"), leaver: _record_at(0, 1, "leaver")}
@@ -177,16 +157,12 @@ def test_forget_after_must_exceed_the_alive_window(tmp_path):
 
 def _progress(t: float, samples_total: int, name: str, claimed_rate: float = 1e6) -> dict:
     """A record at time ``t``; ``claimed_rate`` is the peer's own samples/s, which the monitor must not use."""
-    return LocalMetrics(
-        step=samples_total // 100, samples_per_second=claimed_rate, samples_accumulated=0, samples_total=samples_total,
-        loss=1.0, mini_steps=1, time=float(t), peer_name=name,
-    ).dict()  # fmt: skip
+    return _metrics(samples_total // 100, claimed_rate, samples_total, 1.0, name, t)
 
 
 def test_samples_per_second_is_the_rate_of_the_samples_counter_over_the_window(tmp_path):
     """Two peers make 10 and 30 samples/s (while claiming a million); records every 5 s, a pass every 5 s."""
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
+    store = run_store(tmp_path / "c.db", RUN)
     monitor = _ServedRecords(store, alive_window=60, rate_window=60)
     a, b = b"[owner:a]", b"[owner:b]"
     snaps = []
@@ -204,8 +180,7 @@ def test_samples_per_second_is_the_rate_of_the_samples_counter_over_the_window(t
 
 
 def test_a_peer_that_left_drops_out_of_the_rates_and_the_eta_needs_a_live_peer(tmp_path):
-    store = Store(tmp_path / "c.db", alive_window=30)
-    store.open_run(RUN, {"run_id": RUN}, total_steps=10_000)
+    store = run_store(tmp_path / "c.db", RUN, alive_window=30, total_steps=10_000)
     monitor = _ServedRecords(store, alive_window=30, rate_window=20)
     stayer, leaver = b"[owner:stayer]", b"[owner:leaver]"
     for t in range(0, 61, 5):
@@ -236,8 +211,7 @@ def test_a_peer_that_left_drops_out_of_the_rates_and_the_eta_needs_a_live_peer(t
 
 
 def test_a_restarted_peer_with_the_same_key_keeps_one_row_and_its_rate_has_no_dip_or_spike(tmp_path):
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
+    store = run_store(tmp_path / "c.db", RUN)
     monitor = _ServedRecords(store, alive_window=60, rate_window=30)
     key = b"[owner:volunteer]"
     for t in range(0, 61, 5):
@@ -252,8 +226,7 @@ def test_a_restarted_peer_with_the_same_key_keeps_one_row_and_its_rate_has_no_di
 
 
 def test_a_restarted_coordinator_goes_on_with_the_rate_from_its_history(tmp_path):
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
+    store = run_store(tmp_path / "c.db", RUN)
     key = b"[owner:p]"
     before = _ServedRecords(store, alive_window=60, rate_window=60)
     for t in range(0, 121, 5):
@@ -273,8 +246,7 @@ def test_the_rate_window_must_be_positive(tmp_path):
 def test_a_record_naming_another_volunteers_libp2p_id_gets_a_row_of_its_own(tmp_path):
     """Rows are keyed by the signing key (which the DHT's signature check binds a record to), never by the libp2p id
     a record states about itself: anyone can write any id into a record of their own."""
-    store = Store(tmp_path / "c.db", alive_window=60)
-    store.open_run(RUN, {"run_id": RUN})
+    store = run_store(tmp_path / "c.db", RUN)
     monitor = _ServedRecords(store, alive_window=60)
     claim = dict(peer_id="12D3KooWFZNX2sY4Y6MteSWdzFB3mVAERrqCVVpHuXxjMJ2wzEoT")
     honest, impostor = _progress(0, 100, "honest"), _progress(0, 10**6, "impostor")

@@ -1,5 +1,5 @@
-"""Two in-process hivemind DHT nodes on loopback, the second bootstrapped from the first: what the tests of real
-averagers (pairs, state extras) run on."""
+"""In-process hivemind DHT nodes on loopback, each shut down on leaving: one, or two with the second bootstrapped
+from the first. What the tests of real averagers (pairs, state extras, state rounds) run on."""
 
 from contextlib import contextmanager
 
@@ -7,15 +7,15 @@ import hivemind
 
 
 @contextmanager
-def two_dht_nodes():
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+def one_dht_node(**kwargs):
+    dht = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], **kwargs)
     try:
-        second = hivemind.DHT(
-            start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs()
-        )
-        try:
-            yield first, second
-        finally:
-            second.shutdown()
+        yield dht
     finally:
-        first.shutdown()
+        dht.shutdown()
+
+
+@contextmanager
+def two_dht_nodes():
+    with one_dht_node() as first, one_dht_node(initial_peers=first.get_visible_maddrs()) as second:
+        yield first, second

@@ -17,6 +17,7 @@ from hivemind.averaging.control import AveragingStage
 from peer.config import SwarmSpec, TrainSpec
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.trainer import make_optimizer
+from tests.peer.swarm.loopback import one_dht_node, two_dht_nodes
 
 ROUND_TIMEOUT = 60.0  # without the call-off, hivemind waits this long for the round, which then fails unaided
 MATCHMAKING = 1.0  # so a stuck round is called off after matchmaking_time + 2 s = 3 s
@@ -55,61 +56,57 @@ def _round_control(averager, attempts: int = 200):
 
 @pytest.mark.timeout(180)
 def test_a_catching_up_peer_calls_off_its_state_round_stuck_without_a_group_and_downloads(caplog):
-    dht = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    opt = None
-    try:
-        opt, model = _optimizer(dht, seed=0)
-        averager = opt.opt.state_averager
-        _begin_state_round(averager)  # alone: it looks for a group until ROUND_TIMEOUT
-        (pending,) = averager.pending_updates
-        round_control = _round_control(averager)
-        assert round_control.stage == AveragingStage.LOOKING_FOR_GROUP
+    with one_dht_node() as dht:
+        opt = None
+        try:
+            opt, model = _optimizer(dht, seed=0)
+            averager = opt.opt.state_averager
+            _begin_state_round(averager)  # alone: it looks for a group until ROUND_TIMEOUT
+            (pending,) = averager.pending_updates
+            round_control = _round_control(averager)
+            assert round_control.stage == AveragingStage.LOOKING_FOR_GROUP
 
-        with caplog.at_level(logging.INFO, logger="peer.swarm.overrides.optimizer"):
-            opt.opt.load_state_from_peers()  # hivemind's catch-up path: waits for delayed updates, then downloads
+            with caplog.at_level(logging.INFO, logger="peer.swarm.overrides.optimizer"):
+                opt.opt.load_state_from_peers()  # hivemind's catch-up path: waits for delayed updates, then downloads
 
-        assert round_control.cancelled()
-        assert pending.done(), "the download returned while the background round was still running"
-        assert "called off 1 state round(s) that found no group in 3 s" in caplog.text
-        # a round that found no group changes nothing: the delta rule adds (average - ours) = 0
-        before = [p.detach().clone() for p in model.parameters()]
-        averager.step(apply_delayed_updates=True)
-        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    finally:
-        if opt is not None:
-            opt.shutdown()
-        dht.shutdown()
+            assert round_control.cancelled()
+            assert pending.done(), "the download returned while the background round was still running"
+            assert "called off 1 state round(s) that found no group in 3 s" in caplog.text
+            # a round that found no group changes nothing: the delta rule adds (average - ours) = 0
+            before = [p.detach().clone() for p in model.parameters()]
+            averager.step(apply_delayed_updates=True)
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        finally:
+            if opt is not None:
+                opt.shutdown()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_catching_up_peer_lets_a_round_with_a_healthy_partner_finish_for_both():
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    second = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())
-    opts = []
-    try:
-        (behind, _), (partner, partner_model) = _optimizer(first, seed=0), _optimizer(second, seed=1)
-        opts = [behind, partner]
-        for opt in opts:
-            _begin_state_round(opt.opt.state_averager)
-        controls = [_round_control(opt.opt.state_averager) for opt in opts]
-        (partner_round,) = partner.opt.state_averager.pending_updates
+    with two_dht_nodes() as (first, second):
+        opts = []
+        try:
+            (behind, _), (partner, partner_model) = _optimizer(first, seed=0), _optimizer(second, seed=1)
+            opts = [behind, partner]
+            for opt in opts:
+                _begin_state_round(opt.opt.state_averager)
+            controls = [_round_control(opt.opt.state_averager) for opt in opts]
+            (partner_round,) = partner.opt.state_averager.pending_updates
 
-        catch_up = threading.Thread(target=behind.opt.load_state_from_peers)
-        catch_up.start()
-        catch_up.join(timeout=120)
-        assert not catch_up.is_alive()
-        # the partner's round must not be left looking for a group until its timeout (60 s)
-        partner_round.result(timeout=30)
+            catch_up = threading.Thread(target=behind.opt.load_state_from_peers)
+            catch_up.start()
+            catch_up.join(timeout=120)
+            assert not catch_up.is_alive()
+            # the partner's round must not be left looking for a group until its timeout (60 s)
+            partner_round.result(timeout=30)
 
-        assert not any(control.cancelled() for control in controls)
-        assert all(control.done() and control.exception() is None for control in controls), "the round failed"
-        before = [p.detach().clone() for p in partner_model.parameters()]
-        partner.opt.state_averager.step(apply_delayed_updates=True)
-        moved = max((a - b).abs().max().item() for a, b in zip(before, partner_model.parameters(), strict=True))
-        assert moved > 1e-4, "the partner's round ran but averaged nothing (the two peers start apart)"
-    finally:
-        for opt in opts:
-            opt.shutdown()
-        second.shutdown()
-        first.shutdown()
+            assert not any(control.cancelled() for control in controls)
+            assert all(control.done() and control.exception() is None for control in controls), "the round failed"
+            before = [p.detach().clone() for p in partner_model.parameters()]
+            partner.opt.state_averager.step(apply_delayed_updates=True)
+            moved = max((a - b).abs().max().item() for a, b in zip(before, partner_model.parameters(), strict=True))
+            assert moved > 1e-4, "the partner's round ran but averaged nothing (the two peers start apart)"
+        finally:
+            for opt in opts:
+                opt.shutdown()

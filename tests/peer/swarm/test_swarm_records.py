@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 from hivemind.dht.crypto import RSASignatureValidator
@@ -13,7 +14,7 @@ from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peer.config import GrowthStage, PeerSettings, RunConfig, StageModel
-from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
+from peer.run.records import BanReport, LocalMetrics, MetricsSchema, metrics_key, parsed_entries
 from peer.swarm.dht import start_dht, visible_maddrs
 from peer.swarm.metrics import (
     MetricsPublisher,
@@ -157,6 +158,16 @@ def test_publisher_never_waits_for_a_stuck_dht_and_sends_the_newest_record_when_
     assert publisher.flush(timeout=30)
     assert (publisher.sent, publisher.stored, publisher.failed) == (3, 3, 0)
     assert fetch_metrics(second, RUN)[honest.public_key].step == 23
+
+
+def test_entries_that_do_not_parse_are_skipped():
+    """What a node without our validators can answer: the entries of another schema, or none of any, are left out."""
+    good = record().dict()
+    entries = {b"good": good, b"not a record": {"step": "lots"}, b"a ban report": {"peer_id": "x"}}
+    found = SimpleNamespace(value={subkey: SimpleNamespace(value=value) for subkey, value in entries.items()})
+    assert parsed_entries(found, LocalMetrics) == {b"good": LocalMetrics(**good)}
+    assert parsed_entries(found, BanReport) == {}  # none of them is a whole ban report
+    assert parsed_entries(None, LocalMetrics) == {} and parsed_entries(SimpleNamespace(value=b"x"), LocalMetrics) == {}
 
 
 def test_fingerprint_changes_with_the_model_only_where_it_matters():

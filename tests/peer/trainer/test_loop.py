@@ -38,6 +38,11 @@ def setup(arch: str, out_dir, optimizer: str = "adamw"):
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.optimizer = 4, 2, optimizer
     cfg.train.lr, cfg.train.warmup_steps, cfg.train.total_steps = 1e-3, 1, 4
     cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.out_dir = 2, 100, str(out_dir)
+    return with_models(cfg)
+
+
+def with_models(cfg: RunConfig):
+    """``cfg``, the tiny pair it describes and their objective, the same for every call with the same ``cfg``."""
     torch.manual_seed(1234)  # dropout draws from the global RNG
     models = build_models(cfg.model, VOCAB, seed=0)
     return cfg, models, build_objective(cfg, models)

@@ -16,7 +16,7 @@ from peer.objectives import build_objective
 from peer.trainer import checkpoint_dirs, train
 from peer.trainer.checkpoint import TRAINER_STATE_FILE
 from peer.trainer.schedule import lr_factor
-from tests.peer.trainer.test_loop import VOCAB, batches, params
+from tests.peer.trainer.test_loop import VOCAB, batches, params, with_models
 
 
 def setup(out_dir, width_at: int = 3, depth_at: int = 5, optimizer: str = "adamw"):
@@ -29,9 +29,7 @@ def setup(out_dir, width_at: int = 3, depth_at: int = 5, optimizer: str = "adamw
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.optimizer = 4, 1, optimizer
     cfg.train.lr, cfg.train.warmup_steps, cfg.train.total_steps = 1e-3, 2, 7
     cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.out_dir = 100, 100, str(out_dir)
-    torch.manual_seed(1234)  # dropout draws from the global RNG
-    models = build_models(cfg.model, VOCAB, seed=0)
-    return cfg, models, build_objective(cfg, models)
+    return with_models(cfg)
 
 
 def heldout():

@@ -2,31 +2,13 @@
 
 import json
 
-import yaml
-
 from peer.__main__ import main
+from tests.peer.trainer.tiny_run import write_tiny_run
 
 
 def write_config(tmp_path, **train):
-    cfg = {
-        "run_id": "cli-test",
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-        "data": {"seq_len": 32},
-        "train": {
-            "batch_size": 2,
-            "total_steps": 3,
-            "warmup_steps": 1,
-            "eval_every": 3,
-            "eval_batches": 1,
-            "checkpoint_every": 2,
-            "out_dir": str(tmp_path / "run"),
-            "init": "random",
-            **train,
-        },
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    settings = {"total_steps": 3, "eval_every": 3, "eval_batches": 1, "checkpoint_every": 2}
+    return write_tiny_run(tmp_path, "cli-test", **(settings | train))
 
 
 def test_train_cli_runs_checkpoints_and_resumes(tmp_path, capsys):

@@ -3,29 +3,12 @@ every ``train.log_every`` steps and at the last one, and a line per checkpoint (
 
 import logging
 
-import yaml
-
 from peer.__main__ import main
+from tests.peer.trainer.tiny_run import write_tiny_run
 
 
 def test_progress_lines_every_log_every_steps_and_no_bar(tmp_path, capsys, caplog):
-    cfg = {
-        "run_id": "progress-lines",
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-        "data": {"seq_len": 32},
-        "train": {
-            "batch_size": 2,
-            "total_steps": 5,
-            "warmup_steps": 1,
-            "eval_every": 100,
-            "checkpoint_every": 4,
-            "log_every": 2,
-            "out_dir": str(tmp_path / "run"),
-            "init": "random",
-        },
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_run(tmp_path, "progress-lines", total_steps=5, eval_every=100, checkpoint_every=4, log_every=2)
     with caplog.at_level(logging.INFO, logger="peer.cli.train"):
         assert main(["train", "-c", str(path)]) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "peer.cli.train"]
