@@ -232,7 +232,7 @@ def _export(args: argparse.Namespace) -> int:
 
     options = ExportOptions(
         form=args.form, fraction=args.fraction, steps=args.steps, config=args.config, seed=args.seed,
-        batch_size=args.batch_size, batches=args.batches,
+        batch_size=args.batch_size, batches=args.batches, student_layers=args.student_layers,
     )  # fmt: skip
     check_options(options)  # before the heavy imports: bad input is one line, at once, with nothing written
     check_empty_out(Path(args.out), "--out")
@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     export.add_argument("--fraction", type=float, default=0.25, help="pruned: share of attention heads to remove")
     export.add_argument("--steps", type=int, default=200, help="distilled: training steps of the student")
+    export.add_argument("--student_layers", type=int, default=None,
+                        help="distilled: the student's layers, evenly from the teacher's (default: half)")
     export.add_argument("-c", "--config", default=None, help="run config YAML: its corpus and objective (pruned, "
                         "distilled); default: the built-in defaults (the embedded corpus)")  # fmt: skip
     export.add_argument("--seed", type=int, default=0)

@@ -36,6 +36,7 @@ class ExportOptions:
     batches: int = 8  # pruned: batches the head importance is averaged over; distilled: held-out batches scored
     lr: float = 1e-4  # distilled
     temperature: float = 2.0  # distilled: of the soft targets
+    student_layers: int | None = None  # distilled: the student's depth; None: half the teacher's (DistilBERT)
 
 
 @dataclass
@@ -66,6 +67,8 @@ def check_options(options: ExportOptions) -> None:
         raise UserError(f"unknown --form {options.form!r} (known: {', '.join(FORMS)})")
     if not 0.0 < options.fraction < 1.0:
         raise UserError(f"--fraction must be in (0, 1), got {options.fraction}")
+    if options.student_layers is not None and options.student_layers < 1:
+        raise UserError(f"--student_layers must be at least 1, got {options.student_layers}")
     if options.steps < 1 or options.batch_size < 1 or options.batches < 1:
         raise UserError("--steps, --batch_size and --batches must be at least 1")
     if options.config is not None and not Path(options.config).is_file():

@@ -1,5 +1,6 @@
 """``distilled``: a DistilBERT-style student of the discriminator (Sanh et al. 2019): half the layers, initialised
-from every other layer of the teacher (0, 2, 4, ...; embeddings and head copied), trained on the run's corpus.
+from every other layer of the teacher (0, 2, 4, ...; embeddings and head copied), trained on the run's corpus. Another
+depth (``student_layers``) takes the teacher's layers evenly spaced from the first (2 of 6: 0 and 3).
 
 The student sees what the teacher was trained on: text corrupted by the run's generator (``peer.objectives.
 electra.corrupt``). Its loss per real token: the soft-target loss (KL divergence from the teacher's
@@ -19,14 +20,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from coordinator.export.precision import parameter_count, weight_bytes
+from peer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-def student_from_teacher(teacher: nn.Module) -> nn.Module:
-    """A copy of ``teacher`` (an ``ElectraForPreTraining``) with layers 0, 2, 4, ... only."""
+def student_layer_indices(teacher_layers: int, student_layers: int | None = None) -> list[int]:
+    """The teacher's layers a student keeps: None, every other one from layer 0 (DistilBERT's rule: 0, 2, 4, ...);
+    else ``student_layers`` of them evenly spaced from layer 0 (``i * L // n``: 2 of 6 are 0 and 3, 3 of 6 are 0, 2,
+    4). The bottom layer always stays, since the embeddings it reads are copied unchanged."""
+    if student_layers is None:
+        return list(range(0, teacher_layers, 2))
+    if not 1 <= student_layers <= teacher_layers:
+        raise ValueError(f"a student of {student_layers} layers from a teacher of {teacher_layers}")
+    return [i * teacher_layers // student_layers for i in range(student_layers)]
+
+
+def student_from_teacher(teacher: nn.Module, student_layers: int | None = None) -> nn.Module:
+    """A copy of ``teacher`` (an ``ElectraForPreTraining``) with the layers ``student_layer_indices`` picks only."""
     config = copy.deepcopy(teacher.config)
-    layers = list(range(0, config.num_hidden_layers, 2))
+    layers = student_layer_indices(config.num_hidden_layers, student_layers)
     config.num_hidden_layers = len(layers)
     student = type(teacher)(config)
     state = {}
@@ -74,7 +87,10 @@ def write_distilled(models, tokenizer, cfg, out: Path, options) -> dict:
         p.requires_grad_(False)
     check_seq_len(cfg.data, teacher.config.max_position_embeddings)
     torch.manual_seed(options.seed)
-    student = student_from_teacher(teacher).train()
+    if options.student_layers is not None and options.student_layers > teacher.config.num_hidden_layers:
+        raise UserError(f"--student_layers {options.student_layers}: the teacher has only "
+                        f"{teacher.config.num_hidden_layers} layers")  # fmt: skip
+    student = student_from_teacher(teacher, options.student_layers).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=0.01)
     rng = torch.Generator().manual_seed(options.seed)
     spec = cfg.objective

@@ -179,6 +179,7 @@ def test_a_grown_dir_is_a_source_at_step_0_and_a_damaged_checkpoint_is_refused(t
         (["SRC", "--form", "fp4"], "unknown --form 'fp4'"),
         (["SRC", "--form", "pruned", "--fraction", "1.0"], "--fraction must be in (0, 1)"),
         (["SRC", "--form", "pruned", "--fraction", "0"], "--fraction must be in (0, 1)"),
+        (["SRC", "--form", "distilled", "--student_layers", "0"], "--student_layers must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, message):

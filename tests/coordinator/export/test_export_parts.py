@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import ElectraConfig, ElectraForPreTraining
 
-from coordinator.export.distill import distillation_loss, student_from_teacher
+from coordinator.export.distill import distillation_loss, student_from_teacher, student_layer_indices
 from coordinator.export.hf_code.modeling_int8 import Int8Embedding, Int8Linear, quantize_rows
 from coordinator.export.hf_code.modeling_pruned import attention_blocks, prune_heads
 from coordinator.export.pruning import choose_heads, head_importance
@@ -85,6 +85,18 @@ def test_the_student_takes_every_other_layer_and_its_loss_is_zero_on_the_teacher
     assert abs(float(loss)) < 1e-5
     other, _ = distillation_loss(logits + 1, logits, hidden.flip(-1), hidden, weight, temperature=2.0)
     assert float(other) > 0.1
+
+
+def test_a_student_of_a_chosen_depth_takes_the_teachers_layers_evenly_from_the_bottom():
+    assert student_layer_indices(6) == [0, 2, 4] and student_layer_indices(6, 3) == [0, 2, 4]
+    assert student_layer_indices(6, 2) == [0, 3] and student_layer_indices(12, 4) == [0, 3, 6, 9]
+    teacher = tiny_electra(layers=6)
+    student = student_from_teacher(teacher, 2)
+    assert student.config.num_hidden_layers == 2
+    assert torch.equal(student.electra.encoder.layer[1].output.dense.weight,
+                       teacher.electra.encoder.layer[3].output.dense.weight)  # fmt: skip
+    with pytest.raises(ValueError):
+        student_layer_indices(6, 7)
 
 
 def test_int8_rows_round_trip_within_half_a_step_and_modules_agree_with_float():
