@@ -7,6 +7,10 @@ What it measures and where each figure comes from:
 - sync mode's offloaded optimizer: whether the host buffers that cross to the GPU are pinned, and the gradient
   (device -> host) and parameter (host -> device) copies' time per global step, against a pageable copy of the same
   gradients — ``bench/offload_copies.py``, written to ``OUT/offload_copies.json``;
+- the CUDA-only tests (``tests/peer/swarm/test_good_state.py``, ``tests/peer/swarm/test_host_buffers.py``: page-locked
+  host buffers, asynchronous saves) under pytest, output in ``OUT/cuda_tests.log``: exit code, summary line and every
+  skip with its reason. On a GPU none may skip for lack of CUDA (this part fails if one does); on the dry run's CPU
+  those skips are expected;
 - the swarm: two real ``python -m peer join`` processes on the same GPU (``-c`` a run config written here, the
   second joining through the first's address), diloco with overlapped rounds, for ``--seconds`` of training each.
   Per peer: samples / the seconds between its "starting at global step" line and its exit, the last rate it logged,
@@ -20,11 +24,11 @@ What it measures and where each figure comes from:
 Everything goes to ``OUT/gpu_check.json`` (rewritten after each part, so a run cut short keeps what it measured) and
 one summary is printed. ``--dry-run`` runs the same pipeline on the CPU at a tiny size (the CPU row of gpu_step on a
 32-wide model, a 15 s swarm) so that it is tested without a GPU. The whole GPU run is held to ``--budget`` seconds
-(the swarm gets what the table leaves), sized for one 10-minute device call with no network: everything it needs is
-in the repository's .venv and the packaged MiniLM tokenizer.
+(the swarm gets what the parts before it leave), sized for one 10-minute device call with no network: everything it
+needs is in the repository's .venv and the packaged MiniLM tokenizer.
 
     bench/gpu_check.sh OUT_DIR            # on the GPU machine
-    bench/gpu_check.sh OUT_DIR --dry-run  # anywhere, < 1 minute
+    bench/gpu_check.sh OUT_DIR --dry-run  # anywhere: 2-4 minutes on the loaded 2-core dev machine
 
 Flags of ``peer join`` that do not exist yet are set through ``--set train.KEY=VALUE`` on its ``-c`` config (see
 ``bench.gpucheck.plan.peer_flags``).
@@ -44,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.faultlib.procs import prepare_run  # noqa: E402
-from bench.gpucheck.children import run_gpu_step, run_offload_copies  # noqa: E402
+from bench.gpucheck.children import run_cuda_tests, run_gpu_step, run_offload_copies  # noqa: E402
 from bench.gpucheck.plan import DRY_PLAN, GPU_PLAN  # noqa: E402
 from bench.gpucheck.report import summary, write  # noqa: E402
 from bench.gpucheck.samplers import gpu_name  # noqa: E402
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
         "gpu_step": None,
         "offload_copies": None,
+        "cuda_tests": None,
         "swarm": None,
         "swarm_mfu": None,
     }
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     report["gpu_step"] = run_gpu_step(plan, out, tiny)
     write(out, report)
     report["offload_copies"] = run_offload_copies(plan, out)
+    write(out, report)
+    report["cuda_tests"] = run_cuda_tests(plan, out)
     write(out, report)
 
     seconds = args.seconds or plan.swarm_seconds
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = (
         report["gpu_step"]["error"] is None
         and report["offload_copies"]["error"] is None
+        and report["cuda_tests"]["error"] is None
         and all(p["exit_code"] == 0 for p in swarm["peers"])
     )
     return 0 if ok and swarm["samples_per_second"] else 1

@@ -21,6 +21,7 @@ class Plan:
     gpu_step_timeout: float = 300.0
     offload_args: list[str] = field(default_factory=list)  # bench/offload_copies.py
     offload_timeout: float = 120.0
+    cuda_tests_timeout: float = 150.0  # the CUDA-only tests under pytest (children.CUDA_TESTS)
 
 
 GPU_PLAN = Plan(

@@ -33,6 +33,12 @@ def summary(report: dict) -> list[str]:
             f"(pageable {offload['d2h_pageable_seconds'] * 1e3:.1f} ms), parameters H2D "
             f"{offload['h2d_median_seconds'] * 1e3:.1f} ms, {offload['bytes_each_way'] / 2**20:.0f} MiB each way"
         )
+    cuda = report.get("cuda_tests") or {}
+    if cuda:
+        skips = "; ".join(f"{s['count']} skipped at {s['where']}: {s['reason']}" for s in cuda["skipped"])
+        lines.append(f"CUDA tests: {cuda['summary'] or 'no summary line'}" + (f" ({skips})" if skips else ""))
+        if cuda.get("error"):
+            lines.append(f"cuda_tests failed: {cuda['error']}")
     swarm = report.get("swarm") or {}
     for peer in swarm.get("peers", []):
         lines.append(
