@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU evidence in one prepared call (issue 22): bench/gpu_step.py's table, then a 2-process `peer join` swarm on the
-# one GPU for ~3 minutes; samples/s, MFU, GPU utilisation and peak memory printed and written to
+# GPU evidence in one prepared call (issue 22): bench/gpu_step.py's table, bench/offload_copies.py, the CUDA-only tests
+# (pytest, OUT_DIR/cuda_tests.log), then a 2-process `peer join` swarm on the one GPU for up to ~3 minutes; samples/s, MFU, GPU utilisation and peak memory printed and written to
 # OUT_DIR/gpu_check.json (what each figure is: bench/gpu_check.py). Within ~8 minutes, offline: every package comes
 # from the repository's .venv (else this machine's python3) and the tokenizer from the packaged MiniLM.
 #   bench/gpu_check.sh OUT_DIR             # on a GPU machine
-#   bench/gpu_check.sh OUT_DIR --dry-run   # the same pipeline on the CPU at a tiny size, in well under a minute
+#   bench/gpu_check.sh OUT_DIR --dry-run   # the same pipeline on the CPU at a tiny size (2-4 min on a loaded 2-core box)
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [[ "$1" == -* ]] || { [ $# -eq 2 ] && [ "$2" != --dry-run ]; }; then
   echo "usage: bench/gpu_check.sh OUT_DIR [--dry-run]" >&2

@@ -15,7 +15,7 @@ own width is the smallest pretrained thing we hold (a narrower read of it would 
 not do); 2x is the step the mid-run schedule allows exactly. 384 -> 768 at 6 layers is what a 2-core CPU can train
 for a few hundred steps per seed.
 
-FLOPs per step (``bench.electra_vs_mlm.electra_step_flops``, the convention of ``bench/gpu_step.py``): 6 x the
+FLOPs per step (``bench.electralib.flops.electra_step_flops``, the convention of ``bench/gpu_step.py``): 6 x the
 weights of every ``nn.Linear`` x rows (every token for both encoders and the discriminator head; the static number
 of masked positions for the generator's MLM head and tied vocabulary projection) + attention, 12 x layers x seq x
 hidden x tokens per encoder. Embedding look-ups, LayerNorms, softmax and the optimizer are not counted. Evaluation
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from bench.electra_vs_mlm import electra_step_flops
+from bench.electralib.flops import electra_step_flops
 from bench.warm_start import fmt_or_never, machine, save_figure, tokens_to_reach
 from peer.cli.train import stage_growth
 from peer.config import DataSpec, GrowthSpec, GrowthStage, ModelSpec, RunConfig, StageModel, TrainSpec

@@ -3,7 +3,8 @@
 There is no GPU here, so these check the decision and the CPU path: pinning is for CUDA devices only, nothing is
 pinned on CPU, and a CPU peer's sync-mode training is bit-identical to hivemind's own copy methods (the overrides
 reorder the copies and add fences, which on CPU must change no value). The CUDA path itself is checked by
-``bench/gpu_check.sh`` (``offloaded_buffers`` in its JSON)."""
+``bench/gpu_check.sh`` (``offloaded_buffers`` in its JSON), which also runs this file and ``test_good_state.py`` on
+the GPU (``cuda_tests`` in its JSON)."""
 
 from __future__ import annotations
 
