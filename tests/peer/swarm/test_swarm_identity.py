@@ -25,16 +25,11 @@ from peer.config import config_from_dict
 from peer.modeling import build_models, save_models
 from peer.swarm.record_key import record_key_path
 from peer.swarm.sample_count import sample_count_path
+from tests.peer.swarm.tiny_runs import tiny_run
 
 REPO = Path(__file__).resolve().parents[3]
 RUN = "identitytest"
-TINY = {
-    "run_id": RUN,
-    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-    "data": {"seq_len": 32},
-    "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 1000},
-    "swarm": {"target_batch_size": 16, "matchmaking_time": 2},
-}
+TINY = tiny_run(RUN, total_steps=1000)
 
 
 @pytest.fixture(params=["open", "private"])

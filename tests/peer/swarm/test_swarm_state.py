@@ -19,7 +19,6 @@ from hivemind.averaging import DecentralizedAverager
 from peer.children import ProcessSet
 from peer.config import PeerSettings, RunConfig, SwarmSpec
 from peer.modeling import build_models
-from peer.run.records import LocalMetrics
 from peer.run.state_format import wire_names
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht, visible_maddrs
@@ -29,6 +28,7 @@ from peer.swarm.overrides.state_averager import GuardedStateAverager
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
+from tests.peer.swarm.tiny_runs import live_record
 
 REPO = Path(__file__).resolve().parents[3]
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -217,15 +217,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
 
     signing = make_validators(run_id)
     server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK), signing.validators)
-    hello = LocalMetrics(
-        step=3,
-        samples_per_second=1.0,
-        samples_accumulated=0,
-        samples_total=48,
-        loss=3.0,
-        mini_steps=12,
-        time=time.time(),
-    )
+    hello = live_record(step=3)
     assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)  # the run is live
     server = start_silent_server(server_dht, run_id)
     cmd = [sys.executable, "-m", "peer", "join", "-c", str(tmp_path / "run.yaml"), "--init_dir", str(tmp_path / "init")]
@@ -280,11 +272,7 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
             signing = make_validators(run_id)
             server_dht = start_dht(PeerSettings(host_maddrs=LOOPBACK, initial_peers=maddrs), signing.validators)
             server = start_silent_server(server_dht, run_id)
-            now = time.time()
-            hello = LocalMetrics(
-                step=5, samples_per_second=1.0, samples_accumulated=0, samples_total=80, loss=3.0, mini_steps=20,
-                time=now,
-            )  # fmt: skip
+            hello = live_record(step=5)
             assert publish_metrics(server_dht, run_id, signing, hello, expiration=600)
             # the monitor sees step 5 >= checkpoint_every, the saver starts a pull
             coordinator.wait_for_line("pulling the swarm's state for a checkpoint", 90)
