@@ -1,5 +1,5 @@
-"""``python -m peer <command>``: the volunteer's entry point; the commands are the modules of ``peer.cli``
-(``grow``, ``train``, ``join``, ...), each registering its own subparser."""
+"""``python -m peer <command>``: the volunteer's entry point; the commands are the public modules of ``peer.cli``
+(``grow``, ``train``, ``join``, ...), each registering its own subparser (a ``_private`` one is shared code)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(peer.cli.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"peer.cli.{info.name}")
         module.register(subparsers)
     return parser

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from peer.cli._options import add_overrides
 from peer.config import PEER_TRAIN_KEYS, PeerSettings, RunConfig, load_config, peer_train_overrides, with_peer_train
 from peer.errors import UserError
 from peer.run.tokens import AUTH_KEY_ENV
@@ -131,14 +132,11 @@ def register(subparsers) -> None:
         default=60.0,
         help="seconds to wait for the p2p daemon to start and reach the initial peers",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set swarm.averaging=diloco (repeatable); with --coordinator only this "
-        "peer's own train.batch_size, train.grad_accum, train.device, train.precision, train.compile",
+    add_overrides(
+        p,
+        "swarm.averaging=diloco",
+        "; with --coordinator only this peer's own train.batch_size, train.grad_accum, train.device, train.precision, "
+        "train.compile",
     )
     mine = p.add_argument_group("this machine's training step (default: the run config's train.*)")
     mine.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from peer.cli._options import add_overrides
 from peer.config import RunConfig, load_config
 from peer.data import build_heldout_batches, build_train_batches, check_seq_len
 from peer.data.sources import open_source
@@ -35,14 +36,7 @@ INITIAL_SUBDIR = "initial"
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the run's model in this process (no swarm)")
     p.add_argument("-c", "--config", help="run config YAML")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    add_overrides(p, "train.lr=1e-4")
     p.add_argument("--max_steps", type=int, help="stop after this many steps (the schedule still uses total_steps)")
     p.add_argument("--no_resume", action="store_true", help="start over even if out_dir holds checkpoints")
     p.set_defaults(func=run)
