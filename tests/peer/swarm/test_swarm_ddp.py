@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from peer.__main__ import main as peer_main
 from peer.children import Child, ProcessSet, sessions_pids
 from peer.swarm.ddp import RankInfo, _buckets, rank_from_env
-from tests.peer.swarm.tiny_runs import tiny_run, write_run_files
+from tests.peer.swarm.tiny_runs import join_args, tiny_run, write_run_files
 
 REPO = Path(__file__).resolve().parents[3]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -76,15 +76,7 @@ def join_cmd(run_files: Path, work: Path, *extra: str, group: bool) -> list[str]
     launcher = [str(TORCHRUN), "--nproc-per-node", "2", "-m"] if group else [sys.executable, "-m"]
     return [
         *launcher,
-        "peer",
-        "join",
-        "-c",
-        str(run_files / "run.yaml"),
-        "--init_dir",
-        str(run_files / "init"),
-        "--work_dir",
-        str(work),
-        "--no_status",
+        *join_args(run_files, work),
         "--host_maddrs",
         "/ip4/127.0.0.1/tcp/0",
         *extra,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -15,7 +14,7 @@ from peer.children import ProcessSet
 from peer.config import PeerSettings
 from peer.swarm.dht import lock_identity, start_dht, visible_maddrs
 from peer.swarm.metrics import make_validators, publish_metrics
-from tests.peer.swarm.tiny_runs import live_record, tiny_run, write_run_files
+from tests.peer.swarm.tiny_runs import group_alive, join_args, live_record, tiny_run, write_run_files
 
 REPO = Path(__file__).resolve().parents[3]
 RUN = "clitest"
@@ -116,15 +115,7 @@ def test_join_trains_and_a_signal_leaves_cleanly_without_orphans(run_files, tmp_
     cmd = [
         sys.executable,
         "-m",
-        "peer",
-        "join",
-        "-c",
-        str(run_files / "run.yaml"),
-        "--init_dir",
-        str(run_files / "init"),
-        "--work_dir",
-        str(tmp_path),
-        "--no_status",
+        *join_args(run_files, tmp_path),
         "--identity_path",
         str(tmp_path / "peer.id"),
         "--host_maddrs",
@@ -141,15 +132,5 @@ def test_join_trains_and_a_signal_leaves_cleanly_without_orphans(run_files, tmp_
         local_steps = int(text.split("left the swarm at global step")[1].split(":")[1].split("local steps")[0])
         assert local_steps > 0
         time.sleep(1)
-        assert not session_alive(peer.pid), "a p2pd or helper process outlived the peer"
+        assert not group_alive(peer.pid), "a p2pd or helper process outlived the peer"
 
-
-def session_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    return True
-            except (ProcessLookupError, OSError):
-                continue
-    return False

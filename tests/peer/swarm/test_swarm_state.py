@@ -4,7 +4,6 @@ answer, and Ctrl-C (a real ``python -m peer join`` process) while it waits."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -28,7 +27,7 @@ from peer.swarm.overrides.state_averager import GuardedStateAverager
 from peer.swarm.state import STATE_AVERAGER_SUFFIX, load_state_from_swarm, peers_hold_state
 from peer.trainer import param_groups
 from peer.trainer.recipe import run_optimizer_factories
-from tests.peer.swarm.tiny_runs import live_record
+from tests.peer.swarm.tiny_runs import group_alive, live_record
 
 REPO = Path(__file__).resolve().parents[3]
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -182,16 +181,6 @@ def test_a_listed_peer_that_never_answers_is_given_up_after_the_timeout_or_on_st
         server_dht.shutdown()
 
 
-def session_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    return True
-            except OSError:
-                continue
-    return False
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(450)
@@ -234,7 +223,7 @@ def test_ctrl_c_while_a_peer_waits_for_state_that_never_comes_exits_0_promptly(t
             assert time.monotonic() - sent < 30, f"took {time.monotonic() - sent:.1f} s to stop"
             assert "left the swarm at global step 0" in peer.text()
             time.sleep(1)
-            assert not session_alive(peer.pid), "a p2pd or helper process outlived the peer"
+            assert not group_alive(peer.pid), "a p2pd or helper process outlived the peer"
     finally:
         stop_silent_server(server)
         server_dht.shutdown()
@@ -284,7 +273,7 @@ def test_ctrl_c_during_the_coordinators_checkpoint_pull_exits_0_promptly(tmp_pat
                 time.sleep(0.2)
             assert coordinator.proc.wait(60) == 0, coordinator.tail()
             time.sleep(1)
-            assert not session_alive(coordinator.pid), "a p2pd or helper process outlived the coordinator"
+            assert not group_alive(coordinator.pid), "a p2pd or helper process outlived the coordinator"
     finally:
         if server is not None:
             stop_silent_server(server)

@@ -1,8 +1,10 @@
 """What several swarm tests set up the same way: a tiny run (its config, and its step-0 models on disk as a peer's
-``--init_from``) and the progress record a live peer publishes."""
+``--init_from``), the command line of a peer that joins it, the progress record a live peer publishes, and the
+check that nothing of a stopped peer is left."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,3 +51,22 @@ def live_record(step: int = 3, **changes) -> LocalMetrics:
         time=time.time(),
     )
     return LocalMetrics(**(fields | changes))
+
+
+def join_args(run_files: Path, work: Path) -> list[str]:
+    """``peer join`` of the run in ``run_files`` (``-c``, ``--init_dir``), working in ``work``, without a status bar;
+    the caller puts the launcher in front and its own flags after."""
+    return ["peer", "join", "-c", str(run_files / "run.yaml"), "--init_dir", str(run_files / "init"),
+            "--work_dir", str(work), "--no_status"]  # fmt: skip
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is still in process group ``pgid`` (a stopped peer's p2pd or hivemind helpers)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    return True
+            except OSError:  # ProcessLookupError included: the process ended while we looked
+                continue
+    return False
