@@ -24,42 +24,38 @@ PYTEST_SUMMARY = re.compile(
 NO_CUDA = re.compile(r"cuda|gpu", re.I)  # a skip reason that says the test needs CUDA
 
 
-def run_gpu_step(plan: Plan, out: Path, tiny_config: Path | None) -> dict:
-    """``bench/gpu_step.py`` as a child (its own CUDA context, freed before the swarm starts); its JSON or the error."""
-    path = out / "gpu_step.json"
-    argv = [sys.executable, str(ROOT / "bench" / "gpu_step.py"), *plan.gpu_step_args, "--json", str(path)]
-    if tiny_config is not None:
-        argv += ["--cpu-config", str(tiny_config)]
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}  # gpu_step also writes $OUT/gpu_step.json otherwise
+def _run_json_child(name: str, argv: list[str], out: Path, timeout: float, env: dict | None = None) -> dict:
+    """``argv`` (a bench script writing ``OUT/<name>.json``) as a child: its log in ``OUT/<name>.log``, its stdout
+    echoed, and its JSON with ``seconds`` and ``error`` (None, the exit code with its stderr tail, or a timeout)."""
+    path = out / f"{name}.json"
     started = time.monotonic()
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=plan.gpu_step_timeout, env=env, cwd=ROOT)
-        (out / "gpu_step.log").write_text(done.stdout + done.stderr)
+        done = subprocess.run([*argv, "--json", str(path)], capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=ROOT)  # fmt: skip
+        (out / f"{name}.log").write_text(done.stdout + done.stderr)
         print(done.stdout, end="", flush=True)
         error = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-500:]}"
     except subprocess.TimeoutExpired as e:
-        (out / "gpu_step.log").write_text(str(e.stdout or "") + str(e.stderr or ""))
-        error = f"gpu_step.py ran past {plan.gpu_step_timeout:.0f} s"
+        (out / f"{name}.log").write_text(str(e.stdout or "") + str(e.stderr or ""))
+        error = f"{name}.py ran past {timeout:.0f} s"
     result = json.loads(path.read_text()) if path.exists() else {}
     return {**result, "seconds": time.monotonic() - started, "error": error}
+
+
+def run_gpu_step(plan: Plan, out: Path, tiny_config: Path | None) -> dict:
+    """``bench/gpu_step.py`` as a child (its own CUDA context, freed before the swarm starts); its JSON or the error."""
+    argv = [sys.executable, str(ROOT / "bench" / "gpu_step.py"), *plan.gpu_step_args]
+    if tiny_config is not None:
+        argv += ["--cpu-config", str(tiny_config)]
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}  # gpu_step also writes $OUT/gpu_step.json otherwise
+    return _run_json_child("gpu_step", argv, out, plan.gpu_step_timeout, env)
 
 
 def run_offload_copies(plan: Plan, out: Path) -> dict:
     """``bench/offload_copies.py`` as a child: sync mode's offloaded buffers (pinned or not) and its host <-> device
     copy times per global step; its JSON or the error."""
-    path = out / "offload_copies.json"
-    argv = [sys.executable, str(ROOT / "bench" / "offload_copies.py"), *plan.offload_args, "--json", str(path)]
-    started = time.monotonic()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=plan.offload_timeout, cwd=ROOT)
-        (out / "offload_copies.log").write_text(done.stdout + done.stderr)
-        print(done.stdout, end="", flush=True)
-        error = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-500:]}"
-    except subprocess.TimeoutExpired as e:
-        (out / "offload_copies.log").write_text(str(e.stdout or "") + str(e.stderr or ""))
-        error = f"offload_copies.py ran past {plan.offload_timeout:.0f} s"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    return {**result, "seconds": time.monotonic() - started, "error": error}
+    argv = [sys.executable, str(ROOT / "bench" / "offload_copies.py"), *plan.offload_args]
+    return _run_json_child("offload_copies", argv, out, plan.offload_timeout)
 
 
 def _text(output: str | bytes | None) -> str:
