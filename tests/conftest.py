@@ -8,6 +8,8 @@ import signal
 import pytest
 from system_tools import in_ci, require_tool
 
+from peer.swarm.overrides import mpfuture_locks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,6 +26,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # interpreter at once and those children, each in a session of its own, ran on (seen 2026-12-07: a killed
     # scenario run left a coordinator and a peer of its attack fixture running).
     signal.signal(signal.SIGTERM, _interrupt)
+    # Before any test forks a hivemind process (many start hivemind.DHT by hand, not through start_dht): hivemind's
+    # MPFuture locks replaced by ones a killed holder cannot leave taken (peer.swarm.overrides.mpfuture_locks).
+    mpfuture_locks.install()
     config.addinivalue_line(
         "markers",
         "requires_tool(*names): the test drives these commands of scripts/system-deps.txt; without one it fails "

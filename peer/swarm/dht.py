@@ -18,6 +18,7 @@ from hivemind.utils.auth import AuthorizerBase
 from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
+from peer.swarm.overrides import mpfuture_locks
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,11 @@ def start_dht(
     response with this peer's token and refuses messages without a valid one; None for an open run.
 
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.
+
+    The DHT is the first process hivemind forks from a peer or coordinator, so hivemind's MPFuture locks are
+    replaced here by ones a killed holder cannot leave taken (``peer.swarm.overrides.mpfuture_locks``).
     """
+    mpfuture_locks.install()
     kwargs: dict = dict(
         initial_peers=list(peer.initial_peers) or None,
         host_maddrs=list(peer.host_maddrs),
