@@ -11,6 +11,7 @@ from peer.fork_threads import one_torch_thread_in_forks
 from peer.lifetime import bind_children_to_this_process
 from peer.logs import LogSettings, configure_logging
 from peer.memory import limit_malloc_arenas
+from peer.shm_leftovers import remove_dead_processes_files
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
     bind_children_to_this_process()  # before anything forks: no child may outlive this process (peer.lifetime)
     one_torch_thread_in_forks()  # the parent's OpenMP pool is gone in a fork (peer.fork_threads)
     limit_malloc_arenas()  # before any DHT or averager process is forked: they inherit it (peer.memory)
+    remove_dead_processes_files()  # what killed processes left in /dev/shm is memory the next OOM lacks
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -94,6 +94,13 @@ def _wait_http(url: str, coordinator: Child, timeout: float) -> dict:
         raise SystemExit(f"error: the coordinator did not answer at {url} within {timeout:.0f} s") from None
 
 
+STOP_GRACE_S = 90.0
+"""How long a peer has to leave after SIGINT: it finishes its step, which in the demo's sync mode can be an averaging
+round that waits out ``averaging_timeout`` (30 s in configs/demo.yaml) when its partner is gone, then shuts down its
+averagers (hivemind gives each 5 s). At 30 s, a demo run that ended mid-round killed a peer (2026-12-07), and a
+SIGKILLed peer leaves its shared tensors in /dev/shm (peer.shm_leftovers)."""
+
+
 def _stop(procs: ProcessSet) -> None:
     """SIGINT to every child (the last started first: peers leave the DHT before the coordinator goes), then SIGKILL
     to every process left in each child's session. Only the Python process gets SIGINT: it stops its own p2pd daemon
@@ -123,7 +130,7 @@ def main() -> int:
     env["PYTHONUNBUFFERED"] = "1"
     color = sys.stdout.isatty()
     url = f"http://127.0.0.1:{args.http_port}"
-    procs = ProcessSet(Path(args.data_dir), grace=30.0, stop_signal=signal.SIGINT)
+    procs = ProcessSet(Path(args.data_dir), grace=STOP_GRACE_S, stop_signal=signal.SIGINT)
     children: dict[str, Child] = {}
     pumps: list[threading.Thread] = []
     stopping = threading.Event()
@@ -207,7 +214,8 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
     finally:
-        print("stopping: peers first, then the coordinator ...", flush=True)
+        when = f"each finishes its step, up to {STOP_GRACE_S:.0f} s"
+        print(f"stopping: peers first ({when}), then the coordinator ...", flush=True)
         _stop(procs)
         for pump in pumps:  # the children's last lines (a peer's summary, any error) are shown before ours
             pump.join(timeout=10)

@@ -8,6 +8,7 @@ import signal
 import pytest
 from system_tools import in_ci, require_tool
 
+from peer.shm_leftovers import remove_dead_processes_files
 from peer.swarm.overrides import mpfuture_locks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,11 +30,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Before any test forks a hivemind process (many start hivemind.DHT by hand, not through start_dht): hivemind's
     # MPFuture locks replaced by ones a killed holder cannot leave taken (peer.swarm.overrides.mpfuture_locks).
     mpfuture_locks.install()
+    remove_dead_processes_files()  # earlier runs' killed processes left them (peer.shm_leftovers)
     config.addinivalue_line(
         "markers",
         "requires_tool(*names): the test drives these commands of scripts/system-deps.txt; without one it fails "
         "under CI=true and skips with the reason elsewhere",
     )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # The tests kill peers on purpose (kill -9 scenarios, grace-period kills): what they left in /dev/shm is memory
+    # (measured: 5.9 GB in 80 minutes of test runs), and a machine that runs the suite again would run out of it.
+    remove_dead_processes_files()
 
 
 @pytest.hookimpl(tryfirst=True)
