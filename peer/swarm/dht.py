@@ -19,6 +19,7 @@ from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
 from peer.swarm.overrides import mpfuture_locks
+from peer.swarm.overrides.dht_process import TolerantDHT
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ def start_dht(
 
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.
 
-    The DHT is the first process hivemind forks from a peer or coordinator, so hivemind's MPFuture locks are
-    replaced here by ones a killed holder cannot leave taken (``peer.swarm.overrides.mpfuture_locks``).
+    The DHT process survives a request whose sender exited before it was read (``TolerantDHT``). It is the first
+    process hivemind forks from a peer or coordinator, so hivemind's MPFuture locks are replaced here by ones a
+    killed holder cannot leave taken (``peer.swarm.overrides.mpfuture_locks``).
     """
     mpfuture_locks.install()
     kwargs: dict = dict(
@@ -67,7 +69,7 @@ def start_dht(
     if peer.identity_path:
         kwargs["identity_path"] = peer.identity_path
     try:
-        dht = run_dht(lambda: hivemind.DHT(**kwargs), startup_timeout + READY_GRACE_S)
+        dht = run_dht(lambda: TolerantDHT(**kwargs), startup_timeout + READY_GRACE_S)
     except UserError:
         raise
     except Exception as e:  # hivemind re-raises the p2pd child's error types; the message is what matters

@@ -9,8 +9,9 @@ leaves the whole process tree waiting for good. hivemind kills its own children:
 within ``shutdown_timeout`` is terminated (``DecentralizedAverager.shutdown``), and the cancels of its last round
 are sent under ``_update_lock`` while it exits. The next answer from the DHT process then blocks inside its event
 loop: the DHT answers nothing more, and the peer's next ``dht.run_coroutine`` (which has no timeout) waits forever.
-That is the hang of the growth switch (``peer.swarm.stage_switch``: the old stage's averagers are shut down, the
-next stage's progress tracker then calls ``dht.add_validators``) seen in about 1 of 15 test runs on a loaded machine.
+``tests/peer/swarm/test_mpfuture_locks.py`` shows it: a child killed while it holds the lock, and a DHT that then
+never answers. (The growth-switch test's intermittent hang, first suspected to be this, turned out to be the DHT
+process ending on a request it could not read: ``peer.swarm.overrides.dht_process``.)
 
 The replacement, ``DeathReleasedLock``, is an fcntl record lock on an unlinked file that every process of the tree
 shares through an inherited descriptor: the kernel drops a process's record locks when it exits, however it exits,
