@@ -21,6 +21,7 @@ from peer.config import RunConfig, config_to_dict
 from peer.errors import UserError
 from peer.run.records import config_key
 from peer.swarm.dht import READY_GRACE_S, run_dht
+from peer.swarm.overrides.dht_process import TolerantDHT
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def start_coordinator_dht(
                 startup_timeout=DHT_STARTUP_TIMEOUT_S,
                 start=False,
             )
-            return run_dht(partial(hivemind.DHT, **kwargs), DHT_STARTUP_TIMEOUT_S + READY_GRACE_S)
+            return run_dht(partial(TolerantDHT, **kwargs), DHT_STARTUP_TIMEOUT_S + READY_GRACE_S)
         except UserError:  # the DHT process died or hung: no other bootstrap list would help
             raise
         except Exception as e:  # hivemind re-raises the p2pd child's errors with their own types
