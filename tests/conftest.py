@@ -9,7 +9,6 @@ import pytest
 from system_tools import in_ci, require_tool
 
 from peer.shm_leftovers import remove_dead_processes_files
-from peer.swarm.overrides import mpfuture_locks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -27,9 +26,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # interpreter at once and those children, each in a session of its own, ran on (seen 2026-12-07: a killed
     # scenario run left a coordinator and a peer of its attack fixture running).
     signal.signal(signal.SIGTERM, _interrupt)
-    # Before any test forks a hivemind process (many start hivemind.DHT by hand, not through start_dht): hivemind's
-    # MPFuture locks replaced by ones a killed holder cannot leave taken (peer.swarm.overrides.mpfuture_locks).
-    mpfuture_locks.install()
     remove_dead_processes_files()  # earlier runs' killed processes left them (peer.shm_leftovers)
     config.addinivalue_line(
         "markers",

@@ -18,7 +18,6 @@ from hivemind.utils.auth import AuthorizerBase
 from peer.config import PeerSettings
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
-from peer.swarm.overrides import mpfuture_locks
 from peer.swarm.overrides.dht_process import TolerantDHT
 
 logger = logging.getLogger(__name__)
@@ -49,11 +48,8 @@ def start_dht(
 
     Raises UserError with one line for the causes users hit most: unreachable bootstrap peers, an identity in use.
 
-    The DHT process survives a request whose sender exited before it was read (``TolerantDHT``). It is the first
-    process hivemind forks from a peer or coordinator, so hivemind's MPFuture locks are replaced here by ones a
-    killed holder cannot leave taken (``peer.swarm.overrides.mpfuture_locks``).
+    The DHT process survives a request whose sender exited before it was read (``TolerantDHT``).
     """
-    mpfuture_locks.install()
     kwargs: dict = dict(
         initial_peers=list(peer.initial_peers) or None,
         host_maddrs=list(peer.host_maddrs),

@@ -13,7 +13,5 @@ upgrade is checked here and nowhere else. Each module's docstring names the hive
 - ``optimizer``: ``GuardedOptimizer`` (plugs the above in);
 - ``progress``: ``ThrottledProgressTracker`` (rate-limited progress records, a clean event-loop shutdown);
 - ``dht_process``: ``TolerantDHT`` (the DHT process drops a request it cannot unpickle instead of ending);
-- ``mpfuture_locks``: ``DeathReleasedLock`` in place of ``MPFuture._update_lock`` and ``SharedBytes._lock`` (a
-  killed holder cannot leave them taken);
 - ``state_download``: ``StateDownloadClient`` (the coordinator's state download under hivemind's handler name).
 """
