@@ -10,7 +10,9 @@ from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.dht.schema import SchemaValidator
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
+from prometheus_client import generate_latest
 
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.monitor import REASON_BAD_STAGE, Monitor
 from peer.config import GrowthSpec, GrowthStage, ModelSpec, RunConfig, StageModel, model_stages
 from peer.run.records import LocalMetrics, MetricsSchema, metrics_key
@@ -103,3 +105,5 @@ def test_records_whose_stage_does_not_match_the_schedule_are_rejected_and_counte
         history = store.history()
         assert {(h.step, h.stage) for h in history} == {(AT_STEP - 2, 0), (AT_STEP + 1, 1)}
         assert [h.stage for h in history] == sorted(h.stage for h in history)  # one history, in order
+        scraped = generate_latest(CoordinatorMetrics(store).registry).decode()
+        assert 'warmswarm_rejected_records_total{reason="bad_stage"} 2.0' in scraped
