@@ -99,7 +99,7 @@ class CheckpointSaver:
             config = models.discriminator.config
             models = build_models(self.stages[stage][1], config.vocab_size, config.pad_token_id or 0)
         logger.info(
-            "pulling the swarm's state of growth stage %d for a checkpoint (at most %.0f s)",
+            "pulling the swarm's state for a checkpoint (growth stage %d; at most %.0f s)",
             stage,
             self.spec.state_timeout,
         )
