@@ -11,8 +11,8 @@ and deletion renames to ``*.tmp`` first. So after a crash there is at most a ``*
 re-hashing every manifest: a corrupt checkpoint is renamed ``*.corrupt`` (kept for inspection, never served).
 
 Each checkpoint is a model dir in ``peer.modeling``'s layout (``AutoModel.from_pretrained`` loads its root) plus
-``training_state.json`` {"step", "samples", "run_id"}, its model card ``README.md`` (``coordinator.card``) and, for
-checkpoints pulled from the swarm,
+``training_state.json`` {"step", "samples", "run_id", "stage"}, its model card ``README.md``
+(``coordinator.card``) and, for checkpoints pulled from the swarm,
 ``optimizer.safetensors`` (per-parameter optimizer state and DiLoCo outer momentum by parameter name) with the
 resume fields {"scheduler_step", "optimizer_state", "outer_momentum"} (``peer.run.state_format``). The manifest lists
 every file, these included.
@@ -103,7 +103,13 @@ def write_manifest(directory: Path, header: dict) -> list[FileDigest]:
 
 
 def _row(manifest: CheckpointManifest) -> CheckpointRow:
-    return CheckpointRow(name=manifest.name, step=manifest.step, created=manifest.created, files=list(manifest.files))
+    return CheckpointRow(
+        name=manifest.name,
+        step=manifest.step,
+        created=manifest.created,
+        files=list(manifest.files),
+        stage=manifest.stage,
+    )
 
 
 def verify_checkpoint(ckpt_dir: Path) -> CheckpointRow:
@@ -198,8 +204,9 @@ class CheckpointDir:
         self, step: int, write_files: Callable[[Path], None], training_state: dict, store: Store | None = None
     ) -> CheckpointRow:
         """Saves checkpoint ``step`` atomically. ``write_files(dir)`` writes the model files into ``dir`` (an empty
-        directory); ``training_state`` is written as ``training_state.json`` and, when ``dir`` is a model dir, the
-        model card as ``README.md`` (replacing any copied in). If the checkpoint exists already it
+        directory); ``training_state`` is written as ``training_state.json`` (its "stage", the growth stage of the
+        model, also goes into the manifest) and, when ``dir`` is a model dir, the model card as ``README.md``
+        (replacing any copied in). If the checkpoint exists already it
         is returned unchanged (saves are idempotent per step). Records the checkpoint in ``store`` if given and
         then applies keep-last-N."""
         name = checkpoint_name(step)
@@ -221,11 +228,12 @@ class CheckpointDir:
         if (tmp / MANIFEST).exists():
             raise UserError(f"write_files must not write {MANIFEST}")
         created = time.time()
-        files = write_manifest(tmp, {"step": step, "created": created})
+        stage = int(training_state.get("stage", 0))
+        files = write_manifest(tmp, {"step": step, "stage": stage, "created": created})
         os.rename(tmp, final)
         _fsync_path(self.root, directory=True)
         row = CheckpointRow(
-            name=name, step=step, created=created, files=files, save_seconds=time.perf_counter() - started
+            name=name, step=step, created=created, files=files, save_seconds=time.perf_counter() - started, stage=stage
         )
         logger.info("saved checkpoint %s (%.1f MB) in %.2f s", name, row.size_bytes / 1e6, row.save_seconds)
         if store is not None:
@@ -242,12 +250,22 @@ class CheckpointDir:
         except (OSError, ValueError, UserError) as e:
             logger.warning("%s saved without a model card: %s", model_dir.name.removesuffix(TMP_SUFFIX), e)
 
+    def _stage_ends(self) -> set[str]:
+        """Names of the newest checkpoint of every growth stage but the newest checkpoint's own."""
+        rows = self.list()
+        newest = {r.stage: r.name for r in rows}  # oldest first, so each stage's newest wins
+        if rows:
+            newest.pop(rows[-1].stage, None)
+        return set(newest.values())
+
     def prune(self, store: Store | None = None) -> list[str]:
         """Deletes all but the newest ``keep_last`` checkpoints, never the newest one that verifies: if the newest
         checkpoints are damaged, the newest good one is kept as well (and the damaged ones are left for
-        ``recover`` to report). Deletion renames to ``*.tmp`` first, so a crash mid-delete leaves nothing visible."""
+        ``recover`` to report). Nor the last checkpoint of each growth stage before the newest checkpoint's: the
+        state before a switch, which no later checkpoint can give back (growth does not run backwards). Deletion
+        renames to ``*.tmp`` first, so a crash mid-delete leaves nothing visible."""
         dirs = self._dirs()
-        keep = {p.name for p in dirs[-self.keep_last :]}
+        keep = {p.name for p in dirs[-self.keep_last :]} | self._stage_ends()
         for p in reversed(dirs):
             try:
                 verify_checkpoint(p)
@@ -283,5 +301,7 @@ def sync_store(store: Store, rows: list[CheckpointRow]) -> None:
         prev = known.get(r.name)
         save_seconds = prev.save_seconds if prev is not None else None
         store.record_checkpoint(
-            CheckpointRow(name=r.name, step=r.step, created=r.created, files=r.files, save_seconds=save_seconds)
+            CheckpointRow(
+                name=r.name, step=r.step, created=r.created, files=r.files, save_seconds=save_seconds, stage=r.stage
+            )
         )

@@ -10,6 +10,10 @@ Global step = the highest step among alive peers (hivemind's ``examples/albert``
 mean over alive peers. A peer is alive while its record keeps changing: a record that sits unchanged in the DHT until
 it expires belongs to a peer that is gone.
 
+A run with a growth schedule keeps one history across its stages: each point carries the stage of the global step
+(the dashboard marks the switches from it). A record whose stage does not match the schedule at its step is
+rejected, counted as ``bad_stage`` (once per record) and used for nothing: not for the global step, not for credit.
+
 Samples/s is not what peers say about themselves (``coordinator.rates`` says why): the swarm's is the increase of the
 run's credited samples counter (``warmswarm_samples_total``) over the last ``rate_window`` seconds, a volunteer's the
 same of its own credited samples, and 0 once it is not alive.
@@ -39,11 +43,13 @@ from coordinator.store import PeerObservation, Store
 from peer.run.record_limits import REASON_OVERSIZED, RecordSizeLimit
 from peer.run.records import LocalMetrics, MetricsSchema, bans_key, config_key, metrics_key, reports_key
 from peer.swarm.bans import ban_validators
+from peer.swarm.stage_keys import Stages, stage_at, stage_matches
 
 logger = logging.getLogger(__name__)
 
 REASON_MALFORMED = "malformed"  # fails the LocalMetrics schema (types, bounds) or is not keyed by a public key
 REASON_BAD_SIGNATURE = "bad_signature"  # written under a public key by someone who does not hold it (forged)
+REASON_BAD_STAGE = "bad_stage"  # its growth stage does not match the schedule at its step (``stage_matches``)
 
 
 class RejectionCounter(RecordValidatorBase):
@@ -134,7 +140,8 @@ def aggregate(records: Iterable[LocalMetrics]) -> tuple[int, float | None]:
 
 class Monitor:
     """Polls ``<run_id>_metrics`` every ``interval`` seconds and writes the run's progress to ``store``; samples/s
-    are rates over the last ``rate_window`` seconds.
+    are rates over the last ``rate_window`` seconds. ``stages``: the run's growth stages (``peer.config.
+    model_stages``); None: a run of one stage, whose records must all say stage 0.
 
     Not thread-safe itself: one thread calls ``poll`` (``run`` does so until ``stop`` is set)."""
 
@@ -148,6 +155,7 @@ class Monitor:
         bans: BanCourt | None = None,
         forget_after: float = 3600.0,
         rate_window: float = DEFAULT_RATE_WINDOW,
+        stages: Stages | None = None,
     ):
         if not rate_window > 0:
             raise ValueError(f"rate_window must be > 0 s, not {rate_window}")
@@ -169,6 +177,10 @@ class Monitor:
         self._peer_samples: dict[str, CounterWindow] = {}  # peer -> its credited samples over the rate window
         self._rate_written: dict[str, float] = {}  # peer -> the samples/s last written to its row
         self._swarm_samples: CounterWindow | None = None  # the run's samples counter; made at the first pass
+        self.stages: Stages = stages if stages is not None else [(0, None)]
+        # peer -> (its last record rejected as bad_stage, when): each such record is counted once
+        self._bad_stage_seen: dict[str, tuple[tuple, float]] = {}
+        self._step_floor: int | None = None  # the store's global step (it never goes back): the history's stage
 
     def _swarm_window(self, now: float) -> CounterWindow:
         """The run's samples counter over the rate window, begun with the store's history, so that a restarted
@@ -196,6 +208,8 @@ class Monitor:
             self._credited.pop(pid, None)
             self._peer_samples.pop(pid, None)
             self._rate_written.pop(pid, None)
+        for pid in [pid for pid, (_, t) in self._bad_stage_seen.items() if now - t > self.forget_after]:
+            del self._bad_stage_seen[pid]
 
     def _fetch(self) -> dict[bytes, object]:
         found = self.dht.get(metrics_key(self.run_id), latest=True)
@@ -221,6 +235,12 @@ class Monitor:
                 locally_rejected[REASON_MALFORMED] += 1
                 continue
             pid = volunteer_id(subkey)
+            if not stage_matches(self.stages, record.stage, record.step):
+                seen = (record.time, record.step, record.stage)
+                if self._bad_stage_seen.get(pid, (None,))[0] != seen:
+                    self._bad_stage_seen[pid] = (seen, now)
+                    locally_rejected[REASON_BAD_STAGE] += 1
+                continue
             fingerprint = (record.time, record.step, record.samples_total)
             if self._last_record.get(pid) == fingerprint:
                 continue  # unchanged since the last pass
@@ -259,7 +279,13 @@ class Monitor:
                 self.bans.judge(alive, now)
             except Exception:  # bans wait for the next pass; progress must still be recorded
                 logger.exception("could not judge the ban reports")
-        self.store.record_progress(global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now)
+        if self._step_floor is None:
+            self._step_floor = self.store.progress(now=now).global_step
+        self._step_floor = max(self._step_floor, step)
+        stage = stage_at(self.stages, self._step_floor)
+        self.store.record_progress(
+            global_step=step, alive_peers=len(alive), samples_per_second=sps, loss=loss, now=now, stage=stage
+        )
         self._forget_departed(now)
         return SwarmSnapshot(now, step, len(alive), sps, loss, observed, new_rejections)
 

@@ -58,7 +58,7 @@ from coordinator.preflight import refuse_early
 from coordinator.serving import start_servers
 from coordinator.signing_key import load_or_create_signing_key
 from coordinator.store import Store
-from peer.config import RunConfig, config_to_dict
+from peer.config import RunConfig, config_to_dict, model_stages
 from peer.errors import UserError
 from peer.lifetime import ProcessLock
 
@@ -212,6 +212,7 @@ def start_coordinator(
             interval=spec.monitor_interval,
             bans=court,
             forget_after=max(3600.0, 10 * spec.alive_window),
+            stages=model_stages(cfg),
         )
         saver = CheckpointSaver(cfg, spec, dht, store, ckpts)
         threads = [

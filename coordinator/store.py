@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS history (
     loss REAL,
     samples_per_second REAL NOT NULL,
     alive_peers INTEGER NOT NULL,
-    samples_total INTEGER NOT NULL
+    samples_total INTEGER NOT NULL,
+    stage INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS history_by_time ON history (run_id, time);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -78,6 +79,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL,
     files_json TEXT NOT NULL,
     save_seconds REAL,
+    stage INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS rejected (
@@ -174,6 +176,7 @@ class HistoryPoint:
     samples_per_second: float
     alive_peers: int
     samples_total: int
+    stage: int = 0  # the growth stage the run was in at ``step`` (``growth.schedule``; 0 without one)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class CheckpointRow:
     created: float
     files: list[FileDigest] = field(default_factory=list)
     save_seconds: float | None = None
+    stage: int = 0  # the growth stage of the model it holds (``peer.run.checkpoint_manifest``)
 
     @property
     def size_bytes(self) -> int:
@@ -411,9 +415,11 @@ class Store:
         samples_per_second: float,
         loss: float | None,
         now: float | None = None,
+        stage: int = 0,
     ) -> None:
         """Appends a history point and updates the run's current figures. ``samples_total`` is the sum of all
-        peers' credited samples (so it survives peers leaving, and restarts of the coordinator)."""
+        peers' credited samples (so it survives peers leaving, and restarts of the coordinator); ``stage``: the
+        growth stage of the run's global step (one history across stages: the stage is a column, not a table)."""
         run_id = self._run()
         now = time.time() if now is None else now
         with self._lock, self._db:
@@ -429,9 +435,9 @@ class Store:
                 (step, samples_total, samples_per_second, loss, alive_peers, now, run_id),
             )
             self._db.execute(
-                "INSERT INTO history (run_id, time, step, loss, samples_per_second, alive_peers, samples_total) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now, step, loss, samples_per_second, alive_peers, samples_total),
+                "INSERT INTO history (run_id, time, step, loss, samples_per_second, alive_peers, samples_total, "
+                "stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now, step, loss, samples_per_second, alive_peers, samples_total, stage),
             )
 
     def add_rejected(self, counts: dict[str, int]) -> None:
@@ -452,9 +458,9 @@ class Store:
         files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in row.files]
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO checkpoints (run_id, name, step, created, files_json, save_seconds) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, row.name, row.step, row.created, json.dumps(files), row.save_seconds),
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, step, created, files_json, save_seconds, stage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, row.name, row.step, row.created, json.dumps(files), row.save_seconds, row.stage),
             )
 
     def remove_checkpoint(self, name: str) -> None:
@@ -678,8 +684,8 @@ class Store:
     def history(self, since: float | None = None, limit: int = 5000) -> list[HistoryPoint]:
         """History points after ``since`` (unix time), oldest first; at most the newest ``limit`` of them."""
         rows = self._select(
-            "SELECT * FROM (SELECT time, step, loss, samples_per_second, alive_peers, samples_total FROM history "
-            "WHERE run_id = ? AND time > ? ORDER BY time DESC LIMIT ?) ORDER BY time ASC",
+            "SELECT * FROM (SELECT time, step, loss, samples_per_second, alive_peers, samples_total, stage "
+            "FROM history WHERE run_id = ? AND time > ? ORDER BY time DESC LIMIT ?) ORDER BY time ASC",
             -1.0 if since is None else since,
             limit,
         )
@@ -688,7 +694,7 @@ class Store:
     def checkpoints(self) -> list[CheckpointRow]:
         """Verified checkpoints on disk, oldest first (newest last, as the HTTP API lists them)."""
         rows = self._select(
-            "SELECT name, step, created, files_json, save_seconds FROM checkpoints WHERE run_id = ? "
+            "SELECT name, step, created, files_json, save_seconds, stage FROM checkpoints WHERE run_id = ? "
             "ORDER BY step ASC, created ASC"
         )
         return [
@@ -698,6 +704,7 @@ class Store:
                 created=r["created"],
                 files=[FileDigest(**f) for f in json.loads(r["files_json"])],
                 save_seconds=r["save_seconds"],
+                stage=r["stage"],
             )
             for r in rows
         ]

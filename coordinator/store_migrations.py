@@ -10,7 +10,11 @@ Version 2 adds the checkpoint evaluations (``evaluations``: scores; ``evaluation
 the failures counted so retries stay bounded across restarts). They are new tables, but the version still moves:
 evaluations are what a file records about its checkpoints, and an older warmswarm run on a version-2 file would
 prune and save checkpoints without their evaluations and leave the dashboard's score history with holes nobody
-explains; it is refused in one line instead, as for any newer file."""
+explains; it is refused in one line instead, as for any newer file.
+
+Version 3 adds the growth stage (``growth.schedule``) to each history point and checkpoint: one history across a
+mid-run growth switch, with the switch visible in it, and checkpoints that say which model they hold. Older rows
+are stage 0, which every run was in before schedules existed."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 from peer.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 EVALUATION_TABLES = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -56,9 +60,14 @@ def _add_evaluations(db: sqlite3.Connection) -> None:
         db.execute(statement)  # not executescript: that would commit the migration's transaction half-way
 
 
+def _add_stages(db: sqlite3.Connection) -> None:
+    for table in ("history", "checkpoints"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN stage INTEGER NOT NULL DEFAULT 0")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 # MIGRATIONS[v] takes a file from version v to v + 1. Version 1 is the first released schema.
-MIGRATIONS: Mapping[int, Migration] = {1: _add_evaluations}
+MIGRATIONS: Mapping[int, Migration] = {1: _add_evaluations, 2: _add_stages}
 
 
 def stored_version(db: sqlite3.Connection) -> int | None:

@@ -37,7 +37,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
 def manifest_to_proto(m: CheckpointManifest) -> pb.Manifest:
     files = [pb.FileEntry(path=f.path, digest=pb.Digest(sha256=f.sha256, size_bytes=f.size)) for f in m.files]
-    return pb.Manifest(name=m.name, step=m.step, created=m.created, files=files)
+    return pb.Manifest(name=m.name, step=m.step, created=m.created, files=files, stage=m.stage)
 
 
 def export_to_proto(form: str, m: CheckpointManifest) -> pb.Export:

@@ -62,6 +62,9 @@ class GrowthSpec:
     noise: float = 0.0  # symmetry-breaking noise amplitude (0 = off); function-preserving by construction
     generator_init: Literal["narrow", "fresh"] = "narrow"
     schedule: list[GrowthStage] = field(default_factory=list)
+    # seconds a peer keeps serving the old stage's final state after it grew (``peer.swarm.stage_switch``): the
+    # coordinator pulls it then as the checkpoint of the last state before the switch
+    switch_grace: float = 300.0
 
 
 @dataclass

@@ -19,6 +19,8 @@ def model_stages(cfg: RunConfig) -> list[tuple[int, ModelSpec]]:
     grown function and the grown Adam moments exact (``peer.growth.midrun``); ``width_method`` is the initial growth
     from ``source``. Depth may grow by any number of layers (stacked, not function-preserving)."""
     stages = [(0, cfg.model)]
+    if not cfg.growth.switch_grace >= 0:
+        raise ConfigError(f"growth.switch_grace must be >= 0 s, not {cfg.growth.switch_grace}")
     if cfg.growth.schedule and cfg.model.architecture != "electra":
         raise ConfigError(
             f"growth.schedule: mid-run growth supports model.architecture electra only, not {cfg.model.architecture}"

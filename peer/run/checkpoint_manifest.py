@@ -1,5 +1,5 @@
-"""A checkpoint's manifest, the one description of a checkpoint both sides share: its name, global step, creation
-time and every file with its size and sha256.
+"""A checkpoint's manifest, the one description of a checkpoint both sides share: its name, global step, growth
+stage, creation time and every file with its size and sha256.
 
 The coordinator writes it last (a checkpoint without one is not listed or served) and serves the files it names;
 a downloader verifies every file against it. ``read_manifest`` is the one reader of a manifest on disk: the
@@ -47,6 +47,10 @@ class CheckpointManifest:
     step: int
     created: float  # when the manifest was written (its mtime): the checkpoint became visible then
     files: tuple[FileDigest, ...]
+    # the growth stage of the model it holds (``growth.schedule``: stage k runs after the k-th switch; 0 without
+    # one): two checkpoints of one step, before and after a switch, differ by it, and a peer that starts from a
+    # checkpoint starts in its stage. A manifest without it (written before stages existed) is stage 0
+    stage: int = 0
 
     @property
     def size_bytes(self) -> int:
@@ -59,7 +63,7 @@ class CheckpointManifest:
         raise CheckpointNotFound(f"{path} is not a file of checkpoint {self.name}")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "step": self.step, "created": self.created,
+        return {"name": self.name, "step": self.step, "stage": self.stage, "created": self.created,
                 "files": [f.to_dict() for f in self.files]}  # fmt: skip
 
 
@@ -90,6 +94,9 @@ def read_manifest(ckpt_dir: Path) -> CheckpointManifest:
         data = json.loads(path.read_text())
         files = tuple(FileDigest(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
         step = int(data["step"])
+        stage = int(data.get("stage", 0))
+        if stage < 0:
+            raise ValueError(f"stage {stage} is negative")
         created = float(data.get("created", path.stat().st_mtime))
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{ckpt_dir.name}: no {MANIFEST}") from None
@@ -98,4 +105,4 @@ def read_manifest(ckpt_dir: Path) -> CheckpointManifest:
     for f in files:
         if not _listable(f.path):
             raise CorruptCheckpoint(f"{ckpt_dir.name}: manifest lists an unsafe path {f.path!r}")
-    return CheckpointManifest(name=ckpt_dir.name, step=step, created=created, files=files)
+    return CheckpointManifest(name=ckpt_dir.name, step=step, created=created, files=files, stage=stage)

@@ -111,6 +111,7 @@ class ExportEntry(pydantic.BaseModel):
 class CheckpointEntry(pydantic.BaseModel):
     name: str
     step: int
+    stage: int = 0  # the growth stage of the model it holds (0 from a coordinator before stages)
     created: float
     files: list[FileEntry]
     evaluation: EvaluationEntry | None = None  # None: not evaluated yet, or a coordinator that does not evaluate

@@ -62,6 +62,7 @@ class TrainingSummary:
     peers: int | None = None
     wall_seconds: float | None = None
     run_id: str | None = None
+    stage: int = 0  # the growth stage of the model (``growth.schedule``: stage k after the k-th switch)
 
 
 def _json(path: Path) -> dict | None:
@@ -83,6 +84,7 @@ def read_training_summary(model_dir: str | Path, data: CorpusSpec | None = None)
         samples=int(samples) if isinstance(samples, int) else None,
         tokens=int(samples) * data.seq_len if isinstance(samples, int) and data is not None else None,
         run_id=state.get("run_id"),
+        stage=int(state.get("stage", 0)),
     )
 
 
@@ -247,6 +249,7 @@ def _training_section(t: TrainingSummary, data: CorpusSpec | None) -> str:
             "",
             f"- run: `{t.run_id}`" if t.run_id else "- run: not recorded",
             f"- global step: {t.step}",
+            *([f"- growth stage: {t.stage} (the model after the run's growth switch {t.stage})"] if t.stage else []),
             f"- samples: {known(t.samples, '{:,}')}",
             f"- tokens: {tokens}",
             f"- peers: {known(t.peers)}",

@@ -134,6 +134,20 @@ def read_checkpoint_step(checkpoint_dir: Path) -> int:
         raise UserError(f"unreadable {path}: {e}") from None
 
 
+def read_checkpoint_stage(checkpoint_dir: Path) -> int:
+    """The growth stage of the model a checkpoint holds (``training_state.json``'s "stage"; 0 when it has none: a
+    checkpoint from before stages, or a model dir that is not a checkpoint). A peer that starts from it trains in
+    that stage, under its keys: growing it again at the stage's step would give a model of the wrong sizes."""
+    path = checkpoint_dir / TRAINING_STATE_FILE
+    try:
+        stage = int(json.loads(path.read_text()).get("stage", 0)) if path.is_file() else 0
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise UserError(f"unreadable {path}: {e}") from None
+    if stage < 0:
+        raise UserError(f"{path}: stage {stage} is negative")
+    return stage
+
+
 def read_checkpoint_state(checkpoint_dir: Path, named_parameters: Sequence[tuple[str, torch.Tensor]]) -> SwarmState:
     """The state of a checkpoint whose model was loaded into ``named_parameters`` (the tensors are referenced, not
     copied). Without ``optimizer.safetensors`` the optimizer part is empty: the peer starts with fresh moments."""

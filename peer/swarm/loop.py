@@ -122,7 +122,7 @@ def train_loop(
     published_samples = 0  # samples_total of the last record handed to the publisher
     changes_every_step = opt.changes_every_step  # then followers must get the parameters after every step
     if options.wait_for_peers > 1:
-        wait_for_peers(dht, run_id, signing, opt, options, stop)
+        wait_for_peers(dht, run_id, signing, opt, options, stop, parts.stages.index if parts.stages else 0)
     if group is not None:
         group.sync_params(params)  # followers start from the state this peer joined the swarm with
 
@@ -313,14 +313,20 @@ def limit_reached(opt: SwarmOptimizer, options: LoopOptions, start: float) -> bo
 
 
 def wait_for_peers(
-    dht: hivemind.DHT, run_id: str, signing: RecordSigning, opt: SwarmOptimizer, options: LoopOptions, stop: StopSignal
+    dht: hivemind.DHT,
+    run_id: str,
+    signing: RecordSigning,
+    opt: SwarmOptimizer,
+    options: LoopOptions,
+    stop: StopSignal,
+    stage: int = 0,
 ) -> None:
     """Publishes this peer's record (no loss yet: NaN, which the coordinator leaves out of its mean) and its
     progress-tracker record until ``options.wait_for_peers`` peers of the run are present in both, or a stop/limit.
     Why: a peer that starts alone takes global steps alone until the others arrive; scheduled starts, benchmarks and
     tests want every peer in every round from the first one. Why both: the metrics records are ours, but hivemind's
     tracker decides when a global step is due, and it saw a peer only once that peer had samples; peers then took
-    solo steps at the start and ended an epoch apart."""
+    solo steps at the start and ended an epoch apart. ``stage``: the growth stage the peer trains (its record's)."""
     start = time.monotonic()
     tracker = opt.opt.tracker
     logger.info("waiting for %d peers of run %s before training", options.wait_for_peers, run_id)
@@ -337,6 +343,7 @@ def wait_for_peers(
             peer_name=options.peer_name,
             fingerprint=options.fingerprint,
             peer_id=str(dht.peer_id),
+            stage=stage,  # the coordinator rejects a record whose stage is not the one of its step
         )
         publish_metrics(dht, run_id, signing, record, options.metrics_expiration)
         tracker.announce()

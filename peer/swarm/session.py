@@ -28,6 +28,7 @@ from peer.data import seed_from_bytes
 from peer.errors import UserError
 from peer.run.coordinator_client import RunAnswer, get_answer
 from peer.run.records import config_key, metrics_key
+from peer.run.state_format import read_checkpoint_stage
 from peer.run.work_dir import peer_work_dir
 from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.bans import BanBook, BanGate, RejectionLedger, ban_validators, fetch_ban_authority
@@ -43,8 +44,14 @@ from peer.swarm.reachability import check_reachable
 from peer.swarm.shutdown import StopSignal
 from peer.swarm.stage_keys import stage_at, stage_prefix, swarm_step
 from peer.swarm.stage_switch import StageSwitcher
-from peer.swarm.starting_state import StartingPoint, resume_stage_state, resume_swarm_state, starting_point
-from peer.swarm.state import wait_for_stage_state
+from peer.swarm.starting_state import (
+    StartingPoint,
+    resume_stage_state,
+    resume_swarm_state,
+    stage_checkpoint,
+    starting_point,
+)
+from peer.swarm.state import peers_hold_state, wait_for_stage_state
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.swarm.training_inputs import fit_micro_batch, heldout_evaluation, load_tokenizer, training_inputs
 from peer.trainer import compile_models, param_groups, resolve_device, step_spec
@@ -132,13 +139,31 @@ def stage_start(
     cfg: RunConfig, stage: int, spec: ModelSpec, dht: hivemind.DHT, tokenizer, init_dir: str | None, stop: StopSignal
 ) -> StartingPoint:
     """A joiner's models after the run's first switch: the stage's shapes, whose values the stage's peers send
-    (``resume_stage_state``). Why not a checkpoint or ``--init_dir``: those hold the first stage's model."""
+    (``resume_stage_state``). Why not ``--init_dir``: it holds the first stage's model (a coordinator's checkpoint
+    of the stage is used before this, when no peer of the stage shares its state: ``stage_checkpoint``)."""
     from peer.modeling import build_models
 
     if init_dir:
         logger.info("--init_dir holds the first stage's model: stage %d's state comes from its peers", stage)
     wait_for_stage_state(dht, stage_prefix(cfg.run_id, stage), stage, cfg.swarm.load_state_timeout, stop)
     return StartingPoint(build_models(spec, len(tokenizer), tokenizer.pad_token_id or 0, seed=cfg.growth.seed), None)
+
+
+def checkpoint_stage(start: StartingPoint, stages: list[tuple[int, ModelSpec]]) -> int:
+    """The growth stage of the checkpoint a peer starts from (0 for none, or for shapes only): a coordinator's
+    checkpoint taken after a switch holds the grown model, and the peer trains on in that stage, under its keys,
+    rather than growing it again. UserError in one line for a stage the run's schedule does not have."""
+    if start.checkpoint_dir is None:
+        return 0
+    stage = read_checkpoint_stage(start.checkpoint_dir)
+    if stage >= len(stages):
+        raise UserError(
+            f"{start.checkpoint_dir.name} is a checkpoint of growth stage {stage}, and this run's schedule has "
+            f"{len(stages)} stage(s): join with --coordinator URL to use the run's config"
+        )
+    if stage:
+        logger.info("%s is a checkpoint of growth stage %d: training in that stage", start.checkpoint_dir.name, stage)
+    return stage
 
 
 @dataclass
@@ -198,8 +223,15 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         stage = joining_stage(dht, cfg, stages)
         if stage == 0:
             start = starting_point(cfg, dht, peer.coordinator_url, options.init_dir, work_dir, tokenizer)
+            stage = checkpoint_stage(start, stages)
         else:
-            start = stage_start(cfg, stage, stages[stage][1], dht, tokenizer, options.init_dir, stop)
+            start = None
+            if not peers_hold_state(dht, stage_prefix(cfg.run_id, stage)):  # the stage's peers left, or are growing
+                start = stage_checkpoint(peer.coordinator_url, stage, work_dir)
+            if start is None:
+                start = stage_start(cfg, stage, stages[stage][1], dht, tokenizer, options.init_dir, stop)
+        # from a checkpoint (of its stage) or step 0, then that stage's peers; else from the stage's peers alone
+        from_stage_peers = start.checkpoint_dir is None and stage > 0
         models = start.models
         group = options.group  # rank 0 of a multi-GPU peer (peer.swarm.ddp), else None
         device = group.device if group is not None else resolve_device(cfg.train)
@@ -243,14 +275,22 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
             return built
 
         opt = build(stage, params)
-        if stage == 0:
+        if not from_stage_peers:
             # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
-            resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir)
+            prefix = stage_prefix(cfg.run_id, stage)
+            resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir, prefix)
         else:
             resume_stage_state(opt, models, dht, stage_prefix(cfg.run_id, stage), cfg.swarm.load_state_timeout, stop)
         if len(stages) > 1:
             switcher = StageSwitcher(
-                stages, stage, models, build, cfg.growth.depth_method, cfg.swarm.averaging_timeout, current=opt
+                stages,
+                stage,
+                models,
+                build,
+                cfg.growth.depth_method,
+                cfg.swarm.averaging_timeout,
+                current=opt,
+                grace=cfg.growth.switch_grace,
             )
         logger.info("starting at global step %d", opt.global_step)
         if group is not None:
@@ -272,6 +312,7 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         return train_loop(dht, cfg.run_id, signing, opt, parts, stop, loop_options)
     finally:
         if switcher is not None:
+            switcher.close()
             opt = switcher.current  # the stage's optimizer the loop ended with (None: a switch failed between them)
         if opt is not None:
             opt.shutdown()

@@ -36,6 +36,16 @@ def stage_at(stages: Stages, step: int) -> int:
     return index
 
 
+def stage_matches(stages: Stages, stage: int, step: int) -> bool:
+    """Whether a record that says it trains growth stage ``stage`` at global ``step`` agrees with the schedule: the
+    stage exists and ``step`` lies in it, from its ``at_step`` up to the next stage's ``at_step`` included (a peer
+    reaches that step in the old stage and reports it there until it has grown). A stage no schedule has, or one the
+    step is not in, comes from a peer that is broken or lies (e.g. a high step without the switch it implies)."""
+    if not 0 <= stage < len(stages) or step < stages[stage][0]:
+        return False
+    return stage + 1 == len(stages) or step <= stages[stage + 1][0]
+
+
 def swarm_step(steps: Iterable[int]) -> int:
     """The swarm's global step as a joiner reads it off the peers' records: the highest one (0 with none). Why the
     highest: a record is refreshed every few seconds and a slow peer's lags, but no honest peer is ahead of the

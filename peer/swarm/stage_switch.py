@@ -7,12 +7,14 @@ deterministic function of them (``peer.growth.midrun.grow_stage``), so each peer
 itself and the peers agree after the switch as closely as they did before it (the wire codec's error).
 
 The order matters: the old optimizer is shut down first (hivemind's ``shutdown`` waits for a delayed step, so the
-state read next is the step's result, and ``withdraw_state_sharing`` stops late joiners from downloading the old
-stage's state), then the state is grown, then the next stage's optimizer is built under ``stage_prefix`` and the
-grown state loaded into it at the same global step (``apply_swarm_state``: epoch, lr schedule and state-sharing
-priority follow). Last, the peer waits (bounded) until the new progress tracker sees as many peers as the last
-round of the old stage had: a peer that is first to switch would otherwise count only its own samples and take the
-new stage's first global step alone.
+state read next is the step's result), all but its state averager when ``growth.switch_grace`` > 0: that one goes
+on serving the old stage's final state under the old keys for the grace (``peer.swarm.stage_grace``), for the
+coordinator's pre-switch checkpoint; a joiner that downloads it grows by itself at its first step. Without a grace,
+``withdraw_state_sharing`` stops late joiners from downloading the old stage's state); then the state is grown,
+then the next stage's optimizer is built under ``stage_prefix`` and the grown state loaded into it at the same
+global step (``apply_swarm_state``: epoch, lr schedule and state-sharing priority follow). Last, the peer waits
+(bounded) until the new progress tracker sees as many peers as the last round of the old stage had: a peer that is
+first to switch would otherwise count only its own samples and take the new stage's first global step alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +30,7 @@ from peer.growth.midrun import grow_stage
 from peer.modeling import PretrainingModels
 from peer.run.state_format import SwarmState, apply_swarm_state, wire_names
 from peer.swarm.shutdown import StopSignal
+from peer.swarm.stage_grace import GraceServer
 from peer.swarm.stage_keys import Stages
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 from peer.trainer.stages import loaded_sizes
@@ -77,7 +80,9 @@ class StageSwitcher:
     pair the objective reads (its modules are replaced in place, so the objective trains the grown ones);
     ``build``: the stage's optimizer; ``depth_method``: the run's ``growth.depth_method``; ``settle_timeout``: how
     long a peer waits for the others in the new stage before it trains on. ``current``: the optimizer the peer holds
-    now (None between the old one's shutdown and the new one's start), for the session to shut down at the end."""
+    now (None between the old one's shutdown and the new one's start), for the session to shut down at the end.
+    ``grace``: the run's ``growth.switch_grace``, seconds the old stage's final state stays downloadable after a
+    switch (``peer.swarm.stage_grace``; 0: none); ``close`` ends that at once, when the peer leaves."""
 
     stages: Stages
     index: int
@@ -86,6 +91,8 @@ class StageSwitcher:
     depth_method: str
     settle_timeout: float
     current: SwarmOptimizer | None = None
+    grace: float = 0.0
+    serving: list[GraceServer] = field(default_factory=list)
 
     def due(self, global_step: int) -> bool:
         """Whether the next stage starts at or before ``global_step``."""
@@ -101,7 +108,10 @@ class StageSwitcher:
         old, new = self.stages[self.index][1], self.stages[self.index + 1][1]
         before = sizes_text(self.models)
         self.current = None
-        opt.shutdown()  # waits for a delayed step; late joiners no longer download the old stage's state
+        if self.grace > 0:  # waits for a delayed step; the old stage's state stays downloadable for the grace
+            self.serving.append(GraceServer(opt.retire(), self.grace, self.index))
+        else:
+            opt.shutdown()  # waits for a delayed step; late joiners no longer download the old stage's state
         states = named_optimizer_state(opt, self.models)
         grown, grown_states = grow_stage(self.models, states, old, new, self.depth_method)
         keep_step_dtypes(grown_states, states)
@@ -123,6 +133,11 @@ class StageSwitcher:
         settle(new_opt, peers, self.settle_timeout, stop)
         logger.info("stage %d started at global step %d", self.index, new_opt.global_step)
         return new_opt
+
+    def close(self) -> None:
+        """Stops serving every old stage's final state (the peer is leaving)."""
+        for server in self.serving:
+            server.close()
 
 
 def settle(opt: SwarmOptimizer, peers: int, timeout: float, stop: StopSignal) -> int:

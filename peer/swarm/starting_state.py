@@ -23,6 +23,7 @@ from peer.run.download import download
 from peer.run.state_format import (
     SwarmState,
     apply_swarm_state,
+    read_checkpoint_stage,
     read_checkpoint_state,
     wire_names,
 )
@@ -94,6 +95,24 @@ def fallback_checkpoint(cfg: RunConfig, coordinator_url: str | None, work_dir: P
     return step0
 
 
+def stage_checkpoint(coordinator_url: str | None, stage: int, work_dir: Path) -> StartingPoint | None:
+    """The coordinator's latest checkpoint when it is one of growth ``stage`` (downloaded), else None: where a joiner
+    after a switch starts when no peer of the stage shares its state (every peer left; the coordinator's checkpoints
+    of a stage hold the stage's model). None without a coordinator, or when its latest is of another stage."""
+    from peer.modeling import load_models
+
+    if not coordinator_url:
+        return None
+    found = download_latest_checkpoint(coordinator_url, work_dir / "checkpoints")
+    if found is None:
+        return None
+    path, step = found
+    if read_checkpoint_stage(path) != stage:
+        return None
+    logger.info("starting from the coordinator's checkpoint %s (step %d) of growth stage %d", path.name, step, stage)
+    return StartingPoint(load_models(path), path)
+
+
 def starting_point(
     cfg: RunConfig, dht: hivemind.DHT, coordinator_url: str | None, init_dir: str | None, work_dir: Path, tokenizer
 ) -> StartingPoint:
@@ -118,19 +137,22 @@ def resume_swarm_state(
     stop: Stoppable,
     coordinator_url: str | None,
     work_dir: Path,
+    prefix: str | None = None,
 ) -> None:
     """Puts the swarm's state into a freshly built optimizer: the starting checkpoint's step, optimizer state and
     outer momentum; then, if peers hold state, theirs (bounded by ``load_state_timeout``, stopped by ``stop``). When
-    no peer delivers and the models were only shapes, the coordinator's latest checkpoint (else step 0) instead."""
+    no peer delivers and the models were only shapes, the coordinator's latest checkpoint (else step 0) instead.
+    ``prefix``: the hivemind prefix of the growth stage the checkpoint is in (None: the run_id, stage 0's)."""
     named = list(start.models.named_parameters())
     names = wire_names(opt, named)
+    prefix = cfg.run_id if prefix is None else prefix
     if start.checkpoint_dir is not None:
         apply_swarm_state(opt, names, checkpoint_state(start.checkpoint_dir))
-    if not peers_hold_state(dht, cfg.run_id, exclude=opt.opt.state_averager.peer_id.to_bytes()):
+    if not peers_hold_state(dht, prefix, exclude=opt.opt.state_averager.peer_id.to_bytes()):
         return
     timeout = cfg.swarm.load_state_timeout
     with waiting_bar("state from peers", timeout):
-        pulled = pull_state_from_peers(opt, named, dht, cfg.run_id, timeout, stop)
+        pulled = pull_state_from_peers(opt, named, dht, prefix, timeout, stop)
     if pulled or stop.is_set():
         return
     if start.checkpoint_dir is not None:

@@ -232,17 +232,21 @@ def load_state_from_swarm(
     models: PretrainingModels,
     timeout: float,
     stop: Stoppable | None = None,
+    prefix: str | None = None,
 ) -> SwarmState | None:
     """Downloads the swarm's current state: its parameters are copied into ``models`` and referenced by the result,
     which also holds the optimizer state and outer momentum by parameter name. None if no peer answered within
     ``timeout`` or ``stop`` was set. Runs as a client-mode averager: it serves nothing and joins no round.
+    ``prefix``: the hivemind prefix of the growth stage whose state it is (``peer.swarm.stage_keys``; None: the
+    run_id, stage 0's); ``models`` must have that stage's shapes.
 
     The peers' optimizer is the run's recipe (``run_optimizer_factories``): it fixes both the wire order of the
     parameters and the layout of the optimizer state."""
     named = list(models.named_parameters())
     order, structure = optimizer_layout([p for _, p in named], cfg)
     names = [named[i][0] for i in order]
-    averager = start_download_client(dht, cfg.run_id + STATE_AVERAGER_SUFFIX, min(timeout, CLIENT_START_TIMEOUT))
+    prefix = cfg.run_id if prefix is None else prefix
+    averager = start_download_client(dht, prefix + STATE_AVERAGER_SUFFIX, min(timeout, CLIENT_START_TIMEOUT))
     if averager is None:
         return None
     try:
@@ -269,8 +273,8 @@ def load_state_from_swarm(
 def wait_for_stage_state(dht: hivemind.DHT, prefix: str, stage: int, timeout: float, stop: Stoppable) -> None:
     """Waits until a peer of growth stage ``stage`` (hivemind prefix ``prefix``) declares state to share; UserError in
     one line if none does within ``timeout`` s. Why wait: a joiner that read a step past the switch may arrive while
-    the peers are still growing; and why fail rather than fall back: the coordinator's checkpoints and step 0 hold
-    the first stage's model (a stage-aware checkpoint is the coordinator's part of mid-run growth)."""
+    the peers are still growing; and why fail rather than fall back: step 0 holds the first stage's model, and the
+    session asked the coordinator for a checkpoint of the stage before it waits here."""
     deadline = time.monotonic() + timeout
     while not peers_hold_state(dht, prefix):
         if _stopped(stop, 1.0):

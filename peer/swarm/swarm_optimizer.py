@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import hivemind
+from hivemind.averaging.control import AveragingStage
 from hivemind.utils import get_dht_time
 
 from peer.swarm.bans import BanBook
@@ -185,6 +186,32 @@ class SwarmOptimizer:
     def round_outcomes(self) -> list[RoundOutcomes]:
         """Outcomes of the all-reduce rounds finished since the last call (empty with robust averaging off)."""
         return self.outcomes.drain() if self.outcomes is not None else []
+
+    def retire(self):
+        """Shuts down everything of this optimizer but its state averager, which goes on serving the state it holds
+        now to downloaders, and returns that averager (the caller withdraws and shuts it down later).
+
+        Why: at a growth switch the old stage's final state must stay downloadable for a while, so that the
+        coordinator can pull it as the last checkpoint before the switch (``peer.swarm.stage_grace``). The steps
+        are hivemind 1.1's ``Optimizer.shutdown`` without its ``state_averager.shutdown()``."""
+        if self.background is not None:
+            self.background.cancel()
+        hopt = self.opt
+        if hopt.grad_averager is not None:
+            withdraw_state_sharing(hopt.grad_averager)
+        hopt.tracker.shutdown(hopt.shutdown_timeout)
+        hopt.state_averager.step(wait_for_delayed_updates=True)
+        for scheduled_round in hopt.scheduled_grads, hopt.scheduled_state:
+            if scheduled_round is not None:
+                if scheduled_round.stage == AveragingStage.LOOKING_FOR_GROUP:
+                    scheduled_round.cancel()
+                else:
+                    hopt._tag_along_with_zero_weight(scheduled_round)
+        if hopt.use_gradient_averaging:
+            hopt.grad_averager.shutdown()
+        if self.outcomes is not None:
+            self.outcomes.close()
+        return hopt.state_averager
 
     def shutdown(self) -> None:
         if self.background is not None:

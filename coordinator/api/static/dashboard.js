@@ -9,6 +9,8 @@ const CHART_HEIGHT = 180;
 // between: the charts break the line there instead of drawing a straight one across a time with no data.
 const GAP_FACTOR = 3;
 const $ = (id) => document.getElementById(id);
+// A growth switch (the run's model grew at a global step, growth.schedule): a dashed vertical line on every chart.
+const SWITCH_COLOR = "#ae3ec9";
 
 function fmtInt(x) { return x == null ? "–" : Math.round(x).toLocaleString("en-US"); }
 function fmtNum(x, digits) { return x == null || !isFinite(x) ? "–" : Number(x).toFixed(digits); }
@@ -62,6 +64,42 @@ function chartColumns(history, keys) {
   return cols;
 }
 
+// The growth switches in the history: the first point of each later stage, as {time, step, stage}. One history runs
+// across stages (each point carries its stage), so a switch is where the stage goes up.
+function stageSwitches(history) {
+  const found = [];
+  history.forEach((h, i) => {
+    if (i && (h.stage || 0) > (history[i - 1].stage || 0)) found.push({ time: h.time, step: h.step, stage: h.stage });
+  });
+  return found;
+}
+
+// A uPlot plugin that draws ``u.switches`` ([{at, stage}], ``at`` on the chart's x scale) as dashed vertical lines
+// labelled with the stage they start; switches outside the x range are not drawn.
+const switchMarkers = { hooks: { draw: [(u) => {
+  const marks = u.switches || [];
+  if (!marks.length) return;
+  const { ctx, bbox } = u;
+  ctx.save();
+  ctx.strokeStyle = SWITCH_COLOR; ctx.fillStyle = SWITCH_COLOR;
+  ctx.lineWidth = 2; ctx.setLineDash([6, 4]); ctx.font = "11px sans-serif";
+  ctx.textAlign = "left"; ctx.textBaseline = "top";  // uPlot leaves its axes' alignment set on the context
+  for (const m of marks) {
+    const x = Math.round(u.valToPos(m.at, "x", true));
+    if (!(x >= bbox.left && x <= bbox.left + bbox.width)) continue;
+    ctx.beginPath(); ctx.moveTo(x, bbox.top); ctx.lineTo(x, bbox.top + bbox.height); ctx.stroke();
+    ctx.fillText(`stage ${m.stage}`, x + 4, bbox.top + 2);
+  }
+  ctx.restore();
+}] } };
+
+// Gives a chart its switch markers and says them on its host (what is drawn, for a reader of the page and its tests).
+function setSwitches(host, chart, marks) {
+  chart.switches = marks;
+  host.dataset.switches = marks.map((m) => m.at).join(" ");
+  host.dataset.switchColor = SWITCH_COLOR;
+}
+
 const CHART_SPECS = [
   { id: "loss-chart", key: "loss", label: "loss", digits: 3 },
   { id: "sps-chart", key: "samples_per_second", label: "samples/s", digits: 1, zero: true },
@@ -79,6 +117,7 @@ function makeChart(host, spec) {
     width: host.clientWidth,
     height: CHART_HEIGHT,
     cursor: { drag: { x: false, y: false } },  // no zoom: the next refresh would undo it
+    plugins: [switchMarkers],
     scales: { x: { time: true }, y },
     axes: [{ grid: { stroke: "#e9ecef" } }, axis],
     series: [
@@ -91,13 +130,18 @@ function makeChart(host, spec) {
   return chart;
 }
 
+// Draws the history on the time charts; returns its growth switches (for the scores chart, which is over steps).
 function renderHistory(charts, history) {
   const cols = chartColumns(history, CHART_SPECS.map((s) => s.key));
+  const switches = stageSwitches(history);
+  const marks = switches.map((s) => ({ at: s.time, stage: s.stage }));
   CHART_SPECS.forEach((spec, j) => {
     const host = $(spec.id);
     host.classList.toggle("no-data", !cols[j + 1].some((v) => v != null));
+    setSwitches(host, charts[j], marks);
     charts[j].setData([cols[0], cols[j + 1]]);
   });
+  return switches;
 }
 
 // The background evaluation's scores: one line per downstream task (its headline metric) of the checkpoints over
@@ -128,6 +172,7 @@ function makeScoreChart(host, keys) {
     width: host.clientWidth,
     height: CHART_HEIGHT,
     cursor: { drag: { x: false, y: false } },
+    plugins: [switchMarkers],
     scales: { x: { time: false }, y: { auto: true } },
     axes: [{ values: (u, splits) => splits.map(fmtAxis), grid: { stroke: "#e9ecef" } }, axis],
     series: [
@@ -139,7 +184,7 @@ function makeScoreChart(host, keys) {
   return chart;
 }
 
-function renderScores(state, evaluations) {
+function renderScores(state, evaluations, switches) {
   const host = $("scores-chart");
   const { keys, cols } = scoreColumns(evaluations);
   if (!state.chart || state.keys !== keys.join("|")) {
@@ -154,6 +199,7 @@ function renderScores(state, evaluations) {
   }
   host.classList.toggle("no-data", cols[0].length === 0);
   host.dataset.steps = cols[0].join(" ");  // what is drawn, for a reader of the page's source (and its tests)
+  setSwitches(host, state.chart, switches.map((s) => ({ at: s.step, stage: s.stage })));
   state.chart.setData(cols);
 }
 
@@ -244,7 +290,10 @@ function renderCheckpoints(ckpts) {
   const body = $("checkpoints").tBodies[0];
   body.replaceChildren(...ckpts.slice().reverse().map((c) => {
     const tr = el("tr");
-    tr.append(el("td", c.name), el("td", fmtInt(c.step), "num"), el("td", fmtWhen(c.created)));
+    // a checkpoint of a later growth stage says so beside its step (before and after a switch share the step)
+    const step = c.stage ? `${fmtInt(c.step)} · stage ${c.stage}` : fmtInt(c.step);
+    tr.dataset.stage = String(c.stage || 0);
+    tr.append(el("td", c.name), el("td", step, "num"), el("td", fmtWhen(c.created)));
     tr.append(el("td", fmtBytes(c.files.reduce((s, f) => s + f.size, 0)), "num"), scoresCell(c.evaluation));
     const files = el("details"), list = el("ul", null, "files");
     files.append(el("summary", `${c.files.length} files`), list);
@@ -271,8 +320,8 @@ async function refresh(charts, scores) {
   try {
     const [run, p, h, peers, ck, ev] = await Promise.all(["/api/v1/run", "/api/v1/progress", "/api/v1/history",
       "/api/v1/peers", "/api/v1/checkpoints", "/api/v1/evaluations"].map(getJSON));
-    renderRun(run); renderProgress(p); renderHistory(charts, h.history); renderPeers(peers.peers);
-    renderCheckpoints(ck.checkpoints); renderScores(scores, ev.evaluations);
+    renderRun(run); renderProgress(p); const switches = renderHistory(charts, h.history); renderPeers(peers.peers);
+    renderCheckpoints(ck.checkpoints); renderScores(scores, ev.evaluations, switches);
     $("status").textContent = "live";
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   } catch (e) {

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/warmswarm/v1/coordinator.proto\x12\x0cwarmswarm.v1\"\x14\n\x12GetProgressRequest\"\xc0\x01\n\x08Progress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x13\n\x0b\x61live_peers\x18\x03 \x01(\x05\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rsamples_total\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x0f\n\x07updated\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\"\x12\n\x10ListPeersRequest\"\xae\x01\n\x04Peer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rsamples_total\x18\x03 \x01(\x03\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x16\n\x0eseconds_online\x18\x05 \x01(\x01\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x0c\n\x04step\x18\x07 \x01(\x03\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\r\n\x05\x61live\x18\t \x01(\x08\"6\n\x11ListPeersResponse\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.warmswarm.v1.Peer\"\x18\n\x16ListCheckpointsRequest\",\n\x06\x44igest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"?\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12$\n\x06\x64igest\x18\x02 \x01(\x0b\x32\x14.warmswarm.v1.Digest\"\xb4\x01\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12&\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x17.warmswarm.v1.FileEntry\x12,\n\nevaluation\x18\x05 \x01(\x0b\x32\x18.warmswarm.v1.Evaluation\x12%\n\x07\x65xports\x18\x06 \x03(\x0b\x32\x14.warmswarm.v1.Export\"O\n\x06\x45xport\x12\x0c\n\x04\x66orm\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x01\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.warmswarm.v1.FileEntry\"F\n\x17ListCheckpointsResponse\x12+\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x16.warmswarm.v1.Manifest\"0\n\x12GetManifestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66orm\x18\x02 \x01(\t\"`\n\x0f\x44ownloadRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0c\n\x04\x66orm\x18\x05 \x01(\t\"-\n\rDownloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"~\n\x05Score\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\n\n\x02sd\x18\x05 \x01(\x01\x12\r\n\x05seeds\x18\x06 \x03(\x03\x12\x0e\n\x06scores\x18\x07 \x03(\x01\x12\x10\n\x08headline\x18\x08 \x01(\x08\"\x93\x01\n\nEvaluation\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12#\n\x06scores\x18\x07 \x03(\x0b\x32\x13.warmswarm.v1.Score\"\x18\n\x16ListEvaluationsRequest\"H\n\x17ListEvaluationsResponse\x12-\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x18.warmswarm.v1.Evaluation2\xf7\x03\n\x0b\x43oordinator\x12G\n\x0bGetProgress\x12 .warmswarm.v1.GetProgressRequest\x1a\x16.warmswarm.v1.Progress\x12L\n\tListPeers\x12\x1e.warmswarm.v1.ListPeersRequest\x1a\x1f.warmswarm.v1.ListPeersResponse\x12^\n\x0fListCheckpoints\x12$.warmswarm.v1.ListCheckpointsRequest\x1a%.warmswarm.v1.ListCheckpointsResponse\x12G\n\x0bGetManifest\x12 .warmswarm.v1.GetManifestRequest\x1a\x16.warmswarm.v1.Manifest\x12H\n\x08\x44ownload\x12\x1d.warmswarm.v1.DownloadRequest\x1a\x1b.warmswarm.v1.DownloadChunk0\x01\x12^\n\x0fListEvaluations\x12$.warmswarm.v1.ListEvaluationsRequest\x1a%.warmswarm.v1.ListEvaluationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/warmswarm/v1/coordinator.proto\x12\x0cwarmswarm.v1\"\x14\n\x12GetProgressRequest\"\xc0\x01\n\x08Progress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x13\n\x0b\x61live_peers\x18\x03 \x01(\x05\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x15\n\rsamples_total\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x0f\n\x07updated\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12\x13\n\x0btotal_steps\x18\t \x01(\x03\"\x12\n\x10ListPeersRequest\"\xae\x01\n\x04Peer\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rsamples_total\x18\x03 \x01(\x03\x12\x1a\n\x12samples_per_second\x18\x04 \x01(\x01\x12\x16\n\x0eseconds_online\x18\x05 \x01(\x01\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x0c\n\x04step\x18\x07 \x01(\x03\x12\x0c\n\x04loss\x18\x08 \x01(\x01\x12\r\n\x05\x61live\x18\t \x01(\x08\"6\n\x11ListPeersResponse\x12!\n\x05peers\x18\x01 \x03(\x0b\x32\x12.warmswarm.v1.Peer\"\x18\n\x16ListCheckpointsRequest\",\n\x06\x44igest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"?\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12$\n\x06\x64igest\x18\x02 \x01(\x0b\x32\x14.warmswarm.v1.Digest\"\xc3\x01\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12&\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x17.warmswarm.v1.FileEntry\x12,\n\nevaluation\x18\x05 \x01(\x0b\x32\x18.warmswarm.v1.Evaluation\x12%\n\x07\x65xports\x18\x06 \x03(\x0b\x32\x14.warmswarm.v1.Export\x12\r\n\x05stage\x18\x07 \x01(\x05\"O\n\x06\x45xport\x12\x0c\n\x04\x66orm\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x01\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.warmswarm.v1.FileEntry\"F\n\x17ListCheckpointsResponse\x12+\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x16.warmswarm.v1.Manifest\"0\n\x12GetManifestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66orm\x18\x02 \x01(\t\"`\n\x0f\x44ownloadRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x0c\n\x04\x66orm\x18\x05 \x01(\t\"-\n\rDownloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"~\n\x05Score\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\n\n\x02sd\x18\x05 \x01(\x01\x12\r\n\x05seeds\x18\x06 \x03(\x03\x12\x0e\n\x06scores\x18\x07 \x03(\x01\x12\x10\n\x08headline\x18\x08 \x01(\x08\"\x93\x01\n\nEvaluation\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12#\n\x06scores\x18\x07 \x03(\x0b\x32\x13.warmswarm.v1.Score\"\x18\n\x16ListEvaluationsRequest\"H\n\x17ListEvaluationsResponse\x12-\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x18.warmswarm.v1.Evaluation2\xf7\x03\n\x0b\x43oordinator\x12G\n\x0bGetProgress\x12 .warmswarm.v1.GetProgressRequest\x1a\x16.warmswarm.v1.Progress\x12L\n\tListPeers\x12\x1e.warmswarm.v1.ListPeersRequest\x1a\x1f.warmswarm.v1.ListPeersResponse\x12^\n\x0fListCheckpoints\x12$.warmswarm.v1.ListCheckpointsRequest\x1a%.warmswarm.v1.ListCheckpointsResponse\x12G\n\x0bGetManifest\x12 .warmswarm.v1.GetManifestRequest\x1a\x16.warmswarm.v1.Manifest\x12H\n\x08\x44ownload\x12\x1d.warmswarm.v1.DownloadRequest\x1a\x1b.warmswarm.v1.DownloadChunk0\x01\x12^\n\x0fListEvaluations\x12$.warmswarm.v1.ListEvaluationsRequest\x1a%.warmswarm.v1.ListEvaluationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILEENTRY']._serialized_start=597
   _globals['_FILEENTRY']._serialized_end=660
   _globals['_MANIFEST']._serialized_start=663
-  _globals['_MANIFEST']._serialized_end=843
-  _globals['_EXPORT']._serialized_start=845
-  _globals['_EXPORT']._serialized_end=924
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=926
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=996
-  _globals['_GETMANIFESTREQUEST']._serialized_start=998
-  _globals['_GETMANIFESTREQUEST']._serialized_end=1046
-  _globals['_DOWNLOADREQUEST']._serialized_start=1048
-  _globals['_DOWNLOADREQUEST']._serialized_end=1144
-  _globals['_DOWNLOADCHUNK']._serialized_start=1146
-  _globals['_DOWNLOADCHUNK']._serialized_end=1191
-  _globals['_SCORE']._serialized_start=1193
-  _globals['_SCORE']._serialized_end=1319
-  _globals['_EVALUATION']._serialized_start=1322
-  _globals['_EVALUATION']._serialized_end=1469
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1471
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1495
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1497
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1569
-  _globals['_COORDINATOR']._serialized_start=1572
-  _globals['_COORDINATOR']._serialized_end=2075
+  _globals['_MANIFEST']._serialized_end=858
+  _globals['_EXPORT']._serialized_start=860
+  _globals['_EXPORT']._serialized_end=939
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=941
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1011
+  _globals['_GETMANIFESTREQUEST']._serialized_start=1013
+  _globals['_GETMANIFESTREQUEST']._serialized_end=1061
+  _globals['_DOWNLOADREQUEST']._serialized_start=1063
+  _globals['_DOWNLOADREQUEST']._serialized_end=1159
+  _globals['_DOWNLOADCHUNK']._serialized_start=1161
+  _globals['_DOWNLOADCHUNK']._serialized_end=1206
+  _globals['_SCORE']._serialized_start=1208
+  _globals['_SCORE']._serialized_end=1334
+  _globals['_EVALUATION']._serialized_start=1337
+  _globals['_EVALUATION']._serialized_end=1484
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=1486
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1510
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1512
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1584
+  _globals['_COORDINATOR']._serialized_start=1587
+  _globals['_COORDINATOR']._serialized_end=2090
 # @@protoc_insertion_point(module_scope)

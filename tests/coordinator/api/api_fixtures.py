@@ -15,8 +15,9 @@ RUN_ID = "api-test-run"
 T0 = 1_700_000_000.0
 
 
-def write_checkpoint(root: Path, step: int, files: dict[str, bytes], manifest: bool = True) -> Path:
-    """Lays out ``ckpt-<step>/`` with ``files`` and (unless told not to) a manifest written last."""
+def write_checkpoint(root: Path, step: int, files: dict[str, bytes], manifest: bool = True, stage: int = 0) -> Path:
+    """Lays out ``ckpt-<step>/`` with ``files`` and (unless told not to) a manifest written last; ``stage``: the
+    growth stage it says (left out at 0, as a manifest from before stages)."""
     d = root / f"ckpt-{step:06d}"
     for rel, data in files.items():
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +25,8 @@ def write_checkpoint(root: Path, step: int, files: dict[str, bytes], manifest: b
     if manifest:
         entries = [{"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                    for rel, data in sorted(files.items())]  # fmt: skip
-        (d / "manifest.json").write_text(json.dumps({"files": entries, "step": step}))
+        header = {"files": entries, "step": step} | ({"stage": stage} if stage else {})
+        (d / "manifest.json").write_text(json.dumps(header))
     return d
 
 
@@ -167,3 +169,25 @@ def populate_evaluations(store: Store, checkpoints_dir: Path) -> None:
         store.record_evaluation(name, step, report_scores(report, name, step), report.seconds)
     evaluation_report(60, 0.5).to_json(checkpoints_dir / "ckpt-000060" / EVALUATION_FILE)
     store.record_evaluation_failure("ckpt-000120", 120, "killed by SIGKILL")
+
+
+# The growing run: a history of GROWING_POINTS samples whose stage goes from 0 to 1 at point GROWING_SWITCH (global
+# step 2 x that), and checkpoints on both sides of the switch, evaluated.
+GROWING_POINTS = 90
+GROWING_SWITCH = 45
+GROWING_CHECKPOINTS = ((40, 0), (2 * GROWING_SWITCH, 0), (150, 1))  # (step, stage): the last one before, one after
+
+
+def growing_history_times(now: float) -> list[float]:
+    return [now - (GROWING_POINTS - i) * SAMPLE_SECONDS for i in range(GROWING_POINTS)]
+
+
+def populate_growing_store(store: Store, now: float) -> None:
+    """Two volunteers training across a growth switch: one history, each point with its stage."""
+    times = growing_history_times(now)
+    store.open_run(RUN_ID, {"run_id": RUN_ID}, total_steps=1000, now=times[0] - 5)
+    for i, t in enumerate(times):
+        for p in range(2):
+            store.observe_peer(PeerObservation(f"{p:02x}" * 32, f"peer-{p}", 2 * i, 64 * (i + 1), None, 3.0, t))
+        stage = 1 if i >= GROWING_SWITCH else 0
+        store.record_progress(2 * i, 2, 12.8, 3.0 - i / 100 + 0.05 * math.sin(i), now=t, stage=stage)

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from api_fixtures import (
+    GROWING_CHECKPOINTS,
     RUN_ID,
     checkpoint_payload,
     evaluation_report,
     export_payload,
     populate_crowded_store,
     populate_evaluations,
+    populate_growing_store,
     populate_store,
     write_checkpoint,
     write_crowded_checkpoints,
@@ -131,6 +133,40 @@ def crowded(tmp_path: Path) -> Iterator[CrowdedCoordinator]:
     http = start_http_server(create_http_app(store, root, info), "127.0.0.1", 0)
     try:
         yield CrowdedCoordinator(store, root, http, now)
+    finally:
+        http.stop()
+        store.close()
+
+
+@dataclass
+class GrowingCoordinator:
+    """An HTTP-only coordinator of a run that grew mid-run (``populate_growing_store``)."""
+
+    store: Store
+    http: HttpServer
+    now: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.port}"
+
+
+@pytest.fixture
+def growing(tmp_path: Path) -> Iterator[GrowingCoordinator]:
+    import time
+
+    now = time.time()
+    store = Store(tmp_path / "growing" / "coordinator.db", alive_window=60.0)
+    populate_growing_store(store, now)
+    root = tmp_path / "growing" / "checkpoints"
+    for i, (step, stage) in enumerate(GROWING_CHECKPOINTS):
+        ckpt = write_checkpoint(root, step, checkpoint_payload(step, big_bytes=1024), stage=stage)
+        report = evaluation_report(step, i / 2)
+        store.record_evaluation(ckpt.name, step, report_scores(report, ckpt.name, step), report.seconds)
+    info = RunInfo(RUN_ID, {"run_id": RUN_ID}, ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"], JOIN_COMMAND)
+    http = start_http_server(create_http_app(store, root, info), "127.0.0.1", 0)
+    try:
+        yield GrowingCoordinator(store, http, now)
     finally:
         http.stop()
         store.close()

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from api_fixtures import crowded_history_times
+from api_fixtures import GROWING_SWITCH, crowded_history_times, growing_history_times
 from system_tools import require_module
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,6 +50,9 @@ COLOR_PIXELS = """([id, hex]) => {
   }
   return n;
 }"""
+
+# Counts, per device-pixel column of a chart's canvas, the pixels of the growth switch marker's colour.
+SWITCH_COLUMNS = LINE_COLUMNS.replace("host.dataset.color", "host.dataset.switchColor")
 
 # The device-pixel column of each unix time on a chart: uPlot's plotting area is its .u-over element, and its x
 # scale spans the history's first to last time.
@@ -289,3 +292,36 @@ def test_a_fresh_run_shows_empty_charts_and_no_eta(tmp_path, open_page):
     finally:
         http.stop()
         store.close()
+
+
+def test_every_chart_marks_the_growth_switch(growing, coordinator, open_page):
+    """A run that grew mid-run: each time chart draws a dashed vertical line at the time of the history's first
+    point in the new stage, the scores chart one at its step, and the checkpoints table says the new stage. A run
+    that never switched draws no marker."""
+    page = open_page(1400)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    load(page, growing.url)
+    times = growing_history_times(growing.now)
+    switch = times[GROWING_SWITCH]
+    for chart in CHARTS:
+        assert float(page.get_attribute(f"#{chart}", "data-switches")) == pytest.approx(switch, abs=1e-3)
+        cols = page.evaluate(SWITCH_COLUMNS, chart)
+        (at,) = page.evaluate(TIME_TO_COLUMN, [chart, times[0], times[-1], [switch]])
+        near = cols[at - 2 : at + 3]
+        assert max(near) >= 40, (chart, near)  # a dashed line over most of the plot's height
+        # nothing of the marker's colour elsewhere but its label, just right of the line
+        assert sum(cols[: at - 2]) == 0 and sum(cols[at + 80 :]) == 0, chart
+    assert page.get_attribute("#scores-chart", "data-switches") == str(2 * GROWING_SWITCH)
+    assert max(page.evaluate(SWITCH_COLUMNS, "scores-chart")) >= 40
+    stages = {r.locator("td").first.text_content(): r.get_attribute("data-stage")
+              for r in page.locator("#checkpoints tbody tr").all()}  # fmt: skip
+    assert stages == {"ckpt-000040": "0", "ckpt-000090": "0", "ckpt-000150": "1"}
+    assert "stage 1" in page.locator("#checkpoints tbody tr").first.text_content()  # newest first
+
+    plain = open_page(1400)
+    load(plain, coordinator.url)
+    for chart in (*CHARTS, "scores-chart"):
+        assert plain.get_attribute(f"#{chart}", "data-switches") == ""
+        assert sum(plain.evaluate(SWITCH_COLUMNS, chart)) == 0, chart
+    assert not errors, errors

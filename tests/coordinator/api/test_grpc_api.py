@@ -60,8 +60,8 @@ def test_evaluations_match_the_json_api_and_ride_on_each_checkpoint(coordinator,
 
 
 def test_an_old_client_reads_the_new_checkpoint_listing(coordinator, channel):
-    """A client built before evaluations and exports (a Manifest without fields 5 and 6) still parses
-    ListCheckpoints: proto3 keeps the unknown fields aside."""
+    """A client built before evaluations, exports and growth stages (a Manifest without fields 5, 6 and 7) still
+    parses ListCheckpoints: proto3 keeps the unknown fields aside."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     file = descriptor_pb2.FileDescriptorProto()
@@ -69,7 +69,7 @@ def test_an_old_client_reads_the_new_checkpoint_listing(coordinator, channel):
     file.name = "old_coordinator.proto"  # in a pool of its own: the same package, the old Manifest
     manifest = next(m for m in file.message_type if m.name == "Manifest")
     for i in reversed(range(len(manifest.field))):
-        if manifest.field[i].name in ("evaluation", "exports"):
+        if manifest.field[i].name in ("evaluation", "exports", "stage"):
             del manifest.field[i]
     assert [f.name for f in manifest.field] == ["name", "step", "created", "files"]
     keep = {"Manifest", "ListCheckpointsResponse", "Digest", "FileEntry"}
@@ -127,3 +127,20 @@ def test_health_and_reflection(channel):
     [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
     assert {"warmswarm.v1.Coordinator", "grpc.health.v1.Health"} <= names
+
+
+def test_each_checkpoint_says_its_growth_stage_in_grpc_and_json(coordinator, channel):
+    """A checkpoint taken after a growth switch says stage 1 wherever checkpoints are listed; older ones (manifests
+    from before stages) say 0."""
+    import httpx
+    from api_fixtures import checkpoint_payload, write_checkpoint
+
+    from peer.run.coordinator_client import CheckpointsAnswer
+
+    write_checkpoint(coordinator.checkpoints_dir, 300, checkpoint_payload(300, big_bytes=1024), stage=1)
+    stub = pb_grpc.CoordinatorStub(channel)
+    listed = stub.ListCheckpoints(pb.ListCheckpointsRequest(), timeout=10).checkpoints
+    assert [(c.name, c.stage) for c in listed] == [("ckpt-000060", 0), ("ckpt-000120", 0), ("ckpt-000300", 1)]
+    assert stub.GetManifest(pb.GetManifestRequest(name="latest"), timeout=10).stage == 1
+    answer = httpx.get(f"{coordinator.url}/api/v1/checkpoints", timeout=10).raise_for_status().json()
+    assert [c.stage for c in CheckpointsAnswer.model_validate(answer).checkpoints] == [0, 0, 1]

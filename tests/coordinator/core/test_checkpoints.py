@@ -263,3 +263,32 @@ def test_a_resumable_checkpoint_loads_in_plain_transformers_and_its_manifest_cov
     (d / OPTIMIZER_FILE).write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpoint, match=OPTIMIZER_FILE):
         verify_checkpoint(d)
+
+
+def test_keep_last_keeps_the_last_checkpoint_before_each_growth_switch(tmp_path):
+    """Each checkpoint says its growth stage (manifest, training_state.json, the store); pruning keeps the newest
+    checkpoint of every earlier stage, the state before a switch, which no later checkpoint can give back."""
+    from peer.run.checkpoint_manifest import read_manifest
+
+    store = Store(tmp_path / "c.db")
+    store.open_run("r", {})
+    ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=2)
+    for step, stage in ((0, 0), (2, 0), (3, 0), (5, 1), (7, 1), (9, 1)):
+        ckpts.save(step, _write_blobs(1, 64, step), {"samples": 0, "run_id": "r", "stage": stage}, store=store)
+    assert [(c.name, c.stage) for c in store.checkpoints()] == [
+        ("ckpt-000003", 0),
+        ("ckpt-000007", 1),
+        ("ckpt-000009", 1),
+    ]
+    assert [(r.name, r.stage) for r in ckpts.list()] == [(c.name, c.stage) for c in store.checkpoints()]
+    for name, stage in (("ckpt-000003", 0), ("ckpt-000009", 1)):
+        d = ckpts.path(name)
+        assert json.loads((d / MANIFEST).read_text())["stage"] == stage == verify_checkpoint(d).stage
+        assert json.loads((d / TRAINING_STATE_FILE).read_text())["stage"] == stage
+    # a manifest from before stages is stage 0
+    d = ckpts.path("ckpt-000003")
+    old = json.loads((d / MANIFEST).read_text())
+    del old["stage"]
+    (d / MANIFEST).write_text(json.dumps(old))
+    assert read_manifest(d).stage == 0
+    store.close()

@@ -93,16 +93,44 @@ def test_a_version_1_file_gains_the_evaluation_tables_and_keeps_its_history(tmp_
         store.open_run("r", {"run_id": "r"})
         store.record_progress(5, 1, 2.0, 3.0, now=100.0)
         store.record_checkpoint(CheckpointRow("ckpt-000005", 5, 100.0))
-    db = sqlite3.connect(path)  # as schema 1 left it: no evaluation tables, version 1
+    db = sqlite3.connect(path)  # as schema 1 left it: no evaluation tables, no stages, version 1
     with db:
         db.execute("DROP TABLE evaluations")
         db.execute("DROP TABLE evaluation_attempts")
+        db.execute("ALTER TABLE history DROP COLUMN stage")
+        db.execute("ALTER TABLE checkpoints DROP COLUMN stage")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.close()
     with Store(path) as store:
-        assert stored_version(store._db) == SCHEMA_VERSION == 2
+        assert stored_version(store._db) == SCHEMA_VERSION == 3
         assert [c.name for c in store.checkpoints()] == ["ckpt-000005"] and store.progress().global_step == 5
         assert store.evaluations() == [] and store.evaluation_attempts() == {}
         score = EvaluationScore("ckpt-000005", 5, "checkpoint", "lee", "spearman", 0.5, 0.1, [0, 1], [0.4, 0.6])
         store.record_evaluation("ckpt-000005", 5, [score], seconds=3.0)
         assert store.evaluations() == [score]
+
+
+def test_a_version_2_file_gains_the_growth_stages_and_keeps_its_history(tmp_path):
+    """A data dir from before growth stages (schema 2) opens with its history and checkpoints as stage 0, and records
+    the stages of later points and checkpoints."""
+    from coordinator.store import CheckpointRow
+
+    path = tmp_path / "v2.sqlite"
+    with Store(path) as store:
+        store.open_run("r", {"run_id": "r"})
+        store.record_progress(5, 1, 2.0, 3.0, now=100.0)
+        store.record_checkpoint(CheckpointRow("ckpt-000005", 5, 100.0))
+    db = sqlite3.connect(path)  # as schema 2 left it: no stage columns
+    with db:
+        db.execute("ALTER TABLE history DROP COLUMN stage")
+        db.execute("ALTER TABLE checkpoints DROP COLUMN stage")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+    with Store(path) as store:
+        assert stored_version(store._db) == SCHEMA_VERSION == 3
+        assert [(h.step, h.stage) for h in store.history()] == [(5, 0)]
+        assert [(c.name, c.stage) for c in store.checkpoints()] == [("ckpt-000005", 0)]
+        store.record_progress(7, 1, 2.0, 3.0, now=110.0, stage=1)
+        store.record_checkpoint(CheckpointRow("ckpt-000007", 7, 110.0, stage=1))
+        assert [(h.step, h.stage) for h in store.history()] == [(5, 0), (7, 1)]
+        assert [(c.name, c.stage) for c in store.checkpoints()] == [("ckpt-000005", 0), ("ckpt-000007", 1)]
