@@ -30,6 +30,7 @@ from peer.growth.midrun import grow_stage
 from peer.modeling import PretrainingModels
 from peer.run.state_format import SwarmState, apply_swarm_state, wire_names
 from peer.swarm.shutdown import StopSignal
+from peer.swarm.stage_fit import Memory, check_next_stage_fits, measured_memory
 from peer.swarm.stage_grace import GraceServer
 from peer.swarm.stage_keys import Stages
 from peer.swarm.swarm_optimizer import SwarmOptimizer
@@ -93,6 +94,7 @@ class StageSwitcher:
     current: SwarmOptimizer | None = None
     grace: float = 0.0
     serving: list[GraceServer] = field(default_factory=list)
+    measure: Callable[[torch.device], Memory] = measured_memory  # tests fake a small device with it
 
     def due(self, global_step: int) -> bool:
         """Whether the next stage starts at or before ``global_step``."""
@@ -106,6 +108,8 @@ class StageSwitcher:
         holding the grown state at the same step; ``opt`` is shut down."""
         step, peers = opt.global_step, max(1, opt.peers_in_last_round())
         old, new = self.stages[self.index][1], self.stages[self.index + 1][1]
+        # before anything is shut down or grown: a peer that cannot hold the next stage leaves with one line
+        check_next_stage_fits(self.models, new, self.index + 1, self.params()[0].device, self.measure)
         before = sizes_text(self.models)
         self.current = None
         if self.grace > 0:  # waits for a delayed step; the old stage's state stays downloadable for the grace

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from peer.config import GrowthStage, ModelSpec, PeerSettings, RunConfig, StageModel, SwarmSpec, model_stages
+from peer.errors import UserError
 from peer.growth.midrun import grow_stage, pair_state
 from peer.modeling import build_models
 from peer.objectives import build_objective
@@ -21,6 +22,7 @@ from peer.swarm.dht import start_dht
 from peer.swarm.loop import LoopOptions, LoopParts, train_loop
 from peer.swarm.metrics import fetch_metrics, make_validators
 from peer.swarm.shutdown import StopSignal
+from peer.swarm.stage_fit import Memory
 from peer.swarm.stage_keys import stage_prefix
 from peer.swarm.stage_switch import StageSwitcher, named_optimizer_state
 from peer.trainer import param_groups
@@ -101,4 +103,40 @@ def test_one_peer_switches_at_the_stage_step_with_the_loss_and_the_grown_adam_st
     finally:
         if switcher.current is not None:
             switcher.current.shutdown()
+        dht.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_a_peer_whose_device_cannot_hold_the_next_stage_leaves_with_one_line_before_it_grows():
+    cfg = run_config()
+    torch.manual_seed(1234)
+    models = build_models(cfg.model, VOCAB, seed=0)
+    objective = build_objective(cfg, models)
+    signing = make_validators(RUN)
+    dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
+    spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0, averaging_timeout=5.0, compression="none")
+
+    def build(stage: int, params: list):
+        return build_swarm_optimizer(
+            dht, stage_prefix(RUN, stage), spec, param_groups(params, cfg.train.weight_decay),
+            *run_optimizer_factories(cfg), batch_size=4,
+        )  # fmt: skip
+
+    def small_device(device: torch.device) -> Memory:  # this stage took 1 GiB; 1.5 GiB are free: the next needs ~3
+        return Memory(footprint=2**30, free=3 * 2**29)
+
+    opt = build(0, models.parameters())
+    switcher = StageSwitcher(model_stages(cfg), 0, models, build, "stack", 5.0, current=opt, measure=small_device)
+    try:
+        parts = LoopParts(models.parameters(), objective, batches(7), stages=switcher)
+        options = LoopOptions(max_global_steps=AT_STEP + 2, show_status=False)
+        with pytest.raises(UserError) as refused:
+            train_loop(dht, RUN, signing, opt, parts, StopSignal(), options)
+        text = str(refused.value)
+        assert "\n" not in text and text.startswith("this peer cannot hold growth stage 1 (") and "GiB free" in text
+        assert switcher.index == 0 and switcher.current is opt and opt.global_step == AT_STEP  # nothing grown
+        assert models.discriminator.config.hidden_size == 32
+    finally:
+        if switcher.current is not None:
+            switcher.current.shutdown()  # what the session does when the switch refuses: the peer leaves cleanly
         dht.shutdown()
