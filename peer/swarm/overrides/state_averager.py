@@ -23,6 +23,7 @@ from hivemind.optim.state_averager import TrainingStateAverager
 
 from peer.swarm.host_buffers import CopyFence, pin_shared, pinned_copy
 from peer.swarm.overrides.guard import GuardedAveragerMixin
+from peer.swarm.overrides.state_parts import StatePartsDownload
 from peer.swarm.round_evidence import STATE
 from peer.swarm.state_check import state_problem
 
@@ -117,7 +118,9 @@ def _looking_for_group(control: StepControl) -> bool:
     return not control.done() and control.stage in (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 
 
-class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload, CancellableRounds):
+class GuardedStateAverager(
+    GuardedAveragerMixin, TrainingStateAverager, RoundCheckedDownload, CancellableRounds, StatePartsDownload
+):
     """The state averager; with ``average_extras=False`` its ``extra_tensors`` are shared, not averaged.
 
     Why the option: DiLoCo's outer Nesterov momentum is an extra tensor so that a late joiner downloads it with the
@@ -129,6 +132,10 @@ class GuardedStateAverager(GuardedAveragerMixin, TrainingStateAverager, RoundChe
     download is the same either way (parameters, extras, optimizer state)."""
 
     outcome_kind = STATE
+    # hivemind caches a servicer's RPC handlers and stub per class, looked up through the MRO: without our own cache
+    # a TrainingStateAverager used earlier in the process would lend us its list, without rpc_download_state_part
+    _rpc_handlers = None
+    _stub_type = None
     # diloco with background rounds (set by build_swarm_optimizer): the parameters served are the last round's
     # outcome, the outer anchor, not this peer's parameters with its own local steps since; see get_current_state
     served_parameters: Sequence[torch.Tensor] | None = None
