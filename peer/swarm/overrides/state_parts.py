@@ -28,7 +28,6 @@ from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture
-from hivemind.utils.asyncio import aiter_with_timeout
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
 
@@ -54,14 +53,20 @@ class SplitDownload:
     order) still cover every donor. ``max_failures``: parts cut off before the split download is given up (then
     hivemind's whole download). ``rounds``: passes to replace parts that came from an older state than the others
     (a donor stepped while the joiner was downloading). ``chunk_timeout``: seconds a donor may go silent
-    mid-stream, when the averager has no ``next_chunk_timeout`` of its own (the first chunk follows the donor's
-    snapshot of its state)."""
+    mid-stream, when the averager has no ``next_chunk_timeout`` of its own. ``first_chunk_timeout``: seconds to
+    the first chunk, which follows the donor's snapshot of its state (the bench's first run: with 8 joiners at once
+    on a loaded 2-core machine every part missed the peers' 3-5 s chunk timeout there, and each joiner fell back to
+    the whole download). ``snapshot_reuse``: seconds a donor serves parts from one snapshot, so the requests of
+    joiners arriving together cost one copy of the state, not one each (parts of an older snapshot are caught by the
+    consistency check like any other)."""
 
     enabled: bool = True
     max_donors: int = 4
     max_failures: int = 4
     rounds: int = 2
     chunk_timeout: float = 30.0
+    first_chunk_timeout: float = 120.0
+    snapshot_reuse: float = 2.0
 
 
 class _Abandon(Exception):
@@ -88,7 +93,7 @@ class StatePartsDownload(DecentralizedAverager):
             return
         if not self.allow_state_sharing:
             return
-        metadata, tensors, infos = await self._get_current_state_from_host_process()
+        metadata, tensors, infos = await self._part_snapshot()
         if infos is None:
             infos = [CompressionInfo.from_tensor(tensor, key=i) for i, tensor in enumerate(tensors)]
         header = self.serializer.loads(metadata)
@@ -101,6 +106,20 @@ class StatePartsDownload(DecentralizedAverager):
                     first = None
                 else:
                     yield averaging_pb2.DownloadData(tensor_part=part)
+
+    async def _part_snapshot(self):
+        """Our state as ``get_current_state`` gives it, shared by the part requests of ``snapshot_reuse`` seconds
+        (one snapshot in flight at a time), then dropped: a copy of the whole state is not kept between joiners."""
+        snapshot = self.__dict__.get("_parts_snapshot")
+        if snapshot is None:
+            snapshot = asyncio.ensure_future(self._get_current_state_from_host_process())
+            self._parts_snapshot = snapshot
+            asyncio.get_running_loop().call_later(self.split_download.snapshot_reuse, self._drop_snapshot, snapshot)
+        return await asyncio.shield(snapshot)
+
+    def _drop_snapshot(self, snapshot) -> None:
+        if self.__dict__.get("_parts_snapshot") is snapshot:
+            del self._parts_snapshot
 
     async def _load_state_from_peers(self, future: MPFuture, timeout: float | None = None):
         """The split download; hivemind's whole download from one donor when it is off or cannot finish.
@@ -242,7 +261,7 @@ class _SplitRun:
         stream = await stub.rpc_download_state_part(state_parts_pb2.StatePartRequest(start=start, stop=stop))
         timeout = averager.next_chunk_timeout or self.settings.chunk_timeout
         index, pieces, key = start, [], None
-        async for message in aiter_with_timeout(stream, timeout=timeout):
+        async for message in _with_timeouts(stream, self.settings.first_chunk_timeout, timeout):
             if message.metadata:
                 metadata = averager.serializer.loads(message.metadata)
                 if metadata.get(PARTS_TOTAL) != self.total:
@@ -266,3 +285,15 @@ class _SplitRun:
     def _keep(self, index: int, pieces: list, key: tuple) -> None:
         self.tensors[index] = deserialize_torch_tensor(combine_from_streaming(pieces))
         self.key_of[index] = key
+
+
+async def _with_timeouts(stream, first: float, then: float):
+    """The messages of ``stream``, the first within ``first`` seconds, each next within ``then`` (TimeoutError)."""
+    iterator = stream.__aiter__()
+    timeout = first
+    while True:
+        try:
+            yield await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
+        except StopAsyncIteration:
+            return
+        timeout = then
