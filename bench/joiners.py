@@ -116,7 +116,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
         teardown(n, PREFIX)
     print_report(rows, opts)
     if opts.json:
-        settings = {k: v for k, v in vars(opts).items() if k not in ("worker", "index", "out", "initial", "launched")}
+        internal = ("worker", "index", "out", "initial", "launched", "run_id", "method")  # the workers' own flags
+        settings = {k: v for k, v in vars(opts).items() if k not in internal}
         Path(opts.json).write_text(json.dumps(dict(settings=settings, rows=rows), indent=1) + "\n")
     print(f"(peer logs: {root})")
 
