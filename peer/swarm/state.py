@@ -102,8 +102,10 @@ def fetch_state(
     stop: Stoppable | None = None,
     keep_trying: Callable[[], bool] | None = None,
 ) -> tuple[dict, list[torch.Tensor]] | None:
-    """Downloads (metadata, tensors) from the best peer that answers; None when ``timeout`` seconds pass, when
-    ``stop`` is set, or when an attempt finds nothing and ``keep_trying()`` says no peer is left to ask.
+    """Downloads (metadata, tensors): in tensor ranges from the donors of the newest state, else whole from the best
+    peer that answers (the averager's download, ``peer.swarm.overrides.state_parts``); None when ``timeout``
+    seconds pass, when ``stop`` is set, or when an attempt finds nothing and ``keep_trying()`` says no peer is left
+    to ask.
 
     Why not hivemind's ``Optimizer.load_state_from_peers``: it retries without bound (a download that outlasts
     ``load_state_timeout`` raises, is logged and starts over, forever), and it blocks the main thread in a call
