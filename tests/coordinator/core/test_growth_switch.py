@@ -23,28 +23,12 @@ from peer.children import Child, ProcessSet
 from peer.config import load_config, model_stages
 from peer.modeling import build_models, save_models
 from tests.coordinator.core.coordinator_proc import REPO, Coordinator, child_env, coordinator_cli
+from tests.peer.swarm.test_swarm_growth import GROWING as PEER_GROWING
 
 RUN = "coord-growtest"
 AT_STEP, LAST_STEP = 3, 14
-GROWING = {
-    "run_id": RUN,
-    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "ffn_size": 64, "max_position_embeddings": 64},
-    "data": {"seq_len": 32},
-    "train": {"batch_size": 4, "lr": 0.001, "warmup_steps": 2, "total_steps": 100, "eval_every": 0},
-    "swarm": {
-        "target_batch_size": 16,
-        "matchmaking_time": 2,
-        "compression": "none",
-        "progress_refresh_max": 1,
-        "averaging_timeout": 30,
-        "load_state_timeout": 60,
-    },
-    # every width x2 at global step 3; the old stage's final state is served 240 s after the switch
-    "growth": {
-        "schedule": [{"at_step": AT_STEP, "model": {"hidden_size": 64, "num_heads": 4, "ffn_size": 128}}],
-        "switch_grace": 240,
-    },
-}
+# the peer-side growth test's run (2x wide at step 3), whose old stage's final state is served 240 s after the switch
+GROWING = {**PEER_GROWING, "run_id": RUN, "growth": {**PEER_GROWING["growth"], "switch_grace": 240}}
 SWITCH = re.compile(r"growing to stage 1 at global step (\d+)")
 LEFT = re.compile(r"left the swarm at global step (\d+)")
 

@@ -11,20 +11,16 @@ import hivemind
 import pytest
 import torch
 
-from peer.config import PeerSettings, SwarmSpec, model_stages
+from peer.config import PeerSettings, model_stages
 from peer.modeling import build_models
 from peer.objectives import build_objective
-from peer.swarm.averaging import build_swarm_optimizer
 from peer.swarm.dht import start_dht
 from peer.swarm.loop import LoopOptions, LoopParts, train_loop
 from peer.swarm.metrics import make_validators
 from peer.swarm.shutdown import StopSignal
-from peer.swarm.stage_keys import stage_prefix
 from peer.swarm.stage_switch import StageSwitcher
 from peer.swarm.state import load_state_from_swarm, peers_hold_state
-from peer.trainer import param_groups
-from peer.trainer.recipe import run_optimizer_factories
-from tests.peer.swarm.test_swarm_stage_switch import AT_STEP, RUN, run_config
+from tests.peer.swarm.test_swarm_stage_switch import AT_STEP, RUN, run_config, stage_builder
 from tests.peer.trainer.test_loop import VOCAB, batches
 
 
@@ -38,13 +34,7 @@ def test_the_old_stages_final_state_stays_downloadable_for_the_grace_then_is_wit
     client = hivemind.DHT(
         initial_peers=[str(a) for a in dht.get_visible_maddrs()], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True
     )
-    spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0, averaging_timeout=5.0, compression="none")
-
-    def build(stage: int, params: list):
-        return build_swarm_optimizer(
-            dht, stage_prefix(RUN, stage), spec, param_groups(params, cfg.train.weight_decay),
-            *run_optimizer_factories(cfg), batch_size=4,
-        )  # fmt: skip
+    build = stage_builder(dht, cfg)
 
     stop = StopSignal()
     opt = build(0, models.parameters())

@@ -41,6 +41,20 @@ def run_config() -> RunConfig:
     return cfg
 
 
+def stage_builder(dht, cfg: RunConfig):
+    """``(stage, params) -> the stage's started sync optimizer`` under the stage's DHT prefix, as the session builds
+    it (``StageSwitcher.build``)."""
+    spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0, averaging_timeout=5.0, compression="none")
+
+    def build(stage: int, params: list):
+        return build_swarm_optimizer(
+            dht, stage_prefix(RUN, stage), spec, param_groups(params, cfg.train.weight_decay),
+            *run_optimizer_factories(cfg), batch_size=4,
+        )  # fmt: skip
+
+    return build
+
+
 def lr_of(opt) -> float:
     return opt.opt.state_averager.optimizer.param_groups[0]["lr"]
 
@@ -54,13 +68,7 @@ def test_one_peer_switches_at_the_stage_step_with_the_loss_and_the_grown_adam_st
     heldout = list(itertools.islice(batches(99), 3))
     signing = make_validators(RUN)
     dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
-    spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0, averaging_timeout=5.0, compression="none")
-
-    def build(stage: int, params: list):
-        return build_swarm_optimizer(
-            dht, stage_prefix(RUN, stage), spec, param_groups(params, cfg.train.weight_decay),
-            *run_optimizer_factories(cfg), batch_size=4,
-        )  # fmt: skip
+    build = stage_builder(dht, cfg)
 
     stop = StopSignal()
     opt = build(0, models.parameters())
@@ -114,13 +122,7 @@ def test_a_peer_whose_device_cannot_hold_the_next_stage_leaves_with_one_line_bef
     objective = build_objective(cfg, models)
     signing = make_validators(RUN)
     dht = start_dht(PeerSettings(host_maddrs=["/ip4/127.0.0.1/tcp/0"]), signing.validators)
-    spec = SwarmSpec(target_batch_size=4, matchmaking_time=1.0, averaging_timeout=5.0, compression="none")
-
-    def build(stage: int, params: list):
-        return build_swarm_optimizer(
-            dht, stage_prefix(RUN, stage), spec, param_groups(params, cfg.train.weight_decay),
-            *run_optimizer_factories(cfg), batch_size=4,
-        )  # fmt: skip
+    build = stage_builder(dht, cfg)
 
     def small_device(device: torch.device) -> Memory:  # this stage took 1 GiB; 1.5 GiB are free: the next needs ~3
         return Memory(footprint=2**30, free=3 * 2**29)
