@@ -9,11 +9,14 @@ machine reboots. /dev/shm is memory: measured on this project's 2-core, 24 GiB m
 runs 10.1 GB; a volunteer's peer that is OOM-killed and restarted by systemd would leave more memory to the next OOM
 each time.
 
-What is removed: files named ``torch_<pid>_*``, owned by this user, whose ``<pid>`` is not a running process. That is
-safe for any torch program, not only ours: removing a name does not unmap it, so a process that still maps the file
-(a child of the dead process, during its last second) keeps its memory until it unmaps; only a new open *by name*
-of a dead process's tensor would fail, and hivemind already treats that as "the origin is gone". A pid that was
-reused by a new process keeps its old files (a missed clean-up, never a wrong one).
+What is removed: files named ``torch_<pid>_*``, owned by this user, whose ``<pid>`` is not a running process and that
+no running process maps or holds open. The last condition matters: torch's file_system storages are reference
+counted across processes, and whichever process frees the last reference removes the file itself and aborts
+(``could not unlink the shared memory file``) when it is already gone. A tensor made by a process that has since
+exited can still be alive elsewhere: the state an averager process downloaded, held by its parent. (The first
+version of this module skipped that check, and the test suite aborted in garbage collection after an in-process CLI
+call removed such a file.) A pid that was reused by a new process keeps its old files (a missed clean-up, never a
+wrong one).
 """
 
 from __future__ import annotations
@@ -46,10 +49,35 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _in_use(shm_dir: Path) -> set[str]:
+    """Names of ``shm_dir``'s files that a running process maps (``/proc/PID/maps``) or holds open
+    (``/proc/PID/fd``), among the processes this user can read."""
+    prefix = str(shm_dir).rstrip("/") + "/"
+    names: set[str] = set()
+    try:
+        pids = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return names
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                for line in maps:
+                    at = line.find(prefix)
+                    if at >= 0:
+                        names.add(line[at + len(prefix) :].split()[0])
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                target = os.readlink(fd.path)
+                if target.startswith(prefix):
+                    names.add(target[len(prefix) :].split()[0])
+        except OSError:  # exited meanwhile, or another user's
+            continue
+    return names
+
+
 def remove_dead_processes_files(shm_dir: Path = SHM_DIR) -> Removed:
-    """Removes ``shm_dir``'s torch shared-memory files of processes that no longer run (see the module docstring)
-    and logs one line when it removed any. Never raises: a machine without /dev/shm, or a file another process
-    removed first, is not an error."""
+    """Removes ``shm_dir``'s torch shared-memory files of processes that no longer run and that no running process
+    uses (see the module docstring), and logs one line when it removed any. Never raises: a machine without
+    /dev/shm, or a file another process removed first, is not an error."""
     files = size = 0
     uid = os.getuid()
     alive: dict[int, bool] = {}
@@ -57,12 +85,14 @@ def remove_dead_processes_files(shm_dir: Path = SHM_DIR) -> Removed:
         entries = list(os.scandir(shm_dir))
     except OSError:
         return Removed(0, 0)
+    candidates = []
     for entry in entries:
         found = TORCH_FILE.match(entry.name)
-        if not found:
-            continue
-        pid = int(found.group(1))
-        if alive.setdefault(pid, _running(pid)):
+        if found and not alive.setdefault(int(found.group(1)), _running(int(found.group(1)))):
+            candidates.append(entry)
+    used = _in_use(shm_dir) if candidates else set()
+    for entry in candidates:
+        if entry.name in used:
             continue
         try:
             stat = entry.stat(follow_symlinks=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import subprocess
@@ -43,6 +44,23 @@ def test_only_files_of_processes_that_no_longer_run_are_removed(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"torch_{os.getpid()}_5_0", "other_file", f"torchx_{gone}_1"]
     )
+
+
+def test_a_dead_process_file_that_a_running_process_maps_or_holds_open_is_kept(tmp_path: Path):
+    """torch's last user of a shared storage removes its file itself and aborts if it is gone: a file still mapped
+    (an averager's download held by its parent) must stay until nobody uses it."""
+    gone = dead_pid()
+    mapped, opened = tmp_path / f"torch_{gone}_1_0", tmp_path / f"torch_{gone}_1_1"
+    mapped.write_bytes(b"x" * 4096)
+    opened.write_bytes(b"y" * 10)
+    with mapped.open("r+b") as f, mmap.mmap(f.fileno(), 4096) as view:
+        f.close()  # only the mapping is left
+        with opened.open("rb"):
+            assert remove_dead_processes_files(tmp_path).files == 0  # one mapped, one open: both in use
+        assert remove_dead_processes_files(tmp_path).files == 1  # the closed one goes
+        assert not opened.exists() and mapped.exists() and view[:1] == b"x"
+    assert remove_dead_processes_files(tmp_path).files == 1  # unmapped: it goes too
+    assert not mapped.exists()
 
 
 def test_a_missing_directory_is_not_an_error(tmp_path: Path):
