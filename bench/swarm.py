@@ -17,7 +17,7 @@ them on exit, also on Ctrl-C.
 
 ``--model electra`` trains the real thing instead of the MLP (``bench.swarmlib.electra``): the ELECTRA pair grown
 from the embedded MiniLM, the ELECTRA objective on the embedded corpus, every peer for the same ``--local_steps``
-(equal samples), held-out loss every ``--eval_every`` local steps and at the end; one configuration per ``--runs``
+(equal samples), held-out loss after the local steps ``--eval_at`` and at the end; one configuration per ``--runs``
 entry (mode/codec[/H]); rows and curves to ``bench/results/swarm_electra.json`` and a PNG next to it:
 
     sudo .venv/bin/python bench/swarm.py --model electra --peers 2 4 --runs sync/fp16 diloco/fp16/100 \
@@ -179,7 +179,13 @@ def main(argv: list[str] | None = None) -> None:
         help="configurations, each mode/codec[/H] (replaces --modes, --compression and --inner_steps)",
     )
     electra.add_argument("--local_steps", type=int, default=600, help="local steps per peer (equal samples)")
-    electra.add_argument("--eval_every", type=int, default=100, help="held-out evaluation every this many local steps")
+    electra.add_argument(
+        "--eval_at",
+        type=int,
+        nargs="+",
+        default=[10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500, 600],
+        help="held-out evaluation after these local steps (and at the end)",
+    )
     electra.add_argument("--eval_batches", type=int, default=8, help="held-out batches of --batch sequences")
     electra.add_argument("--seq_len", type=int, default=64)
     electra.add_argument("--lr", type=float, default=5e-4, help="AdamW's lr (constant; the run's default peak)")

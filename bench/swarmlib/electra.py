@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,15 +140,28 @@ def worker_parts(opts: argparse.Namespace, model_dir: Path, seed: int) -> Electr
     return ElectraParts(cfg, models, objective, batches, heldout, evaluator)
 
 
+def eval_every(at: list[int]) -> int:
+    """How often the loop must call ``HeldoutCurve`` to reach every step of ``at`` (their greatest common divisor)."""
+    return math.gcd(*at) if at else 0
+
+
 class HeldoutCurve:
-    """The loop's ``evaluate`` hook: the held-out metrics every ``eval_every`` local steps, each point recorded with
-    the peer's local steps, samples, bytes sent and seconds since its training window opened. The seconds spent
-    here are kept (``seconds``) so utilisation can be reported without them."""
+    """The loop's ``evaluate`` hook: the held-out metrics at the local steps ``at`` (every call when None), each point
+    recorded with the peer's local steps, samples, bytes sent and seconds since its training window opened. Why
+    chosen steps: sync reaches tens of local steps in a bench window where DiLoCo reaches hundreds, and equal samples
+    needs a point of each at the same step. The seconds spent here are kept (``seconds``) so utilisation and the
+    wall-time axis can leave them out."""
 
     def __init__(
-        self, evaluate: Callable[[], dict[str, float]], steps: Callable[[], int], batch: int, tx: Callable[[], int]
+        self,
+        evaluate: Callable[[], dict[str, float]],
+        steps: Callable[[], int],
+        batch: int,
+        tx: Callable[[], int],
+        at: list[int] | None = None,
     ) -> None:
         self.evaluate, self.steps, self.batch, self.tx = evaluate, steps, batch, tx
+        self.at = set(at) if at is not None else None
         self.points: list[dict] = []
         self.seconds = 0.0
         self.tx0 = 0
@@ -178,4 +192,6 @@ class HeldoutCurve:
         return metrics
 
     def __call__(self) -> dict[str, float]:
+        if self.at is not None and self.steps() not in self.at:
+            return {}
         return self.point()

@@ -157,9 +157,9 @@ def worker(opts: argparse.Namespace) -> None:
         counted = RoundBytes(opt, stop, opts.local_steps)
         curve = None
         if electra:
-            from bench.swarmlib.electra import HeldoutCurve
+            from bench.swarmlib.electra import HeldoutCurve, eval_every
 
-            curve = HeldoutCurve(real.evaluate, lambda: counted.local_steps, b, tx_bytes)
+            curve = HeldoutCurve(real.evaluate, lambda: counted.local_steps, b, tx_bytes, opts.eval_at)
             curve.point()  # step 0: the grown pair every peer starts from
             parts = LoopParts(
                 params,
@@ -167,7 +167,7 @@ def worker(opts: argparse.Namespace) -> None:
                 real.batches,
                 step=step_spec(real.cfg.train, torch.device("cpu")),
                 evaluate=curve,
-                eval_every=opts.eval_every,
+                eval_every=eval_every(opts.eval_at),
             )
         else:
             gen = torch.Generator().manual_seed(i)

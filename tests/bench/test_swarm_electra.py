@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.swarmlib.electra import HeldoutCurve, bench_config, truncated_source, worker_parts, write_initial
+from bench.swarmlib.electra import (
+    HeldoutCurve,
+    bench_config,
+    eval_every,
+    truncated_source,
+    worker_parts,
+    write_initial,
+)
 from bench.swarmlib.electra_runs import comparisons, electra_row, parse_run, plot
 from peer.growth import SourceModel
 
@@ -59,11 +66,13 @@ def test_worker_builds_the_real_pair_objective_and_data_and_steps(tmp_path):
     out.loss.backward()
     assert all(p.grad is not None for p in parts.models.discriminator.parameters() if p.requires_grad)
     assert math.isfinite(before) and parts.evaluate()["loss"] == before  # same batches and masks: only weights count
-    clock = iter(range(100))
-    curve = HeldoutCurve(parts.evaluate, lambda: 3, opts.batch, lambda: 1000 + next(clock))
+    clock, steps = iter(range(100)), iter([3, 4, 4])
+    curve = HeldoutCurve(parts.evaluate, lambda: next(steps), opts.batch, lambda: 1000 + next(clock), at=[4, 8])
     curve.open()
-    point = curve()
-    assert point["loss"] == before and curve.points[0]["samples"] == 6 and curve.points[0]["tx_bytes"] == 1
+    assert curve() == {} and not curve.points  # step 3: not one of the chosen steps
+    assert curve()["loss"] == before
+    assert curve.points[0]["samples"] == 8 and curve.points[0]["tx_bytes"] == 1
+    assert eval_every([10, 20, 30, 60]) == 10 and eval_every([]) == 0
 
 
 def test_the_source_cut_keeps_the_first_layers():
