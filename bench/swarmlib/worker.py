@@ -204,11 +204,11 @@ def worker(opts: argparse.Namespace) -> None:
         extra = {}
         if curve is not None:
             eval_seconds = curve.seconds  # inside the loop's window; the final evaluation below is outside it
-            final = curve.point(final=True)  # the model this peer ends with (an overlapped round's outcome applied)
+            curve.point(final=True)  # the model this peer ends with (an overlapped round's outcome applied)
             extra = dict(
                 eval_seconds=eval_seconds,
                 curve=curve.points,
-                final=final,
+                final=curve.points[-1],
                 local_steps=result.local_steps,
                 parameters=sum(p.numel() for p in params),
             )
