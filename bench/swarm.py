@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         "--eval_at",
         type=int,
         nargs="+",
-        default=[10, 20, 30, 40, 60, 80, 100, 150, 200, 300, 400, 500, 600],
+        default=[5, 10, 15, 20, 30, 40, 60, 100, 200, 300, 400, 500, 600],
         help="held-out evaluation after these local steps (and at the end)",
     )
     electra.add_argument("--eval_batches", type=int, default=8, help="held-out batches of --batch sequences")
