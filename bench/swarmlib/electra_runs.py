@@ -215,10 +215,11 @@ def plot(rows: list[dict], path: Path) -> bool:
             )  # the end of the window (an overlapped round's outcome applied)
         style = dict(color=colours[r["label"]], linestyle="-" if r["peers"] <= 2 else "--", marker="o", markersize=3)
         name = f"{r['label']} ({r['peers']} peers)"
-        by_bytes.plot([max(p["tx_bytes"], 1) / 1e6 for p in pts], [p["loss"] for p in pts], label=name, **style)
+        # the start (0 bytes) at 0.01 MB, so that the log axis shows it
+        by_bytes.plot([max(p["tx_bytes"], 1e4) / 1e6 for p in pts], [p["loss"] for p in pts], label=name, **style)
         by_time.plot([p["seconds"] for p in pts], [p["loss"] for p in pts], label=name, **style)
     by_bytes.set_xscale("log")
-    by_bytes.set_xlabel("MB sent per peer (eth0 tx; log)")
+    by_bytes.set_xlabel("MB sent per peer (eth0 tx; log; the start at 0.01)")
     by_time.set_xlabel("wall seconds of training (held-out evaluations excluded)")
     for ax in (by_bytes, by_time):
         ax.set_ylabel("held-out ELECTRA loss (mean over peers)")
