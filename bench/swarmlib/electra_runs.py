@@ -147,19 +147,23 @@ def electra_row(run: Run, n: int, cores: float, results: list[dict]) -> dict:
     )
 
 
-def loss_at(row: dict, local_steps: int) -> float | None:
-    """``row``'s mean held-out loss at ``local_steps`` per peer (the final one when that is where it ended)."""
-    if min(row["local_steps"]) == max(row["local_steps"]) == local_steps:
-        return row["final_loss"]
-    for p in row["curve"]:
-        if p["local_steps"] == local_steps:
-            return p["loss"]
+def loss_at_samples(row: dict, samples: float) -> float | None:
+    """``row``'s held-out loss (mean over peers) when its peers together had trained on ``samples``: linear between
+    the held-out points around it (a point's samples are its local steps x batch x peers); None outside them.
+    Why the swarm's samples and not a peer's: in sync the peers' local steps differ (a slower peer contributes fewer
+    batches to each global step) while they hold one model."""
+    pts = sorted(
+        [(p["samples"] * row["peers"], p["loss"]) for p in row["curve"]] + [(row["samples"], row["final_loss"])]
+    )
+    for (s0, l0), (s1, l1) in zip(pts, pts[1:], strict=False):
+        if s0 <= samples <= s1:
+            return l0 if s1 == s0 else l0 + (l1 - l0) * (samples - s0) / (s1 - s0)
     return None
 
 
 def comparisons(rows: list[dict]) -> list[str]:
-    """Per number of peers: every low-bandwidth row against sync fp16 at equal samples (the most local steps both
-    have a held-out point at), and its bytes against fp32 all-reduce every step and against the sync fp16 row."""
+    """Per number of peers: every low-bandwidth row against sync fp16 at equal samples (the samples sync's peers
+    trained on together in its window), and its bytes against fp32 all-reduce every step and against sync fp16."""
     lines = []
     for n in sorted({r["peers"] for r in rows}):
         base = next((r for r in rows if r["peers"] == n and r["label"] == "sync/fp16"), None)
@@ -168,12 +172,12 @@ def comparisons(rows: list[dict]) -> list[str]:
             if base is not None:
                 per_sample = base["bytes_per_sample"] / max(row["bytes_per_sample"], 1e-9)
                 text += f", {per_sample:.0f}x fewer bytes per sample than sync fp16"
-                common = {p["local_steps"] for p in base["curve"]} | {min(base["local_steps"])}
-                common &= {p["local_steps"] for p in row["curve"]} | {min(row["local_steps"])}
-                at = max(common) if common else None
-                a, b = (loss_at(base, at), loss_at(row, at)) if at else (None, None)
-                if a is not None and b is not None:
-                    text += f"; held-out loss at {at} local steps per peer: {b:.4f} vs sync {a:.4f} ({b / a - 1:+.2%})"
+                mine = loss_at_samples(row, base["samples"])
+                if mine is not None:
+                    text += (
+                        f"; held-out loss at sync's {base['samples']} samples: {mine:.4f} vs sync "
+                        f"{base['final_loss']:.4f} ({mine / base['final_loss'] - 1:+.2%})"
+                    )
             lines.append(text)
     return lines
 

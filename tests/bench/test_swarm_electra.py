@@ -104,5 +104,5 @@ def test_rows_compare_at_equal_samples_and_plot(tmp_path):
     assert low["fp32_allreduce_bytes_per_peer"] == 80_000 and low["vs_fp32_allreduce"] == pytest.approx(1000)
     [line] = comparisons([sync, low])
     assert "1000x fewer bytes than fp32" in line and "1000x fewer bytes per sample than sync fp16" in line
-    assert "at 20 local steps per peer: 8.0200 vs sync 8.0000 (+0.25%)" in line
+    assert "at sync's 80 samples: 8.0200 vs sync 8.0000 (+0.25%)" in line
     assert plot([sync, low], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
