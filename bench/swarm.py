@@ -10,10 +10,18 @@ times the compute of one, as N volunteers do, instead of sharing whatever cores 
 the cores each configuration actually used, so a budget that was not met is visible. The state download runs
 without a quota: it measures the link.
 
-Needs root (ip netns, tc, cgroups). Creates only namespaces and cgroups named ``wsb-*`` and removes them on exit,
-also on Ctrl-C.
+Needs root (ip netns, tc, cgroups). Creates only namespaces and cgroups named ``wsb-*`` (``--prefix``) and removes
+them on exit, also on Ctrl-C.
 
     sudo .venv/bin/python bench/swarm.py --peers 1 2 4
+
+``--model electra`` trains the real thing instead of the MLP (``bench.swarmlib.electra``): the ELECTRA pair grown
+from the embedded MiniLM, the ELECTRA objective on the embedded corpus, every peer for the same ``--local_steps``
+(equal samples), held-out loss after the local steps ``--eval_at`` and at the end; one configuration per ``--runs``
+entry (mode/codec[/H]); rows and curves to ``bench/results/swarm_electra.json`` and a PNG next to it:
+
+    sudo .venv/bin/python bench/swarm.py --model electra --peers 2 4 --runs sync/fp16 diloco/fp16/100 \
+        diloco/fp16/500 overlap/fp16/500 overlap/blockwise4bit/500
 """
 
 from __future__ import annotations
@@ -29,46 +37,80 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.swarmlib.cpu import CpuBudget  # noqa: E402
-from bench.swarmlib.netem import build_network, teardown  # noqa: E402
+from bench.swarmlib.electra_runs import parse_run  # noqa: E402
+from bench.swarmlib.netem import PREFIX, build_network, teardown  # noqa: E402
 from bench.swarmlib.phases import run_phase, state_download  # noqa: E402
 from bench.swarmlib.report import phase_row, print_report  # noqa: E402
 from bench.swarmlib.worker import worker  # noqa: E402
+
+WORKER_ONLY = ("worker", "index", "out", "mode", "initial", "codec", "model_dir")
+
+
+def run_electra(opts: argparse.Namespace, root: Path, budget: CpuBudget | None, cores: float) -> None:
+    """Every ``--runs`` entry with each number of peers (all entries for the first number first), the JSON rewritten
+    after each configuration so that an interrupted run keeps what finished."""
+    from bench.swarmlib.electra import write_initial
+    from bench.swarmlib.electra_runs import electra_row, plot, print_electra, worker_flags, write_json
+
+    runs = [parse_run(text, opts.inner_steps) for text in opts.runs]
+    model_dir = root / "initial"
+    sizes = write_initial(opts, model_dir)
+    print(json.dumps(dict(model=sizes)), flush=True)
+    out = Path(opts.json or REPO / "bench" / "results" / "swarm_electra.json")
+    settings = {k: v for k, v in vars(opts).items() if k not in WORKER_ONLY}
+    rows: list[dict] = []
+    for n in opts.peers:
+        for run in runs:
+            where = root / f"{run.label.replace('/', '-')}-{n}"
+            flags = tuple(worker_flags(run, opts, model_dir))
+            results = run_phase(n, run.mode, opts, where, budget, flags, opts.prefix)
+            rows.append(electra_row(run, n, cores, results))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "curves"}), flush=True)
+            write_json(out, settings, sizes, rows, os.cpu_count())
+    print_electra(rows)
+    png = out.with_suffix(".png")
+    print(f"plot: {png}" if plot(rows, png) else "plot: skipped (no matplotlib)")
 
 
 def orchestrate(opts: argparse.Namespace) -> None:
     if os.geteuid() != 0:
         sys.exit("error: bench/swarm.py needs root (network namespaces and tc)")
     n_max = max(max(opts.peers), 2)
-    teardown(n_max)
-    root = Path(tempfile.mkdtemp(prefix="wsb-"))
+    prefix = opts.prefix
+    teardown(n_max, prefix)
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     rows = []
     cores = opts.cpu_per_peer if opts.cpu_per_peer is not None else min(1.0, 0.8 * (os.cpu_count() or 1) / n_max)
-    budget = CpuBudget(n_max, cores) if cores > 0 else None
+    budget = CpuBudget(n_max, cores, prefix) if cores > 0 else None
     try:
-        build_network(n_max, opts.rate)
+        build_network(n_max, opts.rate, prefix)
         if budget:
             budget.create()
+        if opts.model == "electra":
+            run_electra(opts, root, budget, cores)
+            return
         for mode in opts.modes if not opts.state_only else []:
             for n in opts.peers:
-                results = run_phase(n, mode, opts, root / f"{mode}-{n}", budget)
+                results = run_phase(n, mode, opts, root / f"{mode}-{n}", budget, prefix=prefix)
                 rows.append(phase_row(mode, n, cores, results))
                 print(json.dumps(rows[-1]), flush=True)
         dl = state_download(opts, root / "state") if opts.state_hidden > 0 else None
         if dl is not None:
             print(json.dumps(dict(state_download=dl)), flush=True)
     finally:
-        teardown(n_max)
+        teardown(n_max, prefix)
         if budget:
             budget.remove()
+        print(f"(peer logs: {root})")
     print_report(rows, dl, opts)
+    opts.json = opts.json or str(REPO / "bench" / "results" / "swarm.json")
     if opts.json:
-        settings = {k: v for k, v in vars(opts).items() if k not in ("worker", "index", "out", "mode", "initial")}
+        settings = {k: v for k, v in vars(opts).items() if k not in WORKER_ONLY}
         payload = dict(settings=settings, rows=rows, state_download=dl, machine_cores=os.cpu_count())
         Path(opts.json).write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"(peer logs: {root})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument(
@@ -94,7 +136,12 @@ def main() -> None:
         "--state_hidden", type=int, default=1024, help="MLP width for the state download (32 MB at 1024; 0: skip it)"
     )
     p.add_argument("--state_only", action="store_true", help="measure the state download alone")
-    p.add_argument("--json", default=str(REPO / "bench" / "results" / "swarm.json"), help="write the rows here")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="write the rows here (default: bench/results/swarm.json, with --model electra swarm_electra.json "
+        "and the plot next to it as .png)",
+    )
     p.add_argument("--inner_steps", type=int, default=500, help="diloco: local steps per outer round (OpenDiLoCo: 500)")
     p.add_argument(
         "--compression",
@@ -116,17 +163,51 @@ def main() -> None:
         help="diloco: swarm.momentum_sync (default: SwarmSpec's, catch_up for overlap and average for diloco)",
     )
     p.add_argument("--metrics_every", type=float, default=5.0, help="seconds between LocalMetrics records")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument(
+        "--batch", type=int, default=None, help="samples per local step (default: 256; 8 with --model electra)"
+    )
     p.add_argument(
         "--verbose", action="store_true", help="hivemind's per-round status lines in each peer's log (peer<i>.log)"
     )
+    p.add_argument("--prefix", default=PREFIX, help="names of the namespaces and cgroups this run creates")
+    electra = p.add_argument_group("--model electra (the real model; see bench/swarmlib/electra.py)")
+    electra.add_argument("--model", default="mlp", choices=["mlp", "electra"])
+    electra.add_argument(
+        "--runs",
+        nargs="+",
+        default=["sync/fp16", "diloco/fp16/100", "diloco/fp16/500", "overlap/fp16/500", "overlap/blockwise4bit/500"],
+        help="configurations, each mode/codec[/H] (replaces --modes, --compression and --inner_steps)",
+    )
+    electra.add_argument("--local_steps", type=int, default=600, help="local steps per peer (equal samples)")
+    electra.add_argument(
+        "--eval_at",
+        type=int,
+        nargs="+",
+        default=[5, 10, 15, 20, 30, 40, 60, 100, 200, 300, 400, 500, 600],
+        help="held-out evaluation after these local steps (and at the end)",
+    )
+    electra.add_argument("--eval_batches", type=int, default=8, help="held-out batches of --batch sequences")
+    electra.add_argument("--seq_len", type=int, default=64)
+    electra.add_argument("--lr", type=float, default=5e-4, help="AdamW's lr (constant; the run's default peak)")
+    electra.add_argument("--electra_hidden", type=int, default=384, help="grown: MiniLM's 384 or wider")
+    electra.add_argument("--electra_layers", type=int, default=2, help="grown: MiniLM's first this many layers")
+    electra.add_argument("--electra_init", default="grown", choices=["grown", "random"])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="sync", help=argparse.SUPPRESS)
     p.add_argument("--initial", nargs="*", default=[], help=argparse.SUPPRESS)
     p.add_argument("--role", default="train", help=argparse.SUPPRESS)
-    opts = p.parse_args()
+    p.add_argument("--codec", default="", help=argparse.SUPPRESS)
+    p.add_argument("--model_dir", default="", help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.model == "electra" and not opts.worker:
+        try:
+            [parse_run(text, opts.inner_steps) for text in opts.runs]
+        except ValueError as e:
+            p.error(str(e))
+    if opts.batch is None:  # workers always get it from the orchestrator
+        opts.batch = 8 if opts.model == "electra" else 256
     if opts.worker:
         worker(opts)
     else:

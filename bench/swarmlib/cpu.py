@@ -16,9 +16,9 @@ class CpuBudget:
 
     A worker joins its cgroup before it execs (``enter``), so p2pd and the processes hivemind forks inherit it."""
 
-    def __init__(self, n: int, cores: float) -> None:
+    def __init__(self, n: int, cores: float, prefix: str = "wsb") -> None:
         self.cores = cores
-        self.paths = [[CGROUP_V1 / kind / f"wsb-p{i}" for kind in ("cpu", "cpuacct")] for i in range(n)]
+        self.paths = [[CGROUP_V1 / kind / f"{prefix}-p{i}" for kind in ("cpu", "cpuacct")] for i in range(n)]
 
     @staticmethod
     def available() -> bool:

@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 
 from bench.swarmlib.cpu import CpuBudget, CpuSampler
-from bench.swarmlib.netem import netns
+from bench.swarmlib.netem import PREFIX, netns
 from peer.children import Child, ProcessSet
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "swarm.py"  # the worker's entry point
 
 
-def start_worker(procs: ProcessSet, i: int, args: list[str], budget: CpuBudget | None = None) -> Child:
+def start_worker(
+    procs: ProcessSet, i: int, args: list[str], budget: CpuBudget | None = None, prefix: str = PREFIX
+) -> Child:
     """Worker ``i`` in its namespace (and cgroup), in a session of its own, logging to ``procs.work/peer<i>.log``."""
     return procs.start(
         f"peer{i}",
@@ -24,7 +26,7 @@ def start_worker(procs: ProcessSet, i: int, args: list[str], budget: CpuBudget |
             "ip",
             "netns",
             "exec",
-            netns(i),
+            netns(i, prefix),
             sys.executable,
             str(SCRIPT),
             "--worker",
@@ -56,7 +58,17 @@ def wait_file(procs: ProcessSet, path: Path, timeout: float) -> dict:
     return procs.wait_until(found, timeout, f"no {path.name} (peer logs in {path.parent})", retry_on=(ValueError,))
 
 
-def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: CpuBudget | None) -> list[dict]:
+def run_phase(
+    n: int,
+    mode: str,
+    opts: argparse.Namespace,
+    out: Path,
+    budget: CpuBudget | None,
+    extra: tuple[str, ...] = (),
+    prefix: str = PREFIX,
+) -> list[dict]:
+    """One configuration: ``n`` workers in ``mode`` (``extra``: more worker flags, e.g. a ``--runs`` entry's codec and
+    H, and the ELECTRA settings); their results, each with the CPU seconds it used over its training window."""
     out.mkdir(parents=True)
     seconds = opts.sync_seconds if mode == "sync" else opts.seconds
     common = [
@@ -83,14 +95,15 @@ def run_phase(n: int, mode: str, opts: argparse.Namespace, out: Path, budget: Cp
         "--momentum_sync",
         opts.momentum_sync,
         *(["--verbose"] if opts.verbose else []),
+        *extra,
     ]
     sampler = CpuSampler(budget, n) if budget else None
     with workers(out) as procs:
         try:
-            start_worker(procs, 0, common, budget)
+            start_worker(procs, 0, common, budget, prefix)
             boot = wait_file(procs, out / "maddrs0.json", 300)["maddrs"]
             for i in range(1, n):
-                start_worker(procs, i, [*common, "--initial", *boot], budget)
+                start_worker(procs, i, [*common, "--initial", *boot], budget, prefix)
             results = [wait_file(procs, out / f"result{i}.json", seconds + 300) for i in range(n)]
         finally:
             if sampler:
