@@ -36,7 +36,8 @@ logger = logging.getLogger("export_scores")
 
 
 def make_exports(grown: Path, work: Path, fractions: list[float], distill_steps: int,
-                 student_layers: int | None = None) -> dict[str, Path]:  # fmt: skip
+                 student_layers: int | None = None, only: list[str] | None = None) -> dict[str, Path]:  # fmt: skip
+    """The exports in ``work``, made there unless already; ``only``: just these names (the others are not made)."""
     from coordinator.export import ExportOptions, export
 
     config = str(ROOT / "configs" / "demo.yaml")
@@ -46,6 +47,8 @@ def make_exports(grown: Path, work: Path, fractions: list[float], distill_steps:
     distilled = "distilled" if student_layers is None else f"distilled-{student_layers}layers"
     wanted[distilled] = ExportOptions(form="distilled", steps=distill_steps, config=config, batch_size=8, batches=4,
                                       student_layers=student_layers)  # fmt: skip
+    if only:
+        wanted = {k: v for k, v in wanted.items() if k in only}
     paths = {}
     for name, options in wanted.items():
         out = work / name
@@ -80,8 +83,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--distill_steps", type=int, default=60)
-    p.add_argument("--student_layers", type=int, default=None,
-                   help="the distilled student's layers (default: half); its export is distilled-Nlayers")
+    p.add_argument(
+        "--student_layers",
+        type=int,
+        default=None,
+        help="the distilled student's layers (default: half); its export is distilled-Nlayers",
+    )
     p.add_argument("--forms", nargs="+", help="only these exports (names as in --work), e.g. int8 bf16")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "export_scores.json"))
     args = p.parse_args()
@@ -97,9 +104,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     grown = grow_demo(work)
-    exports = make_exports(grown, work, args.fractions, args.distill_steps, args.student_layers)
-    if args.forms:
-        exports = {k: v for k, v in exports.items() if k in args.forms}
+    exports = make_exports(grown, work, args.fractions, args.distill_steps, args.student_layers, args.forms)
     default = EvaluationSpec(seeds=args.seeds, references=(), heldout_batches=0)
     frozen = replace(default, budget=FinetuneBudget(train_layers=0))
     quiet = logger.debug

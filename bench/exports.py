@@ -44,7 +44,10 @@ def grow_demo(work: Path) -> Path:
 FORMS = ("int8", "distilled", "pruned")
 
 
-def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, forms=FORMS) -> dict[str, dict]:
+def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, forms=FORMS,
+                 student_layers: int | None = None) -> dict[str, dict]:  # fmt: skip
+    """The exports in ``work`` (made there unless already): named as ``bench/export_scores.py`` names them, so both
+    benches time and score the same dirs (a student of ``student_layers`` layers is ``distilled-Nlayers``)."""
     from coordinator.export import ExportOptions, export
 
     config = str(ROOT / "configs" / "demo.yaml")
@@ -52,7 +55,9 @@ def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, fo
     if "int8" in forms:
         wanted["int8"] = ExportOptions(form="int8")
     if "distilled" in forms:
-        wanted["distilled"] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4)
+        name = "distilled" if student_layers is None else f"distilled-{student_layers}layers"
+        wanted[name] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4,
+                                     student_layers=student_layers)  # fmt: skip
     for f in fractions if "pruned" in forms else ():
         wanted[f"pruned-{f:g}"] = ExportOptions(form="pruned", fraction=f, config=config, batch_size=8, batches=4)
     notes = {}
@@ -61,6 +66,8 @@ def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, fo
         if not (out / "export.json").is_file():
             export(grown, options, out)
         notes[name] = json.loads((out / "export.json").read_text())
+        if notes[name]["options"].get("steps") != options.steps:
+            raise SystemExit(f"{out} was made with other options: remove it or use another --work")
     return notes
 
 
@@ -98,6 +105,12 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     p.add_argument("--distill_steps", type=int, default=30)
+    p.add_argument(
+        "--student_layers",
+        type=int,
+        default=None,
+        help="the distilled student's layers (default: half); its export is distilled-Nlayers",
+    )
     p.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS), help="which exports to make and time")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--json", default=None, help="write the results here too")
@@ -117,7 +130,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     grown = grow_demo(work)
-    notes = make_exports(grown, work, args.fractions, args.distill_steps, args.forms)
+    notes = make_exports(grown, work, args.fractions, args.distill_steps, args.forms, args.student_layers)
     dirs = {"fp32": grown, **{name: work / name for name in notes}}
     models = {
         name: AutoModelForPreTraining.from_pretrained(d, trust_remote_code=name != "fp32").eval()
@@ -152,7 +165,8 @@ def main() -> None:
         cells += [f"{r['params_ratio']:.1%}", str(r["heads"] or "-"), f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"]
         cells += [f"{r['cpu_ms']:.1f}", f"{r['cpu_speedup']:.2f}x"]
         print("| " + " | ".join(cells) + " |")
-    held = notes["distilled"]["result"]["heldout"] if "distilled" in notes else None
+    distilled = next((name for name in notes if name.startswith("distilled")), None)
+    held = notes[distilled]["result"]["heldout"] if distilled else None
     if held is not None:
         print(f"distilled after {args.distill_steps} steps, held-out: {json.dumps(held)}")
     if args.json:
