@@ -183,6 +183,8 @@ def run_attack_scenario(
         ]
         honest = [n for n in names if n != attacker]
         start_loss, final_loss, step = _watch_losses(coordinator, honest, steps, window, timeout, children)
+        if attack and not defences:
+            _require_alive(next(c for c in children if c.name == attacker), steps)
         banned = sorted(p["name"] for p in coordinator.get("/api/v1/peers")["peers"] if p.get("banned"))
         locally = sorted(c.name for c in children if attacker and c.name != attacker and _banned_in_log(c.text()))
     return AttackResult(
@@ -210,6 +212,15 @@ def _start_attacker(procs, name: str, coordinator, attack: str, *extra: str):
          "--peer_name", name, "--work_dir", str(work), "--identity_path", str(procs.work / f"{name}.id"),
          "--host_maddrs", "/ip4/127.0.0.1/tcp/0", *extra],
     )  # fmt: skip
+
+
+def _require_alive(attacker, steps: int) -> None:
+    """Without defences nothing removes the attacker, so one that is gone by the last step exited by itself (a crash,
+    a failed start on a loaded machine): the honest peers then trained without it, and their loss says nothing about
+    the attack. Raised as such, with the attacker's last output, rather than judged as an attack that did no harm."""
+    if not attacker.alive():
+        raise RuntimeError(f"the attacker {attacker.name} exited before step {steps}: the attack did not run to the end"
+                           f"\n{attacker.tail(1500)}")  # fmt: skip
 
 
 def _banned_in_log(text: str) -> bool:
