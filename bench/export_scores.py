@@ -23,14 +23,13 @@ import json
 import logging
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.exports import grow_demo  # noqa: E402
+from bench.exports import distilled_export, ensure_export, grow_demo  # noqa: E402
 
 logger = logging.getLogger("export_scores")
 
@@ -38,28 +37,19 @@ logger = logging.getLogger("export_scores")
 def make_exports(grown: Path, work: Path, fractions: list[float], distill_steps: int,
                  student_layers: int | None = None, only: list[str] | None = None) -> dict[str, Path]:  # fmt: skip
     """The exports in ``work``, made there unless already; ``only``: just these names (the others are not made)."""
-    from coordinator.export import ExportOptions, export
+    from coordinator.export import ExportOptions
 
     config = str(ROOT / "configs" / "demo.yaml")
     wanted = {"int8": ExportOptions(form="int8"), "bf16": ExportOptions(form="bf16")}
     for f in fractions:
         wanted[f"pruned-{f:g}"] = ExportOptions(form="pruned", fraction=f, config=config, batch_size=8, batches=4)
-    distilled = "distilled" if student_layers is None else f"distilled-{student_layers}layers"
-    wanted[distilled] = ExportOptions(form="distilled", steps=distill_steps, config=config, batch_size=8, batches=4,
-                                      student_layers=student_layers)  # fmt: skip
+    name, options = distilled_export(distill_steps, student_layers)
+    wanted[name] = options
     if only:
         wanted = {k: v for k, v in wanted.items() if k in only}
-    paths = {}
     for name, options in wanted.items():
-        out = work / name
-        if not (out / "export.json").is_file():
-            started = time.perf_counter()
-            export(grown, options, out)
-            logger.info("exported %s in %.0f s", name, time.perf_counter() - started)
-        elif json.loads((out / "export.json").read_text())["options"].get("steps") != options.steps:
-            raise SystemExit(f"{out} was made with other options: remove it or use another --work")
-        paths[name] = out
-    return paths
+        ensure_export(grown, options, work / name)
+    return {name: work / name for name in wanted}
 
 
 def row(report, parameters: int | None = None) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import time
@@ -42,33 +43,50 @@ def grow_demo(work: Path) -> Path:
 
 
 FORMS = ("int8", "distilled", "pruned")
+logger = logging.getLogger("exports")
+
+
+def distilled_export(steps: int, student_layers: int | None = None) -> tuple:
+    """(name in ``--work``, options) of the distilled export both benches make: ``distilled``, or
+    ``distilled-Nlayers`` for a student of ``student_layers`` layers, so they time and score the same dir."""
+    from coordinator.export import ExportOptions
+
+    name = "distilled" if student_layers is None else f"distilled-{student_layers}layers"
+    config = str(ROOT / "configs" / "demo.yaml")
+    return name, ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4,
+                               student_layers=student_layers)  # fmt: skip
+
+
+def ensure_export(grown: Path, options, out: Path) -> dict:
+    """``out``'s ``export.json``, made from ``grown`` with ``options`` unless ``out`` already holds one; one made with
+    another step count is refused rather than reused."""
+    from coordinator.export import export
+
+    if not (out / "export.json").is_file():
+        started = time.perf_counter()
+        export(grown, options, out)
+        logger.info("exported %s in %.0f s", out.name, time.perf_counter() - started)
+    note = json.loads((out / "export.json").read_text())
+    if note["options"].get("steps") != options.steps:
+        raise SystemExit(f"{out} was made with other options: remove it or use another --work")
+    return note
 
 
 def make_exports(grown: Path, work: Path, fractions: list[float], steps: int, forms=FORMS,
                  student_layers: int | None = None) -> dict[str, dict]:  # fmt: skip
-    """The exports in ``work`` (made there unless already): named as ``bench/export_scores.py`` names them, so both
-    benches time and score the same dirs (a student of ``student_layers`` layers is ``distilled-Nlayers``)."""
-    from coordinator.export import ExportOptions, export
+    """The exports of ``forms`` in ``work`` (made there unless already), by name."""
+    from coordinator.export import ExportOptions
 
     config = str(ROOT / "configs" / "demo.yaml")
     wanted = {}
     if "int8" in forms:
         wanted["int8"] = ExportOptions(form="int8")
     if "distilled" in forms:
-        name = "distilled" if student_layers is None else f"distilled-{student_layers}layers"
-        wanted[name] = ExportOptions(form="distilled", steps=steps, config=config, batch_size=8, batches=4,
-                                     student_layers=student_layers)  # fmt: skip
+        name, options = distilled_export(steps, student_layers)
+        wanted[name] = options
     for f in fractions if "pruned" in forms else ():
         wanted[f"pruned-{f:g}"] = ExportOptions(form="pruned", fraction=f, config=config, batch_size=8, batches=4)
-    notes = {}
-    for name, options in wanted.items():
-        out = work / name
-        if not (out / "export.json").is_file():
-            export(grown, options, out)
-        notes[name] = json.loads((out / "export.json").read_text())
-        if notes[name]["options"].get("steps") != options.steps:
-            raise SystemExit(f"{out} was made with other options: remove it or use another --work")
-    return notes
+    return {name: ensure_export(grown, options, work / name) for name, options in wanted.items()}
 
 
 def weight_bytes(d: Path) -> int:
