@@ -152,6 +152,11 @@ class SwarmSpec:
     momentum_sync: Literal["average", "catch_up"] | None = None
     matchmaking_time: float = 5.0
     averaging_timeout: float = 60.0
+    # seconds a peer of an all-reduce may go between two chunks before its part is left out of the round (hivemind's
+    # ``next_chunk_timeout``; a reducer gets twice this). None: ``matchmaking_time``, hivemind's default. A part left
+    # out keeps each peer's own values there (gradients, or parameters and state), so the peers drift apart until
+    # a later round; raise it where a peer's link or CPU can stall for longer than that in the middle of a round.
+    chunk_timeout: float | None = None
     load_state_timeout: float = 600.0
     metrics_expiration: float = 600.0
     # seconds between this peer's hivemind progress records (samples towards the next global step); the epoch's end

@@ -62,6 +62,8 @@ def build_swarm_optimizer(
     if not spec.clip_factor > 0 or spec.ban_after < 1:
         got = f"{spec.clip_factor}, {spec.ban_after}"
         raise UserError(f"need swarm.clip_factor > 0 and swarm.ban_after >= 1, got {got}")
+    if spec.chunk_timeout is not None and not spec.chunk_timeout > 0:
+        raise UserError(f"need swarm.chunk_timeout > 0 (seconds) or null, got {spec.chunk_timeout}")
     if not spec.local_ban_seconds > 0:
         raise UserError(f"need swarm.local_ban_seconds > 0, got {spec.local_ban_seconds}")
     mode.check(spec)
@@ -81,6 +83,7 @@ def build_swarm_optimizer(
         batch_size_per_step=batch_size,
         matchmaking_time=spec.matchmaking_time,
         averaging_timeout=spec.averaging_timeout,
+        next_chunk_timeout=spec.chunk_timeout,
         load_state_timeout=spec.load_state_timeout,
         client_mode=client_mode,
         verbose=verbose,

@@ -11,7 +11,8 @@ PROGRESS_REFRESH (swarm.progress_refresh_max, default 1 s), LOSS (``sum``: the l
 so every gradient is 1 whatever the data and the parameters, and SGD moves each parameter by exactly -lr per
 optimizer step that took effect, and so does Adam: its bias-corrected moments of a constant gradient are 1), OPT
 (``adam``; default SGD, both at lr 0.05), EXTRA_PARAMS (one more parameter of that many zeros, to make rounds long),
-DELAY_STEP (1 = sync mode's ``delay_optimizer_step``: the global step runs in the background).
+DELAY_STEP (1 = sync mode's ``delay_optimizer_step``: the global step runs in the background), CHUNK_TIMEOUT
+(``swarm.chunk_timeout``; default: MATCHMAKING; 0.002 makes every all-reduce leave parts out).
 Writes OUT_DIR/maddrs.json once the DHT is up, OUT_DIR/result.pt (parameters, steps, diloco anchor) at the end.
 """
 
@@ -49,6 +50,7 @@ def main() -> int:
         momentum_compression=os.environ.get("MOMENTUM_COMPRESSION", "minmax8bit"),
         matchmaking_time=float(os.environ.get("MATCHMAKING", "4")),
         averaging_timeout=30.0,
+        chunk_timeout=float(os.environ["CHUNK_TIMEOUT"]) if os.environ.get("CHUNK_TIMEOUT") else None,
         load_state_timeout=30.0,
         overlap_rounds=os.environ.get("OVERLAP") == "1",
         delay_optimizer_step=os.environ.get("DELAY_STEP") == "1",

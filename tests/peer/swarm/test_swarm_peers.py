@@ -114,7 +114,15 @@ def test_sync_state_rounds_never_undo_an_optimizer_step(swarm, delay_step):
     too. The race itself is left to the peer_kill scenario (tests/faults), which failed 3 of 9 runs before the fix.
     A second race, here (step_inline 2-3 runs in 6): a round that paired one peer's epoch-e round with the other's
     epoch-(e+1) one averaged snapshots a step apart (a peer half an Adam step off); such rounds are now applied by
-    neither (``GuardedStateAverager._round_applies``, pinned by tests/peer/swarm/test_mixed_epoch_rounds.py)."""
+    neither (``GuardedStateAverager._round_applies``, pinned by tests/peer/swarm/test_mixed_epoch_rounds.py).
+    A third cause, not a race of state rounds (delay_optimizer_step, 1 full run in about 6, under CI load): peer a
+    came to global step 10 with no samples of its own (peer b had filled the batch while a's previous gradient
+    round still ran), its gradient round found no group, and hivemind went on "with local gradients", which for
+    no samples are zeros: a's tenth Adam step ran on a zero gradient (0.0054 short), and the last state round split
+    that between the peers: both ended 0.00268 short, as measured. A peer stepping on its own gradients is
+    hivemind's rule for a failed round, not what this test is about, so such an attempt is run again too.
+    (Rounds that leave parts out, "received 50.0% of input tensors", seen in that run, do not by themselves:
+    with a 2 ms chunk timeout every round of both kinds was partial and the travel was exact.)"""
     env = dict(STEPS="10", TARGET="96", STEP_SLEEP="0.2", MIN_PEERS="2", LOSS="sum", OPT="adam", DELAY_STEP=delay_step)
     # The travel is one Adam's only while both peers step together: a peer that misses a round at the start (seen in
     # a full run: hivemind's InvalidStateError on a cancelled first round) jumps an epoch by hivemind's catch-up,
@@ -129,9 +137,11 @@ def test_sync_state_rounds_never_undo_an_optimizer_step(swarm, delay_step):
         # under CI load while the peers were still stepping (epoch 9 of 10, logged "peer hung")
         results = {"a": wait_ok(a, out_a, 400), "b": wait_ok(b, out_b, 400)}
         together = {name: (r["optimizer_steps"], r["step"]) for name, r in results.items()}
-        if all(steps == epoch for steps, epoch in together.values()):
+        alone = {name: log_count(out, "Proceeding with local gradients") for name, out in (("a", out_a), ("b", out_b))}
+        if all(steps == epoch for steps, epoch in together.values()) and not any(alone.values()):
             break
     assert all(steps == epoch for steps, epoch in together.values()), f"(own steps, epoch) twice: {together}"
+    assert not any(alone.values()), f"global steps on a peer's own gradients (a failed round), twice: {alone}"
     for name, out in (("a", out_a), ("b", out_b)):
         r, steps = results[name], results[name]["optimizer_steps"]
         assert log_count(out, "Averaged parameters with 2 peers") >= 2, f"{name}: too few state rounds to show it"

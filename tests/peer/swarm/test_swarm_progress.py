@@ -156,6 +156,37 @@ def test_a_progress_refresh_below_hiveminds_minimum_is_refused_before_anything_s
         )
 
 
+@pytest.mark.parametrize("chunk_timeout, sender", [(None, 1.5), (12.0, 12.0)])
+def test_chunk_timeout_reaches_every_averagers_all_reduce(dht, chunk_timeout, sender):
+    """``swarm.chunk_timeout`` is each all-reduce's sender timeout (a reducer's is twice it), in the gradient and the
+    state averager alike; unset, hivemind's default, ``matchmaking_time``."""
+    spec = SwarmSpec(matchmaking_time=1.5, chunk_timeout=chunk_timeout)
+    model = torch.nn.Linear(4, 1)
+    opt = build_swarm_optimizer(
+        dht, PREFIX, spec, list(model.parameters()), lambda p: torch.optim.SGD(p, lr=0.1), None, 4
+    )
+    try:
+        for averager in (opt.opt.grad_averager, opt.opt.state_averager):
+            assert averager.allreduce_kwargs["sender_timeout"] == sender
+            assert averager.allreduce_kwargs["reducer_timeout"] == 2 * sender
+    finally:
+        opt.shutdown()
+
+
+def test_a_chunk_timeout_that_is_not_positive_is_refused_before_anything_starts(dht):
+    model = torch.nn.Linear(4, 1)
+    with pytest.raises(UserError, match=r"need swarm.chunk_timeout > 0 \(seconds\) or null, got 0.0"):
+        build_swarm_optimizer(
+            dht,
+            PREFIX,
+            SwarmSpec(chunk_timeout=0.0),
+            list(model.parameters()),
+            lambda p: torch.optim.SGD(p, lr=0.1),
+            None,
+            4,
+        )
+
+
 def test_a_lone_sync_peer_counts_its_global_steps_as_taken_on_its_own_gradients(dht):
     """``GuardedOptimizer.gradient_steps_local`` is what ``bench/swarm.py`` reports as "alone": a peer with nobody to
     average with takes each global step on its own gradients, and the counters say so."""
