@@ -67,6 +67,12 @@ def run_electra(opts: argparse.Namespace, root: Path, budget: CpuBudget | None, 
             rows.append(electra_row(run, n, cores, results))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "curves"}), flush=True)
             write_json(out, settings, sizes, rows, os.cpu_count())
+        if opts.sync_reference:
+            from bench.swarmlib.sync_reference import sync_reference
+
+            rows.append(sync_reference(opts, model_dir, n))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
+            write_json(out, settings, sizes, rows, os.cpu_count())
     print_electra(rows)
     png = out.with_suffix(".png")
     print(f"plot: {png}" if plot(rows, png) else "plot: skipped (no matplotlib)")
@@ -179,6 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         help="configurations, each mode/codec[/H] (replaces --modes, --compression and --inner_steps)",
     )
     electra.add_argument("--local_steps", type=int, default=600, help="local steps per peer (equal samples)")
+    electra.add_argument(
+        "--sync_reference",
+        action="store_true",
+        help="also run sync's trajectory without the network for --local_steps global steps of each number of "
+        "peers (bench/swarmlib/sync_reference.py): the loss reference at equal samples where the netns sync run "
+        "cannot get there in its window",
+    )
     electra.add_argument(
         "--eval_at",
         type=int,

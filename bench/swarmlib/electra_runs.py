@@ -161,13 +161,27 @@ def loss_at_samples(row: dict, samples: float) -> float | None:
     return None
 
 
+REFERENCE = "sync-reference"
+
+
 def comparisons(rows: list[dict]) -> list[str]:
     """Per number of peers: every low-bandwidth row against sync fp16 at equal samples (the samples sync's peers
-    trained on together in its window), and its bytes against fp32 all-reduce every step and against sync fp16."""
+    trained on together in its window), and its bytes against fp32 all-reduce every step and against sync fp16.
+    With a ``sync-reference`` row (``bench.swarmlib.sync_reference``: sync's trajectory without the network), also
+    each row's held-out loss at the end of its window against sync's at the same samples, and the netns sync row
+    against the reference at its samples (how far the network's sync strays from its trajectory)."""
     lines = []
     for n in sorted({r["peers"] for r in rows}):
         base = next((r for r in rows if r["peers"] == n and r["label"] == "sync/fp16"), None)
-        for row in (r for r in rows if r["peers"] == n and r["mode"] != "sync"):
+        ref = next((r for r in rows if r["peers"] == n and r["label"] == REFERENCE), None)
+        if ref is not None and base is not None:
+            theirs = loss_at_samples(ref, base["samples"])
+            if theirs is not None:
+                lines.append(
+                    f"{n} peers, sync/fp16 on the network at its {base['samples']} samples: {base['final_loss']:.4f} "
+                    f"vs the sync reference {theirs:.4f} ({base['final_loss'] / theirs - 1:+.2%})"
+                )
+        for row in (r for r in rows if r["peers"] == n and r["mode"] not in ("sync", "reference")):
             text = f"{n} peers, {row['label']}: {row['vs_fp32_allreduce']:.0f}x fewer bytes than fp32 all-reduce"
             if base is not None:
                 per_sample = base["bytes_per_sample"] / max(row["bytes_per_sample"], 1e-9)
@@ -177,6 +191,13 @@ def comparisons(rows: list[dict]) -> list[str]:
                     text += (
                         f"; held-out loss at sync's {base['samples']} samples: {mine:.4f} vs sync "
                         f"{base['final_loss']:.4f} ({mine / base['final_loss'] - 1:+.2%})"
+                    )
+            if ref is not None:
+                theirs = loss_at_samples(ref, row["samples"])
+                if theirs is not None:
+                    text += (
+                        f"; at its {row['samples']} samples: {row['final_loss']:.4f} vs the sync reference "
+                        f"{theirs:.4f} ({row['final_loss'] / theirs - 1:+.2%})"
                     )
             lines.append(text)
     return lines
@@ -188,6 +209,10 @@ def print_electra(rows: list[dict]) -> None:
         f"{'MB sent/peer':>12} {'B/sample':>9} {'vs fp32 AR':>10} {'rounds':>6} {'loss 0':>7} {'held-out loss':>13}"
     )
     for r in rows:
+        if r["mode"] == "reference":
+            print(f"{r['label']:28} {r['peers']:5d} {'(no network)':>22} {min(r['local_steps']):10d} "
+                  f"{'':>51} {r['initial_loss']:7.3f} {r['final_loss']:13.4f}")  # fmt: skip
+            continue
         print(
             f"{r['label']:28} {r['peers']:5d} {r['cores_used']:5.2f} {r['util']:6.1%} {r['util_ex_eval']:7.1%} "
             f"{min(r['local_steps']):10d} {r['wall_seconds']:7.1f} {r['bytes_per_peer'] / 1e6:12.2f} "
@@ -208,27 +233,32 @@ def plot(rows: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, (by_bytes, by_time) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (by_bytes, by_time, by_samples) = plt.subplots(1, 3, figsize=(19, 5))
     labels = sorted({r["label"] for r in rows})
     colours = {label: f"C{k}" for k, label in enumerate(labels)}
     for r in rows:
+        style = dict(color=colours[r["label"]], linestyle="-" if r["peers"] <= 2 else "--", marker="o", markersize=3)
+        name = f"{r['label']} ({r['peers']} peers)"
+        samples = [p["samples"] * r["peers"] for p in r["curve"]] + [r["samples"]]
+        by_samples.plot(samples, [p["loss"] for p in r["curve"]] + [r["final_loss"]], label=name, **style)
+        if r["mode"] == "reference":
+            continue  # no network: no bytes, and its seconds are one process's
         pts = [*r["curve"]]
         if not pts or pts[-1]["local_steps"] != min(r["local_steps"]):
             pts.append(
                 dict(tx_bytes=r["bytes_per_peer"], seconds=r["wall_seconds"], loss=r["final_loss"])
             )  # the end of the window (an overlapped round's outcome applied)
-        style = dict(color=colours[r["label"]], linestyle="-" if r["peers"] <= 2 else "--", marker="o", markersize=3)
-        name = f"{r['label']} ({r['peers']} peers)"
         # the start (0 bytes) at 0.01 MB, so that the log axis shows it
         by_bytes.plot([max(p["tx_bytes"], 1e4) / 1e6 for p in pts], [p["loss"] for p in pts], label=name, **style)
         by_time.plot([p["seconds"] for p in pts], [p["loss"] for p in pts], label=name, **style)
     by_bytes.set_xscale("log")
     by_bytes.set_xlabel("MB sent per peer (eth0 tx; log; the start at 0.01)")
     by_time.set_xlabel("wall seconds of training (held-out evaluations excluded)")
-    for ax in (by_bytes, by_time):
+    by_samples.set_xlabel("samples the swarm trained on (all peers)")
+    for ax in (by_bytes, by_time, by_samples):
         ax.set_ylabel("held-out ELECTRA loss (mean over peers)")
         ax.grid(alpha=0.3)
-    by_time.legend(fontsize=7)
+    by_samples.legend(fontsize=7)
     fig.suptitle("bench/swarm.py --model electra: 100 mbit links, per-peer CPU budgets")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

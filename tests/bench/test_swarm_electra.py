@@ -106,3 +106,43 @@ def test_rows_compare_at_equal_samples_and_plot(tmp_path):
     assert "1000x fewer bytes than fp32" in line and "1000x fewer bytes per sample than sync fp16" in line
     assert "at sync's 80 samples: 8.0200 vs sync 8.0000 (+0.25%)" in line
     assert plot([sync, low], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
+
+
+def reference_opts(**kw) -> argparse.Namespace:
+    return argparse.Namespace(**vars(tiny_opts()), local_steps=2, eval_at=[1], **kw)
+
+
+def test_sync_reference_trains_every_peers_stream_on_one_model_deterministically(tmp_path):
+    """The sync reference (bench/swarmlib/sync_reference.py) from checkpoint 0: a held-out point at 0, at each
+    --eval_at step and at the end; the same inputs give the same curve; a second peer's stream changes it (its
+    batches and masks are averaged in); fp16 transit changes it a little (what sync fp16 sends)."""
+    from bench.swarmlib.sync_reference import sync_reference
+
+    opts = reference_opts()
+    write_initial(opts, tmp_path / "initial")
+    two = sync_reference(opts, tmp_path / "initial", peers=2)
+    assert [p["local_steps"] for p in two["curve"]] == [0, 1]
+    assert two["samples"] == 2 * 2 * 2 and two["label"] == "sync-reference" and two["global_steps"] == 2
+    assert math.isfinite(two["final_loss"]) and two["final_loss"] != two["initial_loss"]
+    again = sync_reference(opts, tmp_path / "initial", peers=2)
+    assert again["final_loss"] == two["final_loss"] and again["curve"][1]["loss"] == two["curve"][1]["loss"]
+    one = sync_reference(opts, tmp_path / "initial", peers=1)
+    assert one["final_loss"] != two["final_loss"]
+    exact = sync_reference(opts, tmp_path / "initial", peers=2, codec="none")
+    assert exact["final_loss"] != two["final_loss"]
+    assert exact["final_loss"] == pytest.approx(two["final_loss"], rel=1e-2)
+    with pytest.raises(ValueError, match="fp16 or none"):
+        sync_reference(opts, tmp_path / "initial", peers=2, codec="blockwise4bit")
+
+
+def test_comparisons_put_every_row_beside_the_sync_reference_at_its_samples(tmp_path):
+    sync = electra_row(parse_run("sync/fp16"), 2, 0.4, fake_results([8.0, 8.0], tx=80_000, steps=10))
+    low = electra_row(parse_run("overlap/fp16/10"), 2, 0.4, fake_results([8.04, 8.0], tx=80))
+    curve = [dict(local_steps=s, samples=2 * s, loss=9 - s / 10, tx_bytes=0, seconds=0.0) for s in (0, 10)]
+    ref = dict(label="sync-reference", mode="reference", peers=2, samples=80, final_loss=8.0, initial_loss=9.0,
+               local_steps=[20, 20], curve=curve)  # fmt: skip
+    sync_line, low_line = comparisons([sync, low, ref])
+    # sync's window: 10 local steps each, 40 samples, where the reference's curve says 8.0
+    assert "sync/fp16 on the network at its 40 samples: 8.0000 vs the sync reference 8.0000 (+0.00%)" in sync_line
+    assert "at its 80 samples: 8.0200 vs the sync reference 8.0000 (+0.25%)" in low_line
+    assert plot([sync, low, ref], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
