@@ -122,6 +122,11 @@ def electra_row(run: Run, n: int, cores: float, results: list[dict]) -> dict:
         / sum(r["wall_seconds"] - r["eval_seconds"] for r in results),
         eval_seconds=sum(r["eval_seconds"] for r in results) / n,
         step_share=sum(r["step_seconds"] for r in results) / sum(wall),
+        # the share of the window (without the evaluations) spent in the steps that ended in a global step: sync's
+        # gradient all-reduce, a blocking DiLoCo round, or an overlapped round's start and landing (a wait for a
+        # round still running included). The rest is the peer's own work: forward, backward, the inner AdamW step.
+        round_share=sum(r["round_seconds"] for r in results)
+        / sum(r["wall_seconds"] - r["eval_seconds"] for r in results),
         bytes_per_peer=bytes_per_peer,
         bytes_per_sample=sum(r["tx_bytes"] for r in results) / max(samples, 1),
         round_bytes_per_peer=sum(r["round_tx_bytes"] for r in results) / n if run.mode != "overlap" else None,

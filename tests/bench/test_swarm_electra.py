@@ -100,6 +100,7 @@ def test_rows_compare_at_equal_samples_and_plot(tmp_path):
     sync = electra_row(parse_run("sync/fp16"), 2, 0.4, fake_results([8.0, 8.0], tx=80_000))
     low = electra_row(parse_run("overlap/fp16/10"), 2, 0.4, fake_results([8.04, 8.0], tx=80))
     assert low["final_loss"] == pytest.approx(8.02) and low["util_ex_eval"] == pytest.approx(1.0)
+    assert low["round_share"] == pytest.approx(0.2 / 38)  # 0.1 s in rounds of each peer's 19 s without evaluations
     # fp32 all-reduce among 2: 4 bytes per parameter per step, 20 steps each
     assert low["fp32_allreduce_bytes_per_peer"] == 80_000 and low["vs_fp32_allreduce"] == pytest.approx(1000)
     [line] = comparisons([sync, low])
