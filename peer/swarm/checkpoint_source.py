@@ -39,6 +39,7 @@ import torch
 from peer.run.checkpoint_layout import TRAINING_STATE_FILE
 from peer.run.checkpoint_tensors import (
     HEADER_LENGTH_BYTES,
+    ByteRun,
     TensorSpan,
     WireLocation,
     byte_runs,
@@ -61,13 +62,17 @@ class CheckpointSource:
     """Where a joiner may fetch parts of its state: the coordinator at ``url``, whose latest checkpoint is used when
     it is of growth ``stage`` and holds the donors' state. ``locations``: where each wire tensor lies in a
     checkpoint (``peer.run.checkpoint_tensors.wire_locations``). ``timeout``: seconds for a request to connect or
-    for the next bytes to come; ``retries``: resumptions of a cut run of bytes before its range goes to the donors."""
+    for the next bytes to come; ``retries``: resumptions of a cut run of bytes before its range goes to the donors;
+    ``parallel``: requests in flight at once; ``max_gap``: bytes between two wanted tensors of a file fetched along
+    rather than asked for in two requests (``byte_runs``)."""
 
     url: str
     stage: int
     locations: tuple[WireLocation, ...]
     timeout: float = 30.0
     retries: int = 3
+    parallel: int = 4
+    max_gap: int = 1 << 16
 
 
 def checkpoint_source(url: str | None, stage: int, opt, named_parameters) -> CheckpointSource | None:
@@ -114,46 +119,59 @@ class CheckpointRanges:
     async def fetch(self, start: int, stop: int, keep: Keep, received: Callable[[int], None]) -> None:
         """Fetches wire tensors ``[start, stop)``, calling ``keep(index, tensor)`` as each is whole and
         ``received(n)`` for every ``n`` bytes that arrive; raises (ConnectionError, Unusable) when a run of bytes
-        cannot be had within ``retries`` resumptions, the tensors kept so far staying kept."""
-        index = start
-        for path, begin, end, count in byte_runs(self.spans[start:stop]):
-            await self._fetch_run(path, begin, end, index, count, keep, received)
-            index += count
+        cannot be had within ``retries`` resumptions, the tensors kept so far staying kept. Up to ``parallel``
+        runs of bytes are in flight at once, so that round trips overlap."""
+        spans = self.spans[start:stop]
+        slots = asyncio.Semaphore(self.source.parallel)
+
+        async def fetch_run(run: ByteRun) -> None:
+            async with slots:
+                await self._fetch_run(run, [(start + i, spans[i]) for i in run.members], keep, received)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the other runs
+                for run in byte_runs(spans, self.source.max_gap):
+                    group.create_task(fetch_run(run))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     async def _fetch_run(
-        self, path: str, begin: int, end: int, first: int, count: int, keep: Keep, received: Callable[[int], None]
+        self, run: ByteRun, members: list[tuple[int, TensorSpan]], keep: Keep, received: Callable[[int], None]
     ) -> None:
-        """Bytes ``[begin, end)`` of ``path``, which hold wire tensors ``first`` to ``first + count - 1``, resumed
-        from the first byte not yet held after a cut."""
-        buffer = bytearray()  # the bytes of the tensor in flight
-        index, held, attempt = first, begin, 0
-        while held < end:
+        """The bytes of ``run``, which hold the wire tensors ``members`` (index, span; in the order of their bytes),
+        resumed from the first byte not yet held after a cut."""
+        buffer = bytearray()  # bytes from file offset ``base`` on: of the tensor in flight, and any gap before it
+        base = held = run.start
+        attempt, j = 0, 0
+        while held < run.stop:
             try:
-                async with self._get(path, held, end) as response:
+                async with self._get(run.path, held, run.stop) as response:
                     async for chunk in response.aiter_raw():
-                        if held + len(chunk) > end:
-                            raise Unusable(f"{path}: the coordinator sent more bytes than asked for")
+                        if held + len(chunk) > run.stop:
+                            raise Unusable(f"{run.path}: the coordinator sent more bytes than asked for")
                         buffer += chunk
                         held += len(chunk)
                         received(len(chunk))
-                        while index < first + count and len(buffer) >= (n := self._nbytes(index)):
-                            keep(index, decode_tensor(memoryview(buffer)[:n], self.spans[index]))
-                            del buffer[:n]
-                            index += 1
-                if held < end:
-                    raise httpx.ReadError(f"the response ended at byte {held} of {end}")
+                        while j < len(members) and held >= members[j][1].stop:
+                            index, span = members[j]
+                            keep(index, decode_tensor(memoryview(buffer)[span.start - base : span.stop - base], span))
+                            j += 1
+                            # what lies before the next tensor is not needed again (two may share bytes: a tied key)
+                            drop = max(0, min(members[j][1].start if j < len(members) else held, held) - base)
+                            del buffer[:drop]
+                            base += drop
+                if held < run.stop:
+                    raise httpx.ReadError(f"the response ended at byte {held} of {run.stop}")
             except (httpx.TransportError, OSError) as e:
                 attempt += 1
                 if attempt > self.source.retries:
                     raise ConnectionError(
-                        f"{path} cut at byte {held} of {begin}-{end} ({e}), {attempt - 1} resumptions failed"
+                        f"{run.path} cut at byte {held} of {run.start}-{run.stop} ({e}), {attempt - 1} resumptions "
+                        "failed"
                     ) from None
-                logger.info("%s of the coordinator's %s cut at byte %d (%s: %s): resuming (%d/%d)", path, self.name,
-                            held, type(e).__name__, e, attempt, self.source.retries)  # fmt: skip
+                logger.info("%s of the coordinator's %s cut at byte %d (%s: %s): resuming (%d/%d)", run.path,
+                            self.name, held, type(e).__name__, e, attempt, self.source.retries)  # fmt: skip
                 await asyncio.sleep(min(0.25 * 2**attempt, 5.0))
-
-    def _nbytes(self, index: int) -> int:
-        return self.spans[index].stop - self.spans[index].start
 
     def _get(self, path: str, begin: int, end: int):
         """A streamed request of bytes ``[begin, end)`` of ``path``, checked to be that part of that file."""

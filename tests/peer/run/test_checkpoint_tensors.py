@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from peer.run.checkpoint_tensors import (
     HEADER_LENGTH_BYTES,
+    ByteRun,
     TensorSpan,
     WireLocation,
     byte_runs,
@@ -89,12 +90,22 @@ def test_spans_of_a_written_checkpoint_decode_to_its_tensors(tmp_path: Path):
     assert spans["extra"].dtype == torch.int64
 
 
-def test_adjacent_spans_of_one_file_merge_into_one_request():
+def test_a_ranges_spans_become_few_requests_in_file_order_across_small_gaps():
     def span(path: str, start: int, stop: int) -> TensorSpan:
         return TensorSpan(path, start, stop, torch.float32, ((stop - start) // 4,))
 
-    spans = [span("a", 100, 140), span("a", 140, 160), span("b", 160, 200), span("a", 160, 164), span("a", 8, 12)]
-    assert byte_runs(spans) == [("a", 100, 160, 2), ("b", 160, 200, 1), ("a", 160, 164, 1), ("a", 8, 12, 1)]
+    # wire order is not file order: the optimizer lists tensors by module, safetensors by name
+    spans = [span("a", 140, 160), span("b", 160, 200), span("a", 100, 140), span("a", 170, 190), span("a", 8, 12)]
+    assert byte_runs(spans) == [
+        ByteRun("a", 8, 12, (4,)),
+        ByteRun("a", 100, 160, (2, 0)),
+        ByteRun("a", 170, 190, (3,)),
+        ByteRun("b", 160, 200, (1,)),
+    ]
+    # a gap of 10 bytes is fetched along before a tensor of 20, not one of 88 before a tensor of 40
+    joined = [ByteRun("a", 8, 12, (4,)), ByteRun("a", 100, 190, (2, 0, 3)), ByteRun("b", 160, 200, (1,))]
+    assert byte_runs(spans, max_gap=10) == byte_runs(spans, max_gap=1000) == joined
+    assert byte_runs(spans, max_gap=9) == byte_runs(spans)
     assert byte_runs([]) == []
 
 
