@@ -203,7 +203,7 @@ class _SplitRun:
         self.key_of: dict[int, tuple] = {}  # tensor index -> consistency key of the part it came in
         self.donor_key: dict[PeerID, tuple] = {}  # each donor's consistency key in its last part
         self.metadata_of: dict[tuple, dict] = {}
-        self.served: Counter[PeerID] = Counter()
+        self.served: Counter[PeerID | CheckpointRanges] = Counter()
         self.failed: set[PeerID | CheckpointRanges] = set()
         self.failures = 0
         self.total: int | None = None
