@@ -241,7 +241,7 @@ def test_a_cut_transfer_resumes_from_the_bytes_it_holds(swarm: Swarm, tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_coordinator_that_keeps_failing_or_serves_a_damaged_file_leaves_its_range_to_the_donors(
+def test_a_coordinator_that_keeps_failing_or_serves_a_damaged_or_missing_file_leaves_its_range_to_the_donors(
     swarm: Swarm, tmp_path: Path
 ):
     _write_checkpoint(tmp_path / "ckpts", swarm, DONOR_EPOCH)
@@ -256,6 +256,13 @@ def test_a_coordinator_that_keeps_failing_or_serves_a_damaged_file_leaves_its_ra
     optimizer = ckpt / "optimizer.safetensors"
     optimizer.write_bytes(optimizer.read_bytes()[:-100])
     with _coordinator(tmp_path, tmp_path / "short") as (url, _):
+        metadata, tensors = _download(swarm, url)
+    _assert_donors_state(swarm, metadata, tensors)
+    assert set(metadata[SERVED]) == swarm.donor_ids
+    # a file of its manifest missing on the coordinator's disk: the same
+    ckpt = _write_checkpoint(tmp_path / "missing", swarm, DONOR_EPOCH)
+    (ckpt / "optimizer.safetensors").unlink()
+    with _coordinator(tmp_path, tmp_path / "missing") as (url, _):
         metadata, tensors = _download(swarm, url)
     _assert_donors_state(swarm, metadata, tensors)
     assert set(metadata[SERVED]) == swarm.donor_ids
