@@ -234,19 +234,20 @@ async def open_checkpoint(source: CheckpointSource, epoch: float) -> CheckpointR
     priority): listed, of the step and stage wanted, its ``training_state.json`` read and its safetensors headers
     mapped to the wire tensors. None, with one log line saying why, when it cannot serve."""
     client = httpx.AsyncClient(timeout=source.timeout, follow_redirects=False)
+    ranges = None
     try:
         listing = await client.get(f"{source.url}/api/v1/checkpoints")
         listing.raise_for_status()
         checkpoints = CheckpointsAnswer.model_validate(listing.json()).checkpoints
         if not checkpoints:
             logger.info("the coordinator has no checkpoint yet: the state comes from peers only")
-            return await _closed(client)
+            return None
         latest = checkpoints[-1]
         if latest.step != epoch or latest.stage != source.stage:
             logger.info("the coordinator's latest checkpoint %s is of step %d (growth stage %d), the donors' state of "
                         "step %s (stage %d): the state comes from peers only", latest.name, latest.step, latest.stage,
                         _step(epoch), source.stage)  # fmt: skip
-            return await _closed(client)
+            return None
         ranges = await _opened(source, client, latest)
         logger.info("the coordinator's checkpoint %s holds the donors' step %d: fetching part of the state from it",
                     latest.name, latest.step)  # fmt: skip
@@ -254,12 +255,10 @@ async def open_checkpoint(source: CheckpointSource, epoch: float) -> CheckpointR
     except Exception as e:  # whatever the coordinator sends, the donors still serve the whole state
         logger.warning("not fetching state from the coordinator's checkpoint (%s: %s): the state comes from peers only",
                        type(e).__name__, e)  # fmt: skip
-        return await _closed(client)
-
-
-async def _closed(client: httpx.AsyncClient) -> None:
-    await client.aclose()
-    return None
+        return None
+    finally:
+        if ranges is None:  # not handed on (also when cancelled): its connections closed here
+            await client.aclose()
 
 
 def _step(epoch: float) -> str:

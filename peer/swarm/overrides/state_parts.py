@@ -228,11 +228,15 @@ class _SplitRun:
         # our own state has the layout of the swarm's (same model, same optimizer): it gives the ranges' bytes; the
         # coordinator's checkpoint is opened meanwhile, for the donors' step (their declared priority)
         source = averager.checkpoint_source
-        opening = open_checkpoint(source, declared[holders[0]]) if source is not None else _nothing()
-        (_, own, infos), checkpoint = await asyncio.gather(averager._get_current_state_from_host_process(), opening)
+        opening = asyncio.create_task(open_checkpoint(source, declared[holders[0]])) if source is not None else None
+        checkpoint = None
         try:
+            _, own, infos = await averager._get_current_state_from_host_process()
+            checkpoint = await opening if opening is not None else None
             return await self._split(donors, own, infos, checkpoint)
         finally:
+            if opening is not None and not opening.done():
+                opening.cancel()
             if checkpoint is not None:
                 await checkpoint.close()
 
@@ -373,10 +377,6 @@ class _SplitRun:
 def _name(donor: PeerID | CheckpointRanges) -> str:
     """A donor's key in ``SERVED``: its base58 peer id, or ``NAME`` for the coordinator's checkpoint."""
     return NAME if isinstance(donor, CheckpointRanges) else donor.to_base58()
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def _with_timeouts(stream, first: float, then: float):
