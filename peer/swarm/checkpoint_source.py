@@ -12,8 +12,8 @@ What is checked, since a byte range cannot be checked against its file's sha256:
 lists (its sha256 as the ``If-Range`` ETag, and its size as the ``Content-Range`` total), the safetensors headers
 give every tensor the dtype and shape of ours, and every tensor is put through the averager's own state compression,
 so that it is what a donor's stream would have carried. A file damaged in place with its size unchanged is not
-caught here (the downloaded state's finiteness check in ``RoundCheckedDownload`` still is); the coordinator's
-start-up verification moves such a checkpoint aside.
+caught here (non-finite values still are, by the joiner's check of the whole downloaded state,
+``peer.swarm.state_check``); the coordinator's start-up verification moves such a checkpoint aside.
 
 A cut transfer resumes from the bytes it holds, ``retries`` times per run of bytes; a range the coordinator then
 fails goes back to the donors like a failed donor's range. Anything unusable (no coordinator, no checkpoint of that
