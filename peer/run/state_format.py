@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 OPTIMIZER_FILE = "optimizer.safetensors"
 _OPTIMIZER_PREFIX = "optimizer/"
 _MOMENTUM_PREFIX = "outer_momentum/"
+# a served state's metadata key: the last outer round averaged into it (DiLoCo; -1: none, or sync mode), whose anchor
+# the donor serves as its parameters; recorded in a checkpoint too, so a joiner can tell whether the coordinator's
+# checkpoint holds the same state as its donors (``peer.swarm.checkpoint_source``)
+LANDED_ROUND = "warmswarm_landed_round"
 
 
 @dataclass
@@ -49,6 +53,7 @@ class SwarmState:
     parameters: dict[str, torch.Tensor]
     optimizer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     outer_momentum: dict[str, torch.Tensor] = field(default_factory=dict)
+    landed_round: int = -1  # the donor's last averaged outer round (``LANDED_ROUND``); -1 when none or unknown
 
 
 def decode_optimizer_state(
@@ -123,6 +128,7 @@ def checkpoint_training_state(state: SwarmState) -> dict:
         "scheduler_step": state.step,  # hivemind's scheduler takes one step per global step
         "optimizer_state": keys,  # which per-parameter tensors optimizer.safetensors holds; [] = none
         "outer_momentum": bool(state.outer_momentum),
+        "landed_round": state.landed_round,  # with the step, which state the checkpoint holds (DiLoCo's anchor)
     }
 
 
@@ -188,6 +194,7 @@ def decode_wire_state(
         parameters=dict(zip(names, tensors[:n], strict=True)),
         optimizer=optimizer,
         outer_momentum=dict(zip(names, extras, strict=True)) if num_extras == n else {},
+        landed_round=landed if isinstance(landed := metadata.get(LANDED_ROUND), int) else -1,
     )
 
 

@@ -15,7 +15,8 @@
   peer.
 - ``authorizers``, ``membership`` — a private run inside a peer (DHT authorizers, the membership gate).
 - ``starting_state`` — where a peer's state comes from (peers, then the coordinator's checkpoint, then step 0);
-  ``state`` — the download from peers; ``state_check`` — checks a downloaded state.
+  ``state`` — the download from peers (``donors`` — which donors and tensor ranges; ``checkpoint_source`` — the
+  coordinator's checkpoint as one more source of it, over HTTP); ``state_check`` — checks a downloaded state.
 - ``ddp``, ``follower`` — a multi-GPU peer (the group's collectives; a follower rank's session).
 - ``overrides/`` — the hivemind subclasses that override hivemind's private methods, all in one place.
 """

@@ -278,9 +278,11 @@ def join_swarm(cfg: RunConfig, peer: PeerSettings, options: JoinOptions, stop: S
         if not from_stage_peers:
             # checkpoint's optimizer state, then the peers' state (bounded, Ctrl-C stops it), else a checkpoint
             prefix = stage_prefix(cfg.run_id, stage)
-            resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir, prefix)
+            resume_swarm_state(opt, start, cfg, dht, stop, peer.coordinator_url, work_dir, prefix, stage)
         else:
-            resume_stage_state(opt, models, dht, stage_prefix(cfg.run_id, stage), cfg.swarm.load_state_timeout, stop)
+            prefix = stage_prefix(cfg.run_id, stage)
+            timeout = cfg.swarm.load_state_timeout
+            resume_stage_state(opt, models, dht, prefix, timeout, stop, peer.coordinator_url, stage)
         if len(stages) > 1:
             switcher = StageSwitcher(
                 stages,

@@ -27,6 +27,7 @@ from peer.run.state_format import (
     read_checkpoint_state,
     wire_names,
 )
+from peer.swarm.checkpoint_source import checkpoint_source
 from peer.swarm.state import Stoppable, peers_hold_state, pull_state_from_peers, waiting_bar
 from peer.swarm.swarm_optimizer import SwarmOptimizer
 
@@ -138,11 +139,14 @@ def resume_swarm_state(
     coordinator_url: str | None,
     work_dir: Path,
     prefix: str | None = None,
+    stage: int = 0,
 ) -> None:
     """Puts the swarm's state into a freshly built optimizer: the starting checkpoint's step, optimizer state and
-    outer momentum; then, if peers hold state, theirs (bounded by ``load_state_timeout``, stopped by ``stop``). When
+    outer momentum; then, if peers hold state, theirs (bounded by ``load_state_timeout``, stopped by ``stop``), part
+    of it from the coordinator's latest checkpoint when that holds the same state (``checkpoint_source``). When
     no peer delivers and the models were only shapes, the coordinator's latest checkpoint (else step 0) instead.
-    ``prefix``: the hivemind prefix of the growth stage the checkpoint is in (None: the run_id, stage 0's)."""
+    ``prefix``, ``stage``: the hivemind prefix and number of the growth stage the checkpoint is in (None, 0: the
+    run_id, stage 0's)."""
     named = list(start.models.named_parameters())
     names = wire_names(opt, named)
     prefix = cfg.run_id if prefix is None else prefix
@@ -152,7 +156,8 @@ def resume_swarm_state(
         return
     timeout = cfg.swarm.load_state_timeout
     with waiting_bar("state from peers", timeout):
-        pulled = pull_state_from_peers(opt, named, dht, prefix, timeout, stop)
+        checkpoint = checkpoint_source(coordinator_url, stage, opt, named)
+        pulled = pull_state_from_peers(opt, named, dht, prefix, timeout, stop, checkpoint)
     if pulled or stop.is_set():
         return
     if start.checkpoint_dir is not None:
@@ -166,12 +171,22 @@ def resume_swarm_state(
 
 
 def resume_stage_state(
-    opt: SwarmOptimizer, models: PretrainingModels, dht: hivemind.DHT, prefix: str, timeout: float, stop: Stoppable
+    opt: SwarmOptimizer,
+    models: PretrainingModels,
+    dht: hivemind.DHT,
+    prefix: str,
+    timeout: float,
+    stop: Stoppable,
+    coordinator_url: str | None = None,
+    stage: int = 0,
 ) -> None:
     """A joiner after the run's first switch: the stage's state from its peers (parameters, optimizer state, step),
-    as ``resume_swarm_state`` downloads it; UserError in one line if none arrives within ``timeout``."""
+    as ``resume_swarm_state`` downloads it (with the coordinator's checkpoint of growth ``stage`` as one more source);
+    UserError in one line if none arrives within ``timeout``."""
+    named = list(models.named_parameters())
     with waiting_bar("state from peers", timeout):
-        pulled = pull_state_from_peers(opt, list(models.named_parameters()), dht, prefix, timeout, stop)
+        checkpoint = checkpoint_source(coordinator_url, stage, opt, named)
+        pulled = pull_state_from_peers(opt, named, dht, prefix, timeout, stop, checkpoint)
     if not pulled and not stop.is_set():
         raise UserError(f"no peer of this growth stage ({prefix}) sent its state within {timeout:.0f} s: try again")
 

@@ -31,8 +31,10 @@ from peer.run.state_format import (
     decode_wire_state,
     wire_names,
 )
+from peer.swarm.checkpoint_source import CheckpointSource
 from peer.swarm.modes import averaging_mode
 from peer.swarm.overrides.state_download import StateDownloadClient
+from peer.swarm.overrides.state_parts import StatePartsDownload
 from peer.swarm.shutdown import signal_handlers_kept
 from peer.swarm.state_check import missing_tensors, state_problem
 from peer.swarm.swarm_optimizer import SwarmOptimizer
@@ -150,10 +152,31 @@ def pull_state_from_peers(
     run_id: str,
     timeout: float,
     stop: Stoppable | None = None,
+    checkpoint: CheckpointSource | None = None,
 ) -> bool:
     """A joining peer's download of the swarm's state (parameters, optimizer state, outer momentum, step) into
     ``opt``; False if no peer delivered it within ``timeout`` or ``stop`` was set. Applies the state as hivemind's
-    ``Optimizer.load_state_from_peers`` does, including its catch-up to the swarm's epoch."""
+    ``Optimizer.load_state_from_peers`` does, including its catch-up to the swarm's epoch. ``checkpoint``: the
+    coordinator's, one more source of the split download when it holds the donors' state
+    (``peer.swarm.checkpoint_source``), for this download only."""
+    averager = opt.opt.state_averager
+    if checkpoint is None or not isinstance(averager, StatePartsDownload):
+        return _pull_state(opt, named_parameters, dht, run_id, timeout, stop)
+    averager.use_checkpoint_source(checkpoint)
+    try:
+        return _pull_state(opt, named_parameters, dht, run_id, timeout, stop)
+    finally:
+        averager.use_checkpoint_source(None)
+
+
+def _pull_state(
+    opt: SwarmOptimizer,
+    named_parameters: Sequence[tuple[str, torch.Tensor]],
+    dht: hivemind.DHT,
+    run_id: str,
+    timeout: float,
+    stop: Stoppable | None,
+) -> bool:
     hopt = opt.opt
     averager = hopt.state_averager
     logger.info("downloading the swarm's state from peers (at most %.0f s; Ctrl-C stops)", timeout)

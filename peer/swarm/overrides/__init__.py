@@ -10,8 +10,9 @@ upgrade is checked here and nowhere else. Each module's docstring names the hive
 - ``state_averager``: ``GuardedStateAverager`` (the served state, checked downloads, the delta rule's application
   under the optimizer lock, stuck rounds called off, the offloaded optimizer's host buffers pinned on CUDA, the
   split download);
-- ``state_parts``: ``StatePartsDownload`` (a joiner's state in tensor ranges from every donor of the newest state,
-  a cut range resumed at another donor; serves ranges of its own state);
+- ``state_parts``: ``StatePartsDownload`` (a joiner's state in tensor ranges from every donor of the newest state
+  and, when it holds that state, the coordinator's checkpoint; a cut range resumed at another donor; serves ranges
+  of its own state);
 - ``averagers``: ``AveragerKinds``, the averager classes a peer uses;
 - ``optimizer``: ``GuardedOptimizer`` (plugs the above in);
 - ``progress``: ``ThrottledProgressTracker`` (rate-limited progress records, a clean event-loop shutdown);

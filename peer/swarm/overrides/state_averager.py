@@ -21,6 +21,7 @@ from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.averaging.group_info import GroupInfo
 from hivemind.optim.state_averager import TrainingStateAverager
 
+from peer.run.state_format import LANDED_ROUND
 from peer.swarm.host_buffers import CopyFence, pin_shared, pinned_copy
 from peer.swarm.overrides.guard import GuardedAveragerMixin
 from peer.swarm.overrides.state_parts import StatePartsDownload
@@ -28,8 +29,6 @@ from peer.swarm.round_evidence import STATE
 from peer.swarm.state_check import state_problem
 
 logger = logging.getLogger(__name__)
-
-LANDED_ROUND = "warmswarm_landed_round"  # key of a served state's metadata: its last averaged outer round
 
 
 class RoundCheckedDownload(hivemind.DecentralizedAverager):

@@ -11,6 +11,11 @@ would carry for those tensors; the snapshot the donor serves (``get_current_stat
 steps); the ``all_averagers`` declarations that say who holds which state; and hivemind's whole download from one
 donor as the fallback, used when no donor answers part requests (a peer of an older version) or the parts cannot be
 made consistent, so a split that fails costs time, never the join.
+
+The coordinator's latest checkpoint is one more source (``peer.swarm.checkpoint_source``) when the joiner was handed
+one (``use_checkpoint_source``) and it holds the donors' step: it takes one range, over HTTP, and its parts are
+checked against the donors' like any donor's (a checkpoint of another state is dropped, its tensors asked again of
+the donors); it counts as one more donor beyond ``max_donors``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator  # noqa: UP035 - hivemind's ServicerBase only recognises typing's alias for streams
 
 import torch
@@ -31,17 +38,26 @@ from hivemind.utils import MPFuture
 from hivemind.utils.streaming import combine_from_streaming, split_for_streaming
 from hivemind.utils.timed_storage import ValueWithExpiration
 
+from peer.run.state_format import LANDED_ROUND
+from peer.swarm.checkpoint_source import (
+    NAME,
+    CheckpointRanges,
+    CheckpointSource,
+    hand_over,
+    open_checkpoint,
+    take_over,
+)
 from peer.swarm.donors import donor_order, newest_donors, runs, split_by_bytes
 from protos.warmswarm.v1 import state_parts_pb2
 
 logger = logging.getLogger(__name__)
 
 PARTS_TOTAL = "warmswarm_parts_total"  # a part's metadata: how many tensors the donor's whole state has
-SERVED = "warmswarm_served"  # a split download's metadata: bytes received per donor (base58 peer id)
+SERVED = "warmswarm_served"  # a split download's metadata: bytes received per donor (base58 peer id, or NAME)
 PART_FAILURES = "warmswarm_part_failures"  # a split download's metadata: parts cut off and asked again elsewhere
 # what every part of one download must agree on: the donors' epoch and (DiLoCo) last averaged outer round, whose
-# anchor they serve as parameters (``state_averager.LANDED_ROUND``, which imports this module)
-CONSISTENCY = ("epoch", "warmswarm_landed_round")
+# anchor they serve as parameters
+CONSISTENCY = ("epoch", LANDED_ROUND)
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,22 @@ class StatePartsDownload(DecentralizedAverager):
     bytes each donor sent (``SERVED``) and how many parts were cut off (``PART_FAILURES``)."""
 
     split_download: SplitDownload = SplitDownload()
+    checkpoint_source: CheckpointSource | None = None  # in the averager's process (``use_checkpoint_source``)
+
+    def use_checkpoint_source(self, source: CheckpointSource | None) -> None:
+        """From now on (host process), the split downloads also fetch from ``source`` when it holds the donors'
+        state; None: from the donors only. Announced through hivemind's control pipe, so that the download requested
+        next, which follows it in the pipe, sees it; the source itself goes through a file (``hand_over``)."""
+        previous = self.__dict__.pop("_source_file", None)
+        if previous is not None:
+            Path(previous).unlink(missing_ok=True)  # not taken over (the averager's process ended first)
+        path = None if source is None else hand_over(source)
+        if path is not None:
+            self._source_file = path
+        self._outer_pipe.send(("_set_checkpoint_source", [path], {}))
+
+    async def _set_checkpoint_source(self, path: str | None) -> None:
+        self.checkpoint_source = None if path is None else take_over(path)
 
     async def rpc_download_state_part(
         self, request: state_parts_pb2.StatePartRequest, context: P2PContext
@@ -149,8 +181,9 @@ class StatePartsDownload(DecentralizedAverager):
                 loaded = None
             if loaded is not None:
                 served = loaded[0][SERVED]
+                shares = ", ".join(f"{d if d == NAME else d[-6:]}: {n / 1e6:.1f} MB" for d, n in served.items())
                 logger.info("downloaded the state from %d donors in %.2f s (%s)", len(served), time.monotonic() - t0,
-                            ", ".join(f"{peer[-6:]}: {n / 1e6:.1f} MB" for peer, n in served.items()))  # fmt: skip
+                            shares)  # fmt: skip
                 if not future.done():
                     future.set_result(loaded)
                 return
@@ -170,10 +203,12 @@ class _SplitRun:
         self.key_of: dict[int, tuple] = {}  # tensor index -> consistency key of the part it came in
         self.donor_key: dict[PeerID, tuple] = {}  # each donor's consistency key in its last part
         self.metadata_of: dict[tuple, dict] = {}
-        self.served: Counter[PeerID] = Counter()
-        self.failed: set[PeerID] = set()
+        self.served: Counter[PeerID | CheckpointRanges] = Counter()
+        self.failed: set[PeerID | CheckpointRanges] = set()
         self.failures = 0
         self.total: int | None = None
+        self.infos: list | None = None  # our own state's compression infos: the checkpoint's tensors go through them
+        self.from_checkpoint: set[int] = set()  # tensor indices that came from the coordinator's checkpoint
 
     async def run(self) -> tuple[dict, list[torch.Tensor]] | None:
         averager = self.averager
@@ -185,40 +220,70 @@ class _SplitRun:
             for subkey, entry in (found.value.items() if found is not None and isinstance(found.value, dict) else ())
             if isinstance(entry, ValueWithExpiration) and isinstance(entry.value, int | float)
         }
-        order = donor_order(me.to_bytes(), newest_donors(declared, me.to_bytes()))
+        holders = newest_donors(declared, me.to_bytes())
+        order = donor_order(me.to_bytes(), holders)
         if not order:
             return None
-        donors = [PeerID(d) for d in order]
-        # our own state has the layout of the swarm's (same model, same optimizer): it gives the ranges' bytes
-        _, own, _ = await averager._get_current_state_from_host_process()
+        donors: list[PeerID | CheckpointRanges] = [PeerID(d) for d in order]
+        # our own state has the layout of the swarm's (same model, same optimizer): it gives the ranges' bytes; the
+        # coordinator's checkpoint is opened meanwhile, for the donors' step (their declared priority)
+        source = averager.checkpoint_source
+        opening = asyncio.create_task(open_checkpoint(source, declared[holders[0]])) if source is not None else None
+        checkpoint = None
+        try:
+            _, own, infos = await averager._get_current_state_from_host_process()
+            checkpoint = await opening if opening is not None else None
+            return await self._split(donors, own, infos, checkpoint)
+        finally:
+            if opening is not None and not opening.done():
+                opening.cancel()
+            if checkpoint is not None:
+                await checkpoint.close()
+
+    async def _split(self, donors: list, own: list[torch.Tensor], infos, checkpoint: CheckpointRanges | None):
         sizes = [t.numel() * t.element_size() for t in own]
         self.total = len(sizes)
         if not sizes:
             return None
-        pending = deque(split_by_bytes(sizes, min(len(donors), self.settings.max_donors)))
+        self.infos = list(infos) if infos is not None else None
+        parts = min(len(donors), self.settings.max_donors)
+        if checkpoint is not None and (problem := checkpoint.fits(own)) is not None:
+            logger.warning("not fetching state from %r (%s): the state comes from peers only", checkpoint, problem)
+        elif checkpoint is not None:
+            donors, parts = [checkpoint, *donors], parts + 1  # first: its range is sure to be asked of it
+        pending = deque(split_by_bytes(sizes, parts))
         for _ in range(self.settings.rounds + 1):
             await self._fetch(pending, donors)
-            newest = max(self.key_of.values())
+            # the donors' parts say which state is the newest; the checkpoint's are checked against them
+            donor_keys = [k for i, k in self.key_of.items() if i not in self.from_checkpoint]
+            if not donor_keys:
+                raise _Abandon("no donor sent a part to check the coordinator's checkpoint against")
+            newest = max(donor_keys)
+            if checkpoint in donors and checkpoint not in self.failed and checkpoint.key != newest:
+                logger.info("%r holds state %s, the donors %s: asking the donors for its tensors", checkpoint,
+                            checkpoint.key, newest)  # fmt: skip
+                self.failed.add(checkpoint)
             stale = [i for i, k in self.key_of.items() if k != newest]
             if not stale:
                 metadata = dict(self.metadata_of[newest])
                 metadata.pop(PARTS_TOTAL, None)
-                metadata[SERVED] = {peer.to_base58(): n for peer, n in self.served.items()}
+                metadata[SERVED] = {_name(donor): n for donor, n in self.served.items()}
                 metadata[PART_FAILURES] = self.failures
                 return metadata, [self.tensors[i] for i in range(self.total)]
             logger.info("%d tensors came from an older state than %s: asking for them again", len(stale), newest)
             for i in stale:
                 del self.tensors[i], self.key_of[i]
+                self.from_checkpoint.discard(i)
             pending = deque(runs(stale))
             # those that sent the newest state first: the others may not have reached it yet
             donors = sorted(donors, key=lambda d: self.donor_key.get(d) != newest)
         raise _Abandon(f"the donors' states kept changing over {self.settings.rounds + 1} passes")
 
-    async def _fetch(self, pending: deque[tuple[int, int]], donors: list[PeerID]) -> None:
+    async def _fetch(self, pending: deque[tuple[int, int]], donors: list) -> None:
         """Fetches every range of ``pending``, each from the live donor with the fewest ranges in flight (first in
         our order among equals); a range cut off goes back from its first missing tensor."""
         active: dict[asyncio.Task, tuple[PeerID, int, int]] = {}
-        load: Counter[PeerID] = Counter()
+        load: Counter = Counter()
         try:
             while pending or active:
                 if self.future.done():
@@ -253,9 +318,11 @@ class _SplitRun:
             for task in active:
                 task.cancel()
 
-    async def _fetch_range(self, donor: PeerID, start: int, stop: int) -> None:
+    async def _fetch_range(self, donor: PeerID | CheckpointRanges, start: int, stop: int) -> None:
         """Streams tensors ``[start, stop)`` from ``donor`` into ``self.tensors``, each kept as soon as it is whole,
         so a cut-off stream loses only the tensor in flight."""
+        if isinstance(donor, CheckpointRanges):
+            return await donor.fetch(start, stop, self._keep_from_checkpoint(donor), self._count(donor))
         averager = self.averager
         stub = averager.get_stub(averager._p2p, donor, namespace=averager.prefix)
         stream = await stub.rpc_download_state_part(state_parts_pb2.StatePartRequest(start=start, stop=stop))
@@ -285,6 +352,31 @@ class _SplitRun:
     def _keep(self, index: int, pieces: list, key: tuple) -> None:
         self.tensors[index] = deserialize_torch_tensor(combine_from_streaming(pieces))
         self.key_of[index] = key
+        self.from_checkpoint.discard(index)
+
+    def _keep_from_checkpoint(self, checkpoint: CheckpointRanges):
+        """Keeps a tensor as the checkpoint holds it, put through our state compression, as a donor's stream would
+        carry it: the swarm's state as it was sent (the coordinator received it that way too) comes out unchanged."""
+
+        def keep(index: int, tensor: torch.Tensor) -> None:
+            info = self.infos[index] if self.infos is not None else CompressionInfo.from_tensor(tensor, key=index)
+            compressed = self.averager.state_compression.compress(tensor, info, allow_inplace=True)
+            self.tensors[index] = deserialize_torch_tensor(compressed)
+            self.key_of[index] = checkpoint.key
+            self.from_checkpoint.add(index)
+
+        return keep
+
+    def _count(self, donor) -> Callable[[int], None]:
+        def count(n: int) -> None:
+            self.served[donor] += n
+
+        return count
+
+
+def _name(donor: PeerID | CheckpointRanges) -> str:
+    """A donor's key in ``SERVED``: its base58 peer id, or ``NAME`` for the coordinator's checkpoint."""
+    return NAME if isinstance(donor, CheckpointRanges) else donor.to_base58()
 
 
 async def _with_timeouts(stream, first: float, then: float):
