@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from hivemind.compression import CompressionInfo
+
+from peer.swarm.codecs import CODECS, PSEUDO_GRADIENT_ONLY, decode_part, make_compression
 
 
-def _fp16(t: torch.Tensor) -> torch.Tensor:
-    """What an fp16 codec returns for ``t`` (hivemind's Float16Compression: a cast, and back)."""
-    return t.to(torch.float16).to(t.dtype)
+def _through(codec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``t`` as a peer receives it after ``codec`` (``peer.swarm.codecs``, what sync's all-reduce sends)."""
+
+    def roundtrip(t: torch.Tensor) -> torch.Tensor:
+        return decode_part(codec.compress(t, CompressionInfo.from_tensor(t), allow_inplace=False))
+
+    return roundtrip
 
 
 def sync_reference(opts: argparse.Namespace, model_dir: Path, peers: int, codec: str = "fp16") -> dict:
@@ -45,8 +53,8 @@ def sync_reference(opts: argparse.Namespace, model_dir: Path, peers: int, codec:
     from peer.trainer.recipe import run_optimizer_factories
     from peer.trainer.step import TrainStep
 
-    if codec not in ("fp16", "none"):
-        raise ValueError(f"the sync reference sends fp16 or none, not {codec!r}")
+    if codec in PSEUDO_GRADIENT_ONLY or codec not in CODECS:
+        raise ValueError(f"the sync reference sends what sync may send (fp16 or none, ...), not {codec!r}")
     torch.set_num_threads(1)
     torch.manual_seed(0)  # dropout draws from the global generator: as every bench worker seeds it
     cfg = bench_config(opts)
@@ -65,7 +73,7 @@ def sync_reference(opts: argparse.Namespace, model_dir: Path, peers: int, codec:
     optimizer = optimizer_factory(param_groups(params, cfg.train.weight_decay))
     scheduler = scheduler_factory(optimizer)
     initialize_optimizer_state_(optimizer)  # hivemind's zero-gradient step, as on every peer
-    cast = _fp16 if codec == "fp16" else (lambda t: t)
+    cast = _through(make_compression(codec))
     at = set(opts.eval_at)
     curve: list[dict] = []
     t0 = time.perf_counter()
